@@ -1,0 +1,126 @@
+#!/usr/bin/python3
+"""Migration benchmark: migrate an N GiB ferry-workload over a UNIX socket for the patterns random (paused, -S),
+zero (paused) and ab (running), with max-bandwidth set high and the default downtime-limit, and print per case the
+throughput (guest RAM size / total time), total time, downtime, setup time, bytes sent, passes (dirty syncs) and
+the ratio of the throughput to the machine's UNIX-socket peak measured by bench/sockpeak in the same run. Each
+result is verified (equal RAM digests for paused cases, the A-B invariant for the running one).
+
+This is a measurement, not a test: it asserts no speed. Run it through bench/run.sh, which builds a release tree.
+It reuses the QMP client and process wrapper of the integration tests (tests/integration/ferrytest.py).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import ferrytest  # noqa: E402  (path set up above)
+
+HIGH_BANDWIDTH = 100 << 30  # 100 GiB/s: effectively unlimited, as the issue asks for benchmarks
+
+
+def socket_peak(build):
+    out = subprocess.run([os.path.join(build, "bench", "sockpeak"), "2"], check=True, capture_output=True,
+                         text=True, timeout=300).stdout
+    for line in out.splitlines():
+        if line.startswith("unix-socket-peak-mibps"):
+            return float(line.split()[1])
+    raise RuntimeError(f"sockpeak printed no result: {out!r}")
+
+
+def run_case(tmp, case, size_gib, smp, ab_dirty_rate):
+    mem = f"{size_gib}G"
+    if case == "random":
+        args = ["-m", mem, "-smp", str(smp), "-pattern", "random", "-seed", "1", "-S"]
+    elif case == "zero":
+        args = ["-m", mem, "-smp", str(smp), "-pattern", "zero", "-S"]
+    elif case == "ab":
+        args = ["-m", mem, "-smp", str(smp), "-pattern", "ab", "-dirty-rate", str(ab_dirty_rate)]
+    else:
+        raise ValueError(case)
+    uri = f"unix:{os.path.join(tmp, case + '.sock')}"
+    procs = []
+    try:
+        dst = ferrytest.Workload(tmp, f"{case}-dst", args + ["-incoming", uri])
+        procs.append(dst)
+        src = ferrytest.Workload(tmp, f"{case}-src", args)
+        procs.append(src)
+        ferrytest.wait_listening(uri)
+        if case == "ab":
+            # Pages never written cost nothing to migrate: let every worker write its whole share once, so that
+            # the full RAM size is migrated.
+            ferrytest.wait_until(lambda: src.workload_info()["passes"] >= smp,
+                                 60 + size_gib * 2 * 1024 / max(ab_dirty_rate, 1), "every page written once",
+                                 interval=0.2)
+        src.set_params(**{"max-bandwidth": HIGH_BANDWIDTH})
+        src.migrate(uri)
+        info = src.wait_migration(timeout=600)
+        if info["status"] != "completed":
+            raise RuntimeError(f"{case}: migration {info['status']}: {info.get('error-desc')}")
+        if case == "ab":
+            dst.wait_status(("running",))
+            check = dst.pattern_check()
+            verified = "ok" if check["ok"] else f"FAILED ({check['detail']})"
+        else:
+            verified = "ok" if src.digest() == dst.digest() else "FAILED (digests differ)"
+        return info, verified
+    finally:
+        for p in procs:
+            p.stop_process()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build-release"), help="build directory (release)")
+    ap.add_argument("--size", type=int, default=1, help="guest RAM in GiB (default 1)")
+    ap.add_argument("--smp", type=int, default=2, help="worker threads of the workload (default 2)")
+    ap.add_argument("--cases", default="random,zero,ab", help="comma-separated: random, zero, ab")
+    ap.add_argument("--ab-dirty-rate", type=int, default=256,
+                    help="dirty rate of the running A-B case in MiB/s (default 256; 0 would never converge)")
+    opts = ap.parse_args()
+    os.environ["FERRY_BUILD"] = os.path.abspath(opts.build)
+    if not os.access(ferrytest.workload_binary(), os.X_OK):
+        sys.exit(f"migrate-bench: {ferrytest.workload_binary()} not found: run bench/run.sh")
+
+    peak = socket_peak(opts.build)
+    print(f"UNIX socket peak (sockpeak, 1 MiB writes between two processes): {peak:.0f} MiB/s")
+    print(f"guest RAM {opts.size} GiB, smp {opts.smp}, max-bandwidth {HIGH_BANDWIDTH >> 30} GiB/s, "
+          f"default downtime-limit, ab dirty rate {opts.ab_dirty_rate} MiB/s")
+    print("MiB/s = RAM size / total time (zero pages are not sent, so it can exceed the socket peak); "
+          "wire = bytes sent / total time")
+    header = (f"{'case':<8} {'MiB/s':>8} {'of peak':>8} {'wire':>7} {'total ms':>9} {'downtime':>9} "
+              f"{'setup ms':>9} {'bytes sent':>13} {'passes':>7}  verified")
+    print(header)
+    print("-" * len(header))
+    failed = False
+    tmp = tempfile.mkdtemp(prefix="ferry-bench-", dir="/tmp")
+    try:
+        for case in opts.cases.split(","):
+            try:
+                info, verified = run_case(tmp, case, opts.size, opts.smp, opts.ab_dirty_rate)
+            except Exception as e:  # report and go on with the other cases
+                print(f"{case:<8} error: {e}")
+                failed = True
+                continue
+            ram = info["ram"]
+            total_ms = info["total-time"]
+            mibps = ram["total"] / (1 << 20) / (total_ms / 1000.0) if total_ms else float("inf")
+            wire = ram["transferred"] / (1 << 20) / (total_ms / 1000.0) if total_ms else float("inf")
+            print(f"{case:<8} {mibps:>8.0f} {mibps / peak:>7.0%} {wire:>7.0f} {total_ms:>9} "
+                  f"{info.get('downtime', 0):>9} "
+                  f"{info.get('setup-time', 0):>9} {ram['transferred']:>13} {ram['dirty-sync-count']:>7}  "
+                  f"{verified}")
+            failed |= verified != "ok"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+/*
+ * ferry-workload: a host program that stands in for a VM so that migrations can be tested and measured without
+ * one. This file is the command line (QEMU's spellings: -m, -smp, plus the workload's own options and the common
+ * ones of the host runtime), the QMP commands query-pattern-check, query-ram-digest and query-workload, and
+ * main(). The workers, the RAM layout and the device state are in workload.c. It uses only libferry's public API.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workload.h"
+
+#define PROG "ferry-workload"
+
+/* Exit codes: a bad value is an error (1); an unknown option or a missing argument is a usage error (2). */
+#define EXIT_BAD_VALUE 1
+#define EXIT_USAGE 2
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: " PROG " [options]\n"
+            "A stand-in for a VM: worker threads (\"vCPUs\") write RAM registered with libferry in a pattern that\n"
+            "can be verified after a migration. Start the destination with the same options plus -incoming.\n"
+            "\n"
+            "  -m SIZE                 RAM size (suffix K, M, G or T; no suffix means MiB, as in QEMU); default 128M\n"
+            "  -smp N                  worker threads, 1..%d; default 1\n"
+            "  -pattern ab|random|zero|half\n"
+            "                          ab: each worker increments the first byte of every page of its share in turn\n"
+            "                          random/zero/half: all/no/every other page filled with self-verifying data,\n"
+            "                          then workers rewrite random pages of their share; default ab\n"
+            "  -seed N                 seed of the generators, 0..%" PRId64 "; default 1\n"
+            "  -dirty-rate MIBPS       MiB/s written by all workers together, 0 = unlimited; default 0\n"
+            "  -dirty-tracker auto|uffd-wp|explicit|none\n"
+            "                          how outgoing migrations find written pages; default auto\n"
+            "  -ram-block-size SIZE    RAM is registered as blocks ram0, ram1, ... of at most SIZE bytes (suffix K,\n"
+            "                          M, G or T); default 1G\n"
+            "  -h, --help              this text\n"
+            "%s",
+            WORKLOAD_MAX_SMP, INT64_MAX, ferry_host_common_usage());
+}
+
+/* Parse "123", "256M", "4G"...; @default_shift applies without a suffix (20 for -m's MiB, 0 for bytes). */
+static bool parse_size(const char *s, unsigned default_shift, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = default_shift;
+
+    if (*s < '0' || *s > '9') {
+        return false;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno) {
+        return false;
+    }
+    if (*end) {
+        switch (*end) {
+        case 'b': case 'B': shift = 0; break;
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        case 't': case 'T': shift = 40; break;
+        default: return false;
+        }
+        if (end[1]) {
+            return false;
+        }
+    }
+    if (v > (UINT64_MAX >> shift)) {
+        return false;
+    }
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+static bool parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (*s < '0' || *s > '9') {
+        return false;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || *end || v > max) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* Parse argv into @cfg, handing common options to the host runtime. Returns -1 to go on, else an exit code. */
+static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cfg)
+{
+    size_t page_size = ferry_ram_page_size();
+    uint64_t v;
+
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        const char *arg = i + 1 < argc ? argv[i + 1] : NULL;
+        bool own_with_arg = true;
+
+        /* QEMU accepts --opt as well as -opt. */
+        if (opt[0] == '-' && opt[1] == '-' && opt[2]) {
+            opt++;
+        }
+        if (strcmp(opt, "-h") == 0 || strcmp(opt, "-help") == 0) {
+            usage(stdout);
+            return EXIT_SUCCESS;
+        }
+        if (strcmp(opt, "-m") == 0 || strcmp(opt, "-smp") == 0 || strcmp(opt, "-pattern") == 0 ||
+            strcmp(opt, "-seed") == 0 || strcmp(opt, "-dirty-rate") == 0 || strcmp(opt, "-dirty-tracker") == 0 ||
+            strcmp(opt, "-ram-block-size") == 0) {
+            if (!arg) {
+                fprintf(stderr, PROG ": option %s needs an argument (try --help)\n", opt);
+                return EXIT_USAGE;
+            }
+            i++;
+        } else {
+            own_with_arg = false;
+        }
+
+        if (!own_with_arg) {
+            FerryError *err = NULL;
+            bool used_arg = false;
+            int r;
+
+            if (opt[0] != '-') {
+                fprintf(stderr, PROG ": unexpected argument '%s' (try --help)\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            r = ferry_host_parse_option(host, opt, arg, &used_arg, &err);
+            if (r < 0) {
+                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+                ferry_error_free(err);
+                return EXIT_BAD_VALUE;
+            }
+            if (r == 0) {
+                fprintf(stderr, PROG ": unknown option '%s' (try --help)\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            if (used_arg) {
+                i++;
+            }
+        } else if (strcmp(opt, "-m") == 0) {
+            if (!parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
+                fprintf(stderr, PROG ": -m: '%s' is not a RAM size (a positive multiple of the %zu-byte page, "
+                        "e.g. 256M or 4G)\n", arg, page_size);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-ram-block-size") == 0) {
+            if (!parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
+                fprintf(stderr, PROG ": -ram-block-size: '%s' is not a block size (a positive multiple of the "
+                        "%zu-byte page, e.g. 64M)\n", arg, page_size);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-smp") == 0) {
+            if (!parse_u64(arg, WORKLOAD_MAX_SMP, &v) || v == 0) {
+                fprintf(stderr, PROG ": -smp: '%s' is not a number of workers in 1..%d\n", arg, WORKLOAD_MAX_SMP);
+                return EXIT_BAD_VALUE;
+            }
+            cfg->smp = (unsigned)v;
+        } else if (strcmp(opt, "-pattern") == 0) {
+            if (!workload_pattern_parse(arg, &cfg->pattern)) {
+                fprintf(stderr, PROG ": -pattern: unknown pattern '%s' (ab, random, zero or half)\n", arg);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-seed") == 0) {
+            /* Bounded to int64 so that query-workload can report it as a JSON integer. */
+            if (!parse_u64(arg, INT64_MAX, &cfg->seed)) {
+                fprintf(stderr, PROG ": -seed: '%s' is not a number in 0..%" PRId64 "\n", arg, INT64_MAX);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-dirty-rate") == 0) {
+            if (!parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
+                fprintf(stderr, PROG ": -dirty-rate: '%s' is not a rate in MiB/s (0 = unlimited)\n", arg);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-dirty-tracker") == 0) {
+            if (!ferry_tracker_kind_parse(arg, &cfg->tracker)) {
+                fprintf(stderr, PROG ": -dirty-tracker: unknown tracker '%s' (auto, uffd-wp, explicit or none)\n",
+                        arg);
+                return EXIT_BAD_VALUE;
+            }
+        }
+    }
+    if (cfg->ram_size / page_size < cfg->smp) {
+        fprintf(stderr, PROG ": -m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers\n",
+                cfg->ram_size, cfg->ram_size / page_size, cfg->smp);
+        return EXIT_BAD_VALUE;
+    }
+    if (cfg->ram_size / cfg->block_size >= 1u << 20) {
+        fprintf(stderr, PROG ": -ram-block-size %" PRIu64 " splits -m %" PRIu64 " into too many blocks\n",
+                cfg->block_size, cfg->ram_size);
+        return EXIT_BAD_VALUE;
+    }
+    return -1;
+}
+
+/* ---- QMP commands ---- */
+
+static json_t *cmd_pattern_check(json_t *args, void *opaque, FerryError **errp)
+{
+    WorkloadCheck res;
+
+    if (!workload_check(opaque, &res, errp)) {
+        return NULL;
+    }
+    return json_pack("{s:b, s:I, s:I, s:s}", "ok", res.mismatches == 0, "pages", (json_int_t)res.pages,
+                     "mismatches", (json_int_t)res.mismatches, "detail", res.detail);
+}
+
+static json_t *cmd_ram_digest(json_t *args, void *opaque, FerryError **errp)
+{
+    char hex[33];
+    uint64_t size;
+
+    if (!workload_digest(opaque, hex, &size, errp)) {
+        return NULL;
+    }
+    return json_pack("{s:s, s:I}", "digest", hex, "size", (json_int_t)size);
+}
+
+static json_t *cmd_query_workload(json_t *args, void *opaque, FerryError **errp)
+{
+    Workload *wl = opaque;
+    uint64_t passes, written;
+
+    workload_counters(wl, &passes, &written);
+    return json_pack("{s:s, s:I, s:i, s:I, s:I, s:I}", "pattern", workload_pattern_name(wl->cfg.pattern), "seed",
+                     (json_int_t)wl->cfg.seed, "smp", (int)wl->cfg.smp, "pages", (json_int_t)wl->pages, "passes",
+                     (json_int_t)passes, "pages-written", (json_int_t)written);
+}
+
+static bool register_commands(FerryHost *host, Workload *wl, FerryError **errp)
+{
+    return ferry_host_register_command(host, "query-pattern-check", NULL, cmd_pattern_check, wl, errp) &&
+           ferry_host_register_command(host, "query-ram-digest", NULL, cmd_ram_digest, wl, errp) &&
+           ferry_host_register_command(host, "query-workload", NULL, cmd_query_workload, wl, errp);
+}
+
+int main(int argc, char **argv)
+{
+    WorkloadConfig cfg = {
+        .ram_size = UINT64_C(128) << 20,
+        .block_size = UINT64_C(1) << 30,
+        .smp = 1,
+        .pattern = WORKLOAD_PATTERN_AB,
+        .seed = 1,
+        .dirty_rate = 0,
+        .tracker = FERRY_TRACKER_AUTO,
+    };
+    FerryError *err = NULL;
+    FerryHost *host;
+    Workload *wl = NULL;
+    int status;
+
+    host = ferry_host_new(PROG, &err);
+    if (!host) {
+        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+        ferry_error_free(err);
+        return EXIT_FAILURE;
+    }
+    status = parse_args(argc, argv, host, &cfg);
+    if (status >= 0) {
+        ferry_host_free(host);
+        return status;
+    }
+
+    wl = workload_new(&cfg, &err);
+    if (!wl || !workload_register(wl, ferry_host_migration(host), &err) || !register_commands(host, wl, &err) ||
+        (!ferry_host_incoming(host) && !workload_fill(wl, &err)) || !workload_start_threads(wl, &err)) {
+        goto fail;
+    }
+    ferry_host_set_ops(host, &workload_ops, wl);
+    if (!ferry_host_start(host, &err)) {
+        goto fail;
+    }
+    status = ferry_host_run(host);
+    /* The workers write RAM that belongs to the engine: they end before ferry_host_free unmaps it. The host may
+     * still call stop/start on its way down; those return at once once the workers are gone. */
+    workload_stop_threads(wl);
+    ferry_host_free(host);
+    workload_free(wl);
+    return status;
+
+fail:
+    fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+    ferry_error_free(err);
+    workload_stop_threads(wl);
+    ferry_host_free(host);
+    workload_free(wl);
+    return EXIT_FAILURE;
+}

@@ -1,0 +1,83 @@
+/*
+ * The host runtime: what every program that ferry migrates needs around its own code. It owns the engine
+ * (FerryMigration), the run state (running, paused, inmigrate, ...), the QMP monitor and the common command-line
+ * options (-qmp, -incoming, -S, -name), so that ferry-workload and ferry-vm share one implementation.
+ *
+ * Typical use: ferry_host_new(); feed argv through ferry_host_parse_option(); register RAM blocks and sections on
+ * ferry_host_migration(); register extra QMP commands; ferry_host_set_ops(); ferry_host_start(); ferry_host_run().
+ * The thread that calls ferry_host_run() serves the monitor; migrations run on their own threads.
+ */
+#ifndef FERRY_HOST_H
+#define FERRY_HOST_H
+
+#include <jansson.h>
+
+#include "ferry/common.h"
+
+typedef struct FerryHostOps {
+    /* Quiesce every writer of RAM and device state; return only once they are stopped. */
+    void (*stop)(void *opaque);
+    /* Let them run again. */
+    void (*start)(void *opaque);
+} FerryHostOps;
+
+/* QMP argument types, checked by the monitor before a command runs. */
+typedef enum FerryArgType {
+    FERRY_ARG_STR,
+    FERRY_ARG_INT,
+    FERRY_ARG_BOOL,
+    FERRY_ARG_NUMBER,
+    FERRY_ARG_OBJECT,
+    FERRY_ARG_ARRAY,
+    FERRY_ARG_ANY,
+} FerryArgType;
+
+typedef struct FerryArgSpec {
+    const char *name;
+    FerryArgType type;
+    bool optional;
+} FerryArgSpec;
+
+/*
+ * A QMP command. @args has been checked against the command's FerryArgSpec list (no unknown key, no missing
+ * required key, every type right), it is borrowed. Return a new reference (an empty object for "no data"), or
+ * NULL with *errp set.
+ */
+typedef json_t *(*FerryCommandFn)(json_t *args, void *opaque, FerryError **errp);
+
+FERRY_API FerryHost *ferry_host_new(const char *progname, FerryError **errp);
+FERRY_API void ferry_host_free(FerryHost *h);
+FERRY_API FerryMigration *ferry_host_migration(FerryHost *h);
+FERRY_API void ferry_host_set_ops(FerryHost *h, const FerryHostOps *ops, void *opaque);
+
+/*
+ * Parse one common option. @opt is the option with its dash ("-qmp"), @arg the next argv element or NULL.
+ * Returns 1 if the option was consumed (*used_arg tells whether @arg was too), 0 if it is not a common option,
+ * -1 with *errp set if it is one but its value is bad.
+ */
+FERRY_API int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool *used_arg,
+                                      FerryError **errp);
+/* Help text for the common options, one per line. */
+FERRY_API const char *ferry_host_common_usage(void);
+FERRY_API const char *ferry_host_name(const FerryHost *h);
+/* Whether -incoming was given: the program's RAM and state will come from a migration, so it must not
+ * initialise them itself. */
+FERRY_API bool ferry_host_incoming(const FerryHost *h);
+
+/* Register a QMP command (before ferry_host_start). @args ends with {NULL}; NULL means "no arguments". */
+FERRY_API bool ferry_host_register_command(FerryHost *h, const char *name, const FerryArgSpec *args,
+                                           FerryCommandFn fn, void *opaque, FerryError **errp);
+/* Send an event to every QMP client that has finished negotiation. Takes @data (may be NULL). Any thread. */
+FERRY_API void ferry_host_emit_event(FerryHost *h, const char *name, json_t *data);
+
+/* Open the monitor sockets, start listening for an incoming migration if -incoming gave an address, and start
+ * the workload unless -S or -incoming was given. */
+FERRY_API bool ferry_host_start(FerryHost *h, FerryError **errp);
+/* Serve the monitor until quit is requested (QMP "quit", or a fatal incoming failure); returns the exit code. */
+FERRY_API int ferry_host_run(FerryHost *h);
+/* Thread-safe; ferry_host_run() returns @status soon after. */
+FERRY_API void ferry_host_request_quit(FerryHost *h, int status);
+/* Whether the workload is running now (run state "running"). */
+FERRY_API bool ferry_host_is_running(FerryHost *h);
+
+#endif

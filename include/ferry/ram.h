@@ -1,0 +1,39 @@
+/*
+ * RAM blocks: the memory a host program asks ferry to migrate. The engine maps each block (anonymous, private,
+ * page aligned), the host program uses the returned pointer as its RAM, and the engine tracks which pages are
+ * written. The list of blocks is fixed once a migration has started in either direction; blocks are freed with
+ * the engine (ferry_migration_free). This header does not cover device state (see visitor.h).
+ */
+#ifndef FERRY_RAM_H
+#define FERRY_RAM_H
+
+#include "ferry/common.h"
+
+/* Map and register a block of @size bytes (rounded up to the page size) named @name (unique, at most 255 bytes).
+ * The memory reads as zero until written. */
+FERRY_API FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name, uint64_t size, FerryError **errp);
+FERRY_API void *ferry_ram_block_host(const FerryRamBlock *b);
+FERRY_API uint64_t ferry_ram_block_size(const FerryRamBlock *b);
+FERRY_API const char *ferry_ram_block_name(const FerryRamBlock *b);
+FERRY_API size_t ferry_ram_page_size(void);
+
+/*
+ * Explicit dirty marking, for writers the kernel cannot see (a device model writing through another mapping, a
+ * peer process) or for hosts that choose the explicit tracker. Safe from any thread, lock-free. The range is
+ * clamped to the block.
+ */
+FERRY_API void ferry_ram_mark_dirty(FerryRamBlock *b, uint64_t offset, uint64_t len);
+
+typedef enum FerryTrackerKind {
+    FERRY_TRACKER_AUTO = 0,  /* userfaultfd write-protect if it works here, else the stop-and-copy fallback */
+    FERRY_TRACKER_UFFD_WP,   /* require userfaultfd async write-protect + PAGEMAP_SCAN; migrate fails without it */
+    FERRY_TRACKER_EXPLICIT,  /* the host marks every write with ferry_ram_mark_dirty() */
+    FERRY_TRACKER_NONE,      /* no tracking: RAM is sent again, whole, with the workload stopped */
+} FerryTrackerKind;
+
+/* Choose the dirty tracker used by outgoing migrations. Explicit marks are always honoured in addition. */
+FERRY_API void ferry_migration_set_dirty_tracker(FerryMigration *m, FerryTrackerKind kind);
+/* "auto", "uffd-wp", "explicit", "none" -> kind; false on an unknown name. */
+FERRY_API bool ferry_tracker_kind_parse(const char *name, FerryTrackerKind *kind);
+
+#endif

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` calls this): install the Debian packages, build a tree with
+# warnings as errors (build-ci) and one under AddressSanitizer + UndefinedBehaviorSanitizer (build-san), run the
+# unit tests and the integration tests against the sanitized binaries, check that `meson install` produces a usable
+# libferry.pc, and print one summary line "N passed, N failed[, N skipped]". Exits non-zero if anything failed.
+# It is not the benchmark (bench/run.sh) and not the demo (scripts/demo.sh).
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+py=/usr/bin/python3
+failed_steps=()   # steps that are not counted by meson or pytest (builds, install check)
+passed_steps=0
+
+step() { echo; echo "=== test.sh: $*"; }
+
+bash scripts/install-deps.sh || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
+
+# setup_build DIR OPTIONS...: configure DIR (reconfigure it if it exists) and build it.
+setup_build() {
+    local dir=$1
+    shift
+    if [ -f "$dir/build.ninja" ]; then
+        meson setup --reconfigure "$dir" "$@" >"$dir.setup.log" 2>&1
+    else
+        rm -rf "$dir"
+        meson setup "$dir" "$@" >"$dir.setup.log" 2>&1
+    fi || { cat "$dir.setup.log"; return 1; }
+    rm -f "$dir.setup.log"
+    ninja -C "$dir"
+}
+
+step "build build-ci (werror)"
+if setup_build build-ci -Dwerror=true; then
+    passed_steps=$((passed_steps + 1))
+else
+    failed_steps+=("build build-ci")
+fi
+
+step "build build-san (address,undefined, werror)"
+san_ok=1
+if setup_build build-san -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true; then
+    passed_steps=$((passed_steps + 1))
+else
+    failed_steps+=("build build-san")
+    san_ok=0
+fi
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+rm -f build-san/meson-logs/testlog.json build-san/pytest-junit.xml
+if [ "$san_ok" = 1 ]; then
+    step "unit tests (build-san)"
+    meson test -C build-san --suite unit --print-errorlogs --num-processes 2
+
+    step "integration tests (build-san)"
+    FERRY_BUILD="$root/build-san" "$py" -m pytest tests/integration -v -rs \
+        --junitxml="$root/build-san/pytest-junit.xml"
+fi
+
+step "meson install smoke check (build-ci)"
+install_check() {
+    local dest pcdir flags
+    dest=$(mktemp -d)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$dest'" RETURN
+    meson install -C build-ci --destdir "$dest" --quiet || return 1
+    pcdir=$(dirname "$(find "$dest" -name libferry.pc | head -n 1)")
+    [ -f "$pcdir/libferry.pc" ] || { echo "libferry.pc not installed" >&2; return 1; }
+    # The sysroot variable makes pkg-config prefix every path with the staging directory.
+    flags=$(PKG_CONFIG_PATH="$pcdir" PKG_CONFIG_SYSROOT_DIR="$dest" pkg-config --cflags --libs libferry) || return 1
+    echo "pkg-config --cflags --libs libferry: $flags"
+    cat >"$dest/smoke.c" <<'EOF'
+#include <stdio.h>
+#include <ferry/ferry.h>
+int main(void)
+{
+    printf("libferry %s\n", ferry_version_string());
+    return 0;
+}
+EOF
+    # shellcheck disable=SC2086
+    cc -Wall -Werror -o "$dest/smoke" "$dest/smoke.c" $flags || return 1
+    LD_LIBRARY_PATH=$(dirname "$(find "$dest" -name 'libferry.so' | head -n 1)") "$dest/smoke"
+}
+if install_check; then
+    passed_steps=$((passed_steps + 1))
+else
+    failed_steps+=("meson install / pkg-config check")
+fi
+
+step "summary"
+summary=$("$py" - "$root/build-san/meson-logs/testlog.json" "$root/build-san/pytest-junit.xml" \
+    "$passed_steps" "${#failed_steps[@]}" <<'EOF'
+import json, os, sys
+import xml.etree.ElementTree as ET
+
+testlog, junit, steps_ok, steps_failed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+passed, failed, skipped = steps_ok, steps_failed, 0
+if os.path.exists(testlog):
+    with open(testlog) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            result = json.loads(line).get("result")
+            if result in ("OK", "EXPECTEDFAIL"):
+                passed += 1
+            elif result == "SKIP":
+                skipped += 1
+            else:
+                failed += 1
+if os.path.exists(junit):
+    # Count test cases rather than the suite's totals: a test whose teardown failed appears with an <error>.
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+        elif case.find("skipped") is not None:
+            skipped += 1
+        else:
+            passed += 1
+line = f"{passed} passed, {failed} failed"
+if skipped:
+    line += f", {skipped} skipped"
+print(line)
+sys.exit(1 if failed else 0)
+EOF
+)
+rc=$?
+for s in "${failed_steps[@]}"; do
+    echo "test.sh: FAILED step: $s"
+done
+if [ ! -f build-san/meson-logs/testlog.json ] || [ ! -f build-san/pytest-junit.xml ]; then
+    echo "test.sh: unit or integration results missing (build failed?)"
+    rc=1
+fi
+echo "$summary"
+exit $rc

@@ -1,0 +1,253 @@
+/*
+ * Transport-independent channel code (channel.h): the read/write loops on top of the ops table, dispatch of
+ * connect and listen by address type, and the listener's accept loop with its cross-thread wake-up. The
+ * transports (tcp.c, unix.c) only create sockets; the byte-moving ops live in socket.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "channel/channel-int.h"
+#include "util/util.h"
+
+FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, FerryError **errp)
+{
+    char *uri = ferry__address_to_uri(addr);
+    FerryChannel *c = NULL;
+    switch (addr->socket.type) {
+    case FERRY_SOCKET_INET:
+        c = ferry__tcp_connect(&addr->socket.inet, uri, errp);
+        break;
+    case FERRY_SOCKET_UNIX:
+        c = ferry__unix_connect(&addr->socket.un, uri, errp);
+        break;
+    default:
+        ferry_error_setg(errp, "Failed to connect to '%s': unsupported address type", uri);
+        break;
+    }
+    free(uri);
+    return c;
+}
+
+bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    while (iovcnt > 0) {
+        /* Skip what is done (and empty entries) so that the count given to the kernel stays meaningful. */
+        if (iov->iov_len == 0) {
+            iov++;
+            iovcnt--;
+            continue;
+        }
+        ssize_t n = c->ops->writev(c, iov, FERRY_MIN(iovcnt, IOV_MAX), errp);
+        if (n < 0) {
+            return false;
+        }
+        size_t done = (size_t)n;
+        while (iovcnt > 0 && done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (done) {
+            /* A partial write ended inside this entry. */
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
+    }
+    return true;
+}
+
+bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, FerryError **errp)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    return ferry__channel_writev_all(c, &iov, 1, errp);
+}
+
+ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    return c->ops->readv(c, &iov, 1, errp);
+}
+
+bool ferry__channel_read_all(FerryChannel *c, void *buf, size_t len, FerryError **errp)
+{
+    char *p = buf;
+    while (len > 0) {
+        ssize_t n = ferry__channel_read(c, p, len, errp);
+        if (n < 0) {
+            return false;
+        }
+        if (n == 0) {
+            ferry_error_setg(errp, "Failed to read from '%s': connection closed by peer", c->desc);
+            return false;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+void ferry__channel_shutdown(FerryChannel *c)
+{
+    if (c) {
+        c->ops->shutdown(c);
+    }
+}
+
+void ferry__channel_free(FerryChannel *c)
+{
+    if (!c) {
+        return;
+    }
+    c->ops->close(c);
+    free(c->desc);
+    free(c);
+}
+
+/* ---- listeners ---- */
+
+FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError **errp)
+{
+    FerryListener *l = ferry__xcalloc(1, sizeof(*l));
+    l->fd = -1;
+    l->addr = ferry__address_copy(addr);
+    l->uri = ferry__address_to_uri(addr);
+    l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (l->wake_fd < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to listen on '%s': cannot create eventfd", l->uri);
+        ferry__listener_free(l);
+        return NULL;
+    }
+    bool ok = false;
+    switch (addr->socket.type) {
+    case FERRY_SOCKET_INET:
+        ok = ferry__tcp_listen(l, &addr->socket.inet, errp);
+        break;
+    case FERRY_SOCKET_UNIX:
+        ok = ferry__unix_listen(l, &addr->socket.un, errp);
+        break;
+    default:
+        ferry_error_setg(errp, "Failed to listen on '%s': unsupported address type", l->uri);
+        break;
+    }
+    if (!ok) {
+        ferry__listener_free(l);
+        return NULL;
+    }
+    /* Non-blocking, so that a connection that goes away between poll() and accept() cannot block us in
+     * accept() where the wake-up eventfd would not be seen. */
+    int flags = fcntl(l->fd, F_GETFL);
+    if (flags < 0 || fcntl(l->fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to listen on '%s': cannot make the socket non-blocking", l->uri);
+        ferry__listener_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp)
+{
+    for (;;) {
+        struct pollfd pfd[2] = {
+            { .fd = l->fd, .events = POLLIN },
+            { .fd = l->wake_fd, .events = POLLIN },
+        };
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            ferry_error_setg_errno(errp, errno, "Failed to accept on '%s'", l->uri);
+            return NULL;
+        }
+        /* The eventfd is never drained: once shut down, every later accept fails at once too. */
+        if (pfd[1].revents) {
+            ferry_error_setg(errp, "Failed to accept on '%s': cancelled", l->uri);
+            return NULL;
+        }
+        if (!pfd[0].revents) {
+            continue;
+        }
+        /* Accepted sockets do not inherit O_NONBLOCK on Linux: the channel is blocking, as the ops expect. */
+        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            /* The peer may have given up already, or the network reported an error for a pending
+             * connection (accept(2) says to retry on those). */
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
+                errno == EPROTO || errno == ENETDOWN || errno == ENOPROTOOPT || errno == EHOSTDOWN ||
+                errno == ENONET || errno == EHOSTUNREACH || errno == EOPNOTSUPP || errno == ENETUNREACH) {
+                continue;
+            }
+            ferry_error_setg_errno(errp, errno, "Failed to accept on '%s'", l->uri);
+            return NULL;
+        }
+        ferry__socket_tune(fd);
+        FerryChannel *c;
+        if (l->addr->socket.type == FERRY_SOCKET_INET) {
+            int one = 1;
+            (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            char *desc = ferry__tcp_peer_desc(fd);
+            c = ferry__socket_channel_new(fd, "tcp", desc ? desc : l->uri);
+            free(desc);
+        } else {
+            /* A unix peer is normally unnamed: the listening path is the useful description. */
+            c = ferry__socket_channel_new(fd, "unix", l->uri);
+        }
+        return c;
+    }
+}
+
+void ferry__listener_shutdown(FerryListener *l)
+{
+    if (!l || l->wake_fd < 0) {
+        return;
+    }
+    uint64_t one = 1;
+    /* Cannot fail in a useful way: EAGAIN only when the counter is saturated, which already wakes poll. */
+    ssize_t n = write(l->wake_fd, &one, sizeof(one));
+    (void)n;
+}
+
+json_t *ferry__listener_addresses(const FerryListener *l)
+{
+    json_t *list = json_array();
+    json_t *a = ferry__socket_local_address(l->fd, NULL);
+    if (a) {
+        json_array_append_new(list, a);
+    }
+    return list;
+}
+
+void ferry__listener_free(FerryListener *l)
+{
+    if (!l) {
+        return;
+    }
+    if (l->fd >= 0) {
+        close(l->fd);
+    }
+    if (l->wake_fd >= 0) {
+        close(l->wake_fd);
+    }
+    if (l->unlink_path) {
+        /* Remove the socket file only if it is still the one we bound: another process may have replaced it
+         * since. */
+        struct stat st;
+        if (lstat(l->unlink_path, &st) == 0 && st.st_dev == l->unlink_dev && st.st_ino == l->unlink_ino) {
+            unlink(l->unlink_path);
+        }
+        free(l->unlink_path);
+    }
+    ferry__address_free(l->addr);
+    free(l->uri);
+    free(l);
+}

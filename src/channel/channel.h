@@ -1,0 +1,69 @@
+/*
+ * Channels: a connected, bidirectional byte pipe behind one ops table, one file per transport (tcp.c, unix.c,
+ * ...). A transport only turns an address into a connected channel (or a listener that yields channels); it
+ * knows nothing of the stream format. Buffering is the stream layer's job.
+ *
+ * Threads: a channel is used by one thread at a time for reading and one for writing, except shutdown, which any
+ * thread may call to make blocked reads and writes fail at once (that is how migrate_cancel interrupts a
+ * migration thread).
+ */
+#ifndef FERRY_CHANNEL_H
+#define FERRY_CHANNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <jansson.h>
+
+#include "ferry/error.h"
+#include "channel/address.h"
+
+typedef struct FerryChannel FerryChannel;
+
+typedef struct FerryChannelOps {
+    const char *name; /* "tcp", "unix", ... */
+    /* Like readv(2)/writev(2) with EINTR retried: bytes moved (0 on readv = end of stream), or -1 with *errp. */
+    ssize_t (*readv)(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp);
+    ssize_t (*writev)(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp);
+    void (*shutdown)(FerryChannel *c);
+    void (*close)(FerryChannel *c);
+} FerryChannelOps;
+
+struct FerryChannel {
+    const FerryChannelOps *ops;
+    int fd;
+    char *desc; /* peer description for messages, e.g. "tcp:127.0.0.1:4444" */
+};
+
+/* Connect to @addr (blocking). */
+FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, FerryError **errp);
+/* Loop until everything is moved. read_all fails with "connection closed by peer" on an early end of stream. */
+bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, FerryError **errp);
+bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp); /* may modify iov */
+bool ferry__channel_read_all(FerryChannel *c, void *buf, size_t len, FerryError **errp);
+/* Read up to @len bytes: returns bytes read, 0 at end of stream, -1 on error. */
+ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp);
+void ferry__channel_shutdown(FerryChannel *c);
+/* Wrap an already connected fd (a socketpair end, an fd received over SCM_RIGHTS, a pipe) into a channel named
+ * @desc in messages. Takes @fd on success; returns NULL (and leaves @fd to the caller) if @fd is not open.
+ * Sockets get the full semantics; for other fds writes use write(2) (SIGPIPE is then the caller's business) and
+ * shutdown cannot interrupt a blocked call, only fail later ones. */
+FerryChannel *ferry__channel_new_fd(int fd, const char *desc);
+void ferry__channel_free(FerryChannel *c); /* closes; NULL is a no-op */
+
+typedef struct FerryListener FerryListener;
+
+/* Bind and listen on @addr. For tcp with port 0 the kernel's choice is reported by ferry__listener_addresses().
+ * For unix an existing socket file at the path is replaced. */
+FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError **errp);
+/* Block until a peer connects, or ferry__listener_shutdown() is called (then fails with "cancelled"). */
+FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp);
+void ferry__listener_shutdown(FerryListener *l); /* any thread */
+/* QMP SocketAddress list of what is really bound: [{"type":"inet","host":"127.0.0.1","port":"40123"}] or
+ * [{"type":"unix","path":"/tmp/x"}]. New reference. */
+json_t *ferry__listener_addresses(const FerryListener *l);
+void ferry__listener_free(FerryListener *l); /* closes, removes a unix socket file it created; NULL no-op */
+
+#endif

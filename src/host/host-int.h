@@ -1,0 +1,32 @@
+/*
+ * Private to src/host: the FerryHost structure and the registration of the QMP commands the host runtime provides
+ * (qmp-cmds.c). The public contract is include/ferry/host.h; nothing outside src/host includes this file.
+ */
+#ifndef FERRY_HOST_INT_H
+#define FERRY_HOST_INT_H
+
+#include <stdbool.h>
+
+#include "channel/address.h"
+#include "ferry/host.h"
+#include "monitor/monitor.h"
+
+struct FerryHost {
+    char *progname;
+    char *name;                        /* -name, or NULL */
+    FerryMigration *m;
+    FerryMonitor *mon;
+    char **qmp_specs;                  /* -qmp values, checked at option time, bound by ferry_host_start */
+    size_t nqmp;
+    bool start_stopped;                /* -S */
+    bool incoming;                     /* -incoming (a URI or defer) */
+    FerryMigrationAddress *incoming_addr; /* -incoming URI; NULL for defer */
+    bool started;
+    int sig_pipe[2];                   /* SIGINT/SIGTERM self-pipe, watched by the monitor loop */
+};
+
+/* Register query-status, stop, cont, quit, migrate, migrate-incoming, migrate_cancel, query-migrate and the
+ * parameter and capability commands on h->mon. */
+bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp);
+
+#endif

@@ -1,0 +1,308 @@
+/*
+ * The host runtime (include/ferry/host.h): the glue every migrated program shares. It owns the engine, the QMP
+ * monitor and the common options (-qmp, -incoming, -S, -name, spelled as QEMU spells them), wires the engine's
+ * hooks (events, quit, host ops) to the monitor and the program, orders start-up so that an incoming migration
+ * listens before QMP is reachable, and turns SIGINT/SIGTERM into an orderly quit. It holds no migration logic and
+ * no command logic (qmp-cmds.c translates QMP into engine calls).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ferry/ferry.h"
+#include "host/host-int.h"
+#include "migration/migration.h"
+#include "util/util.h"
+
+/*
+ * The write end of the running host's signal self-pipe. A signal handler can only reach global state, and a
+ * process runs one host, so one slot is enough; a second started host takes the signals over.
+ */
+static volatile int host_signal_fd = -1;
+
+static void on_signal_handler(int signo)
+{
+    int saved = errno;
+    int fd = host_signal_fd;
+    if (fd >= 0) {
+        unsigned char b = (unsigned char)signo;
+        /* write() is async-signal-safe; a full pipe already holds a wake-up, so a lost byte does not matter. */
+        ssize_t r = write(fd, &b, 1);
+        (void)r;
+    }
+    errno = saved;
+}
+
+/* Runs on the monitor thread when the self-pipe is readable: QEMU's reaction to SIGTERM, an orderly exit 0. */
+static void on_signal_pipe(int fd, void *opaque)
+{
+    FerryHost *h = opaque;
+    unsigned char b = 0;
+    bool got = false;
+    while (read(fd, &b, 1) == 1) {
+        got = true;
+    }
+    if (!got) {
+        return;
+    }
+    ferry__log(FERRY_LOG_WARN, "%s: terminating on signal %d", h->progname, b);
+    ferry__monitor_emit_event(h->mon, "SHUTDOWN", json_pack("{s:b, s:s}", "guest", 0, "reason", "host-signal"));
+    ferry__monitor_request_quit(h->mon, 0);
+}
+
+static void event_hook(const char *name, json_t *data, void *opaque)
+{
+    ferry__monitor_emit_event(opaque, name, data);
+}
+
+static void quit_hook(int status, void *opaque)
+{
+    ferry__monitor_request_quit(opaque, status);
+}
+
+FerryHost *ferry_host_new(const char *progname, FerryError **errp)
+{
+    FerryHost *h = ferry__xcalloc(1, sizeof(*h));
+    h->progname = ferry__xstrdup(progname ? progname : "ferry");
+    h->sig_pipe[0] = h->sig_pipe[1] = -1;
+    h->m = ferry__migration_new();
+    h->mon = ferry__monitor_new();
+    ferry__migration_set_event_fn(h->m, event_hook, h->mon);
+    ferry__migration_set_quit_fn(h->m, quit_hook, h->mon);
+    if (!ferry__host_register_qmp_commands(h, errp)) {
+        ferry_host_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void ferry_host_free(FerryHost *h)
+{
+    if (!h) {
+        return;
+    }
+    if (h->sig_pipe[1] >= 0) {
+        if (host_signal_fd == h->sig_pipe[1]) {
+            /* Nobody serves the pipe any more: let SIGINT/SIGTERM terminate the process again. */
+            signal(SIGINT, SIG_DFL);
+            signal(SIGTERM, SIG_DFL);
+            host_signal_fd = -1;
+        }
+        close(h->sig_pipe[1]);
+    }
+    /* The engine goes first: its threads may still emit events into the monitor while they wind down. */
+    ferry__migration_free(h->m);
+    ferry__monitor_free(h->mon);
+    if (h->sig_pipe[0] >= 0) {
+        close(h->sig_pipe[0]);
+    }
+    for (size_t i = 0; i < h->nqmp; i++) {
+        free(h->qmp_specs[i]);
+    }
+    free(h->qmp_specs);
+    ferry__address_free(h->incoming_addr);
+    free(h->name);
+    free(h->progname);
+    free(h);
+}
+
+FerryMigration *ferry_host_migration(FerryHost *h)
+{
+    return h->m;
+}
+
+void ferry_host_set_ops(FerryHost *h, const FerryHostOps *ops, void *opaque)
+{
+    ferry__migration_set_host_ops(h->m, ops, opaque);
+}
+
+/* -name NAME, or QEMU's key=value form "guest=NAME,process=P,debug-threads=on" (a leading bare value is the
+ * guest name). Only the guest name means something to ferry; the other QEMU keys are accepted and ignored. */
+static bool parse_name(FerryHost *h, const char *arg, FerryError **errp)
+{
+    char *copy = ferry__xstrdup(arg);
+    char *save = NULL;
+    char *name = NULL;
+    bool first = true;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save), first = false) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            if (!first) {
+                ferry_error_setg(errp, "-name '%s': '%s' is not key=value", arg, item);
+                goto fail;
+            }
+            free(name);
+            name = ferry__xstrdup(item);
+            continue;
+        }
+        *eq = '\0';
+        if (!strcmp(item, "guest")) {
+            free(name);
+            name = ferry__xstrdup(eq + 1);
+        } else if (strcmp(item, "process") != 0 && strcmp(item, "debug-threads") != 0) {
+            ferry_error_setg(errp, "-name '%s': unknown key '%s'", arg, item);
+            goto fail;
+        }
+    }
+    if (!name || !*name) {
+        ferry_error_setg(errp, "-name '%s': no name given", arg);
+        goto fail;
+    }
+    free(copy);
+    free(h->name);
+    h->name = name;
+    return true;
+
+fail:
+    free(name);
+    free(copy);
+    return false;
+}
+
+int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool *used_arg, FerryError **errp)
+{
+    *used_arg = false;
+    /* QEMU accepts every option with one dash or two. */
+    if (opt[0] == '-' && opt[1] == '-') {
+        opt++;
+    }
+    if (!strcmp(opt, "-S")) {
+        h->start_stopped = true;
+        return 1;
+    }
+    bool is_qmp = !strcmp(opt, "-qmp"), is_incoming = !strcmp(opt, "-incoming"), is_name = !strcmp(opt, "-name");
+    if (!is_qmp && !is_incoming && !is_name) {
+        return 0;
+    }
+    if (!arg) {
+        ferry_error_setg(errp, "option %s requires an argument", opt);
+        return -1;
+    }
+    *used_arg = true;
+    if (is_qmp) {
+        /* Checked now so that a typo stops the program before it does anything; bound in ferry_host_start. */
+        if (!ferry__monitor_parse_qmp_spec(arg, NULL, errp)) {
+            return -1;
+        }
+        h->qmp_specs = ferry__xrealloc(h->qmp_specs, (h->nqmp + 1) * sizeof(*h->qmp_specs));
+        h->qmp_specs[h->nqmp++] = ferry__xstrdup(arg);
+        return 1;
+    }
+    if (is_incoming) {
+        FerryMigrationAddress *addr = NULL;
+        /* The URI is parsed once, here, at the edge; "defer" waits for QMP migrate-incoming. */
+        if (strcmp(arg, "defer") != 0 && !ferry__address_parse_uri(arg, &addr, errp)) {
+            ferry_error_prepend(errp, "-incoming '%s': ", arg);
+            return -1;
+        }
+        /* As in QEMU, the last -incoming wins. */
+        ferry__address_free(h->incoming_addr);
+        h->incoming_addr = addr;
+        h->incoming = true;
+        return 1;
+    }
+    if (!parse_name(h, arg, errp)) {
+        return -1;
+    }
+    return 1;
+}
+
+const char *ferry_host_common_usage(void)
+{
+    return "  -qmp unix:PATH,server=on,wait=off  serve QMP on a UNIX socket (repeatable; mode 0600)\n"
+           "  -incoming URI|defer                receive a migration on URI (tcp:HOST:PORT, unix:PATH), or wait\n"
+           "                                     for QMP migrate-incoming with 'defer'\n"
+           "  -S                                 do not start the workload until QMP 'cont'\n"
+           "  -name NAME|guest=NAME              name this program (shown in logs)\n";
+}
+
+const char *ferry_host_name(const FerryHost *h)
+{
+    return h->name ? h->name : h->progname;
+}
+
+bool ferry_host_incoming(const FerryHost *h)
+{
+    return h->incoming;
+}
+
+bool ferry_host_register_command(FerryHost *h, const char *name, const FerryArgSpec *args, FerryCommandFn fn,
+                                 void *opaque, FerryError **errp)
+{
+    if (h->started) {
+        ferry_error_setg(errp, "QMP command '%s' must be registered before the host starts", name);
+        return false;
+    }
+    return ferry__monitor_register(h->mon, name, args, fn, opaque, errp);
+}
+
+void ferry_host_emit_event(FerryHost *h, const char *name, json_t *data)
+{
+    ferry__monitor_emit_event(h->mon, name, data);
+}
+
+static bool install_signal_handling(FerryHost *h, FerryError **errp)
+{
+    /* A client that vanishes mid-reply, or a migration peer that closes, must give EPIPE, not kill us. */
+    signal(SIGPIPE, SIG_IGN);
+    if (pipe2(h->sig_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        ferry_error_setg_errno(errp, errno, "cannot create the signal pipe");
+        h->sig_pipe[0] = h->sig_pipe[1] = -1;
+        return false;
+    }
+    host_signal_fd = h->sig_pipe[1];
+    struct sigaction sa = { .sa_handler = on_signal_handler, .sa_flags = SA_RESTART };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    ferry__monitor_watch_fd(h->mon, h->sig_pipe[0], on_signal_pipe, h);
+    return true;
+}
+
+bool ferry_host_start(FerryHost *h, FerryError **errp)
+{
+    if (h->started) {
+        ferry_error_setg(errp, "the host has already been started");
+        return false;
+    }
+    h->started = true;
+    if (!install_signal_handling(h, errp)) {
+        return false;
+    }
+    ferry__runstate_init(h->m, h->start_stopped, h->incoming);
+    /* Listen for the incoming migration before QMP is reachable: a client that can talk to QMP may then rely on
+     * the migration socket being there. */
+    if (h->incoming_addr && !ferry__migrate_incoming(h->m, h->incoming_addr, true, errp)) {
+        return false;
+    }
+    for (size_t i = 0; i < h->nqmp; i++) {
+        if (!ferry__monitor_add_qmp(h->mon, h->qmp_specs[i], errp)) {
+            return false;
+        }
+    }
+    if (!h->start_stopped && !h->incoming) {
+        ferry__vm_start_initial(h->m);
+    }
+    return true;
+}
+
+int ferry_host_run(FerryHost *h)
+{
+    int status = ferry__monitor_run(h->mon);
+    ferry__vm_shutdown(h->m);
+    ferry__migration_join(h->m);
+    return status;
+}
+
+void ferry_host_request_quit(FerryHost *h, int status)
+{
+    ferry__monitor_request_quit(h->mon, status);
+}
+
+bool ferry_host_is_running(FerryHost *h)
+{
+    return ferry__runstate_get(h->m) == FERRY_RUN_RUNNING;
+}

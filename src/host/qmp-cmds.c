@@ -1,0 +1,169 @@
+/*
+ * The QMP commands of the host runtime: each one translates its (already type-checked) arguments into one call of
+ * the engine's internal API (src/migration/migration.h) and its result back into JSON. URIs are parsed here, at
+ * the edge, and nowhere below. No migration logic lives in this file; the built-in protocol commands
+ * (qmp_capabilities, query-version, query-commands) are the monitor's own.
+ */
+#include <string.h>
+
+#include "host/host-int.h"
+#include "migration/migration.h"
+#include "util/util.h"
+
+static json_t *cmd_query_status(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    FerryRunState rs = ferry__runstate_get(h->m);
+    return json_pack("{s:s, s:b, s:b}", "status", ferry__runstate_name(rs), "running", rs == FERRY_RUN_RUNNING,
+                     "singlestep", 0);
+}
+
+static json_t *cmd_stop(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__vm_stop(h->m, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_cont(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__vm_cont(h->m, errp) ? json_object() : NULL;
+}
+
+/*
+ * quit: the reply is queued before the SHUTDOWN event (the monitor delivers events after the reply to the
+ * request that raised them), and the monitor flushes both before ferry_host_run() returns and the program exits.
+ */
+static json_t *cmd_quit(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    ferry__monitor_emit_event(h->mon, "SHUTDOWN", json_pack("{s:b, s:s}", "guest", 0, "reason", "host-qmp-quit"));
+    ferry__monitor_request_quit(h->mon, 0);
+    return json_object();
+}
+
+static json_t *cmd_migrate(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    /* QEMU's old block-migration flags: ferry migrates no disks, so asking for it must not silently do nothing. */
+    if (json_is_true(json_object_get(args, "blk"))) {
+        ferry_error_setg(errp, "block migration (blk) is not supported: ferry migrates no block devices");
+        return NULL;
+    }
+    if (json_is_true(json_object_get(args, "inc"))) {
+        ferry_error_setg(errp, "incremental block migration (inc) is not supported: ferry migrates no block "
+                         "devices");
+        return NULL;
+    }
+    if (json_is_true(json_object_get(args, "resume"))) {
+        ferry_error_setg(errp, "resume is not supported");
+        return NULL;
+    }
+    /* "detach" is accepted and ignored, as in QEMU: migrate always returns at once. */
+    FerryMigrationAddress *addr = NULL;
+    if (!ferry__address_parse_uri(json_string_value(json_object_get(args, "uri")), &addr, errp)) {
+        return NULL;
+    }
+    bool ok = ferry__migrate(h->m, addr, errp);
+    ferry__address_free(addr);
+    return ok ? json_object() : NULL;
+}
+
+static json_t *cmd_migrate_incoming(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    json_t *eoe = json_object_get(args, "exit-on-error");
+    bool exit_on_error = eoe ? json_is_true(eoe) : true;
+    FerryMigrationAddress *addr = NULL;
+    if (!ferry__address_parse_uri(json_string_value(json_object_get(args, "uri")), &addr, errp)) {
+        return NULL;
+    }
+    bool ok = ferry__migrate_incoming(h->m, addr, exit_on_error, errp);
+    ferry__address_free(addr);
+    return ok ? json_object() : NULL;
+}
+
+static json_t *cmd_migrate_cancel(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migrate_cancel(h->m, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_query_migrate(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migration_query(h->m);
+}
+
+static json_t *cmd_migrate_set_parameters(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migration_set_params(h->m, args, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_query_migrate_parameters(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migration_query_params(h->m);
+}
+
+static json_t *cmd_migrate_set_capabilities(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migration_set_caps(h->m, json_object_get(args, "capabilities"), errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_query_migrate_capabilities(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migration_query_caps(h->m);
+}
+
+bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
+{
+    static const FerryArgSpec migrate_args[] = {
+        { "uri", FERRY_ARG_STR, false },
+        { "blk", FERRY_ARG_BOOL, true },
+        { "inc", FERRY_ARG_BOOL, true },
+        { "detach", FERRY_ARG_BOOL, true },
+        { "resume", FERRY_ARG_BOOL, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const FerryArgSpec incoming_args[] = {
+        { "uri", FERRY_ARG_STR, false },
+        { "exit-on-error", FERRY_ARG_BOOL, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const FerryArgSpec set_params_args[] = {
+        { "*", FERRY_ARG_ANY, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const FerryArgSpec set_caps_args[] = {
+        { "capabilities", FERRY_ARG_ARRAY, false },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const struct {
+        const char *name;
+        const FerryArgSpec *args;
+        FerryCommandFn fn;
+    } cmds[] = {
+        { "query-status", NULL, cmd_query_status },
+        { "stop", NULL, cmd_stop },
+        { "cont", NULL, cmd_cont },
+        { "quit", NULL, cmd_quit },
+        { "migrate", migrate_args, cmd_migrate },
+        { "migrate-incoming", incoming_args, cmd_migrate_incoming },
+        { "migrate_cancel", NULL, cmd_migrate_cancel },
+        { "query-migrate", NULL, cmd_query_migrate },
+        { "migrate-set-parameters", set_params_args, cmd_migrate_set_parameters },
+        { "query-migrate-parameters", NULL, cmd_query_migrate_parameters },
+        { "migrate-set-capabilities", set_caps_args, cmd_migrate_set_capabilities },
+        { "query-migrate-capabilities", NULL, cmd_query_migrate_capabilities },
+    };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(cmds); i++) {
+        if (!ferry__monitor_register(h->mon, cmds[i].name, cmds[i].args, cmds[i].fn, h, errp)) {
+            return false;
+        }
+    }
+    return true;
+}

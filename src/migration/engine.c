@@ -1,0 +1,422 @@
+/*
+ * The engine object: registration of RAM blocks and state sections, the hooks of the host runtime, the
+ * migration status machine and query-migrate, and the entry points that start, cancel and join migrations.
+ * The work of each direction is in source.c and dest.c; run state in runstate.c; parameters in params.c.
+ *
+ * Migration status (QEMU's MigrationStatus names), for either direction:
+ *
+ *   none --migrate/incoming--> setup --connected--> active --ack/end--> completed
+ *                                |                    |
+ *                                +--------------------+--error--> failed
+ *                                +--------------------+--migrate_cancel--> cancelling --> cancelled
+ *
+ * completed, failed and cancelled are terminal; a new migration starts again from setup.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "migration/migration-priv.h"
+#include "util/util.h"
+
+static const char *const status_names[] = {
+    [FERRY_MIG_NONE] = "none",         [FERRY_MIG_SETUP] = "setup",   [FERRY_MIG_CANCELLING] = "cancelling",
+    [FERRY_MIG_CANCELLED] = "cancelled", [FERRY_MIG_ACTIVE] = "active", [FERRY_MIG_DEVICE] = "device",
+    [FERRY_MIG_COMPLETED] = "completed", [FERRY_MIG_FAILED] = "failed",
+};
+
+const char *ferry__migration_status_name(FerryMigrationStatus s)
+{
+    return (unsigned)s < FERRY_ARRAY_SIZE(status_names) ? status_names[s] : "unknown";
+}
+
+static bool status_is_terminal(FerryMigrationStatus s)
+{
+    return s == FERRY_MIG_NONE || s == FERRY_MIG_COMPLETED || s == FERRY_MIG_FAILED || s == FERRY_MIG_CANCELLED;
+}
+
+FerryMigration *ferry__migration_new(void)
+{
+    FerryMigration *m = ferry__xcalloc(1, sizeof(*m));
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->run_lock, NULL);
+    m->runstate = FERRY_RUN_PRELAUNCH;
+    m->autostart = true;
+    m->status = FERRY_MIG_NONE;
+    m->tracker_kind = FERRY_TRACKER_AUTO;
+    ferry__params_init(m);
+    return m;
+}
+
+void ferry__migration_free(FerryMigration *m)
+{
+    if (!m) {
+        return;
+    }
+    ferry__migration_join(m);
+    for (size_t i = 0; i < m->nblocks; i++) {
+        ferry__ram_block_free(m->blocks[i]);
+    }
+    free(m->blocks);
+    for (size_t i = 0; i < m->nsections; i++) {
+        free(m->sections[i].name);
+    }
+    free(m->sections);
+    free(m->error_desc);
+    free(m->tracker_name);
+    free(m->tracker_note);
+    ferry__address_free(m->out_addr);
+    pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->run_lock);
+    free(m);
+}
+
+void ferry__migration_set_event_fn(FerryMigration *m, FerryEventFn fn, void *opaque)
+{
+    m->event_fn = fn;
+    m->event_opaque = opaque;
+}
+
+void ferry__migration_set_quit_fn(FerryMigration *m, FerryQuitFn fn, void *opaque)
+{
+    m->quit_fn = fn;
+    m->quit_opaque = opaque;
+}
+
+void ferry__migration_set_host_ops(FerryMigration *m, const FerryHostOps *ops, void *opaque)
+{
+    if (ops) {
+        m->host_ops = *ops;
+    } else {
+        memset(&m->host_ops, 0, sizeof(m->host_ops));
+    }
+    m->host_opaque = opaque;
+}
+
+void ferry__mig_emit(FerryMigration *m, const char *name, json_t *data)
+{
+    if (m->event_fn) {
+        m->event_fn(name, data, m->event_opaque);
+    } else {
+        json_decref(data);
+    }
+}
+
+bool ferry__mig_cap(FerryMigration *m, FerryCapability cap)
+{
+    pthread_mutex_lock(&m->lock);
+    bool on = m->caps[cap];
+    pthread_mutex_unlock(&m->lock);
+    return on;
+}
+
+void ferry__mig_set_status(FerryMigration *m, FerryMigrationStatus s)
+{
+    pthread_mutex_lock(&m->lock);
+    bool changed = m->status != s;
+    m->status = s;
+    if (status_is_terminal(s) && !m->stats.end_ms) {
+        m->stats.end_ms = ferry__clock_ms();
+    }
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    pthread_mutex_unlock(&m->lock);
+    ferry__log(FERRY_LOG_INFO, "migration status: %s", ferry__migration_status_name(s));
+    if (changed && events) {
+        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", ferry__migration_status_name(s)));
+    }
+}
+
+void ferry__mig_fail(FerryMigration *m, const FerryError *err)
+{
+    pthread_mutex_lock(&m->lock);
+    if (!m->error_desc) {
+        m->error_desc = ferry__xstrdup(err ? ferry_error_msg(err) : "unknown error");
+    }
+    pthread_mutex_unlock(&m->lock);
+    ferry__mig_set_status(m, FERRY_MIG_FAILED);
+}
+
+bool ferry__migration_is_active_locked(const FerryMigration *m)
+{
+    return !status_is_terminal(m->status) || m->out_thread_joinable || m->in_thread_joinable;
+}
+
+/* Public registration API. */
+
+FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name, uint64_t size, FerryError **errp)
+{
+    for (size_t i = 0; i < m->nblocks; i++) {
+        if (strcmp(m->blocks[i]->name, name) == 0) {
+            ferry_error_setg(errp, "RAM block '%s' is already registered", name);
+            return NULL;
+        }
+    }
+    pthread_mutex_lock(&m->lock);
+    bool busy = ferry__migration_is_active_locked(m) && m->status != FERRY_MIG_NONE;
+    pthread_mutex_unlock(&m->lock);
+    if (busy) {
+        ferry_error_setg(errp, "cannot register RAM block '%s' while a migration is in progress", name);
+        return NULL;
+    }
+    FerryRamBlock *b = ferry__ram_block_new(name, size, errp);
+    if (!b) {
+        return NULL;
+    }
+    b->index = (uint32_t)m->nblocks;
+    m->blocks = ferry__xrealloc(m->blocks, (m->nblocks + 1) * sizeof(*m->blocks));
+    m->blocks[m->nblocks++] = b;
+    return b;
+}
+
+void ferry_migration_set_dirty_tracker(FerryMigration *m, FerryTrackerKind kind)
+{
+    pthread_mutex_lock(&m->lock);
+    m->tracker_kind = kind;
+    pthread_mutex_unlock(&m->lock);
+}
+
+bool ferry_migration_register_section(FerryMigration *m, const char *name, uint32_t instance_id, uint32_t version,
+                                      FerrySectionFn fn, void *opaque, FerryError **errp)
+{
+    if (!name || !*name || strlen(name) > 255) {
+        ferry_error_setg(errp, "section name must be 1 to 255 bytes");
+        return false;
+    }
+    for (size_t i = 0; i < m->nsections; i++) {
+        if (strcmp(m->sections[i].name, name) == 0 && m->sections[i].instance_id == instance_id) {
+            ferry_error_setg(errp, "section '%s' instance %u is already registered", name, instance_id);
+            return false;
+        }
+    }
+    m->sections = ferry__xrealloc(m->sections, (m->nsections + 1) * sizeof(*m->sections));
+    m->sections[m->nsections++] = (FerrySection){
+        .name = ferry__xstrdup(name), .instance_id = instance_id, .version = version, .fn = fn, .opaque = opaque,
+    };
+    return true;
+}
+
+/* Starting, cancelling and joining. */
+
+static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
+{
+    m->incoming = incoming;
+    m->status = FERRY_MIG_SETUP;
+    free(m->error_desc);
+    m->error_desc = NULL;
+    free(m->tracker_name);
+    m->tracker_name = NULL;
+    free(m->tracker_note);
+    m->tracker_note = NULL;
+    memset(&m->stats, 0, sizeof(m->stats));
+    m->stats.start_ms = ferry__clock_ms();
+    m->stats.expected_downtime_ms = m->params.downtime_limit;
+    for (size_t i = 0; i < m->nblocks; i++) {
+        m->stats.total += m->blocks[i]->size;
+    }
+    m->cancel_requested = false;
+}
+
+/* Reap the finished thread of a previous migration, in either direction, so that a new one can start (a
+ * destination that completed may migrate on: A to B to C). Called with lock held; drops it while joining. */
+static void reap_finished_locked(FerryMigration *m)
+{
+    if (!status_is_terminal(m->status)) {
+        return;
+    }
+    if (m->out_thread_joinable) {
+        pthread_t t = m->out_thread;
+        m->out_thread_joinable = false;
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(t, NULL);
+        pthread_mutex_lock(&m->lock);
+    }
+    if (m->in_thread_joinable) {
+        pthread_t t = m->in_thread;
+        m->in_thread_joinable = false;
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(t, NULL);
+        pthread_mutex_lock(&m->lock);
+    }
+}
+
+bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+{
+    pthread_mutex_lock(&m->lock);
+    reap_finished_locked(m);
+    if (m->runstate == FERRY_RUN_INMIGRATE) {
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "Guest is waiting for an incoming migration");
+        return false;
+    }
+    if (m->out_thread_joinable || m->in_thread_joinable || !status_is_terminal(m->status)) {
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "There's a migration process in progress");
+        return false;
+    }
+    if (m->runstate == FERRY_RUN_SHUTDOWN) {
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "cannot migrate: the workload has shut down");
+        return false;
+    }
+    if (m->nblocks == 0 && m->nsections == 0) {
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "nothing to migrate: no RAM block or state section is registered");
+        return false;
+    }
+    reset_for_new_migration_locked(m, false);
+    ferry__address_free(m->out_addr);
+    m->out_addr = ferry__address_copy(addr);
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    int rc = pthread_create(&m->out_thread, NULL, ferry__source_thread, m);
+    if (rc != 0) {
+        m->status = FERRY_MIG_FAILED;
+        m->error_desc = ferry__xstrdup("cannot create the migration thread");
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg_errno(errp, rc, "cannot create the migration thread");
+        return false;
+    }
+    m->out_thread_joinable = true;
+    pthread_mutex_unlock(&m->lock);
+    if (events) {
+        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", "setup"));
+    }
+    return true;
+}
+
+bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *addr, bool exit_on_error,
+                             FerryError **errp)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->runstate != FERRY_RUN_INMIGRATE) {
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "'-incoming' was not specified on the command line");
+        return false;
+    }
+    /* A previous attempt that failed with exit-on-error=false is reaped before trying again. */
+    reap_finished_locked(m);
+    if (m->in_thread_joinable || m->out_thread_joinable) {
+        pthread_mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "The incoming migration has already been started");
+        return false;
+    }
+    pthread_mutex_unlock(&m->lock);
+
+    FerryListener *l = ferry__listener_new(addr, errp);
+    if (!l) {
+        return false;
+    }
+
+    pthread_mutex_lock(&m->lock);
+    reset_for_new_migration_locked(m, true);
+    m->listener = l;
+    m->exit_on_error = exit_on_error;
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    int rc = pthread_create(&m->in_thread, NULL, ferry__dest_thread, m);
+    if (rc != 0) {
+        m->listener = NULL;
+        m->status = FERRY_MIG_FAILED;
+        pthread_mutex_unlock(&m->lock);
+        ferry__listener_free(l);
+        ferry_error_setg_errno(errp, rc, "cannot create the incoming migration thread");
+        return false;
+    }
+    m->in_thread_joinable = true;
+    pthread_mutex_unlock(&m->lock);
+    if (events) {
+        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", "setup"));
+    }
+    return true;
+}
+
+bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->incoming || status_is_terminal(m->status) || m->status == FERRY_MIG_CANCELLING) {
+        /* QEMU: cancelling when nothing runs is not an error. */
+        pthread_mutex_unlock(&m->lock);
+        return true;
+    }
+    m->cancel_requested = true;
+    if (m->out_chan) {
+        ferry__channel_shutdown(m->out_chan);
+    }
+    pthread_mutex_unlock(&m->lock);
+    ferry__mig_set_status(m, FERRY_MIG_CANCELLING);
+    return true;
+}
+
+void ferry__migration_join(FerryMigration *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->quitting = true;
+    if (m->out_thread_joinable && !status_is_terminal(m->status)) {
+        m->cancel_requested = true;
+        if (m->out_chan) {
+            ferry__channel_shutdown(m->out_chan);
+        }
+    }
+    if (m->listener) {
+        ferry__listener_shutdown(m->listener);
+    }
+    if (m->in_chan) {
+        ferry__channel_shutdown(m->in_chan);
+    }
+    bool out = m->out_thread_joinable, in = m->in_thread_joinable;
+    pthread_t ot = m->out_thread, it = m->in_thread;
+    m->out_thread_joinable = m->in_thread_joinable = false;
+    pthread_mutex_unlock(&m->lock);
+    if (out) {
+        pthread_join(ot, NULL);
+    }
+    if (in) {
+        pthread_join(it, NULL);
+    }
+}
+
+json_t *ferry__migration_query(FerryMigration *m)
+{
+    pthread_mutex_lock(&m->lock);
+    const FerryMigStats *st = &m->stats;
+    json_t *r = json_object();
+    json_object_set_new(r, "status", json_string(ferry__migration_status_name(m->status)));
+    if (m->status != FERRY_MIG_NONE) {
+        int64_t now = ferry__clock_ms();
+        int64_t end = st->end_ms ? st->end_ms : now;
+        json_object_set_new(r, "total-time", json_integer(end - st->start_ms));
+        json_object_set_new(r, "setup-time", json_integer(st->setup_time_ms));
+        if (m->status == FERRY_MIG_COMPLETED && !m->incoming) {
+            json_object_set_new(r, "downtime", json_integer(st->downtime_ms));
+        }
+        if (m->status == FERRY_MIG_ACTIVE && !m->incoming) {
+            json_object_set_new(r, "expected-downtime", json_integer(st->expected_downtime_ms));
+        }
+        json_t *ram = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}",
+            "transferred", (json_int_t)st->transferred,
+            "remaining", (json_int_t)st->remaining,
+            "total", (json_int_t)st->total,
+            "duplicate", (json_int_t)st->duplicate,
+            "normal", (json_int_t)st->normal,
+            "normal-bytes", (json_int_t)(st->normal * ferry_ram_page_size()),
+            "dirty-sync-count", (json_int_t)st->dirty_sync_count,
+            "dirty-pages-rate", (json_int_t)st->dirty_pages_rate,
+            "mbps", st->mbps,
+            "pages-per-second", (json_int_t)st->pages_per_second,
+            "precopy-bytes", (json_int_t)st->precopy_bytes,
+            "downtime-bytes", (json_int_t)st->downtime_bytes,
+            "page-size", (json_int_t)ferry_ram_page_size());
+        json_object_set_new(r, "ram", ram);
+        if (m->tracker_name) {
+            json_object_set_new(r, "dirty-tracker", json_string(m->tracker_name));
+        }
+        if (m->tracker_note) {
+            json_object_set_new(r, "dirty-tracker-note", json_string(m->tracker_note));
+        }
+    }
+    if (m->error_desc && (m->status == FERRY_MIG_FAILED || m->status == FERRY_MIG_CANCELLED)) {
+        json_object_set_new(r, "error-desc", json_string(m->error_desc));
+    }
+    if (m->incoming && m->listener) {
+        json_object_set_new(r, "socket-address", ferry__listener_addresses(m->listener));
+    }
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}

@@ -1,0 +1,134 @@
+/*
+ * The inside of FerryMigration, shared by the files of the migration layer only (engine.c, runstate.c,
+ * params.c, source.c, dest.c). Other layers see the functions of migration.h.
+ *
+ * One mutex (lock) guards the status, statistics, parameters, capabilities and the pointers the monitor thread
+ * may touch (the channel and listener, to interrupt them). run_lock serialises calls into the host's stop/start
+ * callbacks, which may take a while, so that they never run under lock. Lock order: run_lock before lock.
+ */
+#ifndef FERRY_MIGRATION_PRIV_H
+#define FERRY_MIGRATION_PRIV_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "ferry/visitor.h"
+#include "channel/channel.h"
+#include "migration/migration.h"
+#include "ram/ram.h"
+
+typedef struct FerrySection {
+    char *name;
+    uint32_t instance_id;
+    uint32_t version;
+    FerrySectionFn fn;
+    void *opaque;
+} FerrySection;
+
+/* Parameters: see params.c for the table (names, defaults, ranges). Read by migration threads with atomic loads. */
+typedef struct FerryParams {
+    int64_t max_bandwidth;  /* bytes per second, 0 = no limit */
+    int64_t downtime_limit; /* milliseconds */
+} FerryParams;
+
+typedef enum FerryCapability {
+    FERRY_CAP_EVENTS,
+    FERRY_CAP__MAX,
+} FerryCapability;
+
+/* Statistics of the current (or last) migration, in QEMU's units. */
+typedef struct FerryMigStats {
+    int64_t start_ms;            /* monotonic, when migrate / the incoming connection started */
+    int64_t setup_time_ms;
+    int64_t end_ms;              /* when it reached a terminal status, 0 before */
+    int64_t downtime_ms;
+    int64_t expected_downtime_ms;
+    uint64_t transferred;        /* bytes on the wire, both RAM and control */
+    uint64_t remaining;          /* bytes of dirty RAM not yet sent */
+    uint64_t total;              /* bytes of RAM */
+    uint64_t duplicate;          /* zero pages (sent as a bit) */
+    uint64_t normal;             /* pages sent with their data */
+    uint64_t dirty_sync_count;   /* passes (harvests of the dirty tracker) */
+    uint64_t dirty_pages_rate;   /* pages dirtied per second, last pass */
+    uint64_t precopy_bytes;      /* bytes sent while the workload ran */
+    uint64_t downtime_bytes;     /* bytes sent while it was stopped */
+    double mbps;                 /* recent throughput, megabits per second */
+    uint64_t pages_per_second;
+} FerryMigStats;
+
+struct FerryMigration {
+    pthread_mutex_t lock;
+    pthread_mutex_t run_lock;
+
+    /* Registration (before any migration). */
+    FerryRamBlock **blocks;
+    size_t nblocks;
+    FerrySection *sections;
+    size_t nsections;
+    FerryTrackerKind tracker_kind;
+
+    /* Hooks from the host runtime. */
+    FerryEventFn event_fn;
+    void *event_opaque;
+    FerryQuitFn quit_fn;
+    void *quit_opaque;
+    FerryHostOps host_ops;
+    void *host_opaque;
+
+    /* Run state (guarded by lock; changed with run_lock held). */
+    FerryRunState runstate;
+    bool autostart; /* the destination resumes the workload after an incoming migration */
+
+    FerryParams params;
+    bool caps[FERRY_CAP__MAX];
+
+    /* The current or last migration, in either direction. */
+    bool incoming;               /* direction of the current/last one */
+    FerryMigrationStatus status;
+    char *error_desc;
+    FerryMigStats stats;
+    char *tracker_name;          /* outgoing: the tracker in use */
+    char *tracker_note;          /* why a fallback was taken */
+
+    /* Outgoing. */
+    pthread_t out_thread;
+    bool out_thread_joinable;
+    FerryMigrationAddress *out_addr;
+    FerryChannel *out_chan;      /* set while connected, for cancel */
+    bool cancel_requested;
+
+    /* Incoming. */
+    pthread_t in_thread;
+    bool in_thread_joinable;
+    FerryListener *listener;
+    FerryChannel *in_chan;       /* set while connected, for shutdown at exit */
+    bool exit_on_error;
+    bool quitting;
+};
+
+/* engine.c */
+void ferry__mig_set_status(FerryMigration *m, FerryMigrationStatus s);
+void ferry__mig_fail(FerryMigration *m, const FerryError *err); /* status failed + error-desc, once */
+void ferry__mig_emit(FerryMigration *m, const char *name, json_t *data);
+bool ferry__mig_cap(FerryMigration *m, FerryCapability cap);
+bool ferry__migration_is_active_locked(const FerryMigration *m);
+
+/* runstate.c: transitions made by migrations. */
+void ferry__runstate_set(FerryMigration *m, FerryRunState rs);
+/* Stop the workload for switchover; returns the run state before, to restore on failure. */
+FerryRunState ferry__vm_stop_for_migration(FerryMigration *m);
+/* After a failed or cancelled outgoing migration: back to @prev, restarting the workload if it ran. */
+void ferry__vm_restore_after_migration(FerryMigration *m, FerryRunState prev);
+/* After a successful incoming migration. */
+void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
+
+/* params.c */
+void ferry__params_init(FerryMigration *m);
+int64_t ferry__param_max_bandwidth(FerryMigration *m);
+int64_t ferry__param_downtime_limit(FerryMigration *m);
+
+/* source.c / dest.c: thread bodies. */
+void *ferry__source_thread(void *opaque);
+void *ferry__dest_thread(void *opaque);
+
+#endif

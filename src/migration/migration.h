@@ -1,0 +1,95 @@
+/*
+ * The migration engine, internal API: the state machine (QEMU's MigrationStatus names), the run state of the
+ * host's workload (QEMU's RunState names), parameters and capabilities, and the two directions. The monitor's
+ * command functions translate QMP arguments into these calls and hold no migration logic themselves.
+ *
+ * Locking: FerryMigration has one mutex for its shared state (status, statistics, parameters). Every function
+ * here takes it itself; callers hold nothing. Events are emitted through the event hook from the thread that
+ * made the change, after the lock is dropped.
+ */
+#ifndef FERRY_MIGRATION_INT_H
+#define FERRY_MIGRATION_INT_H
+
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include "ferry/error.h"
+#include "ferry/host.h"
+#include "channel/address.h"
+
+typedef enum FerryMigrationStatus {
+    FERRY_MIG_NONE,
+    FERRY_MIG_SETUP,
+    FERRY_MIG_CANCELLING,
+    FERRY_MIG_CANCELLED,
+    FERRY_MIG_ACTIVE,
+    FERRY_MIG_DEVICE,
+    FERRY_MIG_COMPLETED,
+    FERRY_MIG_FAILED,
+} FerryMigrationStatus;
+
+/* "none", "setup", "cancelling", "cancelled", "active", "device", "completed", "failed" */
+const char *ferry__migration_status_name(FerryMigrationStatus s);
+
+typedef enum FerryRunState {
+    FERRY_RUN_PRELAUNCH,      /* "prelaunch": started with -S, never run */
+    FERRY_RUN_RUNNING,        /* "running" */
+    FERRY_RUN_PAUSED,         /* "paused": stopped by the user */
+    FERRY_RUN_INMIGRATE,      /* "inmigrate": waiting for / loading an incoming migration */
+    FERRY_RUN_FINISH_MIGRATE, /* "finish-migrate": stopped by the migration for switchover */
+    FERRY_RUN_POSTMIGRATE,    /* "postmigrate": the source after a completed migration */
+    FERRY_RUN_SHUTDOWN,       /* "shutdown" */
+} FerryRunState;
+
+const char *ferry__runstate_name(FerryRunState rs);
+
+FerryMigration *ferry__migration_new(void);
+void ferry__migration_free(FerryMigration *m);
+
+/* Hooks installed by the host runtime. */
+typedef void (*FerryEventFn)(const char *name, json_t *data /* taken */, void *opaque);
+typedef void (*FerryQuitFn)(int status, void *opaque);
+void ferry__migration_set_event_fn(FerryMigration *m, FerryEventFn fn, void *opaque);
+void ferry__migration_set_quit_fn(FerryMigration *m, FerryQuitFn fn, void *opaque);
+void ferry__migration_set_host_ops(FerryMigration *m, const FerryHostOps *ops, void *opaque);
+
+/* Run state. set_initial is called once at start-up: -S gives prelaunch, -incoming gives inmigrate. */
+void ferry__runstate_init(FerryMigration *m, bool start_stopped, bool incoming);
+FerryRunState ferry__runstate_get(FerryMigration *m);
+/* QMP stop / cont. cont fails while an incoming migration is pending or running, and after shutdown. Both are
+ * no-ops (success) when already in the requested state. They emit STOP / RESUME. */
+bool ferry__vm_stop(FerryMigration *m, FerryError **errp);
+bool ferry__vm_cont(FerryMigration *m, FerryError **errp);
+/* Start the workload for the first time (host start-up without -S and without -incoming). */
+void ferry__vm_start_initial(FerryMigration *m);
+/* Stop the workload for good before exit (quit): state shutdown. */
+void ferry__vm_shutdown(FerryMigration *m);
+
+/*
+ * migrate: start an outgoing migration to @addr on its own thread and return. Fails at once if a migration is
+ * already running in either direction, if this process is waiting for an incoming one, or if no RAM or state is
+ * registered; connection errors come later, as status "failed" with error-desc.
+ */
+bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp);
+/* migrate-incoming: listen on @addr now (bind errors are returned) and accept and load on a thread. Only valid
+ * in run state inmigrate (i.e. with -incoming defer or a URI). */
+bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *addr, bool exit_on_error,
+                             FerryError **errp);
+/* migrate_cancel: cancel an outgoing migration (no-op if none is active). */
+bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp);
+/* Block until no migration thread of this engine runs (used at exit). */
+void ferry__migration_join(FerryMigration *m);
+
+/* query-migrate's reply. New reference. */
+json_t *ferry__migration_query(FerryMigration *m);
+
+/* Parameters and capabilities: one table in params.c. The set functions check every member first and apply
+ * nothing if one is wrong; the error names the member. */
+json_t *ferry__migration_query_params(FerryMigration *m);
+bool ferry__migration_set_params(FerryMigration *m, json_t *args, FerryError **errp);
+json_t *ferry__migration_query_caps(FerryMigration *m);
+/* @caps: the QMP array [{"capability": NAME, "state": BOOL}, ...] (unchecked JSON). */
+bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **errp);
+
+#endif

@@ -1,0 +1,562 @@
+/*
+ * The source side of a precopy migration, run on its own thread (ferry__source_thread):
+ *
+ *   setup:      connect; arm the dirty tracker; stream header, CONFIG (block list), POPULATE_HINT (which pages
+ *               hold data, so the destination can fault them in ahead of the data).
+ *   pass 1:     every page the kernel has populated (never-populated pages read as zero and are not sent).
+ *   pass n:     harvest the tracker (which re-arms it in the same step), then send what was written. After each
+ *               pass: expected downtime = dirty bytes / measured bandwidth; switch over when it is within
+ *               downtime-limit. A workload that dirties faster than the link keeps iterating (as QEMU does)
+ *               until the limit or the bandwidth is raised, or the migration is cancelled.
+ *   switchover: stop the workload, last harvest, remaining pages, device sections, END; wait for the
+ *               destination's ACK; then "completed" and run state postmigrate.
+ *
+ * Any error before the ACK (including cancel) disarms the tracker and puts the workload back as it was: RAM was
+ * only ever read, so the source is intact. Pages are read after they were harvested, so a write that races with
+ * the send is caught by the next harvest and the page is sent again.
+ *
+ * With the "none" tracker there are no live passes: the workload is stopped and all RAM sent (stop-and-copy).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "migration/migration-priv.h"
+#include "stream/stream.h"
+#include "util/bitmap.h"
+#include "util/util.h"
+#include "visitor/visitor-int.h"
+#include "wire/wire.h"
+
+#define RATE_WINDOW_NS (100 * 1000 * 1000LL) /* rate limiting slice, as QEMU's BUFFER_DELAY */
+#define BW_SAMPLE_NS (50 * 1000 * 1000LL)    /* shortest span a bandwidth sample is taken over */
+#define COPY_BELOW (64 * 1024)               /* runs with less page data than this are copied into the buffer */
+#define RETURN_PATH_POLL_EVERY 8             /* records between checks of the return path */
+
+typedef struct Source {
+    FerryMigration *m;
+    FerryChannel *chan;
+    FerryStream *s;
+    FerryDirtyTracker *tracker;
+    unsigned long **send; /* per block: pages still to send in this pass */
+    uint64_t pending;     /* bits set in send[] */
+    size_t ps;
+    bool downtime_phase;
+    uint64_t pages_sent;  /* page entries (data or zero), checked by the END record */
+    int records_since_poll;
+
+    int64_t window_start_ns;
+    uint64_t window_bytes;
+
+    double bandwidth;     /* bytes per second, estimated */
+    uint64_t bw_bytes;
+    int64_t bw_ns;
+
+    int64_t sample_ms;    /* for mbps / pages-per-second */
+    uint64_t sample_bytes, sample_pages;
+    uint64_t normal, duplicate;
+} Source;
+
+static bool cancelled(FerryMigration *m)
+{
+    return __atomic_load_n(&m->cancel_requested, __ATOMIC_RELAXED);
+}
+
+static void write_record_header(FerryStream *s, uint16_t type, uint16_t flags, uint32_t len)
+{
+    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
+    ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = type, .flags = flags, .length = len });
+    ferry__stream_write(s, h, sizeof(h));
+}
+
+static void update_stats(Source *src)
+{
+    FerryMigration *m = src->m;
+    uint64_t written = ferry__stream_bytes_written(src->s);
+    int64_t now = ferry__clock_ms();
+    pthread_mutex_lock(&m->lock);
+    FerryMigStats *st = &m->stats;
+    if (src->downtime_phase) {
+        st->downtime_bytes = written - st->precopy_bytes;
+    } else {
+        st->precopy_bytes = written;
+    }
+    st->transferred = written;
+    st->remaining = src->pending * src->ps;
+    st->normal = src->normal;
+    st->duplicate = src->duplicate;
+    if (now - src->sample_ms >= 100) {
+        double secs = (now - src->sample_ms) / 1000.0;
+        if (src->sample_ms) {
+            st->mbps = (double)(written - src->sample_bytes) * 8 / 1e6 / secs;
+            st->pages_per_second = (uint64_t)((src->normal + src->duplicate - src->sample_pages) / secs);
+        }
+        src->sample_ms = now;
+        src->sample_bytes = written;
+        src->sample_pages = src->normal + src->duplicate;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Read one record from the return path: ACK gives true; NACK, end of stream or garbage give false + error. */
+static bool read_reply(Source *src, FerryError **errp)
+{
+    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
+    FerryRecordHeader rh;
+    if (!ferry__stream_read(src->s, h, sizeof(h))) {
+        ferry__stream_check(src->s, errp);
+        ferry_error_prepend(errp, "no acknowledgement from the destination: ");
+        return false;
+    }
+    ferry__wire_decode_record(h, &rh);
+    if (rh.type == FERRY_REC_ACK && rh.length == 0) {
+        return true;
+    }
+    if (rh.type == FERRY_REC_NACK && rh.length <= FERRY_WIRE_MAX_CONTROL_LEN) {
+        char *msg = ferry__xcalloc(1, rh.length + 1);
+        if (!ferry__stream_read(src->s, msg, rh.length)) {
+            free(msg);
+            ferry__stream_check(src->s, errp);
+            ferry_error_prepend(errp, "the destination failed, and its reason was lost: ");
+            return false;
+        }
+        ferry_error_setg(errp, "the destination failed: %s", msg);
+        free(msg);
+        return false;
+    }
+    ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path",
+                     ferry__wire_record_name(rh.type), rh.type, rh.length);
+    return false;
+}
+
+/*
+ * The destination only writes on the return path to acknowledge or to report a failure, so anything readable
+ * before the end means it failed: fetch its reason, which is better than the EPIPE the next write would give.
+ */
+static bool check_return_path(Source *src, FerryError **errp)
+{
+    struct pollfd p = { .fd = src->chan->fd, .events = POLLIN };
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) {
+        return true;
+    }
+    if (read_reply(src, errp)) {
+        ferry_error_setg(errp, "the destination acknowledged before the end of the stream");
+    }
+    return false;
+}
+
+static bool check_stream(Source *src, FerryError **errp)
+{
+    if (cancelled(src->m)) {
+        ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    if (!ferry__stream_check(src->s, errp)) {
+        /* A write failure is often the destination having given up: prefer its reason if it left one. */
+        FerryError *why = NULL;
+        if (!check_return_path(src, &why) && why && strstr(ferry_error_msg(why), "the destination failed")) {
+            ferry_error_free(*errp);
+            *errp = why;
+        } else {
+            ferry_error_free(why);
+        }
+        return false;
+    }
+    return true;
+}
+
+/* Sleep in short slices so that cancel is seen promptly. */
+static void rate_limit(Source *src, uint64_t bytes)
+{
+    int64_t bw = ferry__param_max_bandwidth(src->m);
+    int64_t now = ferry__clock_ns();
+    if (now - src->window_start_ns >= RATE_WINDOW_NS) {
+        src->window_start_ns = now;
+        src->window_bytes = 0;
+    }
+    src->window_bytes += bytes;
+    if (src->downtime_phase || bw <= 0) {
+        return;
+    }
+    uint64_t quota = (uint64_t)bw / (1000000000LL / RATE_WINDOW_NS);
+    if (src->window_bytes < quota) {
+        return;
+    }
+    /* Over quota: wait out the window, and longer if one record was larger than a whole window's quota. */
+    int64_t until = src->window_start_ns + (int64_t)((double)src->window_bytes / (double)bw * 1e9);
+    ferry__stream_flush(src->s);
+    while ((now = ferry__clock_ns()) < until && !cancelled(src->m) &&
+           ferry__param_max_bandwidth(src->m) == bw) {
+        ferry__sleep_ns(FERRY_MIN(until - now, 10 * 1000 * 1000LL));
+    }
+    src->window_start_ns = ferry__clock_ns();
+    src->window_bytes = 0;
+}
+
+/* One RAM_PAGES record: pages [first, first + n) of @b. */
+static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
+{
+    uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
+    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
+    struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
+    int niov = 0;
+    uint32_t nonzero = 0;
+    uint32_t zb = (n + 7) / 8;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *p = b->host + (first + i) * src->ps;
+        if (ferry__buffer_is_zero(p, src->ps)) {
+            zmap[i / 8] |= (uint8_t)(1u << (i % 8));
+            continue;
+        }
+        nonzero++;
+        if (niov && (uint8_t *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == p) {
+            iov[niov - 1].iov_len += src->ps;
+        } else {
+            iov[niov++] = (struct iovec){ .iov_base = p, .iov_len = src->ps };
+        }
+    }
+    uint64_t data = (uint64_t)nonzero * src->ps;
+    uint32_t len = (uint32_t)(FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + data);
+    write_record_header(src->s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, len);
+    ferry__put_be32(run, b->index);
+    ferry__put_be32(run + 4, 0);
+    ferry__put_be64(run + 8, first);
+    ferry__put_be32(run + 16, n);
+    ferry__stream_write(src->s, run, sizeof(run));
+    ferry__stream_write(src->s, zmap, zb);
+    if (data < COPY_BELOW) {
+        for (int i = 0; i < niov; i++) {
+            ferry__stream_write(src->s, iov[i].iov_base, iov[i].iov_len);
+        }
+    } else {
+        ferry__stream_write_iov(src->s, iov, niov);
+    }
+    src->normal += nonzero;
+    src->duplicate += n - nonzero;
+    src->pages_sent += n;
+    rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len);
+}
+
+/* Send every page set in src->send, clearing the bits as it goes. */
+static bool send_pass(Source *src, FerryError **errp)
+{
+    int64_t t0 = ferry__clock_ns();
+    uint64_t b0 = ferry__stream_bytes_written(src->s);
+    for (size_t bi = 0; bi < src->m->nblocks; bi++) {
+        FerryRamBlock *b = src->m->blocks[bi];
+        unsigned long *map = src->send[bi];
+        size_t i = ferry__bitmap_find_next(map, b->npages, 0);
+        while (i < b->npages) {
+            uint32_t n = 0;
+            while (i + n < b->npages && n < FERRY_WIRE_MAX_RUN_PAGES && ferry__bitmap_test(map, i + n)) {
+                ferry__bitmap_clear(map, i + n);
+                n++;
+            }
+            send_run(src, b, i, n);
+            src->pending -= n;
+            update_stats(src);
+            if (++src->records_since_poll >= RETURN_PATH_POLL_EVERY) {
+                src->records_since_poll = 0;
+                if (!check_return_path(src, errp)) {
+                    return false;
+                }
+            }
+            if (!check_stream(src, errp)) {
+                return false;
+            }
+            i = ferry__bitmap_find_next(map, b->npages, i + n);
+        }
+    }
+    ferry__stream_flush(src->s);
+    if (!check_stream(src, errp)) {
+        return false;
+    }
+    src->bw_bytes += ferry__stream_bytes_written(src->s) - b0;
+    src->bw_ns += ferry__clock_ns() - t0;
+    if (src->bw_ns >= BW_SAMPLE_NS || src->bandwidth == 0) {
+        if (src->bw_ns > 0 && src->bw_bytes > 0) {
+            src->bandwidth = (double)src->bw_bytes / ((double)src->bw_ns / 1e9);
+        }
+        src->bw_bytes = 0;
+        src->bw_ns = 0;
+    }
+    return true;
+}
+
+/* Harvest the tracker into the send bitmaps; returns false on a tracker error. */
+static bool harvest(Source *src, FerryError **errp)
+{
+    uint64_t before = src->pending;
+    src->pending = 0;
+    for (size_t bi = 0; bi < src->m->nblocks; bi++) {
+        FerryRamBlock *b = src->m->blocks[bi];
+        if (!ferry__tracker_harvest(src->tracker, b, src->send[bi], errp)) {
+            return false;
+        }
+        src->pending += ferry__bitmap_count(src->send[bi], b->npages);
+    }
+    (void)before;
+    return true;
+}
+
+static void mark_present(Source *src)
+{
+    src->pending = 0;
+    for (size_t bi = 0; bi < src->m->nblocks; bi++) {
+        FerryRamBlock *b = src->m->blocks[bi];
+        ferry__ram_block_present_pages(b, src->send[bi]);
+        src->pending += ferry__bitmap_count(src->send[bi], b->npages);
+    }
+}
+
+static void write_config(Source *src)
+{
+    FerryMigration *m = src->m;
+    uint32_t len = 8;
+    for (size_t i = 0; i < m->nblocks; i++) {
+        len += 1 + (uint32_t)strlen(m->blocks[i]->name) + 8;
+    }
+    write_record_header(src->s, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, len);
+    ferry__stream_write_be32(src->s, (uint32_t)src->ps);
+    ferry__stream_write_be32(src->s, (uint32_t)m->nblocks);
+    for (size_t i = 0; i < m->nblocks; i++) {
+        size_t n = strlen(m->blocks[i]->name);
+        ferry__stream_write_u8(src->s, (uint8_t)n);
+        ferry__stream_write(src->s, m->blocks[i]->name, n);
+        ferry__stream_write_be64(src->s, m->blocks[i]->size);
+    }
+}
+
+/* POPULATE_HINT records: the ranges of pages pass 1 will send, at most 64 Ki ranges per record. */
+static void write_populate_hints(Source *src)
+{
+    enum { MAX_RANGES = 65536 };
+    uint8_t *buf = ferry__xmalloc((size_t)MAX_RANGES * 16);
+    for (size_t bi = 0; bi < src->m->nblocks; bi++) {
+        FerryRamBlock *b = src->m->blocks[bi];
+        size_t i = ferry__bitmap_find_next(src->send[bi], b->npages, 0);
+        while (i < b->npages) {
+            uint32_t count = 0;
+            while (i < b->npages && count < MAX_RANGES) {
+                size_t end = ferry__bitmap_find_next_zero(src->send[bi], b->npages, i);
+                ferry__put_be64(buf + count * 16, i);
+                ferry__put_be64(buf + count * 16 + 8, end - i);
+                count++;
+                i = ferry__bitmap_find_next(src->send[bi], b->npages, end);
+            }
+            write_record_header(src->s, FERRY_REC_POPULATE_HINT, 0, 8 + count * 16);
+            ferry__stream_write_be32(src->s, b->index);
+            ferry__stream_write_be32(src->s, count);
+            ferry__stream_write(src->s, buf, (size_t)count * 16);
+        }
+    }
+    free(buf);
+}
+
+static bool write_sections(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    for (size_t i = 0; i < m->nsections; i++) {
+        FerrySection *sec = &m->sections[i];
+        FerryVisitor *v = ferry__visitor_output_new();
+        if (!sec->fn(v, sec->opaque, sec->version, errp)) {
+            ferry__visitor_free(v);
+            ferry_error_prepend(errp, "saving section '%s': ", sec->name);
+            return false;
+        }
+        size_t len;
+        const uint8_t *data = ferry__visitor_output_data(v, &len);
+        size_t nlen = strlen(sec->name);
+        if (len > FERRY_WIRE_MAX_SECTION_LEN) {
+            ferry__visitor_free(v);
+            ferry_error_setg(errp, "section '%s' is %zu bytes, more than the %u a stream may carry", sec->name, len,
+                             FERRY_WIRE_MAX_SECTION_LEN);
+            return false;
+        }
+        write_record_header(src->s, FERRY_REC_SECTION, FERRY_REC_CRITICAL, (uint32_t)(1 + nlen + 8 + len));
+        ferry__stream_write_u8(src->s, (uint8_t)nlen);
+        ferry__stream_write(src->s, sec->name, nlen);
+        ferry__stream_write_be32(src->s, sec->instance_id);
+        ferry__stream_write_be32(src->s, sec->version);
+        ferry__stream_write(src->s, data, len);
+        ferry__visitor_free(v);
+    }
+    return true;
+}
+
+static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    src->ps = ferry_ram_page_size();
+
+    src->chan = ferry__channel_connect(m->out_addr, errp);
+    if (!src->chan) {
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->out_chan = src->chan;
+    FerryTrackerKind kind = m->tracker_kind;
+    pthread_mutex_unlock(&m->lock);
+    if (cancelled(m)) {
+        ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    src->s = ferry__stream_new(src->chan);
+
+    src->tracker = ferry__tracker_start(kind, m->blocks, m->nblocks, errp);
+    if (!src->tracker) {
+        return false;
+    }
+    bool stop_and_copy = ferry__tracker_is_none(src->tracker);
+    pthread_mutex_lock(&m->lock);
+    m->tracker_name = ferry__xstrdup(ferry__tracker_name(src->tracker));
+    if (ferry__tracker_note(src->tracker)) {
+        m->tracker_note = ferry__xasprintf("%s; RAM is sent with the workload stopped",
+                                           ferry__tracker_note(src->tracker));
+    } else if (stop_and_copy) {
+        m->tracker_note = ferry__xstrdup("no dirty tracking; RAM is sent with the workload stopped");
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (m->tracker_note) {
+        ferry__log(FERRY_LOG_WARN, "%s", m->tracker_note);
+    }
+
+    src->send = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*src->send));
+    for (size_t i = 0; i < m->nblocks; i++) {
+        src->send[i] = ferry__bitmap_new(m->blocks[i]->npages);
+    }
+
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
+    ferry__wire_encode_header(hdr);
+    ferry__stream_write(src->s, hdr, sizeof(hdr));
+    write_config(src);
+    if (!stop_and_copy) {
+        mark_present(src);
+        write_populate_hints(src);
+    }
+    ferry__stream_flush(src->s);
+    if (!check_stream(src, errp)) {
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
+    pthread_mutex_unlock(&m->lock);
+    ferry__mig_set_status(m, FERRY_MIG_ACTIVE);
+
+    uint64_t pass = 0;
+    int64_t last_harvest_ms = ferry__clock_ms();
+    while (!stop_and_copy) {
+        if (!send_pass(src, errp)) {
+            return false;
+        }
+        pass++;
+        write_record_header(src->s, FERRY_REC_PASS_END, 0, 8);
+        ferry__stream_write_be64(src->s, pass);
+        if (!harvest(src, errp)) {
+            return false;
+        }
+        int64_t now = ferry__clock_ms();
+        double bw = src->bandwidth > 0 ? src->bandwidth : 1;
+        int64_t expected = (int64_t)((double)(src->pending * src->ps) / bw * 1000.0);
+        int64_t limit = ferry__param_downtime_limit(m);
+        pthread_mutex_lock(&m->lock);
+        m->stats.dirty_sync_count = pass;
+        m->stats.dirty_pages_rate = now > last_harvest_ms ? src->pending * 1000 / (uint64_t)(now - last_harvest_ms)
+                                                          : 0;
+        m->stats.expected_downtime_ms = expected;
+        m->stats.remaining = src->pending * src->ps;
+        bool events = m->caps[FERRY_CAP_EVENTS];
+        pthread_mutex_unlock(&m->lock);
+        last_harvest_ms = now;
+        if (events) {
+            ferry__mig_emit(m, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)pass));
+        }
+        ferry__log(FERRY_LOG_DEBUG, "pass %llu: %llu dirty pages, bandwidth %.0f B/s, expected downtime %lld ms",
+                   (unsigned long long)pass, (unsigned long long)src->pending, src->bandwidth, (long long)expected);
+        if (expected <= limit) {
+            break;
+        }
+        if (cancelled(m)) {
+            ferry_error_setg(errp, "cancelled");
+            return false;
+        }
+    }
+
+    /* Switchover. */
+    *prev = ferry__vm_stop_for_migration(m);
+    *stopped = true;
+    int64_t downtime_start = ferry__clock_ms();
+    src->downtime_phase = true;
+    if (stop_and_copy) {
+        mark_present(src);
+    } else if (!harvest(src, errp)) {
+        return false;
+    }
+    if (!send_pass(src, errp)) {
+        return false;
+    }
+    if (!write_sections(src, errp)) {
+        return false;
+    }
+    write_record_header(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, 16);
+    ferry__stream_write_be32(src->s, *prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0);
+    ferry__stream_write_be64(src->s, src->pages_sent);
+    ferry__stream_write_be32(src->s, (uint32_t)m->nsections);
+    ferry__stream_flush(src->s);
+    update_stats(src);
+    if (!check_stream(src, errp)) {
+        return false;
+    }
+    if (!read_reply(src, errp)) {
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->stats.downtime_ms = ferry__clock_ms() - downtime_start;
+    m->stats.remaining = 0;
+    m->stats.dirty_sync_count = pass + 1;
+    pthread_mutex_unlock(&m->lock);
+    return true;
+}
+
+void *ferry__source_thread(void *opaque)
+{
+    FerryMigration *m = opaque;
+    Source src = { .m = m };
+    FerryError *err = NULL;
+    FerryRunState prev = FERRY_RUN_RUNNING;
+    bool stopped = false;
+
+    bool ok = run(&src, &prev, &stopped, &err);
+
+    ferry__tracker_stop(src.tracker);
+    if (src.send) {
+        for (size_t i = 0; i < m->nblocks; i++) {
+            free(src.send[i]);
+        }
+        free(src.send);
+    }
+    pthread_mutex_lock(&m->lock);
+    m->out_chan = NULL;
+    pthread_mutex_unlock(&m->lock);
+    ferry__stream_free(src.s);
+    ferry__channel_free(src.chan);
+
+    if (ok) {
+        ferry__runstate_set(m, FERRY_RUN_POSTMIGRATE);
+        ferry__mig_set_status(m, FERRY_MIG_COMPLETED);
+    } else {
+        if (stopped) {
+            ferry__vm_restore_after_migration(m, prev);
+        }
+        if (cancelled(m)) {
+            ferry__mig_set_status(m, FERRY_MIG_CANCELLED);
+        } else {
+            ferry__log(FERRY_LOG_ERROR, "migration failed: %s", ferry_error_msg(err));
+            ferry__mig_fail(m, err);
+        }
+    }
+    ferry_error_free(err);
+    return NULL;
+}

@@ -1,0 +1,666 @@
+/*
+ * The QMP socket server: UNIX listeners, one poll loop on the thread that calls ferry__monitor_run(), per-client
+ * input framing and output buffering, the greeting, and the thread-safe event queue. Input is a stream of JSON
+ * values with no required separator; it is parsed incrementally with jansson (JSON_DISABLE_EOF_CHECK gives the
+ * number of bytes a value used). Every socket is non-blocking and every client has its own output buffer, so a
+ * slow or vanished client never stalls the loop or the other clients. What a request means is dispatch.c's job.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "monitor/monitor-priv.h"
+#include "util/util.h"
+
+/* A client whose pending output grows beyond this does not read its socket: it is dropped rather than letting it
+ * hold the process's memory hostage. */
+#define MON_MAX_OUTPUT (16 * 1024 * 1024)
+#define MON_READ_CHUNK 65536
+/* How long the loop keeps flushing replies and the last events once quit has been requested. */
+#define MON_QUIT_FLUSH_MS 2000
+
+struct MonClient {
+    int fd;
+    bool negotiated;
+    bool closing;   /* no more input is read; the client is closed once its output is flushed */
+    bool dead;      /* close at the end of this loop iteration */
+    char *in;
+    size_t in_len, in_cap;
+    char *out;
+    size_t out_len, out_cap;
+    MonClient *next;
+};
+
+struct MonEvent {
+    char *line;     /* serialised, with the "\r\n", timestamp taken when the event was emitted */
+    size_t len;
+    MonEvent *next;
+};
+
+FerryMonitor *ferry__monitor_new(void)
+{
+    FerryMonitor *mon = ferry__xcalloc(1, sizeof(*mon));
+    mon->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (mon->wake_fd < 0) {
+        /* Without the wake-up fd events and quit requests from other threads could never reach the loop. */
+        ferry__log(FERRY_LOG_ERROR, "monitor: eventfd: %s", strerror(errno));
+        abort();
+    }
+    pthread_mutex_init(&mon->lock, NULL);
+    mon->ev_tail = &mon->ev_head;
+    ferry__monitor_register_builtins(mon);
+    return mon;
+}
+
+static void client_free(MonClient *c)
+{
+    if (c->fd >= 0) {
+        close(c->fd);
+    }
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+void ferry__monitor_free(FerryMonitor *mon)
+{
+    if (!mon) {
+        return;
+    }
+    while (mon->clients) {
+        MonClient *c = mon->clients;
+        mon->clients = c->next;
+        client_free(c);
+    }
+    for (size_t i = 0; i < mon->nlisteners; i++) {
+        MonListener *l = &mon->listeners[i];
+        struct stat st;
+        /* Remove the socket file only if it is still the one we bound (another process may have replaced it). */
+        if (stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino) {
+            unlink(l->path);
+        }
+        close(l->fd);
+        free(l->path);
+    }
+    free(mon->listeners);
+    free(mon->watches);
+    while (mon->ev_head) {
+        MonEvent *ev = mon->ev_head;
+        mon->ev_head = ev->next;
+        free(ev->line);
+        free(ev);
+    }
+    ferry__monitor_free_commands(mon);
+    close(mon->wake_fd);
+    pthread_mutex_destroy(&mon->lock);
+    free(mon);
+}
+
+static void wake(FerryMonitor *mon)
+{
+    uint64_t one = 1;
+    /* EAGAIN means the counter is already non-zero: the loop will wake anyway. */
+    ssize_t r = write(mon->wake_fd, &one, sizeof(one));
+    (void)r;
+}
+
+/* QEMU's boolean option values. */
+static bool parse_onoff(const char *v, bool *out)
+{
+    if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true")) {
+        *out = true;
+        return true;
+    }
+    if (!strcmp(v, "off") || !strcmp(v, "no") || !strcmp(v, "false")) {
+        *out = false;
+        return true;
+    }
+    return false;
+}
+
+bool ferry__monitor_parse_qmp_spec(const char *spec, char **path_out, FerryError **errp)
+{
+    if (strncmp(spec, "unix:", 5) != 0) {
+        ferry_error_setg(errp, "-qmp '%s': only unix:PATH sockets are supported", spec);
+        return false;
+    }
+    /* The path runs to the first single comma; ",," is QEMU's escape for a comma inside a value. */
+    const char *p = spec + 5;
+    size_t len = strlen(p);
+    char *path = ferry__xcalloc(len + 1, 1);
+    size_t n = 0;
+    while (*p) {
+        if (*p == ',') {
+            if (p[1] == ',') {
+                path[n++] = ',';
+                p += 2;
+                continue;
+            }
+            break;
+        }
+        path[n++] = *p++;
+    }
+    bool server = false, wait = false, ok = true;
+    char *opts = ferry__xstrdup(*p == ',' ? p + 1 : p);
+    char *save = NULL;
+    for (char *opt = strtok_r(opts, ",", &save); opt && ok; opt = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(opt, '=');
+        const char *val = eq ? eq + 1 : "on";
+        if (eq) {
+            *eq = '\0';
+        }
+        if (!strcmp(opt, "server")) {
+            ok = parse_onoff(val, &server);
+        } else if (!strcmp(opt, "wait")) {
+            ok = parse_onoff(val, &wait);
+        } else if (!strcmp(opt, "nowait") && !eq) {
+            wait = false;
+        } else {
+            ferry_error_setg(errp, "-qmp '%s': unknown option '%s'", spec, opt);
+            goto fail;
+        }
+        if (!ok) {
+            ferry_error_setg(errp, "-qmp '%s': option '%s' takes on or off, not '%s'", spec, opt, val);
+            goto fail;
+        }
+    }
+    if (n == 0) {
+        ferry_error_setg(errp, "-qmp '%s': the socket path is empty", spec);
+        goto fail;
+    }
+    if (n >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        ferry_error_setg(errp, "-qmp '%s': socket path is longer than %zu bytes", spec,
+                         sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+        goto fail;
+    }
+    if (!server) {
+        ferry_error_setg(errp, "-qmp '%s': only server=on is supported (ferry does not connect out)", spec);
+        goto fail;
+    }
+    if (wait) {
+        ferry_error_setg(errp, "-qmp '%s': wait=on is not supported, use wait=off", spec);
+        goto fail;
+    }
+    free(opts);
+    if (path_out) {
+        *path_out = path;
+    } else {
+        free(path);
+    }
+    return true;
+
+fail:
+    free(opts);
+    free(path);
+    return false;
+}
+
+bool ferry__monitor_add_qmp(FerryMonitor *mon, const char *spec, FerryError **errp)
+{
+    char *path = NULL;
+    if (!ferry__monitor_parse_qmp_spec(spec, &path, errp)) {
+        return false;
+    }
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "QMP socket %s: socket", path);
+        free(path);
+        return false;
+    }
+    /* Like QEMU, replace a stale socket file left behind by an earlier run. */
+    if (unlink(path) < 0 && errno != ENOENT) {
+        ferry_error_setg_errno(errp, errno, "QMP socket %s: removing the old file", path);
+        goto fail;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        ferry_error_setg_errno(errp, errno, "QMP socket %s: bind", path);
+        goto fail;
+    }
+    /* The monitor can stop, migrate and quit the program: only its owner may connect. Nobody can connect before
+     * listen(), so restricting the mode here leaves no window. */
+    if (chmod(path, 0600) < 0) {
+        ferry_error_setg_errno(errp, errno, "QMP socket %s: chmod 0600", path);
+        unlink(path);
+        goto fail;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0 || listen(fd, SOMAXCONN) < 0) {
+        ferry_error_setg_errno(errp, errno, "QMP socket %s: listen", path);
+        unlink(path);
+        goto fail;
+    }
+    mon->listeners = ferry__xrealloc(mon->listeners, (mon->nlisteners + 1) * sizeof(*mon->listeners));
+    mon->listeners[mon->nlisteners++] = (MonListener){ .fd = fd, .path = path, .dev = st.st_dev,
+                                                       .ino = st.st_ino };
+    return true;
+
+fail:
+    close(fd);
+    free(path);
+    return false;
+}
+
+void ferry__monitor_watch_fd(FerryMonitor *mon, int fd, FerryMonitorFdFn fn, void *opaque)
+{
+    mon->watches = ferry__xrealloc(mon->watches, (mon->nwatches + 1) * sizeof(*mon->watches));
+    mon->watches[mon->nwatches++] = (MonWatch){ .fd = fd, .fn = fn, .opaque = opaque };
+}
+
+/* One message: QEMU's single-line JSON (", " and ": " separators, non-ASCII escaped) followed by "\r\n". */
+static char *serialize(json_t *msg, size_t *len)
+{
+    char *body = json_dumps(msg, JSON_ENSURE_ASCII);
+    if (!body) {
+        ferry__log(FERRY_LOG_ERROR, "monitor: out of memory serialising a QMP message");
+        abort();
+    }
+    char *line = ferry__xasprintf("%s\r\n", body);
+    free(body);
+    *len = strlen(line);
+    return line;
+}
+
+static void client_queue(MonClient *c, const char *data, size_t len)
+{
+    if (c->dead) {
+        return;
+    }
+    if (c->out_len + len > MON_MAX_OUTPUT) {
+        ferry__log(FERRY_LOG_WARN, "monitor: dropping a QMP client that does not read its replies (%zu bytes "
+                   "pending)", c->out_len);
+        c->dead = true;
+        return;
+    }
+    if (c->out_len + len > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 4096;
+        while (cap < c->out_len + len) {
+            cap *= 2;
+        }
+        c->out = ferry__xrealloc(c->out, cap);
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
+}
+
+static void client_queue_json(MonClient *c, json_t *msg)
+{
+    size_t len;
+    char *line = serialize(msg, &len);
+    client_queue(c, line, len);
+    free(line);
+}
+
+/* Write what the socket takes now; never blocks. */
+static void client_flush(MonClient *c)
+{
+    size_t done = 0;
+    while (!c->dead && done < c->out_len) {
+        ssize_t n = send(c->fd, c->out + done, c->out_len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                ferry__log(FERRY_LOG_DEBUG, "monitor: QMP client write: %s", strerror(errno));
+                c->dead = true;
+            }
+            break;
+        }
+        done += (size_t)n;
+    }
+    if (done) {
+        memmove(c->out, c->out + done, c->out_len - done);
+        c->out_len -= done;
+    }
+    if (c->closing && c->out_len == 0) {
+        c->dead = true;
+    }
+}
+
+static void client_send_error(MonClient *c, const char *desc)
+{
+    json_t *reply = json_pack("{s:{s:s, s:s}}", "error", "class", "GenericError", "desc", desc);
+    client_queue_json(c, reply);
+    json_decref(reply);
+}
+
+/*
+ * Whether the buffer ends inside a UTF-8 sequence that later bytes may complete. jansson reports such a tail as
+ * invalid UTF-8 rather than as premature end, but a request split across two writes can cut a character in two.
+ */
+static bool utf8_incomplete_tail(const unsigned char *buf, size_t len)
+{
+    for (size_t back = 1; back <= 3 && back <= len; back++) {
+        unsigned char b = buf[len - back];
+        if ((b & 0xC0) == 0x80) {
+            continue; /* continuation byte: keep looking for the lead byte */
+        }
+        size_t need = (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
+        return need > back;
+    }
+    return false;
+}
+
+/* Parse and handle every complete value in the client's input; keep an incomplete tail for later. */
+static void client_process_input(FerryMonitor *mon, MonClient *c)
+{
+    size_t pos = 0;
+    while (!c->dead && !c->closing) {
+        while (pos < c->in_len && c->in[pos] != '\0' && strchr(" \t\r\n", c->in[pos])) {
+            pos++;
+        }
+        if (pos >= c->in_len) {
+            break;
+        }
+        size_t avail = c->in_len - pos;
+        json_error_t jerr;
+        json_t *req = json_loadb(c->in + pos, avail, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, &jerr);
+        if (req) {
+            size_t used = jerr.position > 0 ? (size_t)jerr.position : avail;
+            if (used > avail) {
+                used = avail;
+            }
+            /* A number that ends the buffer may continue in the next write ("12" then "3"): wait for more. */
+            if (json_is_number(req) && used == avail) {
+                json_decref(req);
+                break;
+            }
+            pos += used;
+            json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
+            json_decref(req);
+            client_queue_json(c, reply);
+            json_decref(reply);
+            continue;
+        }
+        enum json_error_code code = json_error_code(&jerr);
+        if (code == json_error_premature_end_of_input ||
+            (code == json_error_invalid_utf8 && utf8_incomplete_tail((unsigned char *)c->in + pos, avail))) {
+            break;
+        }
+        char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
+        client_send_error(c, desc);
+        free(desc);
+        /* Resynchronise: drop everything up to the end of the line on which the error was found. */
+        size_t from = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
+        if (from > avail) {
+            from = avail;
+        }
+        char *nl = memchr(c->in + pos + from, '\n', avail - from);
+        pos = nl ? (size_t)(nl - c->in) + 1 : c->in_len;
+    }
+    if (pos) {
+        memmove(c->in, c->in + pos, c->in_len - pos);
+        c->in_len -= pos;
+    }
+    if (c->in_len > FERRY_MONITOR_MAX_INPUT && !c->dead) {
+        char *desc = ferry__xasprintf("QMP input exceeds %d bytes without a complete request; closing",
+                                      FERRY_MONITOR_MAX_INPUT);
+        client_send_error(c, desc);
+        free(desc);
+        c->closing = true;
+        c->in_len = 0;
+    }
+}
+
+static void client_read(FerryMonitor *mon, MonClient *c)
+{
+    if (c->in_cap - c->in_len < MON_READ_CHUNK) {
+        c->in_cap = c->in_len + MON_READ_CHUNK;
+        c->in = ferry__xrealloc(c->in, c->in_cap);
+    }
+    ssize_t n = recv(c->fd, c->in + c->in_len, MON_READ_CHUNK, MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            ferry__log(FERRY_LOG_DEBUG, "monitor: QMP client read: %s", strerror(errno));
+            c->dead = true;
+        }
+        return;
+    }
+    if (n == 0) {
+        /* The client closed its side; it may still read the replies to what it sent (half close). */
+        c->closing = true;
+        if (c->out_len == 0) {
+            c->dead = true;
+        }
+        return;
+    }
+    c->in_len += (size_t)n;
+    client_process_input(mon, c);
+}
+
+static void accept_clients(FerryMonitor *mon, MonListener *l)
+{
+    for (;;) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* EMFILE and friends: the pending connection stays queued; log and retry on the next wake-up. */
+                ferry__log(FERRY_LOG_WARN, "monitor: accept on %s: %s", l->path, strerror(errno));
+            }
+            return;
+        }
+        MonClient *c = ferry__xcalloc(1, sizeof(*c));
+        c->fd = fd;
+        json_t *greeting = ferry__monitor_greeting();
+        client_queue_json(c, greeting);
+        json_decref(greeting);
+        c->next = mon->clients;
+        mon->clients = c;
+    }
+}
+
+void ferry__monitor_emit_event(FerryMonitor *mon, const char *name, json_t *data)
+{
+    int64_t sec, usec;
+    ferry__realtime(&sec, &usec);
+    json_t *msg = json_object();
+    json_object_set_new(msg, "event", json_string(name));
+    /* QEMU leaves "data" out of events that carry none (STOP, RESUME). */
+    if (data) {
+        json_object_set_new(msg, "data", data);
+    }
+    json_object_set_new(msg, "timestamp", json_pack("{s:I, s:I}", "seconds", (json_int_t)sec, "microseconds",
+                                                    (json_int_t)usec));
+    MonEvent *ev = ferry__xcalloc(1, sizeof(*ev));
+    ev->line = serialize(msg, &ev->len);
+    json_decref(msg);
+
+    pthread_mutex_lock(&mon->lock);
+    *mon->ev_tail = ev;
+    mon->ev_tail = &ev->next;
+    pthread_mutex_unlock(&mon->lock);
+    wake(mon);
+}
+
+static void deliver_events(FerryMonitor *mon)
+{
+    pthread_mutex_lock(&mon->lock);
+    MonEvent *list = mon->ev_head;
+    mon->ev_head = NULL;
+    mon->ev_tail = &mon->ev_head;
+    pthread_mutex_unlock(&mon->lock);
+
+    while (list) {
+        MonEvent *ev = list;
+        list = ev->next;
+        for (MonClient *c = mon->clients; c; c = c->next) {
+            if (c->negotiated && !c->closing) {
+                client_queue(c, ev->line, ev->len);
+            }
+        }
+        free(ev->line);
+        free(ev);
+    }
+}
+
+static void reap_clients(FerryMonitor *mon)
+{
+    MonClient **pp = &mon->clients;
+    while (*pp) {
+        MonClient *c = *pp;
+        if (c->dead) {
+            *pp = c->next;
+            client_free(c);
+        } else {
+            pp = &c->next;
+        }
+    }
+}
+
+void ferry__monitor_request_quit(FerryMonitor *mon, int status)
+{
+    pthread_mutex_lock(&mon->lock);
+    if (!mon->quit) {
+        mon->quit = true;
+        mon->quit_status = status;
+    }
+    pthread_mutex_unlock(&mon->lock);
+    wake(mon);
+}
+
+/* After quit: give the clients a bounded time to take the replies and events already queued (the reply to
+ * "quit" and the SHUTDOWN event must reach the client before the process exits). */
+static void final_flush(FerryMonitor *mon)
+{
+    int64_t deadline = ferry__clock_ms() + MON_QUIT_FLUSH_MS;
+    for (;;) {
+        size_t n = 0;
+        for (MonClient *c = mon->clients; c; c = c->next) {
+            client_flush(c);
+            if (!c->dead && c->out_len) {
+                n++;
+            }
+        }
+        reap_clients(mon);
+        int64_t left = deadline - ferry__clock_ms();
+        if (n == 0 || left <= 0) {
+            return;
+        }
+        struct pollfd *pfds = ferry__xcalloc(n, sizeof(*pfds));
+        size_t i = 0;
+        for (MonClient *c = mon->clients; c && i < n; c = c->next) {
+            if (c->out_len) {
+                pfds[i++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
+            }
+        }
+        poll(pfds, i, (int)left);
+        free(pfds);
+    }
+}
+
+int ferry__monitor_run(FerryMonitor *mon)
+{
+    struct pollfd *pfds = NULL;
+    MonClient **pclients = NULL;
+    size_t cap = 0;
+
+    for (;;) {
+        deliver_events(mon);
+        for (MonClient *c = mon->clients; c; c = c->next) {
+            if (c->out_len) {
+                client_flush(c);
+            }
+        }
+        reap_clients(mon);
+
+        pthread_mutex_lock(&mon->lock);
+        bool quit = mon->quit;
+        pthread_mutex_unlock(&mon->lock);
+        if (quit) {
+            break;
+        }
+
+        size_t nclients = 0;
+        for (MonClient *c = mon->clients; c; c = c->next) {
+            nclients++;
+        }
+        size_t n = 1 + mon->nwatches + mon->nlisteners + nclients;
+        if (n > cap) {
+            cap = n * 2;
+            pfds = ferry__xrealloc(pfds, cap * sizeof(*pfds));
+            pclients = ferry__xrealloc(pclients, cap * sizeof(*pclients));
+        }
+        size_t k = 0;
+        pfds[k++] = (struct pollfd){ .fd = mon->wake_fd, .events = POLLIN };
+        for (size_t i = 0; i < mon->nwatches; i++) {
+            pfds[k++] = (struct pollfd){ .fd = mon->watches[i].fd, .events = POLLIN };
+        }
+        for (size_t i = 0; i < mon->nlisteners; i++) {
+            pfds[k++] = (struct pollfd){ .fd = mon->listeners[i].fd, .events = POLLIN };
+        }
+        size_t first_client = k;
+        for (MonClient *c = mon->clients; c; c = c->next) {
+            short ev = c->closing ? 0 : POLLIN;
+            if (c->out_len) {
+                ev |= POLLOUT;
+            }
+            pclients[k] = c;
+            pfds[k++] = (struct pollfd){ .fd = c->fd, .events = ev };
+        }
+
+        if (poll(pfds, k, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            ferry__log(FERRY_LOG_ERROR, "monitor: poll: %s", strerror(errno));
+            abort();
+        }
+
+        size_t j = 0;
+        if (pfds[j++].revents) {
+            uint64_t v;
+            ssize_t r = read(mon->wake_fd, &v, sizeof(v));
+            (void)r;
+        }
+        for (size_t i = 0; i < mon->nwatches; i++, j++) {
+            if (pfds[j].revents) {
+                mon->watches[i].fn(mon->watches[i].fd, mon->watches[i].opaque);
+            }
+        }
+        for (size_t i = 0; i < mon->nlisteners; i++, j++) {
+            if (pfds[j].revents & POLLIN) {
+                accept_clients(mon, &mon->listeners[i]);
+            }
+        }
+        for (j = first_client; j < k; j++) {
+            MonClient *c = pclients[j];
+            short re = pfds[j].revents;
+            if (!re || c->dead) {
+                continue;
+            }
+            if (re & POLLIN) {
+                client_read(mon, c);
+            } else if (re & (POLLHUP | POLLERR | POLLNVAL)) {
+                c->dead = true;
+                continue;
+            }
+            if (re & POLLOUT) {
+                client_flush(c);
+            }
+        }
+    }
+
+    free(pfds);
+    free(pclients);
+    deliver_events(mon);
+    final_flush(mon);
+    pthread_mutex_lock(&mon->lock);
+    int status = mon->quit_status;
+    pthread_mutex_unlock(&mon->lock);
+    return status;
+}

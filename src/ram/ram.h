@@ -1,0 +1,81 @@
+/*
+ * RAM blocks and dirty tracking, internal side. A block is one anonymous private mapping; the engine (migration
+ * layer) keeps the list. Dirty trackers sit behind one interface so that more can be added (KVM dirty log, ...):
+ *
+ *   uffd-wp   userfaultfd in async write-protect mode (UFFD_FEATURE_WP_ASYNC, Linux 6.7+) plus the PAGEMAP_SCAN
+ *             ioctl with PM_SCAN_WP_MATCHING, which reports written pages and re-protects them in one step. Needs
+ *             no cooperation from writers. Probed at run time; Debian 12's headers predate it, so the constants are
+ *             defined in uffd-compat.h.
+ *   explicit  only the marks made with ferry_ram_mark_dirty().
+ *   none      nothing is tracked; the migration resends all RAM with the workload stopped.
+ *
+ * Explicit marks are merged into every tracker's harvest. This file says nothing about how pages are sent.
+ */
+#ifndef FERRY_RAM_INT_H
+#define FERRY_RAM_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/error.h"
+#include "ferry/ram.h"
+
+#define FERRY_RAM_NAME_MAX 255
+
+struct FerryRamBlock {
+    char *name;
+    uint8_t *host;               /* page aligned mapping of size bytes */
+    uint64_t size;               /* multiple of the page size */
+    uint64_t npages;
+    uint32_t index;              /* position in the engine's list, used as the block id in the stream */
+    unsigned long *explicit_dirty; /* npages bits, set atomically by ferry_ram_mark_dirty() */
+};
+
+/* Map a block; the engine registers it. */
+FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp);
+void ferry__ram_block_free(FerryRamBlock *b); /* unmaps; NULL is a no-op */
+
+/* Fault every page of the block in (MADV_POPULATE_WRITE), so that loading data later does not take a page fault
+ * per page. Used by the destination ahead of the data. */
+bool ferry__ram_block_populate(FerryRamBlock *b, FerryError **errp);
+/* The same for pages [first, first + count) only; best effort (a failure only costs speed later). */
+void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t count);
+/* Give the memory back and make it read as zero again (after a failed incoming migration). */
+void ferry__ram_block_discard(FerryRamBlock *b);
+/* Set in @bitmap (npages bits) every page that may hold data: pages the kernel has populated. Pages never
+ * populated read as zero and need not be sent to a fresh destination. Falls back to "all pages" where the kernel
+ * cannot tell; never fails. */
+void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
+
+/* True if the @len bytes at @p are all zero. Fast path for page-sized, aligned buffers. */
+bool ferry__buffer_is_zero(const void *p, size_t len);
+
+typedef struct FerryDirtyTracker FerryDirtyTracker;
+
+/*
+ * Arm a tracker of @kind over @blocks: from this call on, every write to them is reported by the next harvest.
+ * FERRY_TRACKER_AUTO tries uffd-wp and falls back to none (the reason is kept, see ferry__tracker_note()).
+ * Fails only if @kind was asked for explicitly and cannot work here.
+ */
+FerryDirtyTracker *ferry__tracker_start(FerryTrackerKind kind, FerryRamBlock **blocks, size_t nblocks,
+                                        FerryError **errp);
+/* "uffd-wp", "explicit" or "none". */
+const char *ferry__tracker_name(const FerryDirtyTracker *t);
+/* Why a fallback was taken (NULL if none was). */
+const char *ferry__tracker_note(const FerryDirtyTracker *t);
+/* True for the "none" tracker: harvests tell nothing, the caller must resend everything with writers stopped. */
+bool ferry__tracker_is_none(const FerryDirtyTracker *t);
+/*
+ * OR into @bitmap (b->npages bits) every page of @b written since the previous harvest of @b (or since start),
+ * and re-arm those pages in the same step, so that a write that lands after this call is reported by the next
+ * harvest. Read the pages only after harvesting them.
+ */
+bool ferry__tracker_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp);
+/* Disarm and free. Writers are never blocked by a stopped tracker. NULL is a no-op. */
+void ferry__tracker_stop(FerryDirtyTracker *t);
+
+/* Whether uffd-wp tracking works on this kernel; on false, *errp says why. */
+bool ferry__tracker_uffd_wp_probe(FerryError **errp);
+
+#endif

@@ -1,0 +1,261 @@
+/*
+ * RAM blocks: one anonymous private mapping each, plus the page-granular helpers the migration needs around it
+ * (populate ahead of incoming data, discard after a failed load, list the pages the kernel has populated) and the
+ * public accessors of include/ferry/ram.h. The list of blocks belongs to the engine (migration layer); dirty
+ * tracking is in tracker.c and tracker-uffd.c, zero detection in zero.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include "ram/ram.h"
+#include "ram/uffd-compat.h"
+#include "util/bitmap.h"
+#include "util/util.h"
+
+/* MADV_POPULATE_WRITE is issued in chunks so that a fatal signal or an EINTR does not restart gigabytes of work. */
+#define POPULATE_CHUNK (64ULL << 20)
+/* Regions returned by one PAGEMAP_SCAN call; the kernel merges adjacent pages, so few calls are needed. */
+#define SCAN_VEC_LEN 256
+
+static pthread_once_t page_size_once = PTHREAD_ONCE_INIT;
+static size_t page_size_value;
+
+static void page_size_init(void)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    page_size_value = ps > 0 ? (size_t)ps : 4096;
+}
+
+size_t ferry_ram_page_size(void)
+{
+    pthread_once(&page_size_once, page_size_init);
+    return page_size_value;
+}
+
+FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp)
+{
+    uint64_t ps = ferry_ram_page_size();
+
+    if (!name || !name[0]) {
+        ferry_error_setg(errp, "RAM block name must not be empty");
+        return NULL;
+    }
+    if (strlen(name) > FERRY_RAM_NAME_MAX) {
+        ferry_error_setg(errp, "RAM block name '%.32s...' is longer than %d bytes", name, FERRY_RAM_NAME_MAX);
+        return NULL;
+    }
+    if (size == 0) {
+        ferry_error_setg(errp, "RAM block '%s': size must not be zero", name);
+        return NULL;
+    }
+    if (size > UINT64_MAX - (ps - 1) || FERRY_DIV_ROUND_UP(size, ps) * ps > (uint64_t)SIZE_MAX) {
+        ferry_error_setg(errp, "RAM block '%s': size %llu is too large", name, (unsigned long long)size);
+        return NULL;
+    }
+    uint64_t rounded = FERRY_DIV_ROUND_UP(size, ps) * ps;
+
+    void *host = mmap(NULL, (size_t)rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (host == MAP_FAILED) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': mapping %llu bytes", name,
+                               (unsigned long long)rounded);
+        return NULL;
+    }
+
+    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
+    b->name = ferry__xstrdup(name);
+    b->host = host;
+    b->size = rounded;
+    b->npages = rounded / ps;
+    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
+    return b;
+}
+
+void ferry__ram_block_free(FerryRamBlock *b)
+{
+    if (!b) {
+        return;
+    }
+    munmap(b->host, (size_t)b->size);
+    free(b->explicit_dirty);
+    free(b->name);
+    free(b);
+}
+
+/* Fallback for kernels without MADV_POPULATE_WRITE (before 5.14): a write fault per page. An atomic add of zero
+ * faults the page in for writing without changing its content, even if another thread (the destination loading
+ * data) writes it meanwhile. */
+static void populate_by_touch(FerryRamBlock *b, uint64_t off, uint64_t end)
+{
+    uint64_t ps = ferry_ram_page_size();
+    for (; off < end; off += ps) {
+        __atomic_fetch_add(&b->host[off], 0, __ATOMIC_RELAXED);
+    }
+}
+
+/* Populate bytes [off, end) of @b (page aligned). Returns 0 or the errno of the failing madvise. */
+static int populate_bytes(FerryRamBlock *b, uint64_t off, uint64_t end, uint64_t *failed_at)
+{
+    while (off < end) {
+        uint64_t len = FERRY_MIN(POPULATE_CHUNK, end - off);
+        if (madvise(b->host + off, (size_t)len, MADV_POPULATE_WRITE) == 0) {
+            off += len;
+            continue;
+        }
+        if (errno == EINTR || errno == EAGAIN) {
+            continue;
+        }
+        if (errno == EINVAL) {
+            /* The kernel does not know the advice: fault the rest in by hand. */
+            populate_by_touch(b, off, end);
+            return 0;
+        }
+        *failed_at = off;
+        return errno;
+    }
+    return 0;
+}
+
+bool ferry__ram_block_populate(FerryRamBlock *b, FerryError **errp)
+{
+    uint64_t at = 0;
+    int err = populate_bytes(b, 0, b->size, &at);
+    if (err) {
+        ferry_error_setg_errno(errp, err, "RAM block '%s': populating at offset %llu", b->name,
+                               (unsigned long long)at);
+        return false;
+    }
+    return true;
+}
+
+void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t count)
+{
+    if (first >= b->npages || count == 0) {
+        return;
+    }
+    count = FERRY_MIN(count, b->npages - first);
+    uint64_t ps = ferry_ram_page_size();
+    uint64_t at = 0;
+    int err = populate_bytes(b, first * ps, (first + count) * ps, &at);
+    if (err) {
+        /* Best effort by contract: the pages fault in when the data arrives, only slower. */
+        ferry__log(FERRY_LOG_DEBUG, "RAM block '%s': populating at offset %llu: %s", b->name,
+                   (unsigned long long)at, strerror(err));
+    }
+}
+
+void ferry__ram_block_discard(FerryRamBlock *b)
+{
+    /* MADV_DONTNEED on private anonymous memory cannot fail on a valid mapping, and afterwards the range reads
+     * as zero. If it did fail (it cannot here), overwriting with zeros keeps the promise. */
+    if (madvise(b->host, (size_t)b->size, MADV_DONTNEED) != 0) {
+        memset(b->host, 0, (size_t)b->size);
+    }
+}
+
+/* Whether swap space is configured. Swapped-out pages hold data but are not PAGE_IS_PRESENT; PAGE_IS_SWAPPED
+ * however also matches the uffd-wp markers that write-protect never-populated pages, so asking for it when no
+ * swap exists would report every protected empty page. */
+static bool swap_configured(void)
+{
+    struct sysinfo si;
+    if (sysinfo(&si) != 0) {
+        return true;
+    }
+    return si.totalswap != 0;
+}
+
+/* One PAGEMAP_SCAN walk over @b listing pages of any category in @anyof. False if the ioctl failed. */
+static bool scan_categories(int pagemap_fd, FerryRamBlock *b, uint64_t anyof, unsigned long *bitmap)
+{
+    uint64_t ps = ferry_ram_page_size();
+    uint64_t base = (uint64_t)(uintptr_t)b->host;
+    uint64_t end = base + b->size;
+    uint64_t cursor = base;
+    struct page_region vec[SCAN_VEC_LEN];
+
+    while (cursor < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg),
+            .start = cursor,
+            .end = end,
+            .vec = (uint64_t)(uintptr_t)vec,
+            .vec_len = SCAN_VEC_LEN,
+            .category_anyof_mask = anyof,
+            .return_mask = anyof,
+        };
+        int n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return false;
+        }
+        for (int i = 0; i < n; i++) {
+            uint64_t s = FERRY_MAX(vec[i].start, base);
+            uint64_t e = FERRY_MIN(vec[i].end, end);
+            if (e > s) {
+                ferry__bitmap_set_range(bitmap, (size_t)((s - base) / ps), (size_t)((e - s) / ps));
+            }
+        }
+        if (arg.walk_end <= cursor) {
+            return false; /* no progress: do not spin */
+        }
+        cursor = arg.walk_end;
+    }
+    return true;
+}
+
+void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
+{
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);
+        return;
+    }
+    bool swap = swap_configured();
+    bool ok = scan_categories(fd, b, PAGE_IS_PRESENT | (swap ? PAGE_IS_SWAPPED : 0), bitmap);
+    if (ok && !swap && swap_configured()) {
+        /* Swap appeared during the walk: a page may have left memory behind the cursor. Walk again with it. */
+        ok = scan_categories(fd, b, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, bitmap);
+    }
+    if (!ok) {
+        /* No PAGEMAP_SCAN (before Linux 6.7) or it failed: every page may hold data. */
+        ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);
+    }
+    close(fd);
+}
+
+void *ferry_ram_block_host(const FerryRamBlock *b)
+{
+    return b->host;
+}
+
+uint64_t ferry_ram_block_size(const FerryRamBlock *b)
+{
+    return b->size;
+}
+
+const char *ferry_ram_block_name(const FerryRamBlock *b)
+{
+    return b->name;
+}
+
+void ferry_ram_mark_dirty(FerryRamBlock *b, uint64_t offset, uint64_t len)
+{
+    if (!b || len == 0 || offset >= b->size) {
+        return;
+    }
+    if (len > b->size - offset) {
+        len = b->size - offset;
+    }
+    uint64_t ps = ferry_ram_page_size();
+    uint64_t first = offset / ps;
+    uint64_t last = (offset + len - 1) / ps;
+    ferry__bitmap_set_range_atomic(b->explicit_dirty, (size_t)first, (size_t)(last - first + 1));
+}

@@ -1,0 +1,33 @@
+/*
+ * Private side of the dirty trackers: the ops table each kind fills and the tracker object they share. Only
+ * tracker.c and the files implementing a kind (tracker-uffd.c, later a KVM dirty-log tracker) include this; the
+ * rest of ferry sees the functions of ram.h. A kind is added by writing its ops and choosing it in tracker.c.
+ */
+#ifndef FERRY_RAM_TRACKER_INT_H
+#define FERRY_RAM_TRACKER_INT_H
+
+#include "ram/ram.h"
+
+typedef struct FerryTrackerOps {
+    const char *name;  /* as reported by ferry__tracker_name() */
+    bool is_none;      /* harvests tell nothing: the caller resends everything with writers stopped */
+    /* Arm tracking over t->blocks (explicit bitmaps are already cleared). May set t->priv. */
+    bool (*start)(FerryDirtyTracker *t, FerryError **errp);
+    /* OR into @bitmap the pages of @b the kind saw written, re-arming them. Explicit marks are merged by the
+     * caller; NULL means the kind sees no writes of its own. */
+    bool (*harvest)(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp);
+    /* Disarm and release t->priv. Never fails: a disarm error leaves writers unblocked anyway. May be NULL. */
+    void (*stop)(FerryDirtyTracker *t);
+} FerryTrackerOps;
+
+struct FerryDirtyTracker {
+    const FerryTrackerOps *ops;
+    FerryRamBlock **blocks; /* copy of the array given to start; the blocks stay the engine's */
+    size_t nblocks;
+    char *note;             /* why a fallback was taken, or NULL */
+    void *priv;             /* the kind's own state */
+};
+
+extern const FerryTrackerOps ferry__tracker_uffd_wp_ops;
+
+#endif

@@ -1,0 +1,167 @@
+/*
+ * The dirty tracker interface (ram.h) and its two trivial kinds: "explicit", which reports only the marks made
+ * with ferry_ram_mark_dirty(), and "none", which reports the same marks but tells the caller that nothing else is
+ * seen. The write-protect kind lives in tracker-uffd.c. This file chooses a kind, keeps the fallback note and
+ * merges explicit marks into every harvest; it knows nothing about how pages are sent.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ram/tracker-int.h"
+#include "util/bitmap.h"
+#include "util/util.h"
+
+static const FerryTrackerOps explicit_ops = {
+    .name = "explicit",
+    .is_none = false,
+};
+
+static const FerryTrackerOps none_ops = {
+    .name = "none",
+    .is_none = true,
+};
+
+bool ferry_tracker_kind_parse(const char *name, FerryTrackerKind *kind)
+{
+    static const struct {
+        const char *name;
+        FerryTrackerKind kind;
+    } names[] = {
+        {"auto", FERRY_TRACKER_AUTO},
+        {"uffd-wp", FERRY_TRACKER_UFFD_WP},
+        {"explicit", FERRY_TRACKER_EXPLICIT},
+        {"none", FERRY_TRACKER_NONE},
+    };
+    if (!name) {
+        return false;
+    }
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(names); i++) {
+        if (strcmp(name, names[i].name) == 0) {
+            *kind = names[i].kind;
+            return true;
+        }
+    }
+    return false;
+}
+
+FerryDirtyTracker *ferry__tracker_start(FerryTrackerKind kind, FerryRamBlock **blocks, size_t nblocks,
+                                        FerryError **errp)
+{
+    const FerryTrackerOps *ops;
+    char *note = NULL;
+
+    switch (kind) {
+    case FERRY_TRACKER_AUTO: {
+        FerryError *err = NULL;
+        if (ferry__tracker_uffd_wp_probe(&err)) {
+            ops = &ferry__tracker_uffd_wp_ops;
+        } else {
+            note = ferry__xasprintf("userfaultfd write-protect unavailable: %s", ferry_error_msg(err));
+            ferry_error_free(err);
+            ops = &none_ops;
+        }
+        break;
+    }
+    case FERRY_TRACKER_UFFD_WP:
+        if (!ferry__tracker_uffd_wp_probe(errp)) {
+            ferry_error_prepend(errp, "dirty tracker uffd-wp: ");
+            return NULL;
+        }
+        ops = &ferry__tracker_uffd_wp_ops;
+        break;
+    case FERRY_TRACKER_EXPLICIT:
+        ops = &explicit_ops;
+        break;
+    case FERRY_TRACKER_NONE:
+        ops = &none_ops;
+        break;
+    default:
+        ferry_error_setg(errp, "unknown dirty tracker kind %d", (int)kind);
+        return NULL;
+    }
+
+    FerryDirtyTracker *t = ferry__xcalloc(1, sizeof(*t));
+    t->blocks = ferry__xcalloc(nblocks ? nblocks : 1, sizeof(*t->blocks));
+    if (nblocks) {
+        memcpy(t->blocks, blocks, nblocks * sizeof(*blocks));
+    }
+    t->nblocks = nblocks;
+    t->note = note;
+
+    /* Pass 1 sends every page anyway, so marks made before the start carry no information. Clearing them before
+     * arming means a mark made from now on is never lost. */
+    for (size_t i = 0; i < nblocks; i++) {
+        ferry__bitmap_zero(blocks[i]->explicit_dirty, (size_t)blocks[i]->npages);
+    }
+
+    t->ops = ops;
+    if (ops->start) {
+        FerryError *err = NULL;
+        if (!ops->start(t, &err)) {
+            if (kind != FERRY_TRACKER_AUTO) {
+                ferry_error_prepend(&err, "dirty tracker %s: ", ops->name);
+                ferry_error_propagate(errp, err);
+                free(t->note);
+                free(t->blocks);
+                free(t);
+                return NULL;
+            }
+            /* The probe passed but arming these blocks did not (for example a block the kernel cannot
+             * write-protect): AUTO still falls back rather than failing the migration. */
+            free(t->note);
+            t->note = ferry__xasprintf("userfaultfd write-protect unavailable: %s", ferry_error_msg(err));
+            ferry_error_free(err);
+            t->ops = &none_ops;
+            t->priv = NULL;
+        }
+    }
+    if (t->note) {
+        ferry__log(FERRY_LOG_INFO, "dirty tracker: %s, using %s", t->note, t->ops->name);
+    }
+    return t;
+}
+
+const char *ferry__tracker_name(const FerryDirtyTracker *t)
+{
+    return t->ops->name;
+}
+
+const char *ferry__tracker_note(const FerryDirtyTracker *t)
+{
+    return t->note;
+}
+
+bool ferry__tracker_is_none(const FerryDirtyTracker *t)
+{
+    return t->ops->is_none;
+}
+
+bool ferry__tracker_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
+{
+    bool tracked = false;
+    for (size_t i = 0; i < t->nblocks && !tracked; i++) {
+        tracked = t->blocks[i] == b;
+    }
+    if (!tracked) {
+        ferry_error_setg(errp, "RAM block '%s' is not covered by the %s dirty tracker", b->name, t->ops->name);
+        return false;
+    }
+    if (t->ops->harvest && !t->ops->harvest(t, b, bitmap, errp)) {
+        return false;
+    }
+    ferry__bitmap_move_atomic(bitmap, b->explicit_dirty, (size_t)b->npages);
+    return true;
+}
+
+void ferry__tracker_stop(FerryDirtyTracker *t)
+{
+    if (!t) {
+        return;
+    }
+    if (t->ops->stop) {
+        t->ops->stop(t);
+    }
+    free(t->note);
+    free(t->blocks);
+    free(t);
+}

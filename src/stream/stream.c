@@ -1,0 +1,300 @@
+/*
+ * The buffered stream over a channel (stream/stream.h): a 256 KiB write buffer, a 256 KiB read buffer, byte
+ * counters and a sticky error. It knows nothing of record framing (src/wire does). Large reads and
+ * ferry__stream_write_iov bypass the buffers so that page data is not copied twice.
+ *
+ * The writer and the reader may be different threads; they share only the latched error, which is set once
+ * with a compare-and-swap and never changed or freed before ferry__stream_free, so reading it needs no lock.
+ */
+#include <endian.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stream/stream.h"
+#include "util/util.h"
+
+#define STREAM_BUF_SIZE (256 * 1024)
+/* Stack iovec arrays up to this size in write_iov; longer lists are copied to the heap. */
+#define STREAM_IOV_STACK 64
+
+struct FerryStream {
+    FerryChannel *c;
+    FerryError *err; /* atomic: NULL until the first error */
+
+    /* Writer side. */
+    uint8_t *wbuf;
+    size_t wlen;
+    uint64_t written;
+
+    /* Reader side: rbuf[rpos, rlen) holds bytes read ahead of the caller. */
+    uint8_t *rbuf;
+    size_t rpos, rlen;
+    uint64_t read;
+};
+
+FerryStream *ferry__stream_new(FerryChannel *c)
+{
+    FerryStream *s = ferry__xcalloc(1, sizeof(*s));
+    s->c = c;
+    s->wbuf = ferry__xmalloc(STREAM_BUF_SIZE);
+    s->rbuf = ferry__xmalloc(STREAM_BUF_SIZE);
+    return s;
+}
+
+void ferry__stream_free(FerryStream *s)
+{
+    if (!s) {
+        return;
+    }
+    ferry_error_free(s->err);
+    free(s->wbuf);
+    free(s->rbuf);
+    free(s);
+}
+
+FerryChannel *ferry__stream_channel(FerryStream *s)
+{
+    return s->c;
+}
+
+/* ---- the sticky error ---- */
+
+bool ferry__stream_failed(const FerryStream *s)
+{
+    return __atomic_load_n(&s->err, __ATOMIC_ACQUIRE) != NULL;
+}
+
+void ferry__stream_set_error(FerryStream *s, FerryError *err)
+{
+    if (!err) {
+        return;
+    }
+    FerryError *expected = NULL;
+    if (!__atomic_compare_exchange_n(&s->err, &expected, err, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        /* The first error is the one that explains the failure; later ones are consequences. */
+        ferry_error_free(err);
+    }
+}
+
+bool ferry__stream_check(const FerryStream *s, FerryError **errp)
+{
+    FerryError *err = __atomic_load_n(&s->err, __ATOMIC_ACQUIRE);
+    if (!err) {
+        return true;
+    }
+    ferry_error_propagate(errp, ferry_error_copy(err));
+    return false;
+}
+
+/* ---- writing ---- */
+
+static bool write_out(FerryStream *s, const void *buf, size_t len)
+{
+    FerryError *err = NULL;
+    if (!ferry__channel_write_all(s->c, buf, len, &err)) {
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    return true;
+}
+
+bool ferry__stream_flush(FerryStream *s)
+{
+    if (ferry__stream_failed(s)) {
+        return false;
+    }
+    if (s->wlen == 0) {
+        return true;
+    }
+    size_t len = s->wlen;
+    /* The buffer is considered consumed even on failure: nothing will be written after an error anyway. */
+    s->wlen = 0;
+    return write_out(s, s->wbuf, len);
+}
+
+void ferry__stream_write(FerryStream *s, const void *buf, size_t len)
+{
+    if (ferry__stream_failed(s)) {
+        return;
+    }
+    s->written += len;
+    if (len <= STREAM_BUF_SIZE - s->wlen) {
+        memcpy(s->wbuf + s->wlen, buf, len);
+        s->wlen += len;
+        if (s->wlen == STREAM_BUF_SIZE) {
+            ferry__stream_flush(s);
+        }
+        return;
+    }
+    if (!ferry__stream_flush(s)) {
+        return;
+    }
+    if (len >= STREAM_BUF_SIZE) {
+        /* Copying a large block into the buffer only to write it out at once would cost a copy for nothing. */
+        write_out(s, buf, len);
+        return;
+    }
+    memcpy(s->wbuf, buf, len);
+    s->wlen = len;
+}
+
+void ferry__stream_write_u8(FerryStream *s, uint8_t v)
+{
+    ferry__stream_write(s, &v, 1);
+}
+
+void ferry__stream_write_be16(FerryStream *s, uint16_t v)
+{
+    uint16_t be = htobe16(v);
+    ferry__stream_write(s, &be, sizeof(be));
+}
+
+void ferry__stream_write_be32(FerryStream *s, uint32_t v)
+{
+    uint32_t be = htobe32(v);
+    ferry__stream_write(s, &be, sizeof(be));
+}
+
+void ferry__stream_write_be64(FerryStream *s, uint64_t v)
+{
+    uint64_t be = htobe64(v);
+    ferry__stream_write(s, &be, sizeof(be));
+}
+
+void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt)
+{
+    if (!ferry__stream_flush(s) || iovcnt <= 0) {
+        return;
+    }
+    /* writev_all advances the iovec it is given: work on a copy, the caller's stays intact. */
+    struct iovec stack[STREAM_IOV_STACK];
+    struct iovec *copy = iovcnt <= STREAM_IOV_STACK ? stack : ferry__xmalloc(sizeof(*copy) * (size_t)iovcnt);
+    uint64_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        copy[i] = iov[i];
+        total += iov[i].iov_len;
+    }
+    s->written += total;
+    FerryError *err = NULL;
+    if (!ferry__channel_writev_all(s->c, copy, iovcnt, &err)) {
+        ferry__stream_set_error(s, err);
+    }
+    if (copy != stack) {
+        free(copy);
+    }
+}
+
+uint64_t ferry__stream_bytes_written(const FerryStream *s)
+{
+    return s->written;
+}
+
+/* ---- reading ---- */
+
+/* One read call of whatever is available into @buf; false (error latched) on failure or end of stream. */
+static bool read_some(FerryStream *s, void *buf, size_t len, size_t *got)
+{
+    FerryError *err = NULL;
+    ssize_t n = ferry__channel_read(s->c, buf, len, &err);
+    if (n < 0) {
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    if (n == 0) {
+        ferry_error_setg(&err, "Failed to read from '%s': connection closed by peer (unexpected end of stream)",
+                         s->c->desc);
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    *got = (size_t)n;
+    return true;
+}
+
+/* Delivers @len bytes to @buf, or discards them if @buf is NULL (skip). */
+static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
+{
+    if (ferry__stream_failed(s)) {
+        return false;
+    }
+    while (len > 0) {
+        size_t avail = s->rlen - s->rpos;
+        if (avail > 0) {
+            size_t n = (size_t)FERRY_MIN((uint64_t)avail, len);
+            if (buf) {
+                memcpy(buf, s->rbuf + s->rpos, n);
+                buf += n;
+            }
+            s->rpos += n;
+            s->read += n;
+            len -= n;
+            continue;
+        }
+        size_t got;
+        if (buf && len >= STREAM_BUF_SIZE) {
+            /* Large reads go straight into the caller's memory: page data is copied once, by the kernel. */
+            if (!read_some(s, buf, (size_t)len, &got)) {
+                return false;
+            }
+            buf += got;
+            s->read += got;
+            len -= got;
+            continue;
+        }
+        s->rpos = s->rlen = 0;
+        if (!read_some(s, s->rbuf, STREAM_BUF_SIZE, &got)) {
+            return false;
+        }
+        s->rlen = got;
+    }
+    return true;
+}
+
+bool ferry__stream_read(FerryStream *s, void *buf, size_t len)
+{
+    return stream_read(s, buf, len);
+}
+
+bool ferry__stream_read_u8(FerryStream *s, uint8_t *v)
+{
+    return stream_read(s, v, 1);
+}
+
+bool ferry__stream_read_be16(FerryStream *s, uint16_t *v)
+{
+    uint16_t be;
+    if (!stream_read(s, (uint8_t *)&be, sizeof(be))) {
+        return false;
+    }
+    *v = be16toh(be);
+    return true;
+}
+
+bool ferry__stream_read_be32(FerryStream *s, uint32_t *v)
+{
+    uint32_t be;
+    if (!stream_read(s, (uint8_t *)&be, sizeof(be))) {
+        return false;
+    }
+    *v = be32toh(be);
+    return true;
+}
+
+bool ferry__stream_read_be64(FerryStream *s, uint64_t *v)
+{
+    uint64_t be;
+    if (!stream_read(s, (uint8_t *)&be, sizeof(be))) {
+        return false;
+    }
+    *v = be64toh(be);
+    return true;
+}
+
+bool ferry__stream_skip(FerryStream *s, uint64_t len)
+{
+    return stream_read(s, NULL, len);
+}
+
+uint64_t ferry__stream_bytes_read(const FerryStream *s)
+{
+    return s->read;
+}

@@ -1,0 +1,311 @@
+/*
+ * The helpers declared in util.h: allocation that aborts on exhaustion, monotonic and wall clocks, a small
+ * stderr logger, and parsers for unsigned integers and QEMU-style sizes. It holds no migration knowledge and no
+ * global state apart from the log level, which is read from the environment once.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "util/util.h"
+
+/* ---- allocation ---- */
+
+static void oom(size_t size)
+{
+    /* Nothing sensible can be done without memory; say what failed and stop, as GLib's g_malloc does. */
+    fprintf(stderr, "ferry: out of memory allocating %zu bytes\n", size);
+    abort();
+}
+
+void *ferry__xmalloc(size_t size)
+{
+    void *p = malloc(size ? size : 1);
+    if (!p) {
+        oom(size);
+    }
+    return p;
+}
+
+void *ferry__xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        oom(n * size);
+    }
+    return p;
+}
+
+void *ferry__xrealloc(void *p, size_t size)
+{
+    void *q = realloc(p, size ? size : 1);
+    if (!q) {
+        oom(size);
+    }
+    return q;
+}
+
+char *ferry__xstrdup(const char *s)
+{
+    if (!s) {
+        return NULL;
+    }
+    char *d = strdup(s);
+    if (!d) {
+        oom(strlen(s) + 1);
+    }
+    return d;
+}
+
+char *ferry__xstrndup(const char *s, size_t n)
+{
+    if (!s) {
+        return NULL;
+    }
+    char *d = strndup(s, n);
+    if (!d) {
+        oom(n + 1);
+    }
+    return d;
+}
+
+char *ferry__xvasprintf(const char *fmt, va_list ap)
+{
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0) {
+        oom(strlen(fmt));
+    }
+    return s;
+}
+
+char *ferry__xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = ferry__xvasprintf(fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* ---- clocks ---- */
+
+int64_t ferry__clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t ferry__clock_ms(void)
+{
+    return ferry__clock_ns() / 1000000;
+}
+
+void ferry__realtime(int64_t *seconds, int64_t *microseconds)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *seconds = ts.tv_sec;
+    *microseconds = ts.tv_nsec / 1000;
+}
+
+void ferry__sleep_ns(int64_t ns)
+{
+    if (ns <= 0) {
+        return;
+    }
+    /* An absolute deadline makes a signal-interrupted sleep resume for the remaining time only. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    int64_t total = deadline.tv_nsec + ns % 1000000000;
+    deadline.tv_sec += ns / 1000000000 + total / 1000000000;
+    deadline.tv_nsec = total % 1000000000;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL) == EINTR) {
+    }
+}
+
+/* ---- logging ---- */
+
+static FerryLogLevel log_level = FERRY_LOG_WARN;
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_init(void)
+{
+    const char *env = getenv("FERRY_LOG");
+    if (!env) {
+        return;
+    }
+    static const char *const names[] = { "error", "warn", "info", "debug" };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(names); i++) {
+        if (strcasecmp(env, names[i]) == 0) {
+            log_level = (FerryLogLevel)i;
+            return;
+        }
+    }
+    fprintf(stderr, "ferry: ignoring FERRY_LOG='%s' (expected error, warn, info or debug)\n", env);
+}
+
+bool ferry__log_enabled(FerryLogLevel level)
+{
+    pthread_once(&log_once, log_init);
+    return level <= log_level;
+}
+
+void ferry__log(FerryLogLevel level, const char *fmt, ...)
+{
+    if (!ferry__log_enabled(level)) {
+        return;
+    }
+    static const char *const tags[] = { "error", "warn", "info", "debug" };
+    int64_t sec, usec;
+    ferry__realtime(&sec, &usec);
+    time_t t = (time_t)sec;
+    struct tm tm;
+    localtime_r(&t, &tm);
+
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = ferry__xvasprintf(fmt, ap);
+    va_end(ap);
+    /* One fprintf per line so that lines from different threads do not interleave. */
+    fprintf(stderr, "%02d:%02d:%02d.%06lld ferry %s: %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
+            (long long)usec, tags[level], msg);
+    free(msg);
+}
+
+/* ---- parsing ---- */
+
+/* Parses a run of decimal digits at *p into *out, advancing *p; false on overflow. At least one digit must be
+ * present (checked by the caller). */
+static bool parse_digits(const char **p, uint64_t *out)
+{
+    uint64_t v = 0;
+    const char *s = *p;
+    while (*s >= '0' && *s <= '9') {
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, (uint64_t)(*s - '0'), &v)) {
+            return false;
+        }
+        s++;
+    }
+    *p = s;
+    *out = v;
+    return true;
+}
+
+bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryError **errp)
+{
+    if (!s || !*s) {
+        ferry_error_setg(errp, "invalid %s '': expected a non-negative decimal integer", what);
+        return false;
+    }
+    const char *p = s;
+    if (!(*p >= '0' && *p <= '9')) {
+        ferry_error_setg(errp, "invalid %s '%s': expected a non-negative decimal integer", what, s);
+        return false;
+    }
+    uint64_t v;
+    if (!parse_digits(&p, &v)) {
+        ferry_error_setg(errp, "invalid %s '%s': value too large (maximum %llu)", what, s,
+                         (unsigned long long)UINT64_MAX);
+        return false;
+    }
+    if (*p) {
+        ferry_error_setg(errp, "invalid %s '%s': expected a non-negative decimal integer", what, s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* log2 of the multiplier of a size suffix, or -1 if @c is not one. */
+static int suffix_shift(char c)
+{
+    switch (tolower((unsigned char)c)) {
+    case 'b': return 0;
+    case 'k': return 10;
+    case 'm': return 20;
+    case 'g': return 30;
+    case 't': return 40;
+    case 'p': return 50;
+    case 'e': return 60;
+    default: return -1;
+    }
+}
+
+bool ferry__parse_size(const char *s, const char *what, uint64_t *out, FerryError **errp)
+{
+    if (!s || !*s) {
+        ferry_error_setg(errp, "invalid %s '': expected a size such as 4096, 512K, 256M or 1.5G", what);
+        return false;
+    }
+    const char *p = s;
+    if (!(*p >= '0' && *p <= '9')) {
+        /* Covers signs, blanks and garbage: QEMU's strtosz rejects negative sizes too. */
+        ferry_error_setg(errp, "invalid %s '%s': expected a size such as 4096, 512K, 256M or 1.5G", what, s);
+        return false;
+    }
+    uint64_t whole;
+    if (!parse_digits(&p, &whole)) {
+        ferry_error_setg(errp, "invalid %s '%s': value too large", what, s);
+        return false;
+    }
+
+    /* The fraction is kept as digits/10^n, exactly, so that "1.5G" is exactly 1.5 * 2^30. */
+    uint64_t frac_num = 0, frac_den = 1;
+    bool has_frac = false;
+    if (*p == '.') {
+        p++;
+        if (!(*p >= '0' && *p <= '9')) {
+            ferry_error_setg(errp, "invalid %s '%s': expected digits after the decimal point", what, s);
+            return false;
+        }
+        has_frac = true;
+        while (*p >= '0' && *p <= '9') {
+            /* Digits beyond 18 places cannot change the result by a whole byte below 2^64 / 10^18 units;
+             * they are ignored rather than overflowing the exact fraction. */
+            if (frac_den < 1000000000000000000ULL) {
+                frac_num = frac_num * 10 + (uint64_t)(*p - '0');
+                frac_den *= 10;
+            }
+            p++;
+        }
+    }
+
+    int shift = 0;
+    if (*p) {
+        shift = suffix_shift(*p);
+        if (shift < 0 || p[1] != '\0') {
+            ferry_error_setg(errp, "invalid %s '%s': unknown size suffix '%s' (expected B, K, M, G, T, P or E)",
+                             what, s, p);
+            return false;
+        }
+    }
+    if (has_frac && frac_num != 0 && shift == 0) {
+        ferry_error_setg(errp, "invalid %s '%s': a size in bytes cannot have a fraction", what, s);
+        return false;
+    }
+
+    uint64_t value;
+    if (shift > 0 && whole > (UINT64_MAX >> shift)) {
+        ferry_error_setg(errp, "invalid %s '%s': value too large", what, s);
+        return false;
+    }
+    value = whole << shift;
+    if (frac_num) {
+        /* frac_num / frac_den * 2^shift, computed in 128 bits to stay exact; truncated to whole bytes. */
+        unsigned __int128 part = ((unsigned __int128)frac_num << shift) / frac_den;
+        if (part > UINT64_MAX || __builtin_add_overflow(value, (uint64_t)part, &value)) {
+            ferry_error_setg(errp, "invalid %s '%s': value too large", what, s);
+            return false;
+        }
+    }
+    *out = value;
+    return true;
+}

@@ -1,0 +1,49 @@
+/*
+ * Small internal helpers shared by every layer: allocation that aborts on exhaustion (as GLib does; a migration
+ * engine that cannot allocate a few bytes cannot report anything useful either), clocks, logging and parsing of
+ * numbers and sizes. Nothing here knows about migration. Internal functions are prefixed ferry__ and never
+ * exported from the shared library.
+ */
+#ifndef FERRY_UTIL_H
+#define FERRY_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/error.h"
+
+#define FERRY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define FERRY_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define FERRY_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define FERRY_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+
+void *ferry__xmalloc(size_t size);
+void *ferry__xcalloc(size_t n, size_t size);
+void *ferry__xrealloc(void *p, size_t size);
+char *ferry__xstrdup(const char *s);          /* NULL -> NULL */
+char *ferry__xstrndup(const char *s, size_t n);
+char *ferry__xasprintf(const char *fmt, ...) FERRY_PRINTF(1, 2);
+char *ferry__xvasprintf(const char *fmt, va_list ap);
+
+/* Monotonic clock. */
+int64_t ferry__clock_ns(void);
+int64_t ferry__clock_ms(void);
+/* Wall clock, for QMP event timestamps. */
+void ferry__realtime(int64_t *seconds, int64_t *microseconds);
+void ferry__sleep_ns(int64_t ns);
+
+typedef enum FerryLogLevel { FERRY_LOG_ERROR, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG } FerryLogLevel;
+/* To stderr, prefixed with the level and a timestamp; the level is set by FERRY_LOG=error|warn|info|debug
+ * (default warn). */
+void ferry__log(FerryLogLevel level, const char *fmt, ...) FERRY_PRINTF(2, 3);
+bool ferry__log_enabled(FerryLogLevel level);
+
+/* Decimal unsigned integer, the whole string, no sign, no overflow. @what names it in the error. */
+bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryError **errp);
+/* A size as QEMU spells it: "4096", "256M", "4G", "1.5G"; suffixes B K M G T P E (powers of 1024,
+ * case-insensitive); no suffix means bytes. */
+bool ferry__parse_size(const char *s, const char *what, uint64_t *out, FerryError **errp);
+
+#endif

@@ -1,0 +1,87 @@
+"""pytest glue for ferry's integration tests: a hard per-test deadline, a short temporary directory (UNIX socket
+paths are limited to 108 bytes), and the `workload` fixture that starts ferry-workload processes and always kills,
+reaps and checks them (a sanitizer report on a process's stderr fails the test). The helpers themselves live in
+ferrytest.py; the tests in test_*.py."""
+
+import os
+import shutil
+import signal
+import tempfile
+
+import pytest
+
+import ferrytest
+
+DEFAULT_DEADLINE = 150
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "deadline(seconds): hard time limit of the test (SIGALRM)")
+
+
+def pytest_sessionstart(session):
+    binary = ferrytest.workload_binary()
+    if not os.access(binary, os.X_OK):
+        raise pytest.UsageError(f"{binary} not found: build first and point FERRY_BUILD at the build directory")
+
+
+class TestDeadline(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def deadline(request):
+    """Every test has a hard time limit: a hung socket read or a migration that never ends fails the test
+    instead of the suite. The alarm interrupts blocking calls (PEP 475 retries only if the handler returns)."""
+    marker = request.node.get_closest_marker("deadline")
+    seconds = int(marker.args[0]) if marker else DEFAULT_DEADLINE
+
+    def expired(signum, frame):
+        raise TestDeadline(f"test exceeded its deadline of {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def tmpdir_short():
+    path = tempfile.mkdtemp(prefix="ferry-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def workload(tmpdir_short):
+    """Factory: workload(name, *args, qmp=True) starts a ferry-workload (with -name and -qmp added) and returns a
+    ferrytest.Workload. At teardown every process is stopped and reaped; a sanitizer report, or a death by a
+    signal the test did not send, fails the test."""
+    started = []
+
+    def start(name, *args, qmp=True):
+        w = ferrytest.Workload(tmpdir_short, name, args, qmp=qmp)
+        started.append(w)
+        return w
+
+    start.tmpdir = tmpdir_short
+    yield start
+
+    # The alarm of the test is off now; teardown has its own bounded waits.
+    problems = []
+    for w in started:
+        expected_kill = w.expect_crash
+        try:
+            complaint = w.stop_process()
+            if complaint:
+                problems.append(complaint)
+        except Exception as e:  # keep going: every process must be reaped
+            problems.append(f"{w.name}: could not stop: {e}")
+        report = ferrytest.sanitizer_report(w.stderr())
+        if report:
+            problems.append(f"{w.name}: sanitizer report: {report}\n--- stderr ---\n{w.stderr()[-6000:]}")
+        rc = w.proc.returncode
+        if rc is not None and rc < 0 and not expected_kill:
+            problems.append(f"{w.name}: died by signal {-rc}; stderr:\n{w.stderr()[-4000:]}")
+    assert not problems, "\n".join(problems)

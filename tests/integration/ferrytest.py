@@ -1,0 +1,404 @@
+"""Helpers for ferry's integration tests: a QMP client, a ferry-workload process wrapper and small utilities
+(free ports, polling with deadlines, sanitizer report detection).
+
+This module starts and talks to real processes; it contains no test itself and no knowledge of the engine's
+internals beyond the QMP commands it documents. It uses the standard library only (tests run with Debian's
+/usr/bin/python3 and its python3-pytest).
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+
+# Sanitizer reports that make a process's run count as a crash even if it exited "normally".
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "ERROR: ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+# Everything below waits with deadlines; these are generous because the suite runs under ASan on 2 cores.
+START_TIMEOUT = 30.0
+MIGRATION_TIMEOUT = 90.0
+
+
+def build_dir():
+    """The build tree to test: $FERRY_BUILD, else build-san or build next to the sources."""
+    env = os.environ.get("FERRY_BUILD")
+    if env:
+        return os.path.abspath(env)
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    for name in ("build-san", "build"):
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return os.path.join(root, "build")
+
+
+def workload_binary():
+    return os.path.join(build_dir(), "hosts", "workload", "ferry-workload")
+
+
+def sanitizer_report(text):
+    """The first line of a sanitizer report in @text, or None."""
+    for line in text.splitlines():
+        if any(m in line for m in SANITIZER_MARKERS):
+            return line
+    return None
+
+
+def free_port(family=socket.AF_INET, host="127.0.0.1"):
+    """A TCP port that was free a moment ago. The destination must be told its port before the source starts,
+    so port 0 cannot be used; binding port 0 here and closing the socket is the usual approximation."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ipv6_loopback_works():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as srv:
+            srv.bind(("::1", 0))
+            srv.listen(1)
+            with socket.create_connection(("::1", srv.getsockname()[1]), timeout=2):
+                pass
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout, what, interval=0.05):
+    """Poll @predicate until it returns a true value (which is returned) or fail after @timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _listening_tcp(port):
+    """Whether some socket listens on TCP @port (v4 or v6), from /proc/net/tcp{,6} (state 0A is LISTEN)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def wait_listening(uri, timeout=START_TIMEOUT):
+    """Wait until a destination listens on @uri without connecting to it (a destination accepts exactly one
+    connection, so a probe would be taken for the migration)."""
+    if uri.startswith("unix:"):
+        path = uri[len("unix:"):]
+        wait_until(lambda: os.path.exists(path), timeout, f"UNIX socket {path}")
+    elif uri.startswith("tcp:"):
+        port = int(uri.rsplit(":", 1)[1])
+        wait_until(lambda: _listening_tcp(port), timeout, f"a listener on TCP port {port}")
+    else:
+        raise ValueError(f"cannot wait for {uri}")
+
+
+class QMPError(Exception):
+    """An "error" reply: .cls is QMP's error class, .desc its description."""
+
+    def __init__(self, cls, desc, reply=None):
+        super().__init__(f"{cls}: {desc}")
+        self.cls = cls
+        self.desc = desc
+        self.reply = reply
+
+
+class QMPProtocolError(Exception):
+    """The peer broke the protocol (closed the connection, sent something that is not a JSON object)."""
+
+
+class QMP:
+    """A QMP client over a UNIX socket. Replies are matched in order (one request in flight at a time); events
+    that arrive in between are collected in .events (each the event's JSON object)."""
+
+    def __init__(self, path, negotiate=True, timeout=30.0):
+        self.path = path
+        self.timeout = timeout
+        self.events = []
+        self._buf = b""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.greeting = self._read_message()
+        if "QMP" not in self.greeting:
+            raise QMPProtocolError(f"bad greeting: {self.greeting!r}")
+        if negotiate:
+            self.cmd("qmp_capabilities")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # --- framing ---------------------------------------------------------------------------------------------
+    def _read_line(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete QMP message from {self.path} within {timeout:.0f} s")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise QMPProtocolError(f"connection to {self.path} closed by peer")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def _read_message(self, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
+        while True:
+            line = self._read_line(timeout).strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError as e:
+                raise QMPProtocolError(f"server sent bad JSON {line!r}: {e}") from e
+            if not isinstance(msg, dict):
+                raise QMPProtocolError(f"server sent a non-object {line!r}")
+            return msg
+
+    def _read_reply(self, timeout=None):
+        while True:
+            msg = self._read_message(timeout)
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            return msg
+
+    # --- requests ----------------------------------------------------------------------------------------------
+    def send_raw(self, data, timeout=None):
+        """Send raw bytes and return the next reply object (events are collected)."""
+        self.sock.sendall(data)
+        return self._read_reply(timeout)
+
+    def request(self, obj, timeout=None):
+        """Send a request object and return the whole reply object."""
+        return self.send_raw(json.dumps(obj).encode() + b"\n", timeout)
+
+    def cmd(self, name, args=None, timeout=None, **kwargs):
+        """Execute @name; keyword arguments have '_' turned into '-' (exit_on_error -> exit-on-error). Returns
+        the "return" member or raises QMPError."""
+        arguments = dict(args or {})
+        arguments.update({k.replace("_", "-"): v for k, v in kwargs.items()})
+        req = {"execute": name}
+        if arguments:
+            req["arguments"] = arguments
+        reply = self.request(req, timeout)
+        if "error" in reply:
+            err = reply["error"]
+            raise QMPError(err.get("class"), err.get("desc"), reply)
+        if "return" not in reply:
+            raise QMPProtocolError(f"reply without return or error: {reply!r}")
+        return reply["return"]
+
+    def pump(self, timeout=0.0):
+        """Collect the events that arrive within @timeout seconds (at least those already buffered)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                line = line.strip()
+                if line:
+                    msg = json.loads(line)
+                    if "event" in msg:
+                        self.events.append(msg)
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                return
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return
+            self._buf += chunk
+
+    def events_named(self, name):
+        self.pump()
+        return [e for e in self.events if e.get("event") == name]
+
+    def migration_events(self):
+        return [e.get("data", {}).get("status") for e in self.events_named("MIGRATION")]
+
+
+class Workload:
+    """A ferry-workload process with its QMP socket. Use through the `workload` fixture, which always kills and
+    reaps it and checks its stderr for sanitizer reports."""
+
+    def __init__(self, tmpdir, name, args, qmp=True, env=None):
+        self.name = name
+        self.tmpdir = tmpdir
+        self.qmp_path = os.path.join(tmpdir, f"{name}.qmp")
+        self.stdout_path = os.path.join(tmpdir, f"{name}.stdout")
+        self.stderr_path = os.path.join(tmpdir, f"{name}.stderr")
+        self.argv = [workload_binary(), "-name", name]
+        if qmp:
+            self.argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        self.argv += [str(a) for a in args]
+        self.expect_crash = False   # set when the test kills the process on purpose
+        self.qmp = None
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         env=env, start_new_session=True)
+        if qmp:
+            try:
+                self._connect()
+            except BaseException:
+                # Nobody else holds this process yet: do not leave it behind.
+                if self.alive():
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                raise
+
+    def __repr__(self):
+        return f"<Workload {self.name} pid {self.proc.pid}>"
+
+    def _connect(self):
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before its QMP socket was up; "
+                                   f"argv {self.argv}; stderr:\n{self.stderr()}")
+            if os.path.exists(self.qmp_path):
+                try:
+                    self.qmp = QMP(self.qmp_path)
+                    return
+                except (ConnectionRefusedError, FileNotFoundError):
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: QMP socket {self.qmp_path} not up after {START_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
+    # --- process --------------------------------------------------------------------------------------------
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "r", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait_exit(self, timeout=30.0):
+        """Wait for the process to exit on its own; returns its exit status."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{self.name} still running {timeout:.0f} s after it should have exited")
+
+    def kill(self):
+        self.expect_crash = True
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.qmp:
+            self.qmp.close()
+
+    def stop_process(self):
+        """Teardown: ask politely with QMP quit (so that LeakSanitizer gets to run), then SIGKILL. Returns a
+        complaint if the process ignored quit, else None."""
+        complaint = None
+        if self.alive() and self.qmp is not None:
+            try:
+                self.qmp.cmd("quit", timeout=5)
+            except Exception:
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.alive():
+            if self.qmp is not None and not self.expect_crash:
+                complaint = f"{self.name} did not exit within 15 s of QMP quit"
+            self.expect_crash = True
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.qmp is not None:
+            self.qmp.close()
+        return complaint
+
+    # --- QMP shortcuts --------------------------------------------------------------------------------------
+    def cmd(self, name, args=None, **kwargs):
+        return self.qmp.cmd(name, args, **kwargs)
+
+    def status(self):
+        return self.cmd("query-status")["status"]
+
+    def events_named(self, name):
+        return self.qmp.events_named(name)
+
+    def migration_events(self):
+        return self.qmp.migration_events()
+
+    def query_migrate(self):
+        return self.cmd("query-migrate")
+
+    def migration_status(self):
+        return self.query_migrate().get("status")
+
+    def pattern_check(self):
+        return self.cmd("query-pattern-check")
+
+    def workload_info(self):
+        return self.cmd("query-workload")
+
+    def digest(self):
+        return self.cmd("query-ram-digest")
+
+    def set_params(self, **params):
+        return self.cmd("migrate-set-parameters", **params)
+
+    def enable_events(self):
+        return self.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+
+    def migrate(self, uri):
+        return self.cmd("migrate", uri=uri)
+
+    def wait_migration(self, statuses=("completed", "failed", "cancelled"), timeout=MIGRATION_TIMEOUT):
+        """Poll query-migrate until its status is one of @statuses; returns the whole reply."""
+        last = {}
+
+        def done():
+            nonlocal last
+            last = self.query_migrate()
+            return last if last.get("status") in statuses else None
+
+        try:
+            return wait_until(done, timeout, f"{self.name}: migration status in {statuses}", interval=0.1)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; last query-migrate: {last}") from None
+
+    def wait_status(self, statuses, timeout=30.0):
+        def check():
+            st = self.status()
+            return st if st in statuses else None
+        return wait_until(check, timeout, f"{self.name}: run state in {statuses}")
+
+    def assert_advancing(self, timeout=15.0):
+        """The workers run: pages-written grows."""
+        first = self.workload_info()["pages-written"]
+        wait_until(lambda: self.workload_info()["pages-written"] > first, timeout,
+                   f"{self.name}: pages-written to grow beyond {first}")
+
+    def assert_pattern_ok(self):
+        check = self.pattern_check()
+        assert check["ok"] is True, f"{self.name}: pattern check failed: {check}"
+        assert check["mismatches"] == 0, check
+        assert check["pages"] > 0, check
+        return check

@@ -1,0 +1,438 @@
+/*
+ * The migration engine end to end inside one process: a source engine and a destination engine, each with its
+ * own RAM blocks and a state section, connected over a UNIX socket. Checks that RAM written while the migration
+ * runs arrives (dirty tracking), that zero pages and never-touched pages come out zero, that sections are loaded,
+ * and the failure rules: a block mismatch is refused by the destination and reported to the source, which keeps
+ * its state; a section that fails to load leaves the destination not running; cancel leaves the source running.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "ferry/ferry.h"
+#include "migration/migration.h"
+#include "ram/ram.h"
+#include "util/util.h"
+
+typedef struct Dev {
+    uint64_t counter;
+    char *label;
+    bool fail_load;
+} Dev;
+
+static bool dev_visit(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp)
+{
+    Dev *d = opaque;
+    if (ferry_visitor_kind(v) == FERRY_VISITOR_INPUT && d->fail_load) {
+        ferry_error_setg(errp, "refusing on purpose");
+        return false;
+    }
+    return ferry_visit_u64(v, "counter", &d->counter, errp) && ferry_visit_str(v, "label", &d->label, errp);
+}
+
+typedef struct Writer {
+    FerryRamBlock *blk;
+    size_t npages, ps;
+    bool mark;
+    volatile bool stop;
+    uint64_t rounds;
+    pthread_t thread;
+    bool running;
+} Writer;
+
+/* A stand-in workload: writes one byte of every 7th page, round after round, until stopped. */
+static void *writer_thread(void *opaque)
+{
+    Writer *w = opaque;
+    uint8_t *p = ferry_ram_block_host(w->blk);
+    while (!w->stop) {
+        for (size_t i = 0; i < w->npages && !w->stop; i += 7) {
+            p[i * w->ps] = (uint8_t)(w->rounds + 1);
+            if (w->mark) {
+                ferry_ram_mark_dirty(w->blk, i * w->ps, 1);
+            }
+        }
+        w->rounds++;
+    }
+    return NULL;
+}
+
+typedef struct Side {
+    FerryMigration *m;
+    FerryRamBlock *blk[2];
+    Dev dev;
+    int stops, starts;
+    Writer *w;
+} Side;
+
+/* The host's stop callback must not return before the writers have stopped: join the writer. */
+static void host_stop(void *opaque)
+{
+    Side *s = opaque;
+    s->stops++;
+    if (s->w && s->w->running) {
+        s->w->stop = true;
+        pthread_join(s->w->thread, NULL);
+        s->w->running = false;
+    }
+}
+
+static void host_start(void *opaque)
+{
+    Side *s = opaque;
+    s->starts++;
+    if (s->w && !s->w->running) {
+        s->w->stop = false;
+        pthread_create(&s->w->thread, NULL, writer_thread, s->w);
+        s->w->running = true;
+    }
+}
+
+static const FerryHostOps ops = { .stop = host_stop, .start = host_start };
+
+static void side_init(Side *s, uint64_t size0, FerryTrackerKind kind)
+{
+    memset(s, 0, sizeof(*s));
+    s->m = ferry__migration_new();
+    s->blk[0] = ferry_ram_block_new(s->m, "ram0", size0, NULL);
+    s->blk[1] = ferry_ram_block_new(s->m, "ram1", 1 << 20, NULL);
+    assert_non_null(s->blk[0]);
+    assert_non_null(s->blk[1]);
+    ferry_migration_set_dirty_tracker(s->m, kind);
+    assert_true(ferry_migration_register_section(s->m, "dev", 0, 1, dev_visit, &s->dev, NULL));
+    ferry__migration_set_host_ops(s->m, &ops, s);
+}
+
+static void side_free(Side *s)
+{
+    ferry__migration_free(s->m);
+    free(s->dev.label);
+}
+
+static char *sock_path(void)
+{
+    static int n;
+    return ferry__xasprintf("unix:/tmp/ferry-test-loopback-%d-%d.sock", (int)getpid(), n++);
+}
+
+static FerryMigrationAddress *addr_of(const char *uri)
+{
+    FerryMigrationAddress *a = NULL;
+    assert_true(ferry__address_parse_uri(uri, &a, NULL));
+    return a;
+}
+
+static const char *wait_terminal(FerryMigration *m, int timeout_ms)
+{
+    static char status[32];
+    int64_t end = ferry__clock_ms() + timeout_ms;
+    for (;;) {
+        json_t *q = ferry__migration_query(m);
+        snprintf(status, sizeof(status), "%s", json_string_value(json_object_get(q, "status")));
+        json_decref(q);
+        if (!strcmp(status, "completed") || !strcmp(status, "failed") || !strcmp(status, "cancelled")) {
+            return status;
+        }
+        if (ferry__clock_ms() > end) {
+            return "timeout";
+        }
+        usleep(2000);
+    }
+}
+
+static char *error_desc(FerryMigration *m)
+{
+    json_t *q = ferry__migration_query(m);
+    const char *e = json_string_value(json_object_get(q, "error-desc"));
+    char *r = ferry__xstrdup(e ? e : "");
+    json_decref(q);
+    return r;
+}
+
+static void run_good(FerryTrackerKind kind)
+{
+    Side src, dst;
+    const uint64_t size = 8 << 20;
+    side_init(&src, size, kind);
+    side_init(&dst, size, kind);
+    size_t ps = ferry_ram_page_size();
+    uint8_t *s0 = ferry_ram_block_host(src.blk[0]);
+    uint8_t *s1 = ferry_ram_block_host(src.blk[1]);
+    /* Data pages, a zero page that was touched, and pages never touched. */
+    for (size_t i = 0; i < size / ps; i += 3) {
+        memset(s0 + i * ps, (int)(i % 251) + 1, ps);
+    }
+    memset(s0 + 1 * ps, 0, ps);
+    s1[100] = 42;
+    src.dev.counter = 12345;
+    src.dev.label = ferry__xstrdup("hello");
+    /* Make the destination's RAM dirty where the source has zeros, to prove zero pages are written. */
+    uint8_t *d0 = ferry_ram_block_host(dst.blk[0]);
+    memset(d0 + 1 * ps, 0x77, ps);
+
+    Writer w = { .blk = src.blk[0], .npages = size / ps, .ps = ps, .mark = kind == FERRY_TRACKER_EXPLICIT };
+    src.w = &w;
+    ferry__runstate_init(dst.m, false, true);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    assert_int_equal(src.starts, 1);
+
+    char *uri = sock_path();
+    FerryMigrationAddress *a = addr_of(uri);
+    FerryError *err = NULL;
+    assert_true(ferry__migrate_incoming(dst.m, a, false, &err));
+    json_t *limit = json_pack("{s:i}", "max-bandwidth", 0);
+    assert_true(ferry__migration_set_params(src.m, limit, NULL));
+    json_decref(limit);
+    usleep(20 * 1000);
+    assert_true(ferry__migrate(src.m, a, &err));
+    const char *st = wait_terminal(src.m, 30000);
+    if (strcmp(st, "completed") != 0) {
+        fail_msg("source status %s: %s", st, error_desc(src.m));
+    }
+    assert_string_equal(wait_terminal(dst.m, 30000), "completed");
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_POSTMIGRATE);
+    assert_int_equal(ferry__runstate_get(dst.m), FERRY_RUN_RUNNING);
+    assert_int_equal(src.stops, 1);
+    assert_int_equal(dst.starts, 1);
+    assert_true(w.rounds > 0);
+    /* Every page, including those the writer changed while the migration ran, arrived as it was at the stop. */
+    for (size_t i = 0; i < size / ps; i++) {
+        if (memcmp(s0 + i * ps, d0 + i * ps, ps) != 0) {
+            fail_msg("page %zu differs (source %u, destination %u)", i, s0[i * ps], d0[i * ps]);
+        }
+    }
+    assert_memory_equal(s1, ferry_ram_block_host(dst.blk[1]), 1 << 20);
+    assert_true(dst.dev.counter == 12345);
+    assert_string_equal(dst.dev.label, "hello");
+
+    json_t *q = ferry__migration_query(src.m);
+    json_t *ram = json_object_get(q, "ram");
+    assert_true(json_integer_value(json_object_get(ram, "duplicate")) >= 1);
+    assert_true(json_integer_value(json_object_get(ram, "normal")) >= (json_int_t)((size / ps) / 3));
+    assert_non_null(json_object_get(q, "downtime"));
+    const char *tracker = json_string_value(json_object_get(q, "dirty-tracker"));
+    assert_non_null(tracker);
+    if (kind == FERRY_TRACKER_UFFD_WP) {
+        assert_string_equal(tracker, "uffd-wp");
+    } else if (kind == FERRY_TRACKER_EXPLICIT) {
+        assert_string_equal(tracker, "explicit");
+    } else if (kind == FERRY_TRACKER_NONE) {
+        assert_string_equal(tracker, "none");
+        assert_non_null(json_object_get(q, "dirty-tracker-note"));
+    }
+    json_decref(q);
+
+    ferry__address_free(a);
+    free(uri);
+    side_free(&src);
+    side_free(&dst);
+}
+
+static void test_migrate_uffd(void **state)
+{
+    if (!ferry__tracker_uffd_wp_probe(NULL)) {
+        print_message("skipped: userfaultfd write-protect unavailable here\n");
+        skip();
+    }
+    run_good(FERRY_TRACKER_UFFD_WP);
+}
+
+static void test_migrate_explicit(void **state)
+{
+    run_good(FERRY_TRACKER_EXPLICIT);
+}
+
+static void test_migrate_none(void **state)
+{
+    run_good(FERRY_TRACKER_NONE);
+}
+
+/* The destination has a different RAM size: it refuses, and the source reports the destination's reason and
+ * keeps running. */
+static void test_config_mismatch(void **state)
+{
+    Side src, dst;
+    side_init(&src, 4 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, 8 << 20, FERRY_TRACKER_AUTO);
+    memset(ferry_ram_block_host(src.blk[0]), 0x5a, 4 << 20);
+    ferry__runstate_init(dst.m, false, true);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    char *uri = sock_path();
+    FerryMigrationAddress *a = addr_of(uri);
+    assert_true(ferry__migrate_incoming(dst.m, a, false, NULL));
+    assert_true(ferry__migrate(src.m, a, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "failed");
+    assert_string_equal(wait_terminal(dst.m, 30000), "failed");
+    char *e = error_desc(src.m);
+    assert_non_null(strstr(e, "size mismatch"));
+    free(e);
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+    assert_int_equal(ferry__runstate_get(dst.m), FERRY_RUN_INMIGRATE);
+    uint8_t *p = ferry_ram_block_host(src.blk[0]);
+    for (size_t i = 0; i < (4u << 20); i++) {
+        if (p[i] != 0x5a) {
+            fail_msg("source RAM changed at %zu", i);
+        }
+    }
+    ferry__address_free(a);
+    free(uri);
+    side_free(&src);
+    side_free(&dst);
+}
+
+/* A section that fails to load: the destination fails, does not run, and RAM reads as zero again; the source
+ * that had stopped its workload for switchover starts it again. */
+static void test_section_load_failure(void **state)
+{
+    Side src, dst;
+    side_init(&src, 2 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, 2 << 20, FERRY_TRACKER_AUTO);
+    dst.dev.fail_load = true;
+    memset(ferry_ram_block_host(src.blk[0]), 0x33, 2 << 20);
+    ferry__runstate_init(dst.m, false, true);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    char *uri = sock_path();
+    FerryMigrationAddress *a = addr_of(uri);
+    assert_true(ferry__migrate_incoming(dst.m, a, false, NULL));
+    assert_true(ferry__migrate(src.m, a, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "failed");
+    assert_string_equal(wait_terminal(dst.m, 30000), "failed");
+    char *e = error_desc(src.m);
+    assert_non_null(strstr(e, "refusing on purpose"));
+    free(e);
+    assert_int_equal(src.stops, 1);
+    assert_int_equal(src.starts, 2);
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+    assert_int_equal(dst.starts, 0);
+    uint8_t *d = ferry_ram_block_host(dst.blk[0]);
+    for (size_t i = 0; i < (2u << 20); i += 512) {
+        assert_int_equal(d[i], 0);
+    }
+    /* A second attempt on the same destination works once the section loads. */
+    dst.dev.fail_load = false;
+    assert_true(ferry__migrate_incoming(dst.m, a, false, NULL));
+    assert_true(ferry__migrate(src.m, a, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "completed");
+    assert_string_equal(wait_terminal(dst.m, 30000), "completed");
+    assert_memory_equal(ferry_ram_block_host(src.blk[0]), d, 2 << 20);
+    ferry__address_free(a);
+    free(uri);
+    side_free(&src);
+    side_free(&dst);
+}
+
+/* A migration throttled to a crawl is cancelled: status cancelled, the source was never stopped. */
+static void test_cancel(void **state)
+{
+    Side src, dst;
+    side_init(&src, 32 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, 32 << 20, FERRY_TRACKER_AUTO);
+    memset(ferry_ram_block_host(src.blk[0]), 0x11, 32 << 20);
+    ferry__runstate_init(dst.m, false, true);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    json_t *p = json_pack("{s:i}", "max-bandwidth", 1 << 20);
+    assert_true(ferry__migration_set_params(src.m, p, NULL));
+    json_decref(p);
+    char *uri = sock_path();
+    FerryMigrationAddress *a = addr_of(uri);
+    assert_true(ferry__migrate_incoming(dst.m, a, false, NULL));
+    assert_true(ferry__migrate(src.m, a, NULL));
+    usleep(300 * 1000);
+    assert_true(ferry__migrate_cancel(src.m, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "cancelled");
+    assert_string_equal(wait_terminal(dst.m, 30000), "failed");
+    assert_int_equal(src.stops, 0);
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+    /* Busy while another migration is pending on the destination side. */
+    FerryError *err = NULL;
+    assert_false(ferry__migrate(dst.m, a, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "incoming"));
+    ferry_error_free(err);
+    ferry__address_free(a);
+    free(uri);
+    side_free(&src);
+    side_free(&dst);
+}
+
+static void test_params(void **state)
+{
+    FerryMigration *m = ferry__migration_new();
+    FerryError *err = NULL;
+    json_t *q = ferry__migration_query_params(m);
+    assert_int_equal(json_integer_value(json_object_get(q, "max-bandwidth")), 128 << 20);
+    assert_int_equal(json_integer_value(json_object_get(q, "downtime-limit")), 300);
+    json_decref(q);
+
+    static const struct {
+        const char *json;
+        const char *error;
+    } bad[] = {
+        { "{\"downtime-limit\": -1}", "Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000" },
+        { "{\"downtime-limit\": 2000001}", "range" },
+        { "{\"max-bandwidth\": \"fast\"}", "Invalid parameter type for 'max-bandwidth', expected: integer" },
+        { "{\"max-bandwidth\": 1.5}", "Invalid parameter type" },
+        { "{\"no-such\": 1}", "Parameter 'no-such' is unexpected" },
+        { "{\"multifd-channels\": 4}", "not supported by ferry yet" },
+        /* All or nothing: the good member must not be applied when another is bad. */
+        { "{\"downtime-limit\": 10, \"max-bandwidth\": -5}", "max-bandwidth" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *j = json_loads(bad[i].json, 0, NULL);
+        assert_false(ferry__migration_set_params(m, j, &err));
+        if (!strstr(ferry_error_msg(err), bad[i].error)) {
+            fail_msg("%s: got '%s'", bad[i].json, ferry_error_msg(err));
+        }
+        ferry_error_free(err);
+        err = NULL;
+        json_decref(j);
+    }
+    q = ferry__migration_query_params(m);
+    assert_int_equal(json_integer_value(json_object_get(q, "downtime-limit")), 300);
+    json_decref(q);
+
+    json_t *good = json_pack("{s:i, s:I}", "downtime-limit", 50, "max-bandwidth", (json_int_t)1 << 30);
+    assert_true(ferry__migration_set_params(m, good, NULL));
+    json_decref(good);
+    q = ferry__migration_query_params(m);
+    assert_int_equal(json_integer_value(json_object_get(q, "downtime-limit")), 50);
+    json_decref(q);
+
+    json_t *caps = json_loads("[{\"capability\": \"events\", \"state\": true}]", 0, NULL);
+    assert_true(ferry__migration_set_caps(m, caps, NULL));
+    json_decref(caps);
+    q = ferry__migration_query_caps(m);
+    assert_true(json_is_true(json_object_get(json_array_get(q, 0), "state")));
+    json_decref(q);
+    caps = json_loads("[{\"capability\": \"bogus\", \"state\": true}]", 0, NULL);
+    assert_false(ferry__migration_set_caps(m, caps, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "'bogus'"));
+    ferry_error_free(err);
+    json_decref(caps);
+    ferry__migration_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_params),
+        cmocka_unit_test(test_migrate_uffd),
+        cmocka_unit_test(test_migrate_explicit),
+        cmocka_unit_test(test_migrate_none),
+        cmocka_unit_test(test_config_mismatch),
+        cmocka_unit_test(test_section_load_failure),
+        cmocka_unit_test(test_cancel),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

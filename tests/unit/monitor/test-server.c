@@ -1,0 +1,499 @@
+/*
+ * Unit tests of the QMP socket server (src/monitor/qmp-server.c): the monitor loop runs on a thread and the tests
+ * talk to it through real UNIX sockets as clients would: the greeting bytes, the socket mode, the negotiation rule,
+ * several clients, events reaching only negotiated clients, requests split across writes and several in one write,
+ * a character cut in two, garbage followed by a valid request, the input cap, a client that never reads, clients
+ * that vanish, and quit. Every read has a timeout so that a bug fails the test instead of hanging it.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "monitor/monitor.h"
+
+#define READ_TIMEOUT_MS 5000
+
+typedef struct Server {
+    FerryMonitor *mon;
+    pthread_t thread;
+    int status;
+    char dir[64];
+    char path[128];
+} Server;
+
+typedef struct Client {
+    int fd;
+    char buf[1 << 16];
+    size_t len;
+} Client;
+
+static json_t *cmd_echo(json_t *args, void *opaque, FerryError **errp)
+{
+    return json_deep_copy(args);
+}
+
+static void *run_thread(void *opaque)
+{
+    Server *s = opaque;
+    s->status = ferry__monitor_run(s->mon);
+    return NULL;
+}
+
+static void server_start(Server *s)
+{
+    static const FerryArgSpec echo_args[] = { { "s", FERRY_ARG_STR, false }, { NULL, FERRY_ARG_ANY, false } };
+    strcpy(s->dir, "/tmp/ferry-test-monitor-XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    snprintf(s->path, sizeof(s->path), "%s/qmp.sock", s->dir);
+    char spec[200];
+    snprintf(spec, sizeof(spec), "unix:%s,server=on,wait=off", s->path);
+    s->mon = ferry__monitor_new();
+    FerryError *err = NULL;
+    assert_true(ferry__monitor_register(s->mon, "echo", echo_args, cmd_echo, NULL, &err));
+    if (!ferry__monitor_add_qmp(s->mon, spec, &err)) {
+        fail_msg("add_qmp: %s", ferry_error_msg(err));
+    }
+    assert_int_equal(pthread_create(&s->thread, NULL, run_thread, s), 0);
+}
+
+static int server_stop(Server *s, int status)
+{
+    ferry__monitor_request_quit(s->mon, status);
+    assert_int_equal(pthread_join(s->thread, NULL), 0);
+    ferry__monitor_free(s->mon);
+    /* The monitor removes its socket file. */
+    assert_int_equal(access(s->path, F_OK), -1);
+    rmdir(s->dir);
+    return s->status;
+}
+
+static Client *client_connect(Server *s)
+{
+    Client *c = calloc(1, sizeof(*c));
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    strcpy(sa.sun_path, s->path);
+    c->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(c->fd >= 0);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return c;
+}
+
+static void client_close(Client *c)
+{
+    close(c->fd);
+    free(c);
+}
+
+static void client_write(Client *c, const char *data, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = send(c->fd, data + done, len - done, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        done += (size_t)n;
+    }
+}
+
+static void client_send(Client *c, const char *text)
+{
+    client_write(c, text, strlen(text));
+}
+
+/* The next "\r\n"-terminated line as a string (caller frees), or NULL on EOF; fails the test on timeout. */
+static char *client_read_line(Client *c)
+{
+    for (;;) {
+        char *end = memmem(c->buf, c->len, "\r\n", 2);
+        if (end) {
+            size_t n = (size_t)(end - c->buf);
+            char *line = strndup(c->buf, n);
+            memmove(c->buf, end + 2, c->len - n - 2);
+            c->len -= n + 2;
+            return line;
+        }
+        if (c->len == sizeof(c->buf)) {
+            fail_msg("line longer than %zu bytes", sizeof(c->buf));
+        }
+        struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+        int r = poll(&pfd, 1, READ_TIMEOUT_MS);
+        if (r == 0) {
+            fail_msg("no message from the monitor within %d ms", READ_TIMEOUT_MS);
+        }
+        ssize_t n = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
+        if (n <= 0) {
+            return NULL;
+        }
+        c->len += (size_t)n;
+    }
+}
+
+static json_t *client_read(Client *c)
+{
+    char *line = client_read_line(c);
+    if (!line) {
+        fail_msg("the monitor closed the connection");
+    }
+    json_error_t err;
+    json_t *msg = json_loads(line, 0, &err);
+    if (!msg) {
+        fail_msg("bad JSON from the monitor: %s: %s", err.text, line);
+    }
+    free(line);
+    return msg;
+}
+
+/* True if the monitor closes the connection (after any messages, which are dropped) within the timeout. */
+static bool client_sees_eof(Client *c)
+{
+    for (;;) {
+        char *line = client_read_line(c);
+        if (!line) {
+            return true;
+        }
+        free(line);
+    }
+}
+
+/* Read one message and compare it with @want (JSON text). */
+static void expect_msg(Client *c, const char *want_text)
+{
+    json_t *got = client_read(c);
+    json_t *want = json_loads(want_text, 0, NULL);
+    assert_non_null(want);
+    if (!json_equal(got, want)) {
+        char *g = json_dumps(got, 0);
+        fail_msg("got  %s\nwant %s", g, want_text);
+    }
+    json_decref(got);
+    json_decref(want);
+}
+
+static void expect_error_desc_prefix(Client *c, const char *cls, const char *prefix)
+{
+    json_t *got = client_read(c);
+    json_t *error = json_object_get(got, "error");
+    assert_non_null(error);
+    assert_string_equal(json_string_value(json_object_get(error, "class")), cls);
+    const char *desc = json_string_value(json_object_get(error, "desc"));
+    assert_non_null(desc);
+    if (strncmp(desc, prefix, strlen(prefix)) != 0) {
+        fail_msg("desc '%s' does not start with '%s'", desc, prefix);
+    }
+    json_decref(got);
+}
+
+static const char greeting[] = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 1, \"major\": 0}, "
+                               "\"package\": \"ferry 0.1.0\"}, \"capabilities\": []}}";
+
+static Client *connect_and_greet(Server *s)
+{
+    Client *c = client_connect(s);
+    char *line = client_read_line(c);
+    assert_non_null(line);
+    assert_string_equal(line, greeting);
+    free(line);
+    return c;
+}
+
+static Client *connect_negotiated(Server *s)
+{
+    Client *c = connect_and_greet(s);
+    client_send(c, "{\"execute\": \"qmp_capabilities\"}\r\n");
+    expect_msg(c, "{\"return\": {}}");
+    return c;
+}
+
+static void test_greeting_and_negotiation(void **state)
+{
+    Server s;
+    server_start(&s);
+
+    struct stat st;
+    assert_int_equal(stat(s.path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    Client *c = client_connect(&s);
+    /* The exact bytes QEMU sends: one line, ", " and ": " separators, "\r\n". */
+    char want[512];
+    snprintf(want, sizeof(want), "%s\r\n", greeting);
+    size_t got = 0;
+    while (got < strlen(want)) {
+        struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+        assert_int_equal(poll(&pfd, 1, READ_TIMEOUT_MS), 1);
+        ssize_t n = read(c->fd, c->buf + got, strlen(want) - got);
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+    assert_memory_equal(c->buf, want, strlen(want));
+
+    client_send(c, "{\"execute\": \"query-version\", \"id\": 1}\r\n");
+    expect_msg(c, "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"Expecting capabilities negotiation "
+                  "with 'qmp_capabilities'\"}, \"id\": 1}");
+    client_send(c, "{\"execute\": \"qmp_capabilities\", \"id\": 2}\r\n");
+    expect_msg(c, "{\"return\": {}, \"id\": 2}");
+    client_send(c, "{\"execute\": \"qmp_capabilities\", \"id\": 3}\r\n");
+    expect_msg(c, "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"Capabilities negotiation is already "
+                  "complete, command ignored\"}, \"id\": 3}");
+    client_send(c, "{\"execute\": \"query-version\", \"id\": 4}\r\n");
+    expect_msg(c, "{\"return\": {\"qemu\": {\"micro\": 0, \"minor\": 1, \"major\": 0}, \"package\": \"ferry "
+                  "0.1.0\"}, \"id\": 4}");
+    client_close(c);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+static void expect_event(Client *c, const char *name, json_int_t n)
+{
+    json_t *ev = client_read(c);
+    assert_string_equal(json_string_value(json_object_get(ev, "event")), name);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(ev, "data"), "n")), n);
+    json_t *ts = json_object_get(ev, "timestamp");
+    json_int_t sec = json_integer_value(json_object_get(ts, "seconds"));
+    json_int_t usec = json_integer_value(json_object_get(ts, "microseconds"));
+    /* A wall-clock timestamp of now, give or take a minute. */
+    assert_true(sec > (json_int_t)time(NULL) - 60 && sec < (json_int_t)time(NULL) + 60);
+    assert_true(usec >= 0 && usec < 1000000);
+    json_decref(ev);
+}
+
+static void test_events_and_clients(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *a = connect_negotiated(&s);
+    Client *b = connect_and_greet(&s);
+
+    ferry__monitor_emit_event(s.mon, "TEST_EVENT", json_pack("{s:i}", "n", 1));
+    /* Once a has it, the loop has delivered it; b, not negotiated, must not have got it: its next message is the
+     * reply to its own request. */
+    expect_event(a, "TEST_EVENT", 1);
+    client_send(b, "{\"execute\": \"qmp_capabilities\", \"id\": \"b\"}");
+    expect_msg(b, "{\"return\": {}, \"id\": \"b\"}");
+
+    /* Events from another thread reach both now, in order; an event without data has no "data" member. */
+    ferry__monitor_emit_event(s.mon, "TEST_EVENT", json_pack("{s:i}", "n", 2));
+    ferry__monitor_emit_event(s.mon, "TEST_EVENT", json_pack("{s:i}", "n", 3));
+    ferry__monitor_emit_event(s.mon, "BARE", NULL);
+    expect_event(a, "TEST_EVENT", 2);
+    expect_event(a, "TEST_EVENT", 3);
+    expect_event(b, "TEST_EVENT", 2);
+    expect_event(b, "TEST_EVENT", 3);
+    json_t *bare = client_read(b);
+    assert_string_equal(json_string_value(json_object_get(bare, "event")), "BARE");
+    assert_null(json_object_get(bare, "data"));
+    assert_non_null(json_object_get(bare, "timestamp"));
+    json_decref(bare);
+    json_decref(client_read(a));
+
+    /* A client that vanishes in the middle of a request does not disturb the others. */
+    Client *c = connect_negotiated(&s);
+    client_send(c, "{\"execute\": \"echo\", \"argu");
+    client_close(c);
+    Client *d = connect_and_greet(&s);
+    client_close(d); /* gone before reading anything but the greeting */
+    client_send(a, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"still here\"}}\n");
+    expect_msg(a, "{\"return\": {\"s\": \"still here\"}}");
+    client_send(b, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"me too\"}}\n");
+    expect_msg(b, "{\"return\": {\"s\": \"me too\"}}");
+
+    client_close(a);
+    client_close(b);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+static void test_framing(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *c = connect_negotiated(&s);
+
+    /* One request split across writes, with a pause so that the monitor really sees the halves apart. */
+    client_send(c, "{\"execute\": \"echo\", \"argum");
+    usleep(50000);
+    client_send(c, "ents\": {\"s\": \"split\"}, \"id\"");
+    usleep(50000);
+    client_send(c, ": 1}");
+    expect_msg(c, "{\"return\": {\"s\": \"split\"}, \"id\": 1}");
+
+    /* Several in one write, with and without separators. */
+    client_send(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"a\"}, \"id\": 2}"
+                   "{\"execute\": \"echo\", \"arguments\": {\"s\": \"b\"}, \"id\": 3}\r\n"
+                   "  {\"execute\": \"echo\", \"arguments\": {\"s\": \"c\"}, \"id\": 4}\n");
+    expect_msg(c, "{\"return\": {\"s\": \"a\"}, \"id\": 2}");
+    expect_msg(c, "{\"return\": {\"s\": \"b\"}, \"id\": 3}");
+    expect_msg(c, "{\"return\": {\"s\": \"c\"}, \"id\": 4}");
+
+    /* A two-byte UTF-8 character cut between two writes is not a parse error. */
+    client_send(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"caf\xc3");
+    usleep(50000);
+    client_send(c, "\xa9\"}, \"id\": 5}");
+    expect_msg(c, "{\"return\": {\"s\": \"caf\xc3\xa9\"}, \"id\": 5}");
+
+    /* Byte counting, not character counting: a request with multi-byte characters followed by another. */
+    client_send(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"\xe2\x82\xac\xf0\x9d\x84\x9e\"}}"
+                   "{\"execute\": \"echo\", \"arguments\": {\"s\": \"next\"}}");
+    expect_msg(c, "{\"return\": {\"s\": \"\xe2\x82\xac\xf0\x9d\x84\x9e\"}}");
+    expect_msg(c, "{\"return\": {\"s\": \"next\"}}");
+
+    /* A non-object value is answered, not treated as a parse error. */
+    client_send(c, "[1, 2]\n");
+    expect_msg(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"QMP input must be a JSON object\"}}");
+
+    /* Garbage, then valid requests on the same connection: one parse error, then normal service. */
+    client_send(c, "}} this is not json\r\n{\"execute\": \"echo\", \"arguments\": {\"s\": \"ok\"}, \"id\": 6}\r\n");
+    expect_error_desc_prefix(c, "GenericError", "JSON parse error, ");
+    expect_msg(c, "{\"return\": {\"s\": \"ok\"}, \"id\": 6}");
+    client_send(c, "{\"execute\": \"echo\" \"oops\"}\n");
+    expect_error_desc_prefix(c, "GenericError", "JSON parse error, ");
+    client_send(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"ok2\"}, \"id\": 7}");
+    expect_msg(c, "{\"return\": {\"s\": \"ok2\"}, \"id\": 7}");
+
+    client_close(c);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+static void test_input_cap(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *big = connect_negotiated(&s);
+    Client *other = connect_negotiated(&s);
+
+    /* An unterminated string larger than the cap: an error, then the connection is closed. */
+    size_t len = FERRY_MONITOR_MAX_INPUT + 128 * 1024;
+    char *data = malloc(len);
+    memset(data, 'a', len);
+    static const char prefix[] = "{\"execute\": \"echo\", \"arguments\": {\"s\": \"";
+    memcpy(data, prefix, strlen(prefix));
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = send(big->fd, data + done, len - done, MSG_NOSIGNAL);
+        if (n <= 0) {
+            break; /* the monitor may close before it has read everything */
+        }
+        done += (size_t)n;
+    }
+    free(data);
+    expect_error_desc_prefix(big, "GenericError", "QMP input exceeds 1048576 bytes");
+    assert_true(client_sees_eof(big));
+
+    client_send(other, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"fine\"}}\n");
+    expect_msg(other, "{\"return\": {\"s\": \"fine\"}}");
+    client_close(big);
+    client_close(other);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+static void test_slow_client(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *slow = connect_negotiated(&s);
+    Client *a = connect_negotiated(&s);
+
+    /* Far more event data than a socket buffer holds: the client that never reads must not block the loop. */
+    char payload[4096];
+    memset(payload, 'p', sizeof(payload) - 1);
+    payload[sizeof(payload) - 1] = '\0';
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++) {
+        ferry__monitor_emit_event(s.mon, "BULK", json_pack("{s:i, s:s}", "n", i, "p", payload));
+    }
+    for (int i = 0; i < N; i++) {
+        json_t *ev = client_read(a);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(ev, "data"), "n")), i);
+        json_decref(ev);
+    }
+    client_send(a, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"responsive\"}}\n");
+    expect_msg(a, "{\"return\": {\"s\": \"responsive\"}}");
+
+    /* The slow client still gets everything, in order, once it reads. */
+    for (int i = 0; i < N; i++) {
+        json_t *ev = client_read(slow);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(ev, "data"), "n")), i);
+        json_decref(ev);
+    }
+    client_close(slow);
+    client_close(a);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+static void test_quit(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *a = connect_negotiated(&s);
+    Client *b = connect_and_greet(&s);
+
+    /* An event queued just before quit still reaches the negotiated client; then both see the connection end,
+     * and run returns the status given to request_quit. */
+    ferry__monitor_emit_event(s.mon, "LAST", json_pack("{s:i}", "n", 9));
+    ferry__monitor_request_quit(s.mon, 3);
+    assert_int_equal(pthread_join(s.thread, NULL), 0);
+    assert_int_equal(s.status, 3);
+    expect_event(a, "LAST", 9);
+    ferry__monitor_free(s.mon);
+    assert_true(client_sees_eof(a));
+    assert_true(client_sees_eof(b));
+    assert_int_equal(access(s.path, F_OK), -1);
+    rmdir(s.dir);
+    client_close(a);
+    client_close(b);
+}
+
+static void test_stale_socket_replaced(void **state)
+{
+    /* A socket file left by a crashed run is replaced, as QEMU does. */
+    Server s;
+    strcpy(s.dir, "/tmp/ferry-test-monitor-XXXXXX");
+    assert_non_null(mkdtemp(s.dir));
+    snprintf(s.path, sizeof(s.path), "%s/qmp.sock", s.dir);
+    FILE *f = fopen(s.path, "w");
+    assert_non_null(f);
+    fclose(f);
+    char spec[200];
+    snprintf(spec, sizeof(spec), "unix:%s,server=on,wait=off", s.path);
+    FerryMonitor *mon = ferry__monitor_new();
+    FerryError *err = NULL;
+    assert_true(ferry__monitor_add_qmp(mon, spec, &err));
+    struct stat st;
+    assert_int_equal(stat(s.path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    ferry__monitor_free(mon);
+    rmdir(s.dir);
+
+    /* A directory that does not exist gives an error naming the path. */
+    mon = ferry__monitor_new();
+    assert_false(ferry__monitor_add_qmp(mon, "unix:/nonexistent-dir-ferry/q.sock,server=on,wait=off", &err));
+    assert_non_null(strstr(ferry_error_msg(err), "/nonexistent-dir-ferry/q.sock"));
+    ferry_error_free(err);
+    ferry__monitor_free(mon);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greeting_and_negotiation),
+        cmocka_unit_test(test_events_and_clients),
+        cmocka_unit_test(test_framing),
+        cmocka_unit_test(test_input_cap),
+        cmocka_unit_test(test_slow_client),
+        cmocka_unit_test(test_quit),
+        cmocka_unit_test(test_stale_socket_replaced),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

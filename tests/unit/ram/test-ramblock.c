@@ -1,0 +1,255 @@
+/*
+ * Unit tests of RAM blocks (ram/ramblock.c): argument checks and size rounding, the public accessors, populate of
+ * a whole block or of a clamped page range (pages become present without changing content), discard (memory reads
+ * zero again), present_pages after touching some pages, and explicit marks: clamping to the block and marks from
+ * several threads at once.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ram/ram.h"
+#include "util/bitmap.h"
+#include "util/util.h"
+
+static void test_new_checks(void **state)
+{
+    FerryError *err = NULL;
+    assert_null(ferry__ram_block_new("", 4096, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "empty"));
+    ferry_error_free(err);
+    err = NULL;
+
+    char name[FERRY_RAM_NAME_MAX + 2];
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    assert_null(ferry__ram_block_new(name, 4096, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "longer than 255"));
+    ferry_error_free(err);
+    err = NULL;
+
+    assert_null(ferry__ram_block_new("z", 0, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "'z'"));
+    ferry_error_free(err);
+    err = NULL;
+
+    assert_null(ferry__ram_block_new("huge", UINT64_MAX - 5, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "too large"));
+    ferry_error_free(err);
+
+    /* Exactly 255 bytes is fine. */
+    name[FERRY_RAM_NAME_MAX] = '\0';
+    FerryRamBlock *b = ferry__ram_block_new(name, 1, NULL);
+    assert_non_null(b);
+    assert_string_equal(ferry_ram_block_name(b), name);
+    ferry__ram_block_free(b);
+    ferry__ram_block_free(NULL);
+}
+
+static void test_new_rounding_and_accessors(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    assert_true(ps >= 4096 && (ps & (ps - 1)) == 0);
+
+    FerryRamBlock *b = ferry__ram_block_new("ram0", 3 * ps + 1, NULL);
+    assert_non_null(b);
+    assert_int_equal(ferry_ram_block_size(b), 4 * ps);
+    assert_int_equal(b->npages, 4);
+    assert_ptr_equal(ferry_ram_block_host(b), b->host);
+    assert_int_equal((uintptr_t)b->host % ps, 0);
+    assert_string_equal(ferry_ram_block_name(b), "ram0");
+    assert_true(ferry__buffer_is_zero(b->host, b->size));
+    assert_int_equal(ferry__bitmap_count(b->explicit_dirty, b->npages), 0);
+    memset(b->host, 0x5a, b->size); /* the whole rounded size is usable */
+    ferry__ram_block_free(b);
+}
+
+static void test_present_pages(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t n = 300;
+    FerryRamBlock *b = ferry__ram_block_new("present", n * ps, NULL);
+    assert_non_null(b);
+    unsigned long *map = ferry__bitmap_new(n);
+
+    ferry__ram_block_present_pages(b, map);
+    size_t fresh = ferry__bitmap_count(map, n);
+    if (fresh == n) {
+        /* The fallback (no PAGEMAP_SCAN) reports everything, which is correct but says nothing more. */
+        print_message("PAGEMAP_SCAN unavailable: present_pages falls back to all pages\n");
+        free(map);
+        ferry__ram_block_free(b);
+        skip();
+    }
+    assert_int_equal(fresh, 0);
+
+    static const size_t touched[] = {0, 1, 2, 63, 64, 65, 150, 298, 299};
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(touched); i++) {
+        b->host[touched[i] * ps + 17] = 1;
+    }
+    ferry__ram_block_present_pages(b, map);
+    assert_int_equal(ferry__bitmap_count(map, n), FERRY_ARRAY_SIZE(touched));
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(touched); i++) {
+        assert_true(ferry__bitmap_test(map, touched[i]));
+    }
+
+    /* The bitmap is ORed into, not overwritten. */
+    ferry__bitmap_zero(map, n);
+    ferry__bitmap_set(map, 100);
+    ferry__ram_block_present_pages(b, map);
+    assert_int_equal(ferry__bitmap_count(map, n), FERRY_ARRAY_SIZE(touched) + 1);
+
+    free(map);
+    ferry__ram_block_free(b);
+}
+
+static void test_populate_and_discard(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t n = 256;
+    FerryRamBlock *b = ferry__ram_block_new("pop", n * ps, NULL);
+    assert_non_null(b);
+    unsigned long *map = ferry__bitmap_new(n);
+
+    b->host[5 * ps] = 0x42;
+    FerryError *err = NULL;
+    assert_true(ferry__ram_block_populate(b, &err));
+    assert_null(err);
+    assert_int_equal(b->host[5 * ps], 0x42); /* populate keeps content */
+    assert_true(ferry__buffer_is_zero(b->host + 6 * ps, (n - 6) * ps));
+    ferry__ram_block_present_pages(b, map);
+    assert_int_equal(ferry__bitmap_count(map, n), n);
+
+    memset(b->host, 0x77, b->size);
+    ferry__ram_block_discard(b);
+    assert_true(ferry__buffer_is_zero(b->host, b->size));
+    ferry__bitmap_zero(map, n);
+    ferry__ram_block_present_pages(b, map);
+    size_t after = ferry__bitmap_count(map, n);
+    assert_true(after == 0 || after == n); /* 0 with PAGEMAP_SCAN, all pages with the fallback */
+
+    free(map);
+    ferry__ram_block_free(b);
+}
+
+static void test_populate_range(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t n = 64;
+    FerryRamBlock *b = ferry__ram_block_new("range", n * ps, NULL);
+    assert_non_null(b);
+    unsigned long *map = ferry__bitmap_new(n);
+    ferry__ram_block_present_pages(b, map);
+    if (ferry__bitmap_count(map, n) == n) {
+        print_message("PAGEMAP_SCAN unavailable: cannot see which pages were populated\n");
+        free(map);
+        ferry__ram_block_free(b);
+        skip();
+    }
+
+    b->host[11 * ps] = 7;
+    ferry__ram_block_populate_range(b, 10, 5);     /* pages 10..14 */
+    ferry__ram_block_populate_range(b, 60, 1000);  /* clamped: 60..63 */
+    ferry__ram_block_populate_range(b, 64, 1);     /* past the end: nothing */
+    ferry__ram_block_populate_range(b, 0, 0);      /* empty: nothing */
+    ferry__ram_block_present_pages(b, map);
+    assert_int_equal(ferry__bitmap_count(map, n), 9);
+    for (size_t p = 10; p < 15; p++) {
+        assert_true(ferry__bitmap_test(map, p));
+    }
+    for (size_t p = 60; p < 64; p++) {
+        assert_true(ferry__bitmap_test(map, p));
+    }
+    assert_int_equal(b->host[11 * ps], 7);
+    assert_true(ferry__buffer_is_zero(b->host + 12 * ps, 3 * ps));
+    free(map);
+    ferry__ram_block_free(b);
+}
+
+static void test_mark_dirty_clamp(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t n = 10;
+    FerryRamBlock *b = ferry__ram_block_new("marks", n * ps, NULL);
+    assert_non_null(b);
+
+    ferry_ram_mark_dirty(b, 0, 0);                /* empty */
+    ferry_ram_mark_dirty(b, n * ps, 100);         /* past the end */
+    ferry_ram_mark_dirty(b, UINT64_MAX, UINT64_MAX);
+    ferry_ram_mark_dirty(NULL, 0, 1);
+    assert_int_equal(ferry__bitmap_count(b->explicit_dirty, n), 0);
+
+    ferry_ram_mark_dirty(b, ps - 1, 2); /* straddles pages 0 and 1 */
+    assert_int_equal(ferry__bitmap_count(b->explicit_dirty, n), 2);
+    assert_true(ferry__bitmap_test(b->explicit_dirty, 0));
+    assert_true(ferry__bitmap_test(b->explicit_dirty, 1));
+
+    ferry_ram_mark_dirty(b, 4 * ps, ps); /* exactly page 4 */
+    assert_int_equal(ferry__bitmap_count(b->explicit_dirty, n), 3);
+    assert_true(ferry__bitmap_test(b->explicit_dirty, 4));
+
+    ferry_ram_mark_dirty(b, 8 * ps + 5, UINT64_MAX); /* clamped to the end, no overflow */
+    assert_int_equal(ferry__bitmap_count(b->explicit_dirty, n), 5);
+    assert_true(ferry__bitmap_test(b->explicit_dirty, 8));
+    assert_true(ferry__bitmap_test(b->explicit_dirty, 9));
+    ferry__ram_block_free(b);
+}
+
+#define MARK_THREADS 4
+#define MARK_PAGES 4096
+
+typedef struct MarkArg {
+    FerryRamBlock *b;
+    unsigned id;
+} MarkArg;
+
+static void *mark_thread(void *opaque)
+{
+    MarkArg *a = opaque;
+    size_t ps = ferry_ram_page_size();
+    /* Each thread marks the pages congruent to its id, so every word of the bitmap is hit by all threads. */
+    for (size_t p = a->id; p < MARK_PAGES; p += MARK_THREADS) {
+        ferry_ram_mark_dirty(a->b, p * ps + (p % ps), 1);
+    }
+    return NULL;
+}
+
+static void test_mark_dirty_threads(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    FerryRamBlock *b = ferry__ram_block_new("threads", MARK_PAGES * ps, NULL);
+    assert_non_null(b);
+    for (int round = 0; round < 20; round++) {
+        pthread_t th[MARK_THREADS];
+        MarkArg args[MARK_THREADS];
+        ferry__bitmap_zero(b->explicit_dirty, MARK_PAGES);
+        for (unsigned i = 0; i < MARK_THREADS; i++) {
+            args[i] = (MarkArg){.b = b, .id = i};
+            assert_int_equal(pthread_create(&th[i], NULL, mark_thread, &args[i]), 0);
+        }
+        for (unsigned i = 0; i < MARK_THREADS; i++) {
+            pthread_join(th[i], NULL);
+        }
+        assert_int_equal(ferry__bitmap_count(b->explicit_dirty, MARK_PAGES), MARK_PAGES);
+    }
+    ferry__ram_block_free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_new_checks),
+        cmocka_unit_test(test_new_rounding_and_accessors),
+        cmocka_unit_test(test_present_pages),
+        cmocka_unit_test(test_populate_and_discard),
+        cmocka_unit_test(test_populate_range),
+        cmocka_unit_test(test_mark_dirty_clamp),
+        cmocka_unit_test(test_mark_dirty_threads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
