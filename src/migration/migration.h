@@ -57,8 +57,9 @@ void ferry__migration_set_host_ops(FerryMigration *m, const FerryHostOps *ops, v
 /* Run state. set_initial is called once at start-up: -S gives prelaunch, -incoming gives inmigrate. */
 void ferry__runstate_init(FerryMigration *m, bool start_stopped, bool incoming);
 FerryRunState ferry__runstate_get(FerryMigration *m);
-/* QMP stop / cont. cont fails while an incoming migration is pending or running, and after shutdown. Both are
- * no-ops (success) when already in the requested state. They emit STOP / RESUME. */
+/* QMP stop / cont, as QEMU: on a destination still waiting (inmigrate) they only decide whether the workload
+ * starts once the incoming migration is done; cont fails after shutdown and during a switchover. Both succeed
+ * when already in the requested state. They emit STOP / RESUME. */
 bool ferry__vm_stop(FerryMigration *m, FerryError **errp);
 bool ferry__vm_cont(FerryMigration *m, FerryError **errp);
 /* Start the workload for the first time (host start-up without -S and without -incoming). */

@@ -2,7 +2,8 @@
  * The source side of a precopy migration, run on its own thread (ferry__source_thread):
  *
  *   setup:      connect; arm the dirty tracker; stream header, CONFIG (block list), POPULATE_HINT (which pages
- *               hold data, so the destination can fault them in ahead of the data).
+ *               hold data, so the destination can fault them in ahead of the data; later passes announce the
+ *               pages first written since, so that no page is faulted in on the critical path if avoidable).
  *   pass 1:     every page the kernel has populated (never-populated pages read as zero and are not sent).
  *   pass n:     harvest the tracker (which re-arms it in the same step), then send what was written. After each
  *               pass: expected downtime = dirty bytes / measured bandwidth; switch over when it is within
@@ -40,6 +41,8 @@ typedef struct Source {
     FerryStream *s;
     FerryDirtyTracker *tracker;
     unsigned long **send; /* per block: pages still to send in this pass */
+    unsigned long **hinted; /* per block: pages already announced in a POPULATE_HINT */
+    unsigned long *scratch; /* one bitmap as large as the largest block */
     uint64_t pending;     /* bits set in send[] */
     size_t ps;
     bool downtime_phase;
@@ -329,22 +332,39 @@ static void write_config(Source *src)
     }
 }
 
-/* POPULATE_HINT records: the ranges of pages pass 1 will send, at most 64 Ki ranges per record. */
+/*
+ * POPULATE_HINT records for the pages about to be sent that were never announced before: at setup the pages pass 1
+ * will carry, after each harvest the pages first written since. At most 64 Ki ranges per record.
+ */
 static void write_populate_hints(Source *src)
 {
     enum { MAX_RANGES = 65536 };
-    uint8_t *buf = ferry__xmalloc((size_t)MAX_RANGES * 16);
+    uint8_t *buf = NULL;
     for (size_t bi = 0; bi < src->m->nblocks; bi++) {
         FerryRamBlock *b = src->m->blocks[bi];
-        size_t i = ferry__bitmap_find_next(src->send[bi], b->npages, 0);
+        size_t words = FERRY_BITMAP_LONGS(b->npages);
+        unsigned long *fresh = src->scratch, *hinted = src->hinted[bi];
+        bool any = false;
+        for (size_t w = 0; w < words; w++) {
+            fresh[w] = src->send[bi][w] & ~hinted[w];
+            hinted[w] |= fresh[w];
+            any |= fresh[w] != 0;
+        }
+        if (!any) {
+            continue;
+        }
+        if (!buf) {
+            buf = ferry__xmalloc((size_t)MAX_RANGES * 16);
+        }
+        size_t i = ferry__bitmap_find_next(fresh, b->npages, 0);
         while (i < b->npages) {
             uint32_t count = 0;
             while (i < b->npages && count < MAX_RANGES) {
-                size_t end = ferry__bitmap_find_next_zero(src->send[bi], b->npages, i);
+                size_t end = ferry__bitmap_find_next_zero(fresh, b->npages, i);
                 ferry__put_be64(buf + count * 16, i);
                 ferry__put_be64(buf + count * 16 + 8, end - i);
                 count++;
-                i = ferry__bitmap_find_next(src->send[bi], b->npages, end);
+                i = ferry__bitmap_find_next(fresh, b->npages, end);
             }
             write_record_header(src->s, FERRY_REC_POPULATE_HINT, 0, 8 + count * 16);
             ferry__stream_write_be32(src->s, b->index);
@@ -423,10 +443,15 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         ferry__log(FERRY_LOG_WARN, "%s", m->tracker_note);
     }
 
-    src->send = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*src->send));
+    size_t n = m->nblocks ? m->nblocks : 1, largest = 1;
+    src->send = ferry__xcalloc(n, sizeof(*src->send));
+    src->hinted = ferry__xcalloc(n, sizeof(*src->hinted));
     for (size_t i = 0; i < m->nblocks; i++) {
         src->send[i] = ferry__bitmap_new(m->blocks[i]->npages);
+        src->hinted[i] = ferry__bitmap_new(m->blocks[i]->npages);
+        largest = FERRY_MAX(largest, m->blocks[i]->npages);
     }
+    src->scratch = ferry__bitmap_new(largest);
 
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
     ferry__wire_encode_header(hdr);
@@ -457,6 +482,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         if (!harvest(src, errp)) {
             return false;
         }
+        write_populate_hints(src);
         int64_t now = ferry__clock_ms();
         double bw = src->bandwidth > 0 ? src->bandwidth : 1;
         int64_t expected = (int64_t)((double)(src->pending * src->ps) / bw * 1000.0);
@@ -494,6 +520,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     } else if (!harvest(src, errp)) {
         return false;
     }
+    write_populate_hints(src);
     if (!send_pass(src, errp)) {
         return false;
     }
@@ -534,9 +561,12 @@ void *ferry__source_thread(void *opaque)
     if (src.send) {
         for (size_t i = 0; i < m->nblocks; i++) {
             free(src.send[i]);
+            free(src.hinted[i]);
         }
-        free(src.send);
     }
+    free(src.send);
+    free(src.hinted);
+    free(src.scratch);
     pthread_mutex_lock(&m->lock);
     m->out_chan = NULL;
     pthread_mutex_unlock(&m->lock);

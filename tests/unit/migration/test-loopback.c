@@ -256,6 +256,19 @@ static void test_migrate_none(void **state)
     run_good(FERRY_TRACKER_NONE);
 }
 
+/* Start the source workload, listen on the destination, and start the migration between them. */
+static FerryMigrationAddress *migrate_pair(Side *src, Side *dst, char **uri)
+{
+    ferry__runstate_init(dst->m, false, true);
+    ferry__runstate_init(src->m, false, false);
+    ferry__vm_start_initial(src->m);
+    *uri = sock_path();
+    FerryMigrationAddress *a = addr_of(*uri);
+    assert_true(ferry__migrate_incoming(dst->m, a, false, NULL));
+    assert_true(ferry__migrate(src->m, a, NULL));
+    return a;
+}
+
 /* The destination has a different RAM size: it refuses, and the source reports the destination's reason and
  * keeps running. */
 static void test_config_mismatch(void **state)
@@ -264,13 +277,8 @@ static void test_config_mismatch(void **state)
     side_init(&src, 4 << 20, FERRY_TRACKER_AUTO);
     side_init(&dst, 8 << 20, FERRY_TRACKER_AUTO);
     memset(ferry_ram_block_host(src.blk[0]), 0x5a, 4 << 20);
-    ferry__runstate_init(dst.m, false, true);
-    ferry__runstate_init(src.m, false, false);
-    ferry__vm_start_initial(src.m);
-    char *uri = sock_path();
-    FerryMigrationAddress *a = addr_of(uri);
-    assert_true(ferry__migrate_incoming(dst.m, a, false, NULL));
-    assert_true(ferry__migrate(src.m, a, NULL));
+    char *uri;
+    FerryMigrationAddress *a = migrate_pair(&src, &dst, &uri);
     assert_string_equal(wait_terminal(src.m, 30000), "failed");
     assert_string_equal(wait_terminal(dst.m, 30000), "failed");
     char *e = error_desc(src.m);
@@ -299,13 +307,8 @@ static void test_section_load_failure(void **state)
     side_init(&dst, 2 << 20, FERRY_TRACKER_AUTO);
     dst.dev.fail_load = true;
     memset(ferry_ram_block_host(src.blk[0]), 0x33, 2 << 20);
-    ferry__runstate_init(dst.m, false, true);
-    ferry__runstate_init(src.m, false, false);
-    ferry__vm_start_initial(src.m);
-    char *uri = sock_path();
-    FerryMigrationAddress *a = addr_of(uri);
-    assert_true(ferry__migrate_incoming(dst.m, a, false, NULL));
-    assert_true(ferry__migrate(src.m, a, NULL));
+    char *uri;
+    FerryMigrationAddress *a = migrate_pair(&src, &dst, &uri);
     assert_string_equal(wait_terminal(src.m, 30000), "failed");
     assert_string_equal(wait_terminal(dst.m, 30000), "failed");
     char *e = error_desc(src.m);
