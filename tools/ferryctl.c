@@ -180,6 +180,10 @@ static json_t *qmp_execute(Qmp *q, const char *name, json_t *args)
 {
     json_t *id = json_integer(++q->next_id);
     json_t *req = json_pack("{s:s, s:O}", "execute", name, "id", id);
+    if (!req) {
+        /* jansson refuses strings that are not UTF-8; QMP is JSON, so such a name cannot be sent at all. */
+        die("command name '%s' is not valid UTF-8", name);
+    }
     if (args) {
         json_object_set_new(req, "arguments", args);
     }
@@ -265,6 +269,23 @@ static bool status_is_terminal(const char *s)
     return s && (!strcmp(s, "completed") || !strcmp(s, "failed") || !strcmp(s, "cancelled"));
 }
 
+/* Append to @line (of @size bytes, @*n used) without ever running past its end: a field the server sent may be
+ * longer than the line, and snprintf's return value is what it wanted to write, not what it wrote. */
+static void line_append(char *line, size_t size, size_t *n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void line_append(char *line, size_t size, size_t *n, const char *fmt, ...)
+{
+    if (*n + 1 >= size) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(line + *n, size - *n, fmt, ap);
+    va_end(ap);
+    if (r > 0) {
+        *n = (size_t)r < size - *n ? *n + (size_t)r : size - 1;
+    }
+}
+
 static void print_progress(json_t *info, bool tty)
 {
     const char *status = json_string_value(json_object_get(info, "status"));
@@ -273,25 +294,25 @@ static void print_progress(json_t *info, bool tty)
     char line[512], tmp[64];
     size_t n = 0;
 
-    n += (size_t)snprintf(line + n, sizeof(line) - n, "%-10s", status ? status : "?");
+    line_append(line, sizeof(line), &n, "%-10s", status ? status : "?");
     /* During setup nothing has been counted yet: a percentage would be meaningless. */
     bool counting = status && strcmp(status, "setup") != 0;
     if (counting && num_field(ram, "total", &total) && num_field(ram, "remaining", &remaining) && total > 0) {
-        n += (size_t)snprintf(line + n, sizeof(line) - n, " %5.1f%%", (total - remaining) * 100.0 / total);
+        line_append(line, sizeof(line), &n, " %5.1f%%", (total - remaining) * 100.0 / total);
     } else {
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "     -%%");
+        line_append(line, sizeof(line), &n, "     -%%");
     }
     if (num_field(ram, "mbps", &v)) {
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "  %8.1f MiB/s", mbps_to_mib(v));
+        line_append(line, sizeof(line), &n, "  %8.1f MiB/s", mbps_to_mib(v));
     }
     if (num_field(ram, "remaining", &v)) {
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "  remaining %s", human_bytes(v, tmp, sizeof(tmp)));
+        line_append(line, sizeof(line), &n, "  remaining %s", human_bytes(v, tmp, sizeof(tmp)));
     }
     if (num_field(ram, "dirty-sync-count", &v)) {
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "  pass %.0f", v);
+        line_append(line, sizeof(line), &n, "  pass %.0f", v);
     }
     if (num_field(info, "expected-downtime", &v)) {
-        snprintf(line + n, sizeof(line) - n, "  expected-downtime %.0f ms", v);
+        line_append(line, sizeof(line), &n, "  expected-downtime %.0f ms", v);
     }
     if (tty) {
         /* Rewrite the line in place and clear what a longer previous line left behind. */
@@ -431,9 +452,13 @@ int main(int argc, char **argv)
                 usage();
             }
         }
+        json_t *uri = json_pack("{s:s}", "uri", argv[3]);
+        if (!uri) {
+            die("migration URI '%s' is not valid UTF-8", argv[3]);
+        }
         qmp_connect(&q, path);
         qmp_handshake(&q);
-        json_t *reply = qmp_execute(&q, "migrate", json_pack("{s:s}", "uri", argv[3]));
+        json_t *reply = qmp_execute(&q, "migrate", uri);
         reply_return(reply);
         json_decref(reply);
         rc = follow_migration(&q, interval, 0, true);

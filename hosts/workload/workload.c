@@ -131,7 +131,13 @@ void workload_stop_threads(Workload *wl)
     for (unsigned i = 0; i < n; i++) {
         pthread_join(wl->workers[i].thread, NULL);
     }
-    /* Exited workers stay counted in wl->parked, so a stop() that comes later still returns at once. */
+    /* Joined threads are forgotten, so that a second call (workload_free after main's own call) does not join
+     * them again: joining a thread twice is undefined behaviour, and its id may already belong to another thread.
+     * With no threads left, a stop() or hold() that comes later returns at once. */
+    pthread_mutex_lock(&wl->lock);
+    wl->threads_started = 0;
+    wl->parked = 0;
+    pthread_mutex_unlock(&wl->lock);
 }
 
 void workload_free(Workload *wl)

@@ -16,9 +16,11 @@
 /* What every socket gets: close-on-exec is set at socket()/accept4() time; this adds the large buffer hint
  * (4 MiB, failure ignored: the kernel caps it at net.core.[rw]mem_max anyway). */
 void ferry__socket_tune(int fd);
-/* connect(2) that survives EINTR (the connection then completes in the background, so wait for it and read
- * SO_ERROR). Returns 0 or an errno value. */
-int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len);
+/* connect(2) that can be abandoned: the socket is made non-blocking for the attempt and the wait polls both the
+ * socket and @cancel_fd (-1 for none; readable means "give up"), so that a peer that never answers cannot hold
+ * the caller until the kernel's SYN retries run out. Returns 0, an errno value, or ECANCELED. The socket is
+ * blocking again on success. */
+int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd);
 /* Wraps a connected fd into a channel whose ops are named @name ("tcp", "unix", "fd"). Takes @fd; cannot
  * fail. */
 FerryChannel *ferry__socket_channel_new(int fd, const char *name, const char *desc);
@@ -35,9 +37,9 @@ struct FerryListener {
 };
 
 /* Transport hooks. connect returns a connected channel; listen fills l->fd (and the unix fields). */
-FerryChannel *ferry__tcp_connect(const FerryInetAddress *inet, const char *uri, FerryError **errp);
+FerryChannel *ferry__tcp_connect(const FerryInetAddress *inet, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__tcp_listen(FerryListener *l, const FerryInetAddress *inet, FerryError **errp);
-FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, FerryError **errp);
+FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError **errp);
 
 /* Peer description of an accepted socket ("tcp:10.0.0.1:51234"), or NULL if the kernel cannot tell. */

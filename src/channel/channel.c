@@ -20,16 +20,16 @@
 #include "channel/channel-int.h"
 #include "util/util.h"
 
-FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, FerryError **errp)
+FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int cancel_fd, FerryError **errp)
 {
     char *uri = ferry__address_to_uri(addr);
     FerryChannel *c = NULL;
     switch (addr->socket.type) {
     case FERRY_SOCKET_INET:
-        c = ferry__tcp_connect(&addr->socket.inet, uri, errp);
+        c = ferry__tcp_connect(&addr->socket.inet, uri, cancel_fd, errp);
         break;
     case FERRY_SOCKET_UNIX:
-        c = ferry__unix_connect(&addr->socket.un, uri, errp);
+        c = ferry__unix_connect(&addr->socket.un, uri, cancel_fd, errp);
         break;
     default:
         ferry_error_setg(errp, "Failed to connect to '%s': unsupported address type", uri);

@@ -37,8 +37,9 @@ struct FerryChannel {
     char *desc; /* peer description for messages, e.g. "tcp:127.0.0.1:4444" */
 };
 
-/* Connect to @addr (blocking). */
-FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, FerryError **errp);
+/* Connect to @addr, blocking until connected, refused, or @cancel_fd (-1 for none) becomes readable: then it fails
+ * with "Failed to connect to '...': cancelled". Name resolution itself is not interruptible. */
+FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int cancel_fd, FerryError **errp);
 /* Loop until everything is moved. read_all fails with "connection closed by peer" on an early end of stream. */
 bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, FerryError **errp);
 bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp); /* may modify iov */

@@ -117,27 +117,70 @@ void ferry__socket_tune(int fd)
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
 }
 
-int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len)
+static bool cancelled(int cancel_fd, int timeout_ms)
 {
-    if (connect(fd, sa, len) == 0) {
-        return 0;
-    }
-    if (errno != EINTR) {
-        return errno;
-    }
-    /* An interrupted connect goes on asynchronously; calling connect again would give EALREADY. */
-    struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-    while (poll(&pfd, 1, -1) < 0) {
-        if (errno != EINTR) {
-            return errno;
+    if (cancel_fd < 0) {
+        if (timeout_ms > 0) {
+            poll(NULL, 0, timeout_ms);
         }
+        return false;
     }
-    int soerr = 0;
-    socklen_t soerr_len = sizeof(soerr);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len) < 0) {
+    struct pollfd p = { .fd = cancel_fd, .events = POLLIN };
+    return poll(&p, 1, timeout_ms) > 0;
+}
+
+int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
         return errno;
     }
-    return soerr;
+    int err = 0;
+    for (;;) {
+        if (cancelled(cancel_fd, 0)) {
+            err = ECANCELED;
+            break;
+        }
+        if (connect(fd, sa, len) == 0) {
+            break;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN && sa->sa_family == AF_UNIX) {
+            /* A UNIX listener whose backlog is full: the kernel does not queue the attempt, so try again a
+             * little later (a blocking connect would sleep in the kernel, where cancel cannot reach it). */
+            if (cancelled(cancel_fd, 10)) {
+                err = ECANCELED;
+                break;
+            }
+            continue;
+        }
+        if (errno != EINPROGRESS) {
+            err = errno;
+            break;
+        }
+        /* The attempt goes on in the kernel: wait for it, or for cancel. */
+        struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT }, { .fd = cancel_fd, .events = POLLIN } };
+        int n;
+        while ((n = poll(pfd, cancel_fd >= 0 ? 2 : 1, -1)) < 0 && errno == EINTR) {
+        }
+        if (n < 0) {
+            err = errno;
+        } else if (cancel_fd >= 0 && pfd[1].revents) {
+            err = ECANCELED;
+        } else {
+            socklen_t err_len = sizeof(err);
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) < 0) {
+                err = errno;
+            }
+        }
+        break;
+    }
+    if (err == 0 && fcntl(fd, F_SETFL, flags) < 0) {
+        err = errno;
+    }
+    return err;
 }
 
 FerryChannel *ferry__socket_channel_new(int fd, const char *name, const char *desc)

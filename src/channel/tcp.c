@@ -73,7 +73,7 @@ static bool resolve(const FerryInetAddress *in, bool passive, const char *uri, s
     return true;
 }
 
-FerryChannel *ferry__tcp_connect(const FerryInetAddress *in, const char *uri, FerryError **errp)
+FerryChannel *ferry__tcp_connect(const FerryInetAddress *in, const char *uri, int cancel_fd, FerryError **errp)
 {
     struct addrinfo *res;
     if (!resolve(in, false, uri, &res, errp)) {
@@ -89,9 +89,15 @@ FerryChannel *ferry__tcp_connect(const FerryInetAddress *in, const char *uri, Fe
         }
         /* Before connect, so that the window scale negotiated in the handshake can use the large buffer. */
         ferry__socket_tune(fd);
-        int err = ferry__socket_connect(fd, ai->ai_addr, ai->ai_addrlen);
+        int err = ferry__socket_connect(fd, ai->ai_addr, ai->ai_addrlen, cancel_fd);
         if (err == 0) {
             break;
+        }
+        if (err == ECANCELED) {
+            close(fd);
+            freeaddrinfo(res);
+            ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
+            return NULL;
         }
         last_err = err;
         close(fd);

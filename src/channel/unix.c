@@ -29,7 +29,7 @@ static bool fill_sockaddr(struct sockaddr_un *sun, const char *path, const char 
     return true;
 }
 
-FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, FerryError **errp)
+FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, int cancel_fd, FerryError **errp)
 {
     struct sockaddr_un sun;
     if (!fill_sockaddr(&sun, un->path, uri, "connect to", errp)) {
@@ -41,7 +41,12 @@ FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, F
         return NULL;
     }
     ferry__socket_tune(fd);
-    int err = ferry__socket_connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+    int err = ferry__socket_connect(fd, (struct sockaddr *)&sun, sizeof(sun), cancel_fd);
+    if (err == ECANCELED) {
+        ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
+        close(fd);
+        return NULL;
+    }
     if (err) {
         ferry_error_setg_errno(errp, err, "Failed to connect to '%s'", uri);
         close(fd);

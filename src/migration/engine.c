@@ -14,6 +14,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "migration/migration-priv.h"
 #include "util/util.h"
@@ -43,6 +45,8 @@ FerryMigration *ferry__migration_new(void)
     m->autostart = true;
     m->status = FERRY_MIG_NONE;
     m->tracker_kind = FERRY_TRACKER_AUTO;
+    /* Without it a connect could not be interrupted; nothing else depends on it. */
+    m->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     ferry__params_init(m);
     return m;
 }
@@ -65,6 +69,9 @@ void ferry__migration_free(FerryMigration *m)
     free(m->tracker_name);
     free(m->tracker_note);
     ferry__address_free(m->out_addr);
+    if (m->cancel_fd >= 0) {
+        close(m->cancel_fd);
+    }
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->run_lock);
     free(m);
@@ -129,7 +136,8 @@ void ferry__mig_fail(FerryMigration *m, const FerryError *err)
 {
     pthread_mutex_lock(&m->lock);
     if (!m->error_desc) {
-        m->error_desc = ferry__xstrdup(err ? ferry_error_msg(err) : "unknown error");
+        /* The message may quote what a peer sent (a NACK, a block name): keep it valid for QMP's JSON. */
+        m->error_desc = ferry__utf8_scrub(err ? ferry_error_msg(err) : "unknown error");
     }
     pthread_mutex_unlock(&m->lock);
     ferry__mig_set_status(m, FERRY_MIG_FAILED);
@@ -213,6 +221,23 @@ static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
         m->stats.total += m->blocks[i]->size;
     }
     m->cancel_requested = false;
+    uint64_t drained;
+    if (m->cancel_fd >= 0 && read(m->cancel_fd, &drained, sizeof(drained)) < 0) {
+        /* EAGAIN: nothing was pending. */
+    }
+}
+
+/* Make a pending or future connect of the current outgoing migration give up. Called with lock held. */
+static void request_cancel_locked(FerryMigration *m)
+{
+    m->cancel_requested = true;
+    if (m->out_chan) {
+        ferry__channel_shutdown(m->out_chan);
+    }
+    uint64_t one = 1;
+    if (m->cancel_fd >= 0 && write(m->cancel_fd, &one, sizeof(one)) < 0) {
+        /* Only fails when the counter is saturated, i.e. already signalled. */
+    }
 }
 
 /* Reap the finished thread of a previous migration, in either direction, so that a new one can start (a
@@ -335,10 +360,7 @@ bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp)
         pthread_mutex_unlock(&m->lock);
         return true;
     }
-    m->cancel_requested = true;
-    if (m->out_chan) {
-        ferry__channel_shutdown(m->out_chan);
-    }
+    request_cancel_locked(m);
     pthread_mutex_unlock(&m->lock);
     ferry__mig_set_status(m, FERRY_MIG_CANCELLING);
     return true;
@@ -349,10 +371,7 @@ void ferry__migration_join(FerryMigration *m)
     pthread_mutex_lock(&m->lock);
     m->quitting = true;
     if (m->out_thread_joinable && !status_is_terminal(m->status)) {
-        m->cancel_requested = true;
-        if (m->out_chan) {
-            ferry__channel_shutdown(m->out_chan);
-        }
+        request_cancel_locked(m);
     }
     if (m->listener) {
         ferry__listener_shutdown(m->listener);

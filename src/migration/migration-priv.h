@@ -96,6 +96,7 @@ struct FerryMigration {
     FerryMigrationAddress *out_addr;
     FerryChannel *out_chan;      /* set while connected, for cancel */
     bool cancel_requested;
+    int cancel_fd;               /* eventfd, readable once cancel is requested: interrupts a connect */
 
     /* Incoming. */
     pthread_t in_thread;

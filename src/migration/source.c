@@ -411,7 +411,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     FerryMigration *m = src->m;
     src->ps = ferry_ram_page_size();
 
-    src->chan = ferry__channel_connect(m->out_addr, errp);
+    src->chan = ferry__channel_connect(m->out_addr, m->cancel_fd, errp);
     if (!src->chan) {
         return false;
     }

@@ -4,6 +4,7 @@
  * rule and the built-in commands (qmp_capabilities, query-version, query-commands). It works on parsed JSON
  * objects only: no sockets, no threads, so the unit tests drive it directly. The wire side is qmp-server.c.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,7 +153,17 @@ static bool check_args(const MonCommand *cmd, json_t *args, FerryError **errp)
 
 static json_t *error_reply(FerryErrorClass cls, const char *desc)
 {
-    return json_pack("{s:{s:s, s:s}}", "error", "class", ferry_error_class_name(cls), "desc", desc);
+    json_t *reply = json_pack("{s:{s:s, s:s}}", "error", "class", ferry_error_class_name(cls), "desc", desc);
+    if (reply) {
+        return reply;
+    }
+    /* jansson refuses a string that is not UTF-8, and a message may quote bytes that are not (a name from a
+     * peer, a file's contents, a host command's own text). The client must still get its error: every byte that
+     * is not part of a valid sequence becomes '?'. */
+    char *clean = ferry__utf8_scrub(desc);
+    reply = json_pack("{s:{s:s, s:s}}", "error", "class", ferry_error_class_name(cls), "desc", clean);
+    free(clean);
+    return reply;
 }
 
 /*

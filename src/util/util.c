@@ -309,3 +309,51 @@ bool ferry__parse_size(const char *s, const char *what, uint64_t *out, FerryErro
     *out = value;
     return true;
 }
+
+/* Length of the valid UTF-8 sequence at @s (1 to 4 bytes), or 0 if the bytes there are not one. Overlong forms,
+ * surrogates and code points above U+10FFFF are invalid, as jansson judges them. */
+static size_t utf8_sequence_len(const unsigned char *s)
+{
+    unsigned char c = s[0];
+    if (c < 0x80) {
+        return 1;
+    }
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) {
+            return 0; /* also stops at the terminating NUL */
+        }
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF)) {
+        return 0;
+    }
+    return n;
+}
+
+char *ferry__utf8_scrub(const char *s)
+{
+    char *clean = ferry__xstrdup(s);
+    for (unsigned char *p = (unsigned char *)clean; *p;) {
+        size_t n = utf8_sequence_len(p);
+        if (n == 0) {
+            *p++ = '?';
+        } else {
+            p += n;
+        }
+    }
+    return clean;
+}

@@ -40,6 +40,10 @@ typedef enum FerryLogLevel { FERRY_LOG_ERROR, FERRY_LOG_WARN, FERRY_LOG_INFO, FE
 void ferry__log(FerryLogLevel level, const char *fmt, ...) FERRY_PRINTF(2, 3);
 bool ferry__log_enabled(FerryLogLevel level);
 
+/* A copy of @s in which every byte that is not part of a valid UTF-8 sequence is replaced by '?': JSON (jansson)
+ * refuses invalid UTF-8, and error messages may quote bytes a peer sent. */
+char *ferry__utf8_scrub(const char *s);
+
 /* Decimal unsigned integer, the whole string, no sign, no overflow. @what names it in the error. */
 bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryError **errp);
 /* A size as QEMU spells it: "4096", "256M", "4G", "1.5G"; suffixes B K M G T P E (powers of 1024,

@@ -1,8 +1,8 @@
 /*
- * Visitor implementations, internal side. A visitor is an ops table plus its state; the public ferry_visit_*
- * functions (visitor.c) dispatch through it. Two implementations today, both over memory buffers: the binary
- * output visitor (save) and the binary input visitor (load). The encoding is positional and big-endian; field
- * names are carried by the API but not yet by the bytes (the self-describing form is a later step).
+ * Visitor implementations, internal side. Today there are two, both in binary.c and both over memory buffers: the
+ * binary output visitor (save) and the binary input visitor (load); the public ferry_visit_* functions branch on
+ * the kind. The encoding is positional and big-endian; field names are carried by the API but not yet by the bytes
+ * (the self-describing form, with its JSON and schema visitors, is a later step and will put an ops table here).
  */
 #ifndef FERRY_VISITOR_INT_H
 #define FERRY_VISITOR_INT_H

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -64,7 +66,7 @@ static void exchange(FerryListener *l, const char *uri, FerryChannel **out_clien
     FerryMigrationAddress *a = parse(uri);
     FerryError *err = NULL;
     /* The kernel completes the handshake from the backlog, so connecting before accept does not block. */
-    FerryChannel *client = ferry__channel_connect(a, &err);
+    FerryChannel *client = ferry__channel_connect(a, -1, &err);
     if (!client) {
         print_error("%s\n", ferry_error_msg(err));
         fail();
@@ -143,7 +145,7 @@ static void test_unix(void **state)
 
     /* Connecting to nothing names the address and the reason. */
     a = parse(uri);
-    assert_null(ferry__channel_connect(a, &err));
+    assert_null(ferry__channel_connect(a, -1, &err));
     assert_msg_contains(err, "Failed to connect to '");
     assert_msg_contains(err, "': No such file or directory");
     ferry_error_free(err);
@@ -223,7 +225,7 @@ static void test_tcp_ipv4(void **state)
     ferry__listener_free(l);
 
     /* Nobody listens any more: refused, and the message names the address. */
-    assert_null(ferry__channel_connect(a, &err));
+    assert_null(ferry__channel_connect(a, -1, &err));
     char want[128];
     snprintf(want, sizeof(want), "Failed to connect to '%s': Connection refused", uri);
     assert_msg_contains(err, want);
@@ -284,7 +286,7 @@ static void test_tcp_resolve_error(void **state)
     /* ipv4=off on an IPv4 literal: nothing to resolve to. */
     FerryMigrationAddress *a = parse("tcp:127.0.0.1:1,ipv4=off");
     FerryError *err = NULL;
-    assert_null(ferry__channel_connect(a, &err));
+    assert_null(ferry__channel_connect(a, -1, &err));
     assert_msg_contains(err, "Failed to resolve '127.0.0.1' for 'tcp:127.0.0.1:1,ipv4=off'");
     ferry_error_free(err);
     ferry__address_free(a);
@@ -441,6 +443,56 @@ static void test_writev_all(void **state)
     ferry__channel_free(r);
 }
 
+static void *fire_later(void *opaque)
+{
+    int efd = *(int *)opaque;
+    uint64_t one = 1;
+    usleep(200 * 1000);
+    assert_int_equal(write(efd, &one, sizeof(one)), sizeof(one));
+    return NULL;
+}
+
+/*
+ * A connect that the peer never completes can be abandoned: a loopback listener with a full backlog drops the
+ * SYN, so without the cancel fd this connect would hang for the kernel's whole retry time (minutes). A cancel that
+ * is already signalled stops a connect before it starts.
+ */
+static void test_connect_cancelled(void **state)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sin);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(lfd, 0), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+    /* Fill the backlog (one pending connection for backlog 0). */
+    int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(filler, (struct sockaddr *)&sin, sizeof(sin)), 0);
+
+    char *uri = ferry__xasprintf("tcp:127.0.0.1:%u", ntohs(sin.sin_port));
+    FerryMigrationAddress *a = parse(uri);
+    int efd = eventfd(0, EFD_CLOEXEC);
+    pthread_t t;
+    pthread_create(&t, NULL, fire_later, &efd);
+    FerryError *err = NULL;
+    assert_null(ferry__channel_connect(a, efd, &err));
+    pthread_join(t, NULL);
+    assert_msg_contains(err, "cancelled");
+    ferry_error_free(err);
+    err = NULL;
+
+    /* Already signalled: no attempt at all, even to a listener that would accept. */
+    assert_null(ferry__channel_connect(a, efd, &err));
+    assert_msg_contains(err, "cancelled");
+    ferry_error_free(err);
+
+    ferry__address_free(a);
+    free(uri);
+    close(efd);
+    close(filler);
+    close(lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -453,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_accept_cancelled),
         cmocka_unit_test(test_shutdown_interrupts_read),
         cmocka_unit_test(test_writev_all),
+        cmocka_unit_test(test_connect_cancelled),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -369,6 +372,43 @@ static void test_cancel(void **state)
     side_free(&dst);
 }
 
+/* migrate_cancel reaches a migration still waiting for its TCP connection (a listener with a full backlog never
+ * completes it); so does freeing the engine, which must not wait for the kernel's connect timeout. */
+static void test_cancel_while_connecting(void **state)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sin);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(lfd, 0), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+    int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(filler, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    char *uri = ferry__xasprintf("tcp:127.0.0.1:%u", ntohs(sin.sin_port));
+    FerryMigrationAddress *a = addr_of(uri);
+
+    Side src;
+    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    assert_true(ferry__migrate(src.m, a, NULL));
+    usleep(200 * 1000);
+    assert_string_equal(wait_terminal(src.m, 1), "timeout"); /* still connecting */
+    assert_true(ferry__migrate_cancel(src.m, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "cancelled");
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+
+    /* Again, and this time leave it to ferry__migration_free() (what quit does). */
+    assert_true(ferry__migrate(src.m, a, NULL));
+    usleep(100 * 1000);
+    side_free(&src);
+
+    ferry__address_free(a);
+    free(uri);
+    close(filler);
+    close(lfd);
+}
+
 static void test_params(void **state)
 {
     FerryMigration *m = ferry__migration_new();
@@ -436,6 +476,7 @@ int main(void)
         cmocka_unit_test(test_config_mismatch),
         cmocka_unit_test(test_section_load_failure),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_cancel_while_connecting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

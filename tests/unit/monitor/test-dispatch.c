@@ -327,6 +327,31 @@ static void test_qmp_spec(void **state)
     ferry_error_free(err);
 }
 
+static json_t *cmd_fail_bytes(json_t *args, void *opaque, FerryError **errp)
+{
+    /* A message quoting bytes that are not UTF-8: a lone continuation byte, a truncated sequence, an overlong
+     * '/', a surrogate, then valid two-, three- and four-byte characters that must survive. */
+    ferry_error_setg(errp, "block '\x80\xff' %s", (const char *)opaque);
+    return NULL;
+}
+
+/* An error whose text jansson refuses (not UTF-8) must still reach the client as an error reply naming the command's
+ * message, not as a NULL reply (which the server would fail to serialise and abort on). */
+static void test_error_not_utf8(void **state)
+{
+    FerryMonitor *mon = ferry__monitor_new();
+    FerryError *err = NULL;
+    assert_true(ferry__monitor_register(mon, "fail-bytes", NULL, cmd_fail_bytes,
+                                        "\xe2\x82 \xc0\xaf \xed\xa0\x80 \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 end", &err));
+    json_t *req = json_pack("{s:s, s:i}", "execute", "fail-bytes", "id", 7);
+    json_t *reply = ferry__monitor_dispatch(mon, req);
+    json_decref(req);
+    assert_non_null(reply);
+    assert_int_equal(json_integer_value(json_object_get(reply, "id")), 7);
+    expect_error(reply, "GenericError", "block '?" "?' ?" "? ?" "? ?" "?" "? \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 end");
+    ferry__monitor_free(mon);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -336,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_register_errors),
         cmocka_unit_test(test_greeting),
         cmocka_unit_test(test_qmp_spec),
+        cmocka_unit_test(test_error_not_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -154,6 +154,29 @@ static void test_uint64(void **state)
     }
 }
 
+/* Invalid UTF-8 bytes become '?', valid multi-byte sequences stay. */
+static void test_utf8_scrub(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        { "plain", "plain" },
+        { "caf\xc3\xa9", "caf\xc3\xa9" },                   /* e-acute, 2 bytes */
+        { "\xe2\x82\xac 5", "\xe2\x82\xac 5" },             /* euro sign, 3 bytes */
+        { "\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80" },       /* emoji, 4 bytes */
+        { "a\xff" "b", "a?b" },                              /* never valid */
+        { "\xc3", "?" },                                    /* truncated sequence */
+        { "\xc0\xaf", "??" },                              /* overlong '/' */
+        { "\xed\xa0\x80", "???" },                        /* surrogate U+D800 */
+        { "\xf4\x90\x80\x80", "????" },                  /* above U+10FFFF */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = ferry__utf8_scrub(cases[i].in);
+        assert_string_equal(got, cases[i].out);
+        free(got);
+    }
+}
+
 static void test_alloc_and_clock(void **state)
 {
     char *s = ferry__xasprintf("%s-%d", "a", 7);
@@ -180,7 +203,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_size_good), cmocka_unit_test(test_size_bad),
         cmocka_unit_test(test_size_null_errp), cmocka_unit_test(test_uint64),
-        cmocka_unit_test(test_alloc_and_clock),
+        cmocka_unit_test(test_alloc_and_clock), cmocka_unit_test(test_utf8_scrub),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
