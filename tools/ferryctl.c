@@ -309,7 +309,8 @@ static void print_progress(json_t *info, bool tty)
         line_append(line, sizeof(line), &n, "  remaining %s", human_bytes(v, tmp, sizeof(tmp)));
     }
     if (num_field(ram, "dirty-sync-count", &v)) {
-        line_append(line, sizeof(line), &n, "  pass %.0f", v);
+        /* dirty-sync-count counts the passes finished; the one in progress is the next. */
+        line_append(line, sizeof(line), &n, "  pass %.0f", v + 1);
     }
     if (num_field(info, "expected-downtime", &v)) {
         line_append(line, sizeof(line), &n, "  expected-downtime %.0f ms", v);

@@ -48,6 +48,14 @@ void ferry__ram_block_discard(FerryRamBlock *b);
  * cannot tell; never fails. */
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
 
+/*
+ * Internal to src/ram: one PAGEMAP_SCAN walk over @b (ioctl flags @flags, pages matching all of @category_mask
+ * and any of @anyof_mask), setting the matching pages in @bitmap. Returns 0, an errno value, or -1 if the kernel
+ * stopped making progress (*stuck_at: the block offset where).
+ */
+int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
+                        uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at);
+
 /* True if the @len bytes at @p are all zero. Fast path for page-sized, aligned buffers. */
 bool ferry__buffer_is_zero(const void *p, size_t len);
 

@@ -170,8 +170,8 @@ static bool swap_configured(void)
     return si.totalswap != 0;
 }
 
-/* One PAGEMAP_SCAN walk over @b listing pages of any category in @anyof. False if the ioctl failed. */
-static bool scan_categories(int pagemap_fd, FerryRamBlock *b, uint64_t anyof, unsigned long *bitmap)
+int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
+                        uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at)
 {
     uint64_t ps = ferry_ram_page_size();
     uint64_t base = (uint64_t)(uintptr_t)b->host;
@@ -182,20 +182,24 @@ static bool scan_categories(int pagemap_fd, FerryRamBlock *b, uint64_t anyof, un
     while (cursor < end) {
         struct pm_scan_arg arg = {
             .size = sizeof(arg),
+            .flags = flags,
             .start = cursor,
             .end = end,
             .vec = (uint64_t)(uintptr_t)vec,
             .vec_len = SCAN_VEC_LEN,
-            .category_anyof_mask = anyof,
-            .return_mask = anyof,
+            .category_mask = category_mask,
+            .category_anyof_mask = anyof_mask,
+            .return_mask = category_mask | anyof_mask,
         };
         int n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
             }
-            return false;
+            return errno;
         }
+        /* With PM_SCAN_WP_MATCHING the kernel re-protected exactly the pages it returned; when the vector filled
+         * up it stopped at walk_end, and the next call continues from there. */
         for (int i = 0; i < n; i++) {
             uint64_t s = FERRY_MAX(vec[i].start, base);
             uint64_t e = FERRY_MIN(vec[i].end, end);
@@ -204,11 +208,12 @@ static bool scan_categories(int pagemap_fd, FerryRamBlock *b, uint64_t anyof, un
             }
         }
         if (arg.walk_end <= cursor) {
-            return false; /* no progress: do not spin */
+            *stuck_at = cursor - base; /* no progress: do not spin */
+            return -1;
         }
         cursor = arg.walk_end;
     }
-    return true;
+    return 0;
 }
 
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
@@ -219,10 +224,11 @@ void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
         return;
     }
     bool swap = swap_configured();
-    bool ok = scan_categories(fd, b, PAGE_IS_PRESENT | (swap ? PAGE_IS_SWAPPED : 0), bitmap);
+    uint64_t stuck;
+    bool ok = ferry__pagemap_scan(fd, b, 0, 0, PAGE_IS_PRESENT | (swap ? PAGE_IS_SWAPPED : 0), bitmap, &stuck) == 0;
     if (ok && !swap && swap_configured()) {
         /* Swap appeared during the walk: a page may have left memory behind the cursor. Walk again with it. */
-        ok = scan_categories(fd, b, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, bitmap);
+        ok = ferry__pagemap_scan(fd, b, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, bitmap, &stuck) == 0;
     }
     if (!ok) {
         /* No PAGEMAP_SCAN (before Linux 6.7) or it failed: every page may hold data. */

@@ -23,10 +23,6 @@
 #include "util/util.h"
 
 #define UFFD_WP_FEATURES ((uint64_t)(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED))
-/* Regions per PAGEMAP_SCAN call. Written pages come in runs the kernel merges, so 256 entries (6 KiB of stack)
- * cover most harvests in one call; a fuller harvest loops. */
-#define SCAN_VEC_LEN 256
-
 typedef struct UffdTracker {
     int uffd;
     int pagemap_fd;
@@ -150,53 +146,22 @@ fail:
 static bool uffd_wp_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
 {
     UffdTracker *u = t->priv;
-    uint64_t ps = ferry_ram_page_size();
-    uint64_t base = (uint64_t)(uintptr_t)b->host;
-    uint64_t end = base + b->size;
-    uint64_t cursor = base;
-    struct page_region vec[SCAN_VEC_LEN];
-
-    while (cursor < end) {
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg),
-            .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-            .start = cursor,
-            .end = end,
-            .vec = (uint64_t)(uintptr_t)vec,
-            .vec_len = SCAN_VEC_LEN,
-            .category_mask = PAGE_IS_WRITTEN,
-            .return_mask = PAGE_IS_WRITTEN,
-        };
-        int n = ioctl(u->pagemap_fd, PAGEMAP_SCAN, &arg);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno == EPERM) {
-                ferry_error_setg(errp, "PAGEMAP_SCAN of RAM block '%s': part of it is not write-protected "
-                                 "by this tracker", b->name);
-            } else {
-                ferry_error_setg_errno(errp, errno, "PAGEMAP_SCAN of RAM block '%s'", b->name);
-            }
-            return false;
-        }
-        /* The kernel re-protected exactly the pages it returned; when the vector filled up it stopped at
-         * walk_end, and the next call continues from there. */
-        for (int i = 0; i < n; i++) {
-            uint64_t s = FERRY_MAX(vec[i].start, base);
-            uint64_t e = FERRY_MIN(vec[i].end, end);
-            if (e > s) {
-                ferry__bitmap_set_range(bitmap, (size_t)((s - base) / ps), (size_t)((e - s) / ps));
-            }
-        }
-        if (arg.walk_end <= cursor) {
-            ferry_error_setg(errp, "PAGEMAP_SCAN of RAM block '%s' made no progress at offset %llu", b->name,
-                             (unsigned long long)(cursor - base));
-            return false;
-        }
-        cursor = arg.walk_end;
+    uint64_t stuck;
+    int err = ferry__pagemap_scan(u->pagemap_fd, b, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
+                                  bitmap, &stuck);
+    if (err == 0) {
+        return true;
     }
-    return true;
+    if (err < 0) {
+        ferry_error_setg(errp, "PAGEMAP_SCAN of RAM block '%s' made no progress at offset %llu", b->name,
+                         (unsigned long long)stuck);
+    } else if (err == EPERM) {
+        ferry_error_setg(errp, "PAGEMAP_SCAN of RAM block '%s': part of it is not write-protected by this tracker",
+                         b->name);
+    } else {
+        ferry_error_setg_errno(errp, err, "PAGEMAP_SCAN of RAM block '%s'", b->name);
+    }
+    return false;
 }
 
 const FerryTrackerOps ferry__tracker_uffd_wp_ops = {
