@@ -1,6 +1,8 @@
 /*
- * Private to src/channel: what channel.c (common code, dispatch) shares with the transport files (socket.c for
- * the socket ops table, tcp.c and unix.c for connect and listen). Nothing outside src/channel includes this.
+ * Private to src/channel: what channel.c (common code, dispatch) shares with the transport files. socket.c holds
+ * the one fd-backed channel implementation that every transport builds on (sockets, pipes, files); tcp.c, unix.c,
+ * vsock.c, fd.c, exec.c, file.c and rdma.c each turn one kind of address into a channel or a listener. Nothing
+ * outside src/channel includes this.
  */
 #ifndef FERRY_CHANNEL_INT_H
 #define FERRY_CHANNEL_INT_H
@@ -21,30 +23,79 @@ void ferry__socket_tune(int fd);
  * the caller until the kernel's SYN retries run out. Returns 0, an errno value, or ECANCELED. The socket is
  * blocking again on success. */
 int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd);
-/* Wraps a connected fd into a channel whose ops are named @name ("tcp", "unix", "fd"). Takes @fd; cannot
- * fail. */
+
+/*
+ * The fd-backed channel. Sockets use sendmsg(MSG_NOSIGNAL) and shutdown(2). Other fds that can block (pipes,
+ * FIFOs, character devices) are made non-blocking and every wait polls them together with an eventfd that
+ * shutdown writes, so that shutdown interrupts a blocked read or write on them too; their writes never raise
+ * SIGPIPE (it is blocked around the write and a pending one is consumed). Regular files never block for long:
+ * shutdown only makes later calls fail.
+ */
+typedef struct FerryFdChannel {
+    FerryChannel base; /* first, so that a FerryChannel * is a FerryFdChannel * */
+    bool is_socket;
+    bool pollable;     /* a non-socket fd in non-blocking mode, waited for with poll() and wake_fd */
+    int wake_fd;       /* eventfd written by shutdown when pollable, else -1 */
+    int shut;          /* set (atomically) by shutdown from any thread */
+} FerryFdChannel;
+
+/* Fills @fc (zeroed by the caller, possibly embedded in a larger struct) around @fd with @ops, and sets one_way
+ * for non-sockets. Takes @fd. Cannot fail: if no eventfd can be had, a pipe is left blocking and shutdown then
+ * only fails later calls, as for regular files. */
+void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int fd, const char *desc);
+/* The ops of a FerryFdChannel, for transports that embed one and override some ops (exec, file). */
+ssize_t ferry__fd_channel_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp);
+ssize_t ferry__fd_channel_writev(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp);
+void ferry__fd_channel_shutdown(FerryChannel *c);
+void ferry__fd_channel_close(FerryChannel *c); /* closes the fd and the eventfd; the struct is channel.c's */
+bool ferry__fd_channel_is_shut(FerryChannel *c);
+
+/* Wraps a connected fd into a channel whose ops are named @name ("tcp", "unix", "vsock", "fd"). Takes @fd;
+ * cannot fail. one_way is set when @fd is not a socket. */
 FerryChannel *ferry__socket_channel_new(int fd, const char *name, const char *desc);
 
 struct FerryListener {
     FerryMigrationAddress *addr;
     char *uri;    /* the address as given, for messages */
-    int fd;       /* the listening socket */
+    int fd;       /* the listening socket; -1 for the transports that have none (fd, exec, file) */
     int wake_fd;  /* eventfd written by ferry__listener_shutdown() to wake a blocked accept */
     /* unix only: the socket file we created, removed on free if it is still ours */
     char *unlink_path;
     dev_t unlink_dev;
     ino_t unlink_ino;
+    /* fd and file: the single channel prepared at listen time, handed out by the first accept */
+    FerryChannel *pending;
+    bool accepted; /* fd, exec, file: the single channel has been handed out */
 };
 
-/* Transport hooks. connect returns a connected channel; listen fills l->fd (and the unix fields). */
+/* Transport hooks. connect returns a connected channel; listen fills l->fd (and the unix fields) or, for the
+ * transports without a listening socket, l->pending. @uri is the canonical URI, for messages. */
 FerryChannel *ferry__tcp_connect(const FerryInetAddress *inet, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__tcp_listen(FerryListener *l, const FerryInetAddress *inet, FerryError **errp);
+/* Options of a connected TCP socket, on both sides: TCP_NODELAY, and SO_KEEPALIVE when "keep-alive" is on. */
+void ferry__tcp_tune_connected(int fd, const FerryInetAddress *inet);
 FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError **errp);
+FerryChannel *ferry__vsock_connect(const FerryVsockAddress *vs, const char *uri, int cancel_fd, FerryError **errp);
+bool ferry__vsock_listen(FerryListener *l, const FerryVsockAddress *vs, FerryError **errp);
+/* fd: both sides only take the fd (from the store or an inherited number) and wrap it. */
+FerryChannel *ferry__fd_connect(const FerryFdAddress *fa, const char *uri, FerryError **errp);
+bool ferry__fd_listen(FerryListener *l, const FerryFdAddress *fa, FerryError **errp);
+/* exec: the source writes into the command's stdin; the destination reads its stdout (started at accept). */
+FerryChannel *ferry__exec_connect(const FerryExecAddress *ea, const char *uri, FerryError **errp);
+bool ferry__exec_listen(FerryListener *l, const FerryExecAddress *ea, FerryError **errp);
+FerryChannel *ferry__exec_accept(FerryListener *l, const FerryExecAddress *ea, FerryError **errp);
+/* file: the source writes from the offset on; the destination reads from the offset on. */
+FerryChannel *ferry__file_connect(const FerryFileAddress *fa, const char *uri, FerryError **errp);
+bool ferry__file_listen(FerryListener *l, const FerryFileAddress *fa, FerryError **errp);
+/* rdma: both always fail with the reason RDMA cannot be used on this host. */
+FerryChannel *ferry__rdma_connect(const FerryInetAddress *ra, const char *uri, FerryError **errp);
+bool ferry__rdma_listen(FerryListener *l, const FerryInetAddress *ra, FerryError **errp);
 
 /* Peer description of an accepted socket ("tcp:10.0.0.1:51234"), or NULL if the kernel cannot tell. */
 char *ferry__tcp_peer_desc(int fd);
-/* QMP SocketAddress of a bound socket's local address, NULL (with *errp) if getsockname fails. */
+/* QMP SocketAddress of a bound socket's local address (inet, unix incl. abstract, vsock), NULL (with *errp) if
+ * getsockname fails. */
 json_t *ferry__socket_local_address(int fd, FerryError **errp);
 
 #endif

@@ -1,7 +1,8 @@
 /*
- * Transport-independent channel code (channel.h): the read/write loops on top of the ops table, dispatch of
- * connect and listen by address type, and the listener's accept loop with its cross-thread wake-up. The
- * transports (tcp.c, unix.c) only create sockets; the byte-moving ops live in socket.c.
+ * Transport-independent channel code (channel.h): the read/write loops on top of the ops table, the finish step,
+ * dispatch of connect, listen, accept and the listener's addresses by transport and socket type, and the accept
+ * loop with its cross-thread wake-up. The transports (tcp.c, unix.c, vsock.c, fd.c, exec.c, file.c, rdma.c) only
+ * turn an address into a channel or a listener; the byte-moving ops live in socket.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,19 +25,49 @@ FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int canc
 {
     char *uri = ferry__address_to_uri(addr);
     FerryChannel *c = NULL;
-    switch (addr->socket.type) {
-    case FERRY_SOCKET_INET:
-        c = ferry__tcp_connect(&addr->socket.inet, uri, cancel_fd, errp);
+    switch (addr->transport) {
+    case FERRY_TRANSPORT_SOCKET:
+        switch (addr->socket.type) {
+        case FERRY_SOCKET_INET:
+            c = ferry__tcp_connect(&addr->socket.inet, uri, cancel_fd, errp);
+            break;
+        case FERRY_SOCKET_UNIX:
+            c = ferry__unix_connect(&addr->socket.un, uri, cancel_fd, errp);
+            break;
+        case FERRY_SOCKET_VSOCK:
+            c = ferry__vsock_connect(&addr->socket.vsock, uri, cancel_fd, errp);
+            break;
+        case FERRY_SOCKET_FD:
+            c = ferry__fd_connect(&addr->socket.fd, uri, errp);
+            break;
+        default:
+            ferry_error_setg(errp, "Failed to connect to '%s': unknown socket type %d", uri, (int)addr->socket.type);
+            break;
+        }
         break;
-    case FERRY_SOCKET_UNIX:
-        c = ferry__unix_connect(&addr->socket.un, uri, cancel_fd, errp);
+    case FERRY_TRANSPORT_EXEC:
+        c = ferry__exec_connect(&addr->exec, uri, errp);
+        break;
+    case FERRY_TRANSPORT_FILE:
+        c = ferry__file_connect(&addr->file, uri, errp);
+        break;
+    case FERRY_TRANSPORT_RDMA:
+        c = ferry__rdma_connect(&addr->rdma, uri, errp);
         break;
     default:
-        ferry_error_setg(errp, "Failed to connect to '%s': unsupported address type", uri);
+        ferry_error_setg(errp, "Failed to connect to '%s': unknown transport %d", uri, (int)addr->transport);
         break;
     }
     free(uri);
     return c;
+}
+
+bool ferry__channel_finish(FerryChannel *c, FerryError **errp)
+{
+    if (!c->ops->finish) {
+        return true;
+    }
+    return c->ops->finish(c, errp);
 }
 
 bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp)
@@ -129,20 +160,47 @@ FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError
         return NULL;
     }
     bool ok = false;
-    switch (addr->socket.type) {
-    case FERRY_SOCKET_INET:
-        ok = ferry__tcp_listen(l, &addr->socket.inet, errp);
+    switch (addr->transport) {
+    case FERRY_TRANSPORT_SOCKET:
+        switch (addr->socket.type) {
+        case FERRY_SOCKET_INET:
+            ok = ferry__tcp_listen(l, &addr->socket.inet, errp);
+            break;
+        case FERRY_SOCKET_UNIX:
+            ok = ferry__unix_listen(l, &addr->socket.un, errp);
+            break;
+        case FERRY_SOCKET_VSOCK:
+            ok = ferry__vsock_listen(l, &addr->socket.vsock, errp);
+            break;
+        case FERRY_SOCKET_FD:
+            ok = ferry__fd_listen(l, &addr->socket.fd, errp);
+            break;
+        default:
+            ferry_error_setg(errp, "Failed to listen on '%s': unknown socket type %d", l->uri,
+                             (int)addr->socket.type);
+            break;
+        }
         break;
-    case FERRY_SOCKET_UNIX:
-        ok = ferry__unix_listen(l, &addr->socket.un, errp);
+    case FERRY_TRANSPORT_EXEC:
+        ok = ferry__exec_listen(l, &addr->exec, errp);
+        break;
+    case FERRY_TRANSPORT_FILE:
+        ok = ferry__file_listen(l, &addr->file, errp);
+        break;
+    case FERRY_TRANSPORT_RDMA:
+        ok = ferry__rdma_listen(l, &addr->rdma, errp);
         break;
     default:
-        ferry_error_setg(errp, "Failed to listen on '%s': unsupported address type", l->uri);
+        ferry_error_setg(errp, "Failed to listen on '%s': unknown transport %d", l->uri, (int)addr->transport);
         break;
     }
     if (!ok) {
         ferry__listener_free(l);
         return NULL;
+    }
+    if (l->fd < 0) {
+        /* fd, exec, file: no listening socket, accept hands out the one prepared channel. */
+        return l;
     }
     /* Non-blocking, so that a connection that goes away between poll() and accept() cannot block us in
      * accept() where the wake-up eventfd would not be seen. */
@@ -155,8 +213,43 @@ FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError
     return l;
 }
 
+/* True if ferry__listener_shutdown() has been called (the eventfd is never drained). */
+static bool listener_is_shut(const FerryListener *l)
+{
+    struct pollfd p = { .fd = l->wake_fd, .events = POLLIN };
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Accept for the transports without a listening socket: the single channel, once. */
+static FerryChannel *accept_single(FerryListener *l, FerryError **errp)
+{
+    if (listener_is_shut(l)) {
+        ferry_error_setg(errp, "Failed to accept on '%s': cancelled", l->uri);
+        return NULL;
+    }
+    if (l->accepted) {
+        ferry_error_setg(errp, "Failed to accept on '%s': its only channel was accepted already", l->uri);
+        return NULL;
+    }
+    FerryChannel *c;
+    if (l->addr->transport == FERRY_TRANSPORT_EXEC) {
+        c = ferry__exec_accept(l, &l->addr->exec, errp);
+        if (!c) {
+            return NULL;
+        }
+    } else {
+        c = l->pending;
+        l->pending = NULL;
+    }
+    l->accepted = true;
+    return c;
+}
+
 FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp)
 {
+    if (l->fd < 0) {
+        return accept_single(l, errp);
+    }
     for (;;) {
         struct pollfd pfd[2] = {
             { .fd = l->fd, .events = POLLIN },
@@ -193,11 +286,12 @@ FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp)
         ferry__socket_tune(fd);
         FerryChannel *c;
         if (l->addr->socket.type == FERRY_SOCKET_INET) {
-            int one = 1;
-            (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            ferry__tcp_tune_connected(fd, &l->addr->socket.inet);
             char *desc = ferry__tcp_peer_desc(fd);
             c = ferry__socket_channel_new(fd, "tcp", desc ? desc : l->uri);
             free(desc);
+        } else if (l->addr->socket.type == FERRY_SOCKET_VSOCK) {
+            c = ferry__socket_channel_new(fd, "vsock", l->uri);
         } else {
             /* A unix peer is normally unnamed: the listening path is the useful description. */
             c = ferry__socket_channel_new(fd, "unix", l->uri);
@@ -220,7 +314,16 @@ void ferry__listener_shutdown(FerryListener *l)
 json_t *ferry__listener_addresses(const FerryListener *l)
 {
     json_t *list = json_array();
-    json_t *a = ferry__socket_local_address(l->fd, NULL);
+    json_t *a = NULL;
+    if (l->fd >= 0) {
+        a = ferry__socket_local_address(l->fd, NULL);
+    } else if (l->addr->transport == FERRY_TRANSPORT_SOCKET) {
+        /* fd: a SocketAddress of type fd, as QAPI spells it. */
+        a = json_pack("{s:s, s:s}", "type", "fd", "str", l->addr->socket.fd.str ? l->addr->socket.fd.str : "");
+    } else {
+        /* exec and file are not SocketAddresses: their MigrationAddress says what the destination reads. */
+        a = ferry__address_to_json(l->addr);
+    }
     if (a) {
         json_array_append_new(list, a);
     }
@@ -238,6 +341,7 @@ void ferry__listener_free(FerryListener *l)
     if (l->wake_fd >= 0) {
         close(l->wake_fd);
     }
+    ferry__channel_free(l->pending);
     if (l->unlink_path) {
         /* Remove the socket file only if it is still the one we bound: another process may have replaced it
          * since. */

@@ -29,12 +29,16 @@ typedef struct FerryChannelOps {
     ssize_t (*writev)(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp);
     void (*shutdown)(FerryChannel *c);
     void (*close)(FerryChannel *c);
+    /* Optional: the sender's last step after the end of the stream (exec: close the child's stdin, reap it and
+     * fail on a non-zero exit status; file: flush to disk). NULL means nothing to do. */
+    bool (*finish)(FerryChannel *c, FerryError **errp);
 } FerryChannelOps;
 
 struct FerryChannel {
     const FerryChannelOps *ops;
     int fd;
-    char *desc; /* peer description for messages, e.g. "tcp:127.0.0.1:4444" */
+    char *desc;   /* peer description for messages, e.g. "tcp:127.0.0.1:4444" */
+    bool one_way; /* no return path (exec, file, an fd that is a pipe): the destination cannot answer */
 };
 
 /* Connect to @addr, blocking until connected, refused, or @cancel_fd (-1 for none) becomes readable: then it fails
@@ -47,23 +51,42 @@ bool ferry__channel_read_all(FerryChannel *c, void *buf, size_t len, FerryError 
 /* Read up to @len bytes: returns bytes read, 0 at end of stream, -1 on error. */
 ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp);
 void ferry__channel_shutdown(FerryChannel *c);
+/* Run the ops' finish step if it has one (see FerryChannelOps.finish). */
+bool ferry__channel_finish(FerryChannel *c, FerryError **errp);
 /* Wrap an already connected fd (a socketpair end, an fd received over SCM_RIGHTS, a pipe) into a channel named
  * @desc in messages. Takes @fd on success; returns NULL (and leaves @fd to the caller) if @fd is not open.
- * Sockets get the full semantics; for other fds writes use write(2) (SIGPIPE is then the caller's business) and
- * shutdown cannot interrupt a blocked call, only fail later ones. */
+ * Sockets get the full semantics; a pipe, FIFO or character device is switched to non-blocking mode and waited
+ * for in poll(), so that shutdown interrupts a blocked call on it too, and its writes give EPIPE instead of
+ * raising SIGPIPE; for a regular file shutdown only fails later calls. one_way is set for non-sockets. */
 FerryChannel *ferry__channel_new_fd(int fd, const char *desc);
 void ferry__channel_free(FerryChannel *c); /* closes; NULL is a no-op */
 
+/*
+ * The process's named fds, given over QMP with getfd (SCM_RIGHTS) and used by "fd:NAME" addresses. The store owns
+ * them. Thread-safe.
+ */
+/* Takes @fd on success. A name that exists already has its old fd closed and replaced (QEMU's getfd does that).
+ * Names must be non-empty and must not start with a digit (those mean inherited fd numbers). */
+bool ferry__fdstore_add(const char *name, int fd, FerryError **errp);
+/* closefd: fails with "File descriptor named 'x' not found" for an unknown name. */
+bool ferry__fdstore_close(const char *name, FerryError **errp);
+/* Remove @name from the store and hand its fd to the caller; -1 if there is none. */
+int ferry__fdstore_take(const char *name);
+
 typedef struct FerryListener FerryListener;
 
-/* Bind and listen on @addr. For tcp with port 0 the kernel's choice is reported by ferry__listener_addresses().
+/* Bind and listen on @addr. For the one-way transports (exec, file) and fd, "listening" prepares the single
+ * channel that accept will return (exec: the child is started at accept; file: opened and positioned at the
+ * offset; fd: the named or numbered fd is taken). For tcp with port 0 the kernel's choice is reported by ferry__listener_addresses().
  * For unix an existing socket file at the path is replaced. */
 FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError **errp);
 /* Block until a peer connects, or ferry__listener_shutdown() is called (then fails with "cancelled"). */
 FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp);
 void ferry__listener_shutdown(FerryListener *l); /* any thread */
 /* QMP SocketAddress list of what is really bound: [{"type":"inet","host":"127.0.0.1","port":"40123"}] or
- * [{"type":"unix","path":"/tmp/x"}]. New reference. */
+ * [{"type":"unix","path":"/tmp/x"}] (plus "abstract": true for an abstract name), vsock {"type":"vsock","cid",
+ * "port"}; for fd [{"type":"fd","str":NAME}]; for exec and file the MigrationAddress JSON ({"transport":"file",
+ * "filename":...,"offset":...}). New reference. */
 json_t *ferry__listener_addresses(const FerryListener *l);
 void ferry__listener_free(FerryListener *l); /* closes, removes a unix socket file it created; NULL no-op */
 

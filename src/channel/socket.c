@@ -1,51 +1,83 @@
 /*
- * The one ops table of fd-backed channels (channel.h), shared by every socket transport (tcp.c, unix.c) and by
- * channels wrapped around an fd handed to us (ferry__channel_new_fd). It moves bytes and reports errors; it does
- * not resolve, connect or listen (that is the transports' job) and does not buffer (that is the stream's).
+ * The fd-backed channel (channel-int.h) that every transport builds on: sockets of every family, and pipes,
+ * FIFOs and files handed to us or created by exec.c and file.c. It moves bytes, reports errors and makes
+ * shutdown interrupt blocked calls; it does not resolve, connect or listen (that is the transports' job) and
+ * does not buffer (that is the stream's). Also the socket helpers shared by the socket transports.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <linux/vm_sockets.h>
 
 #include "channel/channel-int.h"
 #include "util/util.h"
 
 #define SOCKET_BUFFER_HINT (4 * 1024 * 1024)
 
-typedef struct SocketChannel {
-    FerryChannel base; /* first, so that a FerryChannel * is a SocketChannel * */
-    bool is_socket;    /* sendmsg(MSG_NOSIGNAL) and shutdown(2) only work on sockets */
-    int shut;          /* set (atomically) by ferry__channel_shutdown from any thread */
-} SocketChannel;
-
-static bool channel_is_shut(FerryChannel *c)
+bool ferry__fd_channel_is_shut(FerryChannel *c)
 {
-    return __atomic_load_n(&((SocketChannel *)c)->shut, __ATOMIC_ACQUIRE) != 0;
+    return __atomic_load_n(&((FerryFdChannel *)c)->shut, __ATOMIC_ACQUIRE) != 0;
 }
 
-static ssize_t fd_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
+/* Waits until @fd is ready for @events or the channel is shut down. False (errno set) on a poll error. */
+static bool wait_ready(FerryFdChannel *fc, short events)
 {
+    struct pollfd pfd[2] = {
+        { .fd = fc->base.fd, .events = events },
+        { .fd = fc->wake_fd, .events = POLLIN },
+    };
+    while (poll(pfd, 2, -1) < 0) {
+        if (errno != EINTR) {
+            return false;
+        }
+    }
+    return true;
+}
+
+ssize_t ferry__fd_channel_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    FerryFdChannel *fc = (FerryFdChannel *)c;
     for (;;) {
+        /* A pollable fd is checked first: its shutdown does not reach the kernel object, only the eventfd. */
+        if (fc->pollable && ferry__fd_channel_is_shut(c)) {
+            ferry_error_setg(errp, "Failed to read from '%s': channel was shut down", c->desc);
+            return -1;
+        }
         ssize_t n = readv(c->fd, iov, iovcnt);
         if (n > 0) {
             return n;
         }
         /* After a local shutdown the kernel reports end of stream; say what really happened instead of
          * blaming the peer. */
-        if (channel_is_shut(c)) {
+        if (ferry__fd_channel_is_shut(c)) {
             ferry_error_setg(errp, "Failed to read from '%s': channel was shut down", c->desc);
             return -1;
         }
         if (n == 0) {
             return 0;
+        }
+        if (fc->pollable && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!wait_ready(fc, POLLIN)) {
+                ferry_error_setg_errno(errp, errno, "Failed to read from '%s'", c->desc);
+                return -1;
+            }
+            continue;
         }
         if (errno != EINTR) {
             ferry_error_setg_errno(errp, errno, "Failed to read from '%s'", c->desc);
@@ -54,28 +86,61 @@ static ssize_t fd_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, Fe
     }
 }
 
-static ssize_t fd_writev(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
+/*
+ * writev(2) on a non-socket without SIGPIPE: a pipe whose reader is gone must give EPIPE to the caller, never
+ * kill the process (the host programs ignore SIGPIPE, but a library must not rely on it). SIGPIPE is blocked in
+ * this thread around the call, and one raised by it is consumed before the mask is restored; one that was
+ * pending already is left alone.
+ */
+static ssize_t writev_nosigpipe(int fd, const struct iovec *iov, int iovcnt)
 {
-    SocketChannel *sc = (SocketChannel *)c;
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigemptyset(&pending);
+    bool was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t n = writev(fd, iov, iovcnt);
+    int err = errno;
+    if (n < 0 && err == EPIPE && !was_pending) {
+        const struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return n;
+}
+
+ssize_t ferry__fd_channel_writev(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    FerryFdChannel *fc = (FerryFdChannel *)c;
     for (;;) {
-        if (channel_is_shut(c)) {
+        if (ferry__fd_channel_is_shut(c)) {
             ferry_error_setg(errp, "Failed to write to '%s': channel was shut down", c->desc);
             return -1;
         }
         ssize_t n;
-        if (sc->is_socket) {
+        if (fc->is_socket) {
             /* MSG_NOSIGNAL: a dead peer must give EPIPE, never kill the process with SIGPIPE. */
             struct msghdr msg = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
             n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
         } else {
-            n = writev(c->fd, iov, iovcnt);
+            n = writev_nosigpipe(c->fd, iov, iovcnt);
         }
         if (n >= 0) {
             return n;
         }
+        if (fc->pollable && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!wait_ready(fc, POLLOUT)) {
+                ferry_error_setg_errno(errp, errno, "Failed to write to '%s'", c->desc);
+                return -1;
+            }
+            continue;
+        }
         if (errno != EINTR) {
             int err = errno;
-            if (channel_is_shut(c)) {
+            if (ferry__fd_channel_is_shut(c)) {
                 ferry_error_setg(errp, "Failed to write to '%s': channel was shut down", c->desc);
             } else {
                 ferry_error_setg_errno(errp, err, "Failed to write to '%s'", c->desc);
@@ -85,29 +150,78 @@ static ssize_t fd_writev(FerryChannel *c, const struct iovec *iov, int iovcnt, F
     }
 }
 
-static void fd_shutdown(FerryChannel *c)
+void ferry__fd_channel_shutdown(FerryChannel *c)
 {
-    SocketChannel *sc = (SocketChannel *)c;
-    __atomic_store_n(&sc->shut, 1, __ATOMIC_RELEASE);
-    if (sc->is_socket) {
+    FerryFdChannel *fc = (FerryFdChannel *)c;
+    __atomic_store_n(&fc->shut, 1, __ATOMIC_RELEASE);
+    if (fc->is_socket) {
         /* Wakes a reader or writer blocked in the kernel on this socket, in any thread. */
         shutdown(c->fd, SHUT_RDWR);
+    } else if (fc->wake_fd >= 0) {
+        uint64_t one = 1;
+        /* Only fails when the counter is saturated, which already wakes poll. */
+        ssize_t n = write(fc->wake_fd, &one, sizeof(one));
+        (void)n;
     }
 }
 
-static void fd_close(FerryChannel *c)
+void ferry__fd_channel_close(FerryChannel *c)
 {
+    FerryFdChannel *fc = (FerryFdChannel *)c;
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
     }
+    if (fc->wake_fd >= 0) {
+        close(fc->wake_fd);
+        fc->wake_fd = -1;
+    }
 }
 
-#define FD_OPS(opsname) { .name = opsname, .readv = fd_readv, .writev = fd_writev, .shutdown = fd_shutdown, \
-                          .close = fd_close }
+void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int fd, const char *desc)
+{
+    fc->base.ops = ops;
+    fc->base.fd = fd;
+    fc->base.desc = ferry__xstrdup(desc);
+    fc->wake_fd = -1;
+    int type;
+    socklen_t type_len = sizeof(type);
+    fc->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) == 0;
+    fc->base.one_way = !fc->is_socket;
+    struct stat st;
+    if (fc->is_socket || fstat(fd, &st) < 0 || S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) {
+        return;
+    }
+    /* A pipe, FIFO or character device can block forever: wait for it in poll() together with an eventfd.
+     * O_NONBLOCK is a property of the open file description, which a pipe end created by exec.c has alone;
+     * an fd handed to us is ours from now on (channel.h), so changing its mode is ours to do. */
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) {
+        return;
+    }
+    int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake < 0) {
+        return;
+    }
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        close(wake);
+        return;
+    }
+    fc->wake_fd = wake;
+    fc->pollable = true;
+}
+
+static void fd_channel_close_op(FerryChannel *c)
+{
+    ferry__fd_channel_close(c);
+}
+
+#define FD_OPS(opsname) { .name = opsname, .readv = ferry__fd_channel_readv, .writev = ferry__fd_channel_writev, \
+                          .shutdown = ferry__fd_channel_shutdown, .close = fd_channel_close_op }
 
 static const FerryChannelOps tcp_ops = FD_OPS("tcp");
 static const FerryChannelOps unix_ops = FD_OPS("unix");
+static const FerryChannelOps vsock_ops = FD_OPS("vsock");
 static const FerryChannelOps fd_ops = FD_OPS("fd");
 
 void ferry__socket_tune(int fd)
@@ -185,20 +299,17 @@ int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int 
 
 FerryChannel *ferry__socket_channel_new(int fd, const char *name, const char *desc)
 {
-    SocketChannel *sc = ferry__xcalloc(1, sizeof(*sc));
+    FerryFdChannel *fc = ferry__xcalloc(1, sizeof(*fc));
+    const FerryChannelOps *ops = &fd_ops;
     if (strcmp(name, "tcp") == 0) {
-        sc->base.ops = &tcp_ops;
+        ops = &tcp_ops;
     } else if (strcmp(name, "unix") == 0) {
-        sc->base.ops = &unix_ops;
-    } else {
-        sc->base.ops = &fd_ops;
+        ops = &unix_ops;
+    } else if (strcmp(name, "vsock") == 0) {
+        ops = &vsock_ops;
     }
-    sc->base.fd = fd;
-    sc->base.desc = ferry__xstrdup(desc);
-    int type;
-    socklen_t type_len = sizeof(type);
-    sc->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) == 0;
-    return &sc->base;
+    ferry__fd_channel_init(fc, ops, fd, desc);
+    return &fc->base;
 }
 
 FerryChannel *ferry__channel_new_fd(int fd, const char *desc)
@@ -220,10 +331,24 @@ json_t *ferry__socket_local_address(int fd, FerryError **errp)
     if (ss.ss_family == AF_UNIX) {
         const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
         size_t max = len - offsetof(struct sockaddr_un, sun_path);
+        if (max > 0 && sun->sun_path[0] == '\0') {
+            /* Abstract: the name is the bytes after the leading NUL, exactly as long as the bound length. */
+            char *name = ferry__xstrndup(sun->sun_path + 1, max - 1);
+            json_t *j = json_pack("{s:s, s:s, s:b}", "type", "unix", "path", name, "abstract", 1);
+            free(name);
+            return j;
+        }
         char *path = ferry__xstrndup(sun->sun_path, max);
         json_t *j = json_pack("{s:s, s:s}", "type", "unix", "path", path);
         free(path);
         return j;
+    }
+    if (ss.ss_family == AF_VSOCK) {
+        const struct sockaddr_vm *svm = (const struct sockaddr_vm *)&ss;
+        char cid[16], port[16];
+        snprintf(cid, sizeof(cid), "%u", svm->svm_cid);
+        snprintf(port, sizeof(port), "%u", svm->svm_port);
+        return json_pack("{s:s, s:s, s:s}", "type", "vsock", "cid", cid, "port", port);
     }
     char host[NI_MAXHOST], port[NI_MAXSERV];
     if ((ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||

@@ -1,13 +1,15 @@
 /*
  * The TCP transport: turns a FerryInetAddress into a connected channel or a listening socket, and describes
  * TCP sockets in messages and QMP. Name resolution is getaddrinfo's; every resolved address is tried in order.
- * The byte-moving ops are socket.c's; the accept loop is channel.c's.
+ * Listening can try a range of ports ("to"); "keep-alive" and "numeric" are honoured. The byte-moving ops
+ * are socket.c's; the accept loop is channel.c's.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -54,7 +56,8 @@ static bool resolve(const FerryInetAddress *in, bool passive, const char *uri, s
     if (passive) {
         hints.ai_flags |= AI_PASSIVE;
     }
-    if (host && is_numeric_host(host)) {
+    if (host && ((in->has_numeric && in->numeric) || is_numeric_host(host))) {
+        /* "numeric": the host must be a literal, never looked up (a name then fails to resolve). */
         hints.ai_flags |= AI_NUMERICHOST;
     } else if (host && strcmp(host, "localhost") != 0) {
         /* Do not ask for address families this host has no address of. Not for literals (an explicit
@@ -71,6 +74,16 @@ static bool resolve(const FerryInetAddress *in, bool passive, const char *uri, s
         return false;
     }
     return true;
+}
+
+void ferry__tcp_tune_connected(int fd, const FerryInetAddress *in)
+{
+    int one = 1;
+    /* The stream layer sends whole buffers: Nagle would only delay the small records at the end of a pass. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (in->has_keep_alive && in->keep_alive) {
+        (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    }
 }
 
 FerryChannel *ferry__tcp_connect(const FerryInetAddress *in, const char *uri, int cancel_fd, FerryError **errp)
@@ -108,9 +121,26 @@ FerryChannel *ferry__tcp_connect(const FerryInetAddress *in, const char *uri, in
         ferry_error_setg_errno(errp, last_err, "Failed to connect to '%s'", uri);
         return NULL;
     }
-    int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ferry__tcp_tune_connected(fd, in);
     return ferry__socket_channel_new(fd, "tcp", uri);
+}
+
+/* The port of a resolved address, and a copy of it with another port. */
+static uint16_t sockaddr_port(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET6) {
+        return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    }
+    return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+}
+
+static void sockaddr_set_port(struct sockaddr *sa, uint16_t port)
+{
+    if (sa->sa_family == AF_INET6) {
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons(port);
+    } else {
+        ((struct sockaddr_in *)sa)->sin_port = htons(port);
+    }
 }
 
 bool ferry__tcp_listen(FerryListener *l, const FerryInetAddress *in, FerryError **errp)
@@ -123,37 +153,61 @@ bool ferry__tcp_listen(FerryListener *l, const FerryInetAddress *in, FerryError 
     const char *last_op = "bind";
     int fd = -1;
     /* One listening socket is enough: the first address that binds. For "::" dual stack is asked for
-     * explicitly, so that IPv4 peers reach it too unless ipv4=off said otherwise. */
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) {
-            last_err = errno;
-            last_op = "bind";
-            continue;
+     * explicitly, so that IPv4 peers reach it too unless ipv4=off said otherwise. With "to", every port from
+     * the given one up to "to" is tried on each address until one is free (QEMU's inet_listen_saddr); port 0
+     * lets the kernel choose, so "to" has nothing to add there. */
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        uint16_t first = sockaddr_port(ai->ai_addr);
+        uint16_t last = first;
+        if (in->has_to && first != 0) {
+            if (in->to < first) {
+                freeaddrinfo(res);
+                ferry_error_setg(errp, "Failed to bind to '%s': 'to' (%u) is lower than the port (%u)", l->uri,
+                                 (unsigned)in->to, (unsigned)first);
+                return false;
+            }
+            last = in->to;
         }
-        int one = 1;
-        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (ai->ai_family == AF_INET6) {
-            int v6only = in->has_ipv4 && !in->ipv4;
-            (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+        struct sockaddr_storage ss;
+        memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+        for (uint32_t port = first; port <= last; port++) {
+            sockaddr_set_port((struct sockaddr *)&ss, (uint16_t)port);
+            fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+            if (fd < 0) {
+                last_err = errno;
+                last_op = "bind";
+                break;
+            }
+            int one = 1;
+            (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+            if (ai->ai_family == AF_INET6) {
+                int v6only = in->has_ipv4 && !in->ipv4;
+                (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+            }
+            /* Accepted sockets inherit the buffer sizes, and the window scale is fixed at the handshake. */
+            ferry__socket_tune(fd);
+            if (bind(fd, (struct sockaddr *)&ss, ai->ai_addrlen) < 0) {
+                last_err = errno;
+                last_op = "bind";
+                close(fd);
+                fd = -1;
+                if (last_err == EADDRINUSE) {
+                    continue; /* the next port of the range, if any */
+                }
+                break;        /* the next address */
+            }
+            if (listen(fd, SOMAXCONN) < 0) {
+                last_err = errno;
+                last_op = "listen";
+                close(fd);
+                fd = -1;
+                if (last_err == EADDRINUSE) {
+                    continue;
+                }
+                break;
+            }
+            break;
         }
-        /* Accepted sockets inherit the buffer sizes, and the window scale is fixed at the handshake. */
-        ferry__socket_tune(fd);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-            last_err = errno;
-            last_op = "bind";
-            close(fd);
-            fd = -1;
-            continue;
-        }
-        if (listen(fd, SOMAXCONN) < 0) {
-            last_err = errno;
-            last_op = "listen";
-            close(fd);
-            fd = -1;
-            continue;
-        }
-        break;
     }
     freeaddrinfo(res);
     if (fd < 0) {

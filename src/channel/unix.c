@@ -1,9 +1,12 @@
 /*
- * The UNIX-domain socket transport: turns a FerryUnixAddress into a connected channel or a listening socket
- * bound to a path. A stale socket file at the path is replaced; any other kind of file is left alone and is an
- * error. The byte-moving ops are socket.c's; the accept loop and the removal of the socket file are channel.c's.
+ * The UNIX-domain socket transport: turns a FerryUnixAddress into a connected channel or a listening socket,
+ * bound either to a path or, with "abstract", to a name in Linux's abstract namespace (no file: sun_path starts
+ * with a NUL and the address length says where the name ends). A stale socket file at a path is replaced; any
+ * other kind of file is left alone and is an error. The byte-moving ops are socket.c's; the accept loop and the
+ * removal of the socket file are channel.c's.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -14,25 +17,41 @@
 #include "channel/channel-int.h"
 #include "util/util.h"
 
-/* The parser already rejected paths that do not fit; addresses built elsewhere are checked again here. */
-static bool fill_sockaddr(struct sockaddr_un *sun, const char *path, const char *uri, const char *what,
-                          FerryError **errp)
+static bool is_abstract(const FerryUnixAddress *un)
+{
+    return un->has_abstract && un->abstract;
+}
+
+/* The parser already rejected paths that do not fit; addresses built elsewhere are checked again here. An
+ * abstract name needs one byte more (the leading NUL) but no terminating NUL, so the limit is the same. */
+static bool fill_sockaddr(struct sockaddr_un *sun, socklen_t *len, const FerryUnixAddress *un, const char *uri,
+                          const char *what, FerryError **errp)
 {
     memset(sun, 0, sizeof(*sun));
     sun->sun_family = AF_UNIX;
+    const char *path = un->path;
     if (!path || !*path || strlen(path) >= sizeof(sun->sun_path)) {
         ferry_error_setg(errp, "Failed to %s '%s': socket path empty or longer than %zu bytes", what, uri,
                          sizeof(sun->sun_path) - 1);
         return false;
     }
-    memcpy(sun->sun_path, path, strlen(path));
+    size_t n = strlen(path);
+    if (is_abstract(un)) {
+        /* QEMU's "tight" form, the one every other program uses: the name's own length, no padding. */
+        memcpy(sun->sun_path + 1, path, n);
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    } else {
+        memcpy(sun->sun_path, path, n);
+        *len = sizeof(*sun);
+    }
     return true;
 }
 
 FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, int cancel_fd, FerryError **errp)
 {
     struct sockaddr_un sun;
-    if (!fill_sockaddr(&sun, un->path, uri, "connect to", errp)) {
+    socklen_t len;
+    if (!fill_sockaddr(&sun, &len, un, uri, "connect to", errp)) {
         return NULL;
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -41,7 +60,7 @@ FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, i
         return NULL;
     }
     ferry__socket_tune(fd);
-    int err = ferry__socket_connect(fd, (struct sockaddr *)&sun, sizeof(sun), cancel_fd);
+    int err = ferry__socket_connect(fd, (struct sockaddr *)&sun, len, cancel_fd);
     if (err == ECANCELED) {
         ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
         close(fd);
@@ -58,11 +77,12 @@ FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, i
 bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError **errp)
 {
     struct sockaddr_un sun;
-    if (!fill_sockaddr(&sun, un->path, l->uri, "bind to", errp)) {
+    socklen_t len;
+    if (!fill_sockaddr(&sun, &len, un, l->uri, "bind to", errp)) {
         return false;
     }
     struct stat st;
-    if (lstat(un->path, &st) == 0) {
+    if (!is_abstract(un) && lstat(un->path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             ferry_error_setg(errp, "Failed to bind to '%s': '%s' exists and is not a socket", l->uri, un->path);
             return false;
@@ -80,13 +100,14 @@ bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError
         return false;
     }
     ferry__socket_tune(fd);
-    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+    if (bind(fd, (struct sockaddr *)&sun, len) < 0) {
         ferry_error_setg_errno(errp, errno, "Failed to bind to '%s'", l->uri);
         close(fd);
         return false;
     }
-    /* Remember which file we created, so that free() never removes a successor's socket. */
-    if (lstat(un->path, &st) == 0) {
+    /* Remember which file we created, so that free() never removes a successor's socket. An abstract name
+     * has no file and disappears with the socket. */
+    if (!is_abstract(un) && lstat(un->path, &st) == 0) {
         l->unlink_path = ferry__xstrdup(un->path);
         l->unlink_dev = st.st_dev;
         l->unlink_ino = st.st_ino;

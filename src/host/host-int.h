@@ -7,6 +7,8 @@
 
 #include <stdbool.h>
 
+#include <jansson.h>
+
 #include "channel/address.h"
 #include "ferry/host.h"
 #include "monitor/monitor.h"
@@ -18,9 +20,15 @@ struct FerryHost {
     FerryMonitor *mon;
     char **qmp_specs;                  /* -qmp values, checked at option time, bound by ferry_host_start */
     size_t nqmp;
+    char **hmp_specs;                  /* -monitor values (stdio or unix:...), checked at option time */
+    size_t nhmp;
+    bool hmp_stdio;                    /* -monitor stdio was given (at most once) */
     bool start_stopped;                /* -S */
-    bool incoming;                     /* -incoming (a URI or defer) */
-    FerryMigrationAddress *incoming_addr; /* -incoming URI; NULL for defer */
+    bool incoming;                     /* -incoming with a channel form or defer (config: alone is not) */
+    /* -incoming channel per type, the last one of each type wins; the main one is listened on. NULL after
+     * defer (for main) or when none was given. */
+    FerryMigrationAddress *incoming_addrs[FERRY_CHANNEL_TYPE__MAX];
+    json_t *incoming_config;           /* -incoming config:..., checked and typed; applied by ferry_host_start */
     bool started;
     int sig_pipe[2];                   /* SIGINT/SIGTERM self-pipe, watched by the monitor loop */
 };

@@ -1,6 +1,6 @@
 /*
  * The host runtime (include/ferry/host.h): the glue every migrated program shares. It owns the engine, the QMP
- * monitor and the common options (-qmp, -incoming, -S, -name, spelled as QEMU spells them), wires the engine's
+ * monitor and the common options (-qmp, -monitor, -incoming, -S, -name, spelled as QEMU spells them), wires the engine's
  * hooks (events, quit, host ops) to the monitor and the program, orders start-up so that an incoming migration
  * listens before QMP is reachable, and turns SIGINT/SIGTERM into an orderly quit. It holds no migration logic and
  * no command logic (qmp-cmds.c translates QMP into engine calls).
@@ -103,7 +103,14 @@ void ferry_host_free(FerryHost *h)
         free(h->qmp_specs[i]);
     }
     free(h->qmp_specs);
-    ferry__address_free(h->incoming_addr);
+    for (size_t i = 0; i < h->nhmp; i++) {
+        free(h->hmp_specs[i]);
+    }
+    free(h->hmp_specs);
+    for (size_t i = 0; i < FERRY_CHANNEL_TYPE__MAX; i++) {
+        ferry__address_free(h->incoming_addrs[i]);
+    }
+    json_decref(h->incoming_config);
     free(h->name);
     free(h->progname);
     free(h);
@@ -162,6 +169,80 @@ fail:
     return false;
 }
 
+/*
+ * -incoming config:KEY=VALUE,... (QEMU keyval syntax): the migration parameters the program starts with. Checked
+ * now by the very check migrate-set-parameters runs, so that a bad key or value stops the program before it does
+ * anything; applied by ferry_host_start, before QMP is reachable, so query-migrate-parameters shows it at once.
+ * Unlike a channel it does not make the program wait for a migration (as in QEMU).
+ */
+static bool parse_incoming_config(FerryHost *h, const char *arg, FerryError **errp)
+{
+    if (h->incoming_config) {
+        ferry_error_setg(errp, "Only one -incoming config:... is allowed");
+        return false;
+    }
+    json_t *kv = ferry__keyval_parse(arg + strlen("config:"), errp);
+    if (!kv) {
+        ferry_error_prepend(errp, "-incoming '%s': ", arg);
+        return false;
+    }
+    json_t *typed = NULL;
+    bool ok = ferry__migration_params_check_keyval(kv, &typed, errp);
+    json_decref(kv);
+    if (!ok) {
+        ferry_error_prepend(errp, "-incoming '%s': ", arg);
+        return false;
+    }
+    h->incoming_config = typed;
+    return true;
+}
+
+/* -incoming defer | URI | JSON MigrationChannel | config:...; the last channel of each type wins. */
+static bool parse_incoming(FerryHost *h, const char *arg, FerryError **errp)
+{
+    if (!strncmp(arg, "config:", strlen("config:"))) {
+        return parse_incoming_config(h, arg, errp);
+    }
+    FerryChannelType type = FERRY_CHANNEL_MAIN;
+    FerryMigrationAddress *addr = NULL;
+    if (!strcmp(arg, "defer")) {
+        /* "defer": no main channel yet, QMP migrate-incoming gives it. */
+    } else if (arg[0] == '{') {
+        json_error_t jerr;
+        json_t *obj = json_loads(arg, 0, &jerr);
+        if (!obj) {
+            ferry_error_setg(errp, "-incoming '%s': not valid JSON: %s", arg, jerr.text);
+            return false;
+        }
+        FerryMigrationChannel *ch = NULL;
+        bool ok = ferry__channel_from_json(obj, "-incoming", &ch, errp);
+        json_decref(obj);
+        if (!ok) {
+            return false;
+        }
+        type = ch->type;
+        addr = ch->addr;
+        ch->addr = NULL;
+        ferry__migration_channel_free(ch);
+        if (type != FERRY_CHANNEL_MAIN) {
+            /* A cpr channel only means something with migrate mode cpr-transfer, which ferry lacks: refuse it
+             * now rather than accept a channel nothing will ever listen on. */
+            ferry_error_setg(errp, "-incoming '%s': channel-type '%s' is not supported by ferry yet (only 'main')",
+                             arg, ferry__channel_type_name(type));
+            ferry__address_free(addr);
+            return false;
+        }
+    } else if (!ferry__address_parse_uri(arg, &addr, errp)) {
+        /* The URI is parsed once, here, at the edge. */
+        ferry_error_prepend(errp, "-incoming '%s': ", arg);
+        return false;
+    }
+    ferry__address_free(h->incoming_addrs[type]);
+    h->incoming_addrs[type] = addr;
+    h->incoming = true;
+    return true;
+}
+
 int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool *used_arg, FerryError **errp)
 {
     *used_arg = false;
@@ -174,7 +255,8 @@ int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool
         return 1;
     }
     bool is_qmp = !strcmp(opt, "-qmp"), is_incoming = !strcmp(opt, "-incoming"), is_name = !strcmp(opt, "-name");
-    if (!is_qmp && !is_incoming && !is_name) {
+    bool is_monitor = !strcmp(opt, "-monitor");
+    if (!is_qmp && !is_incoming && !is_name && !is_monitor) {
         return 0;
     }
     if (!arg) {
@@ -191,18 +273,24 @@ int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool
         h->qmp_specs[h->nqmp++] = ferry__xstrdup(arg);
         return 1;
     }
-    if (is_incoming) {
-        FerryMigrationAddress *addr = NULL;
-        /* The URI is parsed once, here, at the edge; "defer" waits for QMP migrate-incoming. */
-        if (strcmp(arg, "defer") != 0 && !ferry__address_parse_uri(arg, &addr, errp)) {
-            ferry_error_prepend(errp, "-incoming '%s': ", arg);
+    if (is_monitor) {
+        char *path = NULL;
+        if (!ferry__monitor_parse_hmp_spec(arg, &path, errp)) {
             return -1;
         }
-        /* As in QEMU, the last -incoming wins. */
-        ferry__address_free(h->incoming_addr);
-        h->incoming_addr = addr;
-        h->incoming = true;
+        bool stdio = path == NULL;
+        free(path);
+        if (stdio && h->hmp_stdio) {
+            ferry_error_setg(errp, "-monitor stdio: only one monitor can use stdio");
+            return -1;
+        }
+        h->hmp_stdio |= stdio;
+        h->hmp_specs = ferry__xrealloc(h->hmp_specs, (h->nhmp + 1) * sizeof(*h->hmp_specs));
+        h->hmp_specs[h->nhmp++] = ferry__xstrdup(arg);
         return 1;
+    }
+    if (is_incoming) {
+        return parse_incoming(h, arg, errp) ? 1 : -1;
     }
     if (!parse_name(h, arg, errp)) {
         return -1;
@@ -213,8 +301,12 @@ int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool
 const char *ferry_host_common_usage(void)
 {
     return "  -qmp unix:PATH,server=on,wait=off  serve QMP on a UNIX socket (repeatable; mode 0600)\n"
-           "  -incoming URI|defer                receive a migration on URI (tcp:HOST:PORT, unix:PATH), or wait\n"
-           "                                     for QMP migrate-incoming with 'defer'\n"
+           "  -monitor stdio|unix:PATH,server=on,wait=off\n"
+           "                                     serve the human monitor (HMP) on stdio or a UNIX socket\n"
+           "  -incoming URI|JSON|defer           receive a migration on URI (tcp:, unix:, vsock:, fd:, exec:,\n"
+           "                                     file:, rdma:) or a JSON MigrationChannel, or wait for QMP\n"
+           "                                     migrate-incoming with 'defer'\n"
+           "  -incoming config:KEY=VALUE,...     initial migration parameters (once)\n"
            "  -S                                 do not start the workload until QMP 'cont'\n"
            "  -name NAME|guest=NAME              name this program (shown in logs)\n";
 }
@@ -273,13 +365,25 @@ bool ferry_host_start(FerryHost *h, FerryError **errp)
         return false;
     }
     ferry__runstate_init(h->m, h->start_stopped, h->incoming);
+    /* -incoming config: was checked when parsed; applying it first means every later step, and the first QMP
+     * client, sees these parameters. */
+    if (h->incoming_config && !ferry__migration_set_params(h->m, h->incoming_config, errp)) {
+        ferry_error_prepend(errp, "-incoming config: ");
+        return false;
+    }
     /* Listen for the incoming migration before QMP is reachable: a client that can talk to QMP may then rely on
      * the migration socket being there. */
-    if (h->incoming_addr && !ferry__migrate_incoming(h->m, h->incoming_addr, true, errp)) {
+    FerryMigrationAddress *main_addr = h->incoming_addrs[FERRY_CHANNEL_MAIN];
+    if (main_addr && !ferry__migrate_incoming(h->m, main_addr, true, errp)) {
         return false;
     }
     for (size_t i = 0; i < h->nqmp; i++) {
         if (!ferry__monitor_add_qmp(h->mon, h->qmp_specs[i], errp)) {
+            return false;
+        }
+    }
+    for (size_t i = 0; i < h->nhmp; i++) {
+        if (!ferry__monitor_add_hmp(h->mon, h->hmp_specs[i], errp)) {
             return false;
         }
     }

@@ -1,7 +1,7 @@
 /*
  * The QMP commands of the host runtime: each one translates its (already type-checked) arguments into one call of
- * the engine's internal API (src/migration/migration.h) and its result back into JSON. URIs are parsed here, at
- * the edge, and nowhere below. No migration logic lives in this file; the built-in protocol commands
+ * the engine's internal API (src/migration/migration.h) and its result back into JSON. URIs and "channels" are
+ * parsed here, at the edge, and nowhere below; HMP reaches these same functions through the monitor's table. No migration logic lives in this file; the built-in protocol commands
  * (qmp_capabilities, query-version, query-commands) are the monitor's own.
  */
 #include <string.h>
@@ -42,6 +42,24 @@ static json_t *cmd_quit(json_t *args, void *opaque, FerryError **errp)
     return json_object();
 }
 
+/*
+ * migrate and migrate-incoming take the address as a URI string or as QAPI "channels", exactly one of the two
+ * (QEMU's rule and text). Either way it is parsed here, once, into the address model.
+ */
+static bool parse_uri_or_channels(json_t *args, FerryMigrationAddress **addr, FerryError **errp)
+{
+    json_t *uri = json_object_get(args, "uri");
+    json_t *channels = json_object_get(args, "channels");
+    if (!uri == !channels) {
+        ferry_error_setg(errp, "need either 'uri' or 'channels' argument");
+        return false;
+    }
+    if (channels) {
+        return ferry__channels_parse_main(channels, addr, errp);
+    }
+    return ferry__address_parse_uri(json_string_value(uri), addr, errp);
+}
+
 static json_t *cmd_migrate(json_t *args, void *opaque, FerryError **errp)
 {
     FerryHost *h = opaque;
@@ -61,7 +79,7 @@ static json_t *cmd_migrate(json_t *args, void *opaque, FerryError **errp)
     }
     /* "detach" is accepted and ignored, as in QEMU: migrate always returns at once. */
     FerryMigrationAddress *addr = NULL;
-    if (!ferry__address_parse_uri(json_string_value(json_object_get(args, "uri")), &addr, errp)) {
+    if (!parse_uri_or_channels(args, &addr, errp)) {
         return NULL;
     }
     bool ok = ferry__migrate(h->m, addr, errp);
@@ -75,7 +93,7 @@ static json_t *cmd_migrate_incoming(json_t *args, void *opaque, FerryError **err
     json_t *eoe = json_object_get(args, "exit-on-error");
     bool exit_on_error = eoe ? json_is_true(eoe) : true;
     FerryMigrationAddress *addr = NULL;
-    if (!ferry__address_parse_uri(json_string_value(json_object_get(args, "uri")), &addr, errp)) {
+    if (!parse_uri_or_channels(args, &addr, errp)) {
         return NULL;
     }
     bool ok = ferry__migrate_incoming(h->m, addr, exit_on_error, errp);
@@ -122,7 +140,8 @@ static json_t *cmd_query_migrate_capabilities(json_t *args, void *opaque, FerryE
 bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
 {
     static const FerryArgSpec migrate_args[] = {
-        { "uri", FERRY_ARG_STR, false },
+        { "uri", FERRY_ARG_STR, true },
+        { "channels", FERRY_ARG_ARRAY, true },
         { "blk", FERRY_ARG_BOOL, true },
         { "inc", FERRY_ARG_BOOL, true },
         { "detach", FERRY_ARG_BOOL, true },
@@ -130,7 +149,8 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { NULL, FERRY_ARG_ANY, false },
     };
     static const FerryArgSpec incoming_args[] = {
-        { "uri", FERRY_ARG_STR, false },
+        { "uri", FERRY_ARG_STR, true },
+        { "channels", FERRY_ARG_ARRAY, true },
         { "exit-on-error", FERRY_ARG_BOOL, true },
         { NULL, FERRY_ARG_ANY, false },
     };

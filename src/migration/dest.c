@@ -7,6 +7,9 @@
  * Page faults cost more than copies on these machines (shared/docs/PLATFORM.md), so a second thread faults in
  * the ranges announced by POPULATE_HINT records ahead of the data, in parallel with the receive loop.
  *
+ * On a channel without a return path (exec, file, a pipe) there is no ACK or NACK: the stream's own checks (CONFIG,
+ * END totals) decide.
+ *
  * On any error nothing runs: the reason goes back to the source (NACK), RAM is discarded so that it reads as
  * zero again (the next attempt relies on that, since pass 1 does not send never-populated pages), and the process
  * exits non-zero unless exit-on-error=false asked it to stay up and report.
@@ -527,6 +530,9 @@ static bool run(Dest *d, FerryError **errp)
     if (!ok) {
         return false;
     }
+    if (d->chan->one_way) {
+        return true; /* nobody to acknowledge to: the stream was checked on its own */
+    }
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = FERRY_REC_ACK, .length = 0 });
     ferry__stream_write(d->s, h, sizeof(h));
@@ -548,7 +554,7 @@ void *ferry__dest_thread(void *opaque)
 
     bool ok = run(&d, &err);
     populate_stop(&d);
-    if (!ok && d.chan && !m->quitting) {
+    if (!ok && d.chan && !d.chan->one_way && !m->quitting) {
         send_nack(&d, err);
     }
     pthread_mutex_lock(&m->lock);

@@ -89,6 +89,10 @@ json_t *ferry__migration_query(FerryMigration *m);
  * nothing if one is wrong; the error names the member. */
 json_t *ferry__migration_query_params(FerryMigration *m);
 bool ferry__migration_set_params(FerryMigration *m, json_t *args, FerryError **errp);
+/* The same, for parameters given as strings (a keyval object from "-incoming config:" or HMP): values are
+ * converted by each parameter's type ("1G" for sizes) and checked exactly as set_params checks them. On success
+ * *typed holds the arguments for ferry__migration_set_params (new reference). Needs no engine. */
+bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError **errp);
 json_t *ferry__migration_query_caps(FerryMigration *m);
 /* @caps: the QMP array [{"capability": NAME, "state": BOOL}, ...] (unchecked JSON). */
 bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **errp);

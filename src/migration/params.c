@@ -1,40 +1,69 @@
 /*
  * Migration parameters and capabilities: one table each, with QEMU's names, types, defaults and ranges. Every
  * reader and writer goes through the table, so adding a parameter is adding a row. migrate-set-parameters checks
- * every member before applying any (all or nothing). The early "-incoming config:" form of a later issue will use
- * the same check.
+ * every member before applying any (all or nothing); "-incoming config:" and HMP's migrate_set_parameter convert
+ * their strings by the row's type and then run the very same check.
  *
- * Not here: parameters ferry does not implement yet. Setting one is an error that says so (never silently
- * accepted); docs/qmp.md lists them.
+ * QEMU parameters that ferry does not implement yet have rows too, with the reason: setting one is an error that
+ * says so (never silently accepted), and query-migrate-parameters does not show them. docs/qmp.md lists them.
  */
 #include <string.h>
 
 #include "migration/migration-priv.h"
 #include "util/util.h"
 
+typedef enum ParamType {
+    PARAM_INT,  /* QAPI int / uint64: a plain number */
+    PARAM_SIZE, /* QAPI size: a number of bytes; on the command line and in HMP also "1G", "512M" */
+    PARAM_NOT_YET, /* known to QEMU, not implemented by ferry: refused with .unit as the reason */
+} ParamType;
+
 typedef struct ParamDesc {
     const char *name;
+    ParamType type;
     size_t offset;   /* int64_t field in FerryParams */
     int64_t def;
     int64_t min, max;
-    const char *unit; /* for messages */
+    const char *unit; /* for messages; for PARAM_NOT_YET: why not, or which work brings it */
 } ParamDesc;
+
+#define NOT_YET(name, why) { name, PARAM_NOT_YET, 0, 0, 0, 0, why }
 
 #define MAX_MIGRATE_DOWNTIME_MS 2000000 /* QEMU's MAX_MIGRATE_DOWNTIME, 2000 seconds */
 
 static const ParamDesc params[] = {
-    { "max-bandwidth", offsetof(FerryParams, max_bandwidth), 128ll << 20, 0, INT64_MAX / 8, "bytes per second" },
-    { "downtime-limit", offsetof(FerryParams, downtime_limit), 300, 0, MAX_MIGRATE_DOWNTIME_MS, "milliseconds" },
-};
-
-/* QEMU parameters known by name but not implemented by ferry yet: refused with a clear message. */
-static const char *const unimplemented_params[] = {
-    "announce-initial", "announce-max", "announce-rounds", "announce-step", "throttle-trigger-threshold",
-    "cpu-throttle-initial", "cpu-throttle-increment", "cpu-throttle-tailslow", "tls-creds", "tls-hostname",
-    "tls-authz", "avail-switchover-bandwidth", "multifd-channels", "xbzrle-cache-size", "max-postcopy-bandwidth",
-    "max-cpu-throttle", "multifd-compression", "multifd-zlib-level", "multifd-zstd-level",
-    "block-bitmap-mapping", "x-vcpu-dirty-limit-period", "vcpu-dirty-limit", "mode", "zero-page-detection",
-    "direct-io", "backend-transfer", "cpr-exec-command", "x-checkpoint-delay",
+    { "max-bandwidth", PARAM_SIZE, offsetof(FerryParams, max_bandwidth), 128ll << 20, 0, INT64_MAX / 8,
+      "bytes per second" },
+    { "downtime-limit", PARAM_INT, offsetof(FerryParams, downtime_limit), 300, 0, MAX_MIGRATE_DOWNTIME_MS,
+      "milliseconds" },
+    NOT_YET("multifd-channels", "multifd comes with the throughput work"),
+    NOT_YET("multifd-compression", "compression comes with the throughput work"),
+    NOT_YET("multifd-zlib-level", "compression comes with the throughput work"),
+    NOT_YET("multifd-zstd-level", "compression comes with the throughput work"),
+    NOT_YET("zero-page-detection", "selectable zero-page detection comes with the throughput work"),
+    NOT_YET("tls-creds", "TLS comes with the reliability and security work"),
+    NOT_YET("tls-hostname", "TLS comes with the reliability and security work"),
+    NOT_YET("tls-authz", "TLS comes with the reliability and security work"),
+    NOT_YET("mode", "cpr-transfer comes with the local migration work"),
+    NOT_YET("backend-transfer", "backend-transfer comes with the local migration work"),
+    NOT_YET("cpr-exec-command", "cpr-exec is not planned"),
+    NOT_YET("announce-initial", "ferry has no guest network to announce"),
+    NOT_YET("announce-max", "ferry has no guest network to announce"),
+    NOT_YET("announce-rounds", "ferry has no guest network to announce"),
+    NOT_YET("announce-step", "ferry has no guest network to announce"),
+    NOT_YET("throttle-trigger-threshold", "auto-converge throttling is not implemented"),
+    NOT_YET("cpu-throttle-initial", "auto-converge throttling is not implemented"),
+    NOT_YET("cpu-throttle-increment", "auto-converge throttling is not implemented"),
+    NOT_YET("cpu-throttle-tailslow", "auto-converge throttling is not implemented"),
+    NOT_YET("max-cpu-throttle", "auto-converge throttling is not implemented"),
+    NOT_YET("avail-switchover-bandwidth", "not implemented"),
+    NOT_YET("xbzrle-cache-size", "XBZRLE is not implemented"),
+    NOT_YET("max-postcopy-bandwidth", "postcopy is not implemented"),
+    NOT_YET("block-bitmap-mapping", "ferry migrates no block devices"),
+    NOT_YET("x-vcpu-dirty-limit-period", "dirty-limit throttling is not implemented"),
+    NOT_YET("vcpu-dirty-limit", "dirty-limit throttling is not implemented"),
+    NOT_YET("direct-io", "direct I/O for file migration is not implemented"),
+    NOT_YET("x-checkpoint-delay", "COLO is not implemented"),
 };
 
 static const char *const cap_names[FERRY_CAP__MAX] = {
@@ -49,6 +78,9 @@ static int64_t *param_field(FerryParams *p, const ParamDesc *d)
 void ferry__params_init(FerryMigration *m)
 {
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(params); i++) {
+        if (params[i].type == PARAM_NOT_YET) {
+            continue;
+        }
         *param_field(&m->params, &params[i]) = params[i].def;
     }
 }
@@ -68,6 +100,9 @@ json_t *ferry__migration_query_params(FerryMigration *m)
     json_t *r = json_object();
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(params); i++) {
+        if (params[i].type == PARAM_NOT_YET) {
+            continue;
+        }
         json_object_set_new(r, params[i].name, json_integer(*param_field(&m->params, &params[i])));
     }
     pthread_mutex_unlock(&m->lock);
@@ -84,26 +119,16 @@ static const ParamDesc *find_param(const char *name)
     return NULL;
 }
 
-static bool is_unimplemented(const char *name)
-{
-    for (size_t i = 0; i < FERRY_ARRAY_SIZE(unimplemented_params); i++) {
-        if (strcmp(unimplemented_params[i], name) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Check one member; on success *out holds the value to apply. */
 static bool check_param(const char *key, json_t *val, const ParamDesc **descp, int64_t *out, FerryError **errp)
 {
     const ParamDesc *d = find_param(key);
     if (!d) {
-        if (is_unimplemented(key)) {
-            ferry_error_setg(errp, "Parameter '%s' is not supported by ferry yet", key);
-        } else {
-            ferry_error_setg(errp, "Parameter '%s' is unexpected", key);
-        }
+        ferry_error_setg(errp, "Parameter '%s' is unexpected", key);
+        return false;
+    }
+    if (d->type == PARAM_NOT_YET) {
+        ferry_error_setg(errp, "Parameter '%s' is not supported by ferry yet: %s", key, d->unit);
         return false;
     }
     if (!json_is_integer(val)) {
@@ -145,6 +170,66 @@ bool ferry__migration_set_params(FerryMigration *m, json_t *args, FerryError **e
         __atomic_store_n(param_field(&m->params, d), v, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&m->lock);
+    return true;
+}
+
+/*
+ * Parameters given as strings (keyval from "-incoming config:", HMP's migrate_set_parameter): convert each value by
+ * the parameter's type, then run the very check migrate-set-parameters runs, so that the three edges accept and
+ * refuse exactly the same things.
+ */
+bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError **errp)
+{
+    if (!json_is_object(kv)) {
+        ferry_error_setg(errp, "migration parameters must be key=value pairs");
+        return false;
+    }
+    json_t *out = json_object();
+    const char *key;
+    json_t *val;
+    json_object_foreach(kv, key, val) {
+        const ParamDesc *d = find_param(key);
+        if (d && d->type == PARAM_NOT_YET) {
+            d = NULL; /* refused below by check_param, with its reason */
+        }
+        if (d && !json_is_string(val)) {
+            ferry_error_setg(errp, "Parameter '%s' expects a single value", key);
+            json_decref(out);
+            return false;
+        }
+        json_t *conv;
+        if (!d) {
+            /* Unknown or not implemented: check_param below refuses it with the usual message. */
+            conv = json_incref(val);
+        } else {
+            const char *s = json_string_value(val);
+            uint64_t v;
+            FerryError *perr = NULL;
+            bool ok = d->type == PARAM_SIZE ? ferry__parse_size(s, key, &v, &perr)
+                                            : ferry__parse_uint64(s, key, &v, &perr);
+            if (ok && v > (uint64_t)INT64_MAX) {
+                ferry_error_setg(&perr, "Parameter '%s' expects an integer in the range of %lld to %lld %s", key,
+                                 (long long)d->min, (long long)d->max, d->unit);
+                ok = false;
+            }
+            if (!ok) {
+                ferry_error_propagate(errp, perr);
+                json_decref(out);
+                return false;
+            }
+            conv = json_integer((json_int_t)v);
+        }
+        json_object_set_new(out, key, conv);
+    }
+    json_object_foreach(out, key, val) {
+        const ParamDesc *d;
+        int64_t v;
+        if (!check_param(key, val, &d, &v, errp)) {
+            json_decref(out);
+            return false;
+        }
+    }
+    *typed = out;
     return true;
 }
 

@@ -12,6 +12,8 @@
  *   switchover: stop the workload, last harvest, remaining pages, device sections, END; wait for the
  *               destination's ACK; then "completed" and run state postmigrate.
  *
+ * Without a return path (exec, file, a pipe) the end of the stream, written and finished, takes the ACK's place.
+ *
  * Any error before the ACK (including cancel) disarms the tracker and puts the workload back as it was: RAM was
  * only ever read, so the source is intact. Pages are read after they were harvested, so a write that races with
  * the send is caught by the next harvest and the page is sent again.
@@ -139,6 +141,9 @@ static bool read_reply(Source *src, FerryError **errp)
  */
 static bool check_return_path(Source *src, FerryError **errp)
 {
+    if (src->chan->one_way) {
+        return true;
+    }
     struct pollfd p = { .fd = src->chan->fd, .events = POLLIN };
     if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) {
         return true;
@@ -536,7 +541,13 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!check_stream(src, errp)) {
         return false;
     }
-    if (!read_reply(src, errp)) {
+    /* With a return path the destination's ACK is the commit point. Without one (exec, file, a pipe) the stream
+     * is complete once it is written and the channel's finish step (the exec child's exit status, the file's
+     * flush) succeeded: the destination checks the stream on its own. */
+    if (!src->chan->one_way && !read_reply(src, errp)) {
+        return false;
+    }
+    if (!ferry__channel_finish(src->chan, errp)) {
         return false;
     }
     pthread_mutex_lock(&m->lock);

@@ -1,14 +1,19 @@
 /*
  * QMP command dispatch: the command table, the checks QEMU's qmp_dispatch() makes on a request object (in the same
  * order and with the same texts), argument checking against each command's FerryArgSpec list, the negotiation
- * rule and the built-in commands (qmp_capabilities, query-version, query-commands). It works on parsed JSON
- * objects only: no sockets, no threads, so the unit tests drive it directly. The wire side is qmp-server.c.
+ * rule and the built-in commands (qmp_capabilities, query-version, query-commands, and getfd/closefd, which name
+ * fds a client passed with SCM_RIGHTS). It works on parsed JSON objects only: no sockets, no threads, so the
+ * unit tests drive it directly. The wire side is qmp-server.c.
  */
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include "channel/channel.h"
 #include "monitor/monitor-priv.h"
 #include "util/util.h"
 
@@ -324,8 +329,44 @@ static json_t *cmd_query_commands(json_t *args, void *opaque, FerryError **errp)
     return list;
 }
 
+/*
+ * getfd: name the fd that came with this request (QEMU's order: the fd is taken first, so a request with a bad
+ * name still consumes and closes it). The store in src/channel owns it from then on; "fd:NAME" addresses use it.
+ */
+static json_t *cmd_getfd(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryMonitor *mon = opaque;
+    const char *name = json_string_value(json_object_get(args, "fdname"));
+    int fd = ferry__monitor_take_fd(mon);
+    if (fd < 0) {
+        ferry_error_setg(errp, "No file descriptor supplied via SCM_RIGHTS");
+        return NULL;
+    }
+    if (isdigit((unsigned char)name[0])) {
+        /* Numbers mean fds the process inherited ("fd:3"); a name must not be mistaken for one. */
+        close(fd);
+        ferry_error_setg(errp, "Parameter 'fdname' expects a name not starting with a digit");
+        return NULL;
+    }
+    if (!ferry__fdstore_add(name, fd, errp)) {
+        close(fd);
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_closefd(json_t *args, void *opaque, FerryError **errp)
+{
+    const char *name = json_string_value(json_object_get(args, "fdname"));
+    return ferry__fdstore_close(name, errp) ? json_object() : NULL;
+}
+
 void ferry__monitor_register_builtins(FerryMonitor *mon)
 {
+    static const FerryArgSpec fdname_args[] = {
+        { "fdname", FERRY_ARG_STR, false },
+        { NULL, FERRY_ARG_ANY, false },
+    };
     static const FerryArgSpec caps_args[] = {
         { "enable", FERRY_ARG_ARRAY, true },
         { NULL, FERRY_ARG_ANY, false },
@@ -334,4 +375,6 @@ void ferry__monitor_register_builtins(FerryMonitor *mon)
     ferry__monitor_register(mon, "qmp_capabilities", caps_args, cmd_qmp_capabilities, mon, NULL);
     ferry__monitor_register(mon, "query-version", NULL, cmd_query_version, mon, NULL);
     ferry__monitor_register(mon, "query-commands", NULL, cmd_query_commands, mon, NULL);
+    ferry__monitor_register(mon, "getfd", fdname_args, cmd_getfd, mon, NULL);
+    ferry__monitor_register(mon, "closefd", fdname_args, cmd_closefd, mon, NULL);
 }

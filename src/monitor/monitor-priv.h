@@ -25,6 +25,7 @@ typedef struct MonCommand {
 
 typedef struct MonListener {
     int fd;
+    bool hmp;             /* a human monitor socket: clients speak HMP lines, not QMP */
     char *path;
     dev_t dev;            /* identity of the socket file we bound, so that free unlinks only our own file */
     ino_t ino;
@@ -50,6 +51,8 @@ struct FerryMonitor {
     size_t nwatches;
 
     int wake_fd;              /* eventfd: written by any thread to wake the poll loop */
+    bool hmp_stdio;           /* a human monitor runs on stdio (at most one may) */
+    MonClient *cur_client;    /* the client whose QMP request is being handled (for ferry__monitor_take_fd) */
 
     /* Shared with other threads: protected by @lock. */
     pthread_mutex_t lock;
@@ -66,6 +69,9 @@ struct FerryMonitor {
 json_t *ferry__monitor_handle(FerryMonitor *mon, json_t *request, bool *negotiated);
 /* Register the built-in commands; called by ferry__monitor_new. dispatch.c. */
 void ferry__monitor_register_builtins(FerryMonitor *mon);
+/* The HMP banner line (with its newline) and prompt. hmp.c. */
+#define FERRY_HMP_PROMPT "(ferry) "
+char *ferry__hmp_banner(void);
 /* Free the command table. dispatch.c. */
 void ferry__monitor_free_commands(FerryMonitor *mon);
 

@@ -3,7 +3,8 @@
  * qmp_capabilities negotiation, execute/arguments/id, return/error, events with timestamps), a command table
  * with argument specifications checked before any command runs, and a thread-safe event queue. The monitor runs
  * a poll loop on the thread that calls ferry__monitor_run(). It holds no migration logic: commands are functions
- * registered by the host runtime.
+ * registered by the host runtime. The same loop serves HMP, the human monitor (hmp.c): line-based text clients on
+ * stdio or on UNIX sockets whose commands are translated into the very QMP commands of the table.
  */
 #ifndef FERRY_MONITOR_INT_H
 #define FERRY_MONITOR_INT_H
@@ -29,8 +30,21 @@ bool ferry__monitor_add_qmp(FerryMonitor *mon, const char *spec, FerryError **er
  * reject a bad -qmp at option time, long before it opens its sockets. */
 bool ferry__monitor_parse_qmp_spec(const char *spec, char **path, FerryError **errp);
 
-/* Register a command. Fails on a duplicate name. qmp_capabilities, query-commands and query-version are built
- * in. */
+/* HMP: "stdio" or "unix:PATH,server=on,wait=off" (the -qmp spelling, checked by the same parser). On success
+ * *path is the socket path, or NULL for stdio (caller frees). Binds nothing. */
+bool ferry__monitor_parse_hmp_spec(const char *spec, char **path, FerryError **errp);
+/* Add a human monitor: on stdio (fds 0 and 1, at most once) or on a UNIX socket. Binds now. */
+bool ferry__monitor_add_hmp(FerryMonitor *mon, const char *spec, FerryError **errp);
+
+/*
+ * For a command function running on behalf of a client: take the most recent fd that client sent as SCM_RIGHTS
+ * ancillary data and has not been consumed yet (QEMU's qemu_chr_fe_get_msgfd). The caller owns it. -1 if there
+ * is none (no client, i.e. a direct dispatch, or no fd sent). Monitor thread only.
+ */
+int ferry__monitor_take_fd(FerryMonitor *mon);
+
+/* Register a command. Fails on a duplicate name. qmp_capabilities, query-commands, query-version, getfd and
+ * closefd are built in. */
 bool ferry__monitor_register(FerryMonitor *mon, const char *name, const FerryArgSpec *args, FerryCommandFn fn,
                              void *opaque, FerryError **errp);
 
@@ -39,6 +53,21 @@ bool ferry__monitor_register(FerryMonitor *mon, const char *name, const FerryArg
  * (new reference). Used by the unit tests and by the socket code alike.
  */
 json_t *ferry__monitor_dispatch(FerryMonitor *mon, json_t *request);
+
+/*
+ * HMP, without sockets (hmp.c), so that unit tests drive it directly. Run one command line and return what the
+ * human sees (new string, without the prompt). *wait_migration is set when the line was a "migrate" without -d
+ * that started: the monitor then prints nothing more until ferry__hmp_migration_done() says the migration ended.
+ */
+char *ferry__hmp_handle_line(FerryMonitor *mon, const char *line, bool *wait_migration);
+/* Whether the outgoing migration has ended; if so *out is what to print (its error, or ""), caller frees. */
+bool ferry__hmp_migration_done(FerryMonitor *mon, char **out);
+/* Human forms of query-migrate, query-migrate-parameters, query-migrate-capabilities and query-status replies
+ * (QEMU's "info" layout). New strings. */
+char *ferry__hmp_format_migrate(json_t *info);
+char *ferry__hmp_format_params(json_t *params);
+char *ferry__hmp_format_caps(json_t *caps);
+char *ferry__hmp_format_status(json_t *status);
 
 /* The greeting line's object, {"QMP": {"version": ..., "capabilities": []}}. New reference. */
 json_t *ferry__monitor_greeting(void);

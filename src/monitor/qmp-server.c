@@ -1,6 +1,8 @@
 /*
  * The QMP socket server: UNIX listeners, one poll loop on the thread that calls ferry__monitor_run(), per-client
- * input framing and output buffering, the greeting, and the thread-safe event queue. Input is a stream of JSON
+ * input framing and output buffering, the greeting, fds received as SCM_RIGHTS ancillary data (kept with their
+ * client until a command such as getfd takes them), and the thread-safe event queue. The same loop carries the
+ * human monitor's clients (stdio and HMP sockets): for those it only frames lines, hmp.c says what they mean. Input is a stream of JSON
  * values with no required separator; it is parsed incrementally with jansson (JSON_DISABLE_EOF_CHECK gives the
  * number of bytes a value used). Every socket is non-blocking and every client has its own output buffer, so a
  * slow or vanished client never stalls the loop or the other clients. What a request means is dispatch.c's job.
@@ -26,9 +28,19 @@
 #define MON_READ_CHUNK 65536
 /* How long the loop keeps flushing replies and the last events once quit has been requested. */
 #define MON_QUIT_FLUSH_MS 2000
+/* How often a human monitor waiting for "migrate" (without -d) to end looks at the migration's status. */
+#define MON_HMP_WAIT_POLL_MS 50
+/* The most fds one message can carry on Linux (SCM_MAX_FD). */
+#define MON_MAX_MSG_FDS 253
 
 struct MonClient {
-    int fd;
+    int fd;         /* input, and output too unless out_fd differs (stdio) */
+    int out_fd;
+    bool hmp;       /* a human monitor client: lines in, text out, no events */
+    bool is_stdio;  /* fds 0 and 1: never closed by the monitor */
+    bool wait_mig;  /* HMP "migrate" without -d runs: input waits, nothing is printed until it ends */
+    int *fds;       /* fds received with the client's last message that carried any, not yet taken */
+    size_t nfds;
     bool negotiated;
     bool closing;   /* no more input is read; the client is closed once its output is flushed */
     bool dead;      /* close at the end of this loop iteration */
@@ -60,9 +72,21 @@ FerryMonitor *ferry__monitor_new(void)
     return mon;
 }
 
+static void client_close_fds(MonClient *c)
+{
+    for (size_t i = 0; i < c->nfds; i++) {
+        close(c->fds[i]);
+    }
+    free(c->fds);
+    c->fds = NULL;
+    c->nfds = 0;
+}
+
 static void client_free(MonClient *c)
 {
-    if (c->fd >= 0) {
+    /* fds a client sent and no command took are ours to close. */
+    client_close_fds(c);
+    if (c->fd >= 0 && !c->is_stdio) {
         close(c->fd);
     }
     free(c->in);
@@ -203,12 +227,64 @@ fail:
     return false;
 }
 
+bool ferry__monitor_parse_hmp_spec(const char *spec, char **path_out, FerryError **errp)
+{
+    if (path_out) {
+        *path_out = NULL;
+    }
+    if (!strcmp(spec, "stdio")) {
+        return true;
+    }
+    if (strncmp(spec, "unix:", 5) != 0) {
+        ferry_error_setg(errp, "-monitor '%s': only stdio and unix:PATH,server=on,wait=off are supported", spec);
+        return false;
+    }
+    /* The same option syntax as -qmp, so the same parser; its messages say "-qmp", ours "-monitor". */
+    FerryError *err = NULL;
+    if (!ferry__monitor_parse_qmp_spec(spec, path_out, &err)) {
+        const char *msg = ferry_error_msg(err);
+        ferry_error_setg(errp, "-monitor%s", strncmp(msg, "-qmp", 4) == 0 ? msg + 4 : msg);
+        ferry_error_free(err);
+        return false;
+    }
+    return true;
+}
+
+static bool add_listener(FerryMonitor *mon, char *path, bool hmp, FerryError **errp) __attribute__((nonnull(2)));
+static MonClient *client_new(FerryMonitor *mon, int fd, bool hmp);
+
 bool ferry__monitor_add_qmp(FerryMonitor *mon, const char *spec, FerryError **errp)
 {
     char *path = NULL;
     if (!ferry__monitor_parse_qmp_spec(spec, &path, errp)) {
         return false;
     }
+    return add_listener(mon, path, false, errp);
+}
+
+bool ferry__monitor_add_hmp(FerryMonitor *mon, const char *spec, FerryError **errp)
+{
+    char *path = NULL;
+    if (!ferry__monitor_parse_hmp_spec(spec, &path, errp)) {
+        return false;
+    }
+    if (path) {
+        return add_listener(mon, path, true, errp);
+    }
+    if (mon->hmp_stdio) {
+        ferry_error_setg(errp, "-monitor stdio: only one monitor can use stdio");
+        return false;
+    }
+    mon->hmp_stdio = true;
+    MonClient *c = client_new(mon, STDIN_FILENO, true);
+    c->out_fd = STDOUT_FILENO;
+    c->is_stdio = true;
+    return true;
+}
+
+/* Bind and listen on @path (taken) for QMP or HMP clients. */
+static bool add_listener(FerryMonitor *mon, char *path, bool hmp, FerryError **errp)
+{
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     memcpy(sa.sun_path, path, strlen(path) + 1);
 
@@ -241,7 +317,7 @@ bool ferry__monitor_add_qmp(FerryMonitor *mon, const char *spec, FerryError **er
         goto fail;
     }
     mon->listeners = ferry__xrealloc(mon->listeners, (mon->nlisteners + 1) * sizeof(*mon->listeners));
-    mon->listeners[mon->nlisteners++] = (MonListener){ .fd = fd, .path = path, .dev = st.st_dev,
+    mon->listeners[mon->nlisteners++] = (MonListener){ .fd = fd, .hmp = hmp, .path = path, .dev = st.st_dev,
                                                        .ino = st.st_ino };
     return true;
 
@@ -302,12 +378,24 @@ static void client_queue_json(MonClient *c, json_t *msg)
     free(line);
 }
 
-/* Write what the socket takes now; never blocks. */
+/* Write what the socket takes now; never blocks, except on stdout (see below). */
 static void client_flush(MonClient *c)
 {
     size_t done = 0;
     while (!c->dead && done < c->out_len) {
-        ssize_t n = send(c->fd, c->out + done, c->out_len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n;
+        if (c->is_stdio) {
+            /* stdout is not ours to make non-blocking (it is shared with the parent's terminal or pipe), and a
+             * human reads what the monitor prints: write it out, waiting if the pipe is full. */
+            n = write(c->out_fd, c->out + done, c->out_len - done);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                struct pollfd pfd = { .fd = c->out_fd, .events = POLLOUT };
+                poll(&pfd, 1, 1000);
+                continue;
+            }
+        } else {
+            n = send(c->fd, c->out + done, c->out_len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
@@ -378,7 +466,9 @@ static void client_process_input(FerryMonitor *mon, MonClient *c)
                 break;
             }
             pos += used;
+            mon->cur_client = c;
             json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
+            mon->cur_client = NULL;
             json_decref(req);
             client_queue_json(c, reply);
             json_decref(reply);
@@ -414,13 +504,95 @@ static void client_process_input(FerryMonitor *mon, MonClient *c)
     }
 }
 
+/* Run every complete line of a human monitor client, unless a migration it started is still running. */
+static void client_process_hmp(FerryMonitor *mon, MonClient *c)
+{
+    size_t pos = 0;
+    while (!c->dead && !c->wait_mig) {
+        char *nl = memchr(c->in + pos, '\n', c->in_len - pos);
+        if (!nl) {
+            break;
+        }
+        char *line = ferry__xstrndup(c->in + pos, (size_t)(nl - (c->in + pos)));
+        pos = (size_t)(nl - c->in) + 1;
+        char *out = ferry__hmp_handle_line(mon, line, &c->wait_mig);
+        free(line);
+        client_queue(c, out, strlen(out));
+        free(out);
+        if (!c->wait_mig) {
+            client_queue(c, FERRY_HMP_PROMPT, strlen(FERRY_HMP_PROMPT));
+        }
+    }
+    if (pos) {
+        memmove(c->in, c->in + pos, c->in_len - pos);
+        c->in_len -= pos;
+    }
+    if (c->in_len > FERRY_MONITOR_MAX_INPUT && !c->dead) {
+        static const char msg[] = "Error: input line too long; closing\n";
+        client_queue(c, msg, strlen(msg));
+        c->closing = true;
+        c->in_len = 0;
+    }
+}
+
+/* Keep the fds of one received message. As QEMU's socket chardev does, fds an earlier message brought and no
+ * command took are closed: a client gives an fd right before the command that uses it. */
+static void client_take_msg_fds(MonClient *c, struct msghdr *msg)
+{
+    if (msg->msg_flags & MSG_CTRUNC) {
+        ferry__log(FERRY_LOG_WARN, "monitor: a QMP client sent more than %d fds in one message; the excess was "
+                   "dropped by the kernel", MON_MAX_MSG_FDS);
+    }
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
+            continue;
+        }
+        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        if (n == 0) {
+            continue;
+        }
+        client_close_fds(c);
+        c->fds = ferry__xcalloc(n, sizeof(int));
+        memcpy(c->fds, CMSG_DATA(cm), n * sizeof(int));
+        c->nfds = n;
+    }
+}
+
+int ferry__monitor_take_fd(FerryMonitor *mon)
+{
+    MonClient *c = mon->cur_client;
+    if (!c || c->nfds == 0) {
+        return -1;
+    }
+    /* The most recent fd is the one a getfd means; any others that came with it are not wanted by anybody. */
+    int fd = c->fds[--c->nfds];
+    client_close_fds(c);
+    return fd;
+}
+
 static void client_read(FerryMonitor *mon, MonClient *c)
 {
     if (c->in_cap - c->in_len < MON_READ_CHUNK) {
         c->in_cap = c->in_len + MON_READ_CHUNK;
         c->in = ferry__xrealloc(c->in, c->in_cap);
     }
-    ssize_t n = recv(c->fd, c->in + c->in_len, MON_READ_CHUNK, MSG_DONTWAIT);
+    ssize_t n;
+    if (c->is_stdio) {
+        n = read(c->fd, c->in + c->in_len, MON_READ_CHUNK);
+    } else {
+        union {
+            char buf[CMSG_SPACE(MON_MAX_MSG_FDS * sizeof(int))];
+            struct cmsghdr align;
+        } ctrl;
+        struct iovec iov = { .iov_base = c->in + c->in_len, .iov_len = MON_READ_CHUNK };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.buf,
+                              .msg_controllen = sizeof(ctrl.buf) };
+        /* MSG_CMSG_CLOEXEC: a received fd must not leak into a child (an exec: migration) before it is used. */
+        n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n >= 0) {
+            client_take_msg_fds(c, &msg);
+        }
+    }
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             ferry__log(FERRY_LOG_DEBUG, "monitor: QMP client read: %s", strerror(errno));
@@ -437,7 +609,31 @@ static void client_read(FerryMonitor *mon, MonClient *c)
         return;
     }
     c->in_len += (size_t)n;
-    client_process_input(mon, c);
+    if (c->hmp) {
+        client_process_hmp(mon, c);
+    } else {
+        client_process_input(mon, c);
+    }
+}
+
+static MonClient *client_new(FerryMonitor *mon, int fd, bool hmp)
+{
+    MonClient *c = ferry__xcalloc(1, sizeof(*c));
+    c->fd = c->out_fd = fd;
+    c->hmp = hmp;
+    if (hmp) {
+        char *banner = ferry__hmp_banner();
+        client_queue(c, banner, strlen(banner));
+        free(banner);
+        client_queue(c, FERRY_HMP_PROMPT, strlen(FERRY_HMP_PROMPT));
+    } else {
+        json_t *greeting = ferry__monitor_greeting();
+        client_queue_json(c, greeting);
+        json_decref(greeting);
+    }
+    c->next = mon->clients;
+    mon->clients = c;
+    return c;
 }
 
 static void accept_clients(FerryMonitor *mon, MonListener *l)
@@ -454,13 +650,7 @@ static void accept_clients(FerryMonitor *mon, MonListener *l)
             }
             return;
         }
-        MonClient *c = ferry__xcalloc(1, sizeof(*c));
-        c->fd = fd;
-        json_t *greeting = ferry__monitor_greeting();
-        client_queue_json(c, greeting);
-        json_decref(greeting);
-        c->next = mon->clients;
-        mon->clients = c;
+        client_new(mon, fd, l->hmp);
     }
 }
 
@@ -499,7 +689,7 @@ static void deliver_events(FerryMonitor *mon)
         MonEvent *ev = list;
         list = ev->next;
         for (MonClient *c = mon->clients; c; c = c->next) {
-            if (c->negotiated && !c->closing) {
+            if (c->negotiated && !c->closing && !c->hmp) {
                 client_queue(c, ev->line, ev->len);
             }
         }
@@ -586,8 +776,10 @@ int ferry__monitor_run(FerryMonitor *mon)
         }
 
         size_t nclients = 0;
+        bool hmp_waiting = false;
         for (MonClient *c = mon->clients; c; c = c->next) {
             nclients++;
+            hmp_waiting |= c->wait_mig;
         }
         size_t n = 1 + mon->nwatches + mon->nlisteners + nclients;
         if (n > cap) {
@@ -606,14 +798,16 @@ int ferry__monitor_run(FerryMonitor *mon)
         size_t first_client = k;
         for (MonClient *c = mon->clients; c; c = c->next) {
             short ev = c->closing ? 0 : POLLIN;
-            if (c->out_len) {
+            if (c->out_len && !c->is_stdio) {
                 ev |= POLLOUT;
             }
             pclients[k] = c;
             pfds[k++] = (struct pollfd){ .fd = c->fd, .events = ev };
         }
 
-        if (poll(pfds, k, -1) < 0) {
+        /* A human monitor waiting for its migration has nothing to wake it when the migration ends (events are
+         * optional), so the loop then looks at the status now and then. */
+        if (poll(pfds, k, hmp_waiting ? MON_HMP_WAIT_POLL_MS : -1) < 0) {
             if (errno == EINTR) {
                 continue;
             }
@@ -651,6 +845,18 @@ int ferry__monitor_run(FerryMonitor *mon)
             }
             if (re & POLLOUT) {
                 client_flush(c);
+            }
+        }
+        if (hmp_waiting) {
+            for (MonClient *c = mon->clients; c; c = c->next) {
+                char *out = NULL;
+                if (c->wait_mig && !c->dead && ferry__hmp_migration_done(mon, &out)) {
+                    c->wait_mig = false;
+                    client_queue(c, out, strlen(out));
+                    client_queue(c, FERRY_HMP_PROMPT, strlen(FERRY_HMP_PROMPT));
+                    free(out);
+                    client_process_hmp(mon, c);
+                }
             }
         }
     }

@@ -50,4 +50,13 @@ bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryEr
  * case-insensitive); no suffix means bytes. */
 bool ferry__parse_size(const char *s, const char *what, uint64_t *out, FerryError **errp);
 
+/*
+ * keyval.c: QEMU's keyval syntax ("a=1,b.c=x,d.0=p,d.1=q") into a new JSON object whose leaves are strings
+ * ({"a":"1","b":{"c":"x"},"d":["p","q"]}). ",," is a comma inside a value; dotted keys build objects; objects whose
+ * keys are all indices become lists (0..n-1, no gaps); repeated keys, empty keys, keys without '=' and a key used
+ * both as a value and as an object are errors naming the key and its offset. "" gives {}. NULL on error.
+ */
+typedef struct json_t json_t;
+json_t *ferry__keyval_parse(const char *s, FerryError **errp);
+
 #endif

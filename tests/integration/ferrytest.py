@@ -1,5 +1,6 @@
-"""Helpers for ferry's integration tests: a QMP client, a ferry-workload process wrapper and small utilities
-(free ports, polling with deadlines, sanitizer report detection).
+"""Helpers for ferry's integration tests: a QMP client (with fd passing for getfd), an HMP client (over a pipe or
+a UNIX socket), a ferry-workload process wrapper and small utilities (free ports, polling with deadlines,
+sanitizer report detection, open-fd counts).
 
 This module starts and talks to real processes; it contains no test itself and no knowledge of the engine's
 internals beyond the QMP commands it documents. It uses the standard library only (tests run with Debian's
@@ -94,10 +95,30 @@ def _listening_tcp(port):
     return False
 
 
+def _listening_abstract(name):
+    """Whether a listening abstract UNIX socket named @name exists (/proc/net/unix shows it as "@name"; flag
+    00010000 is __SO_ACCEPTCON, i.e. listening)."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == "@" + name and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
+def open_fds(pid):
+    """The number of fds process @pid has open, from /proc/PID/fd."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def wait_listening(uri, timeout=START_TIMEOUT):
     """Wait until a destination listens on @uri without connecting to it (a destination accepts exactly one
     connection, so a probe would be taken for the migration)."""
-    if uri.startswith("unix:"):
+    if uri.startswith("unix:@"):
+        name = uri[len("unix:@"):]
+        wait_until(lambda: _listening_abstract(name), timeout, f"abstract UNIX socket @{name}")
+    elif uri.startswith("unix:"):
         path = uri[len("unix:"):]
         wait_until(lambda: os.path.exists(path), timeout, f"UNIX socket {path}")
     elif uri.startswith("tcp:"):
@@ -188,19 +209,26 @@ class QMP:
         self.sock.sendall(data)
         return self._read_reply(timeout)
 
-    def request(self, obj, timeout=None):
-        """Send a request object and return the whole reply object."""
-        return self.send_raw(json.dumps(obj).encode() + b"\n", timeout)
+    def request(self, obj, timeout=None, fds=()):
+        """Send a request object and return the whole reply object. @fds travel with it as SCM_RIGHTS ancillary
+        data (QMP getfd's convention: the fds arrive with the request that consumes them)."""
+        data = json.dumps(obj).encode() + b"\n"
+        if not fds:
+            return self.send_raw(data, timeout)
+        sent = socket.send_fds(self.sock, [data], list(fds))
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+        return self._read_reply(timeout)
 
-    def cmd(self, name, args=None, timeout=None, **kwargs):
-        """Execute @name; keyword arguments have '_' turned into '-' (exit_on_error -> exit-on-error). Returns
-        the "return" member or raises QMPError."""
+    def cmd(self, name, args=None, timeout=None, fds=(), **kwargs):
+        """Execute @name; keyword arguments have '_' turned into '-' (exit_on_error -> exit-on-error). @fds are
+        sent with the request (SCM_RIGHTS). Returns the "return" member or raises QMPError."""
         arguments = dict(args or {})
         arguments.update({k.replace("_", "-"): v for k, v in kwargs.items()})
         req = {"execute": name}
         if arguments:
             req["arguments"] = arguments
-        reply = self.request(req, timeout)
+        reply = self.request(req, timeout, fds)
         if "error" in reply:
             err = reply["error"]
             raise QMPError(err.get("class"), err.get("desc"), reply)
@@ -240,7 +268,7 @@ class Workload:
     """A ferry-workload process with its QMP socket. Use through the `workload` fixture, which always kills and
     reaps it and checks its stderr for sanitizer reports."""
 
-    def __init__(self, tmpdir, name, args, qmp=True, env=None):
+    def __init__(self, tmpdir, name, args, qmp=True, env=None, pass_fds=(), hmp_stdio=False):
         self.name = name
         self.tmpdir = tmpdir
         self.qmp_path = os.path.join(tmpdir, f"{name}.qmp")
@@ -252,18 +280,25 @@ class Workload:
         self.argv += [str(a) for a in args]
         self.expect_crash = False   # set when the test kills the process on purpose
         self.qmp = None
+        self.hmp = None
+        if hmp_stdio:
+            self.argv += ["-monitor", "stdio"]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         env=env, start_new_session=True)
-        if qmp:
-            try:
+            # With -monitor stdio the test is the terminal: the monitor's stdin and stdout are pipes to it.
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if hmp_stdio else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE if hmp_stdio else out, stderr=err, env=env,
+                                         pass_fds=tuple(pass_fds), start_new_session=True)
+        try:
+            if hmp_stdio:
+                self.hmp = HMP.over_pipe(self.proc.stdin, self.proc.stdout, self.name)
+            if qmp:
                 self._connect()
-            except BaseException:
-                # Nobody else holds this process yet: do not leave it behind.
-                if self.alive():
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-                raise
+        except BaseException:
+            # Nobody else holds this process yet: do not leave it behind.
+            if self.alive():
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise
 
     def __repr__(self):
         return f"<Workload {self.name} pid {self.proc.pid}>"
@@ -331,6 +366,8 @@ class Workload:
         self.proc.wait(10)
         if self.qmp is not None:
             self.qmp.close()
+        if self.hmp is not None:
+            self.hmp.close()
         return complaint
 
     # --- QMP shortcuts --------------------------------------------------------------------------------------
@@ -367,8 +404,21 @@ class Workload:
     def enable_events(self):
         return self.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
 
-    def migrate(self, uri):
-        return self.cmd("migrate", uri=uri)
+    def migrate(self, uri=None, channels=None):
+        """migrate with exactly what is given: a URI, a channels list, or both/neither for error tests."""
+        args = {}
+        if uri is not None:
+            args["uri"] = uri
+        if channels is not None:
+            args["channels"] = channels
+        return self.cmd("migrate", args)
+
+    def getfd(self, fdname, fd):
+        """QMP getfd: hand @fd (which the test keeps and may close afterwards) to the process as @fdname."""
+        return self.qmp.cmd("getfd", {"fdname": fdname}, fds=[fd])
+
+    def open_fds(self):
+        return open_fds(self.proc.pid)
 
     def wait_migration(self, statuses=("completed", "failed", "cancelled"), timeout=MIGRATION_TIMEOUT):
         """Poll query-migrate until its status is one of @statuses; returns the whole reply."""
@@ -402,3 +452,112 @@ class Workload:
         assert check["mismatches"] == 0, check
         assert check["pages"] > 0, check
         return check
+
+
+class HMPError(Exception):
+    pass
+
+
+class HMP:
+    """A human monitor client: writes a command line, returns the text printed before the next "(ferry) "
+    prompt. Works over the pipes of -monitor stdio or a -monitor unix: socket."""
+
+    PROMPT = b"(ferry) "
+
+    def __init__(self, write, read_some, close, name, timeout=30.0):
+        self._write = write
+        self._read_some = read_some  # (timeout) -> bytes, b"" at end of file
+        self._close = close
+        self.name = name
+        self.timeout = timeout
+        self._buf = b""
+        self.banner = self._until_prompt(timeout)
+
+    @classmethod
+    def over_pipe(cls, stdin, stdout, name, timeout=30.0):
+        fd = stdout.fileno()
+
+        def read_some(left):
+            ready, _, _ = select.select([fd], [], [], left)
+            return os.read(fd, 65536) if ready else None
+
+        def write(data):
+            stdin.write(data)
+            stdin.flush()
+
+        def close():
+            for f in (stdin, stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        # The process may not have started its monitor yet: the banner and prompt arrive when it has.
+        return cls(write, read_some, close, name, timeout)
+
+    @classmethod
+    def over_unix(cls, path, timeout=30.0):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+
+        def read_some(left):
+            ready, _, _ = select.select([sock], [], [], left)
+            return sock.recv(65536) if ready else None
+
+        return cls(sock.sendall, read_some, sock.close, path, timeout)
+
+    def _until_prompt(self, timeout):
+        deadline = time.monotonic() + timeout
+        while self.PROMPT not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"HMP {self.name}: no prompt within {timeout:.0f} s; got {self._buf!r}")
+            chunk = self._read_some(left)
+            if chunk is None:
+                continue
+            if chunk == b"":
+                raise HMPError(f"HMP {self.name}: end of output before the prompt; got {self._buf!r}")
+            self._buf += chunk
+        text, self._buf = self._buf.split(self.PROMPT, 1)
+        return text.decode(errors="replace")
+
+    def cmd(self, line, timeout=None):
+        """Run one command line; returns its output (without the prompt), with carriage returns removed."""
+        self._write(line.encode() + b"\n")
+        out = self._until_prompt(self.timeout if timeout is None else timeout)
+        return out.replace("\r", "")
+
+    def close(self):
+        self._close()
+
+
+class WorkloadSet:
+    """Starts Workloads with every option of Workload (fd inheritance, HMP on stdio), and at close() stops and
+    reaps them all, returning the problems found (sanitizer reports, deaths by a signal the test did not send,
+    a process that ignored quit). The conftest `workload` fixture does the same for plain workloads."""
+
+    def __init__(self, tmpdir):
+        self.tmpdir = tmpdir
+        self.started = []
+
+    def start(self, name, *args, **kwargs):
+        w = Workload(self.tmpdir, name, args, **kwargs)
+        self.started.append(w)
+        return w
+
+    def close(self):
+        problems = []
+        for w in self.started:
+            expected_kill = w.expect_crash
+            try:
+                complaint = w.stop_process()
+                if complaint:
+                    problems.append(complaint)
+            except Exception as e:  # keep going: every process must be reaped
+                problems.append(f"{w.name}: could not stop: {e}")
+            report = sanitizer_report(w.stderr())
+            if report:
+                problems.append(f"{w.name}: sanitizer report: {report}\n--- stderr ---\n{w.stderr()[-6000:]}")
+            rc = w.proc.returncode
+            if rc is not None and rc < 0 and not expected_kill:
+                problems.append(f"{w.name}: died by signal {-rc}; stderr:\n{w.stderr()[-4000:]}")
+        return problems

@@ -5,6 +5,7 @@
  * and the failure rules: a block mismatch is refused by the destination and reported to the source, which keeps
  * its state; a section that fails to load leaves the destination not running; cancel leaves the source running.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 #include <cmocka.h>
 
 #include "ferry/ferry.h"
+#include "channel/channel.h"
 #include "migration/migration.h"
 #include "ram/ram.h"
 #include "util/util.h"
@@ -409,6 +411,58 @@ static void test_cancel_while_connecting(void **state)
     close(lfd);
 }
 
+/*
+ * A channel without a return path: the stream goes through a pipe handed to both engines as named fds
+ * ("fd:NAME"). The source completes once the stream is written (no ACK can come back), the destination checks
+ * the stream on its own. A second run with a destination whose RAM differs shows that the destination refuses on
+ * its own; the source cannot be told why, but the closed pipe fails it and it keeps running.
+ */
+static void run_one_way(uint64_t dst_size, bool expect_ok)
+{
+    Side src, dst;
+    side_init(&src, 4 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, dst_size, FERRY_TRACKER_AUTO);
+    memset(ferry_ram_block_host(src.blk[0]), 0x42, 4 << 20);
+    src.dev.counter = 7;
+    ferry__runstate_init(dst.m, false, true);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    /* A pipe holds 64 KiB: the two ends must run at the same time, as they do. */
+    assert_true(ferry__fdstore_add("oneway-in", p[0], NULL));
+    assert_true(ferry__fdstore_add("oneway-out", p[1], NULL));
+    FerryMigrationAddress *in = addr_of("fd:oneway-in"), *out = addr_of("fd:oneway-out");
+    assert_true(ferry__migrate_incoming(dst.m, in, false, NULL));
+    assert_true(ferry__migrate(src.m, out, NULL));
+    const char *st = wait_terminal(src.m, 30000);
+    if (strcmp(st, expect_ok ? "completed" : "failed") != 0) {
+        fail_msg("source status %s: %s", st, error_desc(src.m));
+    }
+    assert_string_equal(wait_terminal(dst.m, 30000), expect_ok ? "completed" : "failed");
+    if (expect_ok) {
+        assert_memory_equal(ferry_ram_block_host(src.blk[0]), ferry_ram_block_host(dst.blk[0]), 4 << 20);
+        assert_true(dst.dev.counter == 7);
+        assert_int_equal(ferry__runstate_get(dst.m), FERRY_RUN_RUNNING);
+    } else {
+        char *e = error_desc(dst.m);
+        assert_non_null(strstr(e, "size mismatch"));
+        free(e);
+        assert_int_equal(ferry__runstate_get(dst.m), FERRY_RUN_INMIGRATE);
+        assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+    }
+    ferry__address_free(in);
+    ferry__address_free(out);
+    side_free(&src);
+    side_free(&dst);
+}
+
+static void test_one_way(void **state)
+{
+    run_one_way(4 << 20, true);
+    run_one_way(8 << 20, false);
+}
+
 static void test_params(void **state)
 {
     FerryMigration *m = ferry__migration_new();
@@ -452,6 +506,41 @@ static void test_params(void **state)
     assert_int_equal(json_integer_value(json_object_get(q, "downtime-limit")), 50);
     json_decref(q);
 
+    /* The string form (-incoming config:, HMP): converted by type, then the same checks. */
+    json_t *kv = json_pack("{s:s, s:s}", "max-bandwidth", "1G", "downtime-limit", "123");
+    json_t *typed = NULL;
+    assert_true(ferry__migration_params_check_keyval(kv, &typed, NULL));
+    assert_int_equal(json_integer_value(json_object_get(typed, "max-bandwidth")), 1 << 30);
+    assert_int_equal(json_integer_value(json_object_get(typed, "downtime-limit")), 123);
+    assert_true(ferry__migration_set_params(m, typed, NULL));
+    json_decref(typed);
+    json_decref(kv);
+    static const struct {
+        const char *json;
+        const char *error;
+    } bad_kv[] = {
+        { "{\"downtime-limit\": \"abc\"}", "downtime-limit" },
+        { "{\"downtime-limit\": \"1G\"}", "downtime-limit" },
+        { "{\"downtime-limit\": \"3000000\"}", "range of 0 to 2000000" },
+        { "{\"max-bandwidth\": \"99999999999999999999\"}", "max-bandwidth" },
+        { "{\"max-bandwidth\": {\"a\": \"1\"}}", "expects a single value" },
+        { "{\"nope\": \"1\"}", "Parameter 'nope' is unexpected" },
+        { "{\"multifd-channels\": \"4\"}", "not supported by ferry yet" },
+    };
+    for (size_t i = 0; i < sizeof(bad_kv) / sizeof(bad_kv[0]); i++) {
+        json_t *j = json_loads(bad_kv[i].json, 0, NULL);
+        assert_non_null(j);
+        typed = NULL;
+        assert_false(ferry__migration_params_check_keyval(j, &typed, &err));
+        assert_null(typed);
+        if (!strstr(ferry_error_msg(err), bad_kv[i].error)) {
+            fail_msg("%s: got '%s'", bad_kv[i].json, ferry_error_msg(err));
+        }
+        ferry_error_free(err);
+        err = NULL;
+        json_decref(j);
+    }
+
     json_t *caps = json_loads("[{\"capability\": \"events\", \"state\": true}]", 0, NULL);
     assert_true(ferry__migration_set_caps(m, caps, NULL));
     json_decref(caps);
@@ -477,6 +566,7 @@ int main(void)
         cmocka_unit_test(test_section_load_failure),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_cancel_while_connecting),
+        cmocka_unit_test(test_one_way),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -235,8 +235,8 @@ static void test_query_commands(void **state)
     json_t *reply = ferry__monitor_dispatch(mon, req);
     json_t *list = json_object_get(reply, "return");
     assert_true(json_is_array(list));
-    const char *want[] = { "qmp_capabilities", "query-version", "query-commands", "echo", "pass", "fail",
-                           "silent-null" };
+    const char *want[] = { "qmp_capabilities", "query-version", "query-commands", "getfd", "closefd", "echo",
+                           "pass", "fail", "silent-null" };
     assert_int_equal(json_array_size(list), sizeof(want) / sizeof(want[0]));
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         assert_string_equal(json_string_value(json_object_get(json_array_get(list, i), "name")), want[i]);

@@ -3,8 +3,11 @@
  * talk to it through real UNIX sockets as clients would: the greeting bytes, the socket mode, the negotiation rule,
  * several clients, events reaching only negotiated clients, requests split across writes and several in one write,
  * a character cut in two, garbage followed by a valid request, the input cap, a client that never reads, clients
- * that vanish, and quit. Every read has a timeout so that a bug fails the test instead of hanging it.
+ * that vanish, and quit; getfd/closefd with fds passed as SCM_RIGHTS, counting the process's open fds so that an
+ * fd nobody took cannot leak; the human monitor on a socket. Every read has a timeout so that a bug fails the
+ * test instead of hanging it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -23,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "channel/channel.h"
 #include "monitor/monitor.h"
 
 #define READ_TIMEOUT_MS 5000
@@ -484,6 +488,193 @@ static void test_stale_socket_replaced(void **state)
     ferry__monitor_free(mon);
 }
 
+/* Open fds of this process (the monitor runs on a thread of it, so its fds count too). */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        n += e->d_name[0] != '.';
+    }
+    closedir(d);
+    return n - 1; /* the directory's own fd */
+}
+
+/* Send @text with @nfds fds attached as SCM_RIGHTS. */
+static void client_send_fds(Client *c, const char *text, const int *fds, size_t nfds)
+{
+    union {
+        char buf[CMSG_SPACE(8 * sizeof(int))];
+        struct cmsghdr align;
+    } ctrl;
+    struct iovec iov = { .iov_base = (void *)text, .iov_len = strlen(text) };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    assert_true(nfds > 0 && nfds <= 8);
+    msg.msg_control = ctrl.buf;
+    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+    assert_int_equal(sendmsg(c->fd, &msg, MSG_NOSIGNAL), (ssize_t)strlen(text));
+}
+
+static bool same_file(int a, int b)
+{
+    struct stat sa, sb;
+    assert_int_equal(fstat(a, &sa), 0);
+    assert_int_equal(fstat(b, &sb), 0);
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static void test_getfd(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *c = connect_negotiated(&s);
+    int base = count_fds();
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+
+    /* Without an fd. */
+    client_send(c, "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"a\"}}");
+    expect_msg(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"No file descriptor supplied via "
+                  "SCM_RIGHTS\"}}");
+
+    /* A name starting with a digit: the fd is consumed and closed all the same (QEMU's order). */
+    client_send_fds(c, "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"1x\"}}", &p[0], 1);
+    expect_msg(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"Parameter 'fdname' expects a name not "
+                  "starting with a digit\"}}");
+    assert_int_equal(count_fds(), base + 2);
+
+    /* The good case: the store holds the very file we sent. */
+    client_send_fds(c, "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"mig\"}, \"id\": 1}", &p[0], 1);
+    expect_msg(c, "{\"return\": {}, \"id\": 1}");
+    assert_int_equal(count_fds(), base + 3);
+    int got = ferry__fdstore_take("mig");
+    assert_true(got >= 0);
+    assert_true(same_file(got, p[0]));
+    assert_true(ferry__fdstore_add("mig", got, NULL));
+
+    /* closefd closes it; a second closefd names the missing fd. */
+    client_send(c, "{\"execute\": \"closefd\", \"arguments\": {\"fdname\": \"mig\"}}");
+    expect_msg(c, "{\"return\": {}}");
+    assert_int_equal(count_fds(), base + 2);
+    client_send(c, "{\"execute\": \"closefd\", \"arguments\": {\"fdname\": \"mig\"}}");
+    expect_error_desc_prefix(c, "GenericError", "File descriptor named 'mig' not found");
+
+    /* fds sent with a command that does not take them stay with the client until the next fds replace them
+     * (then they are closed), and the last ones are closed when the client goes away. */
+    int two[2] = { p[0], p[1] };
+    client_send_fds(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"x\"}}", two, 2);
+    expect_msg(c, "{\"return\": {\"s\": \"x\"}}");
+    assert_int_equal(count_fds(), base + 4);
+    client_send_fds(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"y\"}}", &p[1], 1);
+    expect_msg(c, "{\"return\": {\"s\": \"y\"}}");
+    assert_int_equal(count_fds(), base + 3);
+    /* A getfd takes the most recent fd: p[1]. */
+    client_send(c, "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"w\"}}");
+    expect_msg(c, "{\"return\": {}}");
+    got = ferry__fdstore_take("w");
+    assert_true(same_file(got, p[1]));
+    close(got);
+    assert_int_equal(count_fds(), base + 2);
+    client_send_fds(c, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"z\"}}", two, 2);
+    expect_msg(c, "{\"return\": {\"s\": \"z\"}}");
+    assert_int_equal(count_fds(), base + 4);
+    client_close(c);
+    /* The monitor notices the hang-up on its own thread: give it a moment. */
+    for (int i = 0; i < 500 && count_fds() != base; i++) {
+        usleep(10000);
+    }
+    /* base counted both ends of the client's connection, which are closed now, as are the fds it held. */
+    assert_int_equal(count_fds(), base);
+    close(p[0]);
+    close(p[1]);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+/* Read from @c until @want has appeared; returns everything read (caller frees). */
+static char *hmp_read_until(Client *c, const char *want)
+{
+    for (;;) {
+        char *hit = memmem(c->buf, c->len, want, strlen(want));
+        if (hit) {
+            size_t n = (size_t)(hit - c->buf) + strlen(want);
+            char *text = strndup(c->buf, n);
+            memmove(c->buf, c->buf + n, c->len - n);
+            c->len -= n;
+            return text;
+        }
+        struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+        if (poll(&pfd, 1, READ_TIMEOUT_MS) == 0) {
+            fail_msg("no '%s' from the human monitor within %d ms", want, READ_TIMEOUT_MS);
+        }
+        ssize_t n = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
+        if (n <= 0) {
+            fail_msg("the human monitor closed the connection");
+        }
+        c->len += (size_t)n;
+    }
+}
+
+static void test_hmp_socket(void **state)
+{
+    Server s;
+    server_start(&s);
+    char hpath[160], spec[200];
+    snprintf(hpath, sizeof(hpath), "%s/hmp.sock", s.dir);
+    snprintf(spec, sizeof(spec), "unix:%s,server=on,wait=off", hpath);
+    FerryError *err = NULL;
+    /* Adding a listener while the loop runs is not allowed, so use a second monitor for the HMP socket. */
+    FerryMonitor *mon = ferry__monitor_new();
+    if (!ferry__monitor_add_hmp(mon, spec, &err)) {
+        fail_msg("add_hmp: %s", ferry_error_msg(err));
+    }
+    Server h = { .mon = mon };
+    assert_int_equal(pthread_create(&h.thread, NULL, run_thread, &h), 0);
+
+    Client *c = calloc(1, sizeof(*c));
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    strcpy(sa.sun_path, hpath);
+    c->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char *text = hmp_read_until(c, "(ferry) ");
+    assert_string_equal(text, "ferry 0.1.0 monitor - type 'help' for more information\n(ferry) ");
+    free(text);
+
+    /* Two commands in one write, the second split across writes; each answer ends with a prompt. */
+    client_send(c, "nosuch\nhelp qu");
+    text = hmp_read_until(c, "(ferry) ");
+    assert_string_equal(text, "Error: unknown command: 'nosuch'\n(ferry) ");
+    free(text);
+    client_send(c, "it\r\n");
+    text = hmp_read_until(c, "(ferry) ");
+    assert_string_equal(text, "quit -- quit the program\n(ferry) ");
+    free(text);
+    /* A command the monitor's QMP table lacks gives the QMP error, in HMP's form. */
+    client_send(c, "info status\n");
+    text = hmp_read_until(c, "(ferry) ");
+    assert_string_equal(text, "Error: The command query-status has not been found\n(ferry) ");
+    free(text);
+    /* HMP clients get no QMP events. */
+    ferry__monitor_emit_event(mon, "EV", NULL);
+    client_send(c, "\n");
+    text = hmp_read_until(c, "(ferry) ");
+    assert_string_equal(text, "(ferry) ");
+    free(text);
+
+    client_close(c);
+    ferry__monitor_request_quit(mon, 0);
+    assert_int_equal(pthread_join(h.thread, NULL), 0);
+    ferry__monitor_free(mon);
+    assert_int_equal(access(hpath, F_OK), -1);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -494,6 +685,8 @@ int main(void)
         cmocka_unit_test(test_slow_client),
         cmocka_unit_test(test_quit),
         cmocka_unit_test(test_stale_socket_replaced),
+        cmocka_unit_test(test_getfd),
+        cmocka_unit_test(test_hmp_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

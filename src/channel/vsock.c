@@ -1,0 +1,90 @@
+/*
+ * The vsock transport (AF_VSOCK, between a VM and its host): turns a FerryVsockAddress (cid and port as decimal
+ * strings, as QAPI has them) into a connected channel or a listening socket. Whether a vsock transport is loaded
+ * (vhost-vsock, virtio-vsock, vsock-loopback) is found out when the socket is created or connected; the error then
+ * carries the kernel's reason. The byte-moving ops are socket.c's; the accept loop is channel.c's.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <linux/vm_sockets.h>
+
+#include "channel/channel-int.h"
+#include "util/util.h"
+
+static bool parse_u32(const char *s, const char *what, const char *uri, uint32_t *out, FerryError **errp)
+{
+    uint64_t v;
+    FerryError *err = NULL;
+    if (!s || !ferry__parse_uint64(s, what, &v, &err) || v > UINT32_MAX) {
+        ferry_error_setg(errp, "Invalid vsock %s '%s' in '%s': expected a decimal number up to %u", what,
+                         s ? s : "", uri, UINT32_MAX);
+        ferry_error_free(err);
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+static bool fill_sockaddr(struct sockaddr_vm *svm, const FerryVsockAddress *vs, const char *uri, FerryError **errp)
+{
+    memset(svm, 0, sizeof(*svm));
+    svm->svm_family = AF_VSOCK;
+    return parse_u32(vs->cid, "cid", uri, &svm->svm_cid, errp) &&
+           parse_u32(vs->port, "port", uri, &svm->svm_port, errp);
+}
+
+FerryChannel *ferry__vsock_connect(const FerryVsockAddress *vs, const char *uri, int cancel_fd, FerryError **errp)
+{
+    struct sockaddr_vm svm;
+    if (!fill_sockaddr(&svm, vs, uri, errp)) {
+        return NULL;
+    }
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to connect to '%s': cannot create a vsock socket", uri);
+        return NULL;
+    }
+    ferry__socket_tune(fd);
+    int err = ferry__socket_connect(fd, (struct sockaddr *)&svm, sizeof(svm), cancel_fd);
+    if (err) {
+        if (err == ECANCELED) {
+            ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
+        } else {
+            ferry_error_setg_errno(errp, err, "Failed to connect to '%s'", uri);
+        }
+        close(fd);
+        return NULL;
+    }
+    return ferry__socket_channel_new(fd, "vsock", uri);
+}
+
+bool ferry__vsock_listen(FerryListener *l, const FerryVsockAddress *vs, FerryError **errp)
+{
+    struct sockaddr_vm svm;
+    if (!fill_sockaddr(&svm, vs, l->uri, errp)) {
+        return false;
+    }
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s': cannot create a vsock socket", l->uri);
+        return false;
+    }
+    ferry__socket_tune(fd);
+    if (bind(fd, (struct sockaddr *)&svm, sizeof(svm)) < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s'", l->uri);
+        close(fd);
+        return false;
+    }
+    if (listen(fd, SOMAXCONN) < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to listen on '%s'", l->uri);
+        close(fd);
+        return false;
+    }
+    l->fd = fd;
+    return true;
+}
