@@ -1077,6 +1077,7 @@ bool ferry__channels_parse_main(json_t *channels, FerryMigrationAddress **main_o
         return false;
     }
     FerryMigrationChannel *seen[FERRY_CHANNEL_TYPE__MAX] = { NULL };
+    size_t seen_at[FERRY_CHANNEL_TYPE__MAX] = { 0 };
     bool ok = true;
     size_t i;
     json_t *item;
@@ -1091,6 +1092,7 @@ bool ferry__channels_parse_main(json_t *channels, FerryMigrationAddress **main_o
             ok = false;
         } else if (ok) {
             seen[ch->type] = ch;
+            seen_at[ch->type] = i;
         }
         free(where);
         if (!ok) {
@@ -1099,6 +1101,13 @@ bool ferry__channels_parse_main(json_t *channels, FerryMigrationAddress **main_o
     }
     if (ok && !seen[FERRY_CHANNEL_MAIN]) {
         ferry_error_setg(errp, "channels: no channel of type 'main'");
+        ok = false;
+    }
+    if (ok && seen[FERRY_CHANNEL_CPR]) {
+        /* Parsed and checked like any channel, then refused: a cpr channel needs migration parameter "mode" set
+         * to cpr-transfer, which ferry does not implement yet. Accepting it would silently ignore it. */
+        ferry_error_setg(errp, "channels[%zu].channel-type: 'cpr' is not supported by ferry yet (only 'main')",
+                         seen_at[FERRY_CHANNEL_CPR]);
         ok = false;
     }
     if (ok) {

@@ -125,7 +125,8 @@ bool ferry__channel_type_from_name(const char *name, FerryChannelType *t);
 
 /*
  * The "channels" argument of migrate / migrate-incoming: a JSON array of MigrationChannel with exactly one "main"
- * (and at most one of each type). Returns the main channel's address (new). Errors name "channels[i]...".
+ * (and at most one of each type). A "cpr" channel is checked, then refused: ferry has no cpr-transfer mode yet.
+ * Returns the main channel's address (new). Errors name "channels[i]...".
  */
 bool ferry__channels_parse_main(json_t *channels, FerryMigrationAddress **main_out, FerryError **errp);
 
