@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
@@ -396,6 +397,12 @@ static bool parse_file(const char *ctx, const char *rest, FerryFileAddress *f, F
     f->filename = ferry__xstrndup(rest, len);
     if (opt && !ferry__parse_size(opt + 8, "offset", &f->offset, errp)) {
         ferry_error_prepend(errp, "%s: ", ctx);
+        return false;
+    }
+    /* The JSON form's limit (a file offset is an off_t): refused here, not when the file is opened. */
+    if (f->offset > (uint64_t)INT64_MAX) {
+        ferry_error_setg(errp, "%s: offset %llu is out of range (0..%lld)", ctx, (unsigned long long)f->offset,
+                         (long long)INT64_MAX);
         return false;
     }
     return true;

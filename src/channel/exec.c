@@ -41,6 +41,7 @@ typedef struct ExecChannel {
     pid_t pid;
     bool reaped;
     bool killed;          /* we sent SIGKILL: its status is ours, not the command's */
+    bool status_lost;     /* reaped by someone else (SIGCHLD ignored, a waitpid(-1) elsewhere): status unknown */
     int status;           /* waitpid status once reaped */
 } ExecChannel;
 
@@ -157,6 +158,8 @@ static void reap(ExecChannel *ec, int grace_ms)
     pid_t r;
     while ((r = waitpid(ec->pid, &status, 0)) < 0 && errno == EINTR) {
     }
+    /* Not reaped by us: the status is gone, and "unknown" must never read as success. */
+    ec->status_lost = r != ec->pid;
     ec->status = r == ec->pid ? status : 0;
     ec->reaped = true;
     pthread_mutex_unlock(&ec->lock);
@@ -166,6 +169,11 @@ static void reap(ExecChannel *ec, int grace_ms)
 static bool check_status(ExecChannel *ec, FerryError **errp)
 {
     int st = ec->status;
+    if (ec->status_lost) {
+        ferry_error_setg(errp, "the exit status of exec command '%s' is unknown: the process was reaped elsewhere "
+                         "(is SIGCHLD ignored?)", ec->command);
+        return false;
+    }
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
         return true;
     }
@@ -189,18 +197,27 @@ static ssize_t exec_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, 
          * that ends early. One that keeps running without stdout is left to close. */
         ec->saw_eof = true;
         siginfo_t si;
+        bool exited = false;
         int64_t deadline = ferry__clock_ms() + EXEC_EXIT_GRACE_MS;
         for (;;) {
             memset(&si, 0, sizeof(si));
-            if (waitid(P_PID, (id_t)ec->pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0 && errno == EINTR) {
-                continue;
+            if (waitid(P_PID, (id_t)ec->pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                exited = true; /* ECHILD: reaped elsewhere; reap() records that its status is lost */
+                break;
             }
-            if (si.si_pid != 0 || ferry__clock_ms() >= deadline || ferry__fd_channel_is_shut(c)) {
+            if (si.si_pid != 0) {
+                exited = true;
+                break;
+            }
+            if (ferry__clock_ms() >= deadline || ferry__fd_channel_is_shut(c)) {
                 break;
             }
             ferry__sleep_ns(5 * 1000 * 1000);
         }
-        if (si.si_pid != 0) {
+        if (exited) {
             reap(ec, -1);
             if (!check_status(ec, errp)) {
                 return -1;

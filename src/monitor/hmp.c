@@ -483,6 +483,16 @@ char *ferry__hmp_handle_line(FerryMonitor *mon, const char *line, bool *wait_mig
     if (n == 0) {
         goto out;
     }
+    /* Every word may end up in a JSON string, which must be UTF-8 (jansson refuses anything else, and the
+     * command would then see a missing or malformed argument instead of the real problem). */
+    for (size_t i = 0; i < n; i++) {
+        json_t *probe = json_string(words[i]);
+        if (!probe) {
+            ferry_error_setg(&err, "word %zu of the command line is not valid UTF-8", i + 1);
+            goto out;
+        }
+        json_decref(probe);
+    }
     const HmpCommand *cmd = find_hmp(words[0]);
     if (!cmd) {
         ferry_error_setg(&err, "unknown command: '%s'", words[0]);

@@ -745,7 +745,7 @@ static void final_flush(FerryMonitor *mon)
         size_t i = 0;
         for (MonClient *c = mon->clients; c && i < n; c = c->next) {
             if (c->out_len) {
-                pfds[i++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
+                pfds[i++] = (struct pollfd){ .fd = c->out_fd, .events = POLLOUT };
             }
         }
         poll(pfds, i, (int)left);

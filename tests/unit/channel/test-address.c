@@ -150,6 +150,9 @@ static const struct {
     { "file:/x,offset=-1", "invalid offset '-1'" },
     { "file:/x,offset=5Q", "invalid offset '5Q'" },
     { "file:/x,offset=1,offset=2", "invalid offset '1,offset=2'" },
+    /* As the JSON form: offsets are at most INT64_MAX (off_t), checked when parsed rather than when opened. */
+    { "file:/x,offset=9E", "offset 10376293541461622784 is out of range (0..9223372036854775807)" },
+    { "file:/x,offset=9223372036854775808", "offset 9223372036854775808 is out of range" },
     { "rdma:", "expected rdma:HOST:PORT" },
     { "rdma:h", "expected rdma:HOST:PORT" },
     { "rdma:h:", "missing port" },

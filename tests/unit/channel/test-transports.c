@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -502,6 +503,48 @@ static void test_exec_source_fails(void **state)
     ferry__address_free(a);
 }
 
+/* A host that ignores SIGCHLD has its children reaped by the kernel: the command's exit status is lost, and
+ * an unknown status must not be taken for success (the end of an exec: stream is the source's commit point). */
+static void test_exec_status_lost(void **state)
+{
+    (void)state;
+    struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+    sigemptyset(&ign.sa_mask);
+    assert_int_equal(sigaction(SIGCHLD, &ign, &old), 0);
+    FerryMigrationAddress *a = exec_addr("cat > /dev/null; exit 3");
+    FerryChannel *c = connect_ok(a);
+    assert_true(ferry__channel_write_all(c, "some stream", 11, NULL));
+    FerryError *err = NULL;
+    bool ok = ferry__channel_finish(c, &err);
+    ferry__channel_free(c);
+    ferry__address_free(a);
+    /* The destination: the end of the command's output is not taken for a clean end either, and it does not
+     * wait out the exit grace period for a process it can no longer see. */
+    a = exec_addr("printf partial");
+    FerryListener *l = listen_ok(a);
+    c = accept_ok(l);
+    ferry__listener_free(l);
+    char buf[32];
+    FerryError *rerr = NULL;
+    int64_t start = ferry__clock_ms();
+    ssize_t got = 0, n;
+    while ((n = ferry__channel_read(c, buf, sizeof(buf), &rerr)) > 0) {
+        got += n;
+    }
+    int64_t took = ferry__clock_ms() - start;
+    ferry__channel_free(c);
+    ferry__address_free(a);
+    assert_int_equal(sigaction(SIGCHLD, &old, NULL), 0);
+    assert_false(ok);
+    assert_msg_contains(err, "the exit status of exec command '/bin/sh -c cat > /dev/null; exit 3' is unknown");
+    ferry_error_free(err);
+    assert_int_equal(got, 7);
+    assert_int_equal(n, -1);
+    assert_msg_contains(rerr, "the exit status of exec command '/bin/sh -c printf partial' is unknown");
+    ferry_error_free(rerr);
+    assert_true(took < 1500);
+}
+
 static void test_exec_source_cancel(void **state)
 {
     (void)state;
@@ -845,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_exec_source),
         cmocka_unit_test(test_exec_source_fails),
         cmocka_unit_test(test_exec_source_cancel),
+        cmocka_unit_test(test_exec_status_lost),
         cmocka_unit_test(test_exec_destination),
         cmocka_unit_test(test_file),
         cmocka_unit_test(test_rdma),

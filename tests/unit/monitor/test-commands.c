@@ -246,6 +246,12 @@ static void test_hmp_commands(void **state)
     expect_hmp(h, "migrate \"unterminated", "Error: unterminated string\n");
     expect_hmp(h, "migrate \"a\\qb\"", "Error: unsupported escape code: '\\q'\n");
     expect_hmp(h, "migrate_incoming unix:/tmp/x", "Error: '-incoming' was not specified on the command line\n");
+    /* Bytes that are not UTF-8 cannot become a JSON string: the error says so instead of blaming a missing
+     * argument or the parameters' shape. */
+    expect_hmp(h, "migrate_set_parameter downtime-limit 1\xff", "Error: word 3 of the command line is not valid "
+                                                              "UTF-8\n");
+    expect_hmp(h, "migrate -d unix:/tmp/\xc3", "Error: word 3 of the command line is not valid UTF-8\n");
+    expect_hmp(h, "migrate_set_capability ev\xff" "ents on", "Error: word 2 of the command line is not valid UTF-8\n");
     expect_hmp(h, "migrate_cancel", "");
 
     expect_hmp_has(h, "help", "migrate [-d] uri -- ");

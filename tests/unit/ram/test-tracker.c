@@ -341,9 +341,12 @@ static void test_uffd_wp_race(void **state)
     }
     pthread_join(th, NULL);
 
-    /* The writer wrote after each of at least MIN_HARVESTS - 1 distinct harvests, and each such write must make
-     * the following harvest non-empty. */
-    if (nonempty < MIN_HARVESTS - 1) {
+    /* The writer wrote after each of at least MIN_HARVESTS distinct harvests, so later harvests must report
+     * pages. Not one non-empty harvest per epoch, though: a write made after seeing harvest k can land while
+     * harvest k+1 is between its scan and its publication, and be reported by k+2 together with the write made
+     * after seeing k+1. Each write is reported by a later harvest, so at most two epochs share one report:
+     * fewer than half would mean lost reports. (Lost data is what the shadow comparison below catches.) */
+    if (nonempty < MIN_HARVESTS / 2) {
         fail_msg("only %d harvests reported pages, but the writer wrote after %d distinct harvests", nonempty,
                  r.epochs);
     }
