@@ -490,24 +490,31 @@ static char *inet_to_uri(const char *scheme, const FerryInetAddress *in)
     return uri;
 }
 
+char *ferry__exec_args_join(const FerryExecAddress *ex)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < ex->nargs; i++) {
+        len += strlen(str_or_empty(ex->args[i])) + 1;
+    }
+    char *s = ferry__xcalloc(1, len);
+    for (size_t i = 0; i < ex->nargs; i++) {
+        if (i) {
+            strcat(s, " ");
+        }
+        strcat(s, str_or_empty(ex->args[i]));
+    }
+    return s;
+}
+
 static char *exec_to_uri(const FerryExecAddress *ex)
 {
     if (ex->nargs == 3 && strcmp(str_or_empty(ex->args[0]), "/bin/sh") == 0 &&
         strcmp(str_or_empty(ex->args[1]), "-c") == 0) {
         return ferry__xasprintf("exec:%s", str_or_empty(ex->args[2]));
     }
-    size_t len = 6;
-    for (size_t i = 0; i < ex->nargs; i++) {
-        len += strlen(str_or_empty(ex->args[i])) + 1;
-    }
-    char *uri = ferry__xmalloc(len);
-    strcpy(uri, "exec:");
-    for (size_t i = 0; i < ex->nargs; i++) {
-        if (i) {
-            strcat(uri, " ");
-        }
-        strcat(uri, str_or_empty(ex->args[i]));
-    }
+    char *args = ferry__exec_args_join(ex);
+    char *uri = ferry__xasprintf("exec:%s", args);
+    free(args);
     return uri;
 }
 

@@ -101,6 +101,8 @@ bool ferry__address_parse_uri(const char *uri, FerryMigrationAddress **out, Ferr
  * ["/bin/sh", "-c", X] prints as "exec:" followed by the args joined with spaces. */
 char *ferry__address_to_uri(const FerryMigrationAddress *addr);
 FerryMigrationAddress *ferry__address_copy(const FerryMigrationAddress *addr);
+/* An exec address's args joined with spaces, for messages ("/bin/sh -c cat > f"). Caller frees. */
+char *ferry__exec_args_join(const FerryExecAddress *ex);
 void ferry__address_free(FerryMigrationAddress *addr); /* NULL is a no-op */
 
 /*

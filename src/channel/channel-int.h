@@ -23,6 +23,8 @@ void ferry__socket_tune(int fd);
  * the caller until the kernel's SYN retries run out. Returns 0, an errno value, or ECANCELED. The socket is
  * blocking again on success. */
 int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd);
+/* The error for a failed ferry__socket_connect: "Failed to connect to 'URI': cancelled" or the errno text. */
+void ferry__connect_error(FerryError **errp, int err, const char *uri);
 
 /*
  * The fd-backed channel. Sockets use sendmsg(MSG_NOSIGNAL) and shutdown(2). Other fds that can block (pipes,

@@ -45,22 +45,6 @@ typedef struct ExecChannel {
     int status;           /* waitpid status once reaped */
 } ExecChannel;
 
-static char *join_args(const FerryExecAddress *ea)
-{
-    size_t len = 1;
-    for (size_t i = 0; i < ea->nargs; i++) {
-        len += strlen(ea->args[i]) + 1;
-    }
-    char *s = ferry__xcalloc(1, len);
-    for (size_t i = 0; i < ea->nargs; i++) {
-        if (i) {
-            strcat(s, " ");
-        }
-        strcat(s, ea->args[i]);
-    }
-    return s;
-}
-
 static bool check_args(const FerryExecAddress *ea, const char *uri, FerryError **errp)
 {
     if (!ea->args || ea->nargs == 0 || !ea->args[0] || !*ea->args[0]) {
@@ -290,7 +274,7 @@ static FerryChannel *exec_start(const FerryExecAddress *ea, const char *uri, boo
     if (!check_args(ea, uri, errp)) {
         return NULL;
     }
-    char *command = join_args(ea);
+    char *command = ferry__exec_args_join(ea);
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
         ferry_error_setg_errno(errp, errno, "Failed to start exec command '%s': cannot create a pipe", command);

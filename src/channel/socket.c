@@ -297,6 +297,15 @@ int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int 
     return err;
 }
 
+void ferry__connect_error(FerryError **errp, int err, const char *uri)
+{
+    if (err == ECANCELED) {
+        ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
+    } else {
+        ferry_error_setg_errno(errp, err, "Failed to connect to '%s'", uri);
+    }
+}
+
 FerryChannel *ferry__socket_channel_new(int fd, const char *name, const char *desc)
 {
     FerryFdChannel *fc = ferry__xcalloc(1, sizeof(*fc));

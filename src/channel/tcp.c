@@ -106,19 +106,16 @@ FerryChannel *ferry__tcp_connect(const FerryInetAddress *in, const char *uri, in
         if (err == 0) {
             break;
         }
-        if (err == ECANCELED) {
-            close(fd);
-            freeaddrinfo(res);
-            ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
-            return NULL;
-        }
         last_err = err;
         close(fd);
         fd = -1;
+        if (err == ECANCELED) {
+            break; /* no other address is tried after a cancel */
+        }
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        ferry_error_setg_errno(errp, last_err, "Failed to connect to '%s'", uri);
+        ferry__connect_error(errp, last_err, uri);
         return NULL;
     }
     ferry__tcp_tune_connected(fd, in);

@@ -61,13 +61,8 @@ FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, i
     }
     ferry__socket_tune(fd);
     int err = ferry__socket_connect(fd, (struct sockaddr *)&sun, len, cancel_fd);
-    if (err == ECANCELED) {
-        ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
-        close(fd);
-        return NULL;
-    }
     if (err) {
-        ferry_error_setg_errno(errp, err, "Failed to connect to '%s'", uri);
+        ferry__connect_error(errp, err, uri);
         close(fd);
         return NULL;
     }

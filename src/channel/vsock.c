@@ -52,11 +52,7 @@ FerryChannel *ferry__vsock_connect(const FerryVsockAddress *vs, const char *uri,
     ferry__socket_tune(fd);
     int err = ferry__socket_connect(fd, (struct sockaddr *)&svm, sizeof(svm), cancel_fd);
     if (err) {
-        if (err == ECANCELED) {
-            ferry_error_setg(errp, "Failed to connect to '%s': cancelled", uri);
-        } else {
-            ferry_error_setg_errno(errp, err, "Failed to connect to '%s'", uri);
-        }
+        ferry__connect_error(errp, err, uri);
         close(fd);
         return NULL;
     }

@@ -58,30 +58,22 @@ def workload(tmpdir_short):
     """Factory: workload(name, *args, qmp=True) starts a ferry-workload (with -name and -qmp added) and returns a
     ferrytest.Workload. At teardown every process is stopped and reaped; a sanitizer report, or a death by a
     signal the test did not send, fails the test."""
-    started = []
+    ws = ferrytest.WorkloadSet(tmpdir_short)
 
     def start(name, *args, qmp=True):
-        w = ferrytest.Workload(tmpdir_short, name, args, qmp=qmp)
-        started.append(w)
-        return w
+        return ws.start(name, *args, qmp=qmp)
 
     start.tmpdir = tmpdir_short
     yield start
-
     # The alarm of the test is off now; teardown has its own bounded waits.
-    problems = []
-    for w in started:
-        expected_kill = w.expect_crash
-        try:
-            complaint = w.stop_process()
-            if complaint:
-                problems.append(complaint)
-        except Exception as e:  # keep going: every process must be reaped
-            problems.append(f"{w.name}: could not stop: {e}")
-        report = ferrytest.sanitizer_report(w.stderr())
-        if report:
-            problems.append(f"{w.name}: sanitizer report: {report}\n--- stderr ---\n{w.stderr()[-6000:]}")
-        rc = w.proc.returncode
-        if rc is not None and rc < 0 and not expected_kill:
-            problems.append(f"{w.name}: died by signal {-rc}; stderr:\n{w.stderr()[-4000:]}")
+    problems = ws.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def wl(tmpdir_short):
+    """The same with every option of ferrytest.Workload (pass_fds=..., HMP on stdio): wl.start(name, *args, ...)."""
+    ws = ferrytest.WorkloadSet(tmpdir_short)
+    yield ws
+    problems = ws.close()
     assert not problems, "\n".join(problems)

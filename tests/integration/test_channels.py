@@ -13,21 +13,12 @@ import uuid
 
 import pytest
 
-from ferrytest import (QMP, QMPError, WorkloadSet, free_port, ipv6_loopback_works, wait_listening,
+from ferrytest import (QMP, QMPError, free_port, ipv6_loopback_works, wait_listening,
                        wait_until)
 from test_migration import AB, FAST, check_completed_stats, check_running_destination
 
 HALF_RAM_PAGES = (32 << 20) // 4096
 STOPPED = ["-m", "64M", "-smp", "2", "-pattern", "random", "-seed", "5", "-dirty-rate", "50"]
-
-
-@pytest.fixture
-def wl(tmpdir_short):
-    """Like conftest's `workload`, with Workload's extra options (pass_fds=...)."""
-    ws = WorkloadSet(tmpdir_short)
-    yield ws
-    problems = ws.close()
-    assert not problems, "\n".join(problems)
 
 
 def main_channel(addr):

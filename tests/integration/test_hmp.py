@@ -7,18 +7,8 @@ What this is not: QMP itself (test_qmp.py) or the transports (test_channels.py).
 
 import os
 
-import pytest
-
-from ferrytest import HMP, WorkloadSet, wait_listening, wait_until
+from ferrytest import HMP, wait_listening, wait_until
 from test_migration import AB, check_running_destination
-
-
-@pytest.fixture
-def wl(tmpdir_short):
-    ws = WorkloadSet(tmpdir_short)
-    yield ws
-    problems = ws.close()
-    assert not problems, "\n".join(problems)
 
 
 def lines_with(text, word):

@@ -13,16 +13,8 @@ import time
 
 import pytest
 
-from ferrytest import QMPError, WorkloadSet, sanitizer_report, wait_listening, workload_binary
+from ferrytest import QMPError, sanitizer_report, wait_listening, workload_binary
 from test_migration import AB, FAST, check_running_destination
-
-
-@pytest.fixture
-def wl(tmpdir_short):
-    ws = WorkloadSet(tmpdir_short)
-    yield ws
-    problems = ws.close()
-    assert not problems, "\n".join(problems)
 
 
 def unix_channel(path):

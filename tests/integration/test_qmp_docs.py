@@ -14,7 +14,7 @@ import shlex
 
 import pytest
 
-from ferrytest import HMP, Workload
+from ferrytest import HMP
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "qmp.md")
 SMALL = ["-m", "16M", "-smp", "1", "-pattern", "ab", "-dirty-rate", "1"]
