@@ -51,6 +51,19 @@ bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryEr
 bool ferry__parse_size(const char *s, const char *what, uint64_t *out, FerryError **errp);
 
 /*
+ * crc32c.c: CRC32C (Castagnoli, reflected polynomial 0x82F63B78, init ~0, final xor ~0; the iSCSI, ext4 and Xen
+ * migration v2 checksum). @crc is a previous result to extend, 0 to start: crc32c(crc32c(0, a), b) equals
+ * crc32c(0, a||b), and crc32c(0, "123456789") is 0xE3069283. ferry__crc32c uses the CPU's crc32 instruction when
+ * it has one (checked once at run time) and the table otherwise. The variants are exported for tests and benchmarks:
+ * _sw always uses the table; _hw uses the instruction and is only meaningful when ferry__crc32c_hw_available()
+ * (without it, it computes with the table instead of faulting).
+ */
+uint32_t ferry__crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t ferry__crc32c_sw(uint32_t crc, const void *buf, size_t len);
+uint32_t ferry__crc32c_hw(uint32_t crc, const void *buf, size_t len);
+bool ferry__crc32c_hw_available(void);
+
+/*
  * keyval.c: QEMU's keyval syntax ("a=1,b.c=x,d.0=p,d.1=q") into a new JSON object whose leaves are strings
  * ({"a":"1","b":{"c":"x"},"d":["p","q"]}). ",," is a comma inside a value; dotted keys build objects; objects whose
  * keys are all indices become lists (0..n-1, no gaps); repeated keys, empty keys, keys without '=' and a key used
