@@ -49,6 +49,7 @@ typedef struct Dest {
     Staged *staged;
     size_t nstaged;
     bool source_running;
+    uint8_t end[16]; /* the END record's payload */
 
     pthread_t pop_thread;
     bool pop_started;
@@ -332,22 +333,27 @@ static bool load_section(Dest *d, uint32_t len, FerryError **errp)
     return true;
 }
 
-/* END: check the totals, then load the staged sections. Nothing was applied to device state before this. */
+/* END, read: its totals are checked by finish_end() once the record's CRC has been. */
 static bool load_end(Dest *d, uint32_t len, FerryError **errp)
 {
-    FerryMigration *m = d->m;
-    uint8_t buf[16];
-    if (len != sizeof(buf)) {
-        ferry_error_setg(errp, "END record of %u bytes, expected %zu", len, sizeof(buf));
+    if (len != sizeof(d->end)) {
+        ferry_error_setg(errp, "END record of %u bytes, expected %zu", len, sizeof(d->end));
         return false;
     }
-    if (!ferry__stream_read(d->s, buf, sizeof(buf))) {
+    if (!ferry__stream_read(d->s, d->end, sizeof(d->end))) {
         ferry__stream_check(d->s, errp);
         return false;
     }
-    uint32_t flags = ferry__get_be32(buf);
-    uint64_t pages = ferry__get_be64(buf + 4);
-    uint32_t nsec = ferry__get_be32(buf + 12);
+    return true;
+}
+
+/* After END: check the totals, then load the staged sections. Nothing was applied to device state before this. */
+static bool finish_end(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    uint32_t flags = ferry__get_be32(d->end);
+    uint64_t pages = ferry__get_be64(d->end + 4);
+    uint32_t nsec = ferry__get_be32(d->end + 12);
     if (!d->config_seen) {
         ferry_error_setg(errp, "END record before the CONFIG record");
         return false;
@@ -411,6 +417,7 @@ static bool receive(Dest *d, FerryError **errp)
         uint8_t rh_bytes[FERRY_WIRE_RECORD_HEADER_LEN];
         FerryRecordHeader rh;
         uint64_t offset = ferry__stream_bytes_read(d->s);
+        ferry__stream_read_crc_reset(d->s);
         if (!ferry__stream_read(d->s, rh_bytes, sizeof(rh_bytes))) {
             ferry__stream_check(d->s, errp);
             return false;
@@ -444,20 +451,32 @@ static bool receive(Dest *d, FerryError **errp)
             ok = load_section(d, rh.length, errp);
             break;
         case FERRY_REC_END:
-            if (!load_end(d, rh.length, errp)) {
-                ferry_error_prepend(errp, "at stream offset %llu: ", (unsigned long long)offset);
-                return false;
-            }
-            update_stats(d);
-            return true;
+            ok = load_end(d, rh.length, errp);
+            break;
         default:
             if (rh.flags & FERRY_REC_CRITICAL) {
                 ferry_error_setg(errp, "unknown critical record type 0x%04x (%u bytes)", rh.type, rh.length);
                 ok = false;
             } else {
-                ok = ferry__stream_skip(d->s, rh.length) || !ferry__stream_check(d->s, errp);
+                ok = ferry__stream_skip(d->s, rh.length);
+                if (!ok) {
+                    ferry__stream_check(d->s, errp);
+                }
             }
             break;
+        }
+        /* The trailer: CRC32C of header and payload. RAM may already hold the record's pages, which is harmless
+         * (nothing runs here, and a failed load discards RAM); device state is only loaded after END's check. */
+        if (ok) {
+            uint32_t want = ferry__stream_read_crc(d->s), got;
+            if (!ferry__stream_read_be32(d->s, &got)) {
+                ferry__stream_check(d->s, errp);
+                ok = false;
+            } else if (got != want) {
+                ferry_error_setg(errp, "stream damaged: CRC mismatch (computed 0x%08x, the record says 0x%08x)",
+                                 want, got);
+                ok = false;
+            }
         }
         if (!ok) {
             ferry_error_prepend(errp, "at stream offset %llu, %s record: ", (unsigned long long)offset,
@@ -465,6 +484,13 @@ static bool receive(Dest *d, FerryError **errp)
             return false;
         }
         update_stats(d);
+        if (rh.type == FERRY_REC_END) {
+            if (!finish_end(d, errp)) {
+                ferry_error_prepend(errp, "at stream offset %llu: ", (unsigned long long)offset);
+                return false;
+            }
+            return true;
+        }
     }
 }
 
@@ -476,8 +502,11 @@ static void send_nack(Dest *d, const FerryError *err)
     size_t n = FERRY_MIN(strlen(msg), 4096);
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = FERRY_REC_NACK, .length = (uint32_t)n });
+    uint8_t trailer[FERRY_WIRE_RECORD_TRAILER_LEN];
+    ferry__put_be32(trailer, ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), msg, n));
     if (!ferry__channel_write_all(d->chan, h, sizeof(h), NULL) ||
-        !ferry__channel_write_all(d->chan, msg, n, NULL)) {
+        !ferry__channel_write_all(d->chan, msg, n, NULL) ||
+        !ferry__channel_write_all(d->chan, trailer, sizeof(trailer), NULL)) {
         return;
     }
     shutdown(d->chan->fd, SHUT_WR);
@@ -535,7 +564,9 @@ static bool run(Dest *d, FerryError **errp)
     }
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = FERRY_REC_ACK, .length = 0 });
+    ferry__stream_write_crc_reset(d->s);
     ferry__stream_write(d->s, h, sizeof(h));
+    ferry__stream_write_be32(d->s, ferry__stream_write_crc(d->s));
     if (!ferry__stream_flush(d->s)) {
         ferry__stream_check(d->s, errp);
         ferry_error_prepend(errp, "cannot acknowledge completion to the source: ");

@@ -68,11 +68,18 @@ static bool cancelled(FerryMigration *m)
     return __atomic_load_n(&m->cancel_requested, __ATOMIC_RELAXED);
 }
 
+/* A record is write_record_header(), its payload, then end_record() for the CRC trailer. */
 static void write_record_header(FerryStream *s, uint16_t type, uint16_t flags, uint32_t len)
 {
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
+    ferry__stream_write_crc_reset(s);
     ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = type, .flags = flags, .length = len });
     ferry__stream_write(s, h, sizeof(h));
+}
+
+static void end_record(FerryStream *s)
+{
+    ferry__stream_write_be32(s, ferry__stream_write_crc(s));
 }
 
 static void update_stats(Source *src)
@@ -109,30 +116,38 @@ static bool read_reply(Source *src, FerryError **errp)
 {
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     FerryRecordHeader rh;
+    ferry__stream_read_crc_reset(src->s);
     if (!ferry__stream_read(src->s, h, sizeof(h))) {
         ferry__stream_check(src->s, errp);
         ferry_error_prepend(errp, "no acknowledgement from the destination: ");
         return false;
     }
     ferry__wire_decode_record(h, &rh);
-    if (rh.type == FERRY_REC_ACK && rh.length == 0) {
-        return true;
-    }
-    if (rh.type == FERRY_REC_NACK && rh.length <= FERRY_WIRE_MAX_CONTROL_LEN) {
-        char *msg = ferry__xcalloc(1, rh.length + 1);
-        if (!ferry__stream_read(src->s, msg, rh.length)) {
-            free(msg);
-            ferry__stream_check(src->s, errp);
-            ferry_error_prepend(errp, "the destination failed, and its reason was lost: ");
-            return false;
-        }
-        ferry_error_setg(errp, "the destination failed: %s", msg);
-        free(msg);
+    bool ack = rh.type == FERRY_REC_ACK && rh.length == 0;
+    bool nack = rh.type == FERRY_REC_NACK && rh.length <= FERRY_WIRE_MAX_CONTROL_LEN;
+    if (!ack && !nack) {
+        ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path",
+                         ferry__wire_record_name(rh.type), rh.type, rh.length);
         return false;
     }
-    ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path",
-                     ferry__wire_record_name(rh.type), rh.type, rh.length);
-    return false;
+    char *msg = ferry__xcalloc(1, rh.length + 1);
+    uint32_t crc = 0;
+    bool ok = ferry__stream_read(src->s, msg, rh.length);
+    uint32_t want = ferry__stream_read_crc(src->s);
+    ok = ok && ferry__stream_read_be32(src->s, &crc);
+    if (!ok) {
+        ferry__stream_check(src->s, errp);
+        ferry_error_prepend(errp, "the destination's %s was cut short: ", ack ? "acknowledgement" : "failure report");
+    } else if (crc != want) {
+        ferry_error_setg(errp, "the destination's %s is damaged (CRC mismatch)", ack ? "acknowledgement" :
+                         "failure report");
+        ok = false;
+    } else if (nack) {
+        ferry_error_setg(errp, "the destination failed: %s", msg);
+        ok = false;
+    }
+    free(msg);
+    return ok;
 }
 
 /*
@@ -234,17 +249,21 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
     ferry__put_be32(run + 16, n);
     ferry__stream_write(src->s, run, sizeof(run));
     ferry__stream_write(src->s, zmap, zb);
-    if (data < COPY_BELOW) {
+    /* While the workload runs a page can change while it is sent: copy it, so that the CRC covers the bytes that
+     * leave (a change after the copy is caught by the next harvest). With the workload stopped, large runs go
+     * from RAM to the socket without the copy. */
+    if (!src->downtime_phase || data < COPY_BELOW) {
         for (int i = 0; i < niov; i++) {
             ferry__stream_write(src->s, iov[i].iov_base, iov[i].iov_len);
         }
     } else {
         ferry__stream_write_iov(src->s, iov, niov);
     }
+    end_record(src->s);
     src->normal += nonzero;
     src->duplicate += n - nonzero;
     src->pages_sent += n;
-    rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len);
+    rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN);
 }
 
 /* Send every page set in src->send, clearing the bits as it goes. */
@@ -335,6 +354,7 @@ static void write_config(Source *src)
         ferry__stream_write(src->s, m->blocks[i]->name, n);
         ferry__stream_write_be64(src->s, m->blocks[i]->size);
     }
+    end_record(src->s);
 }
 
 /*
@@ -375,6 +395,7 @@ static void write_populate_hints(Source *src)
             ferry__stream_write_be32(src->s, b->index);
             ferry__stream_write_be32(src->s, count);
             ferry__stream_write(src->s, buf, (size_t)count * 16);
+            end_record(src->s);
         }
     }
     free(buf);
@@ -406,6 +427,7 @@ static bool write_sections(Source *src, FerryError **errp)
         ferry__stream_write_be32(src->s, sec->instance_id);
         ferry__stream_write_be32(src->s, sec->version);
         ferry__stream_write(src->s, data, len);
+        end_record(src->s);
         ferry__visitor_free(v);
     }
     return true;
@@ -484,6 +506,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         pass++;
         write_record_header(src->s, FERRY_REC_PASS_END, 0, 8);
         ferry__stream_write_be64(src->s, pass);
+        end_record(src->s);
         if (!harvest(src, errp)) {
             return false;
         }
@@ -536,6 +559,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     ferry__stream_write_be32(src->s, *prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0);
     ferry__stream_write_be64(src->s, src->pages_sent);
     ferry__stream_write_be32(src->s, (uint32_t)m->nsections);
+    end_record(src->s);
     ferry__stream_flush(src->s);
     update_stats(src);
     if (!check_stream(src, errp)) {

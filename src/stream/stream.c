@@ -1,7 +1,9 @@
 /*
  * The buffered stream over a channel (stream/stream.h): a 256 KiB write buffer, a 256 KiB read buffer, byte
- * counters and a sticky error. It knows nothing of record framing (src/wire does). Large reads and
- * ferry__stream_write_iov bypass the buffers so that page data is not copied twice.
+ * counters, a running CRC32C in each direction (for record trailers) and a sticky error. It knows nothing of
+ * record framing (src/wire does). Large reads and ferry__stream_write_iov bypass the buffers so that page data is
+ * not copied twice; ferry__stream_write always copies, so that its CRC covers exactly the bytes that are sent
+ * even when the caller's memory changes meanwhile (RAM of a running workload).
  *
  * The writer and the reader may be different threads; they share only the latched error, which is set once
  * with a compare-and-swap and never changed or freed before ferry__stream_free, so reading it needs no lock.
@@ -25,11 +27,13 @@ struct FerryStream {
     uint8_t *wbuf;
     size_t wlen;
     uint64_t written;
+    uint32_t wcrc;
 
     /* Reader side: rbuf[rpos, rlen) holds bytes read ahead of the caller. */
     uint8_t *rbuf;
     size_t rpos, rlen;
     uint64_t read;
+    uint32_t rcrc;
 };
 
 FerryStream *ferry__stream_new(FerryChannel *c)
@@ -114,28 +118,20 @@ bool ferry__stream_flush(FerryStream *s)
 
 void ferry__stream_write(FerryStream *s, const void *buf, size_t len)
 {
-    if (ferry__stream_failed(s)) {
-        return;
-    }
-    s->written += len;
-    if (len <= STREAM_BUF_SIZE - s->wlen) {
-        memcpy(s->wbuf + s->wlen, buf, len);
-        s->wlen += len;
+    const uint8_t *p = buf;
+    while (len > 0 && !ferry__stream_failed(s)) {
+        size_t n = FERRY_MIN(len, STREAM_BUF_SIZE - s->wlen);
+        /* Checksum the copy, not the source: the copy is what goes out. */
+        memcpy(s->wbuf + s->wlen, p, n);
+        s->wcrc = ferry__crc32c(s->wcrc, s->wbuf + s->wlen, n);
+        s->wlen += n;
+        s->written += n;
+        p += n;
+        len -= n;
         if (s->wlen == STREAM_BUF_SIZE) {
             ferry__stream_flush(s);
         }
-        return;
     }
-    if (!ferry__stream_flush(s)) {
-        return;
-    }
-    if (len >= STREAM_BUF_SIZE) {
-        /* Copying a large block into the buffer only to write it out at once would cost a copy for nothing. */
-        write_out(s, buf, len);
-        return;
-    }
-    memcpy(s->wbuf, buf, len);
-    s->wlen = len;
 }
 
 void ferry__stream_write_u8(FerryStream *s, uint8_t v)
@@ -173,6 +169,7 @@ void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt
     for (int i = 0; i < iovcnt; i++) {
         copy[i] = iov[i];
         total += iov[i].iov_len;
+        s->wcrc = ferry__crc32c(s->wcrc, iov[i].iov_base, iov[i].iov_len);
     }
     s->written += total;
     FerryError *err = NULL;
@@ -187,6 +184,16 @@ void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt
 uint64_t ferry__stream_bytes_written(const FerryStream *s)
 {
     return s->written;
+}
+
+void ferry__stream_write_crc_reset(FerryStream *s)
+{
+    s->wcrc = 0;
+}
+
+uint32_t ferry__stream_write_crc(const FerryStream *s)
+{
+    return s->wcrc;
 }
 
 /* ---- reading ---- */
@@ -220,6 +227,7 @@ static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
         size_t avail = s->rlen - s->rpos;
         if (avail > 0) {
             size_t n = (size_t)FERRY_MIN((uint64_t)avail, len);
+            s->rcrc = ferry__crc32c(s->rcrc, s->rbuf + s->rpos, n);
             if (buf) {
                 memcpy(buf, s->rbuf + s->rpos, n);
                 buf += n;
@@ -235,6 +243,7 @@ static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
             if (!read_some(s, buf, (size_t)len, &got)) {
                 return false;
             }
+            s->rcrc = ferry__crc32c(s->rcrc, buf, got);
             buf += got;
             s->read += got;
             len -= got;
@@ -297,4 +306,14 @@ bool ferry__stream_skip(FerryStream *s, uint64_t len)
 uint64_t ferry__stream_bytes_read(const FerryStream *s)
 {
     return s->read;
+}
+
+void ferry__stream_read_crc_reset(FerryStream *s)
+{
+    s->rcrc = 0;
+}
+
+uint32_t ferry__stream_read_crc(const FerryStream *s)
+{
+    return s->rcrc;
 }

@@ -31,10 +31,14 @@ void ferry__stream_write_u8(FerryStream *s, uint8_t v);
 void ferry__stream_write_be16(FerryStream *s, uint16_t v);
 void ferry__stream_write_be32(FerryStream *s, uint32_t v);
 void ferry__stream_write_be64(FerryStream *s, uint64_t v);
-/* Flush the buffer, then write @iov straight from the caller's memory. */
+/* Flush the buffer, then write @iov straight from the caller's memory. Its CRC is computed before the write, so
+ * the memory must not change until this returns (RAM only while the workload is stopped). */
 void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt);
 bool ferry__stream_flush(FerryStream *s);
 uint64_t ferry__stream_bytes_written(const FerryStream *s); /* including what is still buffered */
+/* CRC32C (util.h) of every byte written since the last reset, for record trailers. */
+void ferry__stream_write_crc_reset(FerryStream *s);
+uint32_t ferry__stream_write_crc(const FerryStream *s);
 
 /* Reading. Each returns false (and latches an error) on failure or an early end of stream. */
 bool ferry__stream_read(FerryStream *s, void *buf, size_t len);
@@ -44,6 +48,9 @@ bool ferry__stream_read_be32(FerryStream *s, uint32_t *v);
 bool ferry__stream_read_be64(FerryStream *s, uint64_t *v);
 bool ferry__stream_skip(FerryStream *s, uint64_t len);
 uint64_t ferry__stream_bytes_read(const FerryStream *s);
+/* CRC32C of every byte read or skipped since the last reset. */
+void ferry__stream_read_crc_reset(FerryStream *s);
+uint32_t ferry__stream_read_crc(const FerryStream *s);
 
 /* The sticky error. */
 bool ferry__stream_failed(const FerryStream *s);

@@ -4,8 +4,8 @@
  * the helpers here, so that byte order is handled in one place. docs/stream-format.md describes the format; keep
  * the two in step.
  *
- * Framing (version 1): a 16-byte stream header, then records, each an 8-byte header (type, flags, payload length)
- * and its payload. A record whose type the reader does not know is skipped if it is not flagged critical, and
+ * Framing (version 1): a 16-byte stream header, then records, each an 8-byte header (type, flags, payload length),
+ * its payload, and a 4-byte trailer: the CRC32C of header and payload, so that a flipped bit anywhere is caught. A record whose type the reader does not know is skipped if it is not flagged critical, and
  * fails the migration if it is: that rule is what lets later versions add records without breaking readers.
  */
 #ifndef FERRY_WIRE_H
@@ -22,6 +22,7 @@
 #define FERRY_WIRE_VERSION 1
 #define FERRY_WIRE_HEADER_LEN 16
 #define FERRY_WIRE_RECORD_HEADER_LEN 8
+#define FERRY_WIRE_RECORD_TRAILER_LEN 4 /* CRC32C of the record header and payload */
 
 /* Record flags. */
 #define FERRY_REC_CRITICAL 0x8000u /* a reader that does not know the type must fail, not skip */
