@@ -25,6 +25,13 @@ void ferry__socket_tune(int fd);
 int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd);
 /* The error for a failed ferry__socket_connect: "Failed to connect to 'URI': cancelled" or the errno text. */
 void ferry__connect_error(FerryError **errp, int err, const char *uri);
+/* A stream socket of @family connected to @sa (cancellable as above), wrapped into a channel named @name. For
+ * transports with a single address (unix, vsock); tcp tries each resolved address itself. */
+FerryChannel *ferry__socket_connect_channel(int family, const struct sockaddr *sa, socklen_t len, const char *name,
+                                            const char *uri, int cancel_fd, FerryError **errp);
+/* A stream socket of @family bound to @sa and listening; returns the fd or -1 with *errp naming @uri. */
+int ferry__socket_bind_listen(int family, const struct sockaddr *sa, socklen_t len, const char *uri,
+                              FerryError **errp);
 
 /*
  * The fd-backed channel. Sockets use sendmsg(MSG_NOSIGNAL) and shutdown(2). Other fds that can block (pipes,

@@ -306,6 +306,46 @@ void ferry__connect_error(FerryError **errp, int err, const char *uri)
     }
 }
 
+FerryChannel *ferry__socket_connect_channel(int family, const struct sockaddr *sa, socklen_t len, const char *name,
+                                            const char *uri, int cancel_fd, FerryError **errp)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to connect to '%s': cannot create a %s socket", uri, name);
+        return NULL;
+    }
+    ferry__socket_tune(fd);
+    int err = ferry__socket_connect(fd, sa, len, cancel_fd);
+    if (err) {
+        ferry__connect_error(errp, err, uri);
+        close(fd);
+        return NULL;
+    }
+    return ferry__socket_channel_new(fd, name, uri);
+}
+
+int ferry__socket_bind_listen(int family, const struct sockaddr *sa, socklen_t len, const char *uri,
+                              FerryError **errp)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s': cannot create socket", uri);
+        return -1;
+    }
+    ferry__socket_tune(fd);
+    if (bind(fd, sa, len) < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s'", uri);
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, SOMAXCONN) < 0) {
+        ferry_error_setg_errno(errp, errno, "Failed to listen on '%s'", uri);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 FerryChannel *ferry__socket_channel_new(int fd, const char *name, const char *desc)
 {
     FerryFdChannel *fc = ferry__xcalloc(1, sizeof(*fc));

@@ -54,19 +54,7 @@ FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, i
     if (!fill_sockaddr(&sun, &len, un, uri, "connect to", errp)) {
         return NULL;
     }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to connect to '%s': cannot create socket", uri);
-        return NULL;
-    }
-    ferry__socket_tune(fd);
-    int err = ferry__socket_connect(fd, (struct sockaddr *)&sun, len, cancel_fd);
-    if (err) {
-        ferry__connect_error(errp, err, uri);
-        close(fd);
-        return NULL;
-    }
-    return ferry__socket_channel_new(fd, "unix", uri);
+    return ferry__socket_connect_channel(AF_UNIX, (struct sockaddr *)&sun, len, "unix", uri, cancel_fd, errp);
 }
 
 bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError **errp)
@@ -89,15 +77,8 @@ bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError
             return false;
         }
     }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = ferry__socket_bind_listen(AF_UNIX, (struct sockaddr *)&sun, len, l->uri, errp);
     if (fd < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s': cannot create socket", l->uri);
-        return false;
-    }
-    ferry__socket_tune(fd);
-    if (bind(fd, (struct sockaddr *)&sun, len) < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s'", l->uri);
-        close(fd);
         return false;
     }
     /* Remember which file we created, so that free() never removes a successor's socket. An abstract name
@@ -106,11 +87,6 @@ bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError
         l->unlink_path = ferry__xstrdup(un->path);
         l->unlink_dev = st.st_dev;
         l->unlink_ino = st.st_ino;
-    }
-    if (listen(fd, SOMAXCONN) < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to listen on '%s'", l->uri);
-        close(fd);
-        return false;
     }
     l->fd = fd;
     return true;

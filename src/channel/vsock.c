@@ -44,19 +44,8 @@ FerryChannel *ferry__vsock_connect(const FerryVsockAddress *vs, const char *uri,
     if (!fill_sockaddr(&svm, vs, uri, errp)) {
         return NULL;
     }
-    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to connect to '%s': cannot create a vsock socket", uri);
-        return NULL;
-    }
-    ferry__socket_tune(fd);
-    int err = ferry__socket_connect(fd, (struct sockaddr *)&svm, sizeof(svm), cancel_fd);
-    if (err) {
-        ferry__connect_error(errp, err, uri);
-        close(fd);
-        return NULL;
-    }
-    return ferry__socket_channel_new(fd, "vsock", uri);
+    return ferry__socket_connect_channel(AF_VSOCK, (struct sockaddr *)&svm, sizeof(svm), "vsock", uri, cancel_fd,
+                                         errp);
 }
 
 bool ferry__vsock_listen(FerryListener *l, const FerryVsockAddress *vs, FerryError **errp)
@@ -65,20 +54,8 @@ bool ferry__vsock_listen(FerryListener *l, const FerryVsockAddress *vs, FerryErr
     if (!fill_sockaddr(&svm, vs, l->uri, errp)) {
         return false;
     }
-    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = ferry__socket_bind_listen(AF_VSOCK, (struct sockaddr *)&svm, sizeof(svm), l->uri, errp);
     if (fd < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s': cannot create a vsock socket", l->uri);
-        return false;
-    }
-    ferry__socket_tune(fd);
-    if (bind(fd, (struct sockaddr *)&svm, sizeof(svm)) < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to bind to '%s'", l->uri);
-        close(fd);
-        return false;
-    }
-    if (listen(fd, SOMAXCONN) < 0) {
-        ferry_error_setg_errno(errp, errno, "Failed to listen on '%s'", l->uri);
-        close(fd);
         return false;
     }
     l->fd = fd;
