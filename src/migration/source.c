@@ -34,7 +34,7 @@
 
 #define RATE_WINDOW_NS (100 * 1000 * 1000LL) /* rate limiting slice, as QEMU's BUFFER_DELAY */
 #define BW_SAMPLE_NS (50 * 1000 * 1000LL)    /* shortest span a bandwidth sample is taken over */
-#define COPY_BELOW (64 * 1024)               /* runs with less page data than this are copied into the buffer */
+#define COPY_BELOW (64 * 1024)               /* with the workload stopped, smaller runs are still copied */
 #define RETURN_PATH_POLL_EVERY 8             /* records between checks of the return path */
 
 typedef struct Source {
