@@ -104,17 +104,14 @@ static bool check_port(const char *ctx, const char *port, FerryError **errp)
         return false;
     }
     if (isdigit((unsigned char)*port)) {
-        unsigned long v = 0;
-        for (const char *p = port; *p; p++) {
-            if (!isdigit((unsigned char)*p)) {
-                ferry_error_setg(errp, "%s: bad port '%s'", ctx, port);
-                return false;
-            }
-            v = v * 10 + (unsigned long)(*p - '0');
-            if (v > 65535) {
-                ferry_error_setg(errp, "%s: port '%s' out of range (0..65535)", ctx, port);
-                return false;
-            }
+        uint64_t v;
+        if (port[strspn(port, "0123456789")] != '\0') {
+            ferry_error_setg(errp, "%s: bad port '%s'", ctx, port);
+            return false;
+        }
+        if (!parse_decimal(port, 65535, &v)) {
+            ferry_error_setg(errp, "%s: port '%s' out of range (0..65535)", ctx, port);
+            return false;
         }
         return true;
     }

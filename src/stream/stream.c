@@ -8,12 +8,12 @@
  * The writer and the reader may be different threads; they share only the latched error, which is set once
  * with a compare-and-swap and never changed or freed before ferry__stream_free, so reading it needs no lock.
  */
-#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "stream/stream.h"
 #include "util/util.h"
+#include "wire/wire.h" /* byte order, kept in one place */
 
 #define STREAM_BUF_SIZE (256 * 1024)
 /* Stack iovec arrays up to this size in write_iov; longer lists are copied to the heap. */
@@ -141,20 +141,23 @@ void ferry__stream_write_u8(FerryStream *s, uint8_t v)
 
 void ferry__stream_write_be16(FerryStream *s, uint16_t v)
 {
-    uint16_t be = htobe16(v);
-    ferry__stream_write(s, &be, sizeof(be));
+    uint8_t b[2];
+    ferry__put_be16(b, v);
+    ferry__stream_write(s, b, sizeof(b));
 }
 
 void ferry__stream_write_be32(FerryStream *s, uint32_t v)
 {
-    uint32_t be = htobe32(v);
-    ferry__stream_write(s, &be, sizeof(be));
+    uint8_t b[4];
+    ferry__put_be32(b, v);
+    ferry__stream_write(s, b, sizeof(b));
 }
 
 void ferry__stream_write_be64(FerryStream *s, uint64_t v)
 {
-    uint64_t be = htobe64(v);
-    ferry__stream_write(s, &be, sizeof(be));
+    uint8_t b[8];
+    ferry__put_be64(b, v);
+    ferry__stream_write(s, b, sizeof(b));
 }
 
 void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt)
@@ -270,31 +273,31 @@ bool ferry__stream_read_u8(FerryStream *s, uint8_t *v)
 
 bool ferry__stream_read_be16(FerryStream *s, uint16_t *v)
 {
-    uint16_t be;
-    if (!stream_read(s, (uint8_t *)&be, sizeof(be))) {
+    uint8_t b[2];
+    if (!stream_read(s, b, sizeof(b))) {
         return false;
     }
-    *v = be16toh(be);
+    *v = ferry__get_be16(b);
     return true;
 }
 
 bool ferry__stream_read_be32(FerryStream *s, uint32_t *v)
 {
-    uint32_t be;
-    if (!stream_read(s, (uint8_t *)&be, sizeof(be))) {
+    uint8_t b[4];
+    if (!stream_read(s, b, sizeof(b))) {
         return false;
     }
-    *v = be32toh(be);
+    *v = ferry__get_be32(b);
     return true;
 }
 
 bool ferry__stream_read_be64(FerryStream *s, uint64_t *v)
 {
-    uint64_t be;
-    if (!stream_read(s, (uint8_t *)&be, sizeof(be))) {
+    uint8_t b[8];
+    if (!stream_read(s, b, sizeof(b))) {
         return false;
     }
-    *v = be64toh(be);
+    *v = ferry__get_be64(b);
     return true;
 }
 

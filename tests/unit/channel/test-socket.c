@@ -24,6 +24,8 @@
 
 #include <cmocka.h>
 
+#include "test-helpers.h"
+
 #include "channel/channel.h"
 #include "util/util.h"
 
@@ -49,15 +51,6 @@ static FerryMigrationAddress *parse(const char *uri)
         fail();
     }
     return a;
-}
-
-static void assert_msg_contains(FerryError *err, const char *needle)
-{
-    assert_non_null(err);
-    if (!strstr(ferry_error_msg(err), needle)) {
-        print_error("message \"%s\" lacks \"%s\"\n", ferry_error_msg(err), needle);
-        fail();
-    }
 }
 
 /* Connects to @uri, accepts on @l, and checks a message each way. */
@@ -459,17 +452,8 @@ static void *fire_later(void *opaque)
  */
 static void test_connect_cancelled(void **state)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(sin);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    assert_int_equal(listen(lfd, 0), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
-    /* Fill the backlog (one pending connection for backlog 0). */
-    int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_int_equal(connect(filler, (struct sockaddr *)&sin, sizeof(sin)), 0);
-
-    char *uri = ferry__xasprintf("tcp:127.0.0.1:%u", ntohs(sin.sin_port));
+    int lfd, filler;
+    char *uri = full_backlog_listener(&lfd, &filler);
     FerryMigrationAddress *a = parse(uri);
     int efd = eventfd(0, EFD_CLOEXEC);
     pthread_t t;

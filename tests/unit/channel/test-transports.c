@@ -25,6 +25,8 @@
 
 #include <cmocka.h>
 
+#include "test-helpers.h"
+
 #include "channel/channel.h"
 #include "util/util.h"
 
@@ -62,7 +64,7 @@ static FerryMigrationAddress *unix_addr(const char *path, bool abstract)
     return a;
 }
 
-static FerryMigrationAddress *inet_addr(const char *host, const char *port)
+static FerryMigrationAddress *inet_address(const char *host, const char *port)
 {
     FerryMigrationAddress *a = addr_new(FERRY_TRANSPORT_SOCKET);
     a->socket.type = FERRY_SOCKET_INET;
@@ -106,15 +108,6 @@ static FerryMigrationAddress *file_addr(const char *name, uint64_t offset)
 }
 
 /* ---- helpers ---- */
-
-static void assert_msg_contains(FerryError *err, const char *needle)
-{
-    assert_non_null(err);
-    if (!strstr(ferry_error_msg(err), needle)) {
-        print_error("message \"%s\" lacks \"%s\"\n", ferry_error_msg(err), needle);
-        fail();
-    }
-}
 
 static FerryChannel *connect_ok(const FerryMigrationAddress *a)
 {
@@ -794,7 +787,7 @@ static void test_tcp_to_and_keepalive(void **state)
 {
     (void)state;
     /* Occupy a port, then ask for a range that starts there: the next free port of the range is taken. */
-    FerryMigrationAddress *any = inet_addr("127.0.0.1", "0");
+    FerryMigrationAddress *any = inet_address("127.0.0.1", "0");
     FerryListener *busy = listen_ok(any);
     char *busy_port = listener_port(busy);
     unsigned p = (unsigned)atoi(busy_port);
@@ -802,7 +795,7 @@ static void test_tcp_to_and_keepalive(void **state)
 
     char port_str[16];
     snprintf(port_str, sizeof(port_str), "%u", p);
-    FerryMigrationAddress *ranged = inet_addr("127.0.0.1", port_str);
+    FerryMigrationAddress *ranged = inet_address("127.0.0.1", port_str);
     ranged->socket.inet.has_to = true;
     ranged->socket.inet.to = (uint16_t)(p + 20);
     ranged->socket.inet.has_keep_alive = true;
@@ -812,7 +805,7 @@ static void test_tcp_to_and_keepalive(void **state)
     unsigned q = (unsigned)atoi(got_port);
     assert_true(q > p && q <= p + 20);
 
-    FerryMigrationAddress *dst = inet_addr("127.0.0.1", got_port);
+    FerryMigrationAddress *dst = inet_address("127.0.0.1", got_port);
     dst->socket.inet.has_keep_alive = true;
     dst->socket.inet.keep_alive = true;
     FerryChannel *c = connect_ok(dst);
@@ -831,7 +824,7 @@ static void test_tcp_to_and_keepalive(void **state)
     ferry__listener_free(l);
 
     /* A range whose only port is busy fails naming the address; "to" below the port is refused. */
-    FerryMigrationAddress *only = inet_addr("127.0.0.1", port_str);
+    FerryMigrationAddress *only = inet_address("127.0.0.1", port_str);
     only->socket.inet.has_to = true;
     only->socket.inet.to = (uint16_t)p;
     FerryError *err = NULL;
@@ -845,7 +838,7 @@ static void test_tcp_to_and_keepalive(void **state)
     ferry_error_free(err);
 
     /* "numeric": a name is never looked up. */
-    FerryMigrationAddress *named = inet_addr("localhost", "0");
+    FerryMigrationAddress *named = inet_address("localhost", "0");
     named->socket.inet.has_numeric = true;
     named->socket.inet.numeric = true;
     err = NULL;

@@ -15,11 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <cmocka.h>
+
+#include "test-helpers.h"
 
 #include "ferry/ferry.h"
 #include "channel/channel.h"
@@ -378,15 +377,8 @@ static void test_cancel(void **state)
  * completes it); so does freeing the engine, which must not wait for the kernel's connect timeout. */
 static void test_cancel_while_connecting(void **state)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(sin);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    assert_int_equal(listen(lfd, 0), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
-    int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_int_equal(connect(filler, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    char *uri = ferry__xasprintf("tcp:127.0.0.1:%u", ntohs(sin.sin_port));
+    int lfd, filler;
+    char *uri = full_backlog_listener(&lfd, &filler);
     FerryMigrationAddress *a = addr_of(uri);
 
     Side src;
