@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this): install the Debian packages, build a tree with
-# warnings as errors (build-ci) and one under AddressSanitizer + UndefinedBehaviorSanitizer (build-san), run the
-# unit tests and the integration tests against the sanitized binaries, check that `meson install` produces a usable
+# warnings as errors (build-ci), one under AddressSanitizer + UndefinedBehaviorSanitizer (build-san) and one with
+# clang and libFuzzer (build-fuzz), run the unit tests and the integration tests against the sanitized binaries,
+# run each fuzz target for 30 s on its seed corpus, check that `meson install` produces a usable
 # libferry.pc, and print one summary line "N passed, N failed[, N skipped]". Exits non-zero if anything failed.
 # It is not the benchmark (bench/run.sh) and not the demo (scripts/demo.sh).
 set -uo pipefail
@@ -47,6 +48,17 @@ else
     san_ok=0
 fi
 
+step "build build-fuzz (clang, libFuzzer, address,undefined, werror)"
+fuzz_ok=1
+rm -rf build-fuzz/crashes
+if CC=clang setup_build build-fuzz -Dfuzzing=true -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dwerror=true; then
+    passed_steps=$((passed_steps + 1))
+else
+    failed_steps+=("build build-fuzz")
+    fuzz_ok=0
+fi
+
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
@@ -58,6 +70,18 @@ if [ "$san_ok" = 1 ]; then
     step "integration tests (build-san)"
     FERRY_BUILD="$root/build-san" "$py" -m pytest tests/integration -v -rs \
         --junitxml="$root/build-san/pytest-junit.xml"
+fi
+
+if [ "$fuzz_ok" = 1 ]; then
+    # Short runs: enough to replay the seeds and explore a little; scripts/fuzz.sh runs them for longer.
+    for t in stream analyze; do
+        step "fuzz-$t (30 s)"
+        if ASAN_OPTIONS= bash scripts/fuzz.sh --time 30 "$t"; then
+            passed_steps=$((passed_steps + 1))
+        else
+            failed_steps+=("fuzz-$t")
+        fi
+    done
 fi
 
 step "meson install smoke check (build-ci)"

@@ -3,6 +3,7 @@
 #define FERRY_FERRY_H
 
 #include "ferry/common.h"
+#include "ferry/analyze.h"
 #include "ferry/error.h"
 #include "ferry/host.h"
 #include "ferry/ram.h"

@@ -34,8 +34,9 @@ typedef struct PopulateRange {
 typedef struct Staged {
     size_t section;
     uint32_t version;
-    uint8_t *data; /* the whole record payload */
-    size_t off, len;
+    uint8_t *payload;     /* the whole record payload: schema and data point into it */
+    FerrySchema *schema;
+    FerryVisitor *v;      /* the input visitor, created (and the data checked) on arrival */
 } Staged;
 
 typedef struct Dest {
@@ -48,8 +49,13 @@ typedef struct Dest {
     uint64_t normal, duplicate;
     Staged *staged;
     size_t nstaged;
+    uint32_t sections_seen;  /* staged and skipped */
+    uint64_t skipped;        /* bytes of skippable data this build did not know */
+    uint64_t records;        /* records read so far */
+    bool accepted_valid;     /* a HELLO_REPLY was sent: FEATURES must stay within it */
+    FerryWireFeatureList accepted;
     bool source_running;
-    uint8_t end[16]; /* the END record's payload */
+    uint8_t end[FERRY_WIRE_END_LEN]; /* the END record's payload */
 
     pthread_t pop_thread;
     bool pop_started;
@@ -138,53 +144,88 @@ static bool load_config(Dest *d, uint32_t len, FerryError **errp)
     if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "CONFIG", &buf, errp)) {
         return false;
     }
-    FerryWireReader r;
-    ferry__wire_reader_init(&r, buf, len);
-    uint32_t ps = ferry__wire_get_be32(&r);
-    uint32_t n = ferry__wire_get_be32(&r);
-    bool ok = false;
-    if (r.failed) {
-        ferry_error_setg(errp, "CONFIG record is truncated");
+    FerryWireConfig c;
+    bool ok = ferry__wire_config_decode(buf, len, &c, errp);
+    free(buf);
+    if (!ok) {
+        return false;
+    }
+    ok = false;
+    if (c.page_size != d->ps) {
+        ferry_error_setg(errp, "page size mismatch: the stream has %u, this process %zu", c.page_size, d->ps);
         goto out;
     }
-    if (ps != d->ps) {
-        ferry_error_setg(errp, "page size mismatch: the stream has %u, this process %zu", ps, d->ps);
+    if (c.nblocks != m->nblocks) {
+        ferry_error_setg(errp, "RAM block count mismatch: the stream has %u, this process %zu", c.nblocks,
+                         m->nblocks);
         goto out;
     }
-    if (n != m->nblocks) {
-        ferry_error_setg(errp, "RAM block count mismatch: the stream has %u, this process %zu", n, m->nblocks);
-        goto out;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        char name[256];
-        if (!ferry__wire_get_name(&r, name)) {
-            ferry_error_setg(errp, "CONFIG record: bad name of RAM block %u", i);
-            goto out;
-        }
-        uint64_t size = ferry__wire_get_be64(&r);
-        if (r.failed) {
-            ferry_error_setg(errp, "CONFIG record is truncated");
-            goto out;
-        }
+    for (uint32_t i = 0; i < c.nblocks; i++) {
         FerryRamBlock *b = m->blocks[i];
-        if (strcmp(name, b->name) != 0) {
-            ferry_error_setg(errp, "RAM block %u is '%s' in the stream but '%s' in this process", i, name, b->name);
+        if (strcmp(c.blocks[i].name, b->name) != 0) {
+            ferry_error_setg(errp, "RAM block %u is '%s' in the stream but '%s' in this process", i,
+                             c.blocks[i].name, b->name);
             goto out;
         }
-        if (size != b->size) {
+        if (c.blocks[i].size != b->size) {
             ferry_error_setg(errp, "RAM block '%s' size mismatch: the stream has %llu bytes, this process %llu",
-                             name, (unsigned long long)size, (unsigned long long)b->size);
+                             b->name, (unsigned long long)c.blocks[i].size, (unsigned long long)b->size);
             goto out;
         }
-    }
-    if (r.pos != r.len) {
-        ferry_error_setg(errp, "CONFIG record has %zu trailing bytes", r.len - r.pos);
-        goto out;
     }
     d->config_seen = true;
     ok = true;
 out:
+    ferry__wire_config_free(&c);
+    return ok;
+}
+
+/*
+ * HELLO: what the source offers. With a return path, answer with what this side accepts; the source then writes
+ * FEATURES within that. The answer always carries a CRC trailer (as every return-path record).
+ */
+static bool load_hello(Dest *d, uint32_t len, FerryError **errp)
+{
+    uint8_t *buf;
+    FerryWireFeatureList offered;
+    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "HELLO", &buf, errp)) {
+        return false;
+    }
+    bool ok = ferry__wire_features_decode(buf, len, &offered, errp);
     free(buf);
+    if (!ok || d->chan->one_way) {
+        return ok;
+    }
+    ferry__features_accept(d->m, &offered, &d->accepted);
+    d->accepted_valid = true;
+    uint8_t out[FERRY_WIRE_RECORD_HEADER_LEN + 2 + FERRY_WIRE_MAX_FEATURES * (2 + FERRY_WIRE_MAX_FEATURE_NAME) + 4];
+    size_t n = ferry__wire_features_len(&d->accepted);
+    ferry__wire_encode_record(out, &(FerryRecordHeader){ .type = FERRY_REC_HELLO_REPLY, .length = (uint32_t)n });
+    ferry__wire_features_encode(&d->accepted, out + FERRY_WIRE_RECORD_HEADER_LEN);
+    ferry__put_be32(out + FERRY_WIRE_RECORD_HEADER_LEN + n, ferry__crc32c(0, out, FERRY_WIRE_RECORD_HEADER_LEN + n));
+    if (!ferry__channel_write_all(d->chan, out, FERRY_WIRE_RECORD_HEADER_LEN + n + 4, errp)) {
+        ferry_error_prepend(errp, "cannot answer the source's HELLO: ");
+        return false;
+    }
+    return true;
+}
+
+/* FEATURES: what the stream uses. Refused before anything is loaded if this build cannot honour it. */
+static bool load_features(Dest *d, uint32_t len, FerryWireFeatureList *used, FerryError **errp)
+{
+    uint8_t *buf;
+    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "FEATURES", &buf, errp)) {
+        return false;
+    }
+    bool ok = ferry__wire_features_decode(buf, len, used, errp) && ferry__features_check(used, errp);
+    free(buf);
+    for (uint32_t i = 0; ok && d->accepted_valid && i < used->n; i++) {
+        if (ferry__wire_features_find(&d->accepted, used->f[i].name) < 0) {
+            ferry_error_setg(errp, "the stream uses feature '%s', which this destination did not accept",
+                             used->f[i].name);
+            ok = false;
+        }
+    }
     return ok;
 }
 
@@ -194,24 +235,27 @@ static bool load_hint(Dest *d, uint32_t len, FerryError **errp)
     if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN + 64, "POPULATE_HINT", &buf, errp)) {
         return false;
     }
-    FerryWireReader r;
-    ferry__wire_reader_init(&r, buf, len);
-    uint32_t bi = ferry__wire_get_be32(&r);
-    uint32_t count = ferry__wire_get_be32(&r);
+    FerryWireHint h;
     bool ok = false;
-    if (r.failed || bi >= d->m->nblocks || (uint64_t)count * 16 != r.len - r.pos) {
-        ferry_error_setg(errp, "malformed POPULATE_HINT record (block %u, %u ranges, %u bytes)", bi, count, len);
+    if (!ferry__wire_hint_decode(buf, len, &h, errp)) {
         goto out;
     }
-    FerryRamBlock *b = d->m->blocks[bi];
-    for (uint32_t i = 0; i < count; i++) {
-        uint64_t first = ferry__wire_get_be64(&r), n = ferry__wire_get_be64(&r);
+    if (h.block >= d->m->nblocks) {
+        ferry_error_setg(errp, "POPULATE_HINT record names block %u, this process has %zu", h.block, d->m->nblocks);
+        goto out;
+    }
+    FerryRamBlock *b = d->m->blocks[h.block];
+    for (uint32_t i = 0; i < h.count; i++) {
+        uint64_t first, n;
+        ferry__wire_hint_range(&h, i, &first, &n);
         if (first >= b->npages || n > b->npages - first) {
             ferry_error_setg(errp, "POPULATE_HINT range %llu+%llu is outside RAM block '%s'",
                              (unsigned long long)first, (unsigned long long)n, b->name);
             goto out;
         }
-        populate_queue(d, b, first, n);
+        if (d->pop_started) {
+            populate_queue(d, b, first, n);
+        }
     }
     ok = true;
 out:
@@ -235,18 +279,19 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
         }
         return false;
     }
-    uint32_t bi = ferry__get_be32(run);
-    uint32_t flags = ferry__get_be32(run + 4);
-    uint64_t first = ferry__get_be64(run + 8);
-    uint32_t n = ferry__get_be32(run + 16);
-    if (bi >= d->m->nblocks) {
-        ferry_error_setg(errp, "RAM_PAGES record names block %u, this process has %zu", bi, d->m->nblocks);
+    FerryWireRun run_h;
+    ferry__wire_run_decode(run, &run_h);
+    uint64_t first = run_h.first;
+    uint32_t n = run_h.count;
+    if (run_h.block >= d->m->nblocks) {
+        ferry_error_setg(errp, "RAM_PAGES record names block %u, this process has %zu", run_h.block,
+                         d->m->nblocks);
         return false;
     }
-    FerryRamBlock *b = d->m->blocks[bi];
-    if (flags != 0 || n == 0 || n > FERRY_WIRE_MAX_RUN_PAGES || first >= b->npages || n > b->npages - first) {
-        ferry_error_setg(errp, "bad RAM_PAGES record: block '%s', pages %llu+%u, flags 0x%x", b->name,
-                         (unsigned long long)first, n, flags);
+    FerryRamBlock *b = d->m->blocks[run_h.block];
+    if (n == 0 || n > FERRY_WIRE_MAX_RUN_PAGES || first >= b->npages || n > b->npages - first) {
+        ferry_error_setg(errp, "bad RAM_PAGES record: block '%s', pages %llu+%u", b->name,
+                         (unsigned long long)first, n);
         return false;
     }
     uint32_t zb = (n + 7) / 8;
@@ -254,11 +299,11 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
         ferry__stream_check(d->s, errp);
         return false;
     }
-    uint32_t zeros = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        zeros += (zmap[i / 8] >> (i % 8)) & 1;
+    uint32_t zeros;
+    uint64_t expect;
+    if (!ferry__wire_run_expected_len(&run_h, zmap, (uint32_t)d->ps, &expect, &zeros, errp)) {
+        return false;
     }
-    uint64_t expect = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + (uint64_t)(n - zeros) * d->ps;
     if (len != expect) {
         ferry_error_setg(errp, "RAM_PAGES record for block '%s' pages %llu+%u is %u bytes, expected %llu", b->name,
                          (unsigned long long)first, n, len, (unsigned long long)expect);
@@ -291,45 +336,61 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
     return true;
 }
 
+/*
+ * SECTION: decode its header and schema and check its data against the schema now (so that an error points at
+ * this record), then stage it: sections are loaded only after END. A section this process does not have is
+ * skipped if the source marked it skippable, and fails the migration otherwise.
+ */
 static bool load_section(Dest *d, uint32_t len, FerryError **errp)
 {
     FerryMigration *m = d->m;
     uint8_t *buf;
-    if (!read_payload(d, len, FERRY_WIRE_MAX_SECTION_LEN + 512, "SECTION", &buf, errp)) {
+    FerryWireSection ws;
+    if (!read_payload(d, len, FERRY_WIRE_MAX_SECTION_LEN, "SECTION", &buf, errp)) {
         return false;
     }
-    FerryWireReader r;
-    ferry__wire_reader_init(&r, buf, len);
-    char name[256];
-    bool good_name = ferry__wire_get_name(&r, name);
-    uint32_t instance = ferry__wire_get_be32(&r);
-    uint32_t version = ferry__wire_get_be32(&r);
-    if (!good_name || r.failed) {
+    if (!ferry__wire_section_decode(buf, len, &ws, errp)) {
         free(buf);
-        ferry_error_setg(errp, "malformed SECTION record header");
         return false;
     }
     size_t idx;
     for (idx = 0; idx < m->nsections; idx++) {
-        if (strcmp(m->sections[idx].name, name) == 0 && m->sections[idx].instance_id == instance) {
+        if (strcmp(m->sections[idx].name, ws.name) == 0 && m->sections[idx].instance_id == ws.instance_id) {
             break;
         }
     }
+    d->sections_seen++;
     if (idx == m->nsections) {
         free(buf);
-        ferry_error_setg(errp, "unknown section '%s' instance %u in the stream", name, instance);
-        return false;
+        if (!(ws.flags & FERRY_SECTION_SKIPPABLE)) {
+            ferry_error_setg(errp, "unknown section '%s' instance %u in the stream (the source did not mark it "
+                             "skippable)", ws.name, ws.instance_id);
+            return false;
+        }
+        ferry__log(FERRY_LOG_INFO, "skipping section '%s' instance %u (%u bytes): not known here, skippable",
+                   ws.name, ws.instance_id, len);
+        d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)len +
+                      (ferry__stream_crc(d->s) ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
+        return true;
     }
     for (size_t i = 0; i < d->nstaged; i++) {
         if (d->staged[i].section == idx) {
             free(buf);
-            ferry_error_setg(errp, "section '%s' instance %u appears twice in the stream", name, instance);
+            ferry_error_setg(errp, "section '%s' instance %u appears twice in the stream", ws.name, ws.instance_id);
             return false;
         }
     }
+    FerrySchema *schema = ferry__schema_decode(ws.schema, ws.schema_len, errp);
+    FerryVisitor *v = schema ? ferry__visitor_input_new(ws.name, schema, ws.data, ws.data_len, errp) : NULL;
+    if (!v) {
+        ferry_error_prepend(errp, "section '%s' instance %u: ", ws.name, ws.instance_id);
+        ferry__schema_free(schema);
+        free(buf);
+        return false;
+    }
     d->staged = ferry__xrealloc(d->staged, (d->nstaged + 1) * sizeof(*d->staged));
-    d->staged[d->nstaged++] = (Staged){ .section = idx, .version = version, .data = buf, .off = r.pos,
-                                        .len = r.len - r.pos };
+    d->staged[d->nstaged++] = (Staged){ .section = idx, .version = ws.version, .payload = buf, .schema = schema,
+                                        .v = v };
     return true;
 }
 
@@ -351,45 +412,48 @@ static bool load_end(Dest *d, uint32_t len, FerryError **errp)
 static bool finish_end(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    uint32_t flags = ferry__get_be32(d->end);
-    uint64_t pages = ferry__get_be64(d->end + 4);
-    uint32_t nsec = ferry__get_be32(d->end + 12);
+    FerryWireEnd end;
+    ferry__wire_end_decode(d->end, &end);
     if (!d->config_seen) {
         ferry_error_setg(errp, "END record before the CONFIG record");
         return false;
     }
-    if (pages != d->pages) {
+    if (end.pages != d->pages) {
         ferry_error_setg(errp, "stream damaged: the source sent %llu pages, %llu arrived",
-                         (unsigned long long)pages, (unsigned long long)d->pages);
+                         (unsigned long long)end.pages, (unsigned long long)d->pages);
         return false;
     }
-    if (nsec != d->nstaged) {
-        ferry_error_setg(errp, "stream damaged: the source sent %u sections, %zu arrived", nsec, d->nstaged);
+    if (end.sections != d->sections_seen) {
+        ferry_error_setg(errp, "stream damaged: the source sent %u sections, %u arrived", end.sections,
+                         d->sections_seen);
         return false;
     }
     for (size_t i = 0; i < m->nsections; i++) {
         size_t j;
         for (j = 0; j < d->nstaged && d->staged[j].section != i; j++) {
         }
-        if (j == d->nstaged) {
+        if (j < d->nstaged) {
+            continue;
+        }
+        if (!(m->sections[i].flags & FERRY_SECTION_OPTIONAL)) {
             ferry_error_setg(errp, "section '%s' instance %u is missing from the stream", m->sections[i].name,
                              m->sections[i].instance_id);
             return false;
         }
+        ferry__log(FERRY_LOG_INFO, "section '%s' instance %u is not in the stream (optional: keeping its state)",
+                   m->sections[i].name, m->sections[i].instance_id);
     }
     for (size_t j = 0; j < d->nstaged; j++) {
         Staged *st = &d->staged[j];
         FerrySection *sec = &m->sections[st->section];
-        FerryVisitor *v = ferry__visitor_input_new(st->data + st->off, st->len);
-        bool ok = sec->fn(v, sec->opaque, st->version, errp) && ferry__visitor_input_finish(v, errp);
-        ferry__visitor_free(v);
-        if (!ok) {
+        if (!sec->fn(st->v, sec->opaque, st->version, errp) || !ferry__visitor_input_finish(st->v, errp)) {
             ferry_error_prepend(errp, "loading section '%s' instance %u (version %u): ", sec->name,
                                 sec->instance_id, st->version);
             return false;
         }
+        d->skipped += ferry__visitor_input_skipped(st->v);
     }
-    d->source_running = flags & FERRY_END_SOURCE_RUNNING;
+    d->source_running = end.flags & FERRY_END_SOURCE_RUNNING;
     return true;
 }
 
@@ -400,6 +464,7 @@ static void update_stats(Dest *d)
     m->stats.transferred = ferry__stream_bytes_read(d->s);
     m->stats.normal = d->normal;
     m->stats.duplicate = d->duplicate;
+    m->stats.skipped_bytes = d->skipped;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -420,11 +485,37 @@ static bool receive(Dest *d, FerryError **errp)
         ferry__stream_read_crc_reset(d->s);
         if (!ferry__stream_read(d->s, rh_bytes, sizeof(rh_bytes))) {
             ferry__stream_check(d->s, errp);
+            ferry_error_prepend(errp, "at stream offset %llu, record header: ", (unsigned long long)offset);
             return false;
         }
         ferry__wire_decode_record(rh_bytes, &rh);
-        bool ok;
-        switch (rh.type) {
+        bool ok = true;
+        bool features_done = false;
+        FerryWireFeatureList used;
+        /* The first record is HELLO and the second FEATURES: nothing else is understood before them. */
+        uint16_t must = d->records == 0 ? FERRY_REC_HELLO : d->records == 1 ? FERRY_REC_FEATURES : 0;
+        d->records++;
+        if (must && rh.type != must) {
+            ferry_error_setg(errp, "expected a %s record, found %s (0x%04x)", ferry__wire_record_name(must),
+                             ferry__wire_record_name(rh.type), rh.type);
+            ok = false;
+        } else if (rh.type == FERRY_REC_NONE) {
+            ferry_error_setg(errp, "record type 0 is invalid");
+            ok = false;
+        } else if (!must && (rh.type == FERRY_REC_HELLO || rh.type == FERRY_REC_FEATURES)) {
+            ferry_error_setg(errp, "a second %s record", ferry__wire_record_name(rh.type));
+            ok = false;
+        }
+        switch (ok ? rh.type : FERRY_REC_NONE) {
+        case FERRY_REC_NONE:
+            break;
+        case FERRY_REC_HELLO:
+            ok = load_hello(d, rh.length, errp);
+            break;
+        case FERRY_REC_FEATURES:
+            ok = load_features(d, rh.length, &used, errp);
+            features_done = ok;
+            break;
         case FERRY_REC_CONFIG:
             ok = load_config(d, rh.length, errp);
             break;
@@ -462,12 +553,14 @@ static bool receive(Dest *d, FerryError **errp)
                 if (!ok) {
                     ferry__stream_check(d->s, errp);
                 }
+                d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)rh.length +
+                              (ferry__stream_crc(d->s) ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
             }
             break;
         }
         /* The trailer: CRC32C of header and payload. RAM may already hold the record's pages, which is harmless
          * (nothing runs here, and a failed load discards RAM); device state is only loaded after END's check. */
-        if (ok) {
+        if (ok && ferry__stream_crc(d->s)) {
             uint32_t want = ferry__stream_read_crc(d->s), got;
             if (!ferry__stream_read_be32(d->s, &got)) {
                 ferry__stream_check(d->s, errp);
@@ -482,6 +575,11 @@ static bool receive(Dest *d, FerryError **errp)
             ferry_error_prepend(errp, "at stream offset %llu, %s record: ", (unsigned long long)offset,
                                 ferry__wire_record_name(rh.type));
             return false;
+        }
+        if (features_done) {
+            /* From the next record on, trailers are as FEATURES says. */
+            ferry__stream_set_crc(d->s, ferry__features_uses(&used, FERRY_CAP_RECORD_CHECKSUM));
+            ferry__features_record(d->m, &used);
         }
         update_stats(d);
         if (rh.type == FERRY_REC_END) {
@@ -562,25 +660,58 @@ static bool run(Dest *d, FerryError **errp)
     if (d->chan->one_way) {
         return true; /* nobody to acknowledge to: the stream was checked on its own */
     }
-    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
-    ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = FERRY_REC_ACK, .length = 0 });
-    ferry__stream_write_crc_reset(d->s);
-    ferry__stream_write(d->s, h, sizeof(h));
-    ferry__stream_write_be32(d->s, ferry__stream_write_crc(d->s));
-    if (!ferry__stream_flush(d->s)) {
-        ferry__stream_check(d->s, errp);
+    /* Return-path records always carry a CRC trailer, whatever the stream's features. */
+    uint8_t ack[FERRY_WIRE_RECORD_HEADER_LEN + FERRY_WIRE_RECORD_TRAILER_LEN];
+    ferry__wire_encode_record(ack, &(FerryRecordHeader){ .type = FERRY_REC_ACK, .length = 0 });
+    ferry__put_be32(ack + FERRY_WIRE_RECORD_HEADER_LEN, ferry__crc32c(0, ack, FERRY_WIRE_RECORD_HEADER_LEN));
+    if (!ferry__channel_write_all(d->chan, ack, sizeof(ack), errp)) {
         ferry_error_prepend(errp, "cannot acknowledge completion to the source: ");
         return false;
     }
     return true;
 }
 
+static void dest_init(Dest *d, FerryMigration *m)
+{
+    *d = (Dest){ .m = m, .ps = ferry_ram_page_size() };
+    pthread_mutex_init(&d->pop_lock, NULL);
+    pthread_cond_init(&d->pop_cond, NULL);
+}
+
+/* Everything but the channel. */
+static void dest_cleanup(Dest *d)
+{
+    ferry__stream_free(d->s);
+    for (size_t i = 0; i < d->nstaged; i++) {
+        ferry_visitor_free(d->staged[i].v);
+        ferry__schema_free(d->staged[i].schema);
+        free(d->staged[i].payload);
+    }
+    free(d->staged);
+    free(d->pop_q);
+    pthread_mutex_destroy(&d->pop_lock);
+    pthread_cond_destroy(&d->pop_cond);
+}
+
+bool ferry__migration_load_stream(FerryMigration *m, FerryChannel *c, uint64_t *skipped, FerryError **errp)
+{
+    Dest d;
+    dest_init(&d, m);
+    d.chan = c;
+    d.s = ferry__stream_new(c);
+    bool ok = receive(&d, errp);
+    if (skipped) {
+        *skipped = d.skipped;
+    }
+    dest_cleanup(&d);
+    return ok;
+}
+
 void *ferry__dest_thread(void *opaque)
 {
     FerryMigration *m = opaque;
-    Dest d = { .m = m, .ps = ferry_ram_page_size() };
-    pthread_mutex_init(&d.pop_lock, NULL);
-    pthread_cond_init(&d.pop_cond, NULL);
+    Dest d;
+    dest_init(&d, m);
     FerryError *err = NULL;
 
     bool ok = run(&d, &err);
@@ -592,15 +723,8 @@ void *ferry__dest_thread(void *opaque)
     m->in_chan = NULL;
     bool exit_on_error = m->exit_on_error;
     pthread_mutex_unlock(&m->lock);
-    ferry__stream_free(d.s);
+    dest_cleanup(&d);
     ferry__channel_free(d.chan);
-    for (size_t i = 0; i < d.nstaged; i++) {
-        free(d.staged[i].data);
-    }
-    free(d.staged);
-    free(d.pop_q);
-    pthread_mutex_destroy(&d.pop_lock);
-    pthread_cond_destroy(&d.pop_cond);
 
     if (ok) {
         ferry__vm_incoming_done(m, d.source_running);

@@ -182,24 +182,74 @@ void ferry_migration_set_dirty_tracker(FerryMigration *m, FerryTrackerKind kind)
     pthread_mutex_unlock(&m->lock);
 }
 
-bool ferry_migration_register_section(FerryMigration *m, const char *name, uint32_t instance_id, uint32_t version,
-                                      FerrySectionFn fn, void *opaque, FerryError **errp)
+bool ferry_migration_add_section(FerryMigration *m, const FerrySectionInfo *info, FerryError **errp)
 {
+    const char *name = info->name;
     if (!name || !*name || strlen(name) > 255) {
         ferry_error_setg(errp, "section name must be 1 to 255 bytes");
         return false;
     }
+    if (!info->fn) {
+        ferry_error_setg(errp, "section '%s' has no visit function", name);
+        return false;
+    }
+    if (info->flags & ~(uint32_t)(FERRY_SECTION_SKIPPABLE | FERRY_SECTION_OPTIONAL)) {
+        ferry_error_setg(errp, "section '%s': unknown flags 0x%x", name, info->flags);
+        return false;
+    }
     for (size_t i = 0; i < m->nsections; i++) {
-        if (strcmp(m->sections[i].name, name) == 0 && m->sections[i].instance_id == instance_id) {
-            ferry_error_setg(errp, "section '%s' instance %u is already registered", name, instance_id);
+        if (strcmp(m->sections[i].name, name) == 0 && m->sections[i].instance_id == info->instance_id) {
+            ferry_error_setg(errp, "section '%s' instance %u is already registered", name, info->instance_id);
             return false;
         }
     }
     m->sections = ferry__xrealloc(m->sections, (m->nsections + 1) * sizeof(*m->sections));
     m->sections[m->nsections++] = (FerrySection){
-        .name = ferry__xstrdup(name), .instance_id = instance_id, .version = version, .fn = fn, .opaque = opaque,
+        .name = ferry__xstrdup(name), .instance_id = info->instance_id, .version = info->version,
+        .flags = info->flags, .fn = info->fn, .opaque = info->opaque,
     };
     return true;
+}
+
+bool ferry_migration_register_section(FerryMigration *m, const char *name, uint32_t instance_id, uint32_t version,
+                                      FerrySectionFn fn, void *opaque, FerryError **errp)
+{
+    const FerrySectionInfo info = {
+        .name = name, .instance_id = instance_id, .version = version, .fn = fn, .opaque = opaque,
+    };
+    return ferry_migration_add_section(m, &info, errp);
+}
+
+bool ferry__section_save(const FerrySection *sec, FerrySchema **schema, uint8_t **data, size_t *len,
+                         FerryError **errp)
+{
+    FerryVisitor *v = ferry__visitor_output_new();
+    bool ok = sec->fn(v, sec->opaque, sec->version, errp) && ferry__visitor_output_finish(v, schema, data, len, errp);
+    ferry_visitor_free(v);
+    if (!ok) {
+        ferry_error_prepend(errp, "saving section '%s' instance %u: ", sec->name, sec->instance_id);
+    }
+    return ok;
+}
+
+json_t *ferry_migration_schema(FerryMigration *m, FerryError **errp)
+{
+    json_t *r = json_array();
+    for (size_t i = 0; i < m->nsections; i++) {
+        const FerrySection *sec = &m->sections[i];
+        FerrySchema *schema;
+        uint8_t *data;
+        size_t len;
+        if (!ferry__section_save(sec, &schema, &data, &len, errp)) {
+            json_decref(r);
+            return NULL;
+        }
+        json_array_append_new(r, ferry__section_schema_json(sec->name, sec->instance_id, sec->version, sec->flags,
+                                                            schema));
+        ferry__schema_free(schema);
+        free(data);
+    }
+    return r;
 }
 
 /* Starting, cancelling and joining. */
@@ -214,6 +264,7 @@ static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
     m->tracker_name = NULL;
     free(m->tracker_note);
     m->tracker_note = NULL;
+    m->features_negotiated = false;
     memset(&m->stats, 0, sizeof(m->stats));
     m->stats.start_ms = ferry__clock_ms();
     m->stats.expected_downtime_ms = m->params.downtime_limit;
@@ -428,6 +479,16 @@ json_t *ferry__migration_query(FerryMigration *m)
         }
         if (m->tracker_note) {
             json_object_set_new(r, "dirty-tracker-note", json_string(m->tracker_note));
+        }
+        if (m->features_negotiated) {
+            json_t *f = json_array();
+            for (uint32_t i = 0; i < m->features.n; i++) {
+                json_array_append_new(f, json_string(m->features.f[i].name));
+            }
+            json_object_set_new(r, "stream-features", f);
+        }
+        if (m->incoming) {
+            json_object_set_new(r, "skipped-bytes", json_integer((json_int_t)st->skipped_bytes));
         }
     }
     if (m->error_desc && (m->status == FERRY_MIG_FAILED || m->status == FERRY_MIG_CANCELLED)) {

@@ -16,11 +16,14 @@
 #include "channel/channel.h"
 #include "migration/migration.h"
 #include "ram/ram.h"
+#include "visitor/visitor-int.h"
+#include "wire/wire.h"
 
 typedef struct FerrySection {
     char *name;
     uint32_t instance_id;
     uint32_t version;
+    uint32_t flags; /* FERRY_SECTION_* */
     FerrySectionFn fn;
     void *opaque;
 } FerrySection;
@@ -33,6 +36,8 @@ typedef struct FerryParams {
 
 typedef enum FerryCapability {
     FERRY_CAP_EVENTS,
+    FERRY_CAP_RECORD_CHECKSUM,
+    FERRY_CAP_POPULATE_HINTS,
     FERRY_CAP__MAX,
 } FerryCapability;
 
@@ -54,6 +59,8 @@ typedef struct FerryMigStats {
     uint64_t downtime_bytes;     /* bytes sent while it was stopped */
     double mbps;                 /* recent throughput, megabits per second */
     uint64_t pages_per_second;
+    uint64_t skipped_bytes;      /* incoming: bytes of skippable data this build did not know (records, sections,
+                                  * fields) */
 } FerryMigStats;
 
 struct FerryMigration {
@@ -89,6 +96,8 @@ struct FerryMigration {
     FerryMigStats stats;
     char *tracker_name;          /* outgoing: the tracker in use */
     char *tracker_note;          /* why a fallback was taken */
+    bool features_negotiated;    /* features holds what the current/last stream uses */
+    FerryWireFeatureList features;
 
     /* Outgoing. */
     pthread_t out_thread;
@@ -113,6 +122,10 @@ void ferry__mig_fail(FerryMigration *m, const FerryError *err); /* status failed
 void ferry__mig_emit(FerryMigration *m, const char *name, json_t *data);
 bool ferry__mig_cap(FerryMigration *m, FerryCapability cap);
 bool ferry__migration_is_active_locked(const FerryMigration *m);
+/* Run @sec's function with the binary output visitor: its schema and data (both the caller's). The error names
+ * the section. */
+bool ferry__section_save(const FerrySection *sec, FerrySchema **schema, uint8_t **data, size_t *len,
+                         FerryError **errp);
 
 /* runstate.c: transitions made by migrations. */
 void ferry__runstate_set(FerryMigration *m, FerryRunState rs);
@@ -127,6 +140,17 @@ void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 void ferry__params_init(FerryMigration *m);
 int64_t ferry__param_max_bandwidth(FerryMigration *m);
 int64_t ferry__param_downtime_limit(FerryMigration *m);
+
+/* params.c: capabilities that are stream features. */
+/* The features this side offers: the stream-feature capabilities that are on. */
+void ferry__features_offer(FerryMigration *m, FerryWireFeatureList *out);
+/* The destination's answer: the offered features it supports and has on. */
+void ferry__features_accept(FerryMigration *m, const FerryWireFeatureList *offered, FerryWireFeatureList *out);
+/* The destination's check of a stream's FEATURES: refuse a critical feature this build does not support. */
+bool ferry__features_check(const FerryWireFeatureList *used, FerryError **errp);
+/* Remember what the stream uses, for query-migrate and query-migrate-capabilities. */
+void ferry__features_record(FerryMigration *m, const FerryWireFeatureList *used);
+bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap);
 
 /* source.c / dest.c: thread bodies. */
 void *ferry__source_thread(void *opaque);

@@ -17,6 +17,7 @@
 #include "ferry/error.h"
 #include "ferry/host.h"
 #include "channel/address.h"
+#include "channel/channel.h"
 
 typedef enum FerryMigrationStatus {
     FERRY_MIG_NONE,
@@ -81,6 +82,14 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
 bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp);
 /* Block until no migration thread of this engine runs (used at exit). */
 void ferry__migration_join(FerryMigration *m);
+
+/*
+ * Load a whole stream from @c into @m's RAM blocks and sections on the calling thread, with the checks of an
+ * incoming migration (header, features, CONFIG, CRCs, END totals; sections loaded only after END), but without a
+ * return path, a populate thread, run-state changes or status updates. For the fuzzer and tests. *skipped (may be
+ * NULL) gets the bytes of skippable data the reader did not know.
+ */
+bool ferry__migration_load_stream(FerryMigration *m, FerryChannel *c, uint64_t *skipped, FerryError **errp);
 
 /* query-migrate's reply. New reference. */
 json_t *ferry__migration_query(FerryMigration *m);

@@ -66,8 +66,24 @@ static const ParamDesc params[] = {
     NOT_YET("x-checkpoint-delay", "COLO is not implemented"),
 };
 
-static const char *const cap_names[FERRY_CAP__MAX] = {
-    [FERRY_CAP_EVENTS] = "events",
+/*
+ * Capabilities. Some are stream features (docs/stream-format.md, "Features"): the source offers the ones that are
+ * on, a destination accepts the offered ones it supports and has on, and the stream uses the intersection.
+ * "critical" is the wire flag: a reader that does not support such a feature must refuse the stream.
+ */
+typedef struct CapDesc {
+    const char *name;
+    bool def;
+    bool feature;  /* negotiated in the stream */
+    bool critical;
+} CapDesc;
+
+static const CapDesc cap_table[FERRY_CAP__MAX] = {
+    [FERRY_CAP_EVENTS] = { "events", false, false, false },
+    /* Every record ends with a CRC32C. Critical: without it a reader would take a trailer for the next record. */
+    [FERRY_CAP_RECORD_CHECKSUM] = { "record-checksum", true, true, true },
+    /* POPULATE_HINT records: skippable, so a reader that does not know them loses nothing but speed. */
+    [FERRY_CAP_POPULATE_HINTS] = { "populate-hints", true, true, false },
 };
 
 static int64_t *param_field(FerryParams *p, const ParamDesc *d)
@@ -83,6 +99,66 @@ void ferry__params_init(FerryMigration *m)
         }
         *param_field(&m->params, &params[i]) = params[i].def;
     }
+    for (int c = 0; c < FERRY_CAP__MAX; c++) {
+        m->caps[c] = cap_table[c].def;
+    }
+}
+
+void ferry__features_offer(FerryMigration *m, FerryWireFeatureList *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&m->lock);
+    for (int c = 0; c < FERRY_CAP__MAX; c++) {
+        if (cap_table[c].feature && m->caps[c]) {
+            ferry__wire_features_add(out, cap_table[c].name, cap_table[c].critical ? FERRY_FEATURE_CRITICAL : 0);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void ferry__features_accept(FerryMigration *m, const FerryWireFeatureList *offered, FerryWireFeatureList *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&m->lock);
+    for (uint32_t i = 0; i < offered->n; i++) {
+        for (int c = 0; c < FERRY_CAP__MAX; c++) {
+            if (cap_table[c].feature && m->caps[c] && strcmp(cap_table[c].name, offered->f[i].name) == 0) {
+                ferry__wire_features_add(out, cap_table[c].name, offered->f[i].flags);
+            }
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+bool ferry__features_check(const FerryWireFeatureList *used, FerryError **errp)
+{
+    for (uint32_t i = 0; i < used->n; i++) {
+        int c;
+        for (c = 0; c < FERRY_CAP__MAX; c++) {
+            if (cap_table[c].feature && strcmp(cap_table[c].name, used->f[i].name) == 0) {
+                break;
+            }
+        }
+        if (c == FERRY_CAP__MAX && (used->f[i].flags & FERRY_FEATURE_CRITICAL)) {
+            ferry_error_setg(errp, "the stream uses feature '%s', which this destination does not support",
+                             used->f[i].name);
+            return false;
+        }
+    }
+    return true;
+}
+
+void ferry__features_record(FerryMigration *m, const FerryWireFeatureList *used)
+{
+    pthread_mutex_lock(&m->lock);
+    m->features_negotiated = true;
+    m->features = *used;
+    pthread_mutex_unlock(&m->lock);
+}
+
+bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap)
+{
+    return ferry__wire_features_find(used, cap_table[cap].name) >= 0;
 }
 
 int64_t ferry__param_max_bandwidth(FerryMigration *m)
@@ -238,7 +314,11 @@ json_t *ferry__migration_query_caps(FerryMigration *m)
     json_t *r = json_array();
     pthread_mutex_lock(&m->lock);
     for (int i = 0; i < FERRY_CAP__MAX; i++) {
-        json_array_append_new(r, json_pack("{s:s, s:b}", "capability", cap_names[i], "state", m->caps[i]));
+        json_t *c = json_pack("{s:s, s:b}", "capability", cap_table[i].name, "state", m->caps[i]);
+        if (cap_table[i].feature && m->features_negotiated) {
+            json_object_set_new(c, "negotiated", json_boolean(ferry__features_uses(&m->features, i)));
+        }
+        json_array_append_new(r, c);
     }
     pthread_mutex_unlock(&m->lock);
     return r;
@@ -286,7 +366,7 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
         }
         int c;
         for (c = 0; c < FERRY_CAP__MAX; c++) {
-            if (strcmp(cap_names[c], json_string_value(name)) == 0) {
+            if (strcmp(cap_table[c].name, json_string_value(name)) == 0) {
                 break;
             }
         }

@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,7 @@ typedef struct Source {
     unsigned long **hinted; /* per block: pages already announced in a POPULATE_HINT */
     unsigned long *scratch; /* one bitmap as large as the largest block */
     uint64_t pending;     /* bits set in send[] */
+    bool hints;           /* the stream uses populate-hints */
     size_t ps;
     bool downtime_phase;
     uint64_t pages_sent;  /* page entries (data or zero), checked by the END record */
@@ -77,9 +79,20 @@ static void write_record_header(FerryStream *s, uint16_t type, uint16_t flags, u
     ferry__stream_write(s, h, sizeof(h));
 }
 
+/* The CRC trailer, unless the stream's features turned record-checksum off (then the stream computes none). */
 static void end_record(FerryStream *s)
 {
-    ferry__stream_write_be32(s, ferry__stream_write_crc(s));
+    if (ferry__stream_crc(s)) {
+        ferry__stream_write_be32(s, ferry__stream_write_crc(s));
+    }
+}
+
+/* A whole record from a payload in memory. */
+static void write_record(FerryStream *s, uint16_t type, uint16_t flags, const void *payload, size_t len)
+{
+    write_record_header(s, type, flags, (uint32_t)len);
+    ferry__stream_write(s, payload, len);
+    end_record(s);
 }
 
 static void update_stats(Source *src)
@@ -111,43 +124,65 @@ static void update_stats(Source *src)
     pthread_mutex_unlock(&m->lock);
 }
 
-/* Read one record from the return path: ACK gives true; NACK, end of stream or garbage give false + error. */
-static bool read_reply(Source *src, FerryError **errp)
+/*
+ * Read one record from the return path. Return-path records always carry a CRC trailer, whatever the stream's
+ * features (a NACK can come before the features are settled), so it is computed here rather than by the stream.
+ * A NACK becomes "the destination failed: ..."; any type other than @want is an error. *payload is malloc'd.
+ */
+static bool read_return_record(Source *src, uint16_t want, const char *what, uint8_t **payload, uint32_t *len,
+                               FerryError **errp)
 {
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     FerryRecordHeader rh;
-    ferry__stream_read_crc_reset(src->s);
     if (!ferry__stream_read(src->s, h, sizeof(h))) {
         ferry__stream_check(src->s, errp);
-        ferry_error_prepend(errp, "no acknowledgement from the destination: ");
+        ferry_error_prepend(errp, "no %s from the destination: ", what);
         return false;
     }
     ferry__wire_decode_record(h, &rh);
-    bool ack = rh.type == FERRY_REC_ACK && rh.length == 0;
-    bool nack = rh.type == FERRY_REC_NACK && rh.length <= FERRY_WIRE_MAX_CONTROL_LEN;
-    if (!ack && !nack) {
-        ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path",
-                         ferry__wire_record_name(rh.type), rh.type, rh.length);
+    if ((rh.type != want && rh.type != FERRY_REC_NACK) || rh.length > FERRY_WIRE_MAX_CONTROL_LEN) {
+        ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path, expected %s",
+                         ferry__wire_record_name(rh.type), rh.type, rh.length, ferry__wire_record_name(want));
         return false;
     }
-    char *msg = ferry__xcalloc(1, rh.length + 1);
+    uint8_t *buf = ferry__xcalloc(1, rh.length + 1);
     uint32_t crc = 0;
-    bool ok = ferry__stream_read(src->s, msg, rh.length);
-    uint32_t want = ferry__stream_read_crc(src->s);
-    ok = ok && ferry__stream_read_be32(src->s, &crc);
+    bool ok = ferry__stream_read(src->s, buf, rh.length) && ferry__stream_read_be32(src->s, &crc);
     if (!ok) {
         ferry__stream_check(src->s, errp);
-        ferry_error_prepend(errp, "the destination's %s was cut short: ", ack ? "acknowledgement" : "failure report");
-    } else if (crc != want) {
-        ferry_error_setg(errp, "the destination's %s is damaged (CRC mismatch)", ack ? "acknowledgement" :
-                         "failure report");
+        ferry_error_prepend(errp, "the destination's %s was cut short: ",
+                            rh.type == FERRY_REC_NACK ? "failure report" : what);
+    } else if (crc != ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), buf, rh.length)) {
+        ferry_error_setg(errp, "the destination's %s is damaged (CRC mismatch)",
+                         rh.type == FERRY_REC_NACK ? "failure report" : what);
         ok = false;
-    } else if (nack) {
-        ferry_error_setg(errp, "the destination failed: %s", msg);
+    } else if (rh.type == FERRY_REC_NACK) {
+        ferry_error_setg(errp, "the destination failed: %s", (char *)buf);
         ok = false;
     }
-    free(msg);
-    return ok;
+    if (!ok) {
+        free(buf);
+        return false;
+    }
+    *payload = buf;
+    *len = rh.length;
+    return true;
+}
+
+/* The final answer: ACK gives true; NACK, end of stream or anything else give false + error. */
+static bool read_reply(Source *src, FerryError **errp)
+{
+    uint8_t *payload;
+    uint32_t len;
+    if (!read_return_record(src, FERRY_REC_ACK, "acknowledgement", &payload, &len, errp)) {
+        return false;
+    }
+    free(payload);
+    if (len != 0) {
+        ferry_error_setg(errp, "the destination's acknowledgement has %u unexpected bytes", len);
+        return false;
+    }
+    return true;
 }
 
 /*
@@ -243,10 +278,7 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
     uint64_t data = (uint64_t)nonzero * src->ps;
     uint32_t len = (uint32_t)(FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + data);
     write_record_header(src->s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, len);
-    ferry__put_be32(run, b->index);
-    ferry__put_be32(run + 4, 0);
-    ferry__put_be64(run + 8, first);
-    ferry__put_be32(run + 16, n);
+    ferry__wire_run_encode(&(FerryWireRun){ .block = b->index, .first = first, .count = n }, run);
     ferry__stream_write(src->s, run, sizeof(run));
     ferry__stream_write(src->s, zmap, zb);
     /* While the workload runs a page can change while it is sent: copy it, so that the CRC covers the bytes that
@@ -341,20 +373,17 @@ static void mark_present(Source *src)
 static void write_config(Source *src)
 {
     FerryMigration *m = src->m;
-    uint32_t len = 8;
+    FerryWireConfig c = { .page_size = (uint32_t)src->ps, .nblocks = (uint32_t)m->nblocks };
+    c.blocks = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*c.blocks));
     for (size_t i = 0; i < m->nblocks; i++) {
-        len += 1 + (uint32_t)strlen(m->blocks[i]->name) + 8;
+        snprintf(c.blocks[i].name, sizeof(c.blocks[i].name), "%s", m->blocks[i]->name);
+        c.blocks[i].size = m->blocks[i]->size;
     }
-    write_record_header(src->s, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, len);
-    ferry__stream_write_be32(src->s, (uint32_t)src->ps);
-    ferry__stream_write_be32(src->s, (uint32_t)m->nblocks);
-    for (size_t i = 0; i < m->nblocks; i++) {
-        size_t n = strlen(m->blocks[i]->name);
-        ferry__stream_write_u8(src->s, (uint8_t)n);
-        ferry__stream_write(src->s, m->blocks[i]->name, n);
-        ferry__stream_write_be64(src->s, m->blocks[i]->size);
-    }
-    end_record(src->s);
+    size_t len;
+    uint8_t *payload = ferry__wire_config_encode(&c, &len);
+    write_record(src->s, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, payload, len);
+    free(payload);
+    ferry__wire_config_free(&c);
 }
 
 /*
@@ -365,6 +394,9 @@ static void write_populate_hints(Source *src)
 {
     enum { MAX_RANGES = 65536 };
     uint8_t *buf = NULL;
+    if (!src->hints) {
+        return;
+    }
     for (size_t bi = 0; bi < src->m->nblocks; bi++) {
         FerryRamBlock *b = src->m->blocks[bi];
         size_t words = FERRY_BITMAP_LONGS(b->npages);
@@ -401,35 +433,91 @@ static void write_populate_hints(Source *src)
     free(buf);
 }
 
+/* One SECTION record per section: its header, its schema (so that any reader can decode it), its data. */
 static bool write_sections(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
     for (size_t i = 0; i < m->nsections; i++) {
         FerrySection *sec = &m->sections[i];
-        FerryVisitor *v = ferry__visitor_output_new();
-        if (!sec->fn(v, sec->opaque, sec->version, errp)) {
-            ferry__visitor_free(v);
-            ferry_error_prepend(errp, "saving section '%s': ", sec->name);
-            return false;
-        }
+        FerrySchema *schema;
+        uint8_t *data;
         size_t len;
-        const uint8_t *data = ferry__visitor_output_data(v, &len);
-        size_t nlen = strlen(sec->name);
-        if (len > FERRY_WIRE_MAX_SECTION_LEN) {
-            ferry__visitor_free(v);
-            ferry_error_setg(errp, "section '%s' is %zu bytes, more than the %u a stream may carry", sec->name, len,
-                             FERRY_WIRE_MAX_SECTION_LEN);
+        if (!ferry__section_save(sec, &schema, &data, &len, errp)) {
             return false;
         }
-        write_record_header(src->s, FERRY_REC_SECTION, FERRY_REC_CRITICAL, (uint32_t)(1 + nlen + 8 + len));
-        ferry__stream_write_u8(src->s, (uint8_t)nlen);
-        ferry__stream_write(src->s, sec->name, nlen);
-        ferry__stream_write_be32(src->s, sec->instance_id);
-        ferry__stream_write_be32(src->s, sec->version);
-        ferry__stream_write(src->s, data, len);
-        end_record(src->s);
-        ferry__visitor_free(v);
+        FerryWireSection ws = { .instance_id = sec->instance_id, .version = sec->version, .flags = sec->flags,
+                                .schema_len = (uint32_t)ferry__schema_encoded_len(schema) };
+        snprintf(ws.name, sizeof(ws.name), "%s", sec->name);
+        uint8_t head[FERRY_WIRE_SECTION_HEADER_MAX];
+        size_t hlen = ferry__wire_section_header_encode(&ws, head);
+        uint64_t total = hlen + ws.schema_len + len;
+        bool ok = total <= FERRY_WIRE_MAX_SECTION_LEN;
+        if (ok) {
+            uint8_t *enc = ferry__xmalloc(ws.schema_len);
+            ferry__schema_encode(schema, enc);
+            write_record_header(src->s, FERRY_REC_SECTION, FERRY_REC_CRITICAL, (uint32_t)total);
+            ferry__stream_write(src->s, head, hlen);
+            ferry__stream_write(src->s, enc, ws.schema_len);
+            ferry__stream_write(src->s, data, len);
+            end_record(src->s);
+            free(enc);
+        } else {
+            ferry_error_setg(errp, "section '%s' is %llu bytes, more than the %u a stream may carry", sec->name,
+                             (unsigned long long)total, FERRY_WIRE_MAX_SECTION_LEN);
+        }
+        ferry__schema_free(schema);
+        free(data);
+        if (!ok) {
+            return false;
+        }
     }
+    return true;
+}
+
+/*
+ * HELLO (what this side offers), then, with a return path, the destination's HELLO_REPLY (what it accepts), then
+ * FEATURES: what the stream uses, the intersection. Without a return path the stream uses what it offers, and the
+ * destination refuses it before loading anything if it cannot honour a critical feature. HELLO and FEATURES carry
+ * a CRC trailer whatever they say; the records after them follow FEATURES.
+ */
+static bool negotiate(Source *src, FerryError **errp)
+{
+    FerryWireFeatureList offered, used;
+    ferry__features_offer(src->m, &offered);
+    uint8_t buf[2 + FERRY_WIRE_MAX_FEATURES * (2 + FERRY_WIRE_MAX_FEATURE_NAME)];
+    ferry__wire_features_encode(&offered, buf);
+    write_record(src->s, FERRY_REC_HELLO, FERRY_REC_CRITICAL, buf, ferry__wire_features_len(&offered));
+    if (src->chan->one_way) {
+        used = offered;
+    } else {
+        ferry__stream_flush(src->s);
+        if (!check_stream(src, errp)) {
+            return false;
+        }
+        uint8_t *payload;
+        uint32_t len;
+        FerryWireFeatureList accepted;
+        if (!read_return_record(src, FERRY_REC_HELLO_REPLY, "answer to the stream's HELLO", &payload, &len, errp)) {
+            return false;
+        }
+        bool ok = ferry__wire_features_decode(payload, len, &accepted, errp);
+        free(payload);
+        if (!ok) {
+            ferry_error_prepend(errp, "the destination's HELLO_REPLY: ");
+            return false;
+        }
+        memset(&used, 0, sizeof(used));
+        for (uint32_t i = 0; i < offered.n; i++) {
+            if (ferry__wire_features_find(&accepted, offered.f[i].name) >= 0) {
+                ferry__wire_features_add(&used, offered.f[i].name, offered.f[i].flags);
+            }
+        }
+    }
+    ferry__wire_features_encode(&used, buf);
+    write_record(src->s, FERRY_REC_FEATURES, FERRY_REC_CRITICAL, buf, ferry__wire_features_len(&used));
+    ferry__stream_set_crc(src->s, ferry__features_uses(&used, FERRY_CAP_RECORD_CHECKSUM));
+    src->hints = ferry__features_uses(&used, FERRY_CAP_POPULATE_HINTS);
+    ferry__features_record(src->m, &used);
     return true;
 }
 
@@ -483,6 +571,9 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
     ferry__wire_encode_header(hdr);
     ferry__stream_write(src->s, hdr, sizeof(hdr));
+    if (!negotiate(src, errp)) {
+        return false;
+    }
     write_config(src);
     if (!stop_and_copy) {
         mark_present(src);
@@ -555,11 +646,10 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!write_sections(src, errp)) {
         return false;
     }
-    write_record_header(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, 16);
-    ferry__stream_write_be32(src->s, *prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0);
-    ferry__stream_write_be64(src->s, src->pages_sent);
-    ferry__stream_write_be32(src->s, (uint32_t)m->nsections);
-    end_record(src->s);
+    uint8_t end[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&(FerryWireEnd){ .flags = *prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
+                                            .pages = src->pages_sent, .sections = (uint32_t)m->nsections }, end);
+    write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
     ferry__stream_flush(src->s);
     update_stats(src);
     if (!check_stream(src, errp)) {

@@ -28,6 +28,7 @@ struct FerryStream {
     size_t wlen;
     uint64_t written;
     uint32_t wcrc;
+    bool crc;        /* compute the running CRCs (both directions); on by default */
 
     /* Reader side: rbuf[rpos, rlen) holds bytes read ahead of the caller. */
     uint8_t *rbuf;
@@ -40,6 +41,7 @@ FerryStream *ferry__stream_new(FerryChannel *c)
 {
     FerryStream *s = ferry__xcalloc(1, sizeof(*s));
     s->c = c;
+    s->crc = true;
     s->wbuf = ferry__xmalloc(STREAM_BUF_SIZE);
     s->rbuf = ferry__xmalloc(STREAM_BUF_SIZE);
     return s;
@@ -123,7 +125,9 @@ void ferry__stream_write(FerryStream *s, const void *buf, size_t len)
         size_t n = FERRY_MIN(len, STREAM_BUF_SIZE - s->wlen);
         /* Checksum the copy, not the source: the copy is what goes out. */
         memcpy(s->wbuf + s->wlen, p, n);
-        s->wcrc = ferry__crc32c(s->wcrc, s->wbuf + s->wlen, n);
+        if (s->crc) {
+            s->wcrc = ferry__crc32c(s->wcrc, s->wbuf + s->wlen, n);
+        }
         s->wlen += n;
         s->written += n;
         p += n;
@@ -172,7 +176,9 @@ void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt
     for (int i = 0; i < iovcnt; i++) {
         copy[i] = iov[i];
         total += iov[i].iov_len;
-        s->wcrc = ferry__crc32c(s->wcrc, iov[i].iov_base, iov[i].iov_len);
+        if (s->crc) {
+            s->wcrc = ferry__crc32c(s->wcrc, iov[i].iov_base, iov[i].iov_len);
+        }
     }
     s->written += total;
     FerryError *err = NULL;
@@ -187,6 +193,18 @@ void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt
 uint64_t ferry__stream_bytes_written(const FerryStream *s)
 {
     return s->written;
+}
+
+void ferry__stream_set_crc(FerryStream *s, bool on)
+{
+    s->crc = on;
+    s->wcrc = 0;
+    s->rcrc = 0;
+}
+
+bool ferry__stream_crc(const FerryStream *s)
+{
+    return s->crc;
 }
 
 void ferry__stream_write_crc_reset(FerryStream *s)
@@ -230,7 +248,9 @@ static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
         size_t avail = s->rlen - s->rpos;
         if (avail > 0) {
             size_t n = (size_t)FERRY_MIN((uint64_t)avail, len);
-            s->rcrc = ferry__crc32c(s->rcrc, s->rbuf + s->rpos, n);
+            if (s->crc) {
+                s->rcrc = ferry__crc32c(s->rcrc, s->rbuf + s->rpos, n);
+            }
             if (buf) {
                 memcpy(buf, s->rbuf + s->rpos, n);
                 buf += n;
@@ -246,7 +266,9 @@ static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
             if (!read_some(s, buf, (size_t)len, &got)) {
                 return false;
             }
-            s->rcrc = ferry__crc32c(s->rcrc, buf, got);
+            if (s->crc) {
+                s->rcrc = ferry__crc32c(s->rcrc, buf, got);
+            }
             buf += got;
             s->read += got;
             len -= got;

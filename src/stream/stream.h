@@ -36,6 +36,10 @@ void ferry__stream_write_be64(FerryStream *s, uint64_t v);
 void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt);
 bool ferry__stream_flush(FerryStream *s);
 uint64_t ferry__stream_bytes_written(const FerryStream *s); /* including what is still buffered */
+/* Whether the running CRCs below are computed (default on). A stream whose records carry no CRC trailer (the
+ * "record-checksum" feature off) switches them off so that they cost nothing. Resets both. */
+void ferry__stream_set_crc(FerryStream *s, bool on);
+bool ferry__stream_crc(const FerryStream *s);
 /* CRC32C (util.h) of every byte written since the last reset, for record trailers. */
 void ferry__stream_write_crc_reset(FerryStream *s);
 uint32_t ferry__stream_write_crc(const FerryStream *s);

@@ -4,9 +4,14 @@
  * the helpers here, so that byte order is handled in one place. docs/stream-format.md describes the format; keep
  * the two in step.
  *
- * Framing (version 1): a 16-byte stream header, then records, each an 8-byte header (type, flags, payload length),
- * its payload, and a 4-byte trailer: the CRC32C of header and payload, so that a flipped bit anywhere is caught. A record whose type the reader does not know is skipped if it is not flagged critical, and
- * fails the migration if it is: that rule is what lets later versions add records without breaking readers.
+ * Framing (version 2): a 16-byte stream header, then records, each an 8-byte header (type, flags, payload length),
+ * its payload, and (unless the stream's FEATURES turned "record-checksum" off) a 4-byte trailer: the CRC32C of
+ * header and payload, so that a flipped bit anywhere is caught. A record whose type the reader does not know is
+ * skipped if it is not flagged critical, and fails the migration if it is: that rule is what lets later versions
+ * add records without breaking readers.
+ *
+ * records.c holds the payload codecs of the records that more than one reader parses (the destination, the
+ * analyzer): features, CONFIG, POPULATE_HINT, the RAM run header, the SECTION header and END.
  */
 #ifndef FERRY_WIRE_H
 #define FERRY_WIRE_H
@@ -19,7 +24,7 @@
 
 #define FERRY_WIRE_MAGIC "FERRYMIG"
 #define FERRY_WIRE_MAGIC_LEN 8
-#define FERRY_WIRE_VERSION 1
+#define FERRY_WIRE_VERSION 2
 #define FERRY_WIRE_HEADER_LEN 16
 #define FERRY_WIRE_RECORD_HEADER_LEN 8
 #define FERRY_WIRE_RECORD_TRAILER_LEN 4 /* CRC32C of the record header and payload */
@@ -29,18 +34,22 @@
 
 /* Record types, source to destination. */
 enum {
+    FERRY_REC_NONE = 0x0000,          /* never on the wire */
     FERRY_REC_CONFIG = 0x0001,        /* page size and the RAM block list; the destination checks it */
     FERRY_REC_RAM_PAGES = 0x0002,     /* a run of consecutive pages of one block */
     FERRY_REC_PASS_END = 0x0003,      /* end of a pass over dirty pages (informational) */
     FERRY_REC_SECTION = 0x0004,       /* one device state section */
     FERRY_REC_END = 0x0005,           /* end of the stream, with totals to check */
     FERRY_REC_POPULATE_HINT = 0x0006, /* page ranges that will receive data: populate them ahead of it */
+    FERRY_REC_HELLO = 0x0007,         /* the features the source offers (first record) */
+    FERRY_REC_FEATURES = 0x0008,      /* the features this stream uses (second record) */
 };
 
 /* Record types, destination to source (the return path). */
 enum {
     FERRY_REC_ACK = 0x0101,  /* everything received, checked and applied */
     FERRY_REC_NACK = 0x0102, /* the destination failed; payload is its error message */
+    FERRY_REC_HELLO_REPLY = 0x0103, /* the offered features the destination accepts */
 };
 
 /* Bounds a reader enforces before allocating or looping on anything a peer sent. */
@@ -48,6 +57,8 @@ enum {
 #define FERRY_WIRE_MAX_SECTION_LEN (64u << 20)      /* one device state section */
 #define FERRY_WIRE_MAX_CONTROL_LEN (1u << 20)       /* CONFIG, hints, NACK and other control records */
 #define FERRY_WIRE_RAM_RUN_HEADER_LEN 20            /* block, flags, first page, page count */
+#define FERRY_WIRE_END_LEN 16                       /* flags, pages, sections */
+#define FERRY_WIRE_HINT_RANGE_LEN 16                /* first page, page count */
 
 /* END record flags. */
 #define FERRY_END_SOURCE_RUNNING 0x1u /* the workload was running when the source stopped it */
@@ -118,5 +129,106 @@ uint64_t ferry__wire_get_be64(FerryWireReader *r);
 const uint8_t *ferry__wire_get_bytes(FerryWireReader *r, size_t n);
 /* A u8-length-prefixed name copied into @buf (size >= 256), NUL-terminated. */
 bool ferry__wire_get_name(FerryWireReader *r, char buf[256]);
+
+
+/* ---- Record payload codecs (records.c). Decoders check every length and bound and name what is wrong. ---- */
+
+/* Features: HELLO, FEATURES and HELLO_REPLY carry a list of named features. Encoding: count (be16), then per
+ * feature flags (u8) and name (u8 length, 1..63 bytes, each 0x21..0x7e). Names are unique in a list. */
+#define FERRY_FEATURE_CRITICAL 0x01u /* a reader that does not support the feature must refuse the stream */
+#define FERRY_WIRE_MAX_FEATURES 64u
+#define FERRY_WIRE_MAX_FEATURE_NAME 63u
+
+typedef struct FerryWireFeature {
+    uint8_t flags;
+    char name[FERRY_WIRE_MAX_FEATURE_NAME + 1];
+} FerryWireFeature;
+
+typedef struct FerryWireFeatureList {
+    uint32_t n;
+    FerryWireFeature f[FERRY_WIRE_MAX_FEATURES];
+} FerryWireFeatureList;
+
+size_t ferry__wire_features_len(const FerryWireFeatureList *l);
+void ferry__wire_features_encode(const FerryWireFeatureList *l, uint8_t *out);
+bool ferry__wire_features_decode(const uint8_t *p, size_t len, FerryWireFeatureList *l, FerryError **errp);
+/* Index of @name in @l, or -1. */
+int ferry__wire_features_find(const FerryWireFeatureList *l, const char *name);
+/* Append (no-op if present); false if the list is full or the name invalid. */
+bool ferry__wire_features_add(FerryWireFeatureList *l, const char *name, uint8_t flags);
+
+/* CONFIG: page size (be32), block count (be32), per block: name (u8 length + 1..255 bytes, no NUL), size (be64). */
+typedef struct FerryWireBlock {
+    char name[256];
+    uint64_t size;
+} FerryWireBlock;
+
+typedef struct FerryWireConfig {
+    uint32_t page_size;
+    uint32_t nblocks;
+    FerryWireBlock *blocks; /* malloc'd by decode; free with ferry__wire_config_free */
+} FerryWireConfig;
+
+/* A malloc'd payload; *len gets its size. */
+uint8_t *ferry__wire_config_encode(const FerryWireConfig *c, size_t *len);
+bool ferry__wire_config_decode(const uint8_t *p, size_t len, FerryWireConfig *c, FerryError **errp);
+void ferry__wire_config_free(FerryWireConfig *c);
+
+/* POPULATE_HINT: block (be32), range count N (be32), N x (first page (be64), page count (be64)). Decode borrows:
+ * range i is at ranges + i * FERRY_WIRE_HINT_RANGE_LEN (read it with ferry__wire_hint_range). Checks only the
+ * framing; the caller checks ranges against its blocks. */
+typedef struct FerryWireHint {
+    uint32_t block;
+    uint32_t count;
+    const uint8_t *ranges;
+} FerryWireHint;
+
+bool ferry__wire_hint_decode(const uint8_t *p, size_t len, FerryWireHint *h, FerryError **errp);
+void ferry__wire_hint_range(const FerryWireHint *h, uint32_t i, uint64_t *first, uint64_t *count);
+
+/* The RAM_PAGES run header (20 bytes): block (be32), run flags (be32, 0), first page (be64), page count (be32). */
+typedef struct FerryWireRun {
+    uint32_t block;
+    uint32_t flags;
+    uint64_t first;
+    uint32_t count;
+} FerryWireRun;
+
+void ferry__wire_run_encode(const FerryWireRun *r, uint8_t out[FERRY_WIRE_RAM_RUN_HEADER_LEN]);
+void ferry__wire_run_decode(const uint8_t in[FERRY_WIRE_RAM_RUN_HEADER_LEN], FerryWireRun *r);
+/* The payload length a run must have: header + bitmap + data of the pages whose zero bit is clear. Checks flags
+ * == 0 and 1 <= count <= FERRY_WIRE_MAX_RUN_PAGES (the error says which); @zmap holds ceil(count / 8) bytes. */
+bool ferry__wire_run_expected_len(const FerryWireRun *r, const uint8_t *zmap, uint32_t page_size, uint64_t *len,
+                                  uint32_t *zero_pages, FerryError **errp);
+
+/* SECTION: name (u8 length + 1..255 bytes, no NUL), instance id (be32), version (be32), section flags (be32,
+ * FERRY_SECTION_*), schema length (be32), schema (visitor-int.h's wire form), then the section data to the end
+ * of the payload. Decode borrows @schema and @data from the payload. */
+#define FERRY_WIRE_SECTION_HEADER_MAX (1 + 255 + 16)
+
+typedef struct FerryWireSection {
+    char name[256];
+    uint32_t instance_id;
+    uint32_t version;
+    uint32_t flags;
+    const uint8_t *schema;
+    uint32_t schema_len;
+    const uint8_t *data;
+    size_t data_len;
+} FerryWireSection;
+
+/* Writes the fixed part (name to schema length) into @out and returns its length; schema and data follow. */
+size_t ferry__wire_section_header_encode(const FerryWireSection *s, uint8_t out[FERRY_WIRE_SECTION_HEADER_MAX]);
+bool ferry__wire_section_decode(const uint8_t *p, size_t len, FerryWireSection *s, FerryError **errp);
+
+/* END (16 bytes): flags (be32, FERRY_END_*), pages sent (be64), sections sent (be32). */
+typedef struct FerryWireEnd {
+    uint32_t flags;
+    uint64_t pages;
+    uint32_t sections;
+} FerryWireEnd;
+
+void ferry__wire_end_encode(const FerryWireEnd *e, uint8_t out[FERRY_WIRE_END_LEN]);
+void ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e);
 
 #endif

@@ -23,6 +23,7 @@
 #include "ferry/ferry.h"
 #include "channel/channel.h"
 #include "migration/migration.h"
+#include "migration-test-helpers.h"
 #include "ram/ram.h"
 #include "util/util.h"
 
@@ -132,24 +133,6 @@ static FerryMigrationAddress *addr_of(const char *uri)
     FerryMigrationAddress *a = NULL;
     assert_true(ferry__address_parse_uri(uri, &a, NULL));
     return a;
-}
-
-static const char *wait_terminal(FerryMigration *m, int timeout_ms)
-{
-    static char status[32];
-    int64_t end = ferry__clock_ms() + timeout_ms;
-    for (;;) {
-        json_t *q = ferry__migration_query(m);
-        snprintf(status, sizeof(status), "%s", json_string_value(json_object_get(q, "status")));
-        json_decref(q);
-        if (!strcmp(status, "completed") || !strcmp(status, "failed") || !strcmp(status, "cancelled")) {
-            return status;
-        }
-        if (ferry__clock_ms() > end) {
-            return "timeout";
-        }
-        usleep(2000);
-    }
 }
 
 static char *error_desc(FerryMigration *m)

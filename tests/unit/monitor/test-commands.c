@@ -230,9 +230,10 @@ static void test_hmp_commands(void **state)
     expect_hmp(h, "migrate_set_parameter downtime-limit", "Error: migrate_set_parameter: expected "
                                                          "migrate_set_parameter parameter value\n");
 
-    expect_hmp(h, "info migrate_capabilities", "events: off\n");
+    expect_hmp(h, "info migrate_capabilities", "events: off\nrecord-checksum: on\npopulate-hints: on\n");
     expect_hmp(h, "migrate_set_capability events on", "");
-    expect_hmp(h, "info migrate_capabilities", "events: on\n");
+    expect_hmp(h, "migrate_set_capability record-checksum off", "");
+    expect_hmp(h, "info migrate_capabilities", "events: on\nrecord-checksum: off\npopulate-hints: on\n");
     expect_hmp(h, "migrate_set_capability events maybe", "Error: migrate_set_capability: expected 'on' or 'off', "
                                                          "not 'maybe'\n");
     expect_hmp_has(h, "migrate_set_capability nosuch on", "Error: ");

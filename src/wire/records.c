@@ -1,0 +1,356 @@
+/*
+ * Payload codecs of the records that more than one reader parses (the destination and the stream analyzer):
+ * feature lists (HELLO, FEATURES, HELLO_REPLY), CONFIG, POPULATE_HINT, the RAM_PAGES run header, the SECTION
+ * header and END. Pure functions over buffers. Decoders check every length and bound before they allocate or
+ * loop on a count a peer sent, refuse trailing bytes, and name what is wrong; they do not check a record against
+ * the reader's own state (its RAM blocks, its sections): that is the caller's part.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "wire/wire.h"
+
+/* ---- features ---- */
+
+/* A feature name: 1..63 bytes, each printable ASCII without space (0x21..0x7e). */
+static bool feature_name_valid(const char *name, size_t n)
+{
+    if (n < 1 || n > FERRY_WIRE_MAX_FEATURE_NAME) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)name[i] < 0x21 || (unsigned char)name[i] > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+size_t ferry__wire_features_len(const FerryWireFeatureList *l)
+{
+    size_t len = 2;
+    for (uint32_t i = 0; i < l->n; i++) {
+        len += 2 + strlen(l->f[i].name);
+    }
+    return len;
+}
+
+void ferry__wire_features_encode(const FerryWireFeatureList *l, uint8_t *out)
+{
+    ferry__put_be16(out, (uint16_t)l->n);
+    out += 2;
+    for (uint32_t i = 0; i < l->n; i++) {
+        size_t n = strlen(l->f[i].name);
+        *out++ = l->f[i].flags;
+        *out++ = (uint8_t)n;
+        memcpy(out, l->f[i].name, n);
+        out += n;
+    }
+}
+
+int ferry__wire_features_find(const FerryWireFeatureList *l, const char *name)
+{
+    for (uint32_t i = 0; i < l->n; i++) {
+        if (strcmp(l->f[i].name, name) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+bool ferry__wire_features_add(FerryWireFeatureList *l, const char *name, uint8_t flags)
+{
+    if (!feature_name_valid(name, strlen(name))) {
+        return false;
+    }
+    if (ferry__wire_features_find(l, name) >= 0) {
+        return true;
+    }
+    if (l->n >= FERRY_WIRE_MAX_FEATURES) {
+        return false;
+    }
+    FerryWireFeature *f = &l->f[l->n++];
+    f->flags = flags;
+    strcpy(f->name, name);
+    return true;
+}
+
+bool ferry__wire_features_decode(const uint8_t *p, size_t len, FerryWireFeatureList *l, FerryError **errp)
+{
+    FerryWireReader r;
+    ferry__wire_reader_init(&r, p, len);
+    const uint8_t *cnt = ferry__wire_get_bytes(&r, 2);
+    if (!cnt) {
+        ferry_error_setg(errp, "feature list of %zu bytes is too short for its count", len);
+        return false;
+    }
+    uint32_t n = ferry__get_be16(cnt);
+    if (n > FERRY_WIRE_MAX_FEATURES) {
+        ferry_error_setg(errp, "feature list has %u features, at most %u are allowed", n, FERRY_WIRE_MAX_FEATURES);
+        return false;
+    }
+    l->n = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        /* Other flag bits are hints for later versions: keep them, a reader acts only on the ones it knows. */
+        uint8_t flags = ferry__wire_get_u8(&r);
+        uint8_t nlen = ferry__wire_get_u8(&r);
+        const uint8_t *name = ferry__wire_get_bytes(&r, nlen);
+        if (!name) {
+            ferry_error_setg(errp, "feature list is truncated in feature %u of %u", i, n);
+            return false;
+        }
+        if (!feature_name_valid((const char *)name, nlen)) {
+            ferry_error_setg(errp, "feature %u has an invalid name (%u bytes; 1..%u bytes of 0x21..0x7e expected)",
+                             i, nlen, FERRY_WIRE_MAX_FEATURE_NAME);
+            return false;
+        }
+        FerryWireFeature *f = &l->f[l->n];
+        f->flags = flags;
+        memcpy(f->name, name, nlen);
+        f->name[nlen] = '\0';
+        if (ferry__wire_features_find(l, f->name) >= 0) {
+            ferry_error_setg(errp, "feature '%s' appears twice in the feature list", f->name);
+            return false;
+        }
+        l->n++;
+    }
+    if (r.pos != r.len) {
+        ferry_error_setg(errp, "feature list has %zu trailing bytes", r.len - r.pos);
+        return false;
+    }
+    return true;
+}
+
+/* ---- CONFIG ---- */
+
+uint8_t *ferry__wire_config_encode(const FerryWireConfig *c, size_t *len)
+{
+    size_t n = 8;
+    for (uint32_t i = 0; i < c->nblocks; i++) {
+        n += 1 + strlen(c->blocks[i].name) + 8;
+    }
+    uint8_t *buf = ferry__xmalloc(n);
+    uint8_t *q = buf;
+    ferry__put_be32(q, c->page_size);
+    ferry__put_be32(q + 4, c->nblocks);
+    q += 8;
+    for (uint32_t i = 0; i < c->nblocks; i++) {
+        size_t nl = strlen(c->blocks[i].name); /* at most 255: the name buffer is 256 bytes */
+        *q++ = (uint8_t)nl;
+        memcpy(q, c->blocks[i].name, nl);
+        q += nl;
+        ferry__put_be64(q, c->blocks[i].size);
+        q += 8;
+    }
+    *len = n;
+    return buf;
+}
+
+bool ferry__wire_config_decode(const uint8_t *p, size_t len, FerryWireConfig *c, FerryError **errp)
+{
+    FerryWireReader r;
+    ferry__wire_reader_init(&r, p, len);
+    c->page_size = 0;
+    c->nblocks = 0;
+    c->blocks = NULL;
+    uint32_t ps = ferry__wire_get_be32(&r);
+    uint32_t n = ferry__wire_get_be32(&r);
+    if (r.failed) {
+        ferry_error_setg(errp, "CONFIG payload of %zu bytes is shorter than its 8-byte header", len);
+        return false;
+    }
+    if (ps < 512 || ps > (1u << 30) || (ps & (ps - 1)) != 0) {
+        ferry_error_setg(errp, "CONFIG page size %u is not a power of two between 512 and 1 GiB", ps);
+        return false;
+    }
+    /* A block takes at least 10 bytes (a 1-byte name): refuse a count the payload cannot hold before allocating. */
+    if (n > (len - 8) / 10) {
+        ferry_error_setg(errp, "CONFIG claims %u RAM blocks, but its %zu bytes hold at most %zu", n, len,
+                         (len - 8) / 10);
+        return false;
+    }
+    FerryWireBlock *blocks = ferry__xcalloc(n ? n : 1, sizeof(*blocks));
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t nl = ferry__wire_get_u8(&r);
+        const uint8_t *name = ferry__wire_get_bytes(&r, nl);
+        uint64_t size = ferry__wire_get_be64(&r);
+        if (r.failed) {
+            ferry_error_setg(errp, "CONFIG is truncated in RAM block %u of %u", i, n);
+            free(blocks);
+            return false;
+        }
+        if (nl == 0 || memchr(name, 0, nl)) {
+            ferry_error_setg(errp, "CONFIG RAM block %u has an invalid name (%s)", i,
+                             nl == 0 ? "empty" : "contains a NUL byte");
+            free(blocks);
+            return false;
+        }
+        memcpy(blocks[i].name, name, nl);
+        blocks[i].name[nl] = '\0';
+        blocks[i].size = size;
+    }
+    if (r.pos != r.len) {
+        ferry_error_setg(errp, "CONFIG has %zu trailing bytes", r.len - r.pos);
+        free(blocks);
+        return false;
+    }
+    c->page_size = ps;
+    c->nblocks = n;
+    c->blocks = blocks;
+    return true;
+}
+
+void ferry__wire_config_free(FerryWireConfig *c)
+{
+    if (!c) {
+        return;
+    }
+    free(c->blocks);
+    c->blocks = NULL;
+    c->nblocks = 0;
+}
+
+/* ---- POPULATE_HINT ---- */
+
+bool ferry__wire_hint_decode(const uint8_t *p, size_t len, FerryWireHint *h, FerryError **errp)
+{
+    if (len < 8) {
+        ferry_error_setg(errp, "POPULATE_HINT payload of %zu bytes is shorter than its 8-byte header", len);
+        return false;
+    }
+    uint32_t block = ferry__get_be32(p);
+    uint32_t count = ferry__get_be32(p + 4);
+    if ((uint64_t)count * FERRY_WIRE_HINT_RANGE_LEN != len - 8) {
+        ferry_error_setg(errp, "POPULATE_HINT claims %u ranges (%llu bytes) but carries %zu bytes of ranges", count,
+                         (unsigned long long)count * FERRY_WIRE_HINT_RANGE_LEN, len - 8);
+        return false;
+    }
+    h->block = block;
+    h->count = count;
+    h->ranges = p + 8;
+    return true;
+}
+
+void ferry__wire_hint_range(const FerryWireHint *h, uint32_t i, uint64_t *first, uint64_t *count)
+{
+    const uint8_t *q = h->ranges + (size_t)i * FERRY_WIRE_HINT_RANGE_LEN;
+    *first = ferry__get_be64(q);
+    *count = ferry__get_be64(q + 8);
+}
+
+/* ---- RAM_PAGES run header ---- */
+
+void ferry__wire_run_encode(const FerryWireRun *r, uint8_t out[FERRY_WIRE_RAM_RUN_HEADER_LEN])
+{
+    ferry__put_be32(out, r->block);
+    ferry__put_be32(out + 4, r->flags);
+    ferry__put_be64(out + 8, r->first);
+    ferry__put_be32(out + 16, r->count);
+}
+
+void ferry__wire_run_decode(const uint8_t in[FERRY_WIRE_RAM_RUN_HEADER_LEN], FerryWireRun *r)
+{
+    r->block = ferry__get_be32(in);
+    r->flags = ferry__get_be32(in + 4);
+    r->first = ferry__get_be64(in + 8);
+    r->count = ferry__get_be32(in + 16);
+}
+
+bool ferry__wire_run_expected_len(const FerryWireRun *r, const uint8_t *zmap, uint32_t page_size, uint64_t *len,
+                                  uint32_t *zero_pages, FerryError **errp)
+{
+    if (r->flags != 0) {
+        ferry_error_setg(errp, "RAM run has unknown flags 0x%x", r->flags);
+        return false;
+    }
+    if (r->count < 1 || r->count > FERRY_WIRE_MAX_RUN_PAGES) {
+        ferry_error_setg(errp, "RAM run of %u pages (1..%u allowed)", r->count, FERRY_WIRE_MAX_RUN_PAGES);
+        return false;
+    }
+    uint32_t zb = FERRY_DIV_ROUND_UP(r->count, 8);
+    /* Bits past the run in the last bitmap byte must be clear, so that one encoding has one meaning. */
+    if (r->count % 8 && (zmap[zb - 1] >> (r->count % 8)) != 0) {
+        ferry_error_setg(errp, "RAM run of %u pages has zero-bitmap bits set past its last page", r->count);
+        return false;
+    }
+    uint32_t zeros = 0;
+    for (uint32_t i = 0; i < zb; i++) {
+        zeros += (uint32_t)__builtin_popcount(zmap[i]);
+    }
+    *zero_pages = zeros;
+    *len = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + (uint64_t)(r->count - zeros) * page_size;
+    return true;
+}
+
+/* ---- SECTION ---- */
+
+#define SECTION_FLAGS_KNOWN 0x3u /* FERRY_SECTION_SKIPPABLE | FERRY_SECTION_OPTIONAL (ferry/visitor.h) */
+
+size_t ferry__wire_section_header_encode(const FerryWireSection *s, uint8_t out[FERRY_WIRE_SECTION_HEADER_MAX])
+{
+    size_t nl = strlen(s->name);
+    out[0] = (uint8_t)nl;
+    memcpy(out + 1, s->name, nl);
+    uint8_t *q = out + 1 + nl;
+    ferry__put_be32(q, s->instance_id);
+    ferry__put_be32(q + 4, s->version);
+    ferry__put_be32(q + 8, s->flags);
+    ferry__put_be32(q + 12, s->schema_len);
+    return 1 + nl + 16;
+}
+
+bool ferry__wire_section_decode(const uint8_t *p, size_t len, FerryWireSection *s, FerryError **errp)
+{
+    FerryWireReader r;
+    ferry__wire_reader_init(&r, p, len);
+    uint8_t nl = ferry__wire_get_u8(&r);
+    const uint8_t *name = ferry__wire_get_bytes(&r, nl);
+    if (!name) {
+        ferry_error_setg(errp, "SECTION payload of %zu bytes is truncated in its name", len);
+        return false;
+    }
+    if (nl == 0 || memchr(name, 0, nl)) {
+        ferry_error_setg(errp, "SECTION has an invalid name (%s)", nl == 0 ? "empty" : "contains a NUL byte");
+        return false;
+    }
+    memcpy(s->name, name, nl);
+    s->name[nl] = '\0';
+    s->instance_id = ferry__wire_get_be32(&r);
+    s->version = ferry__wire_get_be32(&r);
+    s->flags = ferry__wire_get_be32(&r);
+    s->schema_len = ferry__wire_get_be32(&r);
+    if (r.failed) {
+        ferry_error_setg(errp, "SECTION '%s' payload of %zu bytes is truncated in its header", s->name, len);
+        return false;
+    }
+    if (s->flags & ~SECTION_FLAGS_KNOWN) {
+        ferry_error_setg(errp, "SECTION '%s' has unknown flags 0x%x", s->name, s->flags & ~SECTION_FLAGS_KNOWN);
+        return false;
+    }
+    s->schema = ferry__wire_get_bytes(&r, s->schema_len);
+    if (!s->schema) {
+        ferry_error_setg(errp, "SECTION '%s' schema of %u bytes does not fit in the %zu bytes left", s->name,
+                         s->schema_len, len - r.pos);
+        return false;
+    }
+    s->data = p + r.pos;
+    s->data_len = len - r.pos;
+    return true;
+}
+
+/* ---- END ---- */
+
+void ferry__wire_end_encode(const FerryWireEnd *e, uint8_t out[FERRY_WIRE_END_LEN])
+{
+    ferry__put_be32(out, e->flags);
+    ferry__put_be64(out + 4, e->pages);
+    ferry__put_be32(out + 12, e->sections);
+}
+
+void ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e)
+{
+    e->flags = ferry__get_be32(in);
+    e->pages = ferry__get_be64(in + 4);
+    e->sections = ferry__get_be32(in + 12);
+}

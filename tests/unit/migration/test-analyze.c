@@ -1,0 +1,552 @@
+/*
+ * Unit tests of the stream analyzer (src/migration/analyze.c, ferry_stream_analyze): streams are built by hand in
+ * memory with the wire encoders, the binary output visitor and CRC32C, written to a memfd or a pipe, and the JSON
+ * the analyzer gives back is checked field by field. Damage is checked exhaustively on a small stream: every
+ * single-byte flip and every truncation must fail with a stream offset. The ferry-analyze program itself is left
+ * to the integration tests (it is a thin front end of this function).
+ */
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "ferry/analyze.h"
+#include "test-helpers.h"
+#include "util/util.h"
+#include "visitor/visitor-int.h"
+#include "wire/wire.h"
+
+typedef struct Buf {
+    uint8_t *p;
+    size_t len, cap;
+} Buf;
+
+static void buf_put(Buf *b, const void *d, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+}
+
+static void put_record(Buf *b, uint16_t type, uint16_t flags, const void *payload, size_t n, bool crc)
+{
+    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
+    ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = type, .flags = flags, .length = (uint32_t)n });
+    buf_put(b, h, sizeof(h));
+    buf_put(b, payload, n);
+    if (crc) {
+        uint8_t t[4];
+        ferry__put_be32(t, ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), payload, n));
+        buf_put(b, t, sizeof(t));
+    }
+}
+
+static void put_features(Buf *b, uint16_t type, const FerryWireFeatureList *l)
+{
+    uint8_t p[2 + FERRY_WIRE_MAX_FEATURES * (2 + FERRY_WIRE_MAX_FEATURE_NAME)];
+    ferry__wire_features_encode(l, p);
+    put_record(b, type, FERRY_REC_CRITICAL, p, ferry__wire_features_len(l), true);
+}
+
+/* The device section of every test stream. */
+static bool dev_fn(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp)
+{
+    uint32_t counter = 42;
+    char label_buf[] = "hello";
+    char *label = label_buf;
+    bool on = true;
+    uint64_t x = 1ull << 40;
+    return ferry_visit_u32(v, "counter", &counter, errp) && ferry_visit_str(v, "label", &label, errp) &&
+           ferry_visit_bool(v, "on", &on, errp) && ferry_visit_start_struct(v, "inner", errp) &&
+           ferry_visit_u64(v, "x", &x, errp) && ferry_visit_end_struct(v, errp);
+}
+
+/* A SECTION payload for dev_fn; *data_len gets the length of the section data. */
+static uint8_t *section_payload(const char *name, size_t *len, size_t *data_len)
+{
+    FerryVisitor *v = ferry__visitor_output_new();
+    FerrySchema *schema;
+    uint8_t *data;
+    size_t dlen;
+    assert_true(dev_fn(v, NULL, 1, NULL));
+    assert_true(ferry__visitor_output_finish(v, &schema, &data, &dlen, NULL));
+    ferry_visitor_free(v);
+    size_t slen = ferry__schema_encoded_len(schema);
+    FerryWireSection s = { .instance_id = 3, .version = 1, .flags = FERRY_SECTION_SKIPPABLE,
+                           .schema_len = (uint32_t)slen };
+    strcpy(s.name, name);
+    uint8_t hdr[FERRY_WIRE_SECTION_HEADER_MAX];
+    size_t hl = ferry__wire_section_header_encode(&s, hdr);
+    *len = hl + slen + dlen;
+    *data_len = dlen;
+    uint8_t *p = malloc(*len);
+    memcpy(p, hdr, hl);
+    ferry__schema_encode(schema, p + hl);
+    memcpy(p + hl + slen, data, dlen);
+    ferry__schema_free(schema);
+    free(data);
+    return p;
+}
+
+typedef struct Opts {
+    uint32_t page_size;         /* 0: 4096 */
+    bool no_checksum;           /* FEATURES without record-checksum */
+    bool no_hint_feature;       /* hints in a stream that did not declare populate-hints */
+    const char *extra_feature;  /* offered and used */
+    uint8_t extra_flags;
+    uint16_t unknown_flags;     /* of the unknown record (0x0042) */
+    uint64_t end_pages_extra;   /* added to END's page total */
+    bool garbage_after_end;
+    bool small;                 /* the first run is ram0 0+2 with page 1 zero, for the exhaustive damage test */
+} Opts;
+
+typedef struct Built {
+    Buf b;
+    size_t unknown_offset, section_offset, section_data_len;
+    size_t data_bytes;
+} Built;
+
+/*
+ * HELLO, FEATURES, CONFIG (blocks "ram0" of 16 pages and "vga" of 4), POPULATE_HINT (ram0 0+16), RAM_PAGES (ram0
+ * 0+10, pages 1 and 3 zero), PASS_END, RAM_PAGES (vga 2+2, both zero), an unknown record 0x0042 of 5 bytes,
+ * SECTION "dev" instance 3, END (12 pages, 1 section).
+ */
+static void build(Built *out, const Opts *o)
+{
+    memset(out, 0, sizeof(*out));
+    Buf *b = &out->b;
+    uint32_t ps = o->page_size ? o->page_size : 4096;
+    bool crc = !o->no_checksum;
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
+    ferry__wire_encode_header(hdr);
+    buf_put(b, hdr, sizeof(hdr));
+
+    FerryWireFeatureList f = { 0 };
+    if (crc) {
+        assert_true(ferry__wire_features_add(&f, "record-checksum", FERRY_FEATURE_CRITICAL));
+    }
+    if (!o->no_hint_feature) {
+        assert_true(ferry__wire_features_add(&f, "populate-hints", 0));
+    }
+    if (o->extra_feature) {
+        assert_true(ferry__wire_features_add(&f, o->extra_feature, o->extra_flags));
+    }
+    FerryWireFeatureList offer = f;
+    assert_true(ferry__wire_features_add(&offer, "record-checksum", FERRY_FEATURE_CRITICAL));
+    put_features(b, FERRY_REC_HELLO, &offer);
+    put_features(b, FERRY_REC_FEATURES, &f);
+
+    FerryWireBlock blocks[2] = { { "ram0", 16ull * ps }, { "vga", 4ull * ps } };
+    FerryWireConfig cfg = { .page_size = ps, .nblocks = 2, .blocks = blocks };
+    size_t len;
+    uint8_t *p = ferry__wire_config_encode(&cfg, &len);
+    put_record(b, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, p, len, crc);
+    free(p);
+
+    uint8_t hint[8 + 16];
+    ferry__put_be32(hint, 0);
+    ferry__put_be32(hint + 4, 1);
+    ferry__put_be64(hint + 8, 0);
+    ferry__put_be64(hint + 16, 16);
+    put_record(b, FERRY_REC_POPULATE_HINT, 0, hint, sizeof(hint), crc);
+
+    /* ram0 0+10 with pages 1 and 3 zero (small: 0+2 with page 1 zero). */
+    uint32_t run_pages = o->small ? 2 : 10, run_data = o->small ? 1 : 8;
+    size_t zb = FERRY_DIV_ROUND_UP(run_pages, 8);
+    size_t plen = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + (size_t)run_data * ps;
+    p = calloc(1, plen);
+    ferry__wire_run_encode(&(FerryWireRun){ .block = 0, .first = 0, .count = run_pages }, p);
+    p[FERRY_WIRE_RAM_RUN_HEADER_LEN] = o->small ? 0x02 : 0x0a;
+    for (size_t i = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb; i < plen; i++) {
+        p[i] = (uint8_t)(i * 7 + 1);
+    }
+    put_record(b, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, p, plen, crc);
+    free(p);
+    out->data_bytes = (size_t)run_data * ps;
+
+    uint8_t pass[8];
+    ferry__put_be64(pass, 1);
+    put_record(b, FERRY_REC_PASS_END, 0, pass, sizeof(pass), crc);
+
+    uint8_t run2[FERRY_WIRE_RAM_RUN_HEADER_LEN + 1];
+    ferry__wire_run_encode(&(FerryWireRun){ .block = 1, .first = 2, .count = 2 }, run2);
+    run2[FERRY_WIRE_RAM_RUN_HEADER_LEN] = 0x03;
+    put_record(b, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, run2, sizeof(run2), crc);
+
+    out->unknown_offset = b->len;
+    put_record(b, 0x0042, o->unknown_flags, "abcde", 5, crc);
+
+    out->section_offset = b->len;
+    p = section_payload("dev", &len, &out->section_data_len);
+    put_record(b, FERRY_REC_SECTION, FERRY_REC_CRITICAL, p, len, crc);
+    free(p);
+
+    uint8_t end[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&(FerryWireEnd){ .flags = FERRY_END_SOURCE_RUNNING, .pages = run_pages + 2 + o->end_pages_extra,
+                                            .sections = 1 },
+                           end);
+    put_record(b, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end), crc);
+    if (o->garbage_after_end) {
+        buf_put(b, "QEMU trailing data", 18);
+    }
+}
+
+static int memfd_with(const uint8_t *p, size_t len)
+{
+    int fd = memfd_create("stream", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, p, len), (ssize_t)len);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    return fd;
+}
+
+/* Analyze @len bytes of @p; returns the result, *err the error (if any). */
+static json_t *analyze_buf(const uint8_t *p, size_t len, unsigned flags, bool *ok, FerryError **err)
+{
+    int fd = memfd_with(p, len);
+    json_t *r = NULL;
+    *ok = ferry_stream_analyze(fd, flags, &r, err);
+    close(fd);
+    assert_non_null(r);
+    return r;
+}
+
+static json_int_t jint(json_t *obj, const char *path)
+{
+    /* "a.b.c" through objects */
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", path);
+    json_t *cur = obj;
+    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok; tok = strtok_r(NULL, ".", &save)) {
+        cur = json_object_get(cur, tok);
+        if (!cur) {
+            print_error("no member '%s' in path '%s'\n", tok, path);
+            fail();
+        }
+    }
+    assert_true(json_is_integer(cur));
+    return json_integer_value(cur);
+}
+
+static void expect_failure(const Opts *o, const char *needle, const char *record)
+{
+    Built bt;
+    build(&bt, o);
+    bool ok;
+    FerryError *err = NULL;
+    json_t *r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    assert_false(ok);
+    assert_msg_contains(err, needle);
+    assert_msg_contains(err, "at stream offset ");
+    json_t *e = json_object_get(r, "error");
+    assert_non_null(e);
+    assert_string_equal(json_string_value(json_object_get(e, "record")), record);
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), needle));
+    ferry_error_free(err);
+    json_decref(r);
+    free(bt.b.p);
+}
+
+static void test_good_stream(void **state)
+{
+    Built bt;
+    build(&bt, &(Opts){ .garbage_after_end = true });
+    bool ok;
+    FerryError *err = NULL;
+    json_t *r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    if (!ok) {
+        print_error("%s\n", ferry_error_msg(err));
+    }
+    assert_true(ok);
+    assert_null(json_object_get(r, "error"));
+
+    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "header"), "magic")), "FERRYMIG");
+    assert_int_equal(jint(r, "header.version"), 2);
+    assert_int_equal(jint(r, "header.flags"), 0);
+
+    json_t *offered = json_object_get(r, "offered"), *features = json_object_get(r, "features");
+    assert_int_equal(json_array_size(offered), 2);
+    assert_int_equal(json_array_size(features), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(features, 0), "name")), "record-checksum");
+    assert_true(json_is_true(json_object_get(json_array_get(features, 0), "critical")));
+    assert_true(json_is_false(json_object_get(json_array_get(features, 1), "critical")));
+
+    assert_int_equal(jint(r, "config.page-size"), 4096);
+    json_t *blocks = json_object_get(json_object_get(r, "config"), "blocks");
+    assert_int_equal(json_array_size(blocks), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(blocks, 1), "name")), "vga");
+    assert_int_equal(jint(json_array_get(blocks, 1), "size"), 4 * 4096);
+
+    assert_int_equal(jint(r, "ram.records"), 2);
+    assert_int_equal(jint(r, "ram.pages"), 12);
+    assert_int_equal(jint(r, "ram.zero-pages"), 4);
+    assert_int_equal(jint(r, "ram.data-pages"), 8);
+    assert_int_equal(jint(r, "ram.data-bytes"), 8 * 4096);
+    assert_int_equal(jint(r, "ram.passes"), 1);
+    assert_int_equal(jint(r, "ram.hint-records"), 1);
+    assert_int_equal(jint(r, "ram.hinted-pages"), 16);
+    json_t *rb = json_object_get(json_object_get(r, "ram"), "blocks");
+    assert_int_equal(json_array_size(rb), 2);
+    assert_int_equal(jint(json_array_get(rb, 0), "pages"), 10);
+    assert_int_equal(jint(json_array_get(rb, 0), "zero-pages"), 2);
+    assert_int_equal(jint(json_array_get(rb, 0), "data-bytes"), 8 * 4096);
+    assert_int_equal(jint(json_array_get(rb, 1), "pages"), 2);
+    assert_int_equal(jint(json_array_get(rb, 1), "zero-pages"), 2);
+    assert_int_equal(jint(json_array_get(rb, 1), "data-bytes"), 0);
+
+    json_t *secs = json_object_get(r, "sections");
+    assert_int_equal(json_array_size(secs), 1);
+    json_t *s = json_array_get(secs, 0);
+    assert_string_equal(json_string_value(json_object_get(s, "name")), "dev");
+    assert_int_equal(jint(s, "instance-id"), 3);
+    assert_int_equal(jint(s, "version"), 1);
+    assert_true(json_is_true(json_object_get(s, "skippable")));
+    assert_true(json_is_false(json_object_get(s, "optional")));
+    assert_int_equal(jint(s, "offset"), bt.section_offset);
+    assert_int_equal(jint(s, "bytes"), bt.section_data_len);
+    assert_int_equal(jint(s, "state.counter"), 42);
+    assert_int_equal(jint(s, "state.inner.x"), 1ll << 40);
+    json_t *st = json_object_get(s, "state");
+    assert_string_equal(json_string_value(json_object_get(st, "label")), "hello");
+    assert_true(json_is_true(json_object_get(st, "on")));
+
+    json_t *schema = json_array_get(json_object_get(r, "schema"), 0);
+    assert_string_equal(json_string_value(json_object_get(schema, "name")), "dev");
+    json_t *fields = json_object_get(schema, "fields");
+    assert_int_equal(json_array_size(fields), 4);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fields, 0), "type")), "u32");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fields, 3), "type")), "struct");
+
+    assert_int_equal(jint(r, "end.pages"), 12);
+    assert_int_equal(jint(r, "end.sections"), 1);
+    assert_true(json_is_true(json_object_get(json_object_get(r, "end"), "source-running")));
+    assert_int_equal(jint(r, "records"), 10);
+    /* Everything up to END's trailer, not the data after it. */
+    assert_int_equal(jint(r, "bytes"), bt.b.len - 18);
+    assert_int_equal(jint(r, "framing-bytes"), bt.b.len - 18 - bt.data_bytes);
+
+    json_t *unknown = json_object_get(r, "unknown-records");
+    assert_int_equal(json_array_size(unknown), 1);
+    json_t *u = json_array_get(unknown, 0);
+    assert_int_equal(jint(u, "offset"), bt.unknown_offset);
+    assert_int_equal(jint(u, "type"), 0x42);
+    assert_int_equal(jint(u, "length"), 5);
+    assert_true(json_is_false(json_object_get(u, "critical")));
+    json_decref(r);
+
+    /* Schema only. */
+    r = analyze_buf(bt.b.p, bt.b.len, FERRY_ANALYZE_SCHEMA_ONLY, &ok, &err);
+    assert_true(ok);
+    assert_int_equal(json_object_size(r), 1);
+    schema = json_array_get(json_object_get(r, "sections"), 0);
+    assert_string_equal(json_string_value(json_object_get(schema, "name")), "dev");
+    assert_int_equal(jint(schema, "instance-id"), 3);
+    json_decref(r);
+    free(bt.b.p);
+}
+
+/* A stream from a pipe: read to END, and the caller's fd keeps its blocking mode. */
+static void test_pipe(void **state)
+{
+    Built bt;
+    build(&bt, &(Opts){ .page_size = 512 });
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    assert_true(bt.b.len < 65536);
+    assert_int_equal(write(p[1], bt.b.p, bt.b.len), (ssize_t)bt.b.len);
+    close(p[1]);
+    int fl = fcntl(p[0], F_GETFL);
+    json_t *r = NULL;
+    FerryError *err = NULL;
+    assert_true(ferry_stream_analyze(p[0], 0, &r, &err));
+    assert_int_equal(fcntl(p[0], F_GETFL), fl);
+    assert_int_equal(jint(r, "config.page-size"), 512);
+    assert_int_equal(jint(r, "ram.data-bytes"), 8 * 512);
+    json_decref(r);
+    close(p[0]);
+    free(bt.b.p);
+
+    /* An fd that is not open. */
+    r = NULL;
+    assert_false(ferry_stream_analyze(p[0], 0, &r, &err));
+    assert_msg_contains(err, "not an open file descriptor");
+    assert_non_null(json_object_get(r, "error"));
+    ferry_error_free(err);
+    json_decref(r);
+}
+
+static void test_no_checksum(void **state)
+{
+    Built bt;
+    build(&bt, &(Opts){ .no_checksum = true });
+    bool ok;
+    FerryError *err = NULL;
+    json_t *r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    if (!ok) {
+        print_error("%s\n", ferry_error_msg(err));
+    }
+    assert_true(ok);
+    assert_int_equal(json_array_size(json_object_get(r, "features")), 1);
+    assert_int_equal(jint(r, "records"), 10);
+    assert_int_equal(jint(r, "bytes"), bt.b.len);
+    assert_int_equal(jint(r, "ram.pages"), 12);
+    json_decref(r);
+    free(bt.b.p);
+}
+
+static void test_unknown_records_and_features(void **state)
+{
+    expect_failure(&(Opts){ .unknown_flags = FERRY_REC_CRITICAL }, "unknown critical record type 0x0042 (5 bytes)",
+                   "unknown");
+    expect_failure(&(Opts){ .extra_feature = "x-teleport", .extra_flags = FERRY_FEATURE_CRITICAL },
+                   "the stream uses feature 'x-teleport', which this reader does not support", "FEATURES");
+
+    /* An unknown non-critical feature is noted and the stream is read. */
+    Built bt;
+    build(&bt, &(Opts){ .extra_feature = "x-shiny" });
+    bool ok;
+    FerryError *err = NULL;
+    json_t *r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    assert_true(ok);
+    json_t *f = json_array_get(json_object_get(r, "features"), 2);
+    assert_string_equal(json_string_value(json_object_get(f, "name")), "x-shiny");
+    assert_true(json_is_false(json_object_get(f, "known")));
+    json_decref(r);
+    free(bt.b.p);
+}
+
+static void test_inconsistent_streams(void **state)
+{
+    expect_failure(&(Opts){ .end_pages_extra = 1 }, "the source sent 13 pages, 12 arrived", "END");
+    expect_failure(&(Opts){ .no_hint_feature = true }, "FEATURES lack 'populate-hints'", "POPULATE_HINT");
+}
+
+/* A record whose CRC is right but whose content is wrong: the checks behind the CRC must still catch it. */
+static void test_bad_content_behind_good_crc(void **state)
+{
+    Buf b = { 0 };
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
+    ferry__wire_encode_header(hdr);
+    buf_put(&b, hdr, sizeof(hdr));
+    FerryWireFeatureList f = { 0 };
+    ferry__wire_features_add(&f, "record-checksum", FERRY_FEATURE_CRITICAL);
+    put_features(&b, FERRY_REC_HELLO, &f);
+    put_features(&b, FERRY_REC_FEATURES, &f);
+    FerryWireBlock blocks[1] = { { "ram0", 4 * 4096 } };
+    size_t len;
+    uint8_t *p = ferry__wire_config_encode(&(FerryWireConfig){ .page_size = 4096, .nblocks = 1, .blocks = blocks },
+                                           &len);
+    put_record(&b, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, p, len, true);
+    free(p);
+    size_t base = b.len;
+
+    struct {
+        uint16_t type;
+        const char *needle;
+    } cases[] = {
+        { FERRY_REC_RAM_PAGES, "outside RAM block 'ram0'" },
+        { FERRY_REC_SECTION, "section 'dev' instance 3" },
+        { FERRY_REC_CONFIG, "a second CONFIG record" },
+    };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(cases); i++) {
+        b.len = base;
+        if (cases[i].type == FERRY_REC_RAM_PAGES) {
+            uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN + 1];
+            ferry__wire_run_encode(&(FerryWireRun){ .block = 0, .first = 3, .count = 2 }, run);
+            run[FERRY_WIRE_RAM_RUN_HEADER_LEN] = 0x3;
+            put_record(&b, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, run, sizeof(run), true);
+        } else if (cases[i].type == FERRY_REC_SECTION) {
+            size_t dlen;
+            p = section_payload("dev", &len, &dlen);
+            p[len - dlen] ^= 0xff; /* the first byte of the data */
+            put_record(&b, FERRY_REC_SECTION, FERRY_REC_CRITICAL, p, len, true);
+            free(p);
+        } else {
+            p = ferry__wire_config_encode(&(FerryWireConfig){ .page_size = 4096, .nblocks = 1, .blocks = blocks },
+                                          &len);
+            put_record(&b, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, p, len, true);
+            free(p);
+        }
+        bool ok;
+        FerryError *err = NULL;
+        json_t *r = analyze_buf(b.p, b.len, 0, &ok, &err);
+        assert_false(ok);
+        assert_msg_contains(err, cases[i].needle);
+        char want[64];
+        snprintf(want, sizeof(want), "at stream offset %zu, %s record: ", base, ferry__wire_record_name(cases[i].type));
+        assert_msg_contains(err, want);
+        assert_int_equal(jint(r, "error.offset"), base);
+        ferry_error_free(err);
+        json_decref(r);
+    }
+    free(b.p);
+}
+
+/* A change of every single byte (bit 0 or bit 7, alternately) and every truncation of a small stream is refused,
+ * with an offset. */
+static void test_every_flip_and_truncation(void **state)
+{
+    Built bt;
+    build(&bt, &(Opts){ .page_size = 512, .small = true });
+    uint8_t *copy = malloc(bt.b.len);
+    bool ok;
+    FerryError *err = NULL;
+    memcpy(copy, bt.b.p, bt.b.len);
+    for (size_t i = 0; i < bt.b.len; i++) {
+        uint8_t mask = i % 2 ? 0x80 : 0x01;
+        copy[i] ^= mask;
+        json_t *r = analyze_buf(copy, bt.b.len, 0, &ok, &err);
+        copy[i] ^= mask;
+        if (ok) {
+            print_error("a flip of byte %zu (mask 0x%02x) went unnoticed\n", i, mask);
+            fail();
+        }
+        assert_msg_contains(err, "at stream offset ");
+        assert_true(json_is_integer(json_object_get(json_object_get(r, "error"), "offset")));
+        ferry_error_free(err);
+        err = NULL;
+        json_decref(r);
+    }
+    for (size_t cut = 0; cut < bt.b.len; cut++) {
+        json_t *r = analyze_buf(bt.b.p, cut, 0, &ok, &err);
+        if (ok) {
+            print_error("a stream cut at %zu of %zu bytes was accepted\n", cut, bt.b.len);
+            fail();
+        }
+        assert_msg_contains(err, "at stream offset ");
+        assert_true(jint(r, "error.offset") <= (json_int_t)cut);
+        ferry_error_free(err);
+        err = NULL;
+        json_decref(r);
+    }
+    json_t *r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    assert_true(ok);
+    json_decref(r);
+    free(copy);
+    free(bt.b.p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_stream),
+        cmocka_unit_test(test_pipe),
+        cmocka_unit_test(test_no_checksum),
+        cmocka_unit_test(test_unknown_records_and_features),
+        cmocka_unit_test(test_inconsistent_streams),
+        cmocka_unit_test(test_bad_content_behind_good_crc),
+        cmocka_unit_test(test_every_flip_and_truncation),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,436 @@
+/*
+ * Unit tests of src/wire/records.c, the record payload codecs: round trips of every codec, every malformed case
+ * the decoders must name, and truncation of each encoded payload at every offset (which must fail, never read
+ * past the end: run under ASan). Record names of the version-2 records are checked too.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "test-helpers.h"
+#include "wire/wire.h"
+
+/* Takes errp (not the error) since the call that sets it is evaluated in the same argument list. */
+static void expect_error(bool ok, FerryError **errp, const char *needle)
+{
+    assert_false(ok);
+    assert_msg_contains(*errp, needle);
+    ferry_error_free(*errp);
+    *errp = NULL;
+}
+
+static void test_record_names(void **state)
+{
+    assert_string_equal(ferry__wire_record_name(FERRY_REC_HELLO), "HELLO");
+    assert_string_equal(ferry__wire_record_name(FERRY_REC_FEATURES), "FEATURES");
+    assert_string_equal(ferry__wire_record_name(FERRY_REC_HELLO_REPLY), "HELLO_REPLY");
+    assert_string_equal(ferry__wire_record_name(FERRY_REC_RAM_PAGES), "RAM_PAGES");
+    assert_string_equal(ferry__wire_record_name(0x7777), "unknown");
+}
+
+/* ---- features ---- */
+
+static void test_features_round_trip(void **state)
+{
+    FerryWireFeatureList l = { 0 }, d;
+    FerryError *err = NULL;
+    assert_true(ferry__wire_features_add(&l, "record-checksum", FERRY_FEATURE_CRITICAL));
+    assert_true(ferry__wire_features_add(&l, "populate-hints", 0));
+    assert_true(ferry__wire_features_add(&l, "record-checksum", 0)); /* present: no-op */
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.f[0].flags, FERRY_FEATURE_CRITICAL);
+    assert_int_equal(ferry__wire_features_find(&l, "populate-hints"), 1);
+    assert_int_equal(ferry__wire_features_find(&l, "nope"), -1);
+
+    size_t len = ferry__wire_features_len(&l);
+    assert_int_equal(len, 2 + 2 + 15 + 2 + 14);
+    uint8_t *buf = malloc(len);
+    ferry__wire_features_encode(&l, buf);
+    assert_int_equal(ferry__get_be16(buf), 2);
+    assert_true(ferry__wire_features_decode(buf, len, &d, &err));
+    assert_null(err);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.f[0].name, "record-checksum");
+    assert_int_equal(d.f[0].flags, FERRY_FEATURE_CRITICAL);
+    assert_string_equal(d.f[1].name, "populate-hints");
+    assert_int_equal(d.f[1].flags, 0);
+
+    /* Every truncation fails. */
+    for (size_t cut = 0; cut < len; cut++) {
+        err = NULL;
+        assert_false(ferry__wire_features_decode(buf, cut, &d, &err));
+        assert_non_null(err);
+        ferry_error_free(err);
+    }
+    free(buf);
+
+    /* An empty list. */
+    FerryWireFeatureList empty = { 0 };
+    uint8_t e[2];
+    assert_int_equal(ferry__wire_features_len(&empty), 2);
+    ferry__wire_features_encode(&empty, e);
+    err = NULL;
+    assert_true(ferry__wire_features_decode(e, 2, &d, &err));
+    assert_int_equal(d.n, 0);
+}
+
+static void test_features_add_refuses(void **state)
+{
+    FerryWireFeatureList l = { 0 };
+    char name[80];
+    assert_false(ferry__wire_features_add(&l, "", 0));
+    assert_false(ferry__wire_features_add(&l, "has space", 0));
+    assert_false(ferry__wire_features_add(&l, "tab\t", 0));
+    assert_false(ferry__wire_features_add(&l, "\x7f", 0));
+    memset(name, 'a', 64);
+    name[64] = '\0';
+    assert_false(ferry__wire_features_add(&l, name, 0));
+    name[63] = '\0';
+    assert_true(ferry__wire_features_add(&l, name, 0));
+    assert_true(ferry__wire_features_add(&l, "!~", 0));
+    l.n = 0;
+    for (unsigned i = 0; i < FERRY_WIRE_MAX_FEATURES; i++) {
+        snprintf(name, sizeof(name), "f%u", i);
+        assert_true(ferry__wire_features_add(&l, name, 0));
+    }
+    assert_false(ferry__wire_features_add(&l, "one-too-many", 0));
+    assert_true(ferry__wire_features_add(&l, "f3", 0)); /* present: still fine when full */
+}
+
+static void test_features_malformed(void **state)
+{
+    FerryWireFeatureList d;
+    FerryError *err = NULL;
+
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00", 1, &d, &err), &err, "too short");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x41", 2, &d, &err), &err,
+                 "65 features, at most 64");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x01\x00\x00", 4, &d, &err), &err,
+                 "feature 0 has an invalid name");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x01\x00\x01 ", 5, &d, &err), &err,
+                 "invalid name");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x01\x00\x01\x80", 5, &d, &err), &err,
+                 "invalid name");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x02\x00\x01x\x01\x01x", 8, &d, &err), &err,
+                 "feature 'x' appears twice");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x01\x00\x01xZ", 6, &d, &err), &err,
+                 "1 trailing bytes");
+    err = NULL;
+    expect_error(ferry__wire_features_decode((const uint8_t *)"\x00\x02\x00\x01x", 5, &d, &err), &err,
+                 "truncated in feature 1 of 2");
+
+    /* A 64-byte name. */
+    uint8_t big[2 + 2 + 64];
+    memcpy(big, "\x00\x01\x00\x40", 4);
+    memset(big + 4, 'a', 64);
+    err = NULL;
+    expect_error(ferry__wire_features_decode(big, sizeof(big), &d, &err), &err, "invalid name (64 bytes");
+    /* Unknown flag bits are kept, not refused. */
+    err = NULL;
+    assert_true(ferry__wire_features_decode((const uint8_t *)"\x00\x01\x83\x01x", 5, &d, &err));
+    assert_int_equal(d.f[0].flags, 0x83);
+}
+
+/* ---- CONFIG ---- */
+
+static void test_config_round_trip(void **state)
+{
+    FerryWireBlock blocks[3] = { { .size = 1u << 20 }, { .size = 4096 }, { .size = 1ull << 40 } };
+    strcpy(blocks[0].name, "ram0");
+    memset(blocks[1].name, 'n', 255);
+    blocks[1].name[255] = '\0';
+    strcpy(blocks[2].name, "x");
+    FerryWireConfig c = { .page_size = 4096, .nblocks = 3, .blocks = blocks }, d;
+    size_t len;
+    FerryError *err = NULL;
+    uint8_t *buf = ferry__wire_config_encode(&c, &len);
+    assert_int_equal(len, 8 + (1 + 4 + 8) + (1 + 255 + 8) + (1 + 1 + 8));
+    assert_true(ferry__wire_config_decode(buf, len, &d, &err));
+    assert_int_equal(d.page_size, 4096);
+    assert_int_equal(d.nblocks, 3);
+    assert_string_equal(d.blocks[0].name, "ram0");
+    assert_true(d.blocks[0].size == 1u << 20);
+    assert_string_equal(d.blocks[1].name, blocks[1].name);
+    assert_true(d.blocks[2].size == 1ull << 40);
+    ferry__wire_config_free(&d);
+    assert_null(d.blocks);
+    ferry__wire_config_free(NULL);
+
+    for (size_t cut = 0; cut < len; cut++) {
+        err = NULL;
+        assert_false(ferry__wire_config_decode(buf, cut, &d, &err));
+        assert_non_null(err);
+        assert_null(d.blocks);
+        ferry_error_free(err);
+    }
+    /* A trailing byte. */
+    buf = realloc(buf, len + 1);
+    buf[len] = 0;
+    err = NULL;
+    expect_error(ferry__wire_config_decode(buf, len + 1, &d, &err), &err, "1 trailing bytes");
+    free(buf);
+
+    /* No blocks at all is well-formed. */
+    FerryWireConfig none = { .page_size = 65536 };
+    buf = ferry__wire_config_encode(&none, &len);
+    assert_int_equal(len, 8);
+    err = NULL;
+    assert_true(ferry__wire_config_decode(buf, len, &d, &err));
+    assert_int_equal(d.nblocks, 0);
+    ferry__wire_config_free(&d);
+    free(buf);
+}
+
+static void test_config_malformed(void **state)
+{
+    FerryWireConfig d;
+    FerryError *err = NULL;
+    uint8_t b[64] = { 0 };
+
+    ferry__put_be32(b, 4095);
+    expect_error(ferry__wire_config_decode(b, 8, &d, &err), &err, "page size 4095 is not a power of two");
+    err = NULL;
+    ferry__put_be32(b, 256);
+    expect_error(ferry__wire_config_decode(b, 8, &d, &err), &err, "page size 256");
+    err = NULL;
+    ferry__put_be32(b, 0);
+    expect_error(ferry__wire_config_decode(b, 8, &d, &err), &err, "page size 0");
+    err = NULL;
+    ferry__put_be32(b, 1u << 31);
+    expect_error(ferry__wire_config_decode(b, 8, &d, &err), &err, "page size");
+
+    /* A count that cannot fit is refused before any allocation (4 billion blocks in 18 bytes). */
+    ferry__put_be32(b, 4096);
+    ferry__put_be32(b + 4, 0xffffffffu);
+    err = NULL;
+    expect_error(ferry__wire_config_decode(b, 18, &d, &err), &err, "claims 4294967295 RAM blocks");
+    assert_null(d.blocks);
+
+    /* An empty name, a name with a NUL. */
+    ferry__put_be32(b + 4, 1);
+    b[8] = 0;
+    err = NULL;
+    expect_error(ferry__wire_config_decode(b, 8 + 1 + 8 + 1, &d, &err), &err, "block 0 has an invalid name (empty)");
+    b[8] = 2;
+    b[9] = 'a';
+    b[10] = 0;
+    err = NULL;
+    expect_error(ferry__wire_config_decode(b, 8 + 3 + 8, &d, &err), &err, "contains a NUL byte");
+    /* Truncated in the second block. */
+    ferry__put_be32(b + 4, 2);
+    b[10] = 'b';
+    b[19] = 1;
+    b[20] = 'c';
+    err = NULL;
+    expect_error(ferry__wire_config_decode(b, 8 + 11 + 2 + 7, &d, &err), &err, "truncated in RAM block 1 of 2");
+}
+
+/* ---- POPULATE_HINT ---- */
+
+static void test_hint(void **state)
+{
+    uint8_t b[8 + 2 * FERRY_WIRE_HINT_RANGE_LEN];
+    FerryWireHint h;
+    FerryError *err = NULL;
+    ferry__put_be32(b, 3);
+    ferry__put_be32(b + 4, 2);
+    ferry__put_be64(b + 8, 10);
+    ferry__put_be64(b + 16, 5);
+    ferry__put_be64(b + 24, 1ull << 40);
+    ferry__put_be64(b + 32, 7);
+    assert_true(ferry__wire_hint_decode(b, sizeof(b), &h, &err));
+    assert_int_equal(h.block, 3);
+    assert_int_equal(h.count, 2);
+    uint64_t first, count;
+    ferry__wire_hint_range(&h, 0, &first, &count);
+    assert_true(first == 10 && count == 5);
+    ferry__wire_hint_range(&h, 1, &first, &count);
+    assert_true(first == 1ull << 40 && count == 7);
+
+    for (size_t cut = 0; cut < sizeof(b); cut++) {
+        err = NULL;
+        assert_false(ferry__wire_hint_decode(b, cut, &h, &err));
+        assert_non_null(err);
+        ferry_error_free(err);
+    }
+    err = NULL;
+    expect_error(ferry__wire_hint_decode(b, 7, &h, &err), &err, "shorter than its 8-byte header");
+    /* A huge count with a short payload: the multiplication must not wrap. */
+    ferry__put_be32(b + 4, 0xffffffffu);
+    err = NULL;
+    expect_error(ferry__wire_hint_decode(b, sizeof(b), &h, &err), &err, "claims 4294967295 ranges");
+    ferry__put_be32(b + 4, 0);
+    err = NULL;
+    assert_true(ferry__wire_hint_decode(b, 8, &h, &err));
+    assert_int_equal(h.count, 0);
+}
+
+/* ---- RAM run header ---- */
+
+static void test_run(void **state)
+{
+    FerryWireRun r = { .block = 2, .flags = 0, .first = 0x123456789ull, .count = 10 }, d;
+    uint8_t b[FERRY_WIRE_RAM_RUN_HEADER_LEN];
+    ferry__wire_run_encode(&r, b);
+    assert_int_equal(ferry__get_be32(b + 16), 10);
+    ferry__wire_run_decode(b, &d);
+    assert_int_equal(d.block, 2);
+    assert_int_equal(d.flags, 0);
+    assert_true(d.first == 0x123456789ull);
+    assert_int_equal(d.count, 10);
+
+    uint8_t zmap[32] = { 0x05, 0x02 }; /* pages 0, 2 and 9 are zero */
+    uint64_t len;
+    uint32_t zeros;
+    FerryError *err = NULL;
+    assert_true(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err));
+    assert_int_equal(zeros, 3);
+    assert_true(len == 20 + 2 + 7 * 4096ull);
+
+    /* A bit past the run's last page. */
+    zmap[1] = 0x04;
+    err = NULL;
+    expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "bits set past its last");
+    zmap[1] = 0;
+
+    d.flags = 1;
+    err = NULL;
+    expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "unknown flags 0x1");
+    d.flags = 0;
+    d.count = 0;
+    err = NULL;
+    expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "run of 0 pages");
+    d.count = FERRY_WIRE_MAX_RUN_PAGES + 1;
+    err = NULL;
+    expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "run of 257 pages");
+
+    /* A full run of zero pages. */
+    memset(zmap, 0xff, sizeof(zmap));
+    d.count = FERRY_WIRE_MAX_RUN_PAGES;
+    err = NULL;
+    assert_true(ferry__wire_run_expected_len(&d, zmap, 65536, &len, &zeros, &err));
+    assert_int_equal(zeros, 256);
+    assert_true(len == 20 + 32);
+}
+
+/* ---- SECTION ---- */
+
+static uint8_t *section_payload(const FerryWireSection *s, size_t *len)
+{
+    uint8_t hdr[FERRY_WIRE_SECTION_HEADER_MAX];
+    size_t hl = ferry__wire_section_header_encode(s, hdr);
+    *len = hl + s->schema_len + s->data_len;
+    uint8_t *buf = malloc(*len);
+    memcpy(buf, hdr, hl);
+    memcpy(buf + hl, s->schema, s->schema_len);
+    memcpy(buf + hl + s->schema_len, s->data, s->data_len);
+    return buf;
+}
+
+static void test_section(void **state)
+{
+    FerryWireSection s = { .instance_id = 7, .version = 3, .flags = 0x3, .schema = (const uint8_t *)"SCHEMA",
+                           .schema_len = 6, .data = (const uint8_t *)"data!", .data_len = 5 }, d;
+    strcpy(s.name, "workload");
+    size_t len;
+    FerryError *err = NULL;
+    uint8_t *buf = section_payload(&s, &len);
+    assert_int_equal(len, 1 + 8 + 16 + 6 + 5);
+    assert_true(ferry__wire_section_decode(buf, len, &d, &err));
+    assert_string_equal(d.name, "workload");
+    assert_int_equal(d.instance_id, 7);
+    assert_int_equal(d.version, 3);
+    assert_int_equal(d.flags, 3);
+    assert_int_equal(d.schema_len, 6);
+    assert_memory_equal(d.schema, "SCHEMA", 6);
+    assert_ptr_equal(d.schema, buf + 25);
+    assert_int_equal(d.data_len, 5);
+    assert_memory_equal(d.data, "data!", 5);
+
+    /* Truncation: up to the end of the schema every cut fails; after it, the cut only shortens the data. */
+    for (size_t cut = 0; cut < len; cut++) {
+        err = NULL;
+        bool ok = ferry__wire_section_decode(buf, cut, &d, &err);
+        if (cut < 1 + 8 + 16 + 6) {
+            assert_false(ok);
+            assert_non_null(err);
+            ferry_error_free(err);
+        } else {
+            assert_true(ok);
+            assert_int_equal(d.data_len, cut - 31);
+        }
+    }
+
+    buf[1 + 8 + 8 + 3] = 0x04; /* flags */
+    err = NULL;
+    expect_error(ferry__wire_section_decode(buf, len, &d, &err), &err, "unknown flags 0x4");
+    buf[1 + 8 + 8 + 3] = 0;
+    ferry__put_be32(buf + 1 + 8 + 12, 12); /* schema longer than the rest */
+    err = NULL;
+    expect_error(ferry__wire_section_decode(buf, len, &d, &err), &err, "schema of 12 bytes does not fit in the 11");
+    ferry__put_be32(buf + 1 + 8 + 12, 11); /* exactly the rest: no data */
+    err = NULL;
+    assert_true(ferry__wire_section_decode(buf, len, &d, &err));
+    assert_int_equal(d.data_len, 0);
+    buf[3] = 0;
+    err = NULL;
+    expect_error(ferry__wire_section_decode(buf, len, &d, &err), &err, "contains a NUL byte");
+    buf[0] = 0;
+    err = NULL;
+    expect_error(ferry__wire_section_decode(buf, len, &d, &err), &err, "invalid name (empty)");
+    free(buf);
+
+    /* A 255-byte name uses the whole fixed part. */
+    memset(s.name, 'q', 255);
+    s.name[255] = '\0';
+    buf = section_payload(&s, &len);
+    assert_int_equal(len, FERRY_WIRE_SECTION_HEADER_MAX + 11);
+    err = NULL;
+    assert_true(ferry__wire_section_decode(buf, len, &d, &err));
+    assert_string_equal(d.name, s.name);
+    free(buf);
+}
+
+/* ---- END ---- */
+
+static void test_end(void **state)
+{
+    FerryWireEnd e = { .flags = FERRY_END_SOURCE_RUNNING, .pages = 0x1122334455ull, .sections = 9 }, d;
+    uint8_t b[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&e, b);
+    assert_int_equal(ferry__get_be32(b), 1);
+    assert_true(ferry__get_be64(b + 4) == 0x1122334455ull);
+    ferry__wire_end_decode(b, &d);
+    assert_int_equal(d.flags, FERRY_END_SOURCE_RUNNING);
+    assert_true(d.pages == 0x1122334455ull);
+    assert_int_equal(d.sections, 9);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_record_names),
+        cmocka_unit_test(test_features_round_trip),
+        cmocka_unit_test(test_features_add_refuses),
+        cmocka_unit_test(test_features_malformed),
+        cmocka_unit_test(test_config_round_trip),
+        cmocka_unit_test(test_config_malformed),
+        cmocka_unit_test(test_hint),
+        cmocka_unit_test(test_run),
+        cmocka_unit_test(test_section),
+        cmocka_unit_test(test_end),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
