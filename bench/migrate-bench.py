@@ -5,6 +5,12 @@ throughput (guest RAM size / total time), total time, downtime, setup time, byte
 the ratio of the throughput to the machine's UNIX-socket peak measured by bench/sockpeak in the same run. Each
 result is verified (equal RAM digests for paused cases, the A-B invariant for the running one).
 
+The "local" case migrates --local-size GiB (default 4) of random RAM between two processes on this host three
+ways, side by side: over the plain UNIX socket, with unix-page-flipping (page data through a pipe, spliced from
+RAM), and backed by a shared memfd in mode cpr-transfer (the memfd is passed, nothing copied); it prints each
+way's throughput, total time, downtime and bytes, next to the single-thread memcpy speed (bench/crc32c-bench) and
+the UNIX-socket peak measured in the same run.
+
 The "crc" case measures what the per-record CRC32C costs: the random case with the record-checksum stream feature
 on and off (switched off on the source, so the stream carries no trailers and nobody computes them), after one
 uncounted warm-up run, in the order on-off, off-on, ..., --crc-repeat times each, and prints every run, the medians
@@ -38,10 +44,13 @@ def socket_peak(build):
     raise RuntimeError(f"sockpeak printed no result: {out!r}")
 
 
-def run_case(tmp, case, size_gib, smp, ab_dirty_rate, caps=None):
+def run_case(tmp, case, size_gib, smp, ab_dirty_rate, caps=None, params=None):
     mem = f"{size_gib}G"
-    if case in ("random", "random-nocrc"):
+    if case in ("random", "plain", "flip"):
         args = ["-m", mem, "-smp", str(smp), "-pattern", "random", "-seed", "1", "-S"]
+    elif case == "shared":
+        args = ["-object", f"memory-backend-memfd,id=ram0,size={mem},share=on", "-machine", "memory-backend=ram0",
+                "-smp", str(smp), "-pattern", "random", "-seed", "1", "-S"]
     elif case == "zero":
         args = ["-m", mem, "-smp", str(smp), "-pattern", "zero", "-S"]
     elif case == "ab":
@@ -62,10 +71,12 @@ def run_case(tmp, case, size_gib, smp, ab_dirty_rate, caps=None):
             ferrytest.wait_until(lambda: src.workload_info()["passes"] >= smp,
                                  60 + size_gib * 2 * 1024 / max(ab_dirty_rate, 1), "every page written once",
                                  interval=0.2)
-        src.set_params(**{"max-bandwidth": HIGH_BANDWIDTH})
+        src.set_params(**{"max-bandwidth": HIGH_BANDWIDTH}, **(params or {}))
         if caps:
-            src.cmd("migrate-set-capabilities",
-                    capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+            # Capabilities are set on both ends: a stream feature is used only if both have it on.
+            for w in (src, dst):
+                w.cmd("migrate-set-capabilities",
+                      capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
         src.migrate(uri)
         info = src.wait_migration(timeout=600)
         if info["status"] != "completed":
@@ -118,12 +129,66 @@ def crc_case(tmp, opts):
     return False
 
 
+def memcpy_limit(build):
+    out = subprocess.run([os.path.join(build, "bench", "crc32c-bench"), "3"], check=True, capture_output=True,
+                         text=True, timeout=300).stdout
+    for line in out.splitlines():
+        if line.startswith("memcpy"):
+            return float(line.split()[2]) * 1e9 / (1 << 20)
+    raise RuntimeError(f"crc32c-bench printed no memcpy figure: {out!r}")
+
+
+LOCAL_CASES = {
+    # name: (what, capabilities on both ends, source parameters)
+    "plain": ("plain UNIX socket", None, None),
+    "flip": ("unix-page-flipping", {"unix-page-flipping": True}, None),
+    "shared": ("shared memfd, mode cpr-transfer", None, {"mode": "cpr-transfer"}),
+}
+
+
+def local_case(tmp, opts, peak):
+    """Local migration three ways, side by side, --local-repeat times each (medians): plain, flipped, shared."""
+    print(f"local    {opts.local_size} GiB of random RAM over a UNIX socket; single-thread memcpy "
+          f"{memcpy_limit(opts.build):.0f} MiB/s, UNIX socket peak {peak:.0f} MiB/s")
+    failed = False
+    for name, (what, caps, params) in LOCAL_CASES.items():
+        runs = []
+        for _ in range(opts.local_repeat):
+            try:
+                info, verified = run_case(tmp, name, opts.local_size, opts.smp, opts.ab_dirty_rate, caps=caps,
+                                          params=params)
+            except Exception as e:
+                print(f"local    {name}: error: {e}")
+                failed = True
+                break
+            if verified != "ok":
+                print(f"local    {name}: FAILED verification: {verified}")
+                failed = True
+                break
+            runs.append(info)
+        if len(runs) != opts.local_repeat:
+            continue
+        runs.sort(key=lambda i: i["total-time"])
+        info = runs[len(runs) // 2]
+        ram = info["ram"]
+        total_ms = info["total-time"]
+        mibps = ram["total"] / (1 << 20) / (total_ms / 1000.0) if total_ms else float("inf")
+        print(f"local    {name:<7} {what:<34} {mibps:>7.0f} MiB/s ({mibps / peak:.0%} of socket peak), total "
+              f"{total_ms} ms, downtime {info.get('downtime', 0)} ms, socket bytes "
+              f"{ram['transferred'] - ram.get('page-pipe-bytes', 0)}, pipe bytes {ram.get('page-pipe-bytes', 0)}, "
+              f"fd-passed bytes {ram.get('fd-passed-bytes', 0)} (median of {opts.local_repeat})", flush=True)
+    return failed
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build-release"), help="build directory (release)")
     ap.add_argument("--size", type=int, default=1, help="guest RAM in GiB (default 1)")
     ap.add_argument("--smp", type=int, default=2, help="worker threads of the workload (default 2)")
-    ap.add_argument("--cases", default="random,zero,ab,crc", help="comma-separated: random, zero, ab, crc")
+    ap.add_argument("--cases", default="random,zero,ab,crc",
+                    help="comma-separated: random, zero, ab, crc, local")
+    ap.add_argument("--local-size", type=int, default=4, help="RAM of the local case in GiB (default 4)")
+    ap.add_argument("--local-repeat", type=int, default=3, help="runs of each way of the local case (default 3)")
     ap.add_argument("--crc-repeat", type=int, default=4, help="runs of each side of the crc case (default 4)")
     ap.add_argument("--ab-dirty-rate", type=int, default=256,
                     help="dirty rate of the running A-B case in MiB/s (default 256; 0 would never converge)")
@@ -148,6 +213,9 @@ def main():
         for case in opts.cases.split(","):
             if case == "crc":
                 failed |= crc_case(tmp, opts)
+                continue
+            if case == "local":
+                failed |= local_case(tmp, opts, peak)
                 continue
             try:
                 info, verified = run_case(tmp, case, opts.size, opts.smp, opts.ab_dirty_rate)

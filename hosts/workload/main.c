@@ -37,6 +37,11 @@ static void usage(FILE *out)
             "                          how outgoing migrations find written pages; default auto\n"
             "  -ram-block-size SIZE    RAM is registered as blocks ram0, ram1, ... of at most SIZE bytes (suffix K,\n"
             "                          M, G or T); default 1G\n"
+            "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off]\n"
+            "  -machine memory-backend=ID\n"
+            "                          back RAM with memfds (one per block, blocks named as above); share=on maps\n"
+            "                          them shared, so that mode cpr-transfer passes them instead of copying;\n"
+            "                          SIZE must equal -m if both are given\n"
             "  -h, --help              this text\n"
             "%s",
             WORKLOAD_MAX_SMP, INT64_MAX, ferry_host_common_usage());
@@ -94,11 +99,112 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out)
     return true;
 }
 
+/* What -object memory-backend-memfd said; -machine memory-backend=ID selects it. */
+typedef struct MemBackend {
+    bool given;
+    char id[64];
+    uint64_t size;
+    bool share;
+    char machine_backend[64]; /* -machine memory-backend=, "" if not given */
+} MemBackend;
+
+/* Splits @opt at its first ',' pair into key and value (both in @buf); returns the rest or NULL at the end. */
+static const char *next_pair(const char *opt, char *buf, size_t bufsize, const char **key, const char **value)
+{
+    const char *end = strchr(opt, ',');
+    size_t len = end ? (size_t)(end - opt) : strlen(opt);
+    if (len >= bufsize) {
+        len = bufsize - 1;
+    }
+    memcpy(buf, opt, len);
+    buf[len] = '\0';
+    char *eq = strchr(buf, '=');
+    *key = buf;
+    *value = NULL;
+    if (eq) {
+        *eq = '\0';
+        *value = eq + 1;
+    }
+    return end ? end + 1 : NULL;
+}
+
+/* -object TYPE,key=value,...: only memory-backend-memfd is known. */
+static bool parse_object(const char *arg, MemBackend *mb)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
+
+    if (value || strcmp(key, "memory-backend-memfd") != 0) {
+        fprintf(stderr, PROG ": -object: unknown object type '%s' (only memory-backend-memfd)\n", key);
+        return false;
+    }
+    if (mb->given) {
+        fprintf(stderr, PROG ": -object: only one memory-backend-memfd is supported\n");
+        return false;
+    }
+    mb->given = true;
+    mb->share = false; /* QEMU's default for memory backends */
+    while (rest && *rest) {
+        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        if (!value) {
+            fprintf(stderr, PROG ": -object memory-backend-memfd: '%s' needs a value (key=value)\n", key);
+            return false;
+        }
+        if (strcmp(key, "id") == 0) {
+            if (!*value || strlen(value) >= sizeof(mb->id)) {
+                fprintf(stderr, PROG ": -object memory-backend-memfd: bad id '%s'\n", value);
+                return false;
+            }
+            strcpy(mb->id, value);
+        } else if (strcmp(key, "size") == 0) {
+            if (!parse_size(value, 0, &mb->size) || mb->size == 0) {
+                fprintf(stderr, PROG ": -object memory-backend-memfd: size '%s' is not a size\n", value);
+                return false;
+            }
+        } else if (strcmp(key, "share") == 0) {
+            if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0) {
+                fprintf(stderr, PROG ": -object memory-backend-memfd: share must be on or off, not '%s'\n", value);
+                return false;
+            }
+            mb->share = strcmp(value, "on") == 0;
+        } else {
+            fprintf(stderr, PROG ": -object memory-backend-memfd: unknown property '%s' (id, size, share)\n", key);
+            return false;
+        }
+    }
+    if (!mb->id[0] || !mb->size) {
+        fprintf(stderr, PROG ": -object memory-backend-memfd: id= and size= are required\n");
+        return false;
+    }
+    return true;
+}
+
+/* -machine key=value,...: only memory-backend= is known. */
+static bool parse_machine(const char *arg, MemBackend *mb)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = arg;
+
+    while (rest && *rest) {
+        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        if (strcmp(key, "memory-backend") != 0 || !value || !*value || strlen(value) >= sizeof(mb->machine_backend)) {
+            fprintf(stderr, PROG ": -machine: unsupported property '%s' (only memory-backend=ID)\n", key);
+            return false;
+        }
+        strcpy(mb->machine_backend, value);
+    }
+    return true;
+}
+
 /* Parse argv into @cfg, handing common options to the host runtime. Returns -1 to go on, else an exit code. */
 static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cfg)
 {
     size_t page_size = ferry_ram_page_size();
     uint64_t v;
+    MemBackend mb = { 0 };
+    bool m_given = false;
 
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -115,7 +221,7 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
         }
         if (strcmp(opt, "-m") == 0 || strcmp(opt, "-smp") == 0 || strcmp(opt, "-pattern") == 0 ||
             strcmp(opt, "-seed") == 0 || strcmp(opt, "-dirty-rate") == 0 || strcmp(opt, "-dirty-tracker") == 0 ||
-            strcmp(opt, "-ram-block-size") == 0) {
+            strcmp(opt, "-ram-block-size") == 0 || strcmp(opt, "-object") == 0 || strcmp(opt, "-machine") == 0) {
             if (!arg) {
                 fprintf(stderr, PROG ": option %s needs an argument (try --help)\n", opt);
                 return EXIT_USAGE;
@@ -147,7 +253,16 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             if (used_arg) {
                 i++;
             }
+        } else if (strcmp(opt, "-object") == 0) {
+            if (!parse_object(arg, &mb)) {
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-machine") == 0) {
+            if (!parse_machine(arg, &mb)) {
+                return EXIT_BAD_VALUE;
+            }
         } else if (strcmp(opt, "-m") == 0) {
+            m_given = true;
             if (!parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
                 fprintf(stderr, PROG ": -m: '%s' is not a RAM size (a positive multiple of the %zu-byte page, "
                         "e.g. 256M or 4G)\n", arg, page_size);
@@ -188,6 +303,30 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
                 return EXIT_BAD_VALUE;
             }
         }
+    }
+    if (mb.machine_backend[0]) {
+        if (!mb.given || strcmp(mb.id, mb.machine_backend) != 0) {
+            fprintf(stderr, PROG ": -machine memory-backend=%s: no -object memory-backend-memfd with that id\n",
+                    mb.machine_backend);
+            return EXIT_BAD_VALUE;
+        }
+        if (mb.size % page_size) {
+            fprintf(stderr, PROG ": memory-backend-memfd size %" PRIu64 " is not a multiple of the %zu-byte page\n",
+                    mb.size, page_size);
+            return EXIT_BAD_VALUE;
+        }
+        if (m_given && mb.size != cfg->ram_size) {
+            fprintf(stderr, PROG ": -m %" PRIu64 " bytes does not match memory-backend '%s' size %" PRIu64 "\n",
+                    cfg->ram_size, mb.id, mb.size);
+            return EXIT_BAD_VALUE;
+        }
+        cfg->ram_size = mb.size;
+        cfg->memfd = true;
+        cfg->memfd_share = mb.share;
+    } else if (mb.given) {
+        fprintf(stderr, PROG ": -object memory-backend-memfd,id=%s is not used: add -machine memory-backend=%s\n",
+                mb.id, mb.id);
+        return EXIT_BAD_VALUE;
     }
     if (cfg->ram_size / page_size < cfg->smp) {
         fprintf(stderr, PROG ": -m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers\n",

@@ -727,7 +727,9 @@ bool workload_register(Workload *wl, FerryMigration *m, FerryError **errp)
         char name[32];
 
         snprintf(name, sizeof(name), "ram%u", i);
-        wl->blocks[i] = ferry_ram_block_new(m, name, left < bytes_per_block ? left : bytes_per_block, errp);
+        uint64_t size = left < bytes_per_block ? left : bytes_per_block;
+        wl->blocks[i] = wl->cfg.memfd ? ferry_ram_block_new_memfd(m, name, size, wl->cfg.memfd_share, errp)
+                                      : ferry_ram_block_new(m, name, size, errp);
         if (!wl->blocks[i]) {
             ferry_error_prepend(errp, "registering RAM block %s: ", name);
             return false;

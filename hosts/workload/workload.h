@@ -41,6 +41,9 @@ typedef struct WorkloadConfig {
     uint64_t seed;
     uint64_t dirty_rate;     /* MiB/s over all workers, 0 = unlimited */
     FerryTrackerKind tracker;
+    /* -object memory-backend-memfd + -machine memory-backend: RAM blocks are memfds (shared if memfd_share). */
+    bool memfd;
+    bool memfd_share;
 } WorkloadConfig;
 
 typedef struct Workload Workload;

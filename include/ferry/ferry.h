@@ -4,6 +4,7 @@
 
 #include "ferry/common.h"
 #include "ferry/analyze.h"
+#include "ferry/backend.h"
 #include "ferry/error.h"
 #include "ferry/host.h"
 #include "ferry/ram.h"

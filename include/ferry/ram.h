@@ -1,7 +1,7 @@
 /*
- * RAM blocks: the memory a host program asks ferry to migrate. The engine maps each block (anonymous, private,
- * page aligned), the host program uses the returned pointer as its RAM, and the engine tracks which pages are
- * written. The list of blocks is fixed once a migration has started in either direction; blocks are freed with
+ * RAM blocks: the memory a host program asks ferry to migrate. The engine maps each block (anonymous and
+ * private, or a memfd; page aligned), the host program uses the returned pointer as its RAM, and the engine
+ * tracks which pages are written. The list of blocks is fixed once a migration has started in either direction; blocks are freed with
  * the engine (ferry_migration_free). This header does not cover device state (see visitor.h).
  */
 #ifndef FERRY_RAM_H
@@ -12,6 +12,13 @@
 /* Map and register a block of @size bytes (rounded up to the page size) named @name (unique, at most 255 bytes).
  * The memory reads as zero until written. */
 FERRY_API FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name, uint64_t size, FerryError **errp);
+/* The same backed by a memfd (QEMU's memory-backend-memfd): with @share the mapping is MAP_SHARED, and a local
+ * migration in mode cpr-transfer passes the memfd to the destination instead of copying its pages. Without
+ * @share it is a private mapping of the memfd and migrates like anonymous memory. */
+FERRY_API FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char *name, uint64_t size, bool share,
+                                                   FerryError **errp);
+/* Whether the block is shared memory (a memfd mapped MAP_SHARED). */
+FERRY_API bool ferry_ram_block_shared(const FerryRamBlock *b);
 FERRY_API void *ferry_ram_block_host(const FerryRamBlock *b);
 FERRY_API uint64_t ferry_ram_block_size(const FerryRamBlock *b);
 FERRY_API const char *ferry_ram_block_name(const FerryRamBlock *b);

@@ -128,6 +128,44 @@ bool ferry__channel_read_all(FerryChannel *c, void *buf, size_t len, FerryError 
     return true;
 }
 
+/* Every channel is a FerryFdChannel (socket.c) or embeds one first (exec.c, file.c). */
+bool ferry__channel_can_pass_fds(const FerryChannel *c)
+{
+    return ((const FerryFdChannel *)c)->is_unix;
+}
+
+bool ferry__channel_send_fds(FerryChannel *c, const void *buf, size_t len, const int *fds, size_t nfds,
+                             FerryError **errp)
+{
+    if (!ferry__channel_can_pass_fds(c)) {
+        ferry_error_setg(errp, "cannot pass file descriptors over '%s': only a UNIX socket can carry them", c->desc);
+        return false;
+    }
+    if (len == 0 || nfds == 0 || nfds > FERRY_CHANNEL_MAX_FDS) {
+        ferry_error_setg(errp, "cannot pass %zu file descriptors with %zu bytes (1..%d fds, at least one byte)",
+                         nfds, len, FERRY_CHANNEL_MAX_FDS);
+        return false;
+    }
+    return ferry__fd_channel_send_fds(c, buf, len, fds, nfds, errp);
+}
+
+int ferry__channel_take_fd(FerryChannel *c)
+{
+    FerryFdChannel *fc = (FerryFdChannel *)c;
+    if (fc->nrfds == 0) {
+        return -1;
+    }
+    int fd = fc->rfds[0];
+    memmove(fc->rfds, fc->rfds + 1, (fc->nrfds - 1) * sizeof(int));
+    fc->nrfds--;
+    return fd;
+}
+
+size_t ferry__channel_fds_pending(const FerryChannel *c)
+{
+    return ((const FerryFdChannel *)c)->nrfds;
+}
+
 void ferry__channel_shutdown(FerryChannel *c)
 {
     if (c) {

@@ -53,6 +53,39 @@ ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError *
 void ferry__channel_shutdown(FerryChannel *c);
 /* Run the ops' finish step if it has one (see FerryChannelOps.finish). */
 bool ferry__channel_finish(FerryChannel *c, FerryError **errp);
+/*
+ * File descriptors over the channel (SCM_RIGHTS), for local migration: only a channel on an AF_UNIX stream
+ * socket (unix:, or fd: / a socketpair end that is one) can carry them. FERRY_CHANNEL_MAX_FDS is the kernel's
+ * limit per message (SCM_MAX_FD).
+ *
+ * send_fds writes @len (>= 1) bytes with @nfds (1..FERRY_CHANNEL_MAX_FDS) fds attached to the first of them; the
+ * fds stay the caller's (the peer gets new references to the same open files). The reading side collects fds as
+ * the bytes they came with are read, in order; take_fd hands the oldest one to the caller (-1 if none is
+ * pending) and fds_pending counts them. Fds never taken are closed with the channel.
+ */
+#define FERRY_CHANNEL_MAX_FDS 253
+bool ferry__channel_can_pass_fds(const FerryChannel *c);
+bool ferry__channel_send_fds(FerryChannel *c, const void *buf, size_t len, const int *fds, size_t nfds,
+                             FerryError **errp);
+int ferry__channel_take_fd(FerryChannel *c);
+size_t ferry__channel_fds_pending(const FerryChannel *c);
+/*
+ * The page pipe of unix-page-flipping (pagepipe.c): page data moved with vmsplice(SPLICE_F_GIFT) by the source
+ * and read into place by the destination, beside the main channel that carries the records. Waits end when
+ * @main is shut down.
+ *
+ * page_pipe_new creates the pipe: *writer is the source's end (free with page_pipe_free), *read_fd the end to
+ * pass to the destination (the caller closes it once passed). page_pipe_reader_take wraps a received read end
+ * (takes @fd on success). send moves the bytes of @iov into the pipe without copying them (the pages must stay
+ * mapped until the destination has read them); recv reads exactly @len bytes.
+ */
+typedef struct FerryPagePipe FerryPagePipe;
+bool ferry__page_pipe_new(FerryPagePipe **writer, int *read_fd, FerryError **errp);
+FerryPagePipe *ferry__page_pipe_reader_take(int fd, FerryError **errp);
+void ferry__page_pipe_free(FerryPagePipe *pp); /* NULL is a no-op */
+bool ferry__page_pipe_send(FerryPagePipe *pp, const struct iovec *iov, int iovcnt, FerryChannel *main,
+                           FerryError **errp);
+bool ferry__page_pipe_recv(FerryPagePipe *pp, void *buf, size_t len, FerryChannel *main, FerryError **errp);
 /* Wrap an already connected fd (a socketpair end, an fd received over SCM_RIGHTS, a pipe) into a channel named
  * @desc in messages. Takes @fd on success; returns NULL (and leaves @fd to the caller) if @fd is not open.
  * Sockets get the full semantics; a pipe, FIFO or character device is switched to non-blocking mode and waited

@@ -50,6 +50,49 @@ static bool wait_ready(FerryFdChannel *fc, short events)
     return true;
 }
 
+/*
+ * recvmsg(2) on a UNIX socket, keeping any fds that arrive with the bytes (SCM_RIGHTS) in fc->rfds. The kernel
+ * never merges bytes that carry fds with bytes that carry others into one read, so one control buffer sized for
+ * the largest message (FERRY_CHANNEL_MAX_FDS) is enough; if fds were cut anyway (MSG_CTRUNC, e.g. the process ran
+ * out of fd slots) the read fails: a stream that lost fds cannot be trusted. Returns what recvmsg returns, or -2
+ * with *errp set.
+ */
+static ssize_t recv_with_fds(FerryFdChannel *fc, const struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FERRY_CHANNEL_MAX_FDS)];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr msg = {
+        .msg_iov = (struct iovec *)iov,
+        .msg_iovlen = (size_t)iovcnt,
+        .msg_control = ctl.buf,
+        .msg_controllen = sizeof(ctl.buf),
+    };
+    ssize_t n = recvmsg(fc->base.fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+        return n;
+    }
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
+            continue;
+        }
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        if (fc->nrfds + k > fc->rfds_cap) {
+            fc->rfds_cap = FERRY_MAX(fc->rfds_cap * 2, fc->nrfds + k);
+            fc->rfds = ferry__xrealloc(fc->rfds, fc->rfds_cap * sizeof(int));
+        }
+        memcpy(fc->rfds + fc->nrfds, CMSG_DATA(cm), k * sizeof(int));
+        fc->nrfds += k;
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {
+        ferry_error_setg(errp, "Failed to read from '%s': file descriptors sent by the peer were cut off "
+                         "(MSG_CTRUNC; out of file descriptors?)", fc->base.desc);
+        return -2;
+    }
+    return n;
+}
+
 ssize_t ferry__fd_channel_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
 {
     FerryFdChannel *fc = (FerryFdChannel *)c;
@@ -59,7 +102,10 @@ ssize_t ferry__fd_channel_readv(FerryChannel *c, const struct iovec *iov, int io
             ferry_error_setg(errp, "Failed to read from '%s': channel was shut down", c->desc);
             return -1;
         }
-        ssize_t n = readv(c->fd, iov, iovcnt);
+        ssize_t n = fc->is_unix ? recv_with_fds(fc, iov, iovcnt, errp) : readv(c->fd, iov, iovcnt);
+        if (n == -2) {
+            return -1; /* recv_with_fds set *errp */
+        }
         if (n > 0) {
             return n;
         }
@@ -87,12 +133,12 @@ ssize_t ferry__fd_channel_readv(FerryChannel *c, const struct iovec *iov, int io
 }
 
 /*
- * writev(2) on a non-socket without SIGPIPE: a pipe whose reader is gone must give EPIPE to the caller, never
- * kill the process (the host programs ignore SIGPIPE, but a library must not rely on it). SIGPIPE is blocked in
- * this thread around the call, and one raised by it is consumed before the mask is restored; one that was
- * pending already is left alone.
+ * writev(2) (or vmsplice(2) with @splice_flags, when @splice) on a non-socket without SIGPIPE: a pipe whose
+ * reader is gone must give EPIPE to the caller, never kill the process (the host programs ignore SIGPIPE, but a
+ * library must not rely on it). SIGPIPE is blocked in this thread around the call, and one raised by it is
+ * consumed before the mask is restored; one that was pending already is left alone.
  */
-static ssize_t writev_nosigpipe(int fd, const struct iovec *iov, int iovcnt)
+ssize_t ferry__pipe_write_nosigpipe(int fd, const struct iovec *iov, int iovcnt, bool splice, unsigned splice_flags)
 {
     sigset_t pipe_set, old, pending;
     sigemptyset(&pipe_set);
@@ -100,7 +146,7 @@ static ssize_t writev_nosigpipe(int fd, const struct iovec *iov, int iovcnt)
     sigemptyset(&pending);
     bool was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    ssize_t n = writev(fd, iov, iovcnt);
+    ssize_t n = splice ? vmsplice(fd, iov, (unsigned long)iovcnt, splice_flags) : writev(fd, iov, iovcnt);
     int err = errno;
     if (n < 0 && err == EPIPE && !was_pending) {
         const struct timespec zero = { 0, 0 };
@@ -126,7 +172,7 @@ ssize_t ferry__fd_channel_writev(FerryChannel *c, const struct iovec *iov, int i
             struct msghdr msg = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
             n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
         } else {
-            n = writev_nosigpipe(c->fd, iov, iovcnt);
+            n = ferry__pipe_write_nosigpipe(c->fd, iov, iovcnt, false, 0);
         }
         if (n >= 0) {
             return n;
@@ -165,9 +211,49 @@ void ferry__fd_channel_shutdown(FerryChannel *c)
     }
 }
 
+bool ferry__fd_channel_send_fds(FerryChannel *c, const void *buf, size_t len, const int *fds, size_t nfds,
+                                FerryError **errp)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FERRY_CHANNEL_MAX_FDS)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    memset(&ctl, 0, sizeof(ctl));
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    for (;;) {
+        if (ferry__fd_channel_is_shut(c)) {
+            ferry_error_setg(errp, "Failed to write to '%s': channel was shut down", c->desc);
+            return false;
+        }
+        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        if (n >= 0) {
+            /* The fds went with the first byte; the rest of the bytes, if any, go without them. */
+            return (size_t)n == len || ferry__channel_write_all(c, (const char *)buf + n, len - (size_t)n, errp);
+        }
+        if (errno != EINTR) {
+            ferry_error_setg_errno(errp, errno, "Failed to send %zu file descriptors to '%s'", nfds, c->desc);
+            return false;
+        }
+    }
+}
+
 void ferry__fd_channel_close(FerryChannel *c)
 {
     FerryFdChannel *fc = (FerryFdChannel *)c;
+    for (size_t i = 0; i < fc->nrfds; i++) {
+        close(fc->rfds[i]);
+    }
+    free(fc->rfds);
+    fc->rfds = NULL;
+    fc->nrfds = fc->rfds_cap = 0;
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
@@ -187,6 +273,10 @@ void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int 
     int type;
     socklen_t type_len = sizeof(type);
     fc->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) == 0;
+    int domain;
+    socklen_t domain_len = sizeof(domain);
+    fc->is_unix = fc->is_socket && type == SOCK_STREAM &&
+                  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &domain_len) == 0 && domain == AF_UNIX;
     fc->base.one_way = !fc->is_socket;
     struct stat st;
     if (fc->is_socket || fstat(fd, &st) < 0 || S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) {

@@ -55,7 +55,7 @@ typedef struct Analyzer {
     bool crc_pending; /* what FEATURES said, applied once its own trailer is checked */
 
     json_t *header, *offered, *features, *config, *end;
-    json_t *sections, *schema, *unknown;
+    json_t *sections, *schema, *unknown, *fds;
 
     FerryWireFeatureList used;
     FerryWireConfig cfg;
@@ -65,6 +65,7 @@ typedef struct Analyzer {
     size_t nseen;
 
     uint64_t records, ram_records, pages, zero_pages, data_pages, data_bytes, passes, hint_records, hinted_pages;
+    uint64_t piped_bytes; /* page data announced by runs whose data went through the page pipe */
     FerryWireEnd endrec;
 } Analyzer;
 
@@ -336,6 +337,11 @@ static bool do_pages(Analyzer *a, uint32_t len, FerryError **errp)
         return false;
     }
     uint64_t data = (uint64_t)(run.count - zeros) * a->cfg.page_size;
+    if (run.flags & FERRY_RUN_DATA_IN_PIPE) {
+        /* The data went through the page pipe (unix-page-flipping): it is not in the stream. */
+        a->piped_bytes += data;
+        data = 0;
+    }
     for (uint64_t left = data; left > 0;) {
         uint64_t n = FERRY_MIN(left, (uint64_t)SKIP_CHUNK);
         if (!ferry__stream_skip(a->s, n)) {
@@ -463,6 +469,43 @@ static bool check_end(Analyzer *a, FerryError **errp)
     return true;
 }
 
+/* FDS: the descriptors themselves only exist on a live UNIX socket; the analyzer lists what they were. */
+static bool do_fds(Analyzer *a, uint64_t offset, uint32_t len, FerryError **errp)
+{
+    if (a->phase < IN_RAM) {
+        ferry_error_setg(errp, "FDS record before the CONFIG record");
+        return false;
+    }
+    uint8_t *buf;
+    if (!read_payload(a, len, FERRY_WIRE_MAX_CONTROL_LEN, &buf, errp)) {
+        return false;
+    }
+    FerryWireFd *entries;
+    uint32_t n;
+    bool ok = ferry__wire_fds_decode(buf, len, &entries, &n, errp);
+    free(buf);
+    if (!ok) {
+        return false;
+    }
+    for (uint32_t i = 0; i < n && ok; i++) {
+        if (entries[i].kind == FERRY_FD_RAM_BLOCK) {
+            uint32_t b;
+            for (b = 0; b < a->cfg.nblocks && strcmp(a->cfg.blocks[b].name, entries[i].name) != 0; b++) {
+            }
+            if (b == a->cfg.nblocks) {
+                ferry_error_setg(errp, "FDS record names RAM block '%s', which CONFIG does not list", entries[i].name);
+                ok = false;
+                break;
+            }
+        }
+        json_array_append_new(a->fds, json_pack("{s:I, s:s, s:o}", "offset", (json_int_t)offset, "kind",
+                                                entries[i].kind == FERRY_FD_RAM_BLOCK ? "ram-block" : "backend",
+                                                "name", jstr(entries[i].name)));
+    }
+    free(entries);
+    return ok;
+}
+
 static bool do_unknown(Analyzer *a, uint64_t offset, const FerryRecordHeader *rh, FerryError **errp)
 {
     if (a->phase < EXPECT_CONFIG) {
@@ -498,6 +541,7 @@ static bool do_record(Analyzer *a, uint64_t offset, const FerryRecordHeader *rh,
     case FERRY_REC_PASS_END: return do_pass_end(a, rh->length, errp);
     case FERRY_REC_SECTION: return do_section(a, offset, rh->length, errp);
     case FERRY_REC_END: return do_end(a, rh->length, errp);
+    case FERRY_REC_FDS: return do_fds(a, offset, rh->length, errp);
     default: return do_unknown(a, offset, rh, errp);
     }
 }
@@ -564,11 +608,15 @@ static json_t *ram_json(const Analyzer *a)
                                                 "pages", (json_int_t)b->pages, "zero-pages",
                                                 (json_int_t)b->zero_pages, "data-bytes", (json_int_t)b->data_bytes));
     }
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "records", (json_int_t)a->ram_records,
-                     "pages", (json_int_t)a->pages, "zero-pages", (json_int_t)a->zero_pages, "data-pages",
-                     (json_int_t)a->data_pages, "data-bytes", (json_int_t)a->data_bytes, "passes",
-                     (json_int_t)a->passes, "hint-records", (json_int_t)a->hint_records, "hinted-pages",
-                     (json_int_t)a->hinted_pages, "blocks", blocks);
+    json_t *r = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "records", (json_int_t)a->ram_records,
+                          "pages", (json_int_t)a->pages, "zero-pages", (json_int_t)a->zero_pages, "data-pages",
+                          (json_int_t)a->data_pages, "data-bytes", (json_int_t)a->data_bytes, "passes",
+                          (json_int_t)a->passes, "hint-records", (json_int_t)a->hint_records, "hinted-pages",
+                          (json_int_t)a->hinted_pages, "blocks", blocks);
+    if (a->piped_bytes) {
+        json_object_set_new(r, "piped-bytes", json_integer((json_int_t)a->piped_bytes));
+    }
+    return r;
 }
 
 static void set_opt(json_t *obj, const char *key, json_t *val)
@@ -589,6 +637,7 @@ bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **
     a.sections = json_array();
     a.schema = json_array();
     a.unknown = json_array();
+    a.fds = json_array();
 
     /* The channel switches a pipe to non-blocking mode, which is shared with the caller's fd: put it back. */
     int fl = fcntl(fd, F_GETFL);
@@ -626,6 +675,7 @@ bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **
         json_object_set_new(r, "bytes", json_integer((json_int_t)bytes));
         json_object_set_new(r, "framing-bytes", json_integer((json_int_t)(bytes - a.data_bytes)));
         json_object_set(r, "unknown-records", a.unknown);
+        json_object_set(r, "fds", a.fds);
     }
     if (!ok) {
         json_object_set_new(r, "error", json_pack("{s:I, s:s, s:o}", "offset", (json_int_t)where, "record", record,
@@ -646,6 +696,7 @@ bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **
     json_decref(a.sections);
     json_decref(a.schema);
     json_decref(a.unknown);
+    json_decref(a.fds);
     ferry__wire_config_free(&a.cfg);
     free(a.blocks);
     free(a.seen);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/socket.h>
 
 #include "migration/migration-priv.h"
@@ -55,6 +56,10 @@ typedef struct Dest {
     bool accepted_valid;     /* a HELLO_REPLY was sent: FEATURES must stay within it */
     FerryWireFeatureList accepted;
     bool source_running;
+    bool pages_started;      /* a RAM_PAGES record arrived: RAM blocks can no longer be replaced by fds */
+    bool flip;               /* the stream uses unix-page-flipping */
+    FerryPagePipe *pipe;     /* its page pipe, once the FDS record brought it */
+    uint64_t pipe_bytes;
     uint8_t end[FERRY_WIRE_END_LEN]; /* the END record's payload */
 
     pthread_t pop_thread;
@@ -197,6 +202,17 @@ static bool load_hello(Dest *d, uint32_t len, FerryError **errp)
         return ok;
     }
     ferry__features_accept(d->m, &offered, &d->accepted);
+    if (!ferry__channel_can_pass_fds(d->chan)) {
+        /* The page pipe comes as an fd: without a UNIX socket this end cannot take it. */
+        FerryWireFeatureList keep;
+        memset(&keep, 0, sizeof(keep));
+        for (uint32_t i = 0; i < d->accepted.n; i++) {
+            if (strcmp(d->accepted.f[i].name, "unix-page-flipping") != 0) {
+                ferry__wire_features_add(&keep, d->accepted.f[i].name, d->accepted.f[i].flags);
+            }
+        }
+        d->accepted = keep;
+    }
     d->accepted_valid = true;
     uint8_t out[FERRY_WIRE_RECORD_HEADER_LEN + 2 + FERRY_WIRE_MAX_FEATURES * (2 + FERRY_WIRE_MAX_FEATURE_NAME) + 4];
     size_t n = ferry__wire_features_len(&d->accepted);
@@ -253,13 +269,137 @@ static bool load_hint(Dest *d, uint32_t len, FerryError **errp)
                              (unsigned long long)first, (unsigned long long)n, b->name);
             goto out;
         }
-        if (d->pop_started) {
+        if (d->pop_started && !b->adopted) {
             populate_queue(d, b, first, n);
         }
     }
     ok = true;
 out:
     free(buf);
+    return ok;
+}
+
+/* Hands one received fd to what the FDS entry @e names; closes @fd on failure. */
+static bool adopt_fd(Dest *d, const FerryWireFd *e, int fd, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    if (e->kind == FERRY_FD_PAGE_PIPE) {
+        if (!d->flip) {
+            ferry_error_setg(errp, "a page pipe in a stream that does not use unix-page-flipping");
+        } else if (d->pipe) {
+            ferry_error_setg(errp, "a second page pipe");
+        } else if ((d->pipe = ferry__page_pipe_reader_take(fd, errp)) != NULL) {
+            return true;
+        }
+        close(fd);
+        return false;
+    }
+    if (e->kind == FERRY_FD_RAM_BLOCK) {
+        size_t i;
+        for (i = 0; i < m->nblocks && strcmp(m->blocks[i]->name, e->name) != 0; i++) {
+        }
+        if (!d->config_seen || d->pages_started) {
+            ferry_error_setg(errp, "file descriptor for RAM block '%s' outside the start of the stream (it must "
+                             "follow CONFIG, before any page)", e->name);
+        } else if (i == m->nblocks) {
+            ferry_error_setg(errp, "file descriptor for RAM block '%s', which this process does not have", e->name);
+        } else if (m->blocks[i]->adopted) {
+            ferry_error_setg(errp, "a second file descriptor for RAM block '%s'", e->name);
+        } else if (ferry__ram_block_adopt_fd(m->blocks[i], fd, errp)) {
+            pthread_mutex_lock(&m->lock);
+            m->stats.fd_ram_bytes += m->blocks[i]->size;
+            m->stats.fd_ram_blocks++;
+            pthread_mutex_unlock(&m->lock);
+            return true;
+        }
+        close(fd);
+        return false;
+    }
+    /* A backend: "KIND:ID". */
+    const char *colon = strchr(e->name, ':');
+    char kind_name[64];
+    FerryBackendKind kind;
+    size_t kl = colon ? (size_t)(colon - e->name) : 0;
+    if (!colon || kl >= sizeof(kind_name)) {
+        ferry_error_setg(errp, "backend file descriptor '%s' is not named KIND:ID", e->name);
+        close(fd);
+        return false;
+    }
+    memcpy(kind_name, e->name, kl);
+    kind_name[kl] = '\0';
+    if (!ferry__backend_kind_parse(kind_name, &kind)) {
+        ferry_error_setg(errp, "the source transfers a backend of unknown kind '%s'", kind_name);
+        close(fd);
+        return false;
+    }
+    if (!ferry__param_backend_transfer(m, kind)) {
+        ferry_error_setg(errp, "the source transfers backend %s '%s', but backend-transfer does not list %s here",
+                         kind_name, colon + 1, kind_name);
+        close(fd);
+        return false;
+    }
+    for (size_t i = 0; i < m->nbackends; i++) {
+        FerryBackend *be = &m->backends[i];
+        if (be->kind == kind && strcmp(be->id, colon + 1) == 0) {
+            if (!be->ops.set_fd(be->opaque, fd, errp)) {
+                ferry_error_prepend(errp, "backend %s '%s': ", kind_name, be->id);
+                close(fd);
+                return false;
+            }
+            return true;
+        }
+    }
+    ferry_error_setg(errp, "the source transfers backend %s '%s', which this process does not have", kind_name,
+                     colon + 1);
+    close(fd);
+    return false;
+}
+
+/*
+ * FDS: the entries name what the fds that came with the record's bytes are. Every fd taken from the channel is
+ * either adopted by exactly one object or closed here, on every path; fds that came without a record stay with
+ * the channel, which closes them.
+ */
+static bool load_fds(Dest *d, uint32_t len, FerryError **errp)
+{
+    uint8_t *buf;
+    if (!ferry__channel_can_pass_fds(d->chan)) {
+        ferry_error_setg(errp, "the stream passes file descriptors, but '%s' is not a UNIX socket and cannot carry "
+                         "them", d->chan->desc);
+        return false;
+    }
+    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "FDS", &buf, errp)) {
+        return false;
+    }
+    FerryWireFd *entries;
+    uint32_t n;
+    bool ok = ferry__wire_fds_decode(buf, len, &entries, &n, errp);
+    free(buf);
+    if (!ok) {
+        return false;
+    }
+    size_t have = ferry__channel_fds_pending(d->chan);
+    if (have < n) {
+        ferry_error_setg(errp, "FDS record announces %u file descriptors, %zu arrived with it", n, have);
+        free(entries);
+        return false;
+    }
+    int *fds = ferry__xcalloc(n, sizeof(*fds));
+    for (uint32_t i = 0; i < n; i++) {
+        fds[i] = ferry__channel_take_fd(d->chan);
+    }
+    uint32_t i;
+    for (i = 0; i < n && ok; i++) {
+        ok = adopt_fd(d, &entries[i], fds[i], errp);
+    }
+    for (; i < n; i++) {
+        close(fds[i]);
+    }
+    pthread_mutex_lock(&d->m->lock);
+    d->m->stats.fds_passed += n;
+    pthread_mutex_unlock(&d->m->lock);
+    free(fds);
+    free(entries);
     return ok;
 }
 
@@ -289,6 +429,12 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
         return false;
     }
     FerryRamBlock *b = d->m->blocks[run_h.block];
+    if (b->adopted) {
+        /* Its memory is the source's own: writing pages into it would change the running source. */
+        ferry_error_setg(errp, "RAM_PAGES record for block '%s', whose memory came as a file descriptor", b->name);
+        return false;
+    }
+    d->pages_started = true;
     if (n == 0 || n > FERRY_WIRE_MAX_RUN_PAGES || first >= b->npages || n > b->npages - first) {
         ferry_error_setg(errp, "bad RAM_PAGES record: block '%s', pages %llu+%u", b->name,
                          (unsigned long long)first, n);
@@ -302,6 +448,10 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
     uint32_t zeros;
     uint64_t expect;
     if (!ferry__wire_run_expected_len(&run_h, zmap, (uint32_t)d->ps, &expect, &zeros, errp)) {
+        return false;
+    }
+    if ((run_h.flags & FERRY_RUN_DATA_IN_PIPE) && !d->pipe) {
+        ferry_error_setg(errp, "RAM_PAGES record with its data in the page pipe, but no page pipe was passed");
         return false;
     }
     if (len != expect) {
@@ -324,7 +474,12 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
         while (j < n && !((zmap[j / 8] >> (j % 8)) & 1)) {
             j++;
         }
-        if (!ferry__stream_read(d->s, p, (size_t)(j - i) * d->ps)) {
+        if (run_h.flags & FERRY_RUN_DATA_IN_PIPE) {
+            if (!ferry__page_pipe_recv(d->pipe, p, (size_t)(j - i) * d->ps, d->chan, errp)) {
+                return false;
+            }
+            d->pipe_bytes += (uint64_t)(j - i) * d->ps;
+        } else if (!ferry__stream_read(d->s, p, (size_t)(j - i) * d->ps)) {
             ferry__stream_check(d->s, errp);
             return false;
         }
@@ -461,10 +616,11 @@ static void update_stats(Dest *d)
 {
     FerryMigration *m = d->m;
     pthread_mutex_lock(&m->lock);
-    m->stats.transferred = ferry__stream_bytes_read(d->s);
+    m->stats.transferred = ferry__stream_bytes_read(d->s) + d->pipe_bytes;
     m->stats.normal = d->normal;
     m->stats.duplicate = d->duplicate;
     m->stats.skipped_bytes = d->skipped;
+    m->stats.page_pipe_bytes = d->pipe_bytes;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -515,6 +671,12 @@ static bool receive(Dest *d, FerryError **errp)
         case FERRY_REC_FEATURES:
             ok = load_features(d, rh.length, &used, errp);
             features_done = ok;
+            d->flip = ok && ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
+            if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
+                ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is "
+                                 "not one", d->chan->desc);
+                ok = false;
+            }
             break;
         case FERRY_REC_CONFIG:
             ok = load_config(d, rh.length, errp);
@@ -540,6 +702,9 @@ static bool receive(Dest *d, FerryError **errp)
         }
         case FERRY_REC_SECTION:
             ok = load_section(d, rh.length, errp);
+            break;
+        case FERRY_REC_FDS:
+            ok = load_fds(d, rh.length, errp);
             break;
         case FERRY_REC_END:
             ok = load_end(d, rh.length, errp);
@@ -681,6 +846,7 @@ static void dest_init(Dest *d, FerryMigration *m)
 /* Everything but the channel. */
 static void dest_cleanup(Dest *d)
 {
+    ferry__page_pipe_free(d->pipe);
     ferry__stream_free(d->s);
     for (size_t i = 0; i < d->nstaged; i++) {
         ferry_visitor_free(d->staged[i].v);

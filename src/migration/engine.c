@@ -65,6 +65,10 @@ void ferry__migration_free(FerryMigration *m)
         free(m->sections[i].name);
     }
     free(m->sections);
+    for (size_t i = 0; i < m->nbackends; i++) {
+        free(m->backends[i].id);
+    }
+    free(m->backends);
     free(m->error_desc);
     free(m->tracker_name);
     free(m->tracker_note);
@@ -150,7 +154,96 @@ bool ferry__migration_is_active_locked(const FerryMigration *m)
 
 /* Public registration API. */
 
+const char *ferry__migration_needs_fds(FerryMigration *m)
+{
+    if (m->params.mode == FERRY_MODE_CPR_TRANSFER) {
+        return "mode cpr-transfer";
+    }
+    if (m->caps[FERRY_CAP_UNIX_PAGE_FLIPPING]) {
+        return "unix-page-flipping";
+    }
+    for (size_t i = 0; i < m->nbackends; i++) {
+        if ((m->params.backend_transfer >> m->backends[i].kind) & 1) {
+            return "backend-transfer";
+        }
+    }
+    return NULL;
+}
+
+/* Whether a migration is under way in either direction (registration is closed then). */
+static bool registration_closed(FerryMigration *m)
+{
+    pthread_mutex_lock(&m->lock);
+    bool busy = ferry__migration_is_active_locked(m) && m->status != FERRY_MIG_NONE;
+    pthread_mutex_unlock(&m->lock);
+    return busy;
+}
+
+static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_t size, bool memfd, bool share,
+                                    FerryError **errp);
+
 FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name, uint64_t size, FerryError **errp)
+{
+    return ram_block_new(m, name, size, false, false, errp);
+}
+
+FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char *name, uint64_t size, bool share,
+                                         FerryError **errp)
+{
+    return ram_block_new(m, name, size, true, share, errp);
+}
+
+bool ferry_ram_block_shared(const FerryRamBlock *b)
+{
+    return b->shared;
+}
+
+bool ferry_migration_register_backend(FerryMigration *m, const char *kind, const char *id,
+                                      const FerryBackendOps *ops, void *opaque, FerryError **errp)
+{
+    FerryBackendKind k;
+    if (!kind || !ferry__backend_kind_parse(kind, &k)) {
+        ferry_error_setg(errp, "unknown backend kind '%s' (virtio-net-tap)", kind ? kind : "(null)");
+        return false;
+    }
+    if (!id || !*id || strlen(id) > 200) {
+        ferry_error_setg(errp, "backend id must be 1 to 200 bytes");
+        return false;
+    }
+    for (const char *c = id; *c; c++) {
+        if (*c < 0x21 || *c > 0x7e) {
+            ferry_error_setg(errp, "backend id '%s': printable ASCII without spaces only", id);
+            return false;
+        }
+    }
+    if (!ops || !ops->get_fd || !ops->set_fd) {
+        ferry_error_setg(errp, "backend '%s': get_fd and set_fd are both needed", id);
+        return false;
+    }
+    for (size_t i = 0; i < m->nbackends; i++) {
+        if (m->backends[i].kind == k && strcmp(m->backends[i].id, id) == 0) {
+            ferry_error_setg(errp, "backend %s '%s' is already registered", kind, id);
+            return false;
+        }
+    }
+    if (registration_closed(m)) {
+        ferry_error_setg(errp, "cannot register backend '%s' while a migration is in progress", id);
+        return false;
+    }
+    m->backends = ferry__xrealloc(m->backends, (m->nbackends + 1) * sizeof(*m->backends));
+    m->backends[m->nbackends++] = (FerryBackend){ .kind = k, .id = ferry__xstrdup(id), .ops = *ops,
+                                                  .opaque = opaque };
+    return true;
+}
+
+bool ferry_migration_backend_transfer(FerryMigration *m, const char *kind)
+{
+    FerryBackendKind k;
+    return kind && ferry__backend_kind_parse(kind, &k) && ferry__param_backend_transfer(m, k);
+}
+
+static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_t size, bool memfd, bool share,
+                                    FerryError **errp)
 {
     for (size_t i = 0; i < m->nblocks; i++) {
         if (strcmp(m->blocks[i]->name, name) == 0) {
@@ -158,14 +251,12 @@ FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name, uint64_t
             return NULL;
         }
     }
-    pthread_mutex_lock(&m->lock);
-    bool busy = ferry__migration_is_active_locked(m) && m->status != FERRY_MIG_NONE;
-    pthread_mutex_unlock(&m->lock);
-    if (busy) {
+    if (registration_closed(m)) {
         ferry_error_setg(errp, "cannot register RAM block '%s' while a migration is in progress", name);
         return NULL;
     }
-    FerryRamBlock *b = ferry__ram_block_new(name, size, errp);
+    FerryRamBlock *b = memfd ? ferry__ram_block_new_memfd(name, size, share, errp)
+                             : ferry__ram_block_new(name, size, errp);
     if (!b) {
         return NULL;
     }
@@ -338,6 +429,18 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
         ferry_error_setg(errp, "nothing to migrate: no RAM block or state section is registered");
         return false;
     }
+    /* What needs file descriptors passed needs a UNIX socket: refuse the others now, with the reason (an fd:
+     * address is checked once connected, when its socket's family is known). */
+    const char *needs_fds = ferry__migration_needs_fds(m);
+    if (needs_fds && !(addr->transport == FERRY_TRANSPORT_SOCKET &&
+                       (addr->socket.type == FERRY_SOCKET_UNIX || addr->socket.type == FERRY_SOCKET_FD))) {
+        pthread_mutex_unlock(&m->lock);
+        char *uri = ferry__address_to_uri(addr);
+        ferry_error_setg(errp, "%s passes file descriptors, which needs a UNIX socket channel ('unix:PATH'); "
+                         "'%s' cannot carry them", needs_fds, uri);
+        free(uri);
+        return false;
+    }
     reset_for_new_migration_locked(m, false);
     ferry__address_free(m->out_addr);
     m->out_addr = ferry__address_copy(addr);
@@ -473,7 +576,20 @@ json_t *ferry__migration_query(FerryMigration *m)
             "precopy-bytes", (json_int_t)st->precopy_bytes,
             "downtime-bytes", (json_int_t)st->downtime_bytes,
             "page-size", (json_int_t)ferry_ram_page_size());
+        if (st->fd_ram_blocks) {
+            /* ferry extension: RAM that went as memfds (mode cpr-transfer) and was not copied; "total" counts
+             * all RAM, "transferred" only what was copied. */
+            json_object_set_new(ram, "fd-passed-bytes", json_integer((json_int_t)st->fd_ram_bytes));
+            json_object_set_new(ram, "fd-passed-blocks", json_integer((json_int_t)st->fd_ram_blocks));
+        }
         json_object_set_new(r, "ram", ram);
+        if (st->page_pipe_bytes) {
+            /* ferry extension: page data that went through the page pipe (unix-page-flipping), not the socket. */
+            json_object_set_new(ram, "page-pipe-bytes", json_integer((json_int_t)st->page_pipe_bytes));
+        }
+        if (st->fds_passed) {
+            json_object_set_new(r, "fds-passed", json_integer((json_int_t)st->fds_passed));
+        }
         if (m->tracker_name) {
             json_object_set_new(r, "dirty-tracker", json_string(m->tracker_name));
         }

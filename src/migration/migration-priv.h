@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "ferry/backend.h"
 #include "ferry/visitor.h"
 #include "channel/channel.h"
 #include "migration/migration.h"
@@ -29,15 +30,32 @@ typedef struct FerrySection {
 } FerrySection;
 
 /* Parameters: see params.c for the table (names, defaults, ranges). Read by migration threads with atomic loads. */
+/* QEMU's MigMode; ferry does normal and cpr-transfer (the others are refused by the parameter check). */
+typedef enum FerryMigMode {
+    FERRY_MODE_NORMAL = 0,
+    FERRY_MODE_CPR_REBOOT,
+    FERRY_MODE_CPR_TRANSFER,
+    FERRY_MODE_CPR_EXEC,
+} FerryMigMode;
+
+/* Values of the backend-transfer list (seed 004's BackendTransfer enum), as bit positions. */
+typedef enum FerryBackendKind {
+    FERRY_BACKEND_VIRTIO_NET_TAP = 0,
+    FERRY_BACKEND__MAX,
+} FerryBackendKind;
+
 typedef struct FerryParams {
     int64_t max_bandwidth;  /* bytes per second, 0 = no limit */
     int64_t downtime_limit; /* milliseconds */
+    int64_t mode;           /* FerryMigMode */
+    int64_t backend_transfer; /* bit mask of FerryBackendKind */
 } FerryParams;
 
 typedef enum FerryCapability {
     FERRY_CAP_EVENTS,
     FERRY_CAP_RECORD_CHECKSUM,
     FERRY_CAP_POPULATE_HINTS,
+    FERRY_CAP_UNIX_PAGE_FLIPPING,
     FERRY_CAP__MAX,
 } FerryCapability;
 
@@ -61,7 +79,19 @@ typedef struct FerryMigStats {
     uint64_t pages_per_second;
     uint64_t skipped_bytes;      /* incoming: bytes of skippable data this build did not know (records, sections,
                                   * fields) */
+    uint64_t fd_ram_bytes;       /* cpr-transfer: bytes of RAM passed as memfds instead of copied */
+    uint32_t fd_ram_blocks;      /* ... in that many blocks */
+    uint32_t fds_passed;         /* file descriptors sent / received (RAM blocks, backends, the page pipe) */
+    uint64_t page_pipe_bytes;    /* unix-page-flipping: page data that went through the page pipe */
 } FerryMigStats;
+
+/* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
+typedef struct FerryBackend {
+    FerryBackendKind kind;
+    char *id;
+    FerryBackendOps ops;
+    void *opaque;
+} FerryBackend;
 
 struct FerryMigration {
     pthread_mutex_t lock;
@@ -72,6 +102,8 @@ struct FerryMigration {
     size_t nblocks;
     FerrySection *sections;
     size_t nsections;
+    FerryBackend *backends;
+    size_t nbackends;
     FerryTrackerKind tracker_kind;
 
     /* Hooks from the host runtime. */
@@ -140,6 +172,14 @@ void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 void ferry__params_init(FerryMigration *m);
 int64_t ferry__param_max_bandwidth(FerryMigration *m);
 int64_t ferry__param_downtime_limit(FerryMigration *m);
+FerryMigMode ferry__param_mode(FerryMigration *m);
+/* What in the current settings needs fds passed ("mode cpr-transfer", "backend-transfer"), or NULL. With m->lock
+ * held. */
+const char *ferry__migration_needs_fds(FerryMigration *m);
+bool ferry__param_backend_transfer(FerryMigration *m, FerryBackendKind kind);
+/* "virtio-net-tap" <-> FERRY_BACKEND_VIRTIO_NET_TAP. */
+bool ferry__backend_kind_parse(const char *name, FerryBackendKind *kind);
+const char *ferry__backend_kind_name(FerryBackendKind kind);
 
 /* params.c: capabilities that are stream features. */
 /* The features this side offers: the stream-feature capabilities that are on. */

@@ -15,6 +15,8 @@
 typedef enum ParamType {
     PARAM_INT,  /* QAPI int / uint64: a plain number */
     PARAM_SIZE, /* QAPI size: a number of bytes; on the command line and in HMP also "1G", "512M" */
+    PARAM_ENUM, /* a QAPI enum: a string out of .values, stored as its index */
+    PARAM_ENUM_LIST, /* a list of a QAPI enum (no duplicates), stored as a bit mask of the indices */
     PARAM_NOT_YET, /* known to QEMU, not implemented by ferry: refused with .unit as the reason */
 } ParamType;
 
@@ -25,17 +27,28 @@ typedef struct ParamDesc {
     int64_t def;
     int64_t min, max;
     const char *unit; /* for messages; for PARAM_NOT_YET: why not, or which work brings it */
+    /* PARAM_ENUM, PARAM_ENUM_LIST: the names, NULL-terminated; a non-NULL .refused[i] makes value i an error
+     * with that reason (QEMU knows it, ferry does not do it). */
+    const char *const *values;
+    const char *const *refused;
 } ParamDesc;
 
-#define NOT_YET(name, why) { name, PARAM_NOT_YET, 0, 0, 0, 0, why }
+#define NOT_YET(name, why) { name, PARAM_NOT_YET, 0, 0, 0, 0, why, NULL, NULL }
+
+/* QEMU's MigMode. */
+static const char *const mode_values[] = { "normal", "cpr-reboot", "cpr-transfer", "cpr-exec", NULL };
+static const char *const mode_refused[] = { NULL, "cpr-reboot is not supported by ferry (use cpr-transfer)", NULL,
+                                            "cpr-exec is not supported by ferry (use cpr-transfer)" };
+/* Seed 004's BackendTransfer enum. */
+static const char *const backend_values[] = { "virtio-net-tap", NULL };
 
 #define MAX_MIGRATE_DOWNTIME_MS 2000000 /* QEMU's MAX_MIGRATE_DOWNTIME, 2000 seconds */
 
 static const ParamDesc params[] = {
     { "max-bandwidth", PARAM_SIZE, offsetof(FerryParams, max_bandwidth), 128ll << 20, 0, INT64_MAX / 8,
-      "bytes per second" },
+      "bytes per second", NULL, NULL },
     { "downtime-limit", PARAM_INT, offsetof(FerryParams, downtime_limit), 300, 0, MAX_MIGRATE_DOWNTIME_MS,
-      "milliseconds" },
+      "milliseconds", NULL, NULL },
     NOT_YET("multifd-channels", "multifd comes with the throughput work"),
     NOT_YET("multifd-compression", "compression comes with the throughput work"),
     NOT_YET("multifd-zlib-level", "compression comes with the throughput work"),
@@ -44,8 +57,9 @@ static const ParamDesc params[] = {
     NOT_YET("tls-creds", "TLS comes with the reliability and security work"),
     NOT_YET("tls-hostname", "TLS comes with the reliability and security work"),
     NOT_YET("tls-authz", "TLS comes with the reliability and security work"),
-    NOT_YET("mode", "cpr-transfer comes with the local migration work"),
-    NOT_YET("backend-transfer", "backend-transfer comes with the local migration work"),
+    { "mode", PARAM_ENUM, offsetof(FerryParams, mode), FERRY_MODE_NORMAL, 0, 0, NULL, mode_values, mode_refused },
+    { "backend-transfer", PARAM_ENUM_LIST, offsetof(FerryParams, backend_transfer), 0, 0, 0, NULL, backend_values,
+      NULL },
     NOT_YET("cpr-exec-command", "cpr-exec is not planned"),
     NOT_YET("announce-initial", "ferry has no guest network to announce"),
     NOT_YET("announce-max", "ferry has no guest network to announce"),
@@ -84,6 +98,9 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
     [FERRY_CAP_RECORD_CHECKSUM] = { "record-checksum", true, true, true },
     /* POPULATE_HINT records: skippable, so a reader that does not know them loses nothing but speed. */
     [FERRY_CAP_POPULATE_HINTS] = { "populate-hints", true, true, false },
+    /* Page data through a pipe passed over the UNIX socket (seed 002): critical, since RAM_PAGES records then
+     * carry no data. Off by default: it needs both ends on one host. */
+    [FERRY_CAP_UNIX_PAGE_FLIPPING] = { "unix-page-flipping", false, true, true },
 };
 
 static int64_t *param_field(FerryParams *p, const ParamDesc *d)
@@ -171,6 +188,49 @@ int64_t ferry__param_downtime_limit(FerryMigration *m)
     return __atomic_load_n(&m->params.downtime_limit, __ATOMIC_RELAXED);
 }
 
+static json_t *param_to_json(const ParamDesc *d, int64_t v)
+{
+    if (d->type == PARAM_ENUM) {
+        return json_string(d->values[v]);
+    }
+    if (d->type == PARAM_ENUM_LIST) {
+        json_t *a = json_array();
+        for (int i = 0; d->values[i]; i++) {
+            if (v & (INT64_C(1) << i)) {
+                json_array_append_new(a, json_string(d->values[i]));
+            }
+        }
+        return a;
+    }
+    return json_integer(v);
+}
+
+FerryMigMode ferry__param_mode(FerryMigration *m)
+{
+    return (FerryMigMode)__atomic_load_n(&m->params.mode, __ATOMIC_RELAXED);
+}
+
+bool ferry__param_backend_transfer(FerryMigration *m, FerryBackendKind kind)
+{
+    return (__atomic_load_n(&m->params.backend_transfer, __ATOMIC_RELAXED) >> kind) & 1;
+}
+
+bool ferry__backend_kind_parse(const char *name, FerryBackendKind *kind)
+{
+    for (int i = 0; backend_values[i]; i++) {
+        if (strcmp(backend_values[i], name) == 0) {
+            *kind = (FerryBackendKind)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *ferry__backend_kind_name(FerryBackendKind kind)
+{
+    return backend_values[kind];
+}
+
 json_t *ferry__migration_query_params(FerryMigration *m)
 {
     json_t *r = json_object();
@@ -179,7 +239,7 @@ json_t *ferry__migration_query_params(FerryMigration *m)
         if (params[i].type == PARAM_NOT_YET) {
             continue;
         }
-        json_object_set_new(r, params[i].name, json_integer(*param_field(&m->params, &params[i])));
+        json_object_set_new(r, params[i].name, param_to_json(&params[i], *param_field(&m->params, &params[i])));
     }
     pthread_mutex_unlock(&m->lock);
     return r;
@@ -195,6 +255,61 @@ static const ParamDesc *find_param(const char *name)
     return NULL;
 }
 
+/* The index of @s in d->values, or -1 with *errp set (QEMU's wording for a value an enum does not have). */
+static int enum_index(const ParamDesc *d, const char *what, json_t *val, FerryError **errp)
+{
+    if (!json_is_string(val)) {
+        ferry_error_setg(errp, "Invalid parameter type for '%s', expected: string", what);
+        return -1;
+    }
+    const char *s = json_string_value(val);
+    for (int i = 0; d->values[i]; i++) {
+        if (strcmp(d->values[i], s) == 0) {
+            if (d->refused && d->refused[i]) {
+                ferry_error_setg(errp, "Parameter '%s' value '%s' is not supported: %s", what, s, d->refused[i]);
+                return -1;
+            }
+            return i;
+        }
+    }
+    ferry_error_setg(errp, "Parameter '%s' does not accept value '%s'", what, s);
+    return -1;
+}
+
+static bool check_enum(const ParamDesc *d, json_t *val, int64_t *out, FerryError **errp)
+{
+    if (d->type == PARAM_ENUM) {
+        int i = enum_index(d, d->name, val, errp);
+        if (i < 0) {
+            return false;
+        }
+        *out = i;
+        return true;
+    }
+    if (!json_is_array(val)) {
+        ferry_error_setg(errp, "Invalid parameter type for '%s', expected: array", d->name);
+        return false;
+    }
+    int64_t mask = 0;
+    size_t k;
+    json_t *el;
+    json_array_foreach(val, k, el) {
+        char what[64];
+        snprintf(what, sizeof(what), "%s[%zu]", d->name, k);
+        int i = enum_index(d, what, el, errp);
+        if (i < 0) {
+            return false;
+        }
+        if (mask & (INT64_C(1) << i)) {
+            ferry_error_setg(errp, "Parameter '%s' lists '%s' twice", d->name, d->values[i]);
+            return false;
+        }
+        mask |= INT64_C(1) << i;
+    }
+    *out = mask;
+    return true;
+}
+
 /* Check one member; on success *out holds the value to apply. */
 static bool check_param(const char *key, json_t *val, const ParamDesc **descp, int64_t *out, FerryError **errp)
 {
@@ -206,6 +321,13 @@ static bool check_param(const char *key, json_t *val, const ParamDesc **descp, i
     if (d->type == PARAM_NOT_YET) {
         ferry_error_setg(errp, "Parameter '%s' is not supported by ferry yet: %s", key, d->unit);
         return false;
+    }
+    if (d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST) {
+        if (!check_enum(d, val, out, errp)) {
+            return false;
+        }
+        *descp = d;
+        return true;
     }
     if (!json_is_integer(val)) {
         ferry_error_setg(errp, "Invalid parameter type for '%s', expected: integer", key);
@@ -268,14 +390,20 @@ bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError
         if (d && d->type == PARAM_NOT_YET) {
             d = NULL; /* refused below by check_param, with its reason */
         }
-        if (d && !json_is_string(val)) {
+        if (d && d->type == PARAM_ENUM_LIST && !json_is_array(val)) {
+            ferry_error_setg(errp, "Parameter '%s' expects a list (%s.0=VALUE,%s.1=VALUE,...)", key, key, key);
+            json_decref(out);
+            return false;
+        }
+        if (d && d->type != PARAM_ENUM_LIST && !json_is_string(val)) {
             ferry_error_setg(errp, "Parameter '%s' expects a single value", key);
             json_decref(out);
             return false;
         }
         json_t *conv;
-        if (!d) {
-            /* Unknown or not implemented: check_param below refuses it with the usual message. */
+        if (!d || d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST) {
+            /* Enums are strings already; unknown or not implemented parameters are refused by check_param
+             * below with the usual message. */
             conv = json_incref(val);
         } else {
             const char *s = json_string_value(val);

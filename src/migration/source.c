@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "migration/migration-priv.h"
 #include "stream/stream.h"
@@ -63,6 +64,13 @@ typedef struct Source {
     int64_t sample_ms;    /* for mbps / pages-per-second */
     uint64_t sample_bytes, sample_pages;
     uint64_t normal, duplicate;
+
+    bool flip;            /* the stream uses unix-page-flipping: page data goes through pipe */
+    FerryPagePipe *pipe;
+    uint64_t pipe_bytes;
+    bool *by_fd;          /* per block: passed as a memfd (mode cpr-transfer, shared block), never copied */
+    FerryRamBlock **copied; /* the other blocks: the ones the tracker watches */
+    size_t ncopied;
 } Source;
 
 static bool cancelled(FerryMigration *m)
@@ -95,10 +103,16 @@ static void write_record(FerryStream *s, uint16_t type, uint16_t flags, const vo
     end_record(s);
 }
 
+/* Bytes sent so far: the stream's and, with unix-page-flipping, the page data that went through the pipe. */
+static uint64_t sent_bytes(Source *src)
+{
+    return ferry__stream_bytes_written(src->s) + src->pipe_bytes;
+}
+
 static void update_stats(Source *src)
 {
     FerryMigration *m = src->m;
-    uint64_t written = ferry__stream_bytes_written(src->s);
+    uint64_t written = sent_bytes(src);
     int64_t now = ferry__clock_ms();
     pthread_mutex_lock(&m->lock);
     FerryMigStats *st = &m->stats;
@@ -109,6 +123,7 @@ static void update_stats(Source *src)
     }
     st->transferred = written;
     st->remaining = src->pending * src->ps;
+    st->page_pipe_bytes = src->pipe_bytes;
     st->normal = src->normal;
     st->duplicate = src->duplicate;
     if (now - src->sample_ms >= 100) {
@@ -252,6 +267,44 @@ static void rate_limit(Source *src, uint64_t bytes)
     src->window_bytes = 0;
 }
 
+/*
+ * unix-page-flipping: the record (run header and zero bitmap) goes on the socket and is flushed, then the data of
+ * the non-zero pages goes into the page pipe straight from RAM (vmsplice, no copy). The flush comes first so
+ * that the destination, which reads the pipe only when it has the record, can drain it: otherwise a full pipe
+ * and a record still in our buffer would wait for each other. A page written after it was spliced is caught by
+ * dirty tracking like any other write.
+ */
+static void send_run_flipped(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n, const uint8_t *zmap,
+                             const struct iovec *iov, int niov)
+{
+    uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
+    uint32_t zb = (n + 7) / 8;
+    uint32_t len = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb;
+    uint64_t data = 0;
+    for (int i = 0; i < niov; i++) {
+        data += iov[i].iov_len;
+    }
+    write_record_header(src->s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, len);
+    ferry__wire_run_encode(&(FerryWireRun){ .block = b->index, .flags = FERRY_RUN_DATA_IN_PIPE, .first = first,
+                                            .count = n }, run);
+    ferry__stream_write(src->s, run, sizeof(run));
+    ferry__stream_write(src->s, zmap, zb);
+    end_record(src->s);
+    if (ferry__stream_flush(src->s)) {
+        FerryError *err = NULL;
+        if (!ferry__page_pipe_send(src->pipe, iov, niov, src->chan, &err)) {
+            /* The stream carries the first error; the migration fails at its next check. */
+            ferry__stream_set_error(src->s, err);
+        }
+    }
+    src->pipe_bytes += data;
+    uint32_t nonzero = (uint32_t)(data / src->ps);
+    src->normal += nonzero;
+    src->duplicate += n - nonzero;
+    src->pages_sent += n;
+    rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN + data);
+}
+
 /* One RAM_PAGES record: pages [first, first + n) of @b. */
 static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
 {
@@ -276,6 +329,10 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
         }
     }
     uint64_t data = (uint64_t)nonzero * src->ps;
+    if (src->flip && data) {
+        send_run_flipped(src, b, first, n, zmap, iov, niov);
+        return;
+    }
     uint32_t len = (uint32_t)(FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + data);
     write_record_header(src->s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, len);
     ferry__wire_run_encode(&(FerryWireRun){ .block = b->index, .first = first, .count = n }, run);
@@ -302,7 +359,7 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
 static bool send_pass(Source *src, FerryError **errp)
 {
     int64_t t0 = ferry__clock_ns();
-    uint64_t b0 = ferry__stream_bytes_written(src->s);
+    uint64_t b0 = sent_bytes(src);
     for (size_t bi = 0; bi < src->m->nblocks; bi++) {
         FerryRamBlock *b = src->m->blocks[bi];
         unsigned long *map = src->send[bi];
@@ -332,7 +389,7 @@ static bool send_pass(Source *src, FerryError **errp)
     if (!check_stream(src, errp)) {
         return false;
     }
-    src->bw_bytes += ferry__stream_bytes_written(src->s) - b0;
+    src->bw_bytes += sent_bytes(src) - b0;
     src->bw_ns += ferry__clock_ns() - t0;
     if (src->bw_ns >= BW_SAMPLE_NS || src->bandwidth == 0) {
         if (src->bw_ns > 0 && src->bw_bytes > 0) {
@@ -351,6 +408,9 @@ static bool harvest(Source *src, FerryError **errp)
     src->pending = 0;
     for (size_t bi = 0; bi < src->m->nblocks; bi++) {
         FerryRamBlock *b = src->m->blocks[bi];
+        if (src->by_fd[bi]) {
+            continue;
+        }
         if (!ferry__tracker_harvest(src->tracker, b, src->send[bi], errp)) {
             return false;
         }
@@ -365,6 +425,9 @@ static void mark_present(Source *src)
     src->pending = 0;
     for (size_t bi = 0; bi < src->m->nblocks; bi++) {
         FerryRamBlock *b = src->m->blocks[bi];
+        if (src->by_fd[bi]) {
+            continue;
+        }
         ferry__ram_block_present_pages(b, src->send[bi]);
         src->pending += ferry__bitmap_count(src->send[bi], b->npages);
     }
@@ -431,6 +494,108 @@ static void write_populate_hints(Source *src)
         }
     }
     free(buf);
+}
+
+/*
+ * An FDS record: the entries describe @fds, which ride with the record's header and payload bytes (SCM_RIGHTS).
+ * The fds stay ours; the destination gets new references to the same open files.
+ */
+static bool write_fds(Source *src, const FerryWireFd *entries, const int *fds, uint32_t n, FerryError **errp)
+{
+    size_t plen;
+    uint8_t *payload = ferry__wire_fds_encode(entries, n, &plen);
+    uint8_t *rec = ferry__xmalloc(FERRY_WIRE_RECORD_HEADER_LEN + plen);
+    ferry__wire_encode_record(rec, &(FerryRecordHeader){ .type = FERRY_REC_FDS, .flags = FERRY_REC_CRITICAL,
+                                                         .length = (uint32_t)plen });
+    memcpy(rec + FERRY_WIRE_RECORD_HEADER_LEN, payload, plen);
+    ferry__stream_write_crc_reset(src->s);
+    ferry__stream_write_with_fds(src->s, rec, FERRY_WIRE_RECORD_HEADER_LEN + plen, fds, n);
+    end_record(src->s);
+    free(rec);
+    free(payload);
+    if (!check_stream(src, errp)) {
+        return false;
+    }
+    pthread_mutex_lock(&src->m->lock);
+    src->m->stats.fds_passed += n;
+    pthread_mutex_unlock(&src->m->lock);
+    return true;
+}
+
+/* mode cpr-transfer: the memfds of the shared blocks, right after CONFIG, so that the destination maps them
+ * before any page arrives. */
+static bool write_ram_fds(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    uint32_t n = 0;
+    uint64_t bytes = 0;
+    FerryWireFd *entries = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*entries));
+    int *fds = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*fds));
+    for (size_t i = 0; i < m->nblocks; i++) {
+        if (src->by_fd[i]) {
+            entries[n].kind = FERRY_FD_RAM_BLOCK;
+            snprintf(entries[n].name, sizeof(entries[n].name), "%s", m->blocks[i]->name);
+            fds[n++] = m->blocks[i]->fd;
+            bytes += m->blocks[i]->size;
+        }
+    }
+    bool ok = n == 0 || write_fds(src, entries, fds, n, errp);
+    free(entries);
+    free(fds);
+    if (ok) {
+        pthread_mutex_lock(&m->lock);
+        m->stats.fd_ram_bytes = bytes;
+        m->stats.fd_ram_blocks = n;
+        pthread_mutex_unlock(&m->lock);
+    }
+    return ok;
+}
+
+/* unix-page-flipping: create the page pipe and pass its read end, before the first page. */
+static bool write_page_pipe(Source *src, FerryError **errp)
+{
+    if (!src->flip) {
+        return true;
+    }
+    int read_fd;
+    if (!ferry__page_pipe_new(&src->pipe, &read_fd, errp)) {
+        return false;
+    }
+    FerryWireFd e = { .kind = FERRY_FD_PAGE_PIPE, .name = "page-pipe" };
+    bool ok = write_fds(src, &e, &read_fd, 1, errp);
+    /* The destination has its own reference now (or the migration failed): ours is not needed either way. */
+    close(read_fd);
+    return ok;
+}
+
+/* backend-transfer: the fds of the backends whose kind the parameter lists, with the workload stopped. */
+static bool write_backend_fds(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    uint32_t n = 0;
+    FerryWireFd *entries = ferry__xcalloc(m->nbackends ? m->nbackends : 1, sizeof(*entries));
+    int *fds = ferry__xcalloc(m->nbackends ? m->nbackends : 1, sizeof(*fds));
+    bool ok = true;
+    for (size_t i = 0; i < m->nbackends && ok; i++) {
+        FerryBackend *be = &m->backends[i];
+        if (!ferry__param_backend_transfer(m, be->kind)) {
+            continue;
+        }
+        int fd = be->ops.get_fd(be->opaque);
+        if (fd < 0) {
+            ferry_error_setg(errp, "backend-transfer: backend %s '%s' has no open file descriptor",
+                             ferry__backend_kind_name(be->kind), be->id);
+            ok = false;
+            break;
+        }
+        entries[n].kind = FERRY_FD_BACKEND;
+        snprintf(entries[n].name, sizeof(entries[n].name), "%s:%s", ferry__backend_kind_name(be->kind), be->id);
+        fds[n++] = fd;
+    }
+    ok = ok && (n == 0 || write_fds(src, entries, fds, n, errp));
+    free(entries);
+    free(fds);
+    return ok;
 }
 
 /* One SECTION record per section: its header, its schema (so that any reader can decode it), its data. */
@@ -517,6 +682,7 @@ static bool negotiate(Source *src, FerryError **errp)
     write_record(src->s, FERRY_REC_FEATURES, FERRY_REC_CRITICAL, buf, ferry__wire_features_len(&used));
     ferry__stream_set_crc(src->s, ferry__features_uses(&used, FERRY_CAP_RECORD_CHECKSUM));
     src->hints = ferry__features_uses(&used, FERRY_CAP_POPULATE_HINTS);
+    src->flip = ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
     ferry__features_record(src->m, &used);
     return true;
 }
@@ -540,7 +706,25 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     }
     src->s = ferry__stream_new(src->chan);
 
-    src->tracker = ferry__tracker_start(kind, m->blocks, m->nblocks, errp);
+    pthread_mutex_lock(&m->lock);
+    const char *needs_fds = ferry__migration_needs_fds(m);
+    bool cpr = m->params.mode == FERRY_MODE_CPR_TRANSFER;
+    pthread_mutex_unlock(&m->lock);
+    if (needs_fds && !ferry__channel_can_pass_fds(src->chan)) {
+        ferry_error_setg(errp, "%s passes file descriptors, which needs a UNIX socket channel; '%s' is not one",
+                         needs_fds, src->chan->desc);
+        return false;
+    }
+    src->by_fd = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*src->by_fd));
+    src->copied = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*src->copied));
+    for (size_t i = 0; i < m->nblocks; i++) {
+        src->by_fd[i] = cpr && m->blocks[i]->shared;
+        if (!src->by_fd[i]) {
+            src->copied[src->ncopied++] = m->blocks[i];
+        }
+    }
+
+    src->tracker = ferry__tracker_start(kind, src->copied, src->ncopied, errp);
     if (!src->tracker) {
         return false;
     }
@@ -575,6 +759,9 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         return false;
     }
     write_config(src);
+    if (!write_ram_fds(src, errp) || !write_page_pipe(src, errp)) {
+        return false;
+    }
     if (!stop_and_copy) {
         mark_present(src);
         write_populate_hints(src);
@@ -643,7 +830,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!send_pass(src, errp)) {
         return false;
     }
-    if (!write_sections(src, errp)) {
+    if (!write_backend_fds(src, errp) || !write_sections(src, errp)) {
         return false;
     }
     uint8_t end[FERRY_WIRE_END_LEN];
@@ -692,6 +879,9 @@ void *ferry__source_thread(void *opaque)
     free(src.send);
     free(src.hinted);
     free(src.scratch);
+    free(src.by_fd);
+    free(src.copied);
+    ferry__page_pipe_free(src.pipe);
     pthread_mutex_lock(&m->lock);
     m->out_chan = NULL;
     pthread_mutex_unlock(&m->lock);

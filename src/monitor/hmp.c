@@ -254,7 +254,18 @@ char *ferry__hmp_format_params(json_t *params)
         } else if (json_is_boolean(v)) {
             out_printf(&o, "%s: %s\n", key, json_is_true(v) ? "on" : "off");
         } else if (json_is_string(v)) {
-            out_printf(&o, "%s: '%s'\n", key, json_string_value(v));
+            /* QEMU quotes free-form strings (tls-creds: '') and prints enum values bare (mode: normal). */
+            bool quoted = strncmp(key, "tls-", 4) == 0;
+            out_printf(&o, quoted ? "%s: '%s'\n" : "%s: %s\n", key, json_string_value(v));
+        } else if (json_is_array(v)) {
+            /* A list of enum values (backend-transfer): comma-separated, nothing for an empty list. */
+            out_printf(&o, "%s:", key);
+            size_t i;
+            json_t *el;
+            json_array_foreach(v, i, el) {
+                out_printf(&o, "%s%s", i ? "," : " ", json_is_string(el) ? json_string_value(el) : "?");
+            }
+            out_printf(&o, "\n");
         } else {
             char *j = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
             out_printf(&o, "%s: %s\n", key, j ? j : "?");

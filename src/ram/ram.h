@@ -30,10 +30,27 @@ struct FerryRamBlock {
     uint64_t npages;
     uint32_t index;              /* position in the engine's list, used as the block id in the stream */
     unsigned long *explicit_dirty; /* npages bits, set atomically by ferry_ram_mark_dirty() */
+    /* Backing. fd is -1 for anonymous memory, else the memfd (ours). shared: mapped MAP_SHARED, so another
+     * process that maps fd sees the same pages (what mode cpr-transfer passes instead of copying). */
+    int fd;
+    bool shared;
+    bool memfd;   /* created as a memfd (kept when an adopted mapping is dropped again) */
+    bool adopted; /* destination: the mapping is the source's memfd, received over the channel */
 };
 
 /* Map a block; the engine registers it. */
 FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp);
+/* The same backed by a new memfd (named @name for /proc/PID/maps), MAP_SHARED if @share else MAP_PRIVATE. */
+FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool share, FerryError **errp);
+/*
+ * Destination of cpr-transfer: map the source's memfd @fd over the block, at the same address (the host
+ * program's pointer stays valid), MAP_SHARED. Takes @fd on success. Fails if @fd is not a memfd-like file of at
+ * least the block's size.
+ */
+bool ferry__ram_block_adopt_fd(FerryRamBlock *b, int fd, FerryError **errp);
+/* Undo an adoption (a failed incoming migration): the block gets fresh zeroed memory of its original kind at the
+ * same address and the source's fd is closed; the source's pages are never written. No-op if not adopted. */
+void ferry__ram_block_unadopt(FerryRamBlock *b);
 void ferry__ram_block_free(FerryRamBlock *b); /* unmaps; NULL is a no-op */
 
 /* Fault every page of the block in (MADV_POPULATE_WRITE), so that loading data later does not take a page fault

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
@@ -38,42 +39,141 @@ size_t ferry_ram_page_size(void)
     return page_size_value;
 }
 
-FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp)
+/* Checks @name and @size and returns the size rounded up to the page size, or 0 with *errp set. */
+static uint64_t check_block(const char *name, uint64_t size, FerryError **errp)
 {
     uint64_t ps = ferry_ram_page_size();
 
     if (!name || !name[0]) {
         ferry_error_setg(errp, "RAM block name must not be empty");
-        return NULL;
+        return 0;
     }
     if (strlen(name) > FERRY_RAM_NAME_MAX) {
         ferry_error_setg(errp, "RAM block name '%.32s...' is longer than %d bytes", name, FERRY_RAM_NAME_MAX);
-        return NULL;
+        return 0;
     }
     if (size == 0) {
         ferry_error_setg(errp, "RAM block '%s': size must not be zero", name);
-        return NULL;
+        return 0;
     }
-    if (size > UINT64_MAX - (ps - 1) || FERRY_DIV_ROUND_UP(size, ps) * ps > (uint64_t)SIZE_MAX) {
+    if (size > UINT64_MAX - (ps - 1) || FERRY_DIV_ROUND_UP(size, ps) * ps > (uint64_t)SIZE_MAX / 2) {
         ferry_error_setg(errp, "RAM block '%s': size %llu is too large", name, (unsigned long long)size);
-        return NULL;
+        return 0;
     }
-    uint64_t rounded = FERRY_DIV_ROUND_UP(size, ps) * ps;
+    return FERRY_DIV_ROUND_UP(size, ps) * ps;
+}
 
-    void *host = mmap(NULL, (size_t)rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+/* A new memfd of @size bytes, or -1 with *errp set. */
+static int new_memfd(const char *name, uint64_t size, FerryError **errp)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': memfd_create", name);
+        return -1;
+    }
+    if (ftruncate(fd, (off_t)size) != 0) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': sizing the memfd to %llu bytes", name,
+                               (unsigned long long)size);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static FerryRamBlock *block_new(const char *name, uint64_t size, int fd, bool share, FerryError **errp)
+{
+    int flags = fd >= 0 ? (share ? MAP_SHARED : MAP_PRIVATE) : MAP_PRIVATE | MAP_ANONYMOUS;
+    void *host = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, flags, fd, 0);
     if (host == MAP_FAILED) {
-        ferry_error_setg_errno(errp, errno, "RAM block '%s': mapping %llu bytes", name,
-                               (unsigned long long)rounded);
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': mapping %llu bytes", name, (unsigned long long)size);
         return NULL;
     }
-
     FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
     b->name = ferry__xstrdup(name);
     b->host = host;
-    b->size = rounded;
-    b->npages = rounded / ps;
+    b->size = size;
+    b->npages = size / ferry_ram_page_size();
     b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
+    b->fd = fd;
+    b->memfd = fd >= 0;
+    b->shared = fd >= 0 && share;
     return b;
+}
+
+FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp)
+{
+    uint64_t rounded = check_block(name, size, errp);
+    return rounded ? block_new(name, rounded, -1, false, errp) : NULL;
+}
+
+FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool share, FerryError **errp)
+{
+    uint64_t rounded = check_block(name, size, errp);
+    if (!rounded) {
+        return NULL;
+    }
+    int fd = new_memfd(name, rounded, errp);
+    if (fd < 0) {
+        return NULL;
+    }
+    FerryRamBlock *b = block_new(name, rounded, fd, share, errp);
+    if (!b) {
+        close(fd);
+    }
+    return b;
+}
+
+bool ferry__ram_block_adopt_fd(FerryRamBlock *b, int fd, FerryError **errp)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ferry_error_setg(errp, "RAM block '%s': the fd received for it is not a memory file", b->name);
+        return false;
+    }
+    if ((uint64_t)st.st_size < b->size) {
+        ferry_error_setg(errp, "RAM block '%s': the memfd received for it has %llu bytes, the block %llu", b->name,
+                         (unsigned long long)st.st_size, (unsigned long long)b->size);
+        return false;
+    }
+    /* MAP_FIXED replaces our own mapping in one step: the address never becomes free for someone else. */
+    void *p = mmap(b->host, (size_t)b->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': mapping the received memfd", b->name);
+        return false;
+    }
+    if (b->fd >= 0) {
+        close(b->fd);
+    }
+    b->fd = fd;
+    b->shared = true;
+    b->adopted = true;
+    return true;
+}
+
+void ferry__ram_block_unadopt(FerryRamBlock *b)
+{
+    if (!b->adopted) {
+        return;
+    }
+    /* Fresh memory of the block's own kind, mapped over the source's pages before its fd is closed. If even
+     * that fails, anonymous memory is the fallback: the block must never keep the source's pages. */
+    int fd = b->memfd ? new_memfd(b->name, b->size, NULL) : -1;
+    int flags = fd >= 0 ? MAP_SHARED | MAP_FIXED : MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+    if (mmap(b->host, (size_t)b->size, PROT_READ | PROT_WRITE, flags, fd, 0) == MAP_FAILED) {
+        if (fd >= 0) {
+            close(fd);
+            fd = -1;
+        }
+        if (mmap(b->host, (size_t)b->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+                 0) == MAP_FAILED) {
+            /* Without a mapping the program would fault on its RAM: drop the source's pages at least. */
+            munmap(b->host, (size_t)b->size);
+        }
+    }
+    close(b->fd);
+    b->fd = fd;
+    b->shared = fd >= 0;
+    b->adopted = false;
 }
 
 void ferry__ram_block_free(FerryRamBlock *b)
@@ -82,6 +182,9 @@ void ferry__ram_block_free(FerryRamBlock *b)
         return;
     }
     munmap(b->host, (size_t)b->size);
+    if (b->fd >= 0) {
+        close(b->fd);
+    }
     free(b->explicit_dirty);
     free(b->name);
     free(b);
@@ -151,6 +254,18 @@ void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t 
 
 void ferry__ram_block_discard(FerryRamBlock *b)
 {
+    if (b->adopted) {
+        /* Never touch the source's pages: drop the mapping of them instead. */
+        ferry__ram_block_unadopt(b);
+        return;
+    }
+    if (b->shared) {
+        /* Shared memfd pages outlive MADV_DONTNEED; punching them out of the file makes them read as zero. */
+        if (fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)b->size) != 0) {
+            memset(b->host, 0, (size_t)b->size);
+        }
+        return;
+    }
     /* MADV_DONTNEED on private anonymous memory cannot fail on a valid mapping, and afterwards the range reads
      * as zero. If it did fail (it cannot here), overwriting with zeros keeps the promise. */
     if (madvise(b->host, (size_t)b->size, MADV_DONTNEED) != 0) {

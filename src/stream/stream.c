@@ -138,6 +138,33 @@ void ferry__stream_write(FerryStream *s, const void *buf, size_t len)
     }
 }
 
+void ferry__stream_write_with_fds(FerryStream *s, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+    if (!ferry__stream_flush(s)) {
+        return;
+    }
+    size_t groups = FERRY_DIV_ROUND_UP(nfds, FERRY_CHANNEL_MAX_FDS);
+    FerryError *err = NULL;
+    if (groups == 0 || len < groups) {
+        ferry_error_setg(&err, "cannot attach %zu file descriptors to %zu bytes", nfds, len);
+        ferry__stream_set_error(s, err);
+        return;
+    }
+    const uint8_t *p = buf;
+    for (size_t g = 0; g < groups; g++) {
+        size_t from = g * len / groups, to = (g + 1) * len / groups;
+        size_t first = g * FERRY_CHANNEL_MAX_FDS, n = FERRY_MIN(nfds - first, (size_t)FERRY_CHANNEL_MAX_FDS);
+        if (!ferry__channel_send_fds(s->c, p + from, to - from, fds + first, n, &err)) {
+            ferry__stream_set_error(s, err);
+            return;
+        }
+    }
+    if (s->crc) {
+        s->wcrc = ferry__crc32c(s->wcrc, buf, len);
+    }
+    s->written += len;
+}
+
 void ferry__stream_write_u8(FerryStream *s, uint8_t v)
 {
     ferry__stream_write(s, &v, 1);

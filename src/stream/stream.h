@@ -35,6 +35,11 @@ void ferry__stream_write_be64(FerryStream *s, uint64_t v);
  * the memory must not change until this returns (RAM only while the workload is stopped). */
 void ferry__stream_write_iov(FerryStream *s, const struct iovec *iov, int iovcnt);
 bool ferry__stream_flush(FerryStream *s);
+/* Write @len bytes with @nfds file descriptors attached (SCM_RIGHTS; the channel must be a UNIX socket): the
+ * buffer is flushed first so that the bytes keep their place, then the bytes go out in as many slices as there
+ * are groups of FERRY_CHANNEL_MAX_FDS fds, each group with the first byte of its slice. The fds stay the
+ * caller's. Needs @len >= the number of groups. Counts in the CRC like ferry__stream_write. */
+void ferry__stream_write_with_fds(FerryStream *s, const void *buf, size_t len, const int *fds, size_t nfds);
 uint64_t ferry__stream_bytes_written(const FerryStream *s); /* including what is still buffered */
 /* Whether the running CRCs below are computed (default on). A stream whose records carry no CRC trailer (the
  * "record-checksum" feature off) switches them off so that they cost nothing. Resets both. */

@@ -260,8 +260,8 @@ void ferry__wire_run_decode(const uint8_t in[FERRY_WIRE_RAM_RUN_HEADER_LEN], Fer
 bool ferry__wire_run_expected_len(const FerryWireRun *r, const uint8_t *zmap, uint32_t page_size, uint64_t *len,
                                   uint32_t *zero_pages, FerryError **errp)
 {
-    if (r->flags != 0) {
-        ferry_error_setg(errp, "RAM run has unknown flags 0x%x", r->flags);
+    if (r->flags & ~FERRY_RUN_DATA_IN_PIPE) {
+        ferry_error_setg(errp, "RAM run has unknown flags 0x%x", r->flags & ~FERRY_RUN_DATA_IN_PIPE);
         return false;
     }
     if (r->count < 1 || r->count > FERRY_WIRE_MAX_RUN_PAGES) {
@@ -279,7 +279,8 @@ bool ferry__wire_run_expected_len(const FerryWireRun *r, const uint8_t *zmap, ui
         zeros += (uint32_t)__builtin_popcount(zmap[i]);
     }
     *zero_pages = zeros;
-    *len = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + (uint64_t)(r->count - zeros) * page_size;
+    *len = FERRY_WIRE_RAM_RUN_HEADER_LEN + zb +
+           (r->flags & FERRY_RUN_DATA_IN_PIPE ? 0 : (uint64_t)(r->count - zeros) * page_size);
     return true;
 }
 
@@ -353,4 +354,84 @@ void ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *
     e->flags = ferry__get_be32(in);
     e->pages = ferry__get_be64(in + 4);
     e->sections = ferry__get_be32(in + 12);
+}
+
+/* ---- FDS ---- */
+
+uint8_t *ferry__wire_fds_encode(const FerryWireFd *fds, uint32_t n, size_t *len)
+{
+    size_t total = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        total += 2 + strlen(fds[i].name);
+    }
+    uint8_t *out = ferry__xmalloc(total);
+    ferry__put_be32(out, n);
+    uint8_t *q = out + 4;
+    for (uint32_t i = 0; i < n; i++) {
+        size_t nl = strlen(fds[i].name);
+        *q++ = fds[i].kind;
+        *q++ = (uint8_t)nl;
+        memcpy(q, fds[i].name, nl);
+        q += nl;
+    }
+    *len = total;
+    return out;
+}
+
+const char *ferry__wire_fd_kind_name(uint8_t kind)
+{
+    switch (kind) {
+    case FERRY_FD_RAM_BLOCK: return "RAM block";
+    case FERRY_FD_BACKEND: return "backend";
+    case FERRY_FD_PAGE_PIPE: return "page pipe";
+    default: return "unknown";
+    }
+}
+
+bool ferry__wire_fds_decode(const uint8_t *p, size_t len, FerryWireFd **fds, uint32_t *n, FerryError **errp)
+{
+    FerryWireReader r;
+    ferry__wire_reader_init(&r, p, len);
+    uint32_t count = ferry__wire_get_be32(&r);
+    if (r.failed || count == 0 || count > FERRY_WIRE_MAX_FDS) {
+        ferry_error_setg(errp, "FDS record announces %u file descriptors (1..%u allowed)", count,
+                         FERRY_WIRE_MAX_FDS);
+        return false;
+    }
+    /* Each entry takes at least 3 bytes: the count cannot promise more entries than the payload holds. */
+    if ((uint64_t)count * 3 > len - 4) {
+        ferry_error_setg(errp, "FDS record of %zu bytes cannot describe %u file descriptors", len, count);
+        return false;
+    }
+    FerryWireFd *out = ferry__xcalloc(count, sizeof(*out));
+    for (uint32_t i = 0; i < count; i++) {
+        out[i].kind = ferry__wire_get_u8(&r);
+        if (!ferry__wire_get_name(&r, out[i].name) || !out[i].name[0]) {
+            ferry_error_setg(errp, "FDS record: entry %u has a bad name", i);
+            free(out);
+            return false;
+        }
+        for (const char *c = out[i].name; *c; c++) {
+            if (*c < 0x21 || *c > 0x7e) {
+                ferry_error_setg(errp, "FDS record: entry %u name has byte 0x%02x (printable ASCII only)", i,
+                                 (unsigned char)*c);
+                free(out);
+                return false;
+            }
+        }
+        if (out[i].kind != FERRY_FD_RAM_BLOCK && out[i].kind != FERRY_FD_BACKEND &&
+            out[i].kind != FERRY_FD_PAGE_PIPE) {
+            ferry_error_setg(errp, "FDS record: entry %u ('%s') has unknown kind %u", i, out[i].name, out[i].kind);
+            free(out);
+            return false;
+        }
+    }
+    if (r.pos != len) {
+        ferry_error_setg(errp, "FDS record has %zu bytes after its %u entries", len - r.pos, count);
+        free(out);
+        return false;
+    }
+    *fds = out;
+    *n = count;
+    return true;
 }

@@ -59,6 +59,7 @@ const char *ferry__wire_record_name(uint16_t type)
     case FERRY_REC_POPULATE_HINT: return "POPULATE_HINT";
     case FERRY_REC_HELLO: return "HELLO";
     case FERRY_REC_FEATURES: return "FEATURES";
+    case FERRY_REC_FDS: return "FDS";
     case FERRY_REC_HELLO_REPLY: return "HELLO_REPLY";
     case FERRY_REC_ACK: return "ACK";
     case FERRY_REC_NACK: return "NACK";

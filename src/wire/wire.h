@@ -43,6 +43,7 @@ enum {
     FERRY_REC_POPULATE_HINT = 0x0006, /* page ranges that will receive data: populate them ahead of it */
     FERRY_REC_HELLO = 0x0007,         /* the features the source offers (first record) */
     FERRY_REC_FEATURES = 0x0008,      /* the features this stream uses (second record) */
+    FERRY_REC_FDS = 0x0009,           /* file descriptors riding with the record's bytes (UNIX socket only) */
 };
 
 /* Record types, destination to source (the return path). */
@@ -186,7 +187,10 @@ typedef struct FerryWireHint {
 bool ferry__wire_hint_decode(const uint8_t *p, size_t len, FerryWireHint *h, FerryError **errp);
 void ferry__wire_hint_range(const FerryWireHint *h, uint32_t i, uint64_t *first, uint64_t *count);
 
-/* The RAM_PAGES run header (20 bytes): block (be32), run flags (be32, 0), first page (be64), page count (be32). */
+/* The RAM_PAGES run header (20 bytes): block (be32), run flags (be32), first page (be64), page count (be32). */
+/* Run flag: the data of the run's non-zero pages is not in the record but in the page pipe (unix-page-flipping),
+ * in record order; the record is the run header and the zero bitmap only. */
+#define FERRY_RUN_DATA_IN_PIPE 0x1u
 typedef struct FerryWireRun {
     uint32_t block;
     uint32_t flags;
@@ -196,8 +200,9 @@ typedef struct FerryWireRun {
 
 void ferry__wire_run_encode(const FerryWireRun *r, uint8_t out[FERRY_WIRE_RAM_RUN_HEADER_LEN]);
 void ferry__wire_run_decode(const uint8_t in[FERRY_WIRE_RAM_RUN_HEADER_LEN], FerryWireRun *r);
-/* The payload length a run must have: header + bitmap + data of the pages whose zero bit is clear. Checks flags
- * == 0 and 1 <= count <= FERRY_WIRE_MAX_RUN_PAGES (the error says which); @zmap holds ceil(count / 8) bytes. */
+/* The payload length a run must have: header + bitmap + data of the pages whose zero bit is clear (no data with
+ * FERRY_RUN_DATA_IN_PIPE). Checks for unknown flags and 1 <= count <= FERRY_WIRE_MAX_RUN_PAGES (the error says
+ * which); @zmap holds ceil(count / 8) bytes. */
 bool ferry__wire_run_expected_len(const FerryWireRun *r, const uint8_t *zmap, uint32_t page_size, uint64_t *len,
                                   uint32_t *zero_pages, FerryError **errp);
 
@@ -220,6 +225,26 @@ typedef struct FerryWireSection {
 /* Writes the fixed part (name to schema length) into @out and returns its length; schema and data follow. */
 size_t ferry__wire_section_header_encode(const FerryWireSection *s, uint8_t out[FERRY_WIRE_SECTION_HEADER_MAX]);
 bool ferry__wire_section_decode(const uint8_t *p, size_t len, FerryWireSection *s, FerryError **errp);
+
+/* FDS: count (be32, 1..FERRY_WIRE_MAX_FDS), then per fd: kind (u8, FERRY_FD_*), name (u8 length + 1..255
+ * bytes, printable ASCII). The fds themselves ride as SCM_RIGHTS with the record's header and payload bytes, in
+ * order, at most FERRY_CHANNEL_MAX_FDS per sendmsg. Decode copies the entries into a malloc'd array. */
+#define FERRY_WIRE_MAX_FDS 4096u
+enum {
+    FERRY_FD_RAM_BLOCK = 1, /* a shared memfd holding the RAM block of that name (mode cpr-transfer) */
+    FERRY_FD_BACKEND = 2,   /* a backend's fd (backend-transfer); name is "KIND:ID", e.g. "virtio-net-tap:n0" */
+    FERRY_FD_PAGE_PIPE = 3, /* the read end of the page pipe (unix-page-flipping); name "page-pipe" */
+};
+
+typedef struct FerryWireFd {
+    uint8_t kind;
+    char name[256];
+} FerryWireFd;
+
+uint8_t *ferry__wire_fds_encode(const FerryWireFd *fds, uint32_t n, size_t *len);
+bool ferry__wire_fds_decode(const uint8_t *p, size_t len, FerryWireFd **fds, uint32_t *n, FerryError **errp);
+/* "RAM block" / "backend" / "unknown" */
+const char *ferry__wire_fd_kind_name(uint8_t kind);
 
 /* END (16 bytes): flags (be32, FERRY_END_*), pages sent (be64), sections sent (be32). */
 typedef struct FerryWireEnd {

@@ -22,6 +22,15 @@ BAD_COMMAND_LINES = [
     ("dirty-tracker-unknown", ["-dirty-tracker", "magic"], ["magic"]),
     ("dirty-rate-negative", ["-dirty-rate", "-5"], ["dirty-rate", "-5"]),
     ("qmp-not-unix", ["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off"], ["qmp", "tcp"]),
+    ("object-unknown-type", ["-object", "memory-backend-file,id=m,size=1M"], ["memory-backend-file"]),
+    ("object-unknown-property", ["-object", "memory-backend-memfd,id=m,size=1M,seal=on"], ["seal"]),
+    ("object-bad-share", ["-object", "memory-backend-memfd,id=m,size=1M,share=yes"], ["share", "yes"]),
+    ("object-no-size", ["-object", "memory-backend-memfd,id=m"], ["size"]),
+    ("object-unused", ["-object", "memory-backend-memfd,id=m,size=1M"], ["memory-backend=m"]),
+    ("machine-unknown-backend", ["-machine", "memory-backend=nope"], ["nope"]),
+    ("machine-unknown-property", ["-machine", "accel=kvm"], ["accel"]),
+    ("backend-size-mismatch", ["-m", "64M", "-object", "memory-backend-memfd,id=m,size=32M",
+                               "-machine", "memory-backend=m"], ["does not match"]),
 ]
 
 

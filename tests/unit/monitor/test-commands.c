@@ -230,10 +230,12 @@ static void test_hmp_commands(void **state)
     expect_hmp(h, "migrate_set_parameter downtime-limit", "Error: migrate_set_parameter: expected "
                                                          "migrate_set_parameter parameter value\n");
 
-    expect_hmp(h, "info migrate_capabilities", "events: off\nrecord-checksum: on\npopulate-hints: on\n");
+    expect_hmp(h, "info migrate_capabilities", "events: off\nrecord-checksum: on\npopulate-hints: on\n"
+                                               "unix-page-flipping: off\n");
     expect_hmp(h, "migrate_set_capability events on", "");
     expect_hmp(h, "migrate_set_capability record-checksum off", "");
-    expect_hmp(h, "info migrate_capabilities", "events: on\nrecord-checksum: off\npopulate-hints: on\n");
+    expect_hmp(h, "info migrate_capabilities", "events: on\nrecord-checksum: off\npopulate-hints: on\n"
+                                               "unix-page-flipping: off\n");
     expect_hmp(h, "migrate_set_capability events maybe", "Error: migrate_set_capability: expected 'on' or 'off', "
                                                          "not 'maybe'\n");
     expect_hmp_has(h, "migrate_set_capability nosuch on", "Error: ");
@@ -312,9 +314,12 @@ static void test_hmp_format(void **state)
     free(s);
     json_decref(info);
 
-    json_t *p = json_loads("{\"max-bandwidth\": 5, \"tls-creds\": \"x\", \"flag\": true, \"list\": [1]}", 0, NULL);
+    json_t *p = json_loads("{\"max-bandwidth\": 5, \"tls-creds\": \"x\", \"flag\": true, \"list\": [1], "
+                           "\"mode\": \"normal\", \"backend-transfer\": [\"a\", \"b\"], \"none\": [], "
+                           "\"obj\": {}}", 0, NULL);
     s = ferry__hmp_format_params(p);
-    assert_string_equal(s, "max-bandwidth: 5 bytes/second\ntls-creds: 'x'\nflag: on\nlist: [1]\n");
+    assert_string_equal(s, "max-bandwidth: 5 bytes/second\ntls-creds: 'x'\nflag: on\nlist: ?\nmode: normal\n"
+                           "backend-transfer: a,b\nnone:\nobj: {}\n");
     free(s);
     json_decref(p);
 

@@ -305,9 +305,13 @@ static void test_run(void **state)
     expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "bits set past its last");
     zmap[1] = 0;
 
-    d.flags = 1;
+    /* Data in the page pipe: the record is the header and the bitmap only. */
+    d.flags = FERRY_RUN_DATA_IN_PIPE;
+    assert_true(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err));
+    assert_true(len == 20 + 2);
+    d.flags = FERRY_RUN_DATA_IN_PIPE | 0x4;
     err = NULL;
-    expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "unknown flags 0x1");
+    expect_error(ferry__wire_run_expected_len(&d, zmap, 4096, &len, &zeros, &err), &err, "unknown flags 0x4");
     d.flags = 0;
     d.count = 0;
     err = NULL;
