@@ -42,6 +42,8 @@ static void usage(FILE *out)
             "                          back RAM with memfds (one per block, blocks named as above); share=on maps\n"
             "                          them shared, so that mode cpr-transfer passes them instead of copying;\n"
             "                          SIZE must equal -m if both are given\n"
+            "  -mem-prealloc           fault all RAM in at start-up (a destination then takes no page fault while\n"
+            "                          the data arrives)\n"
             "  -h, --help              this text\n"
             "%s",
             WORKLOAD_MAX_SMP, INT64_MAX, ferry_host_common_usage());
@@ -218,6 +220,10 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
         if (strcmp(opt, "-h") == 0 || strcmp(opt, "-help") == 0) {
             usage(stdout);
             return EXIT_SUCCESS;
+        }
+        if (strcmp(opt, "-mem-prealloc") == 0) {
+            cfg->mem_prealloc = true;
+            continue;
         }
         if (strcmp(opt, "-m") == 0 || strcmp(opt, "-smp") == 0 || strcmp(opt, "-pattern") == 0 ||
             strcmp(opt, "-seed") == 0 || strcmp(opt, "-dirty-rate") == 0 || strcmp(opt, "-dirty-tracker") == 0 ||

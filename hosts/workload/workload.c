@@ -735,6 +735,10 @@ bool workload_register(Workload *wl, FerryMigration *m, FerryError **errp)
             return false;
         }
         wl->block_host[i] = ferry_ram_block_host(wl->blocks[i]);
+        if (wl->cfg.mem_prealloc && !ferry_ram_block_prealloc(wl->blocks[i], errp)) {
+            ferry_error_prepend(errp, "-mem-prealloc: ");
+            return false;
+        }
     }
     if (!ferry_migration_register_section(m, "workload", 0, 1, workload_section, wl, errp)) {
         return false;

@@ -44,6 +44,8 @@ typedef struct WorkloadConfig {
     /* -object memory-backend-memfd + -machine memory-backend: RAM blocks are memfds (shared if memfd_share). */
     bool memfd;
     bool memfd_share;
+    /* -mem-prealloc: every RAM page is faulted in at start-up, as QEMU does. */
+    bool mem_prealloc;
 } WorkloadConfig;
 
 typedef struct Workload Workload;

@@ -17,6 +17,9 @@ FERRY_API FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name
  * @share it is a private mapping of the memfd and migrates like anonymous memory. */
 FERRY_API FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char *name, uint64_t size, bool share,
                                                    FerryError **errp);
+/* Fault every page of the block in now, for writing (QEMU's -mem-prealloc / prealloc=on): a destination whose RAM
+ * is preallocated takes no page fault while the data arrives. The content is unchanged (fresh blocks stay zero). */
+FERRY_API bool ferry_ram_block_prealloc(FerryRamBlock *b, FerryError **errp);
 /* Whether the block is shared memory (a memfd mapped MAP_SHARED). */
 FERRY_API bool ferry_ram_block_shared(const FerryRamBlock *b);
 FERRY_API void *ferry_ram_block_host(const FerryRamBlock *b);

@@ -352,6 +352,11 @@ void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
     close(fd);
 }
 
+bool ferry_ram_block_prealloc(FerryRamBlock *b, FerryError **errp)
+{
+    return ferry__ram_block_populate(b, errp);
+}
+
 void *ferry_ram_block_host(const FerryRamBlock *b)
 {
     return b->host;

@@ -123,10 +123,11 @@ void ferry__stream_write(FerryStream *s, const void *buf, size_t len)
     const uint8_t *p = buf;
     while (len > 0 && !ferry__stream_failed(s)) {
         size_t n = FERRY_MIN(len, STREAM_BUF_SIZE - s->wlen);
-        /* Checksum the copy, not the source: the copy is what goes out. */
-        memcpy(s->wbuf + s->wlen, p, n);
+        /* Checksum the copy, not the source: the copy is what goes out. One pass does both. */
         if (s->crc) {
-            s->wcrc = ferry__crc32c(s->wcrc, s->wbuf + s->wlen, n);
+            s->wcrc = ferry__crc32c_copy(s->wcrc, s->wbuf + s->wlen, p, n);
+        } else {
+            memcpy(s->wbuf + s->wlen, p, n);
         }
         s->wlen += n;
         s->written += n;
@@ -275,12 +276,15 @@ static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
         size_t avail = s->rlen - s->rpos;
         if (avail > 0) {
             size_t n = (size_t)FERRY_MIN((uint64_t)avail, len);
-            if (s->crc) {
-                s->rcrc = ferry__crc32c(s->rcrc, s->rbuf + s->rpos, n);
-            }
             if (buf) {
-                memcpy(buf, s->rbuf + s->rpos, n);
+                if (s->crc) {
+                    s->rcrc = ferry__crc32c_copy(s->rcrc, buf, s->rbuf + s->rpos, n);
+                } else {
+                    memcpy(buf, s->rbuf + s->rpos, n);
+                }
                 buf += n;
+            } else if (s->crc) {
+                s->rcrc = ferry__crc32c(s->rcrc, s->rbuf + s->rpos, n);
             }
             s->rpos += n;
             s->read += n;

@@ -51,17 +51,29 @@ bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryEr
 bool ferry__parse_size(const char *s, const char *what, uint64_t *out, FerryError **errp);
 
 /*
- * crc32c.c: CRC32C (Castagnoli, reflected polynomial 0x82F63B78, init ~0, final xor ~0; the iSCSI, ext4 and Xen
+ * crc32c.c: CRC32C (Castagnoli), the checksum on every stream record (the polynomial of iSCSI and Xen's
  * migration v2 checksum). @crc is a previous result to extend, 0 to start: crc32c(crc32c(0, a), b) equals
- * crc32c(0, a||b), and crc32c(0, "123456789") is 0xE3069283. ferry__crc32c uses the CPU's crc32 instruction when
- * it has one (checked once at run time) and the table otherwise. The variants are exported for tests and benchmarks:
- * _sw always uses the table; _hw uses the instruction and is only meaningful when ferry__crc32c_hw_available()
- * (without it, it computes with the table instead of faulting).
+ * crc32c(0, a||b), and crc32c(0, "123456789") is 0xE3069283. Three paths compute it, chosen once at run time from
+ * what the CPU has: folding with VPCLMULQDQ on 512-bit registers (AVX-512) for buffers of 512 bytes or more, the
+ * crc32 instruction (SSE4.2), and a slicing-by-8 table. ferry__crc32c_sw always uses the table (the reference of
+ * tests and benchmarks); ferry__crc32c_limit caps the paths the others may use, so that tests and benchmarks reach
+ * each one (a path the CPU lacks is never used, whatever the limit).
  */
+typedef enum FerryCrc32cImpl {
+    FERRY_CRC32C_SW,   /* the table */
+    FERRY_CRC32C_HW,   /* the crc32 instruction */
+    FERRY_CRC32C_FOLD, /* carry-less multiplication folding */
+} FerryCrc32cImpl;
 uint32_t ferry__crc32c(uint32_t crc, const void *buf, size_t len);
 uint32_t ferry__crc32c_sw(uint32_t crc, const void *buf, size_t len);
-uint32_t ferry__crc32c_hw(uint32_t crc, const void *buf, size_t len);
-bool ferry__crc32c_hw_available(void);
+/* Whether this CPU (and OS) has the path; the table always is. */
+bool ferry__crc32c_available(FerryCrc32cImpl impl);
+/* Lets ferry__crc32c and ferry__crc32c_copy use paths up to @max only; returns the previous limit. Not
+ * thread-safe: for tests and benchmarks, before checksums run on other threads. */
+FerryCrc32cImpl ferry__crc32c_limit(FerryCrc32cImpl max);
+/* memcpy(@dst, @src, @len) and ferry__crc32c(@crc, @dst, @len) in one pass over the bytes (the buffers must not
+ * overlap). The checksum is of the bytes stored at @dst, even if @src changes meanwhile. */
+uint32_t ferry__crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len);
 
 /*
  * keyval.c: QEMU's keyval syntax ("a=1,b.c=x,d.0=p,d.1=q") into a new JSON object whose leaves are strings

@@ -370,3 +370,29 @@ def test_shared_ram_running_normal_mode(workload):
     dst.wait_status(("running",))
     dst.assert_pattern_ok()
     dst.assert_advancing()
+
+
+@pytest.mark.parametrize("share", ["on", "off"])
+def test_cpr_transfer_and_page_flipping_combined(workload, share):
+    """Both at once: shared blocks go as fds, the rest through the page pipe."""
+    args = ["-object", f"memory-backend-memfd,id=ram0,size=64M,share={share}", "-machine", "memory-backend=ram0",
+            "-ram-block-size", "32M"] + AB
+    uri = uri_of(workload)
+    src, dst = pair(workload, args, uri)
+    for w in (src, dst):
+        flipping(w)
+    src.wait_status(("running",))
+    wait_until(lambda: src.workload_info()["pages-written"] >= (32 << 20) // 4096, 20, "half the RAM written")
+    src.set_params(**{"max-bandwidth": FAST, "mode": "cpr-transfer"})
+    src.migrate(uri)
+    info = src.wait_migration()
+    assert info["status"] == "completed", info
+    assert "unix-page-flipping" in info["stream-features"], info
+    if share == "on":
+        assert info["ram"]["fd-passed-blocks"] == 2 and "page-pipe-bytes" not in info["ram"], info
+        assert info["fds-passed"] == 3, info  # two blocks and the pipe
+    else:
+        assert "fd-passed-bytes" not in info["ram"] and info["ram"]["page-pipe-bytes"] > 0, info
+    dst.wait_status(("running",))
+    dst.assert_pattern_ok()
+    dst.assert_advancing()

@@ -118,6 +118,29 @@ def test_stopped_prelaunch(workload):
     assert d["digest"] == s["digest"] and d["size"] == s["size"] == 64 << 20, (s, d)
 
 
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_preallocated_destination(workload):
+    """-mem-prealloc (QEMU's option): the destination's RAM is resident before any data arrives, and a migration
+    into it gives the source's bytes, zero pages included (half the pages are zero; preallocation must not leave
+    anything but zeros in them)."""
+    args = ["-m", "64M", "-pattern", "half", "-seed", "5", "-S"]
+    uri = make_uri("unix", workload.tmpdir)
+    src, dst = start_pair(workload, args, uri, dst_extra=["-mem-prealloc"])
+    assert rss_bytes(dst.proc.pid) >= 64 << 20, "the destination's RAM is not resident"
+    assert rss_bytes(src.proc.pid) < 64 << 20, "RAM resident without -mem-prealloc (the check proves nothing)"
+    migrate_and_wait(src, uri)
+    s, d = src.digest(), dst.digest()
+    assert d == s, (s, d)
+    dst.assert_pattern_ok()
+
+
 def test_stopped_after_running(workload):
     """A workload that ran and was stopped with QMP stop: digests equal, the destination stays paused until cont."""
     args = ["-m", "64M", "-smp", "2", "-pattern", "random", "-seed", "11", "-dirty-rate", "50"]

@@ -1,9 +1,10 @@
 /*
  * Unit tests of CRC32C (src/util/crc32c.c): the standard check value and the RFC 3720 B.4 vectors through every
- * entry point, the table path against a bit-at-a-time reference written here from the definition, the instruction
- * path against the table path on pseudo-random buffers of every length 0..1100 at every alignment 0..15 and on long
- * buffers around the three-way chunk sizes, and incremental computation against one-shot computation. The
- * instruction comparisons skip, with the reason printed, on a CPU without SSE4.2.
+ * path, the table path against a bit-at-a-time reference written here from the definition, the instruction path
+ * and the folding path (each reached by capping the others with ferry__crc32c_limit) against the table path on
+ * pseudo-random buffers of every length 0..1100 at every alignment 0..15 and on long buffers around the sizes
+ * where each path changes gear, copy-and-checksum through each path, and incremental computation against one-shot
+ * computation. The comparisons of a path this CPU lacks skip, with the reason printed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,13 +20,43 @@
 
 typedef uint32_t (*CrcFn)(uint32_t crc, const void *buf, size_t len);
 
+/* ferry__crc32c with its paths capped at @max. */
+static uint32_t crc_capped(FerryCrc32cImpl max, uint32_t crc, const void *buf, size_t len)
+{
+    FerryCrc32cImpl prev = ferry__crc32c_limit(max);
+    uint32_t v = ferry__crc32c(crc, buf, len);
+    ferry__crc32c_limit(prev);
+    return v;
+}
+
+static uint32_t crc_hw(uint32_t crc, const void *buf, size_t len)
+{
+    return crc_capped(FERRY_CRC32C_HW, crc, buf, len);
+}
+
+static uint32_t crc_fold(uint32_t crc, const void *buf, size_t len)
+{
+    return crc_capped(FERRY_CRC32C_FOLD, crc, buf, len);
+}
+
 static const struct {
     const char *name;
     CrcFn fn;
 } impls[] = {
     { "ferry__crc32c", ferry__crc32c },
     { "ferry__crc32c_sw", ferry__crc32c_sw },
-    { "ferry__crc32c_hw", ferry__crc32c_hw },
+    { "instruction path", crc_hw },
+    { "folding path", crc_fold },
+};
+
+/* The paths compared with the table, by the limit that reaches them. */
+static const struct {
+    const char *name;
+    FerryCrc32cImpl impl;
+    CrcFn fn;
+} fast_paths[] = {
+    { "instruction", FERRY_CRC32C_HW, crc_hw },
+    { "folding", FERRY_CRC32C_FOLD, crc_fold },
 };
 
 /* The definition, one bit at a time: independent of the tables and of the instruction. */
@@ -59,13 +90,18 @@ static void fill_random(uint8_t *p, size_t len)
     }
 }
 
-static bool skip_without_hw(void)
+/* Whether a path is missing here (said once per test, with the reason). */
+static bool lacks(FerryCrc32cImpl impl)
 {
-    if (!ferry__crc32c_hw_available()) {
-        printf("skipping: this CPU has no SSE4.2 crc32 instruction (or the build is not x86-64)\n");
-        return true;
+    if (ferry__crc32c_available(impl)) {
+        return false;
     }
-    return false;
+    if (impl == FERRY_CRC32C_HW) {
+        printf("not checked: this CPU has no SSE4.2 crc32 instruction (or the build is not x86-64)\n");
+    } else {
+        printf("not checked: this CPU lacks AVX-512 VPCLMULQDQ (or the build is not x86-64)\n");
+    }
+    return true;
 }
 
 static void test_check_value(void **state)
@@ -124,9 +160,9 @@ static void test_sw_vs_reference(void **state)
     free(buf);
 }
 
-static void test_hw_vs_sw(void **state)
+static void test_paths_vs_sw(void **state)
 {
-    if (skip_without_hw()) {
+    if (lacks(FERRY_CRC32C_HW)) {
         skip();
     }
     enum { MAXLEN = 1100, ALIGNS = 16 };
@@ -139,10 +175,12 @@ static void test_hw_vs_sw(void **state)
         for (size_t align = 0; align < ALIGNS; align++) {
             uint32_t start = (align & 1) ? (uint32_t)rng_next() : 0;
             uint32_t want = ferry__crc32c_sw(start, buf + align, len);
-            uint32_t got = ferry__crc32c_hw(start, buf + align, len);
-            if (got != want) {
-                fail_msg("hw: len %zu align %zu start 0x%08x: got 0x%08x, want 0x%08x", len, align, start, got,
-                         want);
+            for (size_t i = 0; i < FERRY_ARRAY_SIZE(fast_paths); i++) {
+                uint32_t got = fast_paths[i].fn(start, buf + align, len);
+                if (got != want) {
+                    fail_msg("%s: len %zu align %zu start 0x%08x: got 0x%08x, want 0x%08x", fast_paths[i].name,
+                             len, align, start, got, want);
+                }
             }
             assert_int_equal(ferry__crc32c(start, buf + align, len), want);
         }
@@ -150,36 +188,93 @@ static void test_hw_vs_sw(void **state)
     free(buf);
 }
 
-/* Lengths around the boundaries of the instruction path's three-way chunks (3 x 256 and 3 x 4096 bytes, and runs
- * of several of them), where a mistake in joining the three streams would show. */
-static void test_hw_long_buffers(void **state)
+/* Lengths around the boundaries where the paths change gear: the instruction path's three-way chunks (3 x 256 and
+ * 3 x 4096 bytes), the folding path's start (512 bytes), its 256-byte steps, 64-byte and 16-byte tails, and runs
+ * of several of them, where a mistake in joining partial results would show. */
+static void test_long_buffers(void **state)
 {
-    if (skip_without_hw()) {
+    if (lacks(FERRY_CRC32C_HW)) {
         skip();
     }
-    enum { MAXLEN = 65536 + 64 };
+    bool fold = !lacks(FERRY_CRC32C_FOLD);
+    enum { MAXLEN = 65536 + 300 };
     uint8_t *buf = malloc(MAXLEN + 16);
     assert_non_null(buf);
     rng_state = 0x2545F4914F6CDD1Dull;
     fill_random(buf, MAXLEN + 16);
     static const size_t bases[] = { 3 * 256, 2 * 3 * 256, 3 * 4096, 2 * 3 * 4096, 5 * 3 * 4096,
-                                    3 * 4096 + 3 * 256, 4096, 65536 };
+                                    3 * 4096 + 3 * 256, 4096, 65536, 512, 1024, 2048 + 64 };
     for (size_t b = 0; b < FERRY_ARRAY_SIZE(bases); b++) {
-        for (long delta = -17; delta <= 17; delta++) {
+        for (long delta = -17; delta <= 300; delta++) {
             size_t len = (size_t)((long)bases[b] + delta);
             assert_true(len <= MAXLEN);
-            for (size_t align = 0; align < 16; align += 3) {
-                uint32_t want = ferry__crc32c_sw(0, buf + align, len);
-                uint32_t got = ferry__crc32c_hw(0, buf + align, len);
-                if (got != want) {
-                    fail_msg("hw: len %zu align %zu: got 0x%08x, want 0x%08x", len, align, got, want);
+            for (size_t align = 0; align < 16; align += (delta < 18 ? 3 : 7)) {
+                uint32_t start = (uint32_t)(len * 0x9E3779B1u);
+                uint32_t want = ferry__crc32c_sw(start, buf + align, len);
+                for (size_t i = 0; i < (fold ? 2 : 1); i++) {
+                    uint32_t got = fast_paths[i].fn(start, buf + align, len);
+                    if (got != want) {
+                        fail_msg("%s: len %zu align %zu: got 0x%08x, want 0x%08x", fast_paths[i].name, len, align,
+                                 got, want);
+                    }
                 }
             }
         }
     }
-    /* The whole buffer against the definition too, so that sw and hw cannot agree on a wrong value. */
-    assert_int_equal(ferry__crc32c_hw(0, buf, MAXLEN), crc32c_reference(0, buf, MAXLEN));
+    /* The whole buffer against the definition too, so that the table and the others cannot agree on a wrong
+     * value. */
+    uint32_t ref = crc32c_reference(0, buf, MAXLEN);
+    assert_int_equal(crc_hw(0, buf, MAXLEN), ref);
+    assert_int_equal(crc_fold(0, buf, MAXLEN), ref);
     free(buf);
+}
+
+/* Copy and checksum in one pass through the paths up to @max: the copy is exact and the value is the checksum of
+ * the copied bytes, for lengths around every chunk boundary, unaligned ends on both sides, and a non-zero
+ * starting value. */
+static void copy_check(FerryCrc32cImpl max)
+{
+    enum { MAXLEN = 5 * 3 * 4096 + 320 };
+    uint8_t *src = malloc(MAXLEN + 16), *dst = malloc(MAXLEN + 16);
+    assert_non_null(src);
+    assert_non_null(dst);
+    rng_state = 0x9E3779B97F4A7C15ull;
+    fill_random(src, MAXLEN + 16);
+    static const size_t bases[] = { 0,        8,        512, 3 * 256, 1024 + 64 + 16, 3 * 4096, 3 * 4096 + 3 * 256,
+                                    2 * 3 * 4096, 5 * 3 * 4096 };
+    for (size_t b = 0; b < FERRY_ARRAY_SIZE(bases); b++) {
+        for (long delta = 0; delta <= 300; delta += (delta < 17 ? 1 : 23)) {
+            size_t len = bases[b] + (size_t)delta;
+            for (size_t sa = 0; sa < 8; sa += 3) {
+                for (size_t da = 0; da < 8; da += 5) {
+                    uint32_t start = (uint32_t)(len * 2654435761u);
+                    memset(dst, 0x5a, MAXLEN + 16);
+                    FerryCrc32cImpl prev = ferry__crc32c_limit(max);
+                    uint32_t got = ferry__crc32c_copy(start, dst + da, src + sa, len);
+                    ferry__crc32c_limit(prev);
+                    assert_memory_equal(dst + da, src + sa, len);
+                    assert_int_equal(dst[da + len], 0x5a); /* nothing written past the end */
+                    if (da > 0) {
+                        assert_int_equal(dst[da - 1], 0x5a);
+                    }
+                    assert_int_equal(got, ferry__crc32c_sw(start, src + sa, len));
+                }
+            }
+        }
+    }
+    free(src);
+    free(dst);
+}
+
+static void test_copy(void **state)
+{
+    copy_check(FERRY_CRC32C_SW);
+    if (!lacks(FERRY_CRC32C_HW)) {
+        copy_check(FERRY_CRC32C_HW);
+    }
+    if (!lacks(FERRY_CRC32C_FOLD)) {
+        copy_check(FERRY_CRC32C_FOLD);
+    }
 }
 
 /* Extending a value piece by piece gives the one-shot value: every split point of a short buffer, and random
@@ -244,9 +339,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_value),     cmocka_unit_test(test_rfc3720_vectors),
-        cmocka_unit_test(test_sw_vs_reference), cmocka_unit_test(test_hw_vs_sw),
-        cmocka_unit_test(test_hw_long_buffers), cmocka_unit_test(test_incremental),
-        cmocka_unit_test(test_single_bit_flips),
+        cmocka_unit_test(test_sw_vs_reference), cmocka_unit_test(test_paths_vs_sw),
+        cmocka_unit_test(test_long_buffers), cmocka_unit_test(test_incremental),
+        cmocka_unit_test(test_single_bit_flips), cmocka_unit_test(test_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
