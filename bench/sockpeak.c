@@ -1,13 +1,17 @@
 /*
- * sockpeak: the machine's UNIX-stream-socket throughput between two processes, the ceiling against which
- * migrate-bench.py judges a migration. The parent writes 1 MiB chunks taken in turn from a 1 GiB buffer, a forked
- * child reads them into its own 1 GiB buffer; both buffers are touched before the clock starts so that page faults
- * are not measured. It prints one line, "unix-socket-peak-mibps N", and is a measurement, not a test.
+ * sockpeak: the machine's UNIX-stream-socket (or TCP loopback) throughput between two processes, the ceiling
+ * against which migrate-bench.py and qemu-bench.py judge a migration. The parent writes 1 MiB chunks taken in
+ * turn from a 1 GiB buffer, a forked child reads them into its own 1 GiB buffer; both buffers are touched before
+ * the clock starts so that page faults are not measured. It prints one line, "unix-socket-peak-mibps N" (or
+ * "tcp-loopback-peak-mibps N" over a TCP connection to 127.0.0.1), and is a measurement, not a test.
  *
- * Usage: sockpeak [TOTAL_GIB]   (how much to transfer, default 4)
+ * Usage: sockpeak [TOTAL_GIB [unix|tcp]]   (how much to transfer, default 4; the transport, default unix)
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +86,7 @@ static int reader(int fd, uint64_t total)
     return 0;
 }
 
-static int writer(int fd, uint64_t total)
+static int writer(int fd, uint64_t total, const char *label)
 {
     uint8_t *buf = touched_buffer();
     uint64_t sent = 0, off = 0;
@@ -115,22 +119,53 @@ static int writer(int fd, uint64_t total)
         return 1;
     }
     t1 = now();
-    printf("unix-socket-peak-mibps %.0f\n", (double)total / (1 << 20) / (t1 - t0));
+    printf("%s %.0f\n", label, (double)total / (1 << 20) / (t1 - t0));
     return 0;
+}
+
+/* A listening TCP socket on 127.0.0.1 with a port the kernel picked (written to *addr), or -1. */
+static int tcp_listener(struct sockaddr_in *addr)
+{
+    socklen_t len = sizeof(*addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)addr, sizeof(*addr)) < 0 || listen(fd, 1) < 0 ||
+        getsockname(fd, (struct sockaddr *)addr, &len) < 0) {
+        perror("sockpeak: TCP listener on 127.0.0.1");
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    return fd;
 }
 
 int main(int argc, char **argv)
 {
     int sv[2], status = 0;
     uint64_t total_gib = 4;
+    bool tcp = false;
+    struct sockaddr_in addr;
+    int lfd = -1;
     pid_t pid;
     int rc;
 
-    if (argc > 2 || (argc == 2 && (total_gib = strtoull(argv[1], NULL, 10)) == 0)) {
-        fprintf(stderr, "usage: sockpeak [TOTAL_GIB]   (a positive number of GiB to transfer, default 4)\n");
+    if (argc > 3 || (argc >= 2 && (total_gib = strtoull(argv[1], NULL, 10)) == 0) ||
+        (argc == 3 && strcmp(argv[2], "unix") != 0 && !(tcp = strcmp(argv[2], "tcp") == 0))) {
+        fprintf(stderr, "usage: sockpeak [TOTAL_GIB [unix|tcp]]   (a positive number of GiB to transfer, default "
+                "4; the transport, default unix)\n");
         return 2;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) {
+    if (tcp) {
+        /* The connection is made after the fork: the child connects, the parent accepts. */
+        lfd = tcp_listener(&addr);
+        if (lfd < 0) {
+            return 1;
+        }
+    } else if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) {
         perror("sockpeak: socketpair");
         return 1;
     }
@@ -140,11 +175,31 @@ int main(int argc, char **argv)
         return 1;
     }
     if (pid == 0) {
-        close(sv[0]);
+        if (tcp) {
+            close(lfd);
+            sv[1] = socket(AF_INET, SOCK_STREAM, 0);
+            if (sv[1] < 0 || connect(sv[1], (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+                perror("sockpeak: connecting to 127.0.0.1");
+                _exit(1);
+            }
+        } else {
+            close(sv[0]);
+        }
         _exit(reader(sv[1], total_gib << 30));
     }
-    close(sv[1]);
-    rc = writer(sv[0], total_gib << 30);
+    if (tcp) {
+        sv[0] = accept(lfd, NULL, NULL);
+        close(lfd);
+        if (sv[0] < 0) {
+            perror("sockpeak: accept");
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return 1;
+        }
+    } else {
+        close(sv[1]);
+    }
+    rc = writer(sv[0], total_gib << 30, tcp ? "tcp-loopback-peak-mibps" : "unix-socket-peak-mibps");
     if (rc != 0) {
         kill(pid, SIGKILL);
     }

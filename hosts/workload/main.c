@@ -1,15 +1,19 @@
 /*
  * ferry-workload: a host program that stands in for a VM so that migrations can be tested and measured without
- * one. This file is the command line (QEMU's spellings: -m, -smp, plus the workload's own options and the common
- * ones of the host runtime), the QMP commands query-pattern-check, query-ram-digest and query-workload, and
- * main(). The workers, the RAM layout and the device state are in workload.c. It uses only libferry's public API.
+ * one. This file is the command line (QEMU's spellings: -m, -smp, -netdev, -device, plus the workload's own
+ * options and the common ones of the host runtime), the QMP commands query-pattern-check, query-ram-digest,
+ * query-workload and query-netdev, the host ops that stop and start the workers and the network devices
+ * together, and main(). The workers, the RAM layout and their state are in workload.c; the network device is in
+ * net.c and netframe.c. It uses only libferry's public API.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "net.h"
 #include "workload.h"
 
 #define PROG "ferry-workload"
@@ -37,16 +41,27 @@ static void usage(FILE *out)
             "                          how outgoing migrations find written pages; default auto\n"
             "  -ram-block-size SIZE    RAM is registered as blocks ram0, ram1, ... of at most SIZE bytes (suffix K,\n"
             "                          M, G or T); default 1G\n"
-            "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off]\n"
+            "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
+            "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE[,share=on|off][,prealloc=on|off]\n"
             "  -machine memory-backend=ID\n"
             "                          back RAM with memfds (one per block, blocks named as above); share=on maps\n"
             "                          them shared, so that mode cpr-transfer passes them instead of copying;\n"
-            "                          SIZE must equal -m if both are given\n"
+            "                          or with FILE (at least SIZE bytes), each block mapping its slice of it,\n"
+            "                          shared (writes reach FILE) or private. File-backed RAM keeps FILE's content:\n"
+            "                          no pattern is written and the workers only run with -pattern; verify with\n"
+            "                          query-ram-digest. Not with -incoming. SIZE must equal -m if both are given\n"
+            "  -netdev tap,id=ID,ifname=NAME[,script=no][,downscript=no]\n"
+            "                          a TAP backend (/dev/net/tun); created if there is none, attached as one more\n"
+            "                          queue if it is multi_queue. With -incoming it is attached only when the\n"
+            "                          workload first runs, unless its fd came with backend-transfer\n"
+            "  -device virtio-net,netdev=ID,ip=A.B.C.D[,mac=MAC][,id=ID]\n"
+            "                          a NIC on that netdev that answers ARP and ping for ip (the workload has no\n"
+            "                          guest OS); mac defaults to 52:54:00:12:34:56. At most %d of each\n"
             "  -mem-prealloc           fault all RAM in at start-up (a destination then takes no page fault while\n"
             "                          the data arrives)\n"
             "  -h, --help              this text\n"
             "%s",
-            WORKLOAD_MAX_SMP, INT64_MAX, ferry_host_common_usage());
+            WORKLOAD_MAX_SMP, INT64_MAX, NET_MAX_DEVICES, ferry_host_common_usage());
 }
 
 /* Parse "123", "256M", "4G"...; @default_shift applies without a suffix (20 for -m's MiB, 0 for bytes). */
@@ -101,12 +116,15 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out)
     return true;
 }
 
-/* What -object memory-backend-memfd said; -machine memory-backend=ID selects it. */
+/* What -object memory-backend-memfd or memory-backend-file said; -machine memory-backend=ID selects it. */
 typedef struct MemBackend {
     bool given;
+    const char *type;          /* "memory-backend-memfd" or "memory-backend-file" */
     char id[64];
     uint64_t size;
     bool share;
+    bool prealloc;             /* prealloc=on: as -mem-prealloc */
+    char mem_path[4096];       /* memory-backend-file only */
     char machine_backend[64]; /* -machine memory-backend=, "" if not given */
 } MemBackend;
 
@@ -130,53 +148,86 @@ static const char *next_pair(const char *opt, char *buf, size_t bufsize, const c
     return end ? end + 1 : NULL;
 }
 
-/* -object TYPE,key=value,...: only memory-backend-memfd is known. */
+/* Parses the on|off value of property @key of -object @type into @out. */
+static bool parse_on_off(const char *type, const char *key, const char *value, bool *out)
+{
+    if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0) {
+        fprintf(stderr, PROG ": -object %s: %s must be on or off, not '%s'\n", type, key, value);
+        return false;
+    }
+    *out = strcmp(value, "on") == 0;
+    return true;
+}
+
+/* -object TYPE,key=value,...: memory-backend-memfd and memory-backend-file are known. */
 static bool parse_object(const char *arg, MemBackend *mb)
 {
-    char buf[256];
+    char buf[sizeof(mb->mem_path) + 16];
     const char *key, *value;
     const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
+    bool file = strcmp(key, "memory-backend-file") == 0;
 
-    if (value || strcmp(key, "memory-backend-memfd") != 0) {
-        fprintf(stderr, PROG ": -object: unknown object type '%s' (only memory-backend-memfd)\n", key);
+    if (value || (!file && strcmp(key, "memory-backend-memfd") != 0)) {
+        fprintf(stderr, PROG ": -object: unknown object type '%s' (memory-backend-memfd or memory-backend-file)\n",
+                key);
         return false;
     }
     if (mb->given) {
-        fprintf(stderr, PROG ": -object: only one memory-backend-memfd is supported\n");
+        fprintf(stderr, PROG ": -object: only one memory backend is supported\n");
         return false;
     }
     mb->given = true;
+    mb->type = file ? "memory-backend-file" : "memory-backend-memfd";
     mb->share = false; /* QEMU's default for memory backends */
     while (rest && *rest) {
+        /* next_pair() cuts what does not fit: a cut mem-path would name another file, so refuse instead. */
+        if (strcspn(rest, ",") >= sizeof(buf)) {
+            fprintf(stderr, PROG ": -object %s: property '%.32s...' is too long\n", mb->type, rest);
+            return false;
+        }
         rest = next_pair(rest, buf, sizeof(buf), &key, &value);
         if (!value) {
-            fprintf(stderr, PROG ": -object memory-backend-memfd: '%s' needs a value (key=value)\n", key);
+            fprintf(stderr, PROG ": -object %s: '%s' needs a value (key=value)\n", mb->type, key);
             return false;
         }
         if (strcmp(key, "id") == 0) {
             if (!*value || strlen(value) >= sizeof(mb->id)) {
-                fprintf(stderr, PROG ": -object memory-backend-memfd: bad id '%s'\n", value);
+                fprintf(stderr, PROG ": -object %s: bad id '%s'\n", mb->type, value);
                 return false;
             }
             strcpy(mb->id, value);
         } else if (strcmp(key, "size") == 0) {
             if (!parse_size(value, 0, &mb->size) || mb->size == 0) {
-                fprintf(stderr, PROG ": -object memory-backend-memfd: size '%s' is not a size\n", value);
+                fprintf(stderr, PROG ": -object %s: size '%s' is not a size\n", mb->type, value);
                 return false;
             }
         } else if (strcmp(key, "share") == 0) {
-            if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0) {
-                fprintf(stderr, PROG ": -object memory-backend-memfd: share must be on or off, not '%s'\n", value);
+            if (!parse_on_off(mb->type, key, value, &mb->share)) {
                 return false;
             }
-            mb->share = strcmp(value, "on") == 0;
+        } else if (strcmp(key, "prealloc") == 0) {
+            if (!parse_on_off(mb->type, key, value, &mb->prealloc)) {
+                return false;
+            }
+        } else if (file && strcmp(key, "mem-path") == 0) {
+            if (!*value || strlen(value) >= sizeof(mb->mem_path)) {
+                fprintf(stderr, PROG ": -object memory-backend-file: mem-path must be 1 to %zu bytes\n",
+                        sizeof(mb->mem_path) - 1);
+                return false;
+            }
+            strcpy(mb->mem_path, value);
         } else {
-            fprintf(stderr, PROG ": -object memory-backend-memfd: unknown property '%s' (id, size, share)\n", key);
+            fprintf(stderr, PROG ": -object %s: unknown property '%s' (id, size, share, prealloc%s)\n", mb->type,
+                    key, file ? ", mem-path" : "");
             return false;
         }
     }
     if (!mb->id[0] || !mb->size) {
-        fprintf(stderr, PROG ": -object memory-backend-memfd: id= and size= are required\n");
+        fprintf(stderr, PROG ": -object %s: id= and size= are required\n", mb->type);
+        return false;
+    }
+    if (file && !mb->mem_path[0]) {
+        fprintf(stderr, PROG ": -object memory-backend-file: mem-path= is required (the file to map)\n");
         return false;
     }
     return true;
@@ -200,9 +251,18 @@ static bool parse_machine(const char *arg, MemBackend *mb)
     return true;
 }
 
-/* Parse argv into @cfg, handing common options to the host runtime. Returns -1 to go on, else an exit code. */
-static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cfg)
+static int bad_value(FerryError *err)
 {
+    fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+    ferry_error_free(err);
+    return EXIT_BAD_VALUE;
+}
+
+/* Parse argv into @cfg and @net, handing common options to the host runtime. Returns -1 to go on, else an exit
+ * code. */
+static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cfg, NetSetup *net)
+{
+    FerryError *err = NULL;
     size_t page_size = ferry_ram_page_size();
     uint64_t v;
     MemBackend mb = { 0 };
@@ -227,7 +287,8 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
         }
         if (strcmp(opt, "-m") == 0 || strcmp(opt, "-smp") == 0 || strcmp(opt, "-pattern") == 0 ||
             strcmp(opt, "-seed") == 0 || strcmp(opt, "-dirty-rate") == 0 || strcmp(opt, "-dirty-tracker") == 0 ||
-            strcmp(opt, "-ram-block-size") == 0 || strcmp(opt, "-object") == 0 || strcmp(opt, "-machine") == 0) {
+            strcmp(opt, "-ram-block-size") == 0 || strcmp(opt, "-object") == 0 || strcmp(opt, "-machine") == 0 ||
+            strcmp(opt, "-netdev") == 0 || strcmp(opt, "-device") == 0) {
             if (!arg) {
                 fprintf(stderr, PROG ": option %s needs an argument (try --help)\n", opt);
                 return EXIT_USAGE;
@@ -238,7 +299,6 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
         }
 
         if (!own_with_arg) {
-            FerryError *err = NULL;
             bool used_arg = false;
             int r;
 
@@ -267,6 +327,14 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             if (!parse_machine(arg, &mb)) {
                 return EXIT_BAD_VALUE;
             }
+        } else if (strcmp(opt, "-netdev") == 0) {
+            if (!net_parse_netdev(net, arg, &err)) {
+                return bad_value(err);
+            }
+        } else if (strcmp(opt, "-device") == 0) {
+            if (!net_parse_device(net, arg, &err)) {
+                return bad_value(err);
+            }
         } else if (strcmp(opt, "-m") == 0) {
             m_given = true;
             if (!parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
@@ -291,6 +359,7 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
                 fprintf(stderr, PROG ": -pattern: unknown pattern '%s' (ab, random, zero or half)\n", arg);
                 return EXIT_BAD_VALUE;
             }
+            cfg->file_workers = true; /* asked for: file-backed RAM gets writers too (workload.h) */
         } else if (strcmp(opt, "-seed") == 0) {
             /* Bounded to int64 so that query-workload can report it as a JSON integer. */
             if (!parse_u64(arg, INT64_MAX, &cfg->seed)) {
@@ -312,12 +381,12 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
     }
     if (mb.machine_backend[0]) {
         if (!mb.given || strcmp(mb.id, mb.machine_backend) != 0) {
-            fprintf(stderr, PROG ": -machine memory-backend=%s: no -object memory-backend-memfd with that id\n",
-                    mb.machine_backend);
+            fprintf(stderr, PROG ": -machine memory-backend=%s: no -object memory-backend-memfd or "
+                    "memory-backend-file with that id\n", mb.machine_backend);
             return EXIT_BAD_VALUE;
         }
         if (mb.size % page_size) {
-            fprintf(stderr, PROG ": memory-backend-memfd size %" PRIu64 " is not a multiple of the %zu-byte page\n",
+            fprintf(stderr, PROG ": %s size %" PRIu64 " is not a multiple of the %zu-byte page\n", mb.type,
                     mb.size, page_size);
             return EXIT_BAD_VALUE;
         }
@@ -327,12 +396,44 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             return EXIT_BAD_VALUE;
         }
         cfg->ram_size = mb.size;
-        cfg->memfd = true;
-        cfg->memfd_share = mb.share;
+        cfg->mem_prealloc |= mb.prealloc;
+        if (mb.mem_path[0]) {
+            struct stat st;
+
+            /* A destination's pages that the source does not send must read as zero; ferry's source sends only
+             * the populated pages of anonymous RAM, so over a file they would keep the file's content. */
+            if (ferry_host_incoming(host)) {
+                fprintf(stderr, PROG ": memory-backend-file cannot be used with -incoming: pages the source does "
+                        "not send would keep the file's content (start the destination with -m)\n");
+                return EXIT_BAD_VALUE;
+            }
+            /* Checked here once for the whole file; the library checks each block's slice again. */
+            if (stat(mb.mem_path, &st) != 0) {
+                fprintf(stderr, PROG ": memory-backend-file: mem-path %s: %s\n", mb.mem_path, strerror(errno));
+                return EXIT_BAD_VALUE;
+            }
+            if (!S_ISREG(st.st_mode)) {
+                fprintf(stderr, PROG ": memory-backend-file: mem-path %s is not a regular file\n", mb.mem_path);
+                return EXIT_BAD_VALUE;
+            }
+            if ((uint64_t)st.st_size < mb.size) {
+                fprintf(stderr, PROG ": memory-backend-file: mem-path %s is too small: %" PRIu64 " bytes, size=%"
+                        PRIu64 "\n", mb.mem_path, (uint64_t)st.st_size, mb.size);
+                return EXIT_BAD_VALUE;
+            }
+            strcpy(cfg->mem_path, mb.mem_path);
+            cfg->file_share = mb.share;
+        } else {
+            cfg->memfd = true;
+            cfg->memfd_share = mb.share;
+        }
     } else if (mb.given) {
-        fprintf(stderr, PROG ": -object memory-backend-memfd,id=%s is not used: add -machine memory-backend=%s\n",
-                mb.id, mb.id);
+        fprintf(stderr, PROG ": -object %s,id=%s is not used: add -machine memory-backend=%s\n", mb.type, mb.id,
+                mb.id);
         return EXIT_BAD_VALUE;
+    }
+    if (!net_setup_check(net, &err)) {
+        return bad_value(err);
     }
     if (cfg->ram_size / page_size < cfg->smp) {
         fprintf(stderr, PROG ": -m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers\n",
@@ -382,11 +483,120 @@ static json_t *cmd_query_workload(json_t *args, void *opaque, FerryError **errp)
                      (json_int_t)passes, "pages-written", (json_int_t)written);
 }
 
-static bool register_commands(FerryHost *host, Workload *wl, FerryError **errp)
+/* Everything the host ops stop and start: the workers ("vCPUs") and the network devices. */
+typedef struct Machine {
+    Workload *wl;
+    NetDev *net[NET_MAX_DEVICES];
+    unsigned nnet;
+} Machine;
+
+static json_t *cmd_query_netdev(json_t *args, void *opaque, FerryError **errp)
 {
+    Machine *mc = opaque;
+    json_t *list = json_array();
+
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        json_t *o = net_dev_query(mc->net[i]);
+
+        if (!o || json_array_append_new(list, o) < 0) {
+            json_decref(list);
+            ferry_error_setg(errp, "out of memory");
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static bool register_commands(FerryHost *host, Machine *mc, FerryError **errp)
+{
+    Workload *wl = mc->wl;
+
     return ferry_host_register_command(host, "query-pattern-check", NULL, cmd_pattern_check, wl, errp) &&
            ferry_host_register_command(host, "query-ram-digest", NULL, cmd_ram_digest, wl, errp) &&
-           ferry_host_register_command(host, "query-workload", NULL, cmd_query_workload, wl, errp);
+           ferry_host_register_command(host, "query-workload", NULL, cmd_query_workload, wl, errp) &&
+           ferry_host_register_command(host, "query-netdev", NULL, cmd_query_netdev, mc, errp);
+}
+
+/* As QEMU: the vCPUs stop before the devices, and the devices run before the vCPUs, so that nothing a worker
+ * does ever meets a stopped device. */
+static void machine_stop(void *opaque)
+{
+    Machine *mc = opaque;
+
+    workload_ops.stop(mc->wl);
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        net_dev_stop(mc->net[i]);
+    }
+}
+
+static void machine_start(void *opaque)
+{
+    Machine *mc = opaque;
+
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        net_dev_start(mc->net[i]);
+    }
+    workload_ops.start(mc->wl);
+}
+
+static const FerryHostOps machine_ops = {
+    .stop = machine_stop,
+    .start = machine_start,
+};
+
+/* Threads end before the engine goes (the workers write its RAM); the devices go after it, since its migration
+ * threads may still call their backend ops until ferry_host_free has joined them. */
+static void machine_teardown(Machine *mc, FerryHost *host)
+{
+    workload_stop_threads(mc->wl);
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        net_dev_stop_thread(mc->net[i]);
+    }
+    ferry_host_free(host);
+    workload_free(mc->wl);
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        net_dev_free(mc->net[i]);
+    }
+}
+
+static bool machine_setup(Machine *mc, FerryHost *host, const WorkloadConfig *cfg, const NetSetup *net,
+                          FerryError **errp)
+{
+    FerryMigration *m = ferry_host_migration(host);
+    bool incoming = ferry_host_incoming(host);
+
+    mc->wl = workload_new(cfg, errp);
+    if (!mc->wl || !workload_register(mc->wl, m, errp)) {
+        return false;
+    }
+    for (unsigned i = 0; i < net->n; i++) {
+        mc->net[i] = net_dev_new(&net->cfg[i], i, m, errp);
+        if (!mc->net[i]) {
+            return false;
+        }
+        mc->nnet++;
+        if (!net_dev_register(mc->net[i], errp)) {
+            return false;
+        }
+    }
+    if (!register_commands(host, mc, errp) || (!incoming && !workload_fill(mc->wl, errp))) {
+        return false;
+    }
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        if (!net_dev_init_backend(mc->net[i], incoming, errp)) {
+            return false;
+        }
+    }
+    if (!workload_start_threads(mc->wl, errp)) {
+        return false;
+    }
+    for (unsigned i = 0; i < mc->nnet; i++) {
+        if (!net_dev_start_thread(mc->net[i], errp)) {
+            return false;
+        }
+    }
+    ferry_host_set_ops(host, &machine_ops, mc);
+    return true;
 }
 
 int main(int argc, char **argv)
@@ -400,9 +610,10 @@ int main(int argc, char **argv)
         .dirty_rate = 0,
         .tracker = FERRY_TRACKER_AUTO,
     };
+    NetSetup net = { .n = 0 };
+    Machine mc = { 0 };
     FerryError *err = NULL;
     FerryHost *host;
-    Workload *wl = NULL;
     int status;
 
     host = ferry_host_new(PROG, &err);
@@ -411,34 +622,24 @@ int main(int argc, char **argv)
         ferry_error_free(err);
         return EXIT_FAILURE;
     }
-    status = parse_args(argc, argv, host, &cfg);
+    status = parse_args(argc, argv, host, &cfg, &net);
     if (status >= 0) {
         ferry_host_free(host);
         return status;
     }
 
-    wl = workload_new(&cfg, &err);
-    if (!wl || !workload_register(wl, ferry_host_migration(host), &err) || !register_commands(host, wl, &err) ||
-        (!ferry_host_incoming(host) && !workload_fill(wl, &err)) || !workload_start_threads(wl, &err)) {
-        goto fail;
-    }
-    ferry_host_set_ops(host, &workload_ops, wl);
-    if (!ferry_host_start(host, &err)) {
+    if (!machine_setup(&mc, host, &cfg, &net, &err) || !ferry_host_start(host, &err)) {
         goto fail;
     }
     status = ferry_host_run(host);
     /* The workers write RAM that belongs to the engine: they end before ferry_host_free unmaps it. The host may
-     * still call stop/start on its way down; those return at once once the workers are gone. */
-    workload_stop_threads(wl);
-    ferry_host_free(host);
-    workload_free(wl);
+     * still call stop/start on its way down; those return at once once the threads are gone. */
+    machine_teardown(&mc, host);
     return status;
 
 fail:
     fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
     ferry_error_free(err);
-    workload_stop_threads(wl);
-    ferry_host_free(host);
-    workload_free(wl);
+    machine_teardown(&mc, host);
     return EXIT_FAILURE;
 }

@@ -288,6 +288,11 @@ static void *worker_main(void *arg)
 
 bool workload_start_threads(Workload *wl, FerryError **errp)
 {
+    /* File-backed RAM without -pattern: nobody writes it. With no threads, stop and start return at once and the
+     * workers' saved state stays at its initial values. */
+    if (wl->cfg.mem_path[0] && !wl->cfg.file_workers) {
+        return true;
+    }
     for (unsigned i = 0; i < wl->cfg.smp; i++) {
         int err = pthread_create(&wl->workers[i].thread, NULL, worker_main, &wl->workers[i]);
 
@@ -432,7 +437,8 @@ bool workload_fill(Workload *wl, FerryError **errp)
 {
     ShareJob *jobs;
 
-    if (wl->cfg.pattern == WORKLOAD_PATTERN_AB || wl->cfg.pattern == WORKLOAD_PATTERN_ZERO) {
+    /* File-backed RAM is the file's content (WorkloadConfig.mem_path): overwriting it would defeat the point. */
+    if (wl->cfg.mem_path[0] || wl->cfg.pattern == WORKLOAD_PATTERN_AB || wl->cfg.pattern == WORKLOAD_PATTERN_ZERO) {
         return true;
     }
     jobs = calloc(wl->cfg.smp, sizeof(*jobs));
@@ -520,6 +526,12 @@ bool workload_check(Workload *wl, WorkloadCheck *res, FerryError **errp)
     size_t len = 0;
     unsigned shown = 0;
 
+    if (wl->cfg.mem_path[0]) {
+        free(jobs);
+        ferry_error_setg(errp, "RAM is backed by memory-backend-file and holds the file's content, not a pattern: "
+                         "compare query-ram-digest instead");
+        return false;
+    }
     if (!jobs) {
         ferry_error_setg(errp, "out of memory");
         return false;
@@ -728,8 +740,13 @@ bool workload_register(Workload *wl, FerryMigration *m, FerryError **errp)
 
         snprintf(name, sizeof(name), "ram%u", i);
         uint64_t size = left < bytes_per_block ? left : bytes_per_block;
-        wl->blocks[i] = wl->cfg.memfd ? ferry_ram_block_new_memfd(m, name, size, wl->cfg.memfd_share, errp)
-                                      : ferry_ram_block_new(m, name, size, errp);
+        if (wl->cfg.mem_path[0]) {
+            wl->blocks[i] = ferry_ram_block_new_file(m, name, size, wl->cfg.mem_path, (uint64_t)i * bytes_per_block,
+                                                     wl->cfg.file_share, errp);
+        } else {
+            wl->blocks[i] = wl->cfg.memfd ? ferry_ram_block_new_memfd(m, name, size, wl->cfg.memfd_share, errp)
+                                          : ferry_ram_block_new(m, name, size, errp);
+        }
         if (!wl->blocks[i]) {
             ferry_error_prepend(errp, "registering RAM block %s: ", name);
             return false;

@@ -46,6 +46,16 @@ typedef struct WorkloadConfig {
     bool memfd_share;
     /* -mem-prealloc: every RAM page is faulted in at start-up, as QEMU does. */
     bool mem_prealloc;
+    /*
+     * -object memory-backend-file + -machine memory-backend: block i maps the slice of mem_path at offset
+     * i * block_size ("" otherwise), shared if file_share. Such RAM is the file's content, as a VM's would be:
+     * it is never filled with the pattern, query-pattern-check refuses (verify with query-ram-digest), and the
+     * workers are not even created unless -pattern was given (file_workers), so a running workload keeps the
+     * content too. With -pattern they write it over the file's content.
+     */
+    char mem_path[4096];
+    bool file_share;
+    bool file_workers;
 } WorkloadConfig;
 
 typedef struct Workload Workload;

@@ -25,6 +25,17 @@ typedef struct FerryBackendOps {
      * ran, so it has not used it); a later incoming migration may call set_fd again: drop the previous fd then.
      */
     bool (*set_fd)(void *opaque, int fd, FerryError **errp);
+    /*
+     * Source, optional (NULL if the backend has nothing to let go of): the outgoing migration completed and a
+     * live destination acknowledged it. Called once per completed migration, for every registered backend
+     * whether or not its fd was passed, on the migration thread with the workload still stopped, before the run
+     * state becomes postmigrate (so no start callback can run meanwhile). The destination runs the device from
+     * now on: the backend lets go of it here (closes its fd), so that a destination that opens the device by
+     * name (backend-transfer off, a TAP without multi_queue) can attach it, and so that a later "cont" of this
+     * process cannot take the destination's frames. Not called after a save to a file or an exec: nothing runs
+     * the device yet then, and the source may well go on with it.
+     */
+    void (*release)(void *opaque);
 } FerryBackendOps;
 
 /*
@@ -37,8 +48,9 @@ FERRY_API bool ferry_migration_register_backend(FerryMigration *m, const char *k
 
 /*
  * Whether the backend-transfer parameter lists @kind now (set by migrate-set-parameters or -incoming config:).
- * A destination whose backend would be transferred must not open its own at start-up; it learns at the end of
- * the incoming load whether the fd came (set_fd was called) and opens its own by name only if it did not.
+ * A destination whose backend would be transferred must not open its own at start-up. set_fd is called before
+ * any section is loaded, so by the time the device's own section loads (the end of the incoming load) and the
+ * workload is started, the backend knows whether the fd came; it opens its own by name only if it did not.
  */
 FERRY_API bool ferry_migration_backend_transfer(FerryMigration *m, const char *kind);
 

@@ -1,6 +1,6 @@
 /*
  * RAM blocks: the memory a host program asks ferry to migrate. The engine maps each block (anonymous and
- * private, or a memfd; page aligned), the host program uses the returned pointer as its RAM, and the engine
+ * private, a memfd, or a slice of a file; page aligned), the host program uses the returned pointer as its RAM, and the engine
  * tracks which pages are written. The list of blocks is fixed once a migration has started in either direction; blocks are freed with
  * the engine (ferry_migration_free). This header does not cover device state (see visitor.h).
  */
@@ -17,10 +17,21 @@ FERRY_API FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name
  * @share it is a private mapping of the memfd and migrates like anonymous memory. */
 FERRY_API FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char *name, uint64_t size, bool share,
                                                    FerryError **errp);
+/* The same mapping bytes [@offset, @offset + @size) of the regular file @path (QEMU's memory-backend-file with
+ * mem-path=; several blocks can map consecutive slices of one file). With @share the mapping is MAP_SHARED and
+ * writes reach the file; without, it is MAP_PRIVATE and the file is only read. The file must be at least
+ * @offset + @size (rounded up to the page size) bytes long and @offset page aligned; a short file is refused, not
+ * grown. The block starts with the file's content, so an outgoing migration sends every page of it (zero pages
+ * cheaply), not only the pages the kernel has populated. Such a block is always copied, also in mode
+ * cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the source sends every page
+ * (its blocks are file blocks too) or the file reads as zero: a source sends only populated pages of other RAM,
+ * and the rest keeps the file's content here. */
+FERRY_API FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char *name, uint64_t size,
+                                                  const char *path, uint64_t offset, bool share, FerryError **errp);
 /* Fault every page of the block in now, for writing (QEMU's -mem-prealloc / prealloc=on): a destination whose RAM
  * is preallocated takes no page fault while the data arrives. The content is unchanged (fresh blocks stay zero). */
 FERRY_API bool ferry_ram_block_prealloc(FerryRamBlock *b, FerryError **errp);
-/* Whether the block is shared memory (a memfd mapped MAP_SHARED). */
+/* Whether the block is shared memory (a memfd mapped MAP_SHARED; false for file blocks, even with share). */
 FERRY_API bool ferry_ram_block_shared(const FerryRamBlock *b);
 FERRY_API void *ferry_ram_block_host(const FerryRamBlock *b);
 FERRY_API uint64_t ferry_ram_block_size(const FerryRamBlock *b);

@@ -104,6 +104,36 @@ bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, Ferr
     return ferry__channel_writev_all(c, &iov, 1, errp);
 }
 
+bool ferry__channel_readv_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    while (iovcnt > 0) {
+        if (iov->iov_len == 0) {
+            iov++;
+            iovcnt--;
+            continue;
+        }
+        ssize_t n = c->ops->readv(c, iov, FERRY_MIN(iovcnt, IOV_MAX), errp);
+        if (n < 0) {
+            return false;
+        }
+        if (n == 0) {
+            ferry_error_setg(errp, "Failed to read from '%s': connection closed by peer", c->desc);
+            return false;
+        }
+        size_t done = (size_t)n;
+        while (iovcnt > 0 && done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
+    }
+    return true;
+}
+
 ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp)
 {
     struct iovec iov = { .iov_base = buf, .iov_len = len };
@@ -283,17 +313,37 @@ static FerryChannel *accept_single(FerryListener *l, FerryError **errp)
     return c;
 }
 
+bool ferry__listener_is_socket(const FerryListener *l)
+{
+    return l->fd >= 0;
+}
+
 FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp)
+{
+    return ferry__listener_accept_timeout(l, -1, errp);
+}
+
+FerryChannel *ferry__listener_accept_timeout(FerryListener *l, int timeout_ms, FerryError **errp)
 {
     if (l->fd < 0) {
         return accept_single(l, errp);
     }
+    int64_t deadline = timeout_ms < 0 ? 0 : ferry__clock_ms() + timeout_ms;
     for (;;) {
         struct pollfd pfd[2] = {
             { .fd = l->fd, .events = POLLIN },
             { .fd = l->wake_fd, .events = POLLIN },
         };
-        if (poll(pfd, 2, -1) < 0) {
+        int wait = -1;
+        if (timeout_ms >= 0) {
+            int64_t left = deadline - ferry__clock_ms();
+            if (left <= 0) {
+                ferry_error_setg(errp, "Failed to accept on '%s': no connection within %d ms", l->uri, timeout_ms);
+                return NULL;
+            }
+            wait = (int)left;
+        }
+        if (poll(pfd, 2, wait) < 0) {
             if (errno == EINTR) {
                 continue;
             }

@@ -48,6 +48,7 @@ FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int canc
 bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, FerryError **errp);
 bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp); /* may modify iov */
 bool ferry__channel_read_all(FerryChannel *c, void *buf, size_t len, FerryError **errp);
+bool ferry__channel_readv_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp); /* may modify iov */
 /* Read up to @len bytes: returns bytes read, 0 at end of stream, -1 on error. */
 ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp);
 void ferry__channel_shutdown(FerryChannel *c);
@@ -115,6 +116,10 @@ typedef struct FerryListener FerryListener;
 FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError **errp);
 /* Block until a peer connects, or ferry__listener_shutdown() is called (then fails with "cancelled"). */
 FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp);
+/* The same, failing after @timeout_ms (-1: never). */
+FerryChannel *ferry__listener_accept_timeout(FerryListener *l, int timeout_ms, FerryError **errp);
+/* Whether the listener is a listening socket, which can accept more than one channel (tcp, unix, vsock). */
+bool ferry__listener_is_socket(const FerryListener *l);
 void ferry__listener_shutdown(FerryListener *l); /* any thread */
 /* QMP SocketAddress list of what is really bound: [{"type":"inet","host":"127.0.0.1","port":"40123"}] or
  * [{"type":"unix","path":"/tmp/x"}] (plus "abstract": true for an abstract name), vsock {"type":"vsock","cid",

@@ -10,6 +10,11 @@
  * On a channel without a return path (exec, file, a pipe) there is no ACK or NACK: the stream's own checks (CONFIG,
  * END totals) decide.
  *
+ * With multifd the listener stays open until the MULTIFD record has named the extra channels and they have been
+ * accepted (src/multifd/recv.c writes their pages); each MULTIFD_SYNC record waits until every channel has
+ * reached the same SYNC, and at END the channel threads are stopped before the totals are checked, so nothing
+ * writes RAM once the workload may run.
+ *
  * On any error nothing runs: the reason goes back to the source (NACK), RAM is discarded so that it reads as
  * zero again (the next attempt relies on that, since pass 1 does not send never-populated pages), and the process
  * exits non-zero unless exit-on-error=false asked it to stay up and report.
@@ -22,6 +27,7 @@
 #include <sys/socket.h>
 
 #include "migration/migration-priv.h"
+#include "multifd/multifd.h"
 #include "stream/stream.h"
 #include "util/util.h"
 #include "visitor/visitor-int.h"
@@ -61,6 +67,10 @@ typedef struct Dest {
     FerryPagePipe *pipe;     /* its page pipe, once the FDS record brought it */
     uint64_t pipe_bytes;
     uint8_t end[FERRY_WIRE_END_LEN]; /* the END record's payload */
+    FerryListener *listener; /* kept while multifd channels may still have to be accepted */
+    bool multifd;            /* the stream uses multifd */
+    FerryMultifdRecv *mfd;   /* its channel threads, once the MULTIFD record came */
+    uint64_t mfd_sync;       /* MULTIFD_SYNCs passed */
 
     pthread_t pop_thread;
     bool pop_started;
@@ -185,6 +195,25 @@ out:
     return ok;
 }
 
+/* The listener is no longer needed: close it (from here on no other connection is accepted, as QEMU). */
+static void release_listener(Dest *d)
+{
+    if (!d->listener) {
+        return;
+    }
+    pthread_mutex_lock(&d->m->lock);
+    d->m->listener = NULL;
+    pthread_mutex_unlock(&d->m->lock);
+    ferry__listener_free(d->listener);
+    d->listener = NULL;
+}
+
+/* Whether this end can take multifd channels: a listening socket to accept them on. */
+static bool can_multifd(const Dest *d)
+{
+    return d->listener && ferry__listener_is_socket(d->listener);
+}
+
 /*
  * HELLO: what the source offers. With a return path, answer with what this side accepts; the source then writes
  * FEATURES within that. The answer always carries a CRC trailer (as every return-path record).
@@ -202,14 +231,18 @@ static bool load_hello(Dest *d, uint32_t len, FerryError **errp)
         return ok;
     }
     ferry__features_accept(d->m, &offered, &d->accepted);
-    if (!ferry__channel_can_pass_fds(d->chan)) {
-        /* The page pipe comes as an fd: without a UNIX socket this end cannot take it. */
+    /* The page pipe comes as an fd: without a UNIX socket this end cannot take it. multifd channels come as
+     * connections: without a listening socket this end cannot accept them. */
+    bool no_fds = !ferry__channel_can_pass_fds(d->chan), no_mfd = !can_multifd(d);
+    if (no_fds || no_mfd) {
         FerryWireFeatureList keep;
         memset(&keep, 0, sizeof(keep));
         for (uint32_t i = 0; i < d->accepted.n; i++) {
-            if (strcmp(d->accepted.f[i].name, "unix-page-flipping") != 0) {
-                ferry__wire_features_add(&keep, d->accepted.f[i].name, d->accepted.f[i].flags);
+            const char *name = d->accepted.f[i].name;
+            if ((no_fds && strcmp(name, "unix-page-flipping") == 0) || (no_mfd && strcmp(name, "multifd") == 0)) {
+                continue;
             }
+            ferry__wire_features_add(&keep, name, d->accepted.f[i].flags);
         }
         d->accepted = keep;
     }
@@ -403,12 +436,96 @@ static bool load_fds(Dest *d, uint32_t len, FerryError **errp)
     return ok;
 }
 
+/* MULTIFD: accept the channels it names and start their threads. */
+static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
+{
+    uint8_t *buf;
+    if (!d->multifd) {
+        ferry_error_setg(errp, "MULTIFD record in a stream that does not use multifd");
+        return false;
+    }
+    if (d->mfd) {
+        ferry_error_setg(errp, "a second MULTIFD record");
+        return false;
+    }
+    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "MULTIFD", &buf, errp)) {
+        return false;
+    }
+    FerryWireMultifd r;
+    bool ok = ferry__wire_mfd_decode(buf, len, &r, errp);
+    free(buf);
+    if (!ok) {
+        return false;
+    }
+    if (!can_multifd(d)) {
+        ferry_error_setg(errp, "the stream uses multifd, but this destination has no listening socket to accept "
+                         "its channels on");
+        return false;
+    }
+    FerryMultifdConfig cfg = { .channels = r.channels, .compression = r.compression,
+                               .checksum = r.flags & FERRY_MFD_F_CHECKSUM, .page_size = d->ps };
+    memcpy(cfg.session, r.session, sizeof(cfg.session));
+    d->mfd = ferry__multifd_recv_new(d->listener, &cfg, d->m->blocks, d->m->nblocks, d->chan, errp);
+    release_listener(d);
+    /* Pages may arrive from now on: no RAM block may get the source's memory any more. */
+    d->pages_started = true;
+    return d->mfd != NULL;
+}
+
+/* MULTIFD_SYNC: every channel must reach the same SYNC before any goes on. */
+static bool load_multifd_sync(Dest *d, uint32_t len, FerryError **errp)
+{
+    uint8_t p[8];
+    if (len != 8) {
+        ferry_error_setg(errp, "MULTIFD_SYNC record of %u bytes, expected 8", len);
+        return false;
+    }
+    if (!ferry__stream_read(d->s, p, sizeof(p))) {
+        ferry__stream_check(d->s, errp);
+        return false;
+    }
+    uint64_t n = ferry__get_be64(p);
+    if (!d->mfd) {
+        ferry_error_setg(errp, "MULTIFD_SYNC record before the MULTIFD record");
+        return false;
+    }
+    if (n != d->mfd_sync + 1) {
+        ferry_error_setg(errp, "MULTIFD_SYNC %llu after MULTIFD_SYNC %llu", (unsigned long long)n,
+                         (unsigned long long)d->mfd_sync);
+        return false;
+    }
+    d->mfd_sync = n;
+    return ferry__multifd_recv_sync(d->mfd, n, errp);
+}
+
+/* After END: stop the channel threads (the stream is complete) and count their pages with the others. */
+static bool stop_multifd(Dest *d, FerryError **errp)
+{
+    if (!d->mfd) {
+        return true;
+    }
+    if (!ferry__multifd_recv_stop(d->mfd, errp)) {
+        return false;
+    }
+    FerryMultifdStats st;
+    ferry__multifd_recv_stats(d->mfd, &st);
+    d->pages += st.pages;
+    d->normal += st.normal;
+    d->duplicate += st.zero;
+    return true;
+}
+
 static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
 {
     uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
     uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8];
     if (!d->config_seen) {
         ferry_error_setg(errp, "RAM_PAGES record before the CONFIG record");
+        return false;
+    }
+    if (d->multifd) {
+        /* Its pages travel on the multifd channels only, where their order against later passes is kept. */
+        ferry_error_setg(errp, "RAM_PAGES record on the main channel of a multifd stream");
         return false;
     }
     if (len < sizeof(run) || !ferry__stream_read(d->s, run, sizeof(run))) {
@@ -621,6 +738,14 @@ static void update_stats(Dest *d)
     m->stats.duplicate = d->duplicate;
     m->stats.skipped_bytes = d->skipped;
     m->stats.page_pipe_bytes = d->pipe_bytes;
+    if (d->mfd) {
+        FerryMultifdStats st;
+        ferry__multifd_recv_stats(d->mfd, &st);
+        m->stats.multifd_bytes = st.bytes;
+        m->stats.transferred += st.bytes;
+        m->stats.normal += st.normal;
+        m->stats.duplicate += st.zero;
+    }
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -672,10 +797,17 @@ static bool receive(Dest *d, FerryError **errp)
             ok = load_features(d, rh.length, &used, errp);
             features_done = ok;
             d->flip = ok && ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
+            d->multifd = ok && ferry__features_uses(&used, FERRY_CAP_MULTIFD);
             if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
                 ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is "
                                  "not one", d->chan->desc);
                 ok = false;
+            } else if (d->multifd && !can_multifd(d)) {
+                ferry_error_setg(errp, "the stream uses multifd, but this destination has no listening socket to "
+                                 "accept its channels on");
+                ok = false;
+            } else if (ok && !d->multifd) {
+                release_listener(d);
             }
             break;
         case FERRY_REC_CONFIG:
@@ -705,6 +837,12 @@ static bool receive(Dest *d, FerryError **errp)
             break;
         case FERRY_REC_FDS:
             ok = load_fds(d, rh.length, errp);
+            break;
+        case FERRY_REC_MULTIFD:
+            ok = load_multifd(d, rh.length, errp);
+            break;
+        case FERRY_REC_MULTIFD_SYNC:
+            ok = load_multifd_sync(d, rh.length, errp);
             break;
         case FERRY_REC_END:
             ok = load_end(d, rh.length, errp);
@@ -748,7 +886,7 @@ static bool receive(Dest *d, FerryError **errp)
         }
         update_stats(d);
         if (rh.type == FERRY_REC_END) {
-            if (!finish_end(d, errp)) {
+            if (!stop_multifd(d, errp) || !finish_end(d, errp)) {
                 ferry_error_prepend(errp, "at stream offset %llu: ", (unsigned long long)offset);
                 return false;
             }
@@ -793,13 +931,14 @@ static bool run(Dest *d, FerryError **errp)
     FerryListener *l = m->listener;
     pthread_mutex_unlock(&m->lock);
 
+    /* The listener stays open (and m->listener set, so that quit can interrupt an accept) until FEATURES says
+     * whether multifd channels follow; then it is closed (release_listener), as QEMU takes one connection. */
+    d->listener = l;
     FerryChannel *c = ferry__listener_accept(l, errp);
     pthread_mutex_lock(&m->lock);
-    m->listener = NULL; /* one connection per incoming migration, as QEMU */
     m->in_chan = c;
     bool quitting = m->quitting;
     pthread_mutex_unlock(&m->lock);
-    ferry__listener_free(l);
     if (!c) {
         return false;
     }
@@ -817,9 +956,18 @@ static bool run(Dest *d, FerryError **errp)
     if (pthread_create(&d->pop_thread, NULL, populate_thread, d) == 0) {
         d->pop_started = true;
     }
-    bool ok = receive(d, errp);
+    FerryError *err = NULL;
+    bool ok = receive(d, &err);
     populate_stop(d);
+    release_listener(d);
     if (!ok) {
+        /* A multifd channel's failure shuts the main channel's reading side down: its error is the real one. */
+        FerryError *merr = NULL;
+        if (d->mfd && ferry__multifd_recv_error(d->mfd, &merr)) {
+            ferry_error_free(err);
+            err = merr;
+        }
+        ferry_error_propagate(errp, err);
         return false;
     }
     if (d->chan->one_way) {
@@ -846,6 +994,10 @@ static void dest_init(Dest *d, FerryMigration *m)
 /* Everything but the channel. */
 static void dest_cleanup(Dest *d)
 {
+    /* The channel threads write RAM: they are stopped before anyone discards it or lets the workload run. */
+    ferry__multifd_recv_free(d->mfd);
+    d->mfd = NULL;
+    release_listener(d);
     ferry__page_pipe_free(d->pipe);
     ferry__stream_free(d->s);
     for (size_t i = 0; i < d->nstaged; i++) {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "migration/migration-priv.h"
+#include "multifd/multifd.h"
 #include "util/util.h"
 
 static const char *const status_names[] = {
@@ -179,18 +180,38 @@ static bool registration_closed(FerryMigration *m)
     return busy;
 }
 
-static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_t size, bool memfd, bool share,
+/* What backs a new block: anonymous memory, a memfd, or the file @path from @offset (file_path non-NULL). */
+typedef struct RamBacking {
+    bool memfd;
+    bool share;
+    const char *file_path;
+    uint64_t file_offset;
+} RamBacking;
+
+static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_t size, const RamBacking *how,
                                     FerryError **errp);
 
 FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name, uint64_t size, FerryError **errp)
 {
-    return ram_block_new(m, name, size, false, false, errp);
+    return ram_block_new(m, name, size, &(RamBacking){ .memfd = false }, errp);
 }
 
 FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char *name, uint64_t size, bool share,
                                          FerryError **errp)
 {
-    return ram_block_new(m, name, size, true, share, errp);
+    return ram_block_new(m, name, size, &(RamBacking){ .memfd = true, .share = share }, errp);
+}
+
+FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char *name, uint64_t size, const char *path,
+                                        uint64_t offset, bool share, FerryError **errp)
+{
+    if (!path || !path[0]) {
+        /* Checked here too: a NULL path would otherwise select the anonymous kind. */
+        ferry_error_setg(errp, "RAM block '%s': no file to map (mem-path is required)", name ? name : "(null)");
+        return NULL;
+    }
+    return ram_block_new(m, name, size,
+                         &(RamBacking){ .share = share, .file_path = path, .file_offset = offset }, errp);
 }
 
 bool ferry_ram_block_shared(const FerryRamBlock *b)
@@ -242,7 +263,7 @@ bool ferry_migration_backend_transfer(FerryMigration *m, const char *kind)
     return kind && ferry__backend_kind_parse(kind, &k) && ferry__param_backend_transfer(m, k);
 }
 
-static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_t size, bool memfd, bool share,
+static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_t size, const RamBacking *how,
                                     FerryError **errp)
 {
     for (size_t i = 0; i < m->nblocks; i++) {
@@ -255,8 +276,10 @@ static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_
         ferry_error_setg(errp, "cannot register RAM block '%s' while a migration is in progress", name);
         return NULL;
     }
-    FerryRamBlock *b = memfd ? ferry__ram_block_new_memfd(name, size, share, errp)
-                             : ferry__ram_block_new(name, size, errp);
+    FerryRamBlock *b = how->file_path ? ferry__ram_block_new_file(name, size, how->file_path, how->file_offset,
+                                                                  how->share, errp)
+                       : how->memfd   ? ferry__ram_block_new_memfd(name, size, how->share, errp)
+                                      : ferry__ram_block_new(name, size, errp);
     if (!b) {
         return NULL;
     }
@@ -376,6 +399,9 @@ static void request_cancel_locked(FerryMigration *m)
     if (m->out_chan) {
         ferry__channel_shutdown(m->out_chan);
     }
+    if (m->out_mfd) {
+        ferry__multifd_send_shutdown(m->out_mfd);
+    }
     uint64_t one = 1;
     if (m->cancel_fd >= 0 && write(m->cancel_fd, &one, sizeof(one)) < 0) {
         /* Only fails when the counter is saturated, i.e. already signalled. */
@@ -428,6 +454,22 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
         pthread_mutex_unlock(&m->lock);
         ferry_error_setg(errp, "nothing to migrate: no RAM block or state section is registered");
         return false;
+    }
+    /* multifd opens more connections to the same address: only the listening sockets can take them. */
+    if (m->caps[FERRY_CAP_MULTIFD]) {
+        const char *why = NULL;
+        if (addr->transport != FERRY_TRANSPORT_SOCKET || addr->socket.type == FERRY_SOCKET_FD) {
+            why = "it needs an address more connections can be made to (tcp, unix or vsock)";
+        } else if (m->caps[FERRY_CAP_UNIX_PAGE_FLIPPING]) {
+            why = "it cannot be combined with unix-page-flipping (turn one of them off)";
+        }
+        if (why) {
+            pthread_mutex_unlock(&m->lock);
+            char *uri = ferry__address_to_uri(addr);
+            ferry_error_setg(errp, "multifd is not supported on '%s': %s", uri, why);
+            free(uri);
+            return false;
+        }
     }
     /* What needs file descriptors passed needs a UNIX socket: refuse the others now, with the reason (an fd:
      * address is checked once connected, when its socket's family is known). */
@@ -583,6 +625,9 @@ json_t *ferry__migration_query(FerryMigration *m)
             json_object_set_new(ram, "fd-passed-blocks", json_integer((json_int_t)st->fd_ram_blocks));
         }
         json_object_set_new(r, "ram", ram);
+        if (st->multifd_bytes) {
+            json_object_set_new(ram, "multifd-bytes", json_integer((json_int_t)st->multifd_bytes));
+        }
         if (st->page_pipe_bytes) {
             /* ferry extension: page data that went through the page pipe (unix-page-flipping), not the socket. */
             json_object_set_new(ram, "page-pipe-bytes", json_integer((json_int_t)st->page_pipe_bytes));

@@ -49,13 +49,33 @@ typedef struct FerryParams {
     int64_t downtime_limit; /* milliseconds */
     int64_t mode;           /* FerryMigMode */
     int64_t backend_transfer; /* bit mask of FerryBackendKind */
+    int64_t multifd_channels;
+    int64_t multifd_compression; /* FerryMultifdCompression */
+    int64_t multifd_zlib_level;
+    int64_t multifd_zstd_level;
+    int64_t zero_page_detection; /* FerryZeroPageDetection */
 } FerryParams;
+
+/* QEMU's MultiFDCompression (the values ferry implements; the wire's FERRY_MFD_COMP_* have the same numbers). */
+typedef enum FerryMultifdCompression {
+    FERRY_MFD_COMPRESSION_NONE = 0,
+    FERRY_MFD_COMPRESSION_ZLIB,
+    FERRY_MFD_COMPRESSION_ZSTD,
+} FerryMultifdCompression;
+
+/* QEMU's ZeroPageDetection. */
+typedef enum FerryZeroPageDetection {
+    FERRY_ZERO_NONE = 0,   /* no check: zero pages are sent with their data */
+    FERRY_ZERO_LEGACY,     /* checked by the migration thread */
+    FERRY_ZERO_MULTIFD,    /* checked by the multifd channel threads (by the migration thread without multifd) */
+} FerryZeroPageDetection;
 
 typedef enum FerryCapability {
     FERRY_CAP_EVENTS,
     FERRY_CAP_RECORD_CHECKSUM,
     FERRY_CAP_POPULATE_HINTS,
     FERRY_CAP_UNIX_PAGE_FLIPPING,
+    FERRY_CAP_MULTIFD,
     FERRY_CAP__MAX,
 } FerryCapability;
 
@@ -83,6 +103,7 @@ typedef struct FerryMigStats {
     uint32_t fd_ram_blocks;      /* ... in that many blocks */
     uint32_t fds_passed;         /* file descriptors sent / received (RAM blocks, backends, the page pipe) */
     uint64_t page_pipe_bytes;    /* unix-page-flipping: page data that went through the page pipe */
+    uint64_t multifd_bytes;      /* bytes on the multifd channels (QEMU's ram.multifd-bytes) */
 } FerryMigStats;
 
 /* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
@@ -136,6 +157,7 @@ struct FerryMigration {
     bool out_thread_joinable;
     FerryMigrationAddress *out_addr;
     FerryChannel *out_chan;      /* set while connected, for cancel */
+    struct FerryMultifdSend *out_mfd; /* its multifd channels while they exist, for cancel */
     bool cancel_requested;
     int cancel_fd;               /* eventfd, readable once cancel is requested: interrupts a connect */
 
@@ -165,6 +187,9 @@ void ferry__runstate_set(FerryMigration *m, FerryRunState rs);
 FerryRunState ferry__vm_stop_for_migration(FerryMigration *m);
 /* After a failed or cancelled outgoing migration: back to @prev, restarting the workload if it ran. */
 void ferry__vm_restore_after_migration(FerryMigration *m, FerryRunState prev);
+/* After a completed outgoing migration: release every backend (FerryBackendOps.release) if a live destination
+ * @acknowledged it, then run state postmigrate. */
+void ferry__vm_postmigrate(FerryMigration *m, bool acknowledged);
 /* After a successful incoming migration. */
 void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 

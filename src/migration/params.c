@@ -39,6 +39,15 @@ typedef struct ParamDesc {
 static const char *const mode_values[] = { "normal", "cpr-reboot", "cpr-transfer", "cpr-exec", NULL };
 static const char *const mode_refused[] = { NULL, "cpr-reboot is not supported by ferry (use cpr-transfer)", NULL,
                                             "cpr-exec is not supported by ferry (use cpr-transfer)" };
+/* QEMU's MultiFDCompression; the accelerator-backed ones need hardware ferry does not drive. */
+static const char *const compression_values[] = { "none", "zlib", "zstd", "qpl", "uadk", "qatzip", NULL };
+static const char *const compression_refused[] = {
+    NULL, NULL, NULL, "multifd-compression qpl needs Intel QPL, which ferry does not use (use zlib or zstd)",
+    "multifd-compression uadk needs a UADK accelerator, which ferry does not use (use zlib or zstd)",
+    "multifd-compression qatzip needs Intel QAT, which ferry does not use (use zlib or zstd)",
+};
+/* QEMU's ZeroPageDetection. */
+static const char *const zero_values[] = { "none", "legacy", "multifd", NULL };
 /* Seed 004's BackendTransfer enum. */
 static const char *const backend_values[] = { "virtio-net-tap", NULL };
 
@@ -49,11 +58,14 @@ static const ParamDesc params[] = {
       "bytes per second", NULL, NULL },
     { "downtime-limit", PARAM_INT, offsetof(FerryParams, downtime_limit), 300, 0, MAX_MIGRATE_DOWNTIME_MS,
       "milliseconds", NULL, NULL },
-    NOT_YET("multifd-channels", "multifd comes with the throughput work"),
-    NOT_YET("multifd-compression", "compression comes with the throughput work"),
-    NOT_YET("multifd-zlib-level", "compression comes with the throughput work"),
-    NOT_YET("multifd-zstd-level", "compression comes with the throughput work"),
-    NOT_YET("zero-page-detection", "selectable zero-page detection comes with the throughput work"),
+    { "multifd-channels", PARAM_INT, offsetof(FerryParams, multifd_channels), 2, 1, 255, "channels", NULL,
+      NULL },
+    { "multifd-compression", PARAM_ENUM, offsetof(FerryParams, multifd_compression), FERRY_MFD_COMPRESSION_NONE, 0,
+      0, NULL, compression_values, compression_refused },
+    { "multifd-zlib-level", PARAM_INT, offsetof(FerryParams, multifd_zlib_level), 1, 0, 9, "level", NULL, NULL },
+    { "multifd-zstd-level", PARAM_INT, offsetof(FerryParams, multifd_zstd_level), 1, 0, 20, "level", NULL, NULL },
+    { "zero-page-detection", PARAM_ENUM, offsetof(FerryParams, zero_page_detection), FERRY_ZERO_MULTIFD, 0, 0,
+      NULL, zero_values, NULL },
     NOT_YET("tls-creds", "TLS comes with the reliability and security work"),
     NOT_YET("tls-hostname", "TLS comes with the reliability and security work"),
     NOT_YET("tls-authz", "TLS comes with the reliability and security work"),
@@ -101,6 +113,25 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
     /* Page data through a pipe passed over the UNIX socket (seed 002): critical, since RAM_PAGES records then
      * carry no data. Off by default: it needs both ends on one host. */
     [FERRY_CAP_UNIX_PAGE_FLIPPING] = { "unix-page-flipping", false, true, true },
+    /* RAM pages over extra channels (MULTIFD record): critical, since the main channel then carries none. A
+     * destination accepts it only where it can accept more connections (a listening socket). */
+    [FERRY_CAP_MULTIFD] = { "multifd", false, true, true },
+};
+
+/* QEMU capabilities ferry does not implement, with the reason: setting one on is an error that says why (setting
+ * it off is accepted, since off is what ferry does), and query-migrate-capabilities does not list them. */
+static const struct {
+    const char *name;
+    const char *why;
+} caps_not_yet[] = {
+    { "zero-copy-send", "MSG_ZEROCOPY gave no gain where measured (TCP loopback copies anyway: "
+                        "bench/zerocopy-bench, docs/benchmarks.md)" },
+    { "xbzrle", "XBZRLE is not implemented" },
+    { "auto-converge", "auto-converge throttling is not implemented" },
+    { "postcopy-ram", "postcopy is not implemented" },
+    { "x-colo", "COLO is not implemented" },
+    { "mapped-ram", "mapped-ram is not implemented" },
+    { "background-snapshot", "background snapshots are not implemented" },
 };
 
 static int64_t *param_field(FerryParams *p, const ParamDesc *d)
@@ -499,11 +530,23 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
             }
         }
         if (c == FERRY_CAP__MAX) {
+            for (size_t k = 0; k < FERRY_ARRAY_SIZE(caps_not_yet); k++) {
+                if (strcmp(caps_not_yet[k].name, json_string_value(name)) != 0) {
+                    continue;
+                }
+                if (!json_is_true(state)) {
+                    goto next; /* off is what ferry does anyway */
+                }
+                ferry_error_setg(errp, "Capability '%s' is not supported by ferry: %s", caps_not_yet[k].name,
+                                 caps_not_yet[k].why);
+                return false;
+            }
             ferry_error_setg(errp, "Parameter 'capability' does not accept value '%s'", json_string_value(name));
             return false;
         }
         want[c] = json_is_true(state);
         given[c] = true;
+    next:;
     }
     pthread_mutex_lock(&m->lock);
     if (!m->incoming && (m->out_thread_joinable && m->status != FERRY_MIG_COMPLETED &&

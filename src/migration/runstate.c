@@ -5,7 +5,8 @@
  *
  *   prelaunch --cont/start--> running <--stop/cont--> paused
  *   inmigrate --incoming done--> running (autostart and the source ran) | paused
- *   running --switchover--> finish-migrate --completed--> postmigrate
+ *   running --switchover--> finish-migrate --completed--> postmigrate (ferry__vm_postmigrate: the backends
+ *                                 |                          are released first if a destination acknowledged)
  *                                 \--failed/cancelled--> back to what it was (running again if it ran)
  *   any --quit--> shutdown
  */
@@ -157,6 +158,22 @@ void ferry__vm_restore_after_migration(FerryMigration *m, FerryRunState prev)
             ferry__runstate_set(m, prev);
         }
     }
+    pthread_mutex_unlock(&m->run_lock);
+}
+
+void ferry__vm_postmigrate(FerryMigration *m, bool acknowledged)
+{
+    /* run_lock keeps the release apart from any stop/start; in finish-migrate "cont" is refused anyway, and from
+     * postmigrate on it would start a device that has let go of its backend (which it must then open again). */
+    pthread_mutex_lock(&m->run_lock);
+    if (acknowledged) {
+        for (size_t i = 0; i < m->nbackends; i++) {
+            if (m->backends[i].ops.release) {
+                m->backends[i].ops.release(m->backends[i].opaque);
+            }
+        }
+    }
+    ferry__runstate_set(m, FERRY_RUN_POSTMIGRATE);
     pthread_mutex_unlock(&m->run_lock);
 }
 

@@ -19,15 +19,21 @@
  * the send is caught by the next harvest and the page is sent again.
  *
  * With the "none" tracker there are no live passes: the workload is stopped and all RAM sent (stop-and-copy).
+ *
+ * With multifd the pages of every pass go in batches to the channel threads of src/multifd/ instead of the main
+ * channel; each pass ends with a SYNC packet on every channel and a MULTIFD_SYNC record on the main channel, and
+ * waits until the channels have written the pass, so that the bandwidth measured is what really left.
  */
 #include <errno.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "migration/migration-priv.h"
+#include "multifd/multifd.h"
 #include "stream/stream.h"
 #include "util/bitmap.h"
 #include "util/util.h"
@@ -71,6 +77,13 @@ typedef struct Source {
     bool *by_fd;          /* per block: passed as a memfd (mode cpr-transfer, shared block), never copied */
     FerryRamBlock **copied; /* the other blocks: the ones the tracker watches */
     size_t ncopied;
+
+    FerryZeroPageDetection zero_mode;
+    bool multifd;           /* the stream uses multifd */
+    FerryMultifdSend *mfd;  /* the stream uses multifd: pages go to its channel threads */
+    FerryMultifdBatch batch; /* the batch being filled */
+    uint64_t mfd_sync;      /* MULTIFD_SYNCs written */
+    uint64_t mfd_limited;   /* multifd bytes already counted by the rate limit */
 } Source;
 
 static bool cancelled(FerryMigration *m)
@@ -103,10 +116,17 @@ static void write_record(FerryStream *s, uint16_t type, uint16_t flags, const vo
     end_record(s);
 }
 
-/* Bytes sent so far: the stream's and, with unix-page-flipping, the page data that went through the pipe. */
+/* Bytes sent so far: the stream's, the multifd channels', and with unix-page-flipping the page data that went
+ * through the pipe. */
 static uint64_t sent_bytes(Source *src)
 {
-    return ferry__stream_bytes_written(src->s) + src->pipe_bytes;
+    uint64_t n = ferry__stream_bytes_written(src->s) + src->pipe_bytes;
+    if (src->mfd) {
+        FerryMultifdStats st;
+        ferry__multifd_send_stats(src->mfd, &st);
+        n += st.bytes;
+    }
+    return n;
 }
 
 static void update_stats(Source *src)
@@ -124,17 +144,25 @@ static void update_stats(Source *src)
     st->transferred = written;
     st->remaining = src->pending * src->ps;
     st->page_pipe_bytes = src->pipe_bytes;
-    st->normal = src->normal;
-    st->duplicate = src->duplicate;
+    uint64_t normal = src->normal, duplicate = src->duplicate;
+    if (src->mfd) {
+        FerryMultifdStats ms;
+        ferry__multifd_send_stats(src->mfd, &ms);
+        st->multifd_bytes = ms.bytes;
+        normal += ms.normal;
+        duplicate += ms.zero;
+    }
+    st->normal = normal;
+    st->duplicate = duplicate;
     if (now - src->sample_ms >= 100) {
         double secs = (now - src->sample_ms) / 1000.0;
         if (src->sample_ms) {
             st->mbps = (double)(written - src->sample_bytes) * 8 / 1e6 / secs;
-            st->pages_per_second = (uint64_t)((src->normal + src->duplicate - src->sample_pages) / secs);
+            st->pages_per_second = (uint64_t)((normal + duplicate - src->sample_pages) / secs);
         }
         src->sample_ms = now;
         src->sample_bytes = written;
-        src->sample_pages = src->normal + src->duplicate;
+        src->sample_pages = normal + duplicate;
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -317,7 +345,7 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
 
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *p = b->host + (first + i) * src->ps;
-        if (ferry__buffer_is_zero(p, src->ps)) {
+        if (src->zero_mode != FERRY_ZERO_NONE && ferry__buffer_is_zero(p, src->ps)) {
             zmap[i / 8] |= (uint8_t)(1u << (i % 8));
             continue;
         }
@@ -355,11 +383,128 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
     rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN);
 }
 
-/* Send every page set in src->send, clearing the bits as it goes. */
-static bool send_pass(Source *src, FerryError **errp)
+/*
+ * A multifd channel failed. That is often the destination having failed first: it then reports on the return path
+ * and closes every channel, and which channel the source sees break first is chance. Wait a little for its
+ * reason and prefer it.
+ */
+static bool multifd_failed(Source *src, FerryError **errp)
 {
-    int64_t t0 = ferry__clock_ns();
-    uint64_t b0 = sent_bytes(src);
+    if (src->chan->one_way || cancelled(src->m)) {
+        return false;
+    }
+    struct pollfd p = { .fd = src->chan->fd, .events = POLLIN };
+    if (poll(&p, 1, 1000) <= 0) {
+        return false;
+    }
+    FerryError *why = NULL;
+    if (!check_return_path(src, &why) && why && strstr(ferry_error_msg(why), "the destination failed")) {
+        ferry_error_free(*errp);
+        *errp = why;
+    } else {
+        ferry_error_free(why);
+    }
+    return false;
+}
+
+/* Hand the batch being filled to a multifd channel thread. */
+static bool mfd_flush_batch(Source *src, FerryError **errp)
+{
+    FerryMultifdBatch *bt = &src->batch;
+    if (bt->npages == 0) {
+        return true;
+    }
+    bt->stopped = src->downtime_phase;
+    bt->zmap_valid = src->zero_mode != FERRY_ZERO_MULTIFD;
+    memset(bt->zmap, 0, sizeof(bt->zmap));
+    if (src->zero_mode == FERRY_ZERO_LEGACY) {
+        uint32_t k = 0;
+        for (uint32_t e = 0; e < bt->nextents; e++) {
+            for (uint32_t j = 0; j < bt->ext[e].count; j++, k++) {
+                if (ferry__buffer_is_zero(bt->block->host + (bt->ext[e].first + j) * src->ps, src->ps)) {
+                    bt->zmap[k / 8] |= (uint8_t)(1u << (k % 8));
+                }
+            }
+        }
+    }
+    if (!ferry__multifd_send_batch(src->mfd, bt, errp)) {
+        return multifd_failed(src, errp);
+    }
+    src->pages_sent += bt->npages;
+    src->pending -= bt->npages;
+    bt->npages = bt->nextents = 0;
+    FerryMultifdStats st;
+    ferry__multifd_send_stats(src->mfd, &st);
+    rate_limit(src, st.bytes - src->mfd_limited);
+    src->mfd_limited = st.bytes;
+    return true;
+}
+
+/* The multifd form of a pass: batches of up to FERRY_WIRE_MFD_MAX_PAGES pages of one block, in extents of
+ * consecutive pages. */
+static bool send_pass_multifd(Source *src, FerryError **errp)
+{
+    FerryMultifdBatch *bt = &src->batch;
+    for (size_t bi = 0; bi < src->m->nblocks; bi++) {
+        FerryRamBlock *b = src->m->blocks[bi];
+        unsigned long *map = src->send[bi];
+        bt->block = b;
+        bt->npages = bt->nextents = 0;
+        size_t i = ferry__bitmap_find_next(map, b->npages, 0);
+        while (i < b->npages) {
+            uint32_t n = 0, room = FERRY_WIRE_MFD_MAX_PAGES - bt->npages;
+            while (i + n < b->npages && n < room && ferry__bitmap_test(map, i + n)) {
+                ferry__bitmap_clear(map, i + n);
+                n++;
+            }
+            FerryWireMfdExtent *last = bt->nextents ? &bt->ext[bt->nextents - 1] : NULL;
+            if (last && last->first + last->count == i) {
+                last->count += n;
+            } else {
+                bt->ext[bt->nextents++] = (FerryWireMfdExtent){ .first = i, .count = n };
+            }
+            bt->npages += n;
+            if (bt->npages == FERRY_WIRE_MFD_MAX_PAGES) {
+                if (!mfd_flush_batch(src, errp)) {
+                    return false;
+                }
+                update_stats(src);
+                if (++src->records_since_poll >= RETURN_PATH_POLL_EVERY) {
+                    src->records_since_poll = 0;
+                    if (!check_return_path(src, errp)) {
+                        return false;
+                    }
+                }
+                if (!check_stream(src, errp)) {
+                    return false;
+                }
+            }
+            i = ferry__bitmap_find_next(map, b->npages, i + n);
+        }
+        if (!mfd_flush_batch(src, errp)) {
+            return false;
+        }
+    }
+    /* The end of the pass: a SYNC behind it on every channel, the MULTIFD_SYNC telling the destination to wait for
+     * them all, and the wait for the channels to have written it. */
+    src->mfd_sync++;
+    if (!ferry__multifd_send_sync(src->mfd, src->mfd_sync, errp)) {
+        return multifd_failed(src, errp);
+    }
+    write_record_header(src->s, FERRY_REC_MULTIFD_SYNC, FERRY_REC_CRITICAL, 8);
+    ferry__stream_write_be64(src->s, src->mfd_sync);
+    end_record(src->s);
+    ferry__stream_flush(src->s);
+    if (!ferry__multifd_send_flush(src->mfd, errp)) {
+        return multifd_failed(src, errp);
+    }
+    update_stats(src);
+    return check_stream(src, errp);
+}
+
+/* The pages of a pass as RAM_PAGES records on the main channel. */
+static bool send_pass_main(Source *src, FerryError **errp)
+{
     for (size_t bi = 0; bi < src->m->nblocks; bi++) {
         FerryRamBlock *b = src->m->blocks[bi];
         unsigned long *map = src->send[bi];
@@ -384,6 +529,17 @@ static bool send_pass(Source *src, FerryError **errp)
             }
             i = ferry__bitmap_find_next(map, b->npages, i + n);
         }
+    }
+    return true;
+}
+
+/* Send every page set in src->send, clearing the bits as it goes. */
+static bool send_pass(Source *src, FerryError **errp)
+{
+    int64_t t0 = ferry__clock_ns();
+    uint64_t b0 = sent_bytes(src);
+    if (!(src->mfd ? send_pass_multifd(src, errp) : send_pass_main(src, errp))) {
+        return false;
     }
     ferry__stream_flush(src->s);
     if (!check_stream(src, errp)) {
@@ -683,7 +839,51 @@ static bool negotiate(Source *src, FerryError **errp)
     ferry__stream_set_crc(src->s, ferry__features_uses(&used, FERRY_CAP_RECORD_CHECKSUM));
     src->hints = ferry__features_uses(&used, FERRY_CAP_POPULATE_HINTS);
     src->flip = ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
+    src->multifd = ferry__features_uses(&used, FERRY_CAP_MULTIFD);
     ferry__features_record(src->m, &used);
+    return true;
+}
+
+/*
+ * multifd: connect the channels (each opens with its hello; the destination accepts them when it reads the
+ * MULTIFD record, so they wait in its listen queue until then), then announce them. This comes after the RAM
+ * fds of mode cpr-transfer, so that the destination's channel threads start once every block has its final
+ * memory.
+ */
+static bool setup_multifd(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    FerryMultifdConfig cfg = { .page_size = src->ps, .checksum = ferry__stream_crc(src->s),
+                               .detect_zero = src->zero_mode == FERRY_ZERO_MULTIFD };
+    pthread_mutex_lock(&m->lock);
+    cfg.channels = (uint32_t)m->params.multifd_channels;
+    cfg.compression = (uint8_t)m->params.multifd_compression;
+    cfg.level = (int)(cfg.compression == FERRY_MFD_COMP_ZLIB ? m->params.multifd_zlib_level
+                                                             : m->params.multifd_zstd_level);
+    pthread_mutex_unlock(&m->lock);
+    if (getrandom(cfg.session, sizeof(cfg.session), 0) != (ssize_t)sizeof(cfg.session)) {
+        ferry_error_setg_errno(errp, errno, "multifd: cannot draw a session id");
+        return false;
+    }
+    FerryMultifdSend *mfd = ferry__multifd_send_new(m->out_addr, m->cancel_fd, &cfg, errp);
+    if (!mfd) {
+        return false;
+    }
+    /* Published under the lock that cancel takes, so that a cancel from now on shuts the channels down too. */
+    pthread_mutex_lock(&m->lock);
+    src->mfd = mfd;
+    m->out_mfd = mfd;
+    pthread_mutex_unlock(&m->lock);
+    if (cancelled(m)) {
+        ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    uint8_t rec[FERRY_WIRE_MFD_RECORD_LEN];
+    FerryWireMultifd r = { .channels = (uint16_t)cfg.channels, .compression = cfg.compression,
+                           .flags = cfg.checksum ? FERRY_MFD_F_CHECKSUM : 0, .max_pages = FERRY_WIRE_MFD_MAX_PAGES };
+    memcpy(r.session, cfg.session, sizeof(r.session));
+    ferry__wire_mfd_encode(&r, rec);
+    write_record(src->s, FERRY_REC_MULTIFD, FERRY_REC_CRITICAL, rec, sizeof(rec));
     return true;
 }
 
@@ -699,6 +899,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     pthread_mutex_lock(&m->lock);
     m->out_chan = src->chan;
     FerryTrackerKind kind = m->tracker_kind;
+    src->zero_mode = (FerryZeroPageDetection)m->params.zero_page_detection;
     pthread_mutex_unlock(&m->lock);
     if (cancelled(m)) {
         ferry_error_setg(errp, "cancelled");
@@ -760,6 +961,9 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     }
     write_config(src);
     if (!write_ram_fds(src, errp) || !write_page_pipe(src, errp)) {
+        return false;
+    }
+    if (src->multifd && !setup_multifd(src, errp)) {
         return false;
     }
     if (!stop_and_copy) {
@@ -868,6 +1072,8 @@ void *ferry__source_thread(void *opaque)
     bool stopped = false;
 
     bool ok = run(&src, &prev, &stopped, &err);
+    /* Only a destination that acknowledged is known to run the backends now (see FerryBackendOps.release). */
+    bool acknowledged = ok && src.chan && !src.chan->one_way;
 
     ferry__tracker_stop(src.tracker);
     if (src.send) {
@@ -884,12 +1090,16 @@ void *ferry__source_thread(void *opaque)
     ferry__page_pipe_free(src.pipe);
     pthread_mutex_lock(&m->lock);
     m->out_chan = NULL;
+    m->out_mfd = NULL;
     pthread_mutex_unlock(&m->lock);
+    /* After a success every channel has written everything (each pass ends with a flush): closing loses nothing.
+     * After a failure, shut them down first so that no thread stays blocked on a stalled peer. */
+    ferry__multifd_send_free(src.mfd, !ok);
     ferry__stream_free(src.s);
     ferry__channel_free(src.chan);
 
     if (ok) {
-        ferry__runstate_set(m, FERRY_RUN_POSTMIGRATE);
+        ferry__vm_postmigrate(m, acknowledged);
         ferry__mig_set_status(m, FERRY_MIG_COMPLETED);
     } else {
         if (stopped) {

@@ -1,6 +1,6 @@
 /*
- * RAM blocks and dirty tracking, internal side. A block is one anonymous private mapping; the engine (migration
- * layer) keeps the list. Dirty trackers sit behind one interface so that more can be added (KVM dirty log, ...):
+ * RAM blocks and dirty tracking, internal side. A block is one mapping (anonymous, a memfd or a slice of a file);
+ * the engine (migration layer) keeps the list. Dirty trackers sit behind one interface so that more can be added (KVM dirty log, ...):
  *
  *   uffd-wp   userfaultfd in async write-protect mode (UFFD_FEATURE_WP_ASYNC, Linux 6.7+) plus the PAGEMAP_SCAN
  *             ioctl with PM_SCAN_WP_MATCHING, which reports written pages and re-protects them in one step. Needs
@@ -36,12 +36,22 @@ struct FerryRamBlock {
     bool shared;
     bool memfd;   /* created as a memfd (kept when an adopted mapping is dropped again) */
     bool adopted; /* destination: the mapping is the source's memfd, received over the channel */
+    /* A mapping of a slice of a file (QEMU's memory-backend-file), MAP_SHARED or MAP_PRIVATE. Such a block keeps
+     * fd -1 and shared false: the mapping holds the file, and a shared file slice is not a memfd that mode
+     * cpr-transfer could pass whole (the destination maps what it receives at offset 0). */
+    bool file;
 };
 
 /* Map a block; the engine registers it. */
 FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp);
 /* The same backed by a new memfd (named @name for /proc/PID/maps), MAP_SHARED if @share else MAP_PRIVATE. */
 FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool share, FerryError **errp);
+/* The same mapping bytes [@offset, @offset + @size) of the file at @path (QEMU's memory-backend-file,mem-path=):
+ * MAP_SHARED if @share (writes reach the file), else MAP_PRIVATE (copy on write; the file is never written). The
+ * file must be a regular file at least @offset + @size bytes long; @offset a multiple of the page size. The block
+ * starts with the file's content, so every page of it may hold data (see ferry__ram_block_present_pages). */
+FerryRamBlock *ferry__ram_block_new_file(const char *name, uint64_t size, const char *path, uint64_t offset,
+                                         bool share, FerryError **errp);
 /*
  * Destination of cpr-transfer: map the source's memfd @fd over the block, at the same address (the host
  * program's pointer stays valid), MAP_SHARED. Takes @fd on success. Fails if @fd is not a memfd-like file of at
@@ -62,7 +72,9 @@ void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t 
 void ferry__ram_block_discard(FerryRamBlock *b);
 /* Set in @bitmap (npages bits) every page that may hold data: pages the kernel has populated. Pages never
  * populated read as zero and need not be sent to a fresh destination. Falls back to "all pages" where the kernel
- * cannot tell; never fails. */
+ * cannot tell; never fails. Every page of a file block: a page of a file mapping not yet faulted in reads as the
+ * file's content, not as zero; such a block is also mapped in whole (MADV_POPULATE_READ), since the caller is about
+ * to read all of it. */
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
 
 /*
@@ -73,8 +85,26 @@ void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
 int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
                         uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at);
 
-/* True if the @len bytes at @p are all zero. Fast path for page-sized, aligned buffers. */
+/*
+ * zero.c: true if the @len bytes at @p are all zero (any length and alignment; @p may be NULL if @len is 0). Fastest
+ * on page-sized, page-aligned buffers, and a buffer with data in its first or last bytes is answered at once.
+ * Four paths give the same answer, the fastest the CPU has chosen on the first call: AVX-512 (F and BW), AVX2,
+ * SSE2 and plain C (the only one on other architectures). FERRY_ZERO_IMPL=c|sse2|avx2|avx512 in the environment
+ * caps them for the whole process; ferry__zero_limit caps them at run time, so that tests and benchmarks reach each
+ * one (a path the CPU lacks is never used, whatever the limit).
+ */
+typedef enum FerryZeroImpl {
+    FERRY_ZERO_C,      /* 64-bit words, every build */
+    FERRY_ZERO_SSE2,   /* 16-byte vectors */
+    FERRY_ZERO_AVX2,   /* 32-byte vectors */
+    FERRY_ZERO_AVX512, /* 64-byte vectors, masked loads for short buffers */
+} FerryZeroImpl;
 bool ferry__buffer_is_zero(const void *p, size_t len);
+/* Whether this CPU (and OS) has the path; the C path always is. */
+bool ferry__zero_available(FerryZeroImpl impl);
+/* Lets ferry__buffer_is_zero use paths up to @max only; returns the previous limit. Calls on other threads see the
+ * old or the new path, both correct, but two threads must not set limits at once: for tests and benchmarks. */
+FerryZeroImpl ferry__zero_limit(FerryZeroImpl max);
 
 typedef struct FerryDirtyTracker FerryDirtyTracker;
 

@@ -1,5 +1,6 @@
 /*
- * RAM blocks: one anonymous private mapping each, plus the page-granular helpers the migration needs around it
+ * RAM blocks: one mapping each (anonymous and private, a memfd, or a slice of a file as QEMU's
+ * memory-backend-file), plus the page-granular helpers the migration needs around it
  * (populate ahead of incoming data, discard after a failed load, list the pages the kernel has populated) and the
  * public accessors of include/ferry/ram.h. The list of blocks belongs to the engine (migration layer); dirty
  * tracking is in tracker.c and tracker-uffd.c, zero detection in zero.c.
@@ -120,6 +121,65 @@ FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool 
     if (!b) {
         close(fd);
     }
+    return b;
+}
+
+FerryRamBlock *ferry__ram_block_new_file(const char *name, uint64_t size, const char *path, uint64_t offset,
+                                         bool share, FerryError **errp)
+{
+    uint64_t ps = ferry_ram_page_size();
+    uint64_t rounded = check_block(name, size, errp);
+    if (!rounded) {
+        return NULL;
+    }
+    if (!path || !path[0]) {
+        ferry_error_setg(errp, "RAM block '%s': no file to map (mem-path is required)", name);
+        return NULL;
+    }
+    if (offset % ps) {
+        ferry_error_setg(errp, "RAM block '%s': offset %llu in %s is not a multiple of the %llu-byte page", name,
+                         (unsigned long long)offset, path, (unsigned long long)ps);
+        return NULL;
+    }
+    /* A private mapping only reads the file (its writes go to copies), so read access is all it needs. */
+    int fd = open(path, (share ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': opening %s", name, path);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ferry_error_setg(errp, "RAM block '%s': %s is not a regular file", name, path);
+        close(fd);
+        return NULL;
+    }
+    /* Unlike QEMU, which grows a short file, a short file is refused: the block is the file's content, and a
+     * size that does not match it is far more likely a mistake than a wish to append zeros. */
+    if (offset > (uint64_t)st.st_size || (uint64_t)st.st_size - offset < rounded) {
+        ferry_error_setg(errp, "RAM block '%s': %s is too small: %llu bytes, the block needs %llu at offset %llu",
+                         name, path, (unsigned long long)st.st_size, (unsigned long long)rounded,
+                         (unsigned long long)offset);
+        close(fd);
+        return NULL;
+    }
+    void *host = mmap(NULL, (size_t)rounded, PROT_READ | PROT_WRITE, share ? MAP_SHARED : MAP_PRIVATE, fd,
+                      (off_t)offset);
+    int map_errno = errno;
+    /* The mapping keeps the file referenced; the fd is not needed (nor passed anywhere) after this. */
+    close(fd);
+    if (host == MAP_FAILED) {
+        ferry_error_setg_errno(errp, map_errno, "RAM block '%s': mapping %llu bytes of %s at offset %llu", name,
+                               (unsigned long long)rounded, path, (unsigned long long)offset);
+        return NULL;
+    }
+    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
+    b->name = ferry__xstrdup(name);
+    b->host = host;
+    b->size = rounded;
+    b->npages = rounded / ps;
+    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
+    b->fd = -1;
+    b->file = true;
     return b;
 }
 
@@ -259,6 +319,12 @@ void ferry__ram_block_discard(FerryRamBlock *b)
         ferry__ram_block_unadopt(b);
         return;
     }
+    if (b->file) {
+        /* Dropping the pages of a file mapping makes them read as the file again, not as zero (and punching holes
+         * would damage a file the user owns): only writing zeros keeps the promise. */
+        memset(b->host, 0, (size_t)b->size);
+        return;
+    }
     if (b->shared) {
         /* Shared memfd pages outlive MADV_DONTNEED; punching them out of the file makes them read as zero. */
         if (fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)b->size) != 0) {
@@ -333,6 +399,20 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
 
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
 {
+    if (b->file) {
+        /* A page of a file mapping that was never faulted in is not "present", yet it reads as the file's
+         * content: all pages may hold data. Zero detection then makes the file's zero pages cheap to send. */
+        ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);
+        /* The caller is about to read every page. Once the uffd-wp tracker has registered the mapping, the kernel
+         * no longer maps 16 pages per read fault (no fault-around under userfaultfd write-protect), so reading
+         * would take one fault per 4 KiB page: mapping them all in one madvise first halved the time of a 2 GiB
+         * migration of zero pages here (docs/benchmarks.md). Page-cache pages are mapped, no memory is added; on
+         * failure (a kernel before 5.14) the pages just fault in as they are read. */
+        for (uint64_t off = 0; off < b->size; off += POPULATE_CHUNK) {
+            madvise(b->host + off, (size_t)FERRY_MIN(POPULATE_CHUNK, b->size - off), MADV_POPULATE_READ);
+        }
+        return;
+    }
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);

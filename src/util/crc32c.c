@@ -287,11 +287,13 @@ FOLD_TARGET static inline __m512i fold512(__m512i x, __m512i k, __m512i next)
                                      next, 0x96 /* a ^ b ^ c */);
 }
 
-FOLD_TARGET static inline __m512i fold_load(uint8_t *d, const uint8_t *p, bool copy)
+/* The 64 bytes at @p + @pos, stored at @d + @pos too when copying. @d is only offset when used: it is NULL when
+ * not copying, and even a zero offset of a null pointer is undefined. */
+FOLD_TARGET static inline __m512i fold_load(uint8_t *d, const uint8_t *p, size_t pos, bool copy)
 {
-    __m512i v = _mm512_loadu_si512((const void *)p);
+    __m512i v = _mm512_loadu_si512((const void *)(p + pos));
     if (copy) {
-        _mm512_storeu_si512((void *)d, v);
+        _mm512_storeu_si512((void *)(d + pos), v);
     }
     return v;
 }
@@ -301,33 +303,28 @@ FOLD_TARGET static inline __m512i fold_load(uint8_t *d, const uint8_t *p, bool c
 FOLD_TARGET static inline __attribute__((always_inline)) uint32_t fold_body(uint32_t reg, uint8_t *d,
                                                                            const uint8_t *p, size_t len, bool copy)
 {
-    __m512i x0 = fold_load(d, p, copy), x1 = fold_load(d + 64, p + 64, copy);
-    __m512i x2 = fold_load(d + 128, p + 128, copy), x3 = fold_load(d + 192, p + 192, copy);
+    size_t pos = 0;
+    __m512i x0 = fold_load(d, p, 0, copy), x1 = fold_load(d, p, 64, copy);
+    __m512i x2 = fold_load(d, p, 128, copy), x3 = fold_load(d, p, 192, copy);
     x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)reg)));
-    p += 256;
-    d += copy ? 256 : 0;
-    len -= 256;
+    pos = 256;
 
     const __m512i k256 = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)fold_256b.k));
-    while (len >= 256) {
-        x0 = fold512(x0, k256, fold_load(d, p, copy));
-        x1 = fold512(x1, k256, fold_load(d + 64, p + 64, copy));
-        x2 = fold512(x2, k256, fold_load(d + 128, p + 128, copy));
-        x3 = fold512(x3, k256, fold_load(d + 192, p + 192, copy));
-        p += 256;
-        d += copy ? 256 : 0;
-        len -= 256;
+    while (len - pos >= 256) {
+        x0 = fold512(x0, k256, fold_load(d, p, pos, copy));
+        x1 = fold512(x1, k256, fold_load(d, p, pos + 64, copy));
+        x2 = fold512(x2, k256, fold_load(d, p, pos + 128, copy));
+        x3 = fold512(x3, k256, fold_load(d, p, pos + 192, copy));
+        pos += 256;
     }
 
     const __m512i k64 = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)fold_64b.k));
     x1 = fold512(x0, k64, x1);
     x2 = fold512(x1, k64, x2);
     x3 = fold512(x2, k64, x3);
-    while (len >= 64) {
-        x3 = fold512(x3, k64, fold_load(d, p, copy));
-        p += 64;
-        d += copy ? 64 : 0;
-        len -= 64;
+    while (len - pos >= 64) {
+        x3 = fold512(x3, k64, fold_load(d, p, pos, copy));
+        pos += 64;
     }
 
     /* Lanes 0..2 moved onto lane 3 (whose constants are zero, so it contributes nothing to t). */
@@ -337,28 +334,26 @@ FOLD_TARGET static inline __attribute__((always_inline)) uint32_t fold_body(uint
                               _mm_xor_si128(_mm512_extracti32x4_epi32(t, 2), _mm512_extracti32x4_epi32(x3, 3)));
 
     const __m128i k16 = _mm_loadu_si128((const void *)fold_16b.k);
-    while (len >= 16) {
-        __m128i n = _mm_loadu_si128((const void *)p);
+    while (len - pos >= 16) {
+        __m128i n = _mm_loadu_si128((const void *)(p + pos));
         if (copy) {
-            _mm_storeu_si128((void *)d, n);
-            d += 16;
+            _mm_storeu_si128((void *)(d + pos), n);
         }
         a = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(a, k16, 0x00), _mm_clmulepi64_si128(a, k16, 0x11)),
                           n);
-        p += 16;
-        len -= 16;
+        pos += 16;
     }
 
     uint64_t r64 = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(a));
     r64 = _mm_crc32_u64(r64, (uint64_t)_mm_extract_epi64(a, 1));
     reg = (uint32_t)r64;
-    const uint8_t *tail = p;
+    const uint8_t *tail = p + pos;
     if (copy) {
-        memcpy(d, p, len);
-        tail = d; /* the checksum is of the copy */
+        memcpy(d + pos, p + pos, len - pos);
+        tail = d + pos; /* the checksum is of the copy */
     }
-    while (len--) {
-        reg = _mm_crc32_u8(reg, *tail++);
+    for (size_t i = 0; i < len - pos; i++) {
+        reg = _mm_crc32_u8(reg, tail[i]);
     }
     return reg;
 }

@@ -11,7 +11,8 @@
  * add records without breaking readers.
  *
  * records.c holds the payload codecs of the records that more than one reader parses (the destination, the
- * analyzer): features, CONFIG, POPULATE_HINT, the RAM run header, the SECTION header and END.
+ * analyzer): features, CONFIG, POPULATE_HINT, the RAM run header, the SECTION header and END; multifd.c those of
+ * multifd: the MULTIFD record, the channel hello and the packet header.
  */
 #ifndef FERRY_WIRE_H
 #define FERRY_WIRE_H
@@ -44,6 +45,8 @@ enum {
     FERRY_REC_HELLO = 0x0007,         /* the features the source offers (first record) */
     FERRY_REC_FEATURES = 0x0008,      /* the features this stream uses (second record) */
     FERRY_REC_FDS = 0x0009,           /* file descriptors riding with the record's bytes (UNIX socket only) */
+    FERRY_REC_MULTIFD = 0x000A,       /* the stream's multifd channels: count, session, compression */
+    FERRY_REC_MULTIFD_SYNC = 0x000B,  /* every multifd channel has sent its SYNC packet of this number */
 };
 
 /* Record types, destination to source (the return path). */
@@ -255,5 +258,102 @@ typedef struct FerryWireEnd {
 
 void ferry__wire_end_encode(const FerryWireEnd *e, uint8_t out[FERRY_WIRE_END_LEN]);
 void ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e);
+
+/* ---- multifd (multifd.c): the MULTIFD record, and what travels on the extra channels. ---- */
+
+/*
+ * MULTIFD record (32 bytes): version (be16, 1), channels (be16, 1..255), compression (u8, FERRY_MFD_COMP_*),
+ * flags (u8, FERRY_MFD_F_*), reserved (be16, 0), max pages per packet (be32), reserved (be32, 0), session id
+ * (16 bytes). Written on the main channel once the channels are connected; the destination then accepts them.
+ */
+#define FERRY_WIRE_MFD_RECORD_LEN 32
+#define FERRY_WIRE_MFD_VERSION 1
+#define FERRY_WIRE_MFD_MAX_CHANNELS 255u
+#define FERRY_WIRE_MFD_MAX_PAGES 256u      /* pages in one packet */
+#define FERRY_WIRE_MFD_SESSION_LEN 16
+enum {
+    FERRY_MFD_COMP_NONE = 0,
+    FERRY_MFD_COMP_ZLIB = 1,
+    FERRY_MFD_COMP_ZSTD = 2,
+};
+#define FERRY_MFD_F_CHECKSUM 0x01u /* every packet ends with a CRC32C (the stream's record-checksum) */
+
+typedef struct FerryWireMultifd {
+    uint16_t channels;
+    uint8_t compression;
+    uint8_t flags;
+    uint32_t max_pages;
+    uint8_t session[FERRY_WIRE_MFD_SESSION_LEN];
+} FerryWireMultifd;
+
+void ferry__wire_mfd_encode(const FerryWireMultifd *r, uint8_t out[FERRY_WIRE_MFD_RECORD_LEN]);
+/* Checks version, counts, method and flags; the error says what is wrong. */
+bool ferry__wire_mfd_decode(const uint8_t *p, size_t len, FerryWireMultifd *r, FerryError **errp);
+/* "none", "zlib", "zstd" or "unknown" */
+const char *ferry__wire_mfd_comp_name(uint8_t method);
+
+/*
+ * A multifd channel opens with a hello (36 bytes) that tells the destination what it is and whose it is: magic
+ * "FERRYMFD" (the main channel's stream header starts "FERRYMIG"), version (be16), channel index (be16), flags
+ * (be32, 0), session id (16 bytes), CRC32C of the 32 bytes before (be32).
+ */
+#define FERRY_WIRE_MFD_MAGIC "FERRYMFD"
+#define FERRY_WIRE_MFD_HELLO_LEN 36
+
+void ferry__wire_mfd_hello_encode(uint16_t index, const uint8_t session[FERRY_WIRE_MFD_SESSION_LEN],
+                                  uint8_t out[FERRY_WIRE_MFD_HELLO_LEN]);
+bool ferry__wire_mfd_hello_decode(const uint8_t in[FERRY_WIRE_MFD_HELLO_LEN], uint16_t *index,
+                                  uint8_t session[FERRY_WIRE_MFD_SESSION_LEN], FerryError **errp);
+
+/*
+ * Then packets. The fixed header (32 bytes): magic (be32, FERRY_WIRE_MFD_PACKET_MAGIC), type (u8), flags (u8),
+ * reserved (be16, 0), block (be32), pages (be32), extents (be32), payload bytes (be32), number (be64: the
+ * packet's sequence number on its channel, or for SYNC the sync number). A PAGES packet continues with its
+ * extents (first page be64, page count be32; consecutive pages of the block, in order), a zero bitmap of
+ * ceil(pages / 8) bytes over the pages in extent order (bit set: the page is zero and has no data), and the
+ * payload: the data of the other pages, concatenated, or that compressed as one zlib or zstd stream. A SYNC
+ * packet has no body. With FERRY_MFD_F_CHECKSUM every packet ends with the CRC32C (be32) of all its bytes.
+ */
+#define FERRY_WIRE_MFD_PACKET_MAGIC 0x4650414Bu /* "FPAK" */
+#define FERRY_WIRE_MFD_PACKET_LEN 32
+#define FERRY_WIRE_MFD_EXTENT_LEN 12
+enum {
+    FERRY_MFD_PKT_PAGES = 1,
+    FERRY_MFD_PKT_SYNC = 2,
+};
+#define FERRY_MFD_PKT_COMPRESSED 0x01u
+
+typedef struct FerryWireMfdPacket {
+    uint8_t type;
+    uint8_t flags;
+    uint32_t block;
+    uint32_t pages;
+    uint32_t extents;
+    uint32_t payload;
+    uint64_t number;
+} FerryWireMfdPacket;
+
+typedef struct FerryWireMfdExtent {
+    uint64_t first;
+    uint32_t count;
+} FerryWireMfdExtent;
+
+/* The largest payload a packet of @raw bytes of page data may have: compressed data can be a little larger
+ * than its input. Readers check against it before reading. */
+static inline uint64_t ferry__wire_mfd_payload_max(uint64_t raw)
+{
+    return raw + raw / 64 + 1024;
+}
+
+void ferry__wire_mfd_packet_encode(const FerryWireMfdPacket *p, uint8_t out[FERRY_WIRE_MFD_PACKET_LEN]);
+/* Checks magic, type, flags and the counts against FERRY_WIRE_MFD_MAX_PAGES and @page_size (the payload of an
+ * uncompressed packet is checked against its zero bitmap later, by the reader). */
+bool ferry__wire_mfd_packet_decode(const uint8_t in[FERRY_WIRE_MFD_PACKET_LEN], uint32_t page_size,
+                                   FerryWireMfdPacket *p, FerryError **errp);
+void ferry__wire_mfd_extent_encode(const FerryWireMfdExtent *e, uint8_t out[FERRY_WIRE_MFD_EXTENT_LEN]);
+/* Decode @n extents from @in into @out, checking that each has a count of at least 1, that they lie within a
+ * block of @block_pages pages and that their counts add up to @pages. */
+bool ferry__wire_mfd_extents_decode(const uint8_t *in, uint32_t n, uint32_t pages, uint64_t block_pages,
+                                    FerryWireMfdExtent *out, FerryError **errp);
 
 #endif

@@ -268,13 +268,15 @@ class Workload:
     """A ferry-workload process with its QMP socket. Use through the `workload` fixture, which always kills and
     reaps it and checks its stderr for sanitizer reports."""
 
-    def __init__(self, tmpdir, name, args, qmp=True, env=None, pass_fds=(), hmp_stdio=False):
+    def __init__(self, tmpdir, name, args, qmp=True, env=None, pass_fds=(), hmp_stdio=False, prefix=()):
         self.name = name
         self.tmpdir = tmpdir
         self.qmp_path = os.path.join(tmpdir, f"{name}.qmp")
         self.stdout_path = os.path.join(tmpdir, f"{name}.stdout")
         self.stderr_path = os.path.join(tmpdir, f"{name}.stderr")
-        self.argv = [workload_binary(), "-name", name]
+        # @prefix runs the program through a wrapper that execs it (e.g. "ip netns exec NS"): the pid stays the
+        # program's, so /proc/PID and signals reach it.
+        self.argv = [*prefix, workload_binary(), "-name", name]
         if qmp:
             self.argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         self.argv += [str(a) for a in args]
@@ -561,3 +563,91 @@ class WorkloadSet:
             if rc is not None and rc < 0 and not expected_kill:
                 problems.append(f"{w.name}: died by signal {-rc}; stderr:\n{w.stderr()[-4000:]}")
         return problems
+
+
+class Relay:
+    """A UNIX-socket relay between a source and a destination, for fault injection: it accepts on @path and
+    forwards each connection (both directions) to the destination's @target path, in its own threads. Its faults:
+    @accept_only stops listening after that many connections (later connects are refused); @cut=(k, nbytes)
+    cuts connection k (0 is the first, the main channel) once nbytes went from the source towards the
+    destination. Everything is on this machine's UNIX sockets and stops with close()."""
+
+    def __init__(self, path, target, accept_only=None, cut=None):
+        import threading
+        self.path, self.target = path, target
+        self.accept_only, self.cut = accept_only, cut
+        self.conns = []
+        self.cut_done = threading.Event()
+        self._closed = False
+        self._lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._lsock.bind(path)
+        self._lsock.listen(512)
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        import threading
+        n = 0
+        while not self._closed:
+            try:
+                c, _ = self._lsock.accept()
+            except OSError:
+                return
+            d = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                d.connect(self.target)
+            except OSError:
+                c.close()
+                d.close()
+                continue
+            self.conns.append((c, d))
+            index = n
+            n += 1
+            last = self.accept_only is not None and n >= self.accept_only
+            if last:
+                # No listener any more: a connect to the path is refused (the socket file stays). Closed before
+                # any byte is relayed, so that no later connect can slip into the backlog.
+                self._lsock.close()
+            limit = self.cut[1] if self.cut and self.cut[0] == index else None
+            threading.Thread(target=self._pump, args=(c, d, limit), daemon=True).start()
+            threading.Thread(target=self._pump, args=(d, c, None), daemon=True).start()
+            if last:
+                return
+
+    def _pump(self, a, b, limit):
+        moved = 0
+        try:
+            while True:
+                data = a.recv(1 << 16)
+                if not data:
+                    break
+                if limit is not None and moved + len(data) >= limit:
+                    self.cut_done.set()
+                    for s in (a, b):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                    return
+                b.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self._closed = True
+        try:
+            self._lsock.close()
+        except OSError:
+            pass
+        for c, d in self.conns:
+            for s in (c, d):
+                try:
+                    s.close()
+                except OSError:
+                    pass

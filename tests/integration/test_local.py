@@ -2,7 +2,7 @@
 UNIX socket in mode cpr-transfer (nothing copied), mixed with RAM that is not shareable, the mode and
 backend-transfer parameters and their edges (-incoming config:, QMP, HMP), refusal of channels that cannot carry
 file descriptors, failures in the middle of fd passing with fd accounting on both sides, and compatibility with
-a destination that passes nothing. The TAP device and its backend-transfer are in test_netdev.py."""
+a destination that passes nothing. The TAP device and its backend-transfer are in test_tap.py."""
 
 import os
 import subprocess

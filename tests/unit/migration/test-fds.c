@@ -249,7 +249,7 @@ static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
     return true;
 }
 
-static const FerryBackendOps backend_ops = { backend_get_fd, backend_set_fd };
+static const FerryBackendOps backend_ops = { .get_fd = backend_get_fd, .set_fd = backend_set_fd };
 
 typedef struct Dst {
     FerryMigration *m;

@@ -3,7 +3,9 @@
  * own RAM blocks and a state section, connected over a UNIX socket. Checks that RAM written while the migration
  * runs arrives (dirty tracking), that zero pages and never-touched pages come out zero, that sections are loaded,
  * and the failure rules: a block mismatch is refused by the destination and reported to the source, which keeps
- * its state; a section that fails to load leaves the destination not running; cancel leaves the source running.
+ * its state; a section that fails to load leaves the destination not running; cancel leaves the source running;
+ * a backend's fd reaches the destination's set_fd, and the source's release runs only once a destination
+ * acknowledged.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -15,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -438,6 +442,148 @@ static void test_one_way(void **state)
     run_one_way(8 << 20, false);
 }
 
+/* ---- Backends: set_fd on the destination, release on the source (include/ferry/backend.h) ---- */
+
+typedef struct TestBackend {
+    FerryMigration *m;
+    int fd;
+    int sets, releases;
+    FerryRunState state_at_release;
+} TestBackend;
+
+static int tb_get_fd(void *opaque)
+{
+    return ((TestBackend *)opaque)->fd;
+}
+
+static bool tb_set_fd(void *opaque, int fd, FerryError **errp)
+{
+    TestBackend *tb = opaque;
+    if (tb->fd >= 0) {
+        close(tb->fd);
+    }
+    tb->fd = fd;
+    tb->sets++;
+    return true;
+}
+
+static void tb_release(void *opaque)
+{
+    TestBackend *tb = opaque;
+    tb->releases++;
+    tb->state_at_release = ferry__runstate_get(tb->m);
+    if (tb->fd >= 0) {
+        close(tb->fd);
+        tb->fd = -1;
+    }
+}
+
+static const FerryBackendOps tb_ops = { .get_fd = tb_get_fd, .set_fd = tb_set_fd, .release = tb_release };
+
+static void tb_register(Side *s, TestBackend *tb, int fd, bool transfer)
+{
+    *tb = (TestBackend){ .m = s->m, .fd = fd, .state_at_release = FERRY_RUN_SHUTDOWN };
+    assert_true(ferry_migration_register_backend(s->m, "virtio-net-tap", "n0", &tb_ops, tb, NULL));
+    if (transfer) {
+        json_t *p = json_pack("{s:[s]}", "backend-transfer", "virtio-net-tap");
+        assert_true(ferry__migration_set_params(s->m, p, NULL));
+        json_decref(p);
+    }
+}
+
+/*
+ * With backend-transfer on, the destination's set_fd gets the very open file the source had; the source's release
+ * runs exactly once, after the destination acknowledged and before the run state became postmigrate (the
+ * workload still stopped); the destination's release never runs. A failed migration releases nothing, and
+ * neither does a stream without a return path (nobody is known to run the backend then), with or without
+ * backend-transfer.
+ */
+static void test_backend_release(void **state)
+{
+    struct stat st_src, st_dst;
+    Side src, dst;
+    TestBackend sb, db;
+    char *uri;
+
+    /* Completed: the fd moves, the source lets go of it. */
+    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, 1 << 20, FERRY_TRACKER_AUTO);
+    int fd = memfd_create("backend", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &st_src), 0);
+    tb_register(&src, &sb, fd, true);
+    tb_register(&dst, &db, -1, true);
+    FerryMigrationAddress *a = migrate_pair(&src, &dst, &uri);
+    assert_string_equal(wait_terminal(src.m, 30000), "completed");
+    assert_string_equal(wait_terminal(dst.m, 30000), "completed");
+    assert_int_equal(sb.releases, 1);
+    assert_int_equal(sb.state_at_release, FERRY_RUN_FINISH_MIGRATE);
+    assert_int_equal(sb.fd, -1);
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_POSTMIGRATE);
+    assert_int_equal(db.sets, 1);
+    assert_int_equal(db.releases, 0);
+    assert_true(db.fd >= 0);
+    assert_int_equal(fstat(db.fd, &st_dst), 0);
+    assert_true(st_src.st_ino == st_dst.st_ino && st_src.st_dev == st_dst.st_dev);
+    close(db.fd);
+    ferry__address_free(a);
+    free(uri);
+    side_free(&src);
+    side_free(&dst);
+
+    /* Failed (the destination refuses a section after it adopted the fd): the source keeps its backend. */
+    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, 1 << 20, FERRY_TRACKER_AUTO);
+    dst.dev.fail_load = true;
+    fd = memfd_create("backend", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    tb_register(&src, &sb, fd, true);
+    tb_register(&dst, &db, -1, true);
+    a = migrate_pair(&src, &dst, &uri);
+    assert_string_equal(wait_terminal(src.m, 30000), "failed");
+    assert_string_equal(wait_terminal(dst.m, 30000), "failed");
+    assert_int_equal(sb.releases, 0);
+    assert_int_equal(sb.fd, fd);
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+    close(sb.fd);
+    if (db.fd >= 0) {
+        close(db.fd);
+    }
+    ferry__address_free(a);
+    free(uri);
+    side_free(&src);
+    side_free(&dst);
+
+    /* One way (a pipe): completed, but no acknowledgement, so no release. */
+    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
+    side_init(&dst, 1 << 20, FERRY_TRACKER_AUTO);
+    fd = memfd_create("backend", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    tb_register(&src, &sb, fd, false);
+    tb_register(&dst, &db, -1, false);
+    ferry__runstate_init(dst.m, false, true);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    assert_true(ferry__fdstore_add("release-in", p[0], NULL));
+    assert_true(ferry__fdstore_add("release-out", p[1], NULL));
+    FerryMigrationAddress *in = addr_of("fd:release-in"), *out = addr_of("fd:release-out");
+    assert_true(ferry__migrate_incoming(dst.m, in, false, NULL));
+    assert_true(ferry__migrate(src.m, out, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "completed");
+    assert_string_equal(wait_terminal(dst.m, 30000), "completed");
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_POSTMIGRATE);
+    assert_int_equal(sb.releases, 0);
+    assert_int_equal(sb.fd, fd);
+    assert_int_equal(db.sets, 0);
+    close(sb.fd);
+    ferry__address_free(in);
+    ferry__address_free(out);
+    side_free(&src);
+    side_free(&dst);
+}
+
 /* Restore @path into a fresh destination; returns its final status (the destination stays up). */
 static const char *restore_from(const char *uri, Side *dst, uint64_t size)
 {
@@ -544,7 +690,9 @@ static void test_params(void **state)
         { "{\"max-bandwidth\": \"fast\"}", "Invalid parameter type for 'max-bandwidth', expected: integer" },
         { "{\"max-bandwidth\": 1.5}", "Invalid parameter type" },
         { "{\"no-such\": 1}", "Parameter 'no-such' is unexpected" },
-        { "{\"multifd-channels\": 4}", "not supported by ferry yet" },
+        { "{\"tls-creds\": \"x\"}", "not supported by ferry yet" },
+        { "{\"multifd-channels\": 0}", "Parameter 'multifd-channels' expects an integer in the range of 1 to 255" },
+        { "{\"multifd-compression\": \"qpl\"}", "qpl needs Intel QPL" },
         /* All or nothing: the good member must not be applied when another is bad. */
         { "{\"downtime-limit\": 10, \"max-bandwidth\": -5}", "max-bandwidth" },
     };
@@ -588,7 +736,9 @@ static void test_params(void **state)
         { "{\"max-bandwidth\": \"99999999999999999999\"}", "max-bandwidth" },
         { "{\"max-bandwidth\": {\"a\": \"1\"}}", "expects a single value" },
         { "{\"nope\": \"1\"}", "Parameter 'nope' is unexpected" },
-        { "{\"multifd-channels\": \"4\"}", "not supported by ferry yet" },
+        { "{\"tls-hostname\": \"x\"}", "not supported by ferry yet" },
+        { "{\"multifd-channels\": \"256\"}", "range of 1 to 255" },
+        { "{\"multifd-compression\": \"lz4\"}", "lz4" },
     };
     for (size_t i = 0; i < sizeof(bad_kv) / sizeof(bad_kv[0]); i++) {
         json_t *j = json_loads(bad_kv[i].json, 0, NULL);
@@ -630,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_cancel_while_connecting),
         cmocka_unit_test(test_one_way),
+        cmocka_unit_test(test_backend_release),
         cmocka_unit_test(test_damaged_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

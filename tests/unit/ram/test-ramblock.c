@@ -1,15 +1,20 @@
 /*
  * Unit tests of RAM blocks (ram/ramblock.c): argument checks and size rounding, the public accessors, populate of
  * a whole block or of a clamped page range (pages become present without changing content), discard (memory reads
- * zero again), present_pages after touching some pages, and explicit marks: clamping to the block and marks from
- * several threads at once.
+ * zero again), present_pages after touching some pages, explicit marks (clamping to the block and marks from
+ * several threads at once), and file blocks: all their pages count as present (an unfaulted page of a file reads
+ * as the file), slices at offsets, private and shared mappings, discard, and the refusals of bad files.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -200,6 +205,142 @@ static void test_mark_dirty_clamp(void **state)
     ferry__ram_block_free(b);
 }
 
+/* A temporary file of @npages pages, page i filled with byte (i + 1) except the pages in @zero_every (every
+ * that many pages, 0 = none), which stay zero; the path goes to @path (PATH_MAX). Returns the open fd. */
+static int make_file(char *path, size_t npages, size_t zero_every)
+{
+    size_t ps = ferry_ram_page_size();
+    snprintf(path, PATH_MAX, "/tmp/ferry-test-ramblock-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    uint8_t *page = malloc(ps);
+    assert_non_null(page);
+    for (size_t i = 0; i < npages; i++) {
+        memset(page, zero_every && i % zero_every == 0 ? 0 : (int)(i + 1), ps);
+        assert_int_equal(pwrite(fd, page, ps, (off_t)(i * ps)), (ssize_t)ps);
+    }
+    free(page);
+    return fd;
+}
+
+/* The point of file blocks for an outgoing migration: none of their pages is populated before it is read, yet
+ * every one holds the file's data, so present_pages must report them all (an anonymous block of the same size
+ * reports none, which is what makes the first pass skip never-touched RAM). */
+static void test_file_present_pages(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t n = 40;
+    char path[PATH_MAX];
+    int fd = make_file(path, n, 4);
+    FerryError *err = NULL;
+    FerryRamBlock *f = ferry__ram_block_new_file("file", n * ps, path, 0, false, &err);
+    assert_null(err);
+    assert_non_null(f);
+    assert_true(f->file);
+    assert_false(f->shared);
+    assert_false(ferry_ram_block_shared(f));
+    assert_int_equal(f->fd, -1);
+
+    unsigned long *map = ferry__bitmap_new(n);
+    ferry__ram_block_present_pages(f, map);
+    assert_int_equal(ferry__bitmap_count(map, n), n);
+
+    FerryRamBlock *anon = ferry__ram_block_new("anon", n * ps, NULL);
+    assert_non_null(anon);
+    ferry__bitmap_zero(map, n);
+    ferry__ram_block_present_pages(anon, map);
+    size_t anon_present = ferry__bitmap_count(map, n);
+    assert_true(anon_present == 0 || anon_present == n); /* n only with the no-PAGEMAP_SCAN fallback */
+
+    /* Present and right: the content is the file's, its zero pages are zero (and cheap for zero detection). */
+    for (size_t i = 0; i < n; i++) {
+        if (i % 4 == 0) {
+            assert_true(ferry__buffer_is_zero(f->host + i * ps, ps));
+        } else {
+            assert_int_equal(f->host[i * ps], (uint8_t)(i + 1));
+            assert_int_equal(f->host[i * ps + ps - 1], (uint8_t)(i + 1));
+        }
+    }
+    free(map);
+    ferry__ram_block_free(anon);
+    ferry__ram_block_free(f);
+    close(fd);
+    unlink(path);
+}
+
+/* Slices at an offset, private mappings that never write the file, shared ones that do, and discard. */
+static void test_file_slices_share_discard(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t n = 16;
+    char path[PATH_MAX];
+    int fd = make_file(path, n, 0);
+
+    FerryRamBlock *lo = ferry__ram_block_new_file("lo", 8 * ps, path, 0, false, NULL);
+    FerryRamBlock *hi = ferry__ram_block_new_file("hi", 8 * ps, path, 8 * ps, true, NULL);
+    assert_non_null(lo);
+    assert_non_null(hi);
+    assert_int_equal(lo->host[0], 1);
+    assert_int_equal(hi->host[0], 9); /* page 8 of the file */
+    assert_int_equal(hi->host[7 * ps], 16);
+
+    uint8_t byte = 0;
+    lo->host[3 * ps] = 0xee; /* private: a copy is written */
+    assert_int_equal(pread(fd, &byte, 1, (off_t)(3 * ps)), 1);
+    assert_int_equal(byte, 4);
+    hi->host[2 * ps] = 0xdd; /* shared: the file is written */
+    assert_int_equal(pread(fd, &byte, 1, (off_t)(10 * ps)), 1);
+    assert_int_equal(byte, 0xdd);
+
+    /* Discard keeps its promise (RAM reads as zero) although dropping file pages would bring the file back. */
+    ferry__ram_block_discard(lo);
+    assert_true(ferry__buffer_is_zero(lo->host, lo->size));
+    assert_int_equal(pread(fd, &byte, 1, (off_t)(3 * ps)), 1);
+    assert_int_equal(byte, 4); /* and a private block still never writes the file */
+
+    ferry__ram_block_free(lo);
+    ferry__ram_block_free(hi);
+    close(fd);
+    unlink(path);
+}
+
+static void expect_file_error(const char *path, uint64_t size, uint64_t offset, const char *words)
+{
+    FerryError *err = NULL;
+    assert_null(ferry__ram_block_new_file("bad", size, path, offset, false, &err));
+    assert_non_null(err);
+    if (!strstr(ferry_error_msg(err), words)) {
+        fail_msg("error for %s size %llu offset %llu is '%s', expected it to contain '%s'", path ? path : "NULL",
+                 (unsigned long long)size, (unsigned long long)offset, ferry_error_msg(err), words);
+    }
+    ferry_error_free(err);
+}
+
+static void test_file_errors(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    char path[PATH_MAX];
+    int fd = make_file(path, 4, 0);
+
+    expect_file_error(NULL, ps, 0, "mem-path is required");
+    expect_file_error("", ps, 0, "mem-path is required");
+    expect_file_error(path, 5 * ps, 0, "too small");
+    expect_file_error(path, 2 * ps, 3 * ps, "too small");
+    expect_file_error(path, ps, 100 * ps, "too small");
+    expect_file_error(path, 3 * ps + 1, ps, "too small"); /* rounded up to 4 pages, only 3 left */
+    expect_file_error(path, ps, 100, "not a multiple");
+    expect_file_error("/tmp", ps, 0, "not a regular file");
+    expect_file_error("/nonexistent/ferry-file", ps, 0, "opening /nonexistent/ferry-file");
+    expect_file_error(path, 0, 0, "must not be zero");
+
+    /* Exactly the file's size is fine. */
+    FerryRamBlock *b = ferry__ram_block_new_file("whole", 4 * ps, path, 0, false, NULL);
+    assert_non_null(b);
+    ferry__ram_block_free(b);
+    close(fd);
+    unlink(path);
+}
+
 #define MARK_THREADS 4
 #define MARK_PAGES 4096
 
@@ -250,6 +391,9 @@ int main(void)
         cmocka_unit_test(test_populate_range),
         cmocka_unit_test(test_mark_dirty_clamp),
         cmocka_unit_test(test_mark_dirty_threads),
+        cmocka_unit_test(test_file_present_pages),
+        cmocka_unit_test(test_file_slices_share_discard),
+        cmocka_unit_test(test_file_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,973 @@
+/*
+ * ferry-workload's network device: the -netdev tap / -device virtio-net options, the TAP backend (attached by name
+ * through /dev/net/tun, or adopted from a migration source with backend-transfer), the device thread that answers
+ * ARP and ICMP echo on it (the frames themselves are netframe.c's), its "virtio-net" state section and the
+ * "virtio-net-tap" backend it registers with libferry. It uses only the public API.
+ *
+ * Who touches the TAP: only the device thread while the device runs; only the engine's callbacks (get_fd, set_fd,
+ * release) and start-up code while it is parked. net_dev_stop does not return before the thread is parked, and
+ * the thread parks only between two frames, so a stopped device has no frame half handled and the engine sees
+ * the TAP and the counters at rest. The fd changes only with nd->lock held: by the thread itself (attaching a
+ * TAP, dropping a failed one) or by others while it is parked.
+ *
+ * The TAP across a migration (docs/local-migration.md has the reasons):
+ *   - backend-transfer on: the source passes its fd during switchover; the destination verifies it (TUNGETIFF:
+ *     a TAP, plain Ethernet frames, the same ifname) and reads from that very open file: frames that arrived
+ *     while the device was stopped wait in the TAP's queue in the kernel and are answered by the destination.
+ *   - backend-transfer off: the destination attaches the TAP by name when it first runs. A TAP without multi_queue
+ *     takes one process at a time, so the source lets go of it (release) as soon as the destination has
+ *     acknowledged, and the destination retries while the TAP is still busy (EBUSY). A multi_queue TAP is attached
+ *     as one more queue, which needs no wait. The TAP must outlive the source's fd: a persistent one (ip tuntap
+ *     add), as with QEMU.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include "net.h"
+
+#define TUN_PATH "/dev/net/tun"
+#define BACKEND_KIND "virtio-net-tap"
+/* QEMU's default MAC for the first NIC. */
+static const uint8_t default_mac[NET_ETH_ALEN] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
+/*
+ * backend-transfer off: how long a device that starts without a TAP keeps trying to attach one that is busy, and
+ * how often. The source lets go of it right after the destination acknowledged, which is well under a
+ * millisecond before the destination starts on this machine; the bound only keeps a TAP held by some other
+ * program from being polled forever.
+ */
+#define OPEN_RETRY_MS 5000
+#define OPEN_RETRY_INTERVAL_MS 2
+
+struct NetDev {
+    NetConfig cfg;
+    unsigned index;
+    FerryMigration *m;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    bool thread_started;
+    int wake_fd;                /* eventfd: stop and quit interrupt the thread's poll() */
+    bool run, quit;
+    bool parked;                /* the thread waits and touches neither the TAP nor the state */
+
+    int fd;                     /* the TAP, -1 when the device has none */
+    bool multi_queue;           /* the TAP's flags when it was attached or adopted */
+    bool attach_pending;        /* started without a TAP: attach one by name... */
+    int64_t attach_deadline_ms; /* ... retrying until then while it is busy */
+    char error[256];            /* why the device has no TAP ("" when that is not an error) */
+
+    uint8_t *frame, *reply;     /* NET_FRAME_MAX bytes each, the thread's */
+
+    /* Device state: written by the thread while it runs, read by anyone (query-netdev), replaced by a load only
+     * while it is parked. */
+    _Atomic uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, arp_replies, echo_replies, dropped, tx_errors;
+    /* Not migrated: what this process did with /dev/net/tun, for query-netdev and the tests. */
+    _Atomic uint64_t opens, adoptions;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- Command line ---- */
+
+/* Split "key=value,..." at the first ','; copies the pair into @buf. Returns the rest, or NULL at the end. A
+ * pair longer than @bufsize is reported rather than cut, so that a long value is never half read. */
+static bool next_pair(const char **rest, char *buf, size_t bufsize, const char **key, const char **value,
+                      const char *opt, FerryError **errp)
+{
+    const char *s = *rest;
+    const char *end = strchr(s, ',');
+    size_t len = end ? (size_t)(end - s) : strlen(s);
+
+    if (len >= bufsize) {
+        ferry_error_setg(errp, "%s: '%.*s...' is too long", opt, 32, s);
+        return false;
+    }
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    *key = buf;
+    *value = NULL;
+    char *eq = strchr(buf, '=');
+    if (eq) {
+        *eq = '\0';
+        *value = eq + 1;
+    }
+    *rest = end ? end + 1 : NULL;
+    return true;
+}
+
+/* An id QEMU would take: a letter, then letters, digits, '-', '.', '_'. It names the backend in the stream too. */
+static bool valid_id(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len == 0 || len > NET_ID_MAX || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'))) {
+        return false;
+    }
+    for (const char *c = s; *c; c++) {
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' ||
+              *c == '.' || *c == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A Linux interface name that names one interface: the destination attaches it by this name, so a template the
+ * kernel fills in ("tap%d") cannot be used. */
+static bool valid_ifname(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len == 0 || len >= NET_IFNAME_SIZE || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+        return false;
+    }
+    for (const char *c = s; *c; c++) {
+        if (*c <= ' ' || *c == '/' || *c == ':' || *c == '%' || *c == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool net_parse_netdev(NetSetup *setup, const char *arg, FerryError **errp)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = arg;
+    NetConfig c = { 0 };
+
+    if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-netdev", errp)) {
+        return false;
+    }
+    if (value || strcmp(key, "tap") != 0) {
+        ferry_error_setg(errp, "-netdev: unknown backend type '%s' (only tap)", key);
+        return false;
+    }
+    while (rest && *rest) {
+        if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-netdev tap", errp)) {
+            return false;
+        }
+        if (!value) {
+            ferry_error_setg(errp, "-netdev tap: '%s' needs a value (key=value)", key);
+            return false;
+        }
+        if (strcmp(key, "id") == 0) {
+            if (!valid_id(value)) {
+                ferry_error_setg(errp, "-netdev tap: bad id '%s' (a letter, then letters, digits, '-', '.' or '_'; "
+                                 "at most %d)", value, NET_ID_MAX);
+                return false;
+            }
+            strcpy(c.id, value);
+        } else if (strcmp(key, "ifname") == 0) {
+            if (!valid_ifname(value)) {
+                ferry_error_setg(errp, "-netdev tap: bad ifname '%s' (an interface name of 1 to %d bytes without "
+                                 "spaces, '/', ':' or '%%')", value, NET_IFNAME_SIZE - 1);
+                return false;
+            }
+            strcpy(c.ifname, value);
+        } else if (strcmp(key, "script") == 0 || strcmp(key, "downscript") == 0) {
+            /* QEMU runs /etc/qemu-ifup by default; ferry-workload runs no scripts, so it must be told "no". */
+            if (strcmp(value, "no") != 0) {
+                ferry_error_setg(errp, "-netdev tap: %s=%s is not supported (ferry-workload runs no scripts: give "
+                                 "%s=no and configure the TAP beforehand)", key, value, key);
+                return false;
+            }
+        } else {
+            ferry_error_setg(errp, "-netdev tap: unknown property '%s' (id, ifname, script, downscript)", key);
+            return false;
+        }
+    }
+    if (!c.id[0]) {
+        ferry_error_setg(errp, "-netdev tap: id= is required");
+        return false;
+    }
+    if (!c.ifname[0]) {
+        ferry_error_setg(errp, "-netdev tap,id=%s: ifname= is required (the destination of a migration attaches "
+                         "the TAP by its name)", c.id);
+        return false;
+    }
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (strcmp(setup->cfg[i].id, c.id) == 0) {
+            ferry_error_setg(errp, "-netdev tap: duplicate id '%s'", c.id);
+            return false;
+        }
+        if (strcmp(setup->cfg[i].ifname, c.ifname) == 0) {
+            ferry_error_setg(errp, "-netdev tap: ifname '%s' is used by netdev '%s' already", c.ifname,
+                             setup->cfg[i].id);
+            return false;
+        }
+    }
+    if (setup->n == NET_MAX_DEVICES) {
+        ferry_error_setg(errp, "-netdev: at most %d netdevs", NET_MAX_DEVICES);
+        return false;
+    }
+    setup->cfg[setup->n++] = c;
+    return true;
+}
+
+bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = arg;
+    char netdev[NET_ID_MAX + 1] = "", id[NET_ID_MAX + 1] = "";
+    uint8_t mac[NET_ETH_ALEN], ip[4];
+    bool has_mac = false, has_ip = false;
+
+    if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device", errp)) {
+        return false;
+    }
+    /* QEMU's names for the same model on its transports; there is no bus here. */
+    if (value || (strcmp(key, "virtio-net") != 0 && strcmp(key, "virtio-net-pci") != 0 &&
+                  strcmp(key, "virtio-net-device") != 0)) {
+        ferry_error_setg(errp, "-device: unknown device '%s' (only virtio-net, virtio-net-pci, virtio-net-device)",
+                         key);
+        return false;
+    }
+    while (rest && *rest) {
+        if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device virtio-net", errp)) {
+            return false;
+        }
+        if (!value) {
+            ferry_error_setg(errp, "-device virtio-net: '%s' needs a value (key=value)", key);
+            return false;
+        }
+        if (strcmp(key, "netdev") == 0) {
+            if (!valid_id(value)) {
+                ferry_error_setg(errp, "-device virtio-net: bad netdev id '%s'", value);
+                return false;
+            }
+            strcpy(netdev, value);
+        } else if (strcmp(key, "id") == 0) {
+            if (!valid_id(value)) {
+                ferry_error_setg(errp, "-device virtio-net: bad id '%s'", value);
+                return false;
+            }
+            strcpy(id, value);
+        } else if (strcmp(key, "mac") == 0) {
+            if (!net_parse_mac(value, mac)) {
+                ferry_error_setg(errp, "-device virtio-net: mac '%s' is not a MAC address (six hex pairs: "
+                                 "52:54:00:12:34:56)", value);
+                return false;
+            }
+            if (mac[0] & 1) {
+                ferry_error_setg(errp, "-device virtio-net: mac '%s' is a multicast address (the first byte must "
+                                 "be even)", value);
+                return false;
+            }
+            has_mac = true;
+        } else if (strcmp(key, "ip") == 0) {
+            if (!net_parse_ipv4(value, ip)) {
+                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not an IPv4 address (A.B.C.D)", value);
+                return false;
+            }
+            if (ip[0] == 0 || ip[0] == 127 || ip[0] >= 224) {
+                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not a unicast host address", value);
+                return false;
+            }
+            has_ip = true;
+        } else {
+            ferry_error_setg(errp, "-device virtio-net: unknown property '%s' (netdev, mac, ip, id)", key);
+            return false;
+        }
+    }
+    if (!netdev[0]) {
+        ferry_error_setg(errp, "-device virtio-net: netdev= is required");
+        return false;
+    }
+    /* The workload has no guest OS to configure an address, so the device must be told its own. */
+    if (!has_ip) {
+        ferry_error_setg(errp, "-device virtio-net,netdev=%s: ip= is required (the workload has no guest OS: the "
+                         "device answers ARP and ping for this IPv4 address)", netdev);
+        return false;
+    }
+    NetConfig *c = NULL;
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (strcmp(setup->cfg[i].id, netdev) == 0) {
+            c = &setup->cfg[i];
+        }
+    }
+    if (!c) {
+        ferry_error_setg(errp, "-device virtio-net: netdev '%s' not found (give -netdev tap,id=%s,... first)",
+                         netdev, netdev);
+        return false;
+    }
+    if (c->has_device) {
+        ferry_error_setg(errp, "-device virtio-net: netdev '%s' is used by another device already", netdev);
+        return false;
+    }
+    c->has_device = true;
+    strcpy(c->device_id, id);
+    memcpy(c->ident.mac, has_mac ? mac : default_mac, NET_ETH_ALEN);
+    memcpy(c->ident.ip, ip, 4);
+    return true;
+}
+
+bool net_setup_check(const NetSetup *setup, FerryError **errp)
+{
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (!setup->cfg[i].has_device) {
+            ferry_error_setg(errp, "-netdev tap,id=%s is not used: add -device virtio-net,netdev=%s,ip=A.B.C.D",
+                             setup->cfg[i].id, setup->cfg[i].id);
+            return false;
+        }
+        for (unsigned j = 0; j < i; j++) {
+            if (memcmp(setup->cfg[i].ident.mac, setup->cfg[j].ident.mac, NET_ETH_ALEN) == 0) {
+                ferry_error_setg(errp, "-device virtio-net: netdevs '%s' and '%s' have the same mac (give mac=)",
+                                 setup->cfg[j].id, setup->cfg[i].id);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+/* ---- The TAP ---- */
+
+/* Whether /dev/net/tun is there to be opened: checked at start-up so that a missing TUN/TAP driver is an error
+ * then, not when the destination first runs. */
+static bool tun_available(FerryError **errp)
+{
+    struct stat st;
+
+    if (stat(TUN_PATH, &st) < 0) {
+        ferry_error_setg_errno(errp, errno, TUN_PATH " is missing (no TUN/TAP support: load the tun module, or "
+                               "create the device node with mknod " TUN_PATH " c 10 200)");
+        return false;
+    }
+    if (!S_ISCHR(st.st_mode)) {
+        ferry_error_setg(errp, TUN_PATH " is not a character device");
+        return false;
+    }
+    return true;
+}
+
+/* TUNSETIFF for a TAP of plain Ethernet frames; 0 or the errno. */
+static int set_iff(int fd, const char *ifname, bool multi_queue)
+{
+    struct ifreq ifr;
+
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (multi_queue ? IFF_MULTI_QUEUE : 0);
+    return ioctl(fd, TUNSETIFF, &ifr) < 0 ? errno : 0;
+}
+
+/* Attach the TAP @ifname (creating it if there is none: the kernel does that, as for QEMU). Returns its fd
+ * (close-on-exec, non-blocking), or -1 with *errp set and *busy telling whether another process holds it. */
+static int tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError **errp)
+{
+    int fd = open(TUN_PATH, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    int err;
+
+    *busy = false;
+    *multi_queue = false;
+    if (fd < 0) {
+        err = errno;
+        ferry_error_setg_errno(errp, err, "opening " TUN_PATH "%s",
+                               err == ENOENT || err == ENODEV || err == ENXIO ? " (no TUN/TAP support: load the tun "
+                                                                               "module)" : "");
+        return -1;
+    }
+    err = set_iff(fd, ifname, false);
+    if (err == EINVAL) {
+        /* A TAP created with multi_queue (ip tuntap add NAME mode tap multi_queue) refuses an attach without
+         * IFF_MULTI_QUEUE ("flags mismatch"): attach as one more of its queues. That is also what lets a
+         * destination attach it while the source still holds its own queue. A failed TUNSETIFF leaves the file
+         * unattached, so it can be tried again. */
+        err = set_iff(fd, ifname, true);
+        *multi_queue = err == 0;
+        if (err == EINVAL) {
+            close(fd);
+            ferry_error_setg(errp, "attaching TAP '%s': the interface exists and is not a TAP device", ifname);
+            return -1;
+        }
+    }
+    if (err) {
+        close(fd);
+        *busy = err == EBUSY;
+        if (err == EBUSY) {
+            ferry_error_setg(errp, "attaching TAP '%s': it is busy (another process has it attached, and a TAP "
+                             "without multi_queue takes one at a time)", ifname);
+        } else if (err == EPERM) {
+            ferry_error_setg_errno(errp, err, "attaching TAP '%s' (creating a TAP, or attaching one whose owner "
+                                   "is another user, needs CAP_NET_ADMIN)", ifname);
+        } else {
+            ferry_error_setg_errno(errp, err, "attaching TAP '%s'", ifname);
+        }
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * Whether @fd, received from a migration source, is what this device would have attached itself: an attached
+ * TUN/TAP file, a TAP (Ethernet frames), frames without packet information or vnet header (the format the device
+ * reads), and the interface this netdev names. The device uses it as it is, so anything else is refused.
+ */
+static bool tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **errp)
+{
+    struct ifreq ifr;
+
+    memset(&ifr, 0, sizeof(ifr));
+    if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+        int err = errno;
+
+        if (err == EBADFD) {
+            ferry_error_setg(errp, "the received fd is a " TUN_PATH " file not attached to any interface");
+        } else {
+            ferry_error_setg_errno(errp, err, "the received fd is not a TAP (TUNGETIFF)");
+        }
+        return false;
+    }
+    ifr.ifr_name[sizeof(ifr.ifr_name) - 1] = '\0';
+    if (!(ifr.ifr_flags & IFF_TAP)) {
+        ferry_error_setg(errp, "the received fd is TUN device '%s' (IP packets), not a TAP", ifr.ifr_name);
+        return false;
+    }
+    if (!(ifr.ifr_flags & IFF_NO_PI) || (ifr.ifr_flags & IFF_VNET_HDR)) {
+        ferry_error_setg(errp, "the received TAP '%s' has flags 0x%x: this device reads plain Ethernet frames "
+                         "(IFF_NO_PI, no vnet header)", ifr.ifr_name, (unsigned)(uint16_t)ifr.ifr_flags);
+        return false;
+    }
+    if (strcmp(ifr.ifr_name, ifname) != 0) {
+        ferry_error_setg(errp, "the received fd is TAP '%s', but this netdev has ifname=%s", ifr.ifr_name, ifname);
+        return false;
+    }
+    *multi_queue = ifr.ifr_flags & IFF_MULTI_QUEUE;
+    return true;
+}
+
+static void set_error(NetDev *nd, const FerryError *err)
+{
+    snprintf(nd->error, sizeof(nd->error), "%s", ferry_error_msg(err));
+    fprintf(stderr, "ferry-workload: netdev %s: %s\n", nd->cfg.id, nd->error);
+}
+
+/* Attach by name, with nd->lock held and the device not handling frames. */
+static bool attach_locked(NetDev *nd, bool *busy, FerryError **errp)
+{
+    bool mq;
+    int fd = tap_attach(nd->cfg.ifname, &mq, busy, errp);
+
+    if (fd < 0) {
+        return false;
+    }
+    nd->fd = fd;
+    nd->multi_queue = mq;
+    nd->attach_pending = false;
+    nd->error[0] = '\0';
+    atomic_fetch_add(&nd->opens, 1);
+    return true;
+}
+
+/* ---- The device thread ---- */
+
+static void count_tx(NetDev *nd, ssize_t n, size_t len)
+{
+    if (n == (ssize_t)len) {
+        atomic_fetch_add_explicit(&nd->tx_frames, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&nd->tx_bytes, len, memory_order_relaxed);
+    } else {
+        atomic_fetch_add_explicit(&nd->tx_errors, 1, memory_order_relaxed);
+    }
+}
+
+/*
+ * Wait for one frame or a wake-up, and handle the frame. Returns false if the TAP failed for good (its
+ * interface was deleted, ...): the caller drops it. The counters of a frame are updated before the thread can
+ * park again, so a stopped device's state covers every frame it read.
+ */
+static bool serve_one(NetDev *nd, int fd)
+{
+    struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = nd->wake_fd, .events = POLLIN } };
+
+    if (poll(p, 2, -1) < 0) {
+        return true; /* EINTR: the caller looks at the state again */
+    }
+    if (p[1].revents & POLLIN) {
+        uint64_t v;
+
+        /* The wake-up is for the caller to see (stop, quit); draining it here keeps a stale one from ending
+         * the next wait early. It can only fail with EAGAIN, when another wake-up drained it already. */
+        (void)!read(nd->wake_fd, &v, sizeof(v));
+        return true;
+    }
+    if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP))) {
+        return true;
+    }
+    ssize_t n = read(fd, nd->frame, NET_FRAME_MAX);
+    if (n < 0) {
+        int err = errno;
+
+        if (err == EAGAIN || err == EINTR) {
+            return true;
+        }
+        FerryError *e = NULL;
+        ferry_error_setg_errno(&e, err, "reading from TAP '%s'", nd->cfg.ifname);
+        pthread_mutex_lock(&nd->lock);
+        set_error(nd, e);
+        pthread_mutex_unlock(&nd->lock);
+        ferry_error_free(e);
+        return false;
+    }
+    atomic_fetch_add_explicit(&nd->rx_frames, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&nd->rx_bytes, (uint64_t)n, memory_order_relaxed);
+
+    size_t reply_len;
+    const char *why;
+    NetFrameKind kind = net_frame_answer(&nd->cfg.ident, nd->frame, (size_t)n, nd->reply, NET_FRAME_MAX,
+                                         &reply_len, &why);
+    switch (kind) {
+    case NET_FRAME_ARP_REPLY:
+        atomic_fetch_add_explicit(&nd->arp_replies, 1, memory_order_relaxed);
+        count_tx(nd, write(fd, nd->reply, reply_len), reply_len);
+        break;
+    case NET_FRAME_ECHO_REPLY:
+        atomic_fetch_add_explicit(&nd->echo_replies, 1, memory_order_relaxed);
+        count_tx(nd, write(fd, nd->reply, reply_len), reply_len);
+        break;
+    case NET_FRAME_DROP:
+        atomic_fetch_add_explicit(&nd->dropped, 1, memory_order_relaxed);
+        break;
+    }
+    return true;
+}
+
+/* Caller holds nd->lock: wait as parked (touching nothing) until signalled or @deadline_ms (0: no deadline). */
+static void park_wait(NetDev *nd, int64_t deadline_ms)
+{
+    nd->parked = true;
+    pthread_cond_broadcast(&nd->cond);
+    if (!deadline_ms) {
+        pthread_cond_wait(&nd->cond, &nd->lock);
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t left = deadline_ms - now_ms();
+    if (left > 0) {
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&nd->cond, &nd->lock, &ts);
+    }
+}
+
+static void *net_thread(void *arg)
+{
+    NetDev *nd = arg;
+
+    pthread_mutex_lock(&nd->lock);
+    while (!nd->quit) {
+        if (!nd->run || (nd->fd < 0 && !nd->attach_pending)) {
+            park_wait(nd, 0);
+            continue;
+        }
+        nd->parked = false;
+        if (nd->fd < 0) {
+            /* Running without a TAP: no fd came with the migration (or this process let go of it), so attach
+             * it by name. While the source still holds a TAP without multi_queue, that is EBUSY for a moment. */
+            FerryError *err = NULL;
+            bool busy;
+
+            if (!attach_locked(nd, &busy, &err)) {
+                if (busy && now_ms() < nd->attach_deadline_ms) {
+                    ferry_error_free(err);
+                    park_wait(nd, now_ms() + OPEN_RETRY_INTERVAL_MS);
+                    continue;
+                }
+                /* No link until the next start tries again. */
+                set_error(nd, err);
+                ferry_error_free(err);
+                nd->attach_pending = false;
+            }
+            continue;
+        }
+        int fd = nd->fd;
+        pthread_mutex_unlock(&nd->lock);
+        bool ok = serve_one(nd, fd);
+        pthread_mutex_lock(&nd->lock);
+        if (!ok && nd->fd == fd) {
+            /* The TAP is gone (its interface was deleted, ...): no link until the next start attaches one. */
+            close(fd);
+            nd->fd = -1;
+        }
+    }
+    nd->parked = true;
+    pthread_cond_broadcast(&nd->cond);
+    pthread_mutex_unlock(&nd->lock);
+    return NULL;
+}
+
+static void wake(NetDev *nd)
+{
+    uint64_t one = 1;
+
+    /* An eventfd counter only fails to take 1 when it is near 2^64: it is readable then anyway. */
+    (void)!write(nd->wake_fd, &one, sizeof(one));
+}
+
+void net_dev_stop(NetDev *nd)
+{
+    pthread_mutex_lock(&nd->lock);
+    nd->run = false;
+    wake(nd);
+    while (nd->thread_started && !nd->parked) {
+        pthread_cond_wait(&nd->cond, &nd->lock);
+    }
+    pthread_mutex_unlock(&nd->lock);
+}
+
+void net_dev_start(NetDev *nd)
+{
+    pthread_mutex_lock(&nd->lock);
+    nd->run = true;
+    /* A device that starts without a TAP attaches one by name: a destination to which no fd came, or a source
+     * resumed after it let go of its TAP, or one whose TAP failed. */
+    if (nd->fd < 0) {
+        nd->attach_pending = true;
+        nd->attach_deadline_ms = now_ms() + OPEN_RETRY_MS;
+    }
+    pthread_cond_broadcast(&nd->cond);
+    pthread_mutex_unlock(&nd->lock);
+}
+
+bool net_dev_start_thread(NetDev *nd, FerryError **errp)
+{
+    int err = pthread_create(&nd->thread, NULL, net_thread, nd);
+
+    if (err) {
+        ferry_error_setg_errno(errp, err, "creating the thread of netdev %s", nd->cfg.id);
+        return false;
+    }
+    pthread_mutex_lock(&nd->lock);
+    nd->thread_started = true;
+    while (!nd->parked) {
+        pthread_cond_wait(&nd->cond, &nd->lock);
+    }
+    pthread_mutex_unlock(&nd->lock);
+    return true;
+}
+
+void net_dev_stop_thread(NetDev *nd)
+{
+    bool join;
+
+    if (!nd) {
+        return;
+    }
+    pthread_mutex_lock(&nd->lock);
+    nd->quit = true;
+    wake(nd);
+    pthread_cond_broadcast(&nd->cond);
+    join = nd->thread_started;
+    pthread_mutex_unlock(&nd->lock);
+    if (join) {
+        pthread_join(nd->thread, NULL);
+    }
+    /* Forgotten once joined, so that a second call does not join again; stop returns at once from now on. */
+    pthread_mutex_lock(&nd->lock);
+    nd->thread_started = false;
+    nd->parked = true;
+    pthread_mutex_unlock(&nd->lock);
+}
+
+/* ---- Backend (include/ferry/backend.h) ---- */
+
+static int backend_get_fd(void *opaque)
+{
+    NetDev *nd = opaque;
+
+    pthread_mutex_lock(&nd->lock);
+    int fd = nd->fd;
+    pthread_mutex_unlock(&nd->lock);
+    return fd;
+}
+
+static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
+{
+    NetDev *nd = opaque;
+    bool mq;
+    bool ok = false;
+
+    pthread_mutex_lock(&nd->lock);
+    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
+    if (nd->run) {
+        ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", nd->cfg.id);
+    } else if (tap_verify(fd, nd->cfg.ifname, &mq, errp)) {
+        /* A second incoming migration (after a failed one) brings the fd again: the previous one goes. */
+        if (nd->fd >= 0) {
+            close(nd->fd);
+        }
+        nd->fd = fd;
+        nd->multi_queue = mq;
+        nd->error[0] = '\0';
+        atomic_fetch_add(&nd->adoptions, 1);
+        ok = true;
+    }
+    pthread_mutex_unlock(&nd->lock);
+    return ok;
+}
+
+static void backend_release(void *opaque)
+{
+    NetDev *nd = opaque;
+
+    /* The destination runs the device now (the workload here is stopped, the thread parked). Should this process
+     * be resumed anyway ("cont"), it attaches the TAP by name again, which fails while the destination holds a
+     * TAP without multi_queue: two devices must not serve one address. */
+    pthread_mutex_lock(&nd->lock);
+    if (nd->fd >= 0) {
+        close(nd->fd);
+        nd->fd = -1;
+    }
+    pthread_mutex_unlock(&nd->lock);
+}
+
+static const FerryBackendOps backend_ops = {
+    .get_fd = backend_get_fd,
+    .set_fd = backend_set_fd,
+    .release = backend_release,
+};
+
+/* ---- Device state ---- */
+
+typedef struct NetState {
+    uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, arp_replies, echo_replies, dropped, tx_errors;
+} NetState;
+
+static bool visit_identity(NetDev *nd, FerryVisitor *v, bool load, FerryError **errp)
+{
+    char *netdev = strdup(nd->cfg.id), *ifname = strdup(nd->cfg.ifname);
+    uint8_t mac[NET_ETH_ALEN], ip[4];
+    char a[18], b[18];
+    bool ok = false;
+
+    memcpy(mac, nd->cfg.ident.mac, sizeof(mac));
+    memcpy(ip, nd->cfg.ident.ip, sizeof(ip));
+    if (!netdev || !ifname) {
+        ferry_error_setg(errp, "out of memory");
+        goto out;
+    }
+    if (!ferry_visit_str(v, "netdev", &netdev, errp)) {
+        goto out;
+    }
+    if (load && strcmp(netdev, nd->cfg.id) != 0) {
+        ferry_error_setg(errp, "incoming virtio-net state %u is for netdev '%s', this device uses netdev '%s'",
+                         nd->index, netdev, nd->cfg.id);
+        goto out;
+    }
+    /* The TAP's name is the host's business (a destination may use another TAP without backend-transfer): it is
+     * sent for people and tools reading the stream, and not checked. */
+    ferry_visit_attrs(v, FERRY_FIELD_SKIPPABLE | FERRY_FIELD_DEFAULT);
+    if (!ferry_visit_str(v, "ifname", &ifname, errp) || !ferry_visit_bytes(v, "mac", mac, sizeof(mac), errp)) {
+        goto out;
+    }
+    if (load && memcmp(mac, nd->cfg.ident.mac, sizeof(mac)) != 0) {
+        net_format_mac(mac, a);
+        net_format_mac(nd->cfg.ident.mac, b);
+        ferry_error_setg(errp, "incoming virtio-net state for netdev %s has mac %s, this device has mac=%s",
+                         nd->cfg.id, a, b);
+        goto out;
+    }
+    if (!ferry_visit_bytes(v, "ip", ip, sizeof(ip), errp)) {
+        goto out;
+    }
+    if (load && memcmp(ip, nd->cfg.ident.ip, sizeof(ip)) != 0) {
+        net_format_ipv4(ip, a);
+        net_format_ipv4(nd->cfg.ident.ip, b);
+        ferry_error_setg(errp, "incoming virtio-net state for netdev %s has ip %s, this device has ip=%s",
+                         nd->cfg.id, a, b);
+        goto out;
+    }
+    ok = true;
+out:
+    free(netdev);
+    free(ifname);
+    return ok;
+}
+
+/*
+ * The section: identity, then the counters. The device has no virtqueues (there is no guest) and no frame in
+ * flight when it is stopped, so the counters are its whole position; the TAP's own queue stays in the kernel and
+ * moves with the fd.
+ */
+static bool net_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp)
+{
+    NetDev *nd = opaque;
+    bool load = ferry_visitor_kind(v) == FERRY_VISITOR_INPUT;
+    NetState st = { 0 };
+
+    if (load && version != 1) {
+        ferry_error_setg(errp, "virtio-net state version %" PRIu32 " is not supported (this program reads "
+                         "version 1)", version);
+        return false;
+    }
+    if (!load) {
+        st = (NetState){ atomic_load(&nd->rx_frames),    atomic_load(&nd->rx_bytes),
+                         atomic_load(&nd->tx_frames),    atomic_load(&nd->tx_bytes),
+                         atomic_load(&nd->arp_replies),  atomic_load(&nd->echo_replies),
+                         atomic_load(&nd->dropped),      atomic_load(&nd->tx_errors) };
+    }
+    if (!ferry_visit_start_struct(v, "virtio-net", errp) || !visit_identity(nd, v, load, errp) ||
+        !ferry_visit_u64(v, "rx-frames", &st.rx_frames, errp) ||
+        !ferry_visit_u64(v, "rx-bytes", &st.rx_bytes, errp) ||
+        !ferry_visit_u64(v, "tx-frames", &st.tx_frames, errp) ||
+        !ferry_visit_u64(v, "tx-bytes", &st.tx_bytes, errp) ||
+        !ferry_visit_u64(v, "arp-replies", &st.arp_replies, errp) ||
+        !ferry_visit_u64(v, "echo-replies", &st.echo_replies, errp) ||
+        !ferry_visit_u64(v, "dropped", &st.dropped, errp) ||
+        !ferry_visit_u64(v, "tx-errors", &st.tx_errors, errp) || !ferry_visit_end_struct(v, errp)) {
+        return false;
+    }
+    if (load) {
+        /* Sections load only after the whole stream was checked, and with the device never run: apply. */
+        atomic_store(&nd->rx_frames, st.rx_frames);
+        atomic_store(&nd->rx_bytes, st.rx_bytes);
+        atomic_store(&nd->tx_frames, st.tx_frames);
+        atomic_store(&nd->tx_bytes, st.tx_bytes);
+        atomic_store(&nd->arp_replies, st.arp_replies);
+        atomic_store(&nd->echo_replies, st.echo_replies);
+        atomic_store(&nd->dropped, st.dropped);
+        atomic_store(&nd->tx_errors, st.tx_errors);
+    }
+    return true;
+}
+
+/* ---- Life cycle ---- */
+
+NetDev *net_dev_new(const NetConfig *cfg, unsigned index, FerryMigration *m, FerryError **errp)
+{
+    NetDev *nd = calloc(1, sizeof(*nd));
+
+    if (!nd) {
+        ferry_error_setg(errp, "out of memory");
+        return NULL;
+    }
+    nd->cfg = *cfg;
+    nd->index = index;
+    nd->m = m;
+    nd->fd = -1;
+    nd->wake_fd = -1;
+    pthread_mutex_init(&nd->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&nd->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    nd->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    nd->frame = malloc(NET_FRAME_MAX);
+    nd->reply = malloc(NET_FRAME_MAX);
+    if (nd->wake_fd < 0 || !nd->frame || !nd->reply) {
+        ferry_error_setg_errno(errp, nd->wake_fd < 0 ? errno : ENOMEM, "creating netdev %s", cfg->id);
+        net_dev_free(nd);
+        return NULL;
+    }
+    return nd;
+}
+
+bool net_dev_register(NetDev *nd, FerryError **errp)
+{
+    if (!ferry_migration_register_section(nd->m, "virtio-net", nd->index, 1, net_section, nd, errp) ||
+        !ferry_migration_register_backend(nd->m, BACKEND_KIND, nd->cfg.id, &backend_ops, nd, errp)) {
+        ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
+        return false;
+    }
+    return true;
+}
+
+bool net_dev_init_backend(NetDev *nd, bool incoming, FerryError **errp)
+{
+    bool busy, ok = true;
+
+    if (!tun_available(errp)) {
+        ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
+        return false;
+    }
+    /* A destination waits: see net.h. Whether backend-transfer is on does not matter here (-incoming config:
+     * applies it only later, and a source may have it off anyway): the device learns it from set_fd. */
+    if (!incoming) {
+        pthread_mutex_lock(&nd->lock);
+        ok = attach_locked(nd, &busy, errp);
+        pthread_mutex_unlock(&nd->lock);
+    }
+    if (!ok) {
+        ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
+    }
+    return ok;
+}
+
+void net_dev_free(NetDev *nd)
+{
+    if (!nd) {
+        return;
+    }
+    net_dev_stop_thread(nd);
+    if (nd->fd >= 0) {
+        close(nd->fd);
+    }
+    if (nd->wake_fd >= 0) {
+        close(nd->wake_fd);
+    }
+    free(nd->frame);
+    free(nd->reply);
+    pthread_cond_destroy(&nd->cond);
+    pthread_mutex_destroy(&nd->lock);
+    free(nd);
+}
+
+json_t *net_dev_query(NetDev *nd)
+{
+    char mac[18], ip[16];
+
+    net_format_mac(nd->cfg.ident.mac, mac);
+    net_format_ipv4(nd->cfg.ident.ip, ip);
+    pthread_mutex_lock(&nd->lock);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:i, s:b, s:I, s:I}", "id", nd->cfg.id, "type",
+                          "tap", "ifname", nd->cfg.ifname, "model", "virtio-net", "mac", mac, "ip", ip, "attached",
+                          nd->fd >= 0, "fd", nd->fd, "multi-queue", nd->fd >= 0 && nd->multi_queue, "opens",
+                          (json_int_t)atomic_load(&nd->opens), "adopted", (json_int_t)atomic_load(&nd->adoptions));
+    if (o && nd->cfg.device_id[0]) {
+        json_object_set_new(o, "device", json_string(nd->cfg.device_id));
+    }
+    if (o && nd->error[0]) {
+        json_object_set_new(o, "error", json_string(nd->error));
+    }
+    pthread_mutex_unlock(&nd->lock);
+    if (!o) {
+        return NULL;
+    }
+    static const char *const names[] = { "rx-frames", "rx-bytes", "tx-frames", "tx-bytes", "arp-replies",
+                                         "echo-replies", "dropped", "tx-errors" };
+    _Atomic uint64_t *const vals[] = { &nd->rx_frames, &nd->rx_bytes, &nd->tx_frames, &nd->tx_bytes,
+                                       &nd->arp_replies, &nd->echo_replies, &nd->dropped, &nd->tx_errors };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        json_object_set_new(o, names[i], json_integer((json_int_t)atomic_load(vals[i])));
+    }
+    return o;
+}
