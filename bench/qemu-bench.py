@@ -5,8 +5,10 @@ the same kinds of destination, with the same settings, in one run; printed next 
 in the same run.
 
 For each --size (GiB) and case it writes one file: "random" (every page random and different from every other),
-"zero" (all zero bytes, written, so that the file is resident like the others) or "half" (every other page random,
-the rest zero). Then for each transport (a UNIX socket; TCP over 127.0.0.1), destination kind ("default": plain
+"zero" (all zero) or "half" (every other page random, the rest zero), zero pages written as zero bytes (resident,
+so that a reader must look at them; --zero-pages holes leaves them holes); and "untouched", with no file: both
+sources get plain -m SIZE anonymous RAM that was never touched, a VM's zero RAM (QEMU reads every page of it, ferry
+asks the kernel which pages were ever populated). Then for each transport (a UNIX socket; TCP over 127.0.0.1), destination kind ("default": plain
 anonymous RAM of the same size, faulted in as the data arrives; "prealloc": -mem-prealloc, faulted in before) and
 channel count (1 without multifd; N with --multifd N, capability multifd on at both ends and multifd-channels N),
 it migrates --repeat times each way, QEMU and ferry alternately (the order flips every round), and prints the
@@ -173,10 +175,12 @@ def socket_peak_gibps(build, transport):
 
 # ---- the RAM file -----------------------------------------------------------------------------------------------
 
-def write_ram_file(path, size, case):
+def write_ram_file(path, size, case, zero_pages="holes"):
     """@size bytes of @case content at @path. Random pages come from a 64 MiB pool of os.urandom bytes (fast: the
     kernel's generator alone makes 0.5 GB/s here), each stamped in its first 16 bytes with its page index and a
-    per-file salt, so that no two pages are equal and neither deduplication nor compression could cheat."""
+    per-file salt, so that no two pages are equal and neither deduplication nor compression could cheat. Zero
+    pages are holes of the file (@zero_pages "holes": never written, as a VM's untouched RAM, which the kernel
+    knows reads as zero) or zero bytes written into it ("written": resident, so that a reader must look)."""
     chunk_size = 16 << 20
     pool = os.urandom(64 << 20)
     salt = int.from_bytes(os.urandom(8), "little")
@@ -184,9 +188,12 @@ def write_ram_file(path, size, case):
     pages_per_chunk = chunk_size // PAGE
     _files.append(path)
     with open(path, "wb") as f:
+        f.truncate(size)
         for c in range(size // chunk_size):
+            f.seek(c * chunk_size)
             if case == "zero":
-                f.write(zeros)
+                if zero_pages == "written":
+                    f.write(zeros)
                 continue
             start = (c * chunk_size) % len(pool)
             buf = bytearray(pool[start:start + chunk_size])
@@ -197,7 +204,13 @@ def write_ram_file(path, size, case):
                     buf[off:off + PAGE] = bytes(PAGE)
                 else:
                     struct.pack_into("<QQ", buf, off, first + i, salt)
-            f.write(buf)
+            if case == "half" and zero_pages == "holes":
+                # Only the random pages are written; the zero ones stay holes.
+                for i in range(0, pages_per_chunk, 2):
+                    f.seek(c * chunk_size + i * PAGE)
+                    f.write(buf[i * PAGE:(i + 1) * PAGE])
+            else:
+                f.write(buf)
 
 
 # ---- processes ----------------------------------------------------------------------------------------------------
@@ -337,15 +350,14 @@ def run_qemu(opts, tmp, size, path, transport, dst_kind, channels, verify):
         set_multifd(dst, channels)
         dst.cmd("migrate-incoming", uri=uri)
         ferrytest.wait_listening(uri)
-        src = Qemu(opts.qemu, tmp, "qemu-src",
-                   common + ["-S", "-object",
-                             f"memory-backend-file,id=pc.ram,size={mem},mem-path={path},share=off",
-                             "-machine", "memory-backend=pc.ram"])
+        ram = ["-object", f"memory-backend-file,id=pc.ram,size={mem},mem-path={path},share=off",
+               "-machine", "memory-backend=pc.ram"] if path else []  # untouched: plain -m
+        src = Qemu(opts.qemu, tmp, "qemu-src", common + ["-S"] + ram)
         set_multifd(src, channels)
         src.cmd("migrate-set-parameters", **{"max-bandwidth": HIGH_BANDWIDTH})
         info, info["e2e"] = timed_migrate(src, dst, uri)
         verified = "completed"
-        if verify:
+        if verify and path:
             verified = compare_qemu_ram(dst, path, size, tmp)
         return info, verified
     finally:
@@ -388,15 +400,16 @@ def run_ferry(opts, tmp, size, path, transport, dst_kind, channels):
     dst = src = None
     try:
         dst = Ferry(tmp, "ferry-dst",
-                    ["-m", mem, "-incoming", uri] + (["-mem-prealloc"] if dst_kind == "prealloc" else []))
+                    ["-m", mem, "-incoming", uri] + ([] if path else ["-pattern", "zero"]) +
+                    (["-mem-prealloc"] if dst_kind == "prealloc" else []))
         try:
             set_multifd(dst, channels)
         except ferrytest.QMPError as e:
             return None, f"n/a (multifd: {e.desc})"
         ferrytest.wait_listening(uri)
-        src = Ferry(tmp, "ferry-src",
-                    ["-object", f"memory-backend-file,id=ram0,size={mem},mem-path={path},share=off",
-                     "-machine", "memory-backend=ram0", "-S"])
+        ram = (["-object", f"memory-backend-file,id=ram0,size={mem},mem-path={path},share=off",
+                "-machine", "memory-backend=ram0"] if path else ["-m", mem, "-pattern", "zero"])  # untouched
+        src = Ferry(tmp, "ferry-src", ram + ["-S"])
         set_multifd(src, channels)
         src.cmd("migrate-set-parameters", **{"max-bandwidth": HIGH_BANDWIDTH})
         info, info["e2e"] = timed_migrate(src, dst, uri)
@@ -430,7 +443,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build-release"), help="build directory (release)")
     ap.add_argument("--size", default="2", help="comma-separated RAM sizes in GiB (default 2), e.g. 2,8")
-    ap.add_argument("--cases", default="random,zero,half", help="comma-separated: random, zero, half")
+    ap.add_argument("--cases", default="random,zero,half,untouched",
+                    help="comma-separated: random, zero, half (file contents), untouched (no file: never-touched "
+                         "anonymous RAM)")
+    ap.add_argument("--zero-pages", choices=("holes", "written"), default="written",
+                    help="zero pages of the file: written zero bytes (resident, the default) or holes (note that "
+                         "QEMU's source, reading them, fills a tmpfs file's holes for the runs after it)")
     ap.add_argument("--transports", default="unix,tcp", help="comma-separated: unix, tcp (127.0.0.1)")
     ap.add_argument("--dst", default="default,prealloc", help="comma-separated destination kinds: default, prealloc")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each engine per row (default 3; median shown)")
@@ -458,8 +476,8 @@ def main():
     dst_kinds = [d for d in opts.dst.split(",") if d]
     channel_counts = [1] + ([opts.multifd] if opts.multifd > 1 else [])
     for c in cases:
-        if c not in ("random", "zero", "half"):
-            sys.exit(f"qemu-bench: unknown case {c!r} (random, zero, half)")
+        if c not in ("random", "zero", "half", "untouched"):
+            sys.exit(f"qemu-bench: unknown case {c!r} (random, zero, half, untouched)")
 
     print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}; machine: {machine_description()}")
     print(f"{qemu_version(opts.qemu)}, accel={opts.accel}; ferry from {opts.build}")
@@ -497,10 +515,12 @@ def main():
                       f"{size} GiB more than MemAvailable {avail / GIB:.1f} GiB allows); status only")
                 verify_mode = "none"
             for case in cases:
-                path = f"/dev/shm/ferry-qbench-{os.getpid()}-{case}-{size}G.img"
-                t0 = time.monotonic()
-                write_ram_file(path, size * GIB, case)
-                print(f"# {case} {size} GiB file written in {time.monotonic() - t0:.1f} s", flush=True)
+                path = None
+                if case != "untouched":
+                    path = f"/dev/shm/ferry-qbench-{os.getpid()}-{case}-{size}G.img"
+                    t0 = time.monotonic()
+                    write_ram_file(path, size * GIB, case, opts.zero_pages)
+                    print(f"# {case} {size} GiB file written in {time.monotonic() - t0:.1f} s", flush=True)
                 try:
                     for transport in transports:
                         for dst_kind in dst_kinds:
@@ -510,8 +530,9 @@ def main():
                                 failed |= row["failed"]
                                 rows.append(row)
                 finally:
-                    os.unlink(path)
-                    _files.remove(path)
+                    if path:
+                        os.unlink(path)
+                        _files.remove(path)
     finally:
         cleanup()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,11 +21,11 @@ FERRY_API FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char
  * mem-path=; several blocks can map consecutive slices of one file). With @share the mapping is MAP_SHARED and
  * writes reach the file; without, it is MAP_PRIVATE and the file is only read. The file must be at least
  * @offset + @size (rounded up to the page size) bytes long and @offset page aligned; a short file is refused, not
- * grown. The block starts with the file's content, so an outgoing migration sends every page of it (zero pages
- * cheaply), not only the pages the kernel has populated. Such a block is always copied, also in mode
- * cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the source sends every page
- * (its blocks are file blocks too) or the file reads as zero: a source sends only populated pages of other RAM,
- * and the rest keeps the file's content here. */
+ * grown. The block starts with the file's content, so an outgoing migration sends every page over the file's
+ * data (zero pages cheaply), not only the pages the kernel has populated; pages over the file's holes read as
+ * zero and are not sent, like untouched anonymous memory. Such a block is always copied, also in mode
+ * cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the file reads as zero: a
+ * source sends nothing for memory that reads as zero, and such pages keep the file's content here. */
 FERRY_API FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char *name, uint64_t size,
                                                   const char *path, uint64_t offset, bool share, FerryError **errp);
 /* Fault every page of the block in now, for writing (QEMU's -mem-prealloc / prealloc=on): a destination whose RAM

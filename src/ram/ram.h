@@ -40,6 +40,8 @@ struct FerryRamBlock {
      * fd -1 and shared false: the mapping holds the file, and a shared file slice is not a memfd that mode
      * cpr-transfer could pass whole (the destination maps what it receives at offset 0). */
     bool file;
+    int file_fd;          /* file blocks: the file, kept open to find its holes (SEEK_DATA); else -1 */
+    uint64_t file_offset; /* file blocks: where the block starts in the file */
 };
 
 /* Map a block; the engine registers it. */
@@ -49,7 +51,8 @@ FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool 
 /* The same mapping bytes [@offset, @offset + @size) of the file at @path (QEMU's memory-backend-file,mem-path=):
  * MAP_SHARED if @share (writes reach the file), else MAP_PRIVATE (copy on write; the file is never written). The
  * file must be a regular file at least @offset + @size bytes long; @offset a multiple of the page size. The block
- * starts with the file's content, so every page of it may hold data (see ferry__ram_block_present_pages). */
+ * starts with the file's content: every page over the file's data may hold data (see
+ * ferry__ram_block_present_pages). */
 FerryRamBlock *ferry__ram_block_new_file(const char *name, uint64_t size, const char *path, uint64_t offset,
                                          bool share, FerryError **errp);
 /*
@@ -72,18 +75,19 @@ void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t 
 void ferry__ram_block_discard(FerryRamBlock *b);
 /* Set in @bitmap (npages bits) every page that may hold data: pages the kernel has populated. Pages never
  * populated read as zero and need not be sent to a fresh destination. Falls back to "all pages" where the kernel
- * cannot tell; never fails. Every page of a file block: a page of a file mapping not yet faulted in reads as the
- * file's content, not as zero; such a block is also mapped in whole (MADV_POPULATE_READ), since the caller is about
- * to read all of it. */
+ * cannot tell; never fails. For a file block: every page over the file's data (a page of a file mapping not yet
+ * faulted in reads as the file's content, not as zero), found with SEEK_DATA, plus the private copies this process
+ * wrote; the pages over holes read as zero and are left out. The data pages are also mapped in
+ * (MADV_POPULATE_READ), since the caller is about to read them. */
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
 
 /*
- * Internal to src/ram: one PAGEMAP_SCAN walk over @b (ioctl flags @flags, pages matching all of @category_mask
- * and any of @anyof_mask), setting the matching pages in @bitmap. Returns 0, an errno value, or -1 if the kernel
- * stopped making progress (*stuck_at: the block offset where).
+ * Internal to src/ram: one PAGEMAP_SCAN walk over @b (ioctl flags @flags, pages matching all of @category_mask,
+ * with the categories in @inverted negated, and any of @anyof_mask), setting the matching pages in @bitmap.
+ * Returns 0, an errno value, or -1 if the kernel stopped making progress (*stuck_at: the block offset where).
  */
 int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
-                        uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at);
+                        uint64_t inverted, uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at);
 
 /*
  * zero.c: true if the @len bytes at @p are all zero (any length and alignment; @p may be NULL if @len is 0). Fastest

@@ -98,6 +98,7 @@ static FerryRamBlock *block_new(const char *name, uint64_t size, int fd, bool sh
     b->fd = fd;
     b->memfd = fd >= 0;
     b->shared = fd >= 0 && share;
+    b->file_fd = -1;
     return b;
 }
 
@@ -165,9 +166,10 @@ FerryRamBlock *ferry__ram_block_new_file(const char *name, uint64_t size, const 
     void *host = mmap(NULL, (size_t)rounded, PROT_READ | PROT_WRITE, share ? MAP_SHARED : MAP_PRIVATE, fd,
                       (off_t)offset);
     int map_errno = errno;
-    /* The mapping keeps the file referenced; the fd is not needed (nor passed anywhere) after this. */
-    close(fd);
+    /* The mapping keeps the file referenced; the fd stays open only to find the file's holes
+     * (ferry__ram_block_present_pages), and is never passed anywhere. */
     if (host == MAP_FAILED) {
+        close(fd);
         ferry_error_setg_errno(errp, map_errno, "RAM block '%s': mapping %llu bytes of %s at offset %llu", name,
                                (unsigned long long)rounded, path, (unsigned long long)offset);
         return NULL;
@@ -180,6 +182,8 @@ FerryRamBlock *ferry__ram_block_new_file(const char *name, uint64_t size, const 
     b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
     b->fd = -1;
     b->file = true;
+    b->file_fd = fd;
+    b->file_offset = offset;
     return b;
 }
 
@@ -244,6 +248,9 @@ void ferry__ram_block_free(FerryRamBlock *b)
     munmap(b->host, (size_t)b->size);
     if (b->fd >= 0) {
         close(b->fd);
+    }
+    if (b->file_fd >= 0) {
+        close(b->file_fd);
     }
     free(b->explicit_dirty);
     free(b->name);
@@ -352,7 +359,7 @@ static bool swap_configured(void)
 }
 
 int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
-                        uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at)
+                        uint64_t inverted, uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at)
 {
     uint64_t ps = ferry_ram_page_size();
     uint64_t base = (uint64_t)(uintptr_t)b->host;
@@ -369,6 +376,7 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
             .vec = (uint64_t)(uintptr_t)vec,
             .vec_len = SCAN_VEC_LEN,
             .category_mask = category_mask,
+            .category_inverted = inverted,
             .category_anyof_mask = anyof_mask,
             .return_mask = category_mask | anyof_mask,
         };
@@ -397,21 +405,47 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
     return 0;
 }
 
+/*
+ * A page of a file mapping that was never faulted in is not "present", yet it reads as the file's content: every
+ * page over the file's data may hold data. A page over a hole reads as zero, like an untouched anonymous page, and
+ * need not even be read (the kernel knows: SEEK_DATA / SEEK_HOLE); a private copy this process wrote over a hole
+ * is found by the pagemap walk that follows. Where the file system cannot tell, every page counts.
+ */
+static void file_present_pages(FerryRamBlock *b, unsigned long *bitmap)
+{
+    uint64_t ps = ferry_ram_page_size();
+    uint64_t start = b->file_offset, end = b->file_offset + b->size, pos = start;
+    while (pos < end) {
+        off_t data = lseek(b->file_fd, (off_t)pos, SEEK_DATA);
+        if (data < 0) {
+            if (errno != ENXIO) {
+                ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages); /* cannot tell: all of it */
+            }
+            break; /* ENXIO: no data past pos */
+        }
+        if ((uint64_t)data >= end) {
+            break;
+        }
+        off_t hole = lseek(b->file_fd, data, SEEK_HOLE);
+        uint64_t stop = hole < 0 ? end : FERRY_MIN((uint64_t)hole, end);
+        uint64_t first = ((uint64_t)data - start) / ps, last = (stop - start + ps - 1) / ps;
+        ferry__bitmap_set_range(bitmap, (size_t)first, (size_t)(last - first));
+        /* The caller is about to read these pages. Once the uffd-wp tracker has registered the mapping, the
+         * kernel no longer maps 16 pages per read fault (no fault-around under userfaultfd write-protect), so
+         * reading would take one fault per 4 KiB page: mapping them in with one madvise first halved the time of
+         * a 2 GiB migration of written zero pages here (docs/benchmarks.md). Page-cache pages are mapped, no
+         * memory is added; on failure (a kernel before 5.14) the pages just fault in as they are read. */
+        for (uint64_t off = first * ps; off < last * ps; off += POPULATE_CHUNK) {
+            madvise(b->host + off, (size_t)FERRY_MIN(POPULATE_CHUNK, last * ps - off), MADV_POPULATE_READ);
+        }
+        pos = stop;
+    }
+}
+
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
 {
     if (b->file) {
-        /* A page of a file mapping that was never faulted in is not "present", yet it reads as the file's
-         * content: all pages may hold data. Zero detection then makes the file's zero pages cheap to send. */
-        ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);
-        /* The caller is about to read every page. Once the uffd-wp tracker has registered the mapping, the kernel
-         * no longer maps 16 pages per read fault (no fault-around under userfaultfd write-protect), so reading
-         * would take one fault per 4 KiB page: mapping them all in one madvise first halved the time of a 2 GiB
-         * migration of zero pages here (docs/benchmarks.md). Page-cache pages are mapped, no memory is added; on
-         * failure (a kernel before 5.14) the pages just fault in as they are read. */
-        for (uint64_t off = 0; off < b->size; off += POPULATE_CHUNK) {
-            madvise(b->host + off, (size_t)FERRY_MIN(POPULATE_CHUNK, b->size - off), MADV_POPULATE_READ);
-        }
-        return;
+        file_present_pages(b, bitmap);
     }
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -420,10 +454,15 @@ void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
     }
     bool swap = swap_configured();
     uint64_t stuck;
-    bool ok = ferry__pagemap_scan(fd, b, 0, 0, PAGE_IS_PRESENT | (swap ? PAGE_IS_SWAPPED : 0), bitmap, &stuck) == 0;
+    /* A file block's pages of the file itself were counted by the file's data above (a page of a hole can be
+     * mapped too, zero-filled by readahead); what the walk adds are the private copies this process wrote. */
+    uint64_t not_file = b->file ? PAGE_IS_FILE : 0;
+    bool ok = ferry__pagemap_scan(fd, b, 0, not_file, not_file, PAGE_IS_PRESENT | (swap ? PAGE_IS_SWAPPED : 0),
+                                  bitmap, &stuck) == 0;
     if (ok && !swap && swap_configured()) {
         /* Swap appeared during the walk: a page may have left memory behind the cursor. Walk again with it. */
-        ok = ferry__pagemap_scan(fd, b, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, bitmap, &stuck) == 0;
+        ok = ferry__pagemap_scan(fd, b, 0, not_file, not_file, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, bitmap,
+                                 &stuck) == 0;
     }
     if (!ok) {
         /* No PAGEMAP_SCAN (before Linux 6.7) or it failed: every page may hold data. */

@@ -147,7 +147,7 @@ static bool uffd_wp_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned lon
 {
     UffdTracker *u = t->priv;
     uint64_t stuck;
-    int err = ferry__pagemap_scan(u->pagemap_fd, b, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
+    int err = ferry__pagemap_scan(u->pagemap_fd, b, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0, 0,
                                   bitmap, &stuck);
     if (err == 0) {
         return true;

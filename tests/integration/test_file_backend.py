@@ -151,3 +151,28 @@ def test_migrate_running_file_backed_with_pattern(workload, ramfile):
     assert info["ram"]["dirty-sync-count"] >= 2, info
     src.wait_status(("postmigrate",))
     digest_equal(src, dst)
+
+
+def test_sparse_file_holes_are_not_sent(workload, tmpdir_short):
+    """A file's holes read as zero, like never-touched RAM, and the kernel knows where they are (SEEK_DATA): the
+    source does not even read them. Only the written pages travel (some of them zero: written zeros are data of
+    the file and cost a bit each); the destination reads zero everywhere else."""
+    path = os.path.join(tmpdir_short, "sparse.img")
+    written = list(range(0, SIZE // PAGE, 97))  # a page every 97, the rest holes
+    with open(path, "wb") as f:
+        f.truncate(SIZE)
+        for i, page in enumerate(written):
+            f.seek(page * PAGE)
+            f.write(bytes(PAGE) if i % 2 else os.urandom(PAGE))
+    uri = f"unix:{os.path.join(workload.tmpdir, 'mig.sock')}"
+    dst = workload("dst", "-m", "64M", "-incoming", uri)
+    wait_listening(uri)
+    src = workload("src", *file_backend(path), "-S")
+    src.set_params(**{"max-bandwidth": FAST})
+    src.migrate(uri)
+    info = src.wait_migration()
+    assert info["status"] == "completed", info
+    ram = info["ram"]
+    assert ram["normal"] + ram["duplicate"] == len(written), info
+    assert ram["normal"] == (len(written) + 1) // 2, info
+    digest_equal(src, dst)

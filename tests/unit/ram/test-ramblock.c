@@ -2,8 +2,8 @@
  * Unit tests of RAM blocks (ram/ramblock.c): argument checks and size rounding, the public accessors, populate of
  * a whole block or of a clamped page range (pages become present without changing content), discard (memory reads
  * zero again), present_pages after touching some pages, explicit marks (clamping to the block and marks from
- * several threads at once), and file blocks: all their pages count as present (an unfaulted page of a file reads
- * as the file), slices at offsets, private and shared mappings, discard, and the refusals of bad files.
+ * several threads at once), and file blocks: the pages over their file's data count as present (an unfaulted
+ * page of a file reads as the file), those over its holes do not, slices at offsets, private and shared mappings, discard, and the refusals of bad files.
  */
 #include <limits.h>
 #include <pthread.h>
@@ -244,6 +244,44 @@ static void test_file_present_pages(void **state)
     unsigned long *map = ferry__bitmap_new(n);
     ferry__ram_block_present_pages(f, map);
     assert_int_equal(ferry__bitmap_count(map, n), n);
+
+    /* A sparse file: only the pages over its data count (a hole reads as zero, like untouched memory), plus a
+     * page this process wrote over a hole (its private copy). */
+    char spath[PATH_MAX];
+    snprintf(spath, sizeof(spath), "/tmp/ferry-test-sparse-XXXXXX");
+    int sfd = mkstemp(spath);
+    assert_true(sfd >= 0);
+    assert_int_equal(ftruncate(sfd, (off_t)(n * ps)), 0);
+    uint8_t *page = malloc(ps);
+    memset(page, 7, ps);
+    assert_int_equal(pwrite(sfd, page, ps, (off_t)(3 * ps)), (ssize_t)ps);
+    assert_int_equal(pwrite(sfd, page, 10, (off_t)(20 * ps + 100)), 10); /* part of page 20 */
+    free(page);
+    FerryRamBlock *sp = ferry__ram_block_new_file("sparse", n * ps, spath, 0, false, &err);
+    assert_non_null(sp);
+    sp->host[30 * ps] = 1; /* a private copy over a hole */
+    ferry__bitmap_zero(map, n);
+    ferry__ram_block_present_pages(sp, map);
+    size_t got = ferry__bitmap_count(map, n);
+    if (got != n) { /* n only where the file system cannot tell holes from data */
+        assert_true(ferry__bitmap_test(map, 3));
+        assert_true(ferry__bitmap_test(map, 20));
+        assert_true(ferry__bitmap_test(map, 30));
+        assert_int_equal(got, 3);
+    }
+    /* A slice at an offset counts its own pages: pages 2..9 of the file, of which page 3 is data. */
+    FerryRamBlock *slice = ferry__ram_block_new_file("slice", 8 * ps, spath, 2 * ps, false, &err);
+    assert_non_null(slice);
+    ferry__bitmap_zero(map, n);
+    ferry__ram_block_present_pages(slice, map);
+    if (got != n) {
+        assert_int_equal(ferry__bitmap_count(map, 8), 1);
+        assert_true(ferry__bitmap_test(map, 1));
+    }
+    ferry__ram_block_free(slice);
+    ferry__ram_block_free(sp);
+    close(sfd);
+    unlink(spath);
 
     FerryRamBlock *anon = ferry__ram_block_new("anon", n * ps, NULL);
     assert_non_null(anon);
