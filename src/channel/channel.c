@@ -70,17 +70,26 @@ bool ferry__channel_finish(FerryChannel *c, FerryError **errp)
     return c->ops->finish(c, errp);
 }
 
-bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp)
+/*
+ * Move every byte of @iov with the channel's readv (@reading) or writev, advancing @iov past what each call moved
+ * (a partial transfer can end inside an entry) and skipping empty entries, so that the count given to the kernel
+ * stays meaningful. A read that meets the end of the stream fails.
+ */
+static bool iov_all(FerryChannel *c, struct iovec *iov, int iovcnt, bool reading, FerryError **errp)
 {
     while (iovcnt > 0) {
-        /* Skip what is done (and empty entries) so that the count given to the kernel stays meaningful. */
         if (iov->iov_len == 0) {
             iov++;
             iovcnt--;
             continue;
         }
-        ssize_t n = c->ops->writev(c, iov, FERRY_MIN(iovcnt, IOV_MAX), errp);
+        int cnt = FERRY_MIN(iovcnt, IOV_MAX);
+        ssize_t n = reading ? c->ops->readv(c, iov, cnt, errp) : c->ops->writev(c, iov, cnt, errp);
         if (n < 0) {
+            return false;
+        }
+        if (n == 0 && reading) {
+            ferry_error_setg(errp, "Failed to read from '%s': connection closed by peer", c->desc);
             return false;
         }
         size_t done = (size_t)n;
@@ -90,12 +99,16 @@ bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, F
             iovcnt--;
         }
         if (done) {
-            /* A partial write ended inside this entry. */
             iov->iov_base = (char *)iov->iov_base + done;
             iov->iov_len -= done;
         }
     }
     return true;
+}
+
+bool ferry__channel_writev_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    return iov_all(c, iov, iovcnt, false, errp);
 }
 
 bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, FerryError **errp)
@@ -106,32 +119,7 @@ bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, Ferr
 
 bool ferry__channel_readv_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp)
 {
-    while (iovcnt > 0) {
-        if (iov->iov_len == 0) {
-            iov++;
-            iovcnt--;
-            continue;
-        }
-        ssize_t n = c->ops->readv(c, iov, FERRY_MIN(iovcnt, IOV_MAX), errp);
-        if (n < 0) {
-            return false;
-        }
-        if (n == 0) {
-            ferry_error_setg(errp, "Failed to read from '%s': connection closed by peer", c->desc);
-            return false;
-        }
-        size_t done = (size_t)n;
-        while (iovcnt > 0 && done >= iov->iov_len) {
-            done -= iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + done;
-            iov->iov_len -= done;
-        }
-    }
-    return true;
+    return iov_all(c, iov, iovcnt, true, errp);
 }
 
 ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp)

@@ -466,6 +466,13 @@ static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
                                .checksum = r.flags & FERRY_MFD_F_CHECKSUM, .page_size = d->ps };
     memcpy(cfg.session, r.session, sizeof(cfg.session));
     d->mfd = ferry__multifd_recv_new(d->listener, &cfg, d->m->blocks, d->m->nblocks, d->chan, errp);
+    pthread_mutex_lock(&d->m->lock);
+    d->m->in_mfd = d->mfd;
+    bool quitting = d->m->quitting;
+    pthread_mutex_unlock(&d->m->lock);
+    if (quitting && d->mfd) {
+        ferry__multifd_recv_shutdown(d->mfd); /* quit came before in_mfd was set */
+    }
     release_listener(d);
     /* Pages may arrive from now on: no RAM block may get the source's memory any more. */
     d->pages_started = true;
@@ -745,6 +752,9 @@ static void update_stats(Dest *d)
         m->stats.transferred += st.bytes;
         m->stats.normal += st.normal;
         m->stats.duplicate += st.zero;
+        m->stats.mfd_seen_bytes = st.bytes;
+        m->stats.mfd_seen_normal = st.normal;
+        m->stats.mfd_seen_zero = st.zero;
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -995,6 +1005,9 @@ static void dest_init(Dest *d, FerryMigration *m)
 static void dest_cleanup(Dest *d)
 {
     /* The channel threads write RAM: they are stopped before anyone discards it or lets the workload run. */
+    pthread_mutex_lock(&d->m->lock);
+    d->m->in_mfd = NULL;
+    pthread_mutex_unlock(&d->m->lock);
     ferry__multifd_recv_free(d->mfd);
     d->mfd = NULL;
     release_listener(d);

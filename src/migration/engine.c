@@ -575,6 +575,10 @@ void ferry__migration_join(FerryMigration *m)
     if (m->in_chan) {
         ferry__channel_shutdown(m->in_chan);
     }
+    if (m->in_mfd) {
+        /* The incoming thread may wait for the channel threads at a MULTIFD_SYNC: failing them wakes it. */
+        ferry__multifd_recv_shutdown(m->in_mfd);
+    }
     bool out = m->out_thread_joinable, in = m->in_thread_joinable;
     pthread_t ot = m->out_thread, it = m->in_thread;
     m->out_thread_joinable = m->in_thread_joinable = false;
@@ -590,7 +594,17 @@ void ferry__migration_join(FerryMigration *m)
 json_t *ferry__migration_query(FerryMigration *m)
 {
     pthread_mutex_lock(&m->lock);
-    const FerryMigStats *st = &m->stats;
+    FerryMigStats live = m->stats;
+    if (m->in_mfd) {
+        /* The channel threads' counts since the incoming thread last updated the statistics. */
+        FerryMultifdStats ms;
+        ferry__multifd_recv_stats(m->in_mfd, &ms);
+        live.multifd_bytes += ms.bytes - live.mfd_seen_bytes;
+        live.transferred += ms.bytes - live.mfd_seen_bytes;
+        live.normal += ms.normal - live.mfd_seen_normal;
+        live.duplicate += ms.zero - live.mfd_seen_zero;
+    }
+    const FerryMigStats *st = &live;
     json_t *r = json_object();
     json_object_set_new(r, "status", json_string(ferry__migration_status_name(m->status)));
     if (m->status != FERRY_MIG_NONE) {

@@ -104,6 +104,10 @@ typedef struct FerryMigStats {
     uint32_t fds_passed;         /* file descriptors sent / received (RAM blocks, backends, the page pipe) */
     uint64_t page_pipe_bytes;    /* unix-page-flipping: page data that went through the page pipe */
     uint64_t multifd_bytes;      /* bytes on the multifd channels (QEMU's ram.multifd-bytes) */
+    /* Incoming multifd: what the channel threads had counted when the fields above were last updated (the
+     * incoming thread updates them per main-channel record, which are rare during a pass; query-migrate adds
+     * what the channels counted since). */
+    uint64_t mfd_seen_bytes, mfd_seen_normal, mfd_seen_zero;
 } FerryMigStats;
 
 /* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
@@ -166,6 +170,7 @@ struct FerryMigration {
     bool in_thread_joinable;
     FerryListener *listener;
     FerryChannel *in_chan;       /* set while connected, for shutdown at exit */
+    struct FerryMultifdRecv *in_mfd; /* its multifd channels while they exist, for shutdown at exit */
     bool exit_on_error;
     bool quitting;
 };

@@ -383,6 +383,19 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
     rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN);
 }
 
+/* After each record or batch: now and then a look for a failure report on the return path; always cancel and the
+ * stream's error. */
+static bool after_send(Source *src, FerryError **errp)
+{
+    if (++src->records_since_poll >= RETURN_PATH_POLL_EVERY) {
+        src->records_since_poll = 0;
+        if (!check_return_path(src, errp)) {
+            return false;
+        }
+    }
+    return check_stream(src, errp);
+}
+
 /*
  * A multifd channel failed. That is often the destination having failed first: it then reports on the return path
  * and closes every channel, and which channel the source sees break first is chance. Wait a little for its
@@ -469,13 +482,7 @@ static bool send_pass_multifd(Source *src, FerryError **errp)
                     return false;
                 }
                 update_stats(src);
-                if (++src->records_since_poll >= RETURN_PATH_POLL_EVERY) {
-                    src->records_since_poll = 0;
-                    if (!check_return_path(src, errp)) {
-                        return false;
-                    }
-                }
-                if (!check_stream(src, errp)) {
+                if (!after_send(src, errp)) {
                     return false;
                 }
             }
@@ -518,13 +525,7 @@ static bool send_pass_main(Source *src, FerryError **errp)
             send_run(src, b, i, n);
             src->pending -= n;
             update_stats(src);
-            if (++src->records_since_poll >= RETURN_PATH_POLL_EVERY) {
-                src->records_since_poll = 0;
-                if (!check_return_path(src, errp)) {
-                    return false;
-                }
-            }
-            if (!check_stream(src, errp)) {
+            if (!after_send(src, errp)) {
                 return false;
             }
             i = ferry__bitmap_find_next(map, b->npages, i + n);
@@ -925,6 +926,9 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         }
     }
 
+    for (size_t i = 0; i < src->ncopied; i++) {
+        ferry__ram_block_map_for_reading(src->copied[i]);
+    }
     src->tracker = ferry__tracker_start(kind, src->copied, src->ncopied, errp);
     if (!src->tracker) {
         return false;

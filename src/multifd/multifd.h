@@ -98,6 +98,9 @@ bool ferry__multifd_recv_sync(FerryMultifdRecv *r, uint64_t sync, FerryError **e
 /* Stop the channel threads (they must be past the last SYNC) and close the channels; then say whether any of them
  * failed. Idempotent. */
 bool ferry__multifd_recv_stop(FerryMultifdRecv *r, FerryError **errp);
+/* Any thread: shut every channel down, so that the channel threads fail at once (quit); a thread waiting in
+ * ferry__multifd_recv_sync then returns with their error. */
+void ferry__multifd_recv_shutdown(FerryMultifdRecv *r);
 /* A copy of the first error a channel thread met, or false if none. */
 bool ferry__multifd_recv_error(FerryMultifdRecv *r, FerryError **errp);
 void ferry__multifd_recv_stats(FerryMultifdRecv *r, FerryMultifdStats *out);

@@ -362,6 +362,15 @@ bool ferry__multifd_recv_sync(FerryMultifdRecv *r, uint64_t sync, FerryError **e
     return true;
 }
 
+void ferry__multifd_recv_shutdown(FerryMultifdRecv *r)
+{
+    for (unsigned i = 0; i < r->n; i++) {
+        if (r->r[i].chan) {
+            ferry__channel_shutdown(r->r[i].chan);
+        }
+    }
+}
+
 bool ferry__multifd_recv_error(FerryMultifdRecv *r, FerryError **errp)
 {
     pthread_mutex_lock(&r->lock);

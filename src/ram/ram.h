@@ -77,9 +77,11 @@ void ferry__ram_block_discard(FerryRamBlock *b);
  * populated read as zero and need not be sent to a fresh destination. Falls back to "all pages" where the kernel
  * cannot tell; never fails. For a file block: every page over the file's data (a page of a file mapping not yet
  * faulted in reads as the file's content, not as zero), found with SEEK_DATA, plus the private copies this process
- * wrote; the pages over holes read as zero and are left out. The data pages are also mapped in
- * (MADV_POPULATE_READ), since the caller is about to read them. */
+ * wrote; the pages over holes read as zero and are left out. */
 void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
+/* A source is about to read the block: map a file block's data pages in now, before the dirty tracker registers
+ * the mapping (after that the kernel maps a page per fault). No-op for other blocks; never fails. */
+void ferry__ram_block_map_for_reading(FerryRamBlock *b);
 
 /*
  * Internal to src/ram: one PAGEMAP_SCAN walk over @b (ioctl flags @flags, pages matching all of @category_mask,

@@ -430,13 +430,34 @@ static void file_present_pages(FerryRamBlock *b, unsigned long *bitmap)
         uint64_t stop = hole < 0 ? end : FERRY_MIN((uint64_t)hole, end);
         uint64_t first = ((uint64_t)data - start) / ps, last = (stop - start + ps - 1) / ps;
         ferry__bitmap_set_range(bitmap, (size_t)first, (size_t)(last - first));
-        /* The caller is about to read these pages. Once the uffd-wp tracker has registered the mapping, the
-         * kernel no longer maps 16 pages per read fault (no fault-around under userfaultfd write-protect), so
-         * reading would take one fault per 4 KiB page: mapping them in with one madvise first halved the time of
-         * a 2 GiB migration of written zero pages here (docs/benchmarks.md). Page-cache pages are mapped, no
-         * memory is added; on failure (a kernel before 5.14) the pages just fault in as they are read. */
-        for (uint64_t off = first * ps; off < last * ps; off += POPULATE_CHUNK) {
-            madvise(b->host + off, (size_t)FERRY_MIN(POPULATE_CHUNK, last * ps - off), MADV_POPULATE_READ);
+        pos = stop;
+    }
+}
+
+void ferry__ram_block_map_for_reading(FerryRamBlock *b)
+{
+    if (!b->file) {
+        return;
+    }
+    /* Once the uffd-wp tracker has registered the mapping, the kernel no longer maps 16 pages per read fault (no
+     * fault-around under userfaultfd write-protect), so reading the block would take one fault per 4 KiB page;
+     * and even one MADV_POPULATE_READ then maps page by page. Before registration it maps the file's pages in
+     * with fault-around: page-cache pages are mapped, no memory is added, the content does not change. On
+     * failure (a kernel before 5.14) the pages just fault in as they are read. Holes are left alone (mapping
+     * them would have the file system allocate them). */
+    uint64_t ps = ferry_ram_page_size();
+    uint64_t start = b->file_offset, end = b->file_offset + b->size, pos = start;
+    while (pos < end) {
+        off_t data = lseek(b->file_fd, (off_t)pos, SEEK_DATA);
+        uint64_t from = data < 0 ? (errno == ENXIO ? end : pos) : (uint64_t)data;
+        if (from >= end) {
+            break;
+        }
+        off_t hole = data < 0 ? -1 : lseek(b->file_fd, data, SEEK_HOLE);
+        uint64_t stop = hole < 0 ? end : FERRY_MIN((uint64_t)hole, end);
+        uint64_t lo = (from - start) / ps * ps, hi = (stop - start + ps - 1) / ps * ps;
+        for (uint64_t off = lo; off < hi; off += POPULATE_CHUNK) {
+            madvise(b->host + off, (size_t)FERRY_MIN(POPULATE_CHUNK, hi - off), MADV_POPULATE_READ);
         }
         pos = stop;
     }

@@ -297,3 +297,29 @@ def test_zero_copy_send_refused_with_reason(workload):
     assert [c for c in after if c["capability"] == "multifd"][0]["state"] is True
     assert not [c for c in after if c["capability"] == "zero-copy-send"], after
     assert len(after) == len(before)
+
+
+def test_destination_quit_mid_migration(workload):
+    """QMP quit on a destination that is receiving on multifd channels: it exits promptly (every channel thread
+    is failed, so nothing waits for a sync that will not come), and the source fails and runs on."""
+    uri = unix_uri(workload)
+    src, dst = start(workload, AB, uri)
+    src.wait_status(("running",))
+    wait_until(lambda: src.workload_info()["pages-written"] >= (64 << 20) // 4096, 30, "all RAM written")
+    src.set_params(**{"max-bandwidth": 4 << 20, "multifd-channels": 4})
+    src.migrate(uri)
+    # The destination's query-migrate counts multifd bytes as they arrive, not only at the end of a pass.
+    wait_until(lambda: dst.query_migrate().get("ram", {}).get("multifd-bytes", 0) > 1 << 20, 5,
+               "multifd data arriving")
+    t0 = time.monotonic()
+    try:
+        dst.cmd("quit")
+    except Exception:
+        pass  # the reply may be lost with the process
+    dst.wait_exit(15)
+    assert time.monotonic() - t0 < 10
+    info = src.wait_migration()
+    assert info["status"] == "failed", info
+    src.wait_status(("running",))
+    src.assert_pattern_ok()
+    src.assert_advancing()
