@@ -36,6 +36,7 @@
 typedef struct PopulateRange {
     FerryRamBlock *b;
     uint64_t first, count;
+    bool first_pass; /* announced before the first pass: skip what the pass has reached (recv_frontier) */
 } PopulateRange;
 
 typedef struct Staged {
@@ -79,6 +80,7 @@ typedef struct Dest {
     PopulateRange *pop_q;
     size_t pop_head, pop_len, pop_cap;
     bool pop_stop;
+    bool first_pass;         /* no PASS_END yet */
 } Dest;
 
 /* The populate thread: fault in announced ranges, 16 MiB at a time so that stop is seen quickly. */
@@ -95,6 +97,19 @@ static void *populate_thread(void *opaque)
             break;
         }
         PopulateRange *r = &d->pop_q[d->pop_head];
+        if (r->first_pass) {
+            /* Pages the first pass has reached arrived already (or were zero and must stay unpopulated). */
+            uint64_t frontier = __atomic_load_n(&r->b->recv_frontier, __ATOMIC_RELAXED);
+            if (frontier > r->first) {
+                uint64_t skip = FERRY_MIN(frontier - r->first, r->count);
+                r->first += skip;
+                r->count -= skip;
+                if (r->count == 0) {
+                    d->pop_head++;
+                    continue;
+                }
+            }
+        }
         uint64_t n = FERRY_MIN(r->count, chunk);
         FerryRamBlock *b = r->b;
         uint64_t first = r->first;
@@ -118,7 +133,8 @@ static void populate_queue(Dest *d, FerryRamBlock *b, uint64_t first, uint64_t c
         d->pop_cap = d->pop_cap ? d->pop_cap * 2 : 64;
         d->pop_q = ferry__xrealloc(d->pop_q, d->pop_cap * sizeof(*d->pop_q));
     }
-    d->pop_q[d->pop_len++] = (PopulateRange){ .b = b, .first = first, .count = count };
+    d->pop_q[d->pop_len++] = (PopulateRange){ .b = b, .first = first, .count = count,
+                                              .first_pass = d->first_pass };
     pthread_cond_signal(&d->pop_cond);
     pthread_mutex_unlock(&d->pop_lock);
 }
@@ -588,9 +604,7 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
     while (i < n) {
         uint8_t *p = b->host + (first + i) * d->ps;
         if ((zmap[i / 8] >> (i % 8)) & 1) {
-            if (!ferry__buffer_is_zero(p, d->ps)) {
-                memset(p, 0, d->ps);
-            }
+            ferry__ram_block_zero_page(b, first + i, d->ps);
             i++;
             continue;
         }
@@ -607,11 +621,13 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
             ferry__stream_check(d->s, errp);
             return false;
         }
+        ferry__ram_block_note_written(b, first + i, j - i);
         i = j;
     }
     d->pages += n;
     d->normal += n - zeros;
     d->duplicate += zeros;
+    ferry__ram_block_note_received(b, first + n);
     return true;
 }
 
@@ -833,6 +849,7 @@ static bool receive(Dest *d, FerryError **errp)
             uint8_t p[8];
             ok = rh.length == 8 && ferry__stream_read(d->s, p, 8);
             if (ok) {
+                d->first_pass = false;
                 pthread_mutex_lock(&d->m->lock);
                 d->m->stats.dirty_sync_count = ferry__get_be64(p);
                 pthread_mutex_unlock(&d->m->lock);
@@ -996,7 +1013,18 @@ static bool run(Dest *d, FerryError **errp)
 
 static void dest_init(Dest *d, FerryMigration *m)
 {
-    *d = (Dest){ .m = m, .ps = ferry_ram_page_size() };
+    *d = (Dest){ .m = m, .ps = ferry_ram_page_size(), .first_pass = true };
+    for (size_t i = 0; i < m->nblocks; i++) {
+        FerryRamBlock *b = m->blocks[i];
+        __atomic_store_n(&b->recv_frontier, 0, __ATOMIC_RELAXED);
+        if (b->recv_written) {
+            ferry__bitmap_zero(b->recv_written, (size_t)b->npages);
+        } else {
+            b->recv_written = ferry__bitmap_new((size_t)b->npages);
+        }
+        /* What is populated now may hold data (preallocated RAM, a host that wrote it); the rest reads as zero. */
+        ferry__ram_block_present_pages(b, b->recv_written);
+    }
     pthread_mutex_init(&d->pop_lock, NULL);
     pthread_cond_init(&d->pop_cond, NULL);
 }

@@ -161,16 +161,21 @@ static bool read_packet_body(Receiver *rv, const FerryWireMfdPacket *pk, uint32_
             *crc = ferry__crc32c(*crc, rv->iov[i].iov_base, rv->iov[i].iov_len);
         }
     }
-    /* Zero pages: only written if not zero already, so that untouched memory stays unpopulated. */
+    /* Zero pages: only written if this migration wrote them before (see recv_written), so that untouched
+     * memory stays unpopulated and unread; the others are recorded as written. */
     k = 0;
     for (uint32_t e = 0; e < pk->extents; e++) {
         for (uint32_t j = 0; j < rv->ext[e].count; j++, k++) {
-            uint8_t *p = b->host + (rv->ext[e].first + j) * ps;
-            if (((zmap[k / 8] >> (k % 8)) & 1) && !ferry__buffer_is_zero(p, ps)) {
-                memset(p, 0, ps);
+            uint64_t page = rv->ext[e].first + j;
+            if ((zmap[k / 8] >> (k % 8)) & 1) {
+                ferry__ram_block_zero_page(b, page, ps);
+            } else {
+                ferry__ram_block_note_written(b, page, 1);
             }
         }
     }
+    const FerryWireMfdExtent *last = &rv->ext[pk->extents - 1];
+    ferry__ram_block_note_received(b, last->first + last->count);
     add_stat(&r->bytes, mlen + pk->payload);
     add_stat(&r->pages, pk->pages);
     add_stat(&r->normal, nonzero);

@@ -17,9 +17,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "ferry/error.h"
 #include "ferry/ram.h"
+#include "util/bitmap.h"
 
 #define FERRY_RAM_NAME_MAX 255
 
@@ -42,6 +44,16 @@ struct FerryRamBlock {
     bool file;
     int file_fd;          /* file blocks: the file, kept open to find its holes (SEEK_DATA); else -1 */
     uint64_t file_offset; /* file blocks: where the block starts in the file */
+    /* Destination: the page up to which the stream's first pass has reached (atomic; pages arrive in block
+     * order in the first pass, up to the batches still in flight on other multifd channels). The populate thread
+     * does not fault in what lies below it: those pages have arrived already, and a zero page that was not
+     * written must stay unpopulated. */
+    uint64_t recv_frontier;
+    /* Destination: the pages that may hold data (bits set atomically): those populated when the incoming
+     * migration started, and those it has written since. Any other page reads as zero, so a page the stream says
+     * is zero needs no write there, and is not even read (reading an untouched page costs a fault). NULL until
+     * the first incoming migration. */
+    unsigned long *recv_written;
 };
 
 /* Map a block; the engine registers it. */
@@ -139,4 +151,30 @@ void ferry__tracker_stop(FerryDirtyTracker *t);
 /* Whether uffd-wp tracking works on this kernel; on false, *errp says why. */
 bool ferry__tracker_uffd_wp_probe(FerryError **errp);
 
+/* Destination: pages [@first, @first + @n) were written by this migration. Any thread. */
+static inline void ferry__ram_block_note_written(FerryRamBlock *b, uint64_t first, uint64_t n)
+{
+    ferry__bitmap_set_range_atomic(b->recv_written, (size_t)first, (size_t)n);
+}
+
+/* Destination: make page @page read as zero, reading it only if it may hold data and writing it only if it does
+ * (a page already zero stays as it is). */
+static inline void ferry__ram_block_zero_page(FerryRamBlock *b, uint64_t page, size_t ps)
+{
+    const unsigned long bits = 8 * sizeof(unsigned long);
+    unsigned long w = __atomic_load_n(&b->recv_written[page / bits], __ATOMIC_RELAXED);
+    uint8_t *p = b->host + page * ps;
+    if (((w >> (page % bits)) & 1) && !ferry__buffer_is_zero(p, ps)) {
+        memset(p, 0, ps);
+    }
+}
+
+/* Destination: pages up to @end have arrived (recv_frontier only grows). Any thread. */
+static inline void ferry__ram_block_note_received(FerryRamBlock *b, uint64_t end)
+{
+    uint64_t cur = __atomic_load_n(&b->recv_frontier, __ATOMIC_RELAXED);
+    while (cur < end && !__atomic_compare_exchange_n(&b->recv_frontier, &cur, end, true, __ATOMIC_RELAXED,
+                                                     __ATOMIC_RELAXED)) {
+    }
+}
 #endif

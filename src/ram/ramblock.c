@@ -253,6 +253,7 @@ void ferry__ram_block_free(FerryRamBlock *b)
         close(b->file_fd);
     }
     free(b->explicit_dirty);
+    free(b->recv_written);
     free(b->name);
     free(b);
 }
