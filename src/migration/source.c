@@ -247,6 +247,19 @@ static bool check_return_path(Source *src, FerryError **errp)
     return false;
 }
 
+/* After a failure to send: if the destination reported a failure of its own on the return path, that is the
+ * real reason (the write failed because it gave up); put it in *errp instead. */
+static void prefer_destination_reason(Source *src, FerryError **errp)
+{
+    FerryError *why = NULL;
+    if (!check_return_path(src, &why) && why && strstr(ferry_error_msg(why), "the destination failed")) {
+        ferry_error_free(*errp);
+        *errp = why;
+    } else {
+        ferry_error_free(why);
+    }
+}
+
 static bool check_stream(Source *src, FerryError **errp)
 {
     if (cancelled(src->m)) {
@@ -254,14 +267,7 @@ static bool check_stream(Source *src, FerryError **errp)
         return false;
     }
     if (!ferry__stream_check(src->s, errp)) {
-        /* A write failure is often the destination having given up: prefer its reason if it left one. */
-        FerryError *why = NULL;
-        if (!check_return_path(src, &why) && why && strstr(ferry_error_msg(why), "the destination failed")) {
-            ferry_error_free(*errp);
-            *errp = why;
-        } else {
-            ferry_error_free(why);
-        }
+        prefer_destination_reason(src, errp);
         return false;
     }
     return true;
@@ -407,15 +413,8 @@ static bool multifd_failed(Source *src, FerryError **errp)
         return false;
     }
     struct pollfd p = { .fd = src->chan->fd, .events = POLLIN };
-    if (poll(&p, 1, 1000) <= 0) {
-        return false;
-    }
-    FerryError *why = NULL;
-    if (!check_return_path(src, &why) && why && strstr(ferry_error_msg(why), "the destination failed")) {
-        ferry_error_free(*errp);
-        *errp = why;
-    } else {
-        ferry_error_free(why);
+    if (poll(&p, 1, 1000) > 0) {
+        prefer_destination_reason(src, errp);
     }
     return false;
 }

@@ -32,6 +32,11 @@ def start(workload, args, uri, multifd_dst=True, dst_extra=()):
     return src, dst
 
 
+def all_ram_written(src):
+    """Wait until the A-B workers have written every page once, so that every channel has megabytes to carry."""
+    wait_until(lambda: src.workload_info()["pages-written"] >= (64 << 20) // 4096, 30, "all RAM written")
+
+
 def unix_uri(workload, name="mig.sock"):
     return f"unix:{os.path.join(workload.tmpdir, name)}"
 
@@ -253,9 +258,8 @@ def test_channel_cut_mid_pass(workload, cut_channel):
     relay = Relay(relay_path, real[len("unix:"):], cut=(cut_channel + 1, 4 << 20))
     try:
         src.wait_status(("running",))
-        # All of RAM written once (so that every channel has megabytes to carry), and a bandwidth low enough that
-        # the cut lands in the first pass.
-        wait_until(lambda: src.workload_info()["pages-written"] >= (64 << 20) // 4096, 30, "all RAM written")
+        # A bandwidth low enough that the cut lands in the first pass.
+        all_ram_written(src)
         info = migrate(src, f"unix:{relay_path}", **{"multifd-channels": 3, "max-bandwidth": 64 << 20})
         assert relay.cut_done.is_set()
     finally:
@@ -270,7 +274,7 @@ def test_cancel(workload):
     uri = unix_uri(workload)
     src, dst = start(workload, AB, uri)
     src.wait_status(("running",))
-    wait_until(lambda: src.workload_info()["pages-written"] >= (64 << 20) // 4096, 30, "all RAM written")
+    all_ram_written(src)
     src.set_params(**{"max-bandwidth": 4 << 20, "multifd-channels": 4})
     src.migrate(uri)
     wait_until(lambda: src.query_migrate().get("ram", {}).get("multifd-bytes", 0) > 1 << 20, 30,
@@ -305,7 +309,7 @@ def test_destination_quit_mid_migration(workload):
     uri = unix_uri(workload)
     src, dst = start(workload, AB, uri)
     src.wait_status(("running",))
-    wait_until(lambda: src.workload_info()["pages-written"] >= (64 << 20) // 4096, 30, "all RAM written")
+    all_ram_written(src)
     src.set_params(**{"max-bandwidth": 4 << 20, "multifd-channels": 4})
     src.migrate(uri)
     # The destination's query-migrate counts multifd bytes as they arrive, not only at the end of a pass.
