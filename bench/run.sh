@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Build a release tree (build-release) and run the migration benchmark (bench/migrate-bench.py) on it. Options are
-# passed to the benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints numbers.
+# Build a release tree (build-release) and run the migration benchmark (bench/migrate-bench.py) on it, or with
+# --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py). Other options are passed to the
+# benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints numbers.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+script=migrate-bench.py
+if [ "${1:-}" = "--qemu" ]; then
+    script=qemu-bench.py
+    shift
+fi
 if [ ! -f build-release/build.ninja ]; then
     meson setup build-release --buildtype=release -Dtests=false >/dev/null
 fi
 ninja -C build-release
-exec /usr/bin/python3 bench/migrate-bench.py --build "$root/build-release" "$@"
+exec /usr/bin/python3 "bench/$script" --build "$root/build-release" "$@"

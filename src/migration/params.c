@@ -134,6 +134,17 @@ static const struct {
     { "background-snapshot", "background snapshots are not implemented" },
 };
 
+/* The reason a QEMU capability ferry knows is not implemented, or NULL if @name is not one of them. */
+static const char *cap_not_yet_reason(const char *name)
+{
+    for (size_t k = 0; k < FERRY_ARRAY_SIZE(caps_not_yet); k++) {
+        if (strcmp(caps_not_yet[k].name, name) == 0) {
+            return caps_not_yet[k].why;
+        }
+    }
+    return NULL;
+}
+
 static int64_t *param_field(FerryParams *p, const ParamDesc *d)
 {
     return (int64_t *)((char *)p + d->offset);
@@ -530,23 +541,21 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
             }
         }
         if (c == FERRY_CAP__MAX) {
-            for (size_t k = 0; k < FERRY_ARRAY_SIZE(caps_not_yet); k++) {
-                if (strcmp(caps_not_yet[k].name, json_string_value(name)) != 0) {
-                    continue;
-                }
-                if (!json_is_true(state)) {
-                    goto next; /* off is what ferry does anyway */
-                }
-                ferry_error_setg(errp, "Capability '%s' is not supported by ferry: %s", caps_not_yet[k].name,
-                                 caps_not_yet[k].why);
-                return false;
+            const char *why = cap_not_yet_reason(json_string_value(name));
+            if (why && !json_is_true(state)) {
+                continue; /* off is what ferry does anyway */
             }
-            ferry_error_setg(errp, "Parameter 'capability' does not accept value '%s'", json_string_value(name));
+            if (why) {
+                ferry_error_setg(errp, "Capability '%s' is not supported by ferry: %s", json_string_value(name),
+                                 why);
+            } else {
+                ferry_error_setg(errp, "Parameter 'capability' does not accept value '%s'",
+                                 json_string_value(name));
+            }
             return false;
         }
         want[c] = json_is_true(state);
         given[c] = true;
-    next:;
     }
     pthread_mutex_lock(&m->lock);
     if (!m->incoming && (m->out_thread_joinable && m->status != FERRY_MIG_COMPLETED &&

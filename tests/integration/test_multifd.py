@@ -215,12 +215,16 @@ def test_parameters_defaults_and_config(workload):
             d["zero-page-detection"]) == (2, "none", 1, 1, "multifd"), d
 
 
-def check_source_intact_and_retry(workload, src, args, name):
-    """After a failed migration: the source runs with its pattern intact, and a migration to a fresh destination
-    completes."""
+def assert_source_runs_on(src):
     src.wait_status(("running",))
     src.assert_pattern_ok()
     src.assert_advancing()
+
+
+def check_source_intact_and_retry(workload, src, args, name):
+    """After a failed migration: the source runs with its pattern intact, and a migration to a fresh destination
+    completes."""
+    assert_source_runs_on(src)
     uri = unix_uri(workload, f"{name}.sock")
     dst = workload(f"{name}-dst", *args, "-incoming", "defer")
     caps(dst, multifd=True)
@@ -270,21 +274,26 @@ def test_channel_cut_mid_pass(workload, cut_channel):
     check_source_intact_and_retry(workload, src, AB, "retry")
 
 
-def test_cancel(workload):
+def start_slow_migration(workload):
+    """A running A-B source with all of RAM written, migrating on 4 channels at 4 MiB/s: the first pass takes
+    long enough for something to happen in the middle of it."""
     uri = unix_uri(workload)
     src, dst = start(workload, AB, uri)
     src.wait_status(("running",))
     all_ram_written(src)
     src.set_params(**{"max-bandwidth": 4 << 20, "multifd-channels": 4})
     src.migrate(uri)
+    return src, dst
+
+
+def test_cancel(workload):
+    src, dst = start_slow_migration(workload)
     wait_until(lambda: src.query_migrate().get("ram", {}).get("multifd-bytes", 0) > 1 << 20, 30,
                "multifd data flowing")
     src.cmd("migrate_cancel")
     info = src.wait_migration()
     assert info["status"] == "cancelled", info
-    src.wait_status(("running",))
-    src.assert_pattern_ok()
-    src.assert_advancing()
+    assert_source_runs_on(src)
 
 
 def test_zero_copy_send_refused_with_reason(workload):
@@ -306,12 +315,7 @@ def test_zero_copy_send_refused_with_reason(workload):
 def test_destination_quit_mid_migration(workload):
     """QMP quit on a destination that is receiving on multifd channels: it exits promptly (every channel thread
     is failed, so nothing waits for a sync that will not come), and the source fails and runs on."""
-    uri = unix_uri(workload)
-    src, dst = start(workload, AB, uri)
-    src.wait_status(("running",))
-    all_ram_written(src)
-    src.set_params(**{"max-bandwidth": 4 << 20, "multifd-channels": 4})
-    src.migrate(uri)
+    src, dst = start_slow_migration(workload)
     # The destination's query-migrate counts multifd bytes as they arrive, not only at the end of a pass.
     wait_until(lambda: dst.query_migrate().get("ram", {}).get("multifd-bytes", 0) > 1 << 20, 5,
                "multifd data arriving")
@@ -324,6 +328,4 @@ def test_destination_quit_mid_migration(workload):
     assert time.monotonic() - t0 < 10
     info = src.wait_migration()
     assert info["status"] == "failed", info
-    src.wait_status(("running",))
-    src.assert_pattern_ok()
-    src.assert_advancing()
+    assert_source_runs_on(src)

@@ -391,6 +391,32 @@ static void test_cancel_while_connecting(void **state)
 }
 
 /*
+ * Start a migration from @src to @dst over a pipe ("fd:NAME-in" / "fd:NAME-out" in the fd store): a one-way
+ * channel, so the source completes once the stream is written. Both run states are set up for it first.
+ */
+static void migrate_over_pipe(Side *src, Side *dst, const char *name)
+{
+    ferry__runstate_init(dst->m, false, true);
+    ferry__runstate_init(src->m, false, false);
+    ferry__vm_start_initial(src->m);
+    int p[2];
+    char in_name[64], out_name[64], in_uri[80], out_uri[80];
+    snprintf(in_name, sizeof(in_name), "%s-in", name);
+    snprintf(out_name, sizeof(out_name), "%s-out", name);
+    snprintf(in_uri, sizeof(in_uri), "fd:%s", in_name);
+    snprintf(out_uri, sizeof(out_uri), "fd:%s", out_name);
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    /* A pipe holds 64 KiB: the two ends must run at the same time, as they do. */
+    assert_true(ferry__fdstore_add(in_name, p[0], NULL));
+    assert_true(ferry__fdstore_add(out_name, p[1], NULL));
+    FerryMigrationAddress *in = addr_of(in_uri), *out = addr_of(out_uri);
+    assert_true(ferry__migrate_incoming(dst->m, in, false, NULL));
+    assert_true(ferry__migrate(src->m, out, NULL));
+    ferry__address_free(in);
+    ferry__address_free(out);
+}
+
+/*
  * A channel without a return path: the stream goes through a pipe handed to both engines as named fds
  * ("fd:NAME"). The source completes once the stream is written (no ACK can come back), the destination checks
  * the stream on its own. A second run with a destination whose RAM differs shows that the destination refuses on
@@ -403,17 +429,7 @@ static void run_one_way(uint64_t dst_size, bool expect_ok)
     side_init(&dst, dst_size, FERRY_TRACKER_AUTO);
     memset(ferry_ram_block_host(src.blk[0]), 0x42, 4 << 20);
     src.dev.counter = 7;
-    ferry__runstate_init(dst.m, false, true);
-    ferry__runstate_init(src.m, false, false);
-    ferry__vm_start_initial(src.m);
-    int p[2];
-    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-    /* A pipe holds 64 KiB: the two ends must run at the same time, as they do. */
-    assert_true(ferry__fdstore_add("oneway-in", p[0], NULL));
-    assert_true(ferry__fdstore_add("oneway-out", p[1], NULL));
-    FerryMigrationAddress *in = addr_of("fd:oneway-in"), *out = addr_of("fd:oneway-out");
-    assert_true(ferry__migrate_incoming(dst.m, in, false, NULL));
-    assert_true(ferry__migrate(src.m, out, NULL));
+    migrate_over_pipe(&src, &dst, "oneway");
     const char *st = wait_terminal(src.m, 30000);
     if (strcmp(st, expect_ok ? "completed" : "failed") != 0) {
         fail_msg("source status %s: %s", st, error_desc(src.m));
@@ -430,8 +446,6 @@ static void run_one_way(uint64_t dst_size, bool expect_ok)
         assert_int_equal(ferry__runstate_get(dst.m), FERRY_RUN_INMIGRATE);
         assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
     }
-    ferry__address_free(in);
-    ferry__address_free(out);
     side_free(&src);
     side_free(&dst);
 }
@@ -491,6 +505,18 @@ static void tb_register(Side *s, TestBackend *tb, int fd, bool transfer)
     }
 }
 
+/* A source and a destination of 1 MiB with a test backend each; the source's holds a new memfd (returned). */
+static int backend_pair(Side *src, TestBackend *sb, Side *dst, TestBackend *db, bool transfer)
+{
+    side_init(src, 1 << 20, FERRY_TRACKER_AUTO);
+    side_init(dst, 1 << 20, FERRY_TRACKER_AUTO);
+    int fd = memfd_create("backend", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    tb_register(src, sb, fd, transfer);
+    tb_register(dst, db, -1, transfer);
+    return fd;
+}
+
 /*
  * With backend-transfer on, the destination's set_fd gets the very open file the source had; the source's release
  * runs exactly once, after the destination acknowledged and before the run state became postmigrate (the
@@ -506,13 +532,8 @@ static void test_backend_release(void **state)
     char *uri;
 
     /* Completed: the fd moves, the source lets go of it. */
-    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
-    side_init(&dst, 1 << 20, FERRY_TRACKER_AUTO);
-    int fd = memfd_create("backend", MFD_CLOEXEC);
-    assert_true(fd >= 0);
+    int fd = backend_pair(&src, &sb, &dst, &db, true);
     assert_int_equal(fstat(fd, &st_src), 0);
-    tb_register(&src, &sb, fd, true);
-    tb_register(&dst, &db, -1, true);
     FerryMigrationAddress *a = migrate_pair(&src, &dst, &uri);
     assert_string_equal(wait_terminal(src.m, 30000), "completed");
     assert_string_equal(wait_terminal(dst.m, 30000), "completed");
@@ -532,13 +553,8 @@ static void test_backend_release(void **state)
     side_free(&dst);
 
     /* Failed (the destination refuses a section after it adopted the fd): the source keeps its backend. */
-    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
-    side_init(&dst, 1 << 20, FERRY_TRACKER_AUTO);
+    fd = backend_pair(&src, &sb, &dst, &db, true);
     dst.dev.fail_load = true;
-    fd = memfd_create("backend", MFD_CLOEXEC);
-    assert_true(fd >= 0);
-    tb_register(&src, &sb, fd, true);
-    tb_register(&dst, &db, -1, true);
     a = migrate_pair(&src, &dst, &uri);
     assert_string_equal(wait_terminal(src.m, 30000), "failed");
     assert_string_equal(wait_terminal(dst.m, 30000), "failed");
@@ -555,22 +571,8 @@ static void test_backend_release(void **state)
     side_free(&dst);
 
     /* One way (a pipe): completed, but no acknowledgement, so no release. */
-    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
-    side_init(&dst, 1 << 20, FERRY_TRACKER_AUTO);
-    fd = memfd_create("backend", MFD_CLOEXEC);
-    assert_true(fd >= 0);
-    tb_register(&src, &sb, fd, false);
-    tb_register(&dst, &db, -1, false);
-    ferry__runstate_init(dst.m, false, true);
-    ferry__runstate_init(src.m, false, false);
-    ferry__vm_start_initial(src.m);
-    int p[2];
-    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-    assert_true(ferry__fdstore_add("release-in", p[0], NULL));
-    assert_true(ferry__fdstore_add("release-out", p[1], NULL));
-    FerryMigrationAddress *in = addr_of("fd:release-in"), *out = addr_of("fd:release-out");
-    assert_true(ferry__migrate_incoming(dst.m, in, false, NULL));
-    assert_true(ferry__migrate(src.m, out, NULL));
+    fd = backend_pair(&src, &sb, &dst, &db, false);
+    migrate_over_pipe(&src, &dst, "release");
     assert_string_equal(wait_terminal(src.m, 30000), "completed");
     assert_string_equal(wait_terminal(dst.m, 30000), "completed");
     assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_POSTMIGRATE);
@@ -578,8 +580,6 @@ static void test_backend_release(void **state)
     assert_int_equal(sb.fd, fd);
     assert_int_equal(db.sets, 0);
     close(sb.fd);
-    ferry__address_free(in);
-    ferry__address_free(out);
     side_free(&src);
     side_free(&dst);
 }
