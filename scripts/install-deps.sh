@@ -10,7 +10,7 @@ packages=(
     libjansson-dev libcmocka-dev libxxhash-dev libzstd-dev zlib1g-dev libgnutls28-dev
     python3 python3-pytest
     clang libclang-rt-14-dev
-    iproute2 procps
+    iproute2 procps valgrind
 )
 
 if [ "$(id -u)" -eq 0 ]; then

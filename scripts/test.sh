@@ -68,7 +68,8 @@ if [ "$san_ok" = 1 ]; then
     meson test -C build-san --suite unit --print-errorlogs --num-processes 2
 
     step "integration tests (build-san)"
-    FERRY_BUILD="$root/build-san" "$py" -m pytest tests/integration -v -rs \
+    # test_valgrind.py runs build-ci's binaries under valgrind (it cannot run sanitized ones).
+    FERRY_BUILD="$root/build-san" FERRY_VALGRIND_BUILD="$root/build-ci" "$py" -m pytest tests/integration -v -rs \
         --junitxml="$root/build-san/pytest-junit.xml"
 fi
 

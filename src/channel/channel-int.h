@@ -46,6 +46,7 @@ typedef struct FerryFdChannel {
     bool pollable;     /* a non-socket fd in non-blocking mode, waited for with poll() and wake_fd */
     int wake_fd;       /* eventfd written by shutdown when pollable, else -1 */
     int shut;          /* set (atomically) by shutdown from any thread */
+    unsigned timeout_ms; /* ferry__channel_set_timeout: give up after this long without progress; 0 = never */
     bool is_unix;      /* an AF_UNIX stream socket: reads collect SCM_RIGHTS fds, sends can carry them */
     /* fds received with the bytes read so far and not yet taken (ferry__channel_take_fd), oldest first; owned
      * by the channel and closed with it. Only the reading thread touches them. */
@@ -63,6 +64,7 @@ ssize_t ferry__fd_channel_writev(FerryChannel *c, const struct iovec *iov, int i
 void ferry__fd_channel_shutdown(FerryChannel *c);
 void ferry__fd_channel_close(FerryChannel *c); /* closes the fd and the eventfd; the struct is channel.c's */
 bool ferry__fd_channel_is_shut(FerryChannel *c);
+bool ferry__fd_channel_set_timeout(FerryChannel *c, unsigned ms, FerryError **errp);
 /* writev(2), or vmsplice(2) with @splice_flags if @splice, that gives EPIPE instead of raising SIGPIPE. */
 ssize_t ferry__pipe_write_nosigpipe(int fd, const struct iovec *iov, int iovcnt, bool splice, unsigned splice_flags);
 /* ferry__channel_send_fds for an fd channel that is_unix. */

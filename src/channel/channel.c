@@ -62,6 +62,11 @@ FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int canc
     return c;
 }
 
+bool ferry__channel_set_timeout(FerryChannel *c, unsigned ms, FerryError **errp)
+{
+    return !c->ops->set_timeout || c->ops->set_timeout(c, ms, errp);
+}
+
 bool ferry__channel_finish(FerryChannel *c, FerryError **errp)
 {
     if (!c->ops->finish) {

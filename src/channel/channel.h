@@ -32,6 +32,8 @@ typedef struct FerryChannelOps {
     /* Optional: the sender's last step after the end of the stream (exec: close the child's stdin, reap it and
      * fail on a non-zero exit status; file: flush to disk). NULL means nothing to do. */
     bool (*finish)(FerryChannel *c, FerryError **errp);
+    /* Optional: see ferry__channel_set_timeout. NULL means the channel never waits for a peer (files). */
+    bool (*set_timeout)(FerryChannel *c, unsigned ms, FerryError **errp);
 } FerryChannelOps;
 
 struct FerryChannel {
@@ -52,6 +54,10 @@ bool ferry__channel_readv_all(FerryChannel *c, struct iovec *iov, int iovcnt, Fe
 /* Read up to @len bytes: returns bytes read, 0 at end of stream, -1 on error. */
 ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp);
 void ferry__channel_shutdown(FerryChannel *c);
+/* Make a read or write that moves nothing for @ms milliseconds fail with an error that names the io-timeout
+ * parameter (0: wait forever, the default). It bounds a lack of progress, not the length of a transfer: a peer
+ * that reads or sends slowly is not cut off, one that stops is. */
+bool ferry__channel_set_timeout(FerryChannel *c, unsigned ms, FerryError **errp);
 /* Run the ops' finish step if it has one (see FerryChannelOps.finish). */
 bool ferry__channel_finish(FerryChannel *c, FerryError **errp);
 /*

@@ -266,6 +266,7 @@ static const FerryChannelOps exec_ops = {
     .shutdown = exec_shutdown,
     .close = exec_close,
     .finish = exec_finish,
+    .set_timeout = ferry__fd_channel_set_timeout,
 };
 
 /* Starts the command with a pipe to its stdin (@source) or from its stdout, and wraps our end. */

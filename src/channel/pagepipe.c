@@ -81,12 +81,19 @@ void ferry__page_pipe_free(FerryPagePipe *pp)
     }
 }
 
-/* Waits for @events on the pipe; false with *errp set if @main was shut down meanwhile or poll failed. */
+/* Waits for @events on the pipe; false with *errp set if @main was shut down meanwhile, poll failed, or nothing
+ * happened for @main's io-timeout (the pipe is part of that channel). */
 static bool wait_pipe(FerryPagePipe *pp, short events, FerryChannel *main, const char *what, FerryError **errp)
 {
+    unsigned timeout_ms = ((FerryFdChannel *)main)->timeout_ms;
+    int64_t start = ferry__clock_ms();
     for (;;) {
         if (ferry__fd_channel_is_shut(main)) {
             ferry_error_setg(errp, "%s the page pipe: the migration channel was shut down", what);
+            return false;
+        }
+        if (timeout_ms && ferry__clock_ms() - start >= (int64_t)timeout_ms) {
+            ferry_error_setg(errp, "%s the page pipe: no progress for %u ms (io-timeout)", what, timeout_ms);
             return false;
         }
         struct pollfd p = { .fd = pp->fd, .events = events };

@@ -35,19 +35,47 @@ bool ferry__fd_channel_is_shut(FerryChannel *c)
     return __atomic_load_n(&((FerryFdChannel *)c)->shut, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* Waits until @fd is ready for @events or the channel is shut down. False (errno set) on a poll error. */
+/* Waits until @fd is ready for @events or the channel is shut down. False with errno set on a poll error, and
+ * with errno ETIMEDOUT when nothing happened for the channel's timeout (ferry__channel_set_timeout). */
 static bool wait_ready(FerryFdChannel *fc, short events)
 {
     struct pollfd pfd[2] = {
         { .fd = fc->base.fd, .events = events },
         { .fd = fc->wake_fd, .events = POLLIN },
     };
-    while (poll(pfd, 2, -1) < 0) {
+    int timeout = fc->timeout_ms ? (int)fc->timeout_ms : -1;
+    for (;;) {
+        int n = poll(pfd, 2, timeout);
+        if (n > 0) {
+            return true;
+        }
+        if (n == 0) {
+            errno = ETIMEDOUT;
+            return false;
+        }
         if (errno != EINTR) {
             return false;
         }
     }
-    return true;
+}
+
+/* Whether a failed call with @err is the channel's timeout expiring: EAGAIN from a blocking socket with
+ * SO_RCVTIMEO/SO_SNDTIMEO, ETIMEDOUT from wait_ready. */
+static bool timed_out(const FerryFdChannel *fc, int err)
+{
+    return fc->timeout_ms && (err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT);
+}
+
+/* The error of a read or write that gave up: say which parameter made it give up, so that the user knows both
+ * what happened (the peer stopped reading or sending) and what to change. */
+static void set_io_error(FerryFdChannel *fc, FerryError **errp, int err, const char *what)
+{
+    if (timed_out(fc, err)) {
+        ferry_error_setg(errp, "Failed to %s '%s': no progress for %u ms (io-timeout); the peer stopped %s",
+                         what, fc->base.desc, fc->timeout_ms, what[0] == 'r' ? "sending" : "reading");
+    } else {
+        ferry_error_setg_errno(errp, err, "Failed to %s '%s'", what, fc->base.desc);
+    }
 }
 
 /*
@@ -120,13 +148,13 @@ ssize_t ferry__fd_channel_readv(FerryChannel *c, const struct iovec *iov, int io
         }
         if (fc->pollable && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (!wait_ready(fc, POLLIN)) {
-                ferry_error_setg_errno(errp, errno, "Failed to read from '%s'", c->desc);
+                set_io_error(fc, errp, errno, "read from");
                 return -1;
             }
             continue;
         }
         if (errno != EINTR) {
-            ferry_error_setg_errno(errp, errno, "Failed to read from '%s'", c->desc);
+            set_io_error(fc, errp, errno, "read from");
             return -1;
         }
     }
@@ -179,7 +207,7 @@ ssize_t ferry__fd_channel_writev(FerryChannel *c, const struct iovec *iov, int i
         }
         if (fc->pollable && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (!wait_ready(fc, POLLOUT)) {
-                ferry_error_setg_errno(errp, errno, "Failed to write to '%s'", c->desc);
+                set_io_error(fc, errp, errno, "write to");
                 return -1;
             }
             continue;
@@ -189,7 +217,7 @@ ssize_t ferry__fd_channel_writev(FerryChannel *c, const struct iovec *iov, int i
             if (ferry__fd_channel_is_shut(c)) {
                 ferry_error_setg(errp, "Failed to write to '%s': channel was shut down", c->desc);
             } else {
-                ferry_error_setg_errno(errp, err, "Failed to write to '%s'", c->desc);
+                set_io_error(fc, errp, err, "write to");
             }
             return -1;
         }
@@ -239,7 +267,11 @@ bool ferry__fd_channel_send_fds(FerryChannel *c, const void *buf, size_t len, co
             return (size_t)n == len || ferry__channel_write_all(c, (const char *)buf + n, len - (size_t)n, errp);
         }
         if (errno != EINTR) {
-            ferry_error_setg_errno(errp, errno, "Failed to send %zu file descriptors to '%s'", nfds, c->desc);
+            if (timed_out((FerryFdChannel *)c, errno)) {
+                set_io_error((FerryFdChannel *)c, errp, errno, "write to");
+            } else {
+                ferry_error_setg_errno(errp, errno, "Failed to send %zu file descriptors to '%s'", nfds, c->desc);
+            }
             return false;
         }
     }
@@ -301,13 +333,33 @@ void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int 
     fc->pollable = true;
 }
 
+bool ferry__fd_channel_set_timeout(FerryChannel *c, unsigned ms, FerryError **errp)
+{
+    FerryFdChannel *fc = (FerryFdChannel *)c;
+    if (fc->is_socket) {
+        /* A blocking socket gives up by itself: a send or receive that moved nothing for this long fails with
+         * EAGAIN (a partial transfer returns its count, so the limit is on a lack of progress, not on a
+         * record's duration). */
+        struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+        if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+            setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) {
+            ferry_error_setg_errno(errp, errno, "Failed to set io-timeout on '%s'", c->desc);
+            return false;
+        }
+    }
+    /* Pipes use it in wait_ready; regular files never wait for a peer. */
+    fc->timeout_ms = ms;
+    return true;
+}
+
 static void fd_channel_close_op(FerryChannel *c)
 {
     ferry__fd_channel_close(c);
 }
 
 #define FD_OPS(opsname) { .name = opsname, .readv = ferry__fd_channel_readv, .writev = ferry__fd_channel_writev, \
-                          .shutdown = ferry__fd_channel_shutdown, .close = fd_channel_close_op }
+                          .shutdown = ferry__fd_channel_shutdown, .close = fd_channel_close_op, \
+                          .set_timeout = ferry__fd_channel_set_timeout }
 
 static const FerryChannelOps tcp_ops = FD_OPS("tcp");
 static const FerryChannelOps unix_ops = FD_OPS("unix");

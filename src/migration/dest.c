@@ -52,6 +52,7 @@ typedef struct Dest {
     FerryChannel *chan;
     FerryStream *s;
     size_t ps;
+    unsigned timeout_ms;     /* io-timeout when the connection came, for every channel of this migration */
     bool config_seen;
     uint64_t pages;
     uint64_t normal, duplicate;
@@ -479,7 +480,8 @@ static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
         return false;
     }
     FerryMultifdConfig cfg = { .channels = r.channels, .compression = r.compression,
-                               .checksum = r.flags & FERRY_MFD_F_CHECKSUM, .page_size = d->ps };
+                               .checksum = r.flags & FERRY_MFD_F_CHECKSUM, .page_size = d->ps,
+                               .timeout_ms = d->timeout_ms };
     memcpy(cfg.session, r.session, sizeof(cfg.session));
     d->mfd = ferry__multifd_recv_new(d->listener, &cfg, d->m->blocks, d->m->nblocks, d->chan, errp);
     pthread_mutex_lock(&d->m->lock);
@@ -965,11 +967,15 @@ static bool run(Dest *d, FerryError **errp)
     pthread_mutex_lock(&m->lock);
     m->in_chan = c;
     bool quitting = m->quitting;
+    d->timeout_ms = (unsigned)m->params.io_timeout;
     pthread_mutex_unlock(&m->lock);
     if (!c) {
         return false;
     }
     d->chan = c;
+    if (!ferry__channel_set_timeout(c, d->timeout_ms, errp)) {
+        return false;
+    }
     if (quitting) {
         ferry_error_setg(errp, "shutting down");
         return false;

@@ -54,6 +54,7 @@ typedef struct FerryParams {
     int64_t multifd_zlib_level;
     int64_t multifd_zstd_level;
     int64_t zero_page_detection; /* FerryZeroPageDetection */
+    int64_t io_timeout;     /* milliseconds without progress on a channel before giving up; 0 = never */
 } FerryParams;
 
 /* QEMU's MultiFDCompression (the values ferry implements; the wire's FERRY_MFD_COMP_* have the same numbers). */

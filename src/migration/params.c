@@ -66,6 +66,10 @@ static const ParamDesc params[] = {
     { "multifd-zstd-level", PARAM_INT, offsetof(FerryParams, multifd_zstd_level), 1, 0, 20, "level", NULL, NULL },
     { "zero-page-detection", PARAM_ENUM, offsetof(FerryParams, zero_page_detection), FERRY_ZERO_MULTIFD, 0, 0,
       NULL, zero_values, NULL },
+    /* ferry's own (QEMU has none): a stalled peer (one that stops reading or sending while the connection
+     * stays up) otherwise holds a migration until migrate_cancel. 0 keeps QEMU's behaviour, waiting forever. */
+    { "io-timeout", PARAM_INT, offsetof(FerryParams, io_timeout), 0, 0, 24 * 3600 * 1000, "milliseconds", NULL,
+      NULL },
     NOT_YET("tls-creds", "TLS comes with the reliability and security work"),
     NOT_YET("tls-hostname", "TLS comes with the reliability and security work"),
     NOT_YET("tls-authz", "TLS comes with the reliability and security work"),

@@ -860,6 +860,7 @@ static bool setup_multifd(Source *src, FerryError **errp)
     cfg.compression = (uint8_t)m->params.multifd_compression;
     cfg.level = (int)(cfg.compression == FERRY_MFD_COMP_ZLIB ? m->params.multifd_zlib_level
                                                              : m->params.multifd_zstd_level);
+    cfg.timeout_ms = (unsigned)m->params.io_timeout;
     pthread_mutex_unlock(&m->lock);
     if (getrandom(cfg.session, sizeof(cfg.session), 0) != (ssize_t)sizeof(cfg.session)) {
         ferry_error_setg_errno(errp, errno, "multifd: cannot draw a session id");
@@ -900,9 +901,13 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     m->out_chan = src->chan;
     FerryTrackerKind kind = m->tracker_kind;
     src->zero_mode = (FerryZeroPageDetection)m->params.zero_page_detection;
+    unsigned timeout_ms = (unsigned)m->params.io_timeout;
     pthread_mutex_unlock(&m->lock);
     if (cancelled(m)) {
         ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    if (!ferry__channel_set_timeout(src->chan, timeout_ms, errp)) {
         return false;
     }
     src->s = ferry__stream_new(src->chan);
@@ -1026,6 +1031,9 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     /* Switchover. */
     *prev = ferry__vm_stop_for_migration(m);
     *stopped = true;
+    /* QEMU's status for the stopped phase (it has set it at every switchover since 9.1): the workload is
+     * paused and the last pages and the device state are on their way. */
+    ferry__mig_set_status(m, FERRY_MIG_DEVICE);
     int64_t downtime_start = ferry__clock_ms();
     src->downtime_phase = true;
     if (stop_and_copy) {

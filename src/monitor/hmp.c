@@ -229,6 +229,7 @@ static const char *param_unit(const char *name)
         { "max-postcopy-bandwidth", " bytes/second" },
         { "downtime-limit", " ms" },
         { "x-checkpoint-delay", " ms" },
+        { "io-timeout", " ms" },
         { "xbzrle-cache-size", " bytes" },
         { "cpu-throttle-initial", " %" },
         { "cpu-throttle-increment", " %" },

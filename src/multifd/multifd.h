@@ -29,6 +29,7 @@ typedef struct FerryMultifdConfig {
     bool checksum;       /* packets end with a CRC32C */
     bool detect_zero;    /* source: the channel threads check pages for zero (zero-page-detection=multifd) */
     size_t page_size;
+    unsigned timeout_ms; /* io-timeout of every channel (ferry__channel_set_timeout); 0 = none */
     uint8_t session[FERRY_WIRE_MFD_SESSION_LEN];
 } FerryMultifdConfig;
 

@@ -299,7 +299,8 @@ FerryMultifdRecv *ferry__multifd_recv_new(FerryListener *l, const FerryMultifdCo
         FerryChannel *c = ferry__listener_accept_timeout(l, ACCEPT_TIMEOUT_MS, &err);
         uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], session[FERRY_WIRE_MFD_SESSION_LEN];
         uint16_t index = 0;
-        if (c && read_hello(c, hello, &err) && ferry__wire_mfd_hello_decode(hello, &index, session, &err)) {
+        if (c && ferry__channel_set_timeout(c, cfg->timeout_ms, &err) && read_hello(c, hello, &err) &&
+            ferry__wire_mfd_hello_decode(hello, &index, session, &err)) {
             if (memcmp(session, cfg->session, sizeof(session)) != 0) {
                 ferry_error_setg(&err, "it belongs to another migration (session id differs)");
             } else if (index >= r->n) {

@@ -241,7 +241,8 @@ FerryMultifdSend *ferry__multifd_send_new(const FerryMigrationAddress *addr, int
         sn->chan = ferry__channel_connect(addr, cancel_fd, &err);
         uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN];
         ferry__wire_mfd_hello_encode((uint16_t)i, cfg->session, hello);
-        if (sn->chan && ferry__channel_write_all(sn->chan, hello, sizeof(hello), &err)) {
+        if (sn->chan && ferry__channel_set_timeout(sn->chan, cfg->timeout_ms, &err) &&
+            ferry__channel_write_all(sn->chan, hello, sizeof(hello), &err)) {
             s->bytes += sizeof(hello);
             if (cfg->compression != FERRY_MFD_COMP_NONE) {
                 sn->comp = ferry__compressor_new(cfg->compression, cfg->level, &err);

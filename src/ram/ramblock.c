@@ -388,6 +388,8 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
             }
             return errno;
         }
+        FERRY_MARK_DEFINED(vec, (size_t)n * sizeof(vec[0]));
+        FERRY_MARK_DEFINED(&arg.walk_end, sizeof(arg.walk_end));
         /* With PM_SCAN_WP_MATCHING the kernel re-protected exactly the pages it returned; when the vector filled
          * up it stopped at walk_end, and the next call continues from there. */
         for (int i = 0; i < n; i++) {

@@ -14,6 +14,15 @@
 
 #include "ferry/error.h"
 
+/* Memory that a kernel interface valgrind does not know filled in (PAGEMAP_SCAN's vector, say): memcheck would
+ * take it for uninitialised. These client requests are a handful of no-op instructions when not under valgrind. */
+#ifdef FERRY_HAVE_VALGRIND
+#include <valgrind/memcheck.h>
+#define FERRY_MARK_DEFINED(p, n) ((void)VALGRIND_MAKE_MEM_DEFINED((p), (n)))
+#else
+#define FERRY_MARK_DEFINED(p, n) ((void)(p), (void)(n))
+#endif
+
 #define FERRY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define FERRY_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FERRY_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -268,15 +268,16 @@ class Workload:
     """A ferry-workload process with its QMP socket. Use through the `workload` fixture, which always kills and
     reaps it and checks its stderr for sanitizer reports."""
 
-    def __init__(self, tmpdir, name, args, qmp=True, env=None, pass_fds=(), hmp_stdio=False, prefix=()):
+    def __init__(self, tmpdir, name, args, qmp=True, env=None, pass_fds=(), hmp_stdio=False, prefix=(),
+                 binary=None):
         self.name = name
         self.tmpdir = tmpdir
         self.qmp_path = os.path.join(tmpdir, f"{name}.qmp")
         self.stdout_path = os.path.join(tmpdir, f"{name}.stdout")
         self.stderr_path = os.path.join(tmpdir, f"{name}.stderr")
         # @prefix runs the program through a wrapper that execs it (e.g. "ip netns exec NS"): the pid stays the
-        # program's, so /proc/PID and signals reach it.
-        self.argv = [*prefix, workload_binary(), "-name", name]
+        # program's, so /proc/PID and signals reach it. @binary: another build's ferry-workload.
+        self.argv = [*prefix, binary or workload_binary(), "-name", name]
         if qmp:
             self.argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         self.argv += [str(a) for a in args]
@@ -651,3 +652,158 @@ class Relay:
                     s.close()
                 except OSError:
                     pass
+
+
+# Record types of docs/stream-format.md that the StreamRelay needs to know.
+REC_HELLO, REC_FEATURES, REC_RAM_PAGES, REC_PASS_END, REC_SECTION, REC_END = 0x0007, 0x0008, 0x0002, 0x0003, \
+    0x0004, 0x0005
+
+
+class StreamRelay:
+    """A UNIX-socket relay for a migration's main channel that reads the ferry stream as it forwards it
+    (docs/stream-format.md: the 16-byte header, then records of type, flags, length, payload and a CRC32C trailer
+    when the stream uses record-checksum) and holds the stream at a named point, before forwarding the record
+    that marks it, so that a test can inject a fault exactly there:
+
+      setup        HELLO (the source waits for the destination's HELLO_REPLY; nothing has been sent yet)
+      first-pass   the 8th RAM_PAGES record of pass 1
+      later-pass   the 8th RAM_PAGES record after the first PASS_END (pass 2 or later)
+      switchover   the first SECTION (the source has stopped its workload and sent its last pages)
+      device-state END (every SECTION has gone; only END and the destination's ACK are left)
+
+    at_point is set once the stream is held there; cut() then breaks both connections, release() lets the stream
+    go on. If the destination side closes (killed), the source side is shut down too, as a real connection would
+    break. Only the first connection is parsed; the relay takes just one (no multifd, no fd passing)."""
+
+    POINTS = ("setup", "first-pass", "later-pass", "switchover", "device-state")
+
+    def __init__(self, path, target, point):
+        import threading
+        assert point in self.POINTS, point
+        self.path, self.target, self.point = path, target, point
+        self.at_point = threading.Event()
+        self._go = threading.Event()
+        self._cut = False
+        self.c = self.d = None
+        self._lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._lsock.bind(path)
+        self._lsock.listen(4)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _recv_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.c.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError("source closed")
+            buf += chunk
+        return bytes(buf)
+
+    def _reached(self, rtype, ram_records, passes_ended):
+        if self.point == "setup":
+            return rtype == REC_HELLO
+        if self.point == "first-pass":
+            return rtype == REC_RAM_PAGES and passes_ended == 0 and ram_records == 8
+        if self.point == "later-pass":
+            return rtype == REC_RAM_PAGES and passes_ended >= 1 and ram_records == 8
+        if self.point == "switchover":
+            return rtype == REC_SECTION
+        return rtype == REC_END
+
+    @staticmethod
+    def _features(payload):
+        count = int.from_bytes(payload[0:2], "big")
+        names, off = [], 2
+        for _ in range(count):
+            n = payload[off + 1]
+            names.append(payload[off + 2:off + 2 + n].decode())
+            off += 2 + n
+        return names
+
+    def _back(self):
+        """Destination to source, unparsed; the destination's end closes the source's."""
+        try:
+            while True:
+                data = self.d.recv(1 << 16)
+                if not data:
+                    break
+                self.c.sendall(data)
+        except OSError:
+            pass
+        self._shutdown()
+
+    def _shutdown(self):
+        for s in (self.c, self.d):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+        self._go.set()
+
+    def _run(self):
+        import threading
+        try:
+            self.c, _ = self._lsock.accept()
+        except OSError:
+            return
+        self._lsock.close()
+        self.d = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.d.connect(self.target)
+        except OSError:
+            self._shutdown()
+            return
+        threading.Thread(target=self._back, daemon=True).start()
+        checksum = True  # HELLO and FEATURES always carry it; FEATURES says for the rest
+        ram_records = passes_ended = 0
+        held = False
+        try:
+            self.d.sendall(self._recv_exact(16))
+            while True:
+                head = self._recv_exact(8)
+                rtype = int.from_bytes(head[0:2], "big")
+                length = int.from_bytes(head[4:8], "big")
+                payload = self._recv_exact(length)
+                always = rtype in (REC_HELLO, REC_FEATURES)
+                trailer = self._recv_exact(4) if (checksum or always) else b""
+                if rtype == REC_FEATURES:
+                    checksum = "record-checksum" in self._features(payload)
+                if rtype == REC_RAM_PAGES:
+                    ram_records += 1
+                if not held and self._reached(rtype, ram_records, passes_ended):
+                    held = True
+                    self.at_point.set()
+                    self._go.wait()
+                    if self._cut:
+                        return
+                if rtype == REC_PASS_END:
+                    passes_ended += 1
+                    ram_records = 0
+                self.d.sendall(head + payload + trailer)
+                if rtype == REC_END:
+                    break
+            # The rest (nothing but the end of the stream) goes through unparsed.
+            while True:
+                data = self.c.recv(1 << 16)
+                if not data:
+                    break
+                self.d.sendall(data)
+        except (OSError, EOFError):
+            pass
+        self._shutdown()
+
+    def cut(self):
+        self._cut = True
+        self._shutdown()
+
+    def release(self):
+        self._go.set()
+
+    def close(self):
+        self.cut()
+        for s in (self.c, self.d, self._lsock):
+            try:
+                s.close()
+            except (OSError, AttributeError):
+                pass

@@ -6,6 +6,7 @@
  * than IOV_MAX. Everything runs on loopback; IPv6 is skipped with a reason when ::1 is unavailable.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -368,6 +369,82 @@ static void test_shutdown_interrupts_read(void **state)
     ferry__channel_free(NULL);
 }
 
+/* io-timeout: a read with nothing to read and a write into a full buffer give up after the timeout with an error
+ * that names the parameter, on a socket (SO_RCVTIMEO/SO_SNDTIMEO) and on a pipe (poll); a slow peer that keeps
+ * moving bytes is not cut off; 0 turns it off again. */
+static void expect_timeout(FerryChannel *r, FerryChannel *w, const char *rdesc, const char *wdesc)
+{
+    FerryError *err = NULL;
+    char buf[4];
+    int64_t t0 = ferry__clock_ms();
+    assert_false(ferry__channel_read_all(r, buf, sizeof(buf), &err));
+    int64_t took = ferry__clock_ms() - t0;
+    assert_true(took >= 190 && took < 5000);
+    char want[200];
+    snprintf(want, sizeof(want), "Failed to read from '%s': no progress for 200 ms (io-timeout); the peer stopped "
+             "sending", rdesc);
+    assert_msg_contains(err, want);
+    ferry_error_free(err);
+    err = NULL;
+
+    /* Fill the writer's buffers: nobody reads, so the write stalls and then gives up. */
+    size_t len = 64 << 20;
+    char *big = ferry__xcalloc(1, len);
+    assert_false(ferry__channel_write_all(w, big, len, &err));
+    snprintf(want, sizeof(want), "Failed to write to '%s': no progress for 200 ms (io-timeout); the peer stopped "
+             "reading", wdesc);
+    assert_msg_contains(err, want);
+    ferry_error_free(err);
+    free(big);
+}
+
+static void test_io_timeout(void **state)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    FerryChannel *a = ferry__channel_new_fd(sv[0], "pair-a");
+    FerryChannel *b = ferry__channel_new_fd(sv[1], "pair-b");
+    FerryError *err = NULL;
+    assert_true(ferry__channel_set_timeout(a, 200, &err));
+    expect_timeout(a, a, "pair-a", "pair-a");
+    ferry__channel_free(a);
+    ferry__channel_free(b);
+
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    FerryChannel *pr = ferry__channel_new_fd(p[0], "pipe-r");
+    FerryChannel *pw = ferry__channel_new_fd(p[1], "pipe-w");
+    assert_true(ferry__channel_set_timeout(pr, 200, &err));
+    assert_true(ferry__channel_set_timeout(pw, 200, &err));
+    expect_timeout(pr, pw, "pipe-r", "pipe-w");
+    ferry__channel_free(pr);
+    ferry__channel_free(pw);
+
+    /* Slow but moving: a byte every 100 ms for 600 ms against a 200 ms timeout is never cut off; with the
+     * timeout back at 0 a read waits past it. */
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    a = ferry__channel_new_fd(sv[0], "slow-a");
+    b = ferry__channel_new_fd(sv[1], "slow-b");
+    assert_true(ferry__channel_set_timeout(a, 200, &err));
+    for (int i = 0; i < 6; i++) {
+        char c = 0;
+        ferry__sleep_ns(100 * 1000 * 1000);
+        assert_true(ferry__channel_write_all(b, "x", 1, &err));
+        assert_true(ferry__channel_read_all(a, &c, 1, &err));
+        assert_int_equal(c, 'x');
+    }
+    assert_true(ferry__channel_set_timeout(a, 0, &err));
+    struct read_ctx ctx = { .c = a };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, read_thread, &ctx), 0);
+    ferry__sleep_ns(400 * 1000 * 1000);
+    assert_true(ferry__channel_write_all(b, "late", 4, &err));
+    pthread_join(t, NULL);
+    assert_true(ctx.ok);
+    ferry__channel_free(a);
+    ferry__channel_free(b);
+}
+
 #define BIG_LEN (8 * 1024 * 1024)
 #define MANY_IOV (IOV_MAX * 2 + 17)
 
@@ -488,6 +565,7 @@ int main(void)
         cmocka_unit_test(test_tcp_resolve_error),
         cmocka_unit_test(test_accept_cancelled),
         cmocka_unit_test(test_shutdown_interrupts_read),
+        cmocka_unit_test(test_io_timeout),
         cmocka_unit_test(test_writev_all),
         cmocka_unit_test(test_connect_cancelled),
     };
