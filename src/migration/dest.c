@@ -71,6 +71,8 @@ typedef struct Dest {
     uint8_t end[FERRY_WIRE_END_LEN]; /* the END record's payload */
     FerryListener *listener; /* kept while multifd channels may still have to be accepted */
     bool multifd;            /* the stream uses multifd */
+    bool commit;             /* the stream uses switchover-commit: wait for COMMIT after the ACK */
+    bool uncommitted;        /* everything loaded and acknowledged, but the source's COMMIT never came */
     FerryMultifdRecv *mfd;   /* its channel threads, once the MULTIFD record came */
     uint64_t mfd_sync;       /* MULTIFD_SYNCs passed */
 
@@ -826,6 +828,7 @@ static bool receive(Dest *d, FerryError **errp)
             features_done = ok;
             d->flip = ok && ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
             d->multifd = ok && ferry__features_uses(&used, FERRY_CAP_MULTIFD);
+            d->commit = ok && ferry__features_uses(&used, FERRY_CAP_SWITCHOVER_COMMIT);
             if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
                 ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is "
                                  "not one", d->chan->desc);
@@ -953,6 +956,37 @@ static void send_nack(Dest *d, const FerryError *err)
     }
 }
 
+/* switchover-commit: the record after the ACK must be COMMIT (empty, critical, with a trailer if the stream has
+ * them). Anything else, or the end of the connection, means the source may not have switched over. */
+static bool read_commit(Dest *d, FerryError **errp)
+{
+    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
+    FerryRecordHeader rh;
+    ferry__stream_read_crc_reset(d->s);
+    if (!ferry__stream_read(d->s, h, sizeof(h))) {
+        ferry__stream_check(d->s, errp);
+        return false;
+    }
+    ferry__wire_decode_record(h, &rh);
+    if (rh.type != FERRY_REC_COMMIT || rh.length != 0) {
+        ferry_error_setg(errp, "expected COMMIT, found %s (0x%04x, %u bytes)", ferry__wire_record_name(rh.type),
+                         rh.type, rh.length);
+        return false;
+    }
+    if (ferry__stream_crc(d->s)) {
+        uint32_t want = ferry__stream_read_crc(d->s), got;
+        if (!ferry__stream_read_be32(d->s, &got)) {
+            ferry__stream_check(d->s, errp);
+            return false;
+        }
+        if (got != want) {
+            ferry_error_setg(errp, "COMMIT record damaged: CRC mismatch");
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool run(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
@@ -1012,6 +1046,13 @@ static bool run(Dest *d, FerryError **errp)
     ferry__put_be32(ack + FERRY_WIRE_RECORD_HEADER_LEN, ferry__crc32c(0, ack, FERRY_WIRE_RECORD_HEADER_LEN));
     if (!ferry__channel_write_all(d->chan, ack, sizeof(ack), errp)) {
         ferry_error_prepend(errp, "cannot acknowledge completion to the source: ");
+        return false;
+    }
+    if (d->commit && !read_commit(d, errp)) {
+        d->uncommitted = true;
+        ferry_error_prepend(errp, "the source did not confirm the switchover after this destination's ACK, so "
+                            "it may still be running; the state is loaded here and left paused (if the source "
+                            "is not running, 'cont' runs it here): ");
         return false;
     }
     return true;
@@ -1081,7 +1122,7 @@ void *ferry__dest_thread(void *opaque)
 
     bool ok = run(&d, &err);
     populate_stop(&d);
-    if (!ok && d.chan && !d.chan->one_way && !m->quitting) {
+    if (!ok && !d.uncommitted && d.chan && !d.chan->one_way && !m->quitting) {
         send_nack(&d, err);
     }
     pthread_mutex_lock(&m->lock);
@@ -1094,6 +1135,13 @@ void *ferry__dest_thread(void *opaque)
     if (ok) {
         ferry__vm_incoming_done(m, d.source_running);
         ferry__mig_set_status(m, FERRY_MIG_COMPLETED);
+    } else if (d.uncommitted) {
+        /* Not a partial state but an undecided one: the source may have switched over (its COMMIT was lost) or
+         * not (it never read our ACK). Running could make two copies, discarding could lose the only one; so
+         * keep it, paused, and stay up whatever exit-on-error says, for the operator to decide. */
+        ferry__vm_incoming_done(m, false);
+        fprintf(stderr, "ferry: incoming migration undecided: %s\n", ferry_error_msg(err));
+        ferry__mig_fail(m, err);
     } else {
         for (size_t i = 0; i < m->nblocks; i++) {
             ferry__ram_block_discard(m->blocks[i]);

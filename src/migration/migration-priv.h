@@ -77,6 +77,7 @@ typedef enum FerryCapability {
     FERRY_CAP_POPULATE_HINTS,
     FERRY_CAP_UNIX_PAGE_FLIPPING,
     FERRY_CAP_MULTIFD,
+    FERRY_CAP_SWITCHOVER_COMMIT,
     FERRY_CAP__MAX,
 } FerryCapability;
 

@@ -120,6 +120,10 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
     /* RAM pages over extra channels (MULTIFD record): critical, since the main channel then carries none. A
      * destination accepts it only where it can accept more connections (a listening socket). */
     [FERRY_CAP_MULTIFD] = { "multifd", false, true, true },
+    /* After the ACK the source confirms with a COMMIT record, and only then does the destination run: a
+     * connection lost between the two can then leave nobody running (both ends keep the whole state) but never
+     * both. Not critical: it changes nothing before END, and a destination without it just does not wait. */
+    [FERRY_CAP_SWITCHOVER_COMMIT] = { "switchover-commit", true, true, false },
 };
 
 /* QEMU capabilities ferry does not implement, with the reason: setting one on is an error that says why (setting

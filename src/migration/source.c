@@ -55,6 +55,7 @@ typedef struct Source {
     unsigned long *scratch; /* one bitmap as large as the largest block */
     uint64_t pending;     /* bits set in send[] */
     bool hints;           /* the stream uses populate-hints */
+    bool commit;          /* the stream uses switchover-commit: COMMIT follows the destination's ACK */
     size_t ps;
     bool downtime_phase;
     uint64_t pages_sent;  /* page entries (data or zero), checked by the END record */
@@ -840,6 +841,7 @@ static bool negotiate(Source *src, FerryError **errp)
     src->hints = ferry__features_uses(&used, FERRY_CAP_POPULATE_HINTS);
     src->flip = ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
     src->multifd = ferry__features_uses(&used, FERRY_CAP_MULTIFD);
+    src->commit = ferry__features_uses(&used, FERRY_CAP_SWITCHOVER_COMMIT);
     ferry__features_record(src->m, &used);
     return true;
 }
@@ -1062,6 +1064,16 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
      * flush) succeeded: the destination checks the stream on its own. */
     if (!src->chan->one_way && !read_reply(src, errp)) {
         return false;
+    }
+    if (!src->chan->one_way && src->commit) {
+        /* The commit point. If this write fails the destination cannot have the COMMIT, so it will not run and
+         * we resume; once it succeeded we never resume on our own, whether or not the record arrives. */
+        write_record(src->s, FERRY_REC_COMMIT, FERRY_REC_CRITICAL, NULL, 0);
+        if (!ferry__stream_flush(src->s)) {
+            ferry__stream_check(src->s, errp);
+            ferry_error_prepend(errp, "cannot confirm the switchover to the destination (it will not run): ");
+            return false;
+        }
     }
     if (!ferry__channel_finish(src->chan, errp)) {
         return false;

@@ -62,6 +62,7 @@ const char *ferry__wire_record_name(uint16_t type)
     case FERRY_REC_FDS: return "FDS";
     case FERRY_REC_MULTIFD: return "MULTIFD";
     case FERRY_REC_MULTIFD_SYNC: return "MULTIFD_SYNC";
+    case FERRY_REC_COMMIT: return "COMMIT";
     case FERRY_REC_HELLO_REPLY: return "HELLO_REPLY";
     case FERRY_REC_ACK: return "ACK";
     case FERRY_REC_NACK: return "NACK";

@@ -47,6 +47,7 @@ enum {
     FERRY_REC_FDS = 0x0009,           /* file descriptors riding with the record's bytes (UNIX socket only) */
     FERRY_REC_MULTIFD = 0x000A,       /* the stream's multifd channels: count, session, compression */
     FERRY_REC_MULTIFD_SYNC = 0x000B,  /* every multifd channel has sent its SYNC packet of this number */
+    FERRY_REC_COMMIT = 0x000C,        /* after the destination's ACK: the source has switched over (switchover-commit) */
 };
 
 /* Record types, destination to source (the return path). */

@@ -655,8 +655,8 @@ class Relay:
 
 
 # Record types of docs/stream-format.md that the StreamRelay needs to know.
-REC_HELLO, REC_FEATURES, REC_RAM_PAGES, REC_PASS_END, REC_SECTION, REC_END = 0x0007, 0x0008, 0x0002, 0x0003, \
-    0x0004, 0x0005
+REC_HELLO, REC_FEATURES, REC_RAM_PAGES, REC_PASS_END, REC_SECTION, REC_END, REC_COMMIT = 0x0007, 0x0008, \
+    0x0002, 0x0003, 0x0004, 0x0005, 0x000C
 
 
 class StreamRelay:
@@ -670,12 +670,14 @@ class StreamRelay:
       later-pass   the 8th RAM_PAGES record after the first PASS_END (pass 2 or later)
       switchover   the first SECTION (the source has stopped its workload and sent its last pages)
       device-state END (every SECTION has gone; only END and the destination's ACK are left)
+      ack          the destination's answer to END (its ACK), held on the way back to the source
+      commit       the source's COMMIT after it read the ACK (switchover-commit)
 
     at_point is set once the stream is held there; cut() then breaks both connections, release() lets the stream
     go on. If the destination side closes (killed), the source side is shut down too, as a real connection would
     break. Only the first connection is parsed; the relay takes just one (no multifd, no fd passing)."""
 
-    POINTS = ("setup", "first-pass", "later-pass", "switchover", "device-state")
+    POINTS = ("setup", "first-pass", "later-pass", "switchover", "device-state", "ack", "commit")
 
     def __init__(self, path, target, point):
         import threading
@@ -684,6 +686,7 @@ class StreamRelay:
         self.at_point = threading.Event()
         self._go = threading.Event()
         self._cut = False
+        self._hold_back = False  # point "ack": END went out, hold what comes back
         self.c = self.d = None
         self._lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._lsock.bind(path)
@@ -709,7 +712,9 @@ class StreamRelay:
             return rtype == REC_RAM_PAGES and passes_ended >= 1 and ram_records == 8
         if self.point == "switchover":
             return rtype == REC_SECTION
-        return rtype == REC_END
+        if self.point == "commit":
+            return rtype == REC_COMMIT
+        return self.point == "device-state" and rtype == REC_END
 
     @staticmethod
     def _features(payload):
@@ -728,6 +733,12 @@ class StreamRelay:
                 data = self.d.recv(1 << 16)
                 if not data:
                     break
+                if self._hold_back:
+                    self.at_point.set()
+                    self._go.wait()
+                    if self._cut:
+                        return
+                    self._hold_back = False
                 self.c.sendall(data)
         except OSError:
             pass
@@ -780,8 +791,10 @@ class StreamRelay:
                 if rtype == REC_PASS_END:
                     passes_ended += 1
                     ram_records = 0
+                if rtype == REC_END and self.point == "ack":
+                    self._hold_back = True  # before END goes: the answer may come at once
                 self.d.sendall(head + payload + trailer)
-                if rtype == REC_END:
+                if rtype == REC_COMMIT or (rtype == REC_END and self.point != "commit"):
                     break
             # The rest (nothing but the end of the stream) goes through unparsed.
             while True:

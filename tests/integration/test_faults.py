@@ -114,7 +114,7 @@ def inject(fault, relay, dst):
         dst.kill()
 
 
-POINTS = StreamRelay.POINTS
+POINTS = ("setup", "first-pass", "later-pass", "switchover", "device-state")
 FAULTS = ("cut", "kill-destination")
 
 
@@ -167,6 +167,68 @@ def test_stopped_source_ram_unchanged(workload, point, fault):
     dst2.cmd("cont")
     dst2.assert_pattern_ok()
     dst2.assert_advancing()
+
+
+@pytest.mark.parametrize("point", ("ack", "commit"))
+def test_switchover_undecided_never_two_running(workload, point):
+    """The connection lost after the destination's ACK: at "ack" the source never reads it and resumes; at
+    "commit" the source read it and switched over, but its COMMIT never arrives. Either way the destination,
+    which has the whole state, does not run it (that could make two running copies) and does not discard it
+    (that could lose the only one): it stays up, paused, even with exit-on-error on, and says so."""
+    uri = uri_in(workload, "dst.sock")
+    dst = workload("dst", *AB, "-incoming", uri)   # exit-on-error=true: it must stay up all the same
+    wait_listening(uri)
+    src = workload("src", *AB)
+    src.enable_events()
+    wait_all_written(src)
+    relay_path = os.path.join(workload.tmpdir, "relay.sock")
+    relay = StreamRelay(relay_path, uri[len("unix:"):], point)
+    try:
+        src.set_params(**{"max-bandwidth": FAST})
+        src.migrate("unix:" + relay_path)
+        assert relay.at_point.wait(60), src.query_migrate()
+        relay.cut()
+        if point == "ack":
+            assert "switchover-commit" in src.query_migrate()["stream-features"]
+            assert_failed_cleanly(src)
+            assert src.status() == "running"
+            src.assert_pattern_ok()
+            src.assert_advancing()
+        else:
+            assert src.wait_migration()["status"] == "completed"
+            assert src.status() == "postmigrate"
+        info = dst.wait_migration(statuses=("failed",), timeout=30)
+        assert "did not confirm the switchover" in info.get("error-desc", ""), info
+        time.sleep(0.3)
+        assert dst.alive(), f"an undecided destination exited: {dst.stderr()}"
+        assert dst.status() == "paused"
+    finally:
+        relay.close()
+    if point == "commit":
+        # The source has stopped for good: the operator runs the copy that is here, and it is whole.
+        dst.cmd("cont")
+        dst.assert_pattern_ok()
+        dst.assert_advancing()
+    else:
+        migrate_again(workload, src)
+
+
+@pytest.mark.parametrize("off", ("source", "destination"))
+def test_switchover_commit_off(workload, off):
+    """Without switchover-commit on either end (a peer of an older ferry) the stream has no COMMIT and both
+    ends switch over on the ACK alone, as before."""
+    dst, uri = start_destination(workload, "dst")
+    src = workload("src", *AB)
+    cap = [{"capability": "switchover-commit", "state": False}]
+    (src if off == "source" else dst).cmd("migrate-set-capabilities", capabilities=cap)
+    src.set_params(**{"max-bandwidth": FAST})
+    src.migrate(uri)
+    info = src.wait_migration()
+    assert info["status"] == "completed", info
+    assert "record-checksum" in info["stream-features"], info
+    assert "switchover-commit" not in info["stream-features"], info
+    dst.wait_status(("running",))
+    dst.assert_pattern_ok()
 
 
 def test_stalled_destination_io_timeout(workload):

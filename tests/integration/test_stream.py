@@ -49,13 +49,14 @@ def test_analyze_saved_workload(workload):
     src = stopped_source(workload)
     path = os.path.join(workload.tmpdir, "saved.fstream")
     info = save(src, f"file:{path}")
-    assert info["stream-features"] == ["record-checksum", "populate-hints"], info
+    assert info["stream-features"] == ["record-checksum", "populate-hints", "switchover-commit"], info
 
     r = analyze(path)
     assert r.returncode == 0, r.stderr
     a = json.loads(r.stdout)
     assert a["header"] == {"magic": "FERRYMIG", "version": 2, "flags": 0}, a["header"]
-    assert [f["name"] for f in a["features"]] == ["record-checksum", "populate-hints"], a["features"]
+    assert [f["name"] for f in a["features"]] == ["record-checksum", "populate-hints",
+                                                    "switchover-commit"], a["features"]
     assert sum(b["size"] for b in a["config"]["blocks"]) == 32 << 20, a["config"]
     ram = a["ram"]
     # Every page the source counted went into the stream, and the analyzer saw exactly those.
@@ -169,7 +170,8 @@ class Relay:
 
 def test_stream_bytes_do_not_depend_on_transport(workload):
     """Item 7's last rule: with no optional feature beyond the defaults, the stream is the same byte for byte
-    over a file, an exec pipe and a UNIX socket (where the destination answers the handshake)."""
+    over a file, an exec pipe and a UNIX socket (where the destination answers the handshake), except that a
+    channel with a return path adds the COMMIT record after END (switchover-commit)."""
     src = stopped_source(workload)
     tmp = workload.tmpdir
     save(src, f"file:{tmp}/a.fstream")
@@ -182,7 +184,11 @@ def test_stream_bytes_do_not_depend_on_transport(workload):
     a = open(f"{tmp}/a.fstream", "rb").read()
     b = open(f"{tmp}/b.fstream", "rb").read()
     assert a == b, "file: and exec: streams differ"
-    assert bytes(relay.captured) == a, (
+    captured = bytes(relay.captured)
+    # COMMIT: type 0x000C, flags critical, length 0, and its CRC32C trailer.
+    assert captured[len(a):len(a) + 8] == bytes.fromhex("000c800000000000"), captured[len(a):].hex()
+    assert len(captured) == len(a) + 12, captured[len(a):].hex()
+    assert captured[:len(a)] == a, (
         f"the UNIX-socket stream ({len(relay.captured)} bytes) differs from the file stream ({len(a)} bytes)")
     dst.wait_status(("paused", "running"), timeout=60)
     assert dst.digest() == src.digest()
@@ -191,7 +197,8 @@ def test_stream_bytes_do_not_depend_on_transport(workload):
 def test_destination_switches_features_off(workload):
     """The stream uses the intersection: a destination with populate-hints off gets no hints, one with
     record-checksum off gets records without trailers; both migrations of a running workload complete."""
-    for off, used in (("populate-hints", ["record-checksum"]), ("record-checksum", ["populate-hints"])):
+    for off, used in (("populate-hints", ["record-checksum", "switchover-commit"]),
+                      ("record-checksum", ["populate-hints", "switchover-commit"])):
         uri = f"unix:{workload.tmpdir}/{off}.sock"
         src = workload(f"src-{off}", *AB)
         dst = workload(f"dst-{off}", *AB, "-incoming", "defer")

@@ -231,11 +231,13 @@ static void test_hmp_commands(void **state)
                                                          "migrate_set_parameter parameter value\n");
 
     expect_hmp(h, "info migrate_capabilities", "events: off\nrecord-checksum: on\npopulate-hints: on\n"
-                                               "unix-page-flipping: off\nmultifd: off\n");
+                                               "unix-page-flipping: off\nmultifd: off\n"
+                                               "switchover-commit: on\n");
     expect_hmp(h, "migrate_set_capability events on", "");
     expect_hmp(h, "migrate_set_capability record-checksum off", "");
     expect_hmp(h, "info migrate_capabilities", "events: on\nrecord-checksum: off\npopulate-hints: on\n"
-                                               "unix-page-flipping: off\nmultifd: off\n");
+                                               "unix-page-flipping: off\nmultifd: off\n"
+                                               "switchover-commit: on\n");
     expect_hmp(h, "migrate_set_capability events maybe", "Error: migrate_set_capability: expected 'on' or 'off', "
                                                          "not 'maybe'\n");
     expect_hmp_has(h, "migrate_set_capability nosuch on", "Error: ");
