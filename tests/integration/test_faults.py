@@ -265,8 +265,13 @@ def test_stalled_source_destination_io_timeout(workload, multifd):
     record, or with multifd at the next MULTIFD_SYNC (every channel thread waiting for its peers). The
     destination's own io-timeout (set before the connection came, as -incoming config: would) ends the wait."""
     uri = uri_in(workload, "dst.sock")
-    dst = workload("dst", *AB, "-incoming", "defer")
-    dst.set_params(**{"io-timeout": 1500})
+    if multifd:
+        dst = workload("dst", *AB, "-incoming", "defer")
+        dst.set_params(**{"io-timeout": 1500})
+    else:
+        # The same from the command line, as a destination would be started in production.
+        dst = workload("dst", *AB, "-incoming", "config:io-timeout=1500", "-incoming", "defer")
+    assert dst.cmd("query-migrate-parameters")["io-timeout"] == 1500
     if multifd:
         dst.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
     dst.cmd("migrate-incoming", uri=uri, exit_on_error=False)
