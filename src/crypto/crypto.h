@@ -38,6 +38,9 @@
  * handle its own (ferry-workload's memory backends). New reference in *args.
  */
 bool ferry__object_spec_parse(const char *spec, bool *known, json_t **args, FerryError **errp);
+/* object-add from its arguments, {"qom-type": T, "id": ID, props...} (what ferry__object_spec_parse gives, and
+ * QMP's flat form). */
+bool ferry__object_add_args(json_t *args, FerryError **errp);
 /* Remove every object, referenced or not (references stay valid: an object is freed by its last unref). For tests
  * and for a clean exit. */
 void ferry__objects_clear(void);

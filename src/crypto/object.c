@@ -433,6 +433,26 @@ bool ferry__object_spec_parse(const char *spec, bool *known, json_t **args, Ferr
     return true;
 }
 
+bool ferry__object_add_args(json_t *args, FerryError **errp)
+{
+    json_t *type = json_object_get(args, "qom-type"), *id = json_object_get(args, "id");
+    if (!json_is_string(type) || !json_is_string(id)) {
+        const char *bad = !json_is_string(type) ? "qom-type" : "id";
+        if (json_object_get(args, bad)) {
+            ferry_error_setg(errp, "Invalid parameter type for '%s', expected: string", bad);
+        } else {
+            ferry_error_setg(errp, "Parameter '%s' is missing", bad);
+        }
+        return false;
+    }
+    json_t *props = json_deep_copy(args);
+    json_object_del(props, "qom-type");
+    json_object_del(props, "id");
+    bool ok = ferry_object_add(json_string_value(type), json_string_value(id), props, errp);
+    json_decref(props);
+    return ok;
+}
+
 bool ferry_object_add_str(const char *spec, FerryError **errp)
 {
     bool known;
@@ -444,19 +464,7 @@ bool ferry_object_add_str(const char *spec, FerryError **errp)
         ferry_error_setg(errp, "unknown object type (object types: %s)", ferry_object_type_names());
         return false;
     }
-    json_t *props = json_deep_copy(args);
-    json_object_del(props, "qom-type");
-    json_object_del(props, "id");
-    json_t *id = json_object_get(args, "id");
-    bool ok;
-    if (!json_is_string(id)) {
-        ferry_error_setg(errp, "Invalid parameter type for 'id', expected: string");
-        ok = false;
-    } else {
-        ok = ferry_object_add(json_string_value(json_object_get(args, "qom-type")), json_string_value(id), props,
-                              errp);
-    }
-    json_decref(props);
+    bool ok = ferry__object_add_args(args, errp);
     json_decref(args);
     return ok;
 }

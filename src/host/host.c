@@ -262,21 +262,10 @@ static int parse_object(const char *arg, bool *used_arg, FerryError **errp)
         return 0;
     }
     *used_arg = true;
-    json_t *props = json_deep_copy(args);
-    json_object_del(props, "qom-type");
-    json_object_del(props, "id");
-    json_t *id = json_object_get(args, "id");
-    bool ok = json_is_string(id);
-    if (!ok) {
-        ferry_error_setg(errp, "Invalid parameter type for 'id', expected: string");
-    } else {
-        ok = ferry_object_add(json_string_value(json_object_get(args, "qom-type")), json_string_value(id), props,
-                              errp);
-    }
+    bool ok = ferry__object_add_args(args, errp);
     if (!ok) {
         ferry_error_prepend(errp, "-object '%s': ", arg);
     }
-    json_decref(props);
     json_decref(args);
     return ok ? 1 : -1;
 }

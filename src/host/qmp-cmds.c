@@ -7,6 +7,7 @@
  */
 #include <string.h>
 
+#include "crypto/crypto.h"
 #include "ferry/object.h"
 #include "host/host-int.h"
 #include "migration/migration.h"
@@ -136,13 +137,7 @@ static json_t *cmd_migrate_set_capabilities(json_t *args, void *opaque, FerryErr
 /* object-add: QEMU's flat form, {"qom-type": T, "id": ID, PROP: VALUE, ...}. */
 static json_t *cmd_object_add(json_t *args, void *opaque, FerryError **errp)
 {
-    json_t *props = json_deep_copy(args);
-    json_object_del(props, "qom-type");
-    json_object_del(props, "id");
-    bool ok = ferry_object_add(json_string_value(json_object_get(args, "qom-type")),
-                               json_string_value(json_object_get(args, "id")), props, errp);
-    json_decref(props);
-    return ok ? json_object() : NULL;
+    return ferry__object_add_args(args, errp) ? json_object() : NULL;
 }
 
 static json_t *cmd_object_del(json_t *args, void *opaque, FerryError **errp)

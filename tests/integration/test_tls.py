@@ -1,6 +1,6 @@
 """TLS between two real ferry-workload processes, with credentials made by certtool as a user would make them (a CA,
 a server and a client certificate, a second CA, a PSK file): x509 migrations over UNIX and TCP that verify (the
-A-B invariant on the running destination), PSK, multifd over TLS, the objects from -object, -incoming config:,
+A-B invariant on the running destination) and over an fd that is a socket, PSK, multifd over TLS, the objects from -object, -incoming config:,
 QMP object-add / object-del and HMP; and the refusals, each with a clear error on both ends, the source still
 running with its pattern intact and the destination not having loaded anything: a CA the source does not trust,
 a client certificate the destination does not trust, a wrong hostname, a client not in the authz list, a
@@ -162,6 +162,25 @@ def test_x509_migration(workload, pki, transport):
     dinfo = dst.query_migrate()
     assert dinfo["tls"]["peer"] == CLIENT_DN, dinfo
     assert src.cmd("query-migrate-parameters")["tls-creds"] == "tls0"
+
+
+def test_x509_over_fd(wl, pki):
+    """fd: addresses that are sockets (a socketpair, one end given to each process with getfd) carry TLS too."""
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    dst = wl.start("dst", *AB, *x509(pki["server"], "server"), "-incoming", "defer")
+    src = wl.start("src", *AB, *x509(pki["client"], "client"))
+    try:
+        dst.getfd("migin", b.fileno())
+        src.getfd("migout", a.fileno())
+    finally:
+        a.close()
+        b.close()
+    dst.set_params(**{"tls-creds": "tls0"})
+    dst.cmd("migrate-incoming", uri="fd:migin")
+    info = migrate(src, "fd:migout", **{"tls-creds": "tls0", "tls-hostname": "localhost"})
+    check_verified(src, dst, info)
+    assert info["tls"]["creds"] == "tls0", info
 
 
 def test_incoming_config_and_authz_list(workload, pki):
