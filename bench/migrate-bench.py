@@ -20,6 +20,13 @@ QEMU's): first-touch page faults on these machines cost more than everything els
 between runs (docs/design.md), which would hide a cost of a few percent; without them the CPU work is all that
 is left, so the checksum's share is at its largest. --no-crc-prealloc measures with faults instead.
 
+The "tls" case measures what TLS costs: the random case (paused, --size GiB) over a UNIX socket plaintext and
+with TLS (tls-creds-x509 on both ends, certificates made with certtool in a temporary directory, the
+destination verifying the source's certificate), after one uncounted warm-up run, in alternating order,
+--tls-repeat times each, to a destination with -mem-prealloc (as the crc case, so that page faults do not hide
+the cost); it prints every run, both medians and the ratio of TLS to plaintext throughput, with the session's
+protocol and cipher.
+
 This is a measurement, not a test: it asserts no speed. Run it through bench/run.sh, which builds a release tree.
 It reuses the QMP client and process wrapper of the integration tests (tests/integration/ferrytest.py).
 """
@@ -48,7 +55,8 @@ def socket_peak(build):
     raise RuntimeError(f"sockpeak printed no result: {out!r}")
 
 
-def run_case(tmp, case, size_gib, smp, ab_dirty_rate, caps=None, params=None, dst_prealloc=False, env=None):
+def run_case(tmp, case, size_gib, smp, ab_dirty_rate, caps=None, params=None, dst_prealloc=False, env=None,
+             src_extra=(), dst_extra=()):
     mem = f"{size_gib}G"
     if case in ("random", "plain", "flip"):
         args = ["-m", mem, "-smp", str(smp), "-pattern", "random", "-seed", "1", "-S"]
@@ -64,10 +72,10 @@ def run_case(tmp, case, size_gib, smp, ab_dirty_rate, caps=None, params=None, ds
     uri = f"unix:{os.path.join(tmp, case + '.sock')}"
     procs = []
     try:
-        dst = ferrytest.Workload(tmp, f"{case}-dst",
-                                 args + ["-incoming", uri] + (["-mem-prealloc"] if dst_prealloc else []), env=env)
+        dst = ferrytest.Workload(tmp, f"{case}-dst", args + list(dst_extra) + ["-incoming", uri] +
+                                 (["-mem-prealloc"] if dst_prealloc else []), env=env)
         procs.append(dst)
-        src = ferrytest.Workload(tmp, f"{case}-src", args, env=env)
+        src = ferrytest.Workload(tmp, f"{case}-src", args + list(src_extra), env=env)
         procs.append(src)
         ferrytest.wait_listening(uri)
         if case == "ab":
@@ -142,6 +150,83 @@ def crc_case(tmp, opts):
     return False
 
 
+def make_tls_dirs(tmp):
+    """A CA, a server certificate for localhost and a client certificate, as tls-creds-x509 reads them; returns the
+    server's and the client's directory."""
+    def certtool(*args):
+        subprocess.run(["certtool", *args], check=True, capture_output=True, timeout=60)
+
+    root = os.path.join(tmp, "pki")
+    dirs = {who: os.path.join(root, who) for who in ("ca", "server", "client")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    templates = {
+        "ca": "cn = ferry bench CA\nca\ncert_signing_key\nexpiration_days = 2\n",
+        "server": "cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\n"
+                  "expiration_days = 2\n",
+        "client": "cn = ferry bench client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n",
+    }
+    for who, text in templates.items():
+        with open(os.path.join(root, who + ".info"), "w") as f:
+            f.write(text)
+    ca = dirs["ca"]
+    certtool("--generate-privkey", "--key-type=ecdsa", "--outfile", f"{ca}/ca-key.pem")
+    certtool("--generate-self-signed", "--load-privkey", f"{ca}/ca-key.pem", "--template", f"{root}/ca.info",
+             "--outfile", f"{ca}/ca-cert.pem")
+    for who in ("server", "client"):
+        d = dirs[who]
+        certtool("--generate-privkey", "--key-type=ecdsa", "--outfile", f"{d}/{who}-key.pem")
+        certtool("--generate-certificate", "--load-privkey", f"{d}/{who}-key.pem", "--load-ca-certificate",
+                 f"{ca}/ca-cert.pem", "--load-ca-privkey", f"{ca}/ca-key.pem", "--template", f"{root}/{who}.info",
+                 "--outfile", f"{d}/{who}-cert.pem")
+        shutil.copy(f"{ca}/ca-cert.pem", f"{d}/ca-cert.pem")
+    return dirs["server"], dirs["client"]
+
+
+def tls_case(tmp, opts, peak):
+    """Random RAM over a UNIX socket, plaintext and TLS, alternating; returns True if a run failed."""
+    if shutil.which("certtool") is None:
+        print("tls      error: certtool (Debian package gnutls-bin) is needed to make the certificates")
+        return True
+    server, client = make_tls_dirs(tmp)
+    ways = {
+        "plain": {},
+        "tls": {"src_extra": ["-object", f"tls-creds-x509,id=tls0,dir={client}"],
+                "dst_extra": ["-object", f"tls-creds-x509,id=tls0,dir={server},endpoint=server",
+                              "-incoming", "config:tls-creds=tls0"],
+                "params": {"tls-creds": "tls0", "tls-hostname": "localhost"}},
+    }
+    rates = {w: [] for w in ways}
+    schedule = ["plain"] + [w for i in range(opts.tls_repeat) for w in (("plain", "tls") if i % 2 else
+                                                                         ("tls", "plain"))]
+    print(f"tls      {opts.size} GiB of random RAM over a UNIX socket, destination with -mem-prealloc; UNIX socket "
+          f"peak {peak:.0f} MiB/s")
+    session = None
+    for n, way in enumerate(schedule):
+        try:
+            info, verified = run_case(tmp, "random", opts.size, opts.smp, opts.ab_dirty_rate, dst_prealloc=True,
+                                      **ways[way])
+        except Exception as e:
+            print(f"tls      error: {e}")
+            return True
+        if verified != "ok" or (way == "tls") != ("tls" in info):
+            print(f"tls      FAILED: {way}: verified {verified}, tls {info.get('tls')}")
+            return True
+        session = info.get("tls", session)
+        rate = info["ram"]["total"] / (1 << 20) / (info["total-time"] / 1000.0)
+        print(f"tls      {'warm-up' if n == 0 else 'run'}: {way:5} {rate:6.0f} MiB/s, total {info['total-time']} ms, "
+              f"downtime {info.get('downtime', 0)} ms", flush=True)
+        if n > 0:
+            rates[way].append(rate)
+    med = {w: sorted(r)[len(r) // 2] for w, r in rates.items()}
+    best = {w: max(r) for w, r in rates.items()}
+    print(f"tls      session: {session['protocol']} {session['cipher']}")
+    print(f"tls      medians of {opts.tls_repeat}: plaintext {med['plain']:.0f} MiB/s, TLS {med['tls']:.0f} MiB/s, "
+          f"TLS/plaintext {med['tls'] / med['plain']:.2f}; best runs: {best['plain']:.0f} / {best['tls']:.0f} MiB/s, "
+          f"{best['tls'] / best['plain']:.2f}")
+    return False
+
+
 def memcpy_limit(build):
     out = subprocess.run([os.path.join(build, "bench", "crc32c-bench"), "3"], check=True, capture_output=True,
                          text=True, timeout=300).stdout
@@ -199,7 +284,8 @@ def main():
     ap.add_argument("--size", type=int, default=1, help="guest RAM in GiB (default 1)")
     ap.add_argument("--smp", type=int, default=2, help="worker threads of the workload (default 2)")
     ap.add_argument("--cases", default="random,zero,ab,crc",
-                    help="comma-separated: random, zero, ab, crc, local")
+                    help="comma-separated: random, zero, ab, crc, local, tls")
+    ap.add_argument("--tls-repeat", type=int, default=3, help="runs of each side of the tls case (default 3)")
     ap.add_argument("--local-size", type=int, default=4, help="RAM of the local case in GiB (default 4)")
     ap.add_argument("--local-repeat", type=int, default=3, help="runs of each way of the local case (default 3)")
     ap.add_argument("--crc-repeat", type=int, default=4, help="runs of each side of the crc case (default 4)")
@@ -234,6 +320,9 @@ def main():
                 continue
             if case == "local":
                 failed |= local_case(tmp, opts, peak)
+                continue
+            if case == "tls":
+                failed |= tls_case(tmp, opts, peak)
                 continue
             try:
                 info, verified = run_case(tmp, case, opts.size, opts.smp, opts.ab_dirty_rate)

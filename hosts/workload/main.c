@@ -168,8 +168,8 @@ static bool parse_object(const char *arg, MemBackend *mb)
     bool file = strcmp(key, "memory-backend-file") == 0;
 
     if (value || (!file && strcmp(key, "memory-backend-memfd") != 0)) {
-        fprintf(stderr, PROG ": -object: unknown object type '%s' (memory-backend-memfd or memory-backend-file)\n",
-                key);
+        fprintf(stderr, PROG ": -object: unknown object type '%s' (memory-backend-memfd, memory-backend-file, %s)\n",
+                key, ferry_object_type_names());
         return false;
     }
     if (mb->given) {
@@ -320,7 +320,14 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
                 i++;
             }
         } else if (strcmp(opt, "-object") == 0) {
-            if (!parse_object(arg, &mb)) {
+            /* The host runtime's object types (TLS credentials, authorization) first; memory backends are ours. */
+            bool used_arg = false;
+            int r = ferry_host_parse_option(host, opt, arg, &used_arg, &err);
+
+            if (r < 0) {
+                return bad_value(err);
+            }
+            if (r == 0 && !parse_object(arg, &mb)) {
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-machine") == 0) {

@@ -7,6 +7,7 @@
 #include "ferry/backend.h"
 #include "ferry/error.h"
 #include "ferry/host.h"
+#include "ferry/object.h"
 #include "ferry/ram.h"
 #include "ferry/visitor.h"
 

@@ -67,6 +67,19 @@ bool ferry__channel_set_timeout(FerryChannel *c, unsigned ms, FerryError **errp)
     return !c->ops->set_timeout || c->ops->set_timeout(c, ms, errp);
 }
 
+int ferry__channel_wait_readable(FerryChannel *c, int timeout_ms)
+{
+    if (c->ops->pending && c->ops->pending(c)) {
+        return 1;
+    }
+    struct pollfd p = { .fd = c->fd, .events = POLLIN };
+    int n;
+    while ((n = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {
+    }
+    /* A poll error is reported as readable: the read that follows fails and says why. */
+    return n != 0;
+}
+
 bool ferry__channel_finish(FerryChannel *c, FerryError **errp)
 {
     if (!c->ops->finish) {

@@ -34,6 +34,9 @@ typedef struct FerryChannelOps {
     bool (*finish)(FerryChannel *c, FerryError **errp);
     /* Optional: see ferry__channel_set_timeout. NULL means the channel never waits for a peer (files). */
     bool (*set_timeout)(FerryChannel *c, unsigned ms, FerryError **errp);
+    /* Optional: whether bytes are buffered inside the channel that a poll(2) on fd would not show (TLS records
+     * already decrypted). NULL means never. */
+    bool (*pending)(FerryChannel *c);
 } FerryChannelOps;
 
 struct FerryChannel {
@@ -58,6 +61,9 @@ void ferry__channel_shutdown(FerryChannel *c);
  * parameter (0: wait forever, the default). It bounds a lack of progress, not the length of a transfer: a peer
  * that reads or sends slowly is not cut off, one that stops is. */
 bool ferry__channel_set_timeout(FerryChannel *c, unsigned ms, FerryError **errp);
+/* Whether a read would not block now (data, end of stream or an error are waiting), waiting up to @timeout_ms
+ * (0: just look; -1: forever): 1 if so, 0 if not. Counts what the channel buffers itself (TLS). */
+int ferry__channel_wait_readable(FerryChannel *c, int timeout_ms);
 /* Run the ops' finish step if it has one (see FerryChannelOps.finish). */
 bool ferry__channel_finish(FerryChannel *c, FerryError **errp);
 /*
@@ -112,6 +118,40 @@ bool ferry__fdstore_add(const char *name, int fd, FerryError **errp);
 bool ferry__fdstore_close(const char *name, FerryError **errp);
 /* Remove @name from the store and hand its fd to the caller; -1 if there is none. */
 int ferry__fdstore_take(const char *name);
+
+/*
+ * TLS (tls.c): a channel that runs a GnuTLS session over a connected socket channel, the source as client and the
+ * destination as server (docs/design.md, "TLS"). Every connection of a migration (the main channel and each
+ * multifd channel) is wrapped and does its own handshake before any byte of the stream.
+ *
+ * A FerryTls holds what a migration's sessions share: references to its credentials object and (server) its
+ * authorization object, and (client) the hostname the server's certificate must carry. ferry__tls_new looks the
+ * objects up (errors name the id: "No TLS credentials with id 'x'", an endpoint that does not fit, a tls-authz
+ * that could check nothing) and requires a hostname where a certificate is to be verified.
+ */
+typedef struct FerryTls FerryTls;
+FerryTls *ferry__tls_new(const char *creds_id, bool server, const char *hostname, const char *authz_id,
+                         FerryError **errp);
+FerryTls *ferry__tls_ref(FerryTls *t);
+void ferry__tls_unref(FerryTls *t); /* NULL is a no-op */
+const char *ferry__tls_creds_name(const FerryTls *t);
+/* Wrap @inner (taken in every case; freed with the new channel, or at once on failure). No I/O yet. */
+FerryChannel *ferry__tls_channel_new(FerryChannel *inner, FerryTls *tls, FerryError **errp);
+/*
+ * The handshake and the checks of docs/design.md, "TLS". Errors start "TLS handshake with 'DESC' failed: " and
+ * say why: "certificate not trusted: ...", "hostname mismatch: ...", "'CN=...' is not in authz list 'a'", "peer
+ * did not speak TLS (...)", "the peer refused the session ...: TLS alert '...'". Interrupted by a shutdown of the
+ * channel from another thread.
+ */
+bool ferry__tls_channel_handshake(FerryChannel *c, FerryError **errp);
+bool ferry__channel_is_tls(const FerryChannel *c);
+/* After a failed handshake: the channel on which the peer can still be told why, or NULL. That is the TLS channel
+ * itself when the session was established and this end refused the peer afterwards (server checks), the inner
+ * channel when the peer spoke plaintext (it understands nothing else), and NULL otherwise. */
+FerryChannel *ferry__tls_channel_report_path(FerryChannel *c);
+/* {"creds": ID, "protocol": "TLS1.3", "cipher": "AES-256-GCM", "peer": IDENTITY} of an established session (peer
+ * only when known: the server's DN on a verifying client, the client's DN or PSK username on a server). */
+json_t *ferry__tls_channel_info(FerryChannel *c);
 
 typedef struct FerryListener FerryListener;
 

@@ -33,8 +33,8 @@ struct FerryHost {
     int sig_pipe[2];                   /* SIGINT/SIGTERM self-pipe, watched by the monitor loop */
 };
 
-/* Register query-status, stop, cont, quit, migrate, migrate-incoming, migrate_cancel, query-migrate and the
- * parameter and capability commands on h->mon. */
+/* Register query-status, stop, cont, quit, migrate, migrate-incoming, migrate_cancel, query-migrate, the
+ * parameter and capability commands, and object-add / object-del on h->mon. */
 bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp);
 
 #endif

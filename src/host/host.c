@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ferry/ferry.h"
+#include "crypto/crypto.h"
 #include "host/host-int.h"
 #include "migration/migration.h"
 #include "util/util.h"
@@ -243,6 +244,32 @@ static bool parse_incoming(FerryHost *h, const char *arg, FerryError **errp)
     return true;
 }
 
+/*
+ * -object TYPE,id=ID,...: an object of the types include/ferry/object.h lists, created now (as QEMU creates its
+ * -object objects before anything uses them), so that a bad directory stops the program at once and every later
+ * step (-incoming config:tls-creds=..., the first migrate-incoming) finds it, whatever the order of the options.
+ * Other types are left to the program: 0.
+ */
+static int parse_object(const char *arg, bool *used_arg, FerryError **errp)
+{
+    bool known;
+    json_t *args = NULL;
+    if (!ferry__object_spec_parse(arg, &known, &args, errp)) {
+        ferry_error_prepend(errp, "-object '%s': ", arg);
+        return -1;
+    }
+    if (!known) {
+        return 0;
+    }
+    *used_arg = true;
+    bool ok = ferry__object_add_args(args, errp);
+    if (!ok) {
+        ferry_error_prepend(errp, "-object '%s': ", arg);
+    }
+    json_decref(args);
+    return ok ? 1 : -1;
+}
+
 int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool *used_arg, FerryError **errp)
 {
     *used_arg = false;
@@ -253,6 +280,13 @@ int ferry_host_parse_option(FerryHost *h, const char *opt, const char *arg, bool
     if (!strcmp(opt, "-S")) {
         h->start_stopped = true;
         return 1;
+    }
+    if (!strcmp(opt, "-object")) {
+        if (!arg) {
+            ferry_error_setg(errp, "option %s requires an argument", opt);
+            return -1;
+        }
+        return parse_object(arg, used_arg, errp);
     }
     bool is_qmp = !strcmp(opt, "-qmp"), is_incoming = !strcmp(opt, "-incoming"), is_name = !strcmp(opt, "-name");
     bool is_monitor = !strcmp(opt, "-monitor");
@@ -307,6 +341,8 @@ const char *ferry_host_common_usage(void)
            "                                     file:, rdma:) or a JSON MigrationChannel, or wait for QMP\n"
            "                                     migrate-incoming with 'defer'\n"
            "  -incoming config:KEY=VALUE,...     initial migration parameters (once)\n"
+           "  -object TYPE,id=ID,KEY=VALUE,...   create an object: tls-creds-x509, tls-creds-psk, authz-list,\n"
+           "                                     authz-simple (or a JSON object with qom-type and id)\n"
            "  -S                                 do not start the workload until QMP 'cont'\n"
            "  -name NAME|guest=NAME              name this program (shown in logs)\n";
 }

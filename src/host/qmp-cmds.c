@@ -1,11 +1,14 @@
 /*
  * The QMP commands of the host runtime: each one translates its (already type-checked) arguments into one call of
- * the engine's internal API (src/migration/migration.h) and its result back into JSON. URIs and "channels" are
+ * the engine's internal API (src/migration/migration.h), or of the object registry (object-add, object-del:
+ * include/ferry/object.h), and its result back into JSON. URIs and "channels" are
  * parsed here, at the edge, and nowhere below; HMP reaches these same functions through the monitor's table. No migration logic lives in this file; the built-in protocol commands
  * (qmp_capabilities, query-version, query-commands) are the monitor's own.
  */
 #include <string.h>
 
+#include "crypto/crypto.h"
+#include "ferry/object.h"
 #include "host/host-int.h"
 #include "migration/migration.h"
 #include "util/util.h"
@@ -131,6 +134,17 @@ static json_t *cmd_migrate_set_capabilities(json_t *args, void *opaque, FerryErr
     return ferry__migration_set_caps(h->m, json_object_get(args, "capabilities"), errp) ? json_object() : NULL;
 }
 
+/* object-add: QEMU's flat form, {"qom-type": T, "id": ID, PROP: VALUE, ...}. */
+static json_t *cmd_object_add(json_t *args, void *opaque, FerryError **errp)
+{
+    return ferry__object_add_args(args, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_object_del(json_t *args, void *opaque, FerryError **errp)
+{
+    return ferry_object_del(json_string_value(json_object_get(args, "id")), errp) ? json_object() : NULL;
+}
+
 static json_t *cmd_query_migrate_capabilities(json_t *args, void *opaque, FerryError **errp)
 {
     FerryHost *h = opaque;
@@ -158,6 +172,16 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "*", FERRY_ARG_ANY, true },
         { NULL, FERRY_ARG_ANY, false },
     };
+    static const FerryArgSpec object_add_args[] = {
+        { "qom-type", FERRY_ARG_STR, false },
+        { "id", FERRY_ARG_STR, false },
+        { "*", FERRY_ARG_ANY, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const FerryArgSpec object_del_args[] = {
+        { "id", FERRY_ARG_STR, false },
+        { NULL, FERRY_ARG_ANY, false },
+    };
     static const FerryArgSpec set_caps_args[] = {
         { "capabilities", FERRY_ARG_ARRAY, false },
         { NULL, FERRY_ARG_ANY, false },
@@ -179,6 +203,8 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "query-migrate-parameters", NULL, cmd_query_migrate_parameters },
         { "migrate-set-capabilities", set_caps_args, cmd_migrate_set_capabilities },
         { "query-migrate-capabilities", NULL, cmd_query_migrate_capabilities },
+        { "object-add", object_add_args, cmd_object_add },
+        { "object-del", object_del_args, cmd_object_del },
     };
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(cmds); i++) {
         if (!ferry__monitor_register(h->mon, cmds[i].name, cmds[i].args, cmds[i].fn, h, errp)) {

@@ -19,7 +19,6 @@
  * zero again (the next attempt relies on that, since pass 1 does not send never-populated pages), and the process
  * exits non-zero unless exit-on-error=false asked it to stay up and report.
  */
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +48,7 @@ typedef struct Staged {
 
 typedef struct Dest {
     FerryMigration *m;
+    FerryTls *tls;           /* tls-creds set: every channel is a TLS server (taken from m->in_tls) */
     FerryChannel *chan;
     FerryStream *s;
     size_t ps;
@@ -70,6 +70,7 @@ typedef struct Dest {
     uint64_t pipe_bytes;
     uint8_t end[FERRY_WIRE_END_LEN]; /* the END record's payload */
     FerryListener *listener; /* kept while multifd channels may still have to be accepted */
+    bool tls_up;             /* the main channel's TLS session is up and the source was accepted */
     bool multifd;            /* the stream uses multifd */
     bool commit;             /* the stream uses switchover-commit: wait for COMMIT after the ACK */
     bool uncommitted;        /* everything loaded and acknowledged, but the source's COMMIT never came */
@@ -483,7 +484,7 @@ static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
     }
     FerryMultifdConfig cfg = { .channels = r.channels, .compression = r.compression,
                                .checksum = r.flags & FERRY_MFD_F_CHECKSUM, .page_size = d->ps,
-                               .timeout_ms = d->timeout_ms };
+                               .timeout_ms = d->timeout_ms, .tls = d->tls };
     memcpy(cfg.session, r.session, sizeof(cfg.session));
     d->mfd = ferry__multifd_recv_new(d->listener, &cfg, d->m->blocks, d->m->nblocks, d->chan, errp);
     pthread_mutex_lock(&d->m->lock);
@@ -786,6 +787,12 @@ static bool receive(Dest *d, FerryError **errp)
         ferry__stream_check(d->s, errp);
         return false;
     }
+    if (!ferry__channel_is_tls(d->chan) && hdr[0] == 0x16 && hdr[1] == 0x03) {
+        /* A TLS handshake record (type 0x16, version 3.x): the source was told to use TLS, this end was not. */
+        ferry_error_setg(errp, "the source speaks TLS, but this destination has no tls-creds set (set tls-creds "
+                         "to a tls-creds-x509 or tls-creds-psk object with endpoint=server)");
+        return false;
+    }
     if (!ferry__wire_decode_header(hdr, errp)) {
         return false;
     }
@@ -929,7 +936,7 @@ static bool receive(Dest *d, FerryError **errp)
 
 /* Tell the source why, then let it read that before the connection goes away: stop writing, drain what it still
  * sends for a short while (closing with unread data would reset the connection and lose the message). */
-static void send_nack(Dest *d, const FerryError *err)
+static void send_nack(FerryChannel *c, const FerryError *err)
 {
     const char *msg = ferry_error_msg(err);
     size_t n = FERRY_MIN(strlen(msg), 4096);
@@ -937,20 +944,16 @@ static void send_nack(Dest *d, const FerryError *err)
     ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = FERRY_REC_NACK, .length = (uint32_t)n });
     uint8_t trailer[FERRY_WIRE_RECORD_TRAILER_LEN];
     ferry__put_be32(trailer, ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), msg, n));
-    if (!ferry__channel_write_all(d->chan, h, sizeof(h), NULL) ||
-        !ferry__channel_write_all(d->chan, msg, n, NULL) ||
-        !ferry__channel_write_all(d->chan, trailer, sizeof(trailer), NULL)) {
+    if (!ferry__channel_write_all(c, h, sizeof(h), NULL) || !ferry__channel_write_all(c, msg, n, NULL) ||
+        !ferry__channel_write_all(c, trailer, sizeof(trailer), NULL)) {
         return;
     }
-    shutdown(d->chan->fd, SHUT_WR);
+    /* On the socket itself, also under TLS: the source sees the end after the NACK's record either way. */
+    shutdown(c->fd, SHUT_WR);
     int64_t deadline = ferry__clock_ms() + 2000;
     char sink[65536];
     while (ferry__clock_ms() < deadline) {
-        struct pollfd p = { .fd = d->chan->fd, .events = POLLIN };
-        if (poll(&p, 1, 100) < 0) {
-            break;
-        }
-        if (p.revents && ferry__channel_read(d->chan, sink, sizeof(sink), NULL) <= 0) {
+        if (ferry__channel_wait_readable(c, 100) && ferry__channel_read(c, sink, sizeof(sink), NULL) <= 0) {
             break;
         }
     }
@@ -987,6 +990,59 @@ static bool read_commit(Dest *d, FerryError **errp)
     return true;
 }
 
+/* Where a failure can be reported to the source: the channel, or for a TLS session that never came up whatever
+ * the TLS channel says (ferry__tls_channel_report_path); NULL for nowhere. */
+static FerryChannel *report_channel(Dest *d)
+{
+    if (!d->chan || d->chan->one_way) {
+        return NULL;
+    }
+    if (ferry__channel_is_tls(d->chan) && !d->tls_up) {
+        return ferry__tls_channel_report_path(d->chan);
+    }
+    return d->chan;
+}
+
+/*
+ * The TLS server's handshake on the accepted main channel, before any byte of the stream is read. The TLS channel
+ * is published as in_chan first, so that quit interrupts the handshake.
+ */
+static bool start_tls(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    if (d->chan->one_way) {
+        ferry_error_setg(errp, "tls-creds '%s' needs a two-way socket, and '%s' is not one",
+                         ferry__tls_creds_name(d->tls), d->chan->desc);
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->in_chan = NULL;
+    pthread_mutex_unlock(&m->lock);
+    FerryChannel *t = ferry__tls_channel_new(d->chan, d->tls, errp);
+    d->chan = t;
+    if (!t) {
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->in_chan = t;
+    bool quitting = m->quitting;
+    pthread_mutex_unlock(&m->lock);
+    if (quitting) {
+        ferry_error_setg(errp, "shutting down");
+        return false;
+    }
+    if (!ferry__tls_channel_handshake(t, errp)) {
+        return false;
+    }
+    d->tls_up = true;
+    json_t *info = ferry__tls_channel_info(t);
+    pthread_mutex_lock(&m->lock);
+    json_decref(m->tls_info);
+    m->tls_info = info;
+    pthread_mutex_unlock(&m->lock);
+    return true;
+}
+
 static bool run(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
@@ -1014,7 +1070,10 @@ static bool run(Dest *d, FerryError **errp)
         ferry_error_setg(errp, "shutting down");
         return false;
     }
-    d->s = ferry__stream_new(c);
+    if (d->tls && !start_tls(d, errp)) {
+        return false;
+    }
+    d->s = ferry__stream_new(d->chan);
     pthread_mutex_lock(&m->lock);
     m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
     pthread_mutex_unlock(&m->lock);
@@ -1119,11 +1178,16 @@ void *ferry__dest_thread(void *opaque)
     Dest d;
     dest_init(&d, m);
     FerryError *err = NULL;
+    pthread_mutex_lock(&m->lock);
+    d.tls = m->in_tls;
+    m->in_tls = NULL;
+    pthread_mutex_unlock(&m->lock);
 
     bool ok = run(&d, &err);
     populate_stop(&d);
-    if (!ok && !d.uncommitted && d.chan && !d.chan->one_way && !m->quitting) {
-        send_nack(&d, err);
+    FerryChannel *report = ok || d.uncommitted || m->quitting ? NULL : report_channel(&d);
+    if (report) {
+        send_nack(report, err);
     }
     pthread_mutex_lock(&m->lock);
     m->in_chan = NULL;
@@ -1131,6 +1195,7 @@ void *ferry__dest_thread(void *opaque)
     pthread_mutex_unlock(&m->lock);
     dest_cleanup(&d);
     ferry__channel_free(d.chan);
+    ferry__tls_unref(d.tls);
 
     if (ok) {
         ferry__vm_incoming_done(m, d.source_running);

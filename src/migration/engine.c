@@ -73,6 +73,10 @@ void ferry__migration_free(FerryMigration *m)
     free(m->error_desc);
     free(m->tracker_name);
     free(m->tracker_note);
+    json_decref(m->tls_info);
+    ferry__tls_unref(m->out_tls);
+    ferry__tls_unref(m->in_tls);
+    ferry__params_free(m);
     ferry__address_free(m->out_addr);
     if (m->cancel_fd >= 0) {
         close(m->cancel_fd);
@@ -379,6 +383,8 @@ static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
     free(m->tracker_note);
     m->tracker_note = NULL;
     m->features_negotiated = false;
+    json_decref(m->tls_info);
+    m->tls_info = NULL;
     memset(&m->stats, 0, sizeof(m->stats));
     m->stats.start_ms = ferry__clock_ms();
     m->stats.expected_downtime_ms = m->params.downtime_limit;
@@ -429,6 +435,49 @@ static void reap_finished_locked(FerryMigration *m)
         pthread_join(t, NULL);
         pthread_mutex_lock(&m->lock);
     }
+}
+
+/*
+ * TLS for a migration on @addr, from the tls-* parameters (with lock held): NULL in *tls when tls-creds is not
+ * set. The objects are looked up now, as QEMU does at migrate time, so that a wrong id or endpoint is the
+ * command's error, named. TLS needs a socket: exec, file and rdma are refused, and so is everything that passes
+ * file descriptors (SCM_RIGHTS data cannot travel inside an encrypted stream). An fd: address is checked once
+ * connected, when it is known whether the fd is a socket.
+ */
+static bool tls_setup_locked(FerryMigration *m, const FerryMigrationAddress *addr, bool incoming, FerryTls **tls,
+                             FerryError **errp)
+{
+    *tls = NULL;
+    const char *creds = m->params.tls_creds;
+    if (!creds || !*creds) {
+        return true;
+    }
+    const char *why = NULL;
+    if (addr->transport != FERRY_TRANSPORT_SOCKET) {
+        why = addr->transport == FERRY_TRANSPORT_RDMA ? "TLS over RDMA is not supported"
+                                                      : "TLS needs a socket channel (tcp, unix, vsock or fd)";
+    } else if (!incoming && ferry__migration_needs_fds(m)) {
+        why = "file descriptors cannot travel inside TLS";
+    }
+    if (why) {
+        char *uri = ferry__address_to_uri(addr);
+        const char *fds = incoming ? NULL : ferry__migration_needs_fds(m);
+        if (fds) {
+            ferry_error_setg(errp, "tls-creds '%s' cannot be combined with %s on '%s': %s (turn one of them off)",
+                             creds, fds, uri, why);
+        } else {
+            ferry_error_setg(errp, "tls-creds '%s' cannot be used on '%s': %s", creds, uri, why);
+        }
+        free(uri);
+        return false;
+    }
+    /* As QEMU: tls-hostname, else the host of a tcp address, is what the server's certificate must name. */
+    const char *hostname = m->params.tls_hostname;
+    if ((!hostname || !*hostname) && addr->socket.type == FERRY_SOCKET_INET) {
+        hostname = addr->socket.inet.host;
+    }
+    *tls = ferry__tls_new(creds, incoming, hostname, incoming ? m->params.tls_authz : NULL, errp);
+    return *tls != NULL;
 }
 
 bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
@@ -483,12 +532,21 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
         free(uri);
         return false;
     }
+    FerryTls *tls;
+    if (!tls_setup_locked(m, addr, false, &tls, errp)) {
+        pthread_mutex_unlock(&m->lock);
+        return false;
+    }
     reset_for_new_migration_locked(m, false);
     ferry__address_free(m->out_addr);
     m->out_addr = ferry__address_copy(addr);
+    ferry__tls_unref(m->out_tls);
+    m->out_tls = tls;
     bool events = m->caps[FERRY_CAP_EVENTS];
     int rc = pthread_create(&m->out_thread, NULL, ferry__source_thread, m);
     if (rc != 0) {
+        ferry__tls_unref(m->out_tls);
+        m->out_tls = NULL;
         m->status = FERRY_MIG_FAILED;
         m->error_desc = ferry__xstrdup("cannot create the migration thread");
         pthread_mutex_unlock(&m->lock);
@@ -519,21 +577,31 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
         ferry_error_setg(errp, "The incoming migration has already been started");
         return false;
     }
+    FerryTls *tls;
+    bool tls_ok = tls_setup_locked(m, addr, true, &tls, errp);
     pthread_mutex_unlock(&m->lock);
+    if (!tls_ok) {
+        return false;
+    }
 
     FerryListener *l = ferry__listener_new(addr, errp);
     if (!l) {
+        ferry__tls_unref(tls);
         return false;
     }
 
     pthread_mutex_lock(&m->lock);
     reset_for_new_migration_locked(m, true);
     m->listener = l;
+    ferry__tls_unref(m->in_tls);
+    m->in_tls = tls;
     m->exit_on_error = exit_on_error;
     bool events = m->caps[FERRY_CAP_EVENTS];
     int rc = pthread_create(&m->in_thread, NULL, ferry__dest_thread, m);
     if (rc != 0) {
         m->listener = NULL;
+        ferry__tls_unref(m->in_tls);
+        m->in_tls = NULL;
         m->status = FERRY_MIG_FAILED;
         pthread_mutex_unlock(&m->lock);
         ferry__listener_free(l);
@@ -664,6 +732,10 @@ json_t *ferry__migration_query(FerryMigration *m)
         }
         if (m->incoming) {
             json_object_set_new(r, "skipped-bytes", json_integer((json_int_t)st->skipped_bytes));
+        }
+        if (m->tls_info) {
+            /* ferry extension: the main channel's TLS session (docs/qmp.md). */
+            json_object_set_new(r, "tls", json_deep_copy(m->tls_info));
         }
     }
     if (m->error_desc && (m->status == FERRY_MIG_FAILED || m->status == FERRY_MIG_CANCELLED)) {

@@ -55,6 +55,12 @@ typedef struct FerryParams {
     int64_t multifd_zstd_level;
     int64_t zero_page_detection; /* FerryZeroPageDetection */
     int64_t io_timeout;     /* milliseconds without progress on a channel before giving up; 0 = never */
+    /* QEMU's TLS parameters: object ids and a hostname, "" = not set (TLS off without tls-creds). Strings are
+     * only read and replaced with lock held (no atomic access as for the numbers): migrations copy what they
+     * need when they start. */
+    char *tls_creds;
+    char *tls_hostname;
+    char *tls_authz;
 } FerryParams;
 
 /* QEMU's MultiFDCompression (the values ferry implements; the wire's FERRY_MFD_COMP_* have the same numbers). */
@@ -157,6 +163,7 @@ struct FerryMigration {
     char *tracker_note;          /* why a fallback was taken */
     bool features_negotiated;    /* features holds what the current/last stream uses */
     FerryWireFeatureList features;
+    json_t *tls_info;            /* the main channel's TLS session (ferry__tls_channel_info), or NULL */
 
     /* Outgoing. */
     pthread_t out_thread;
@@ -166,6 +173,7 @@ struct FerryMigration {
     struct FerryMultifdSend *out_mfd; /* its multifd channels while they exist, for cancel */
     bool cancel_requested;
     int cancel_fd;               /* eventfd, readable once cancel is requested: interrupts a connect */
+    FerryTls *out_tls;           /* set by migrate when tls-creds is set; the source thread takes it */
 
     /* Incoming. */
     pthread_t in_thread;
@@ -175,6 +183,7 @@ struct FerryMigration {
     struct FerryMultifdRecv *in_mfd; /* its multifd channels while they exist, for shutdown at exit */
     bool exit_on_error;
     bool quitting;
+    FerryTls *in_tls;            /* set by migrate-incoming when tls-creds is set; the incoming thread takes it */
 };
 
 /* engine.c */
@@ -202,6 +211,7 @@ void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 
 /* params.c */
 void ferry__params_init(FerryMigration *m);
+void ferry__params_free(FerryMigration *m);
 int64_t ferry__param_max_bandwidth(FerryMigration *m);
 int64_t ferry__param_downtime_limit(FerryMigration *m);
 FerryMigMode ferry__param_mode(FerryMigration *m);

@@ -4,6 +4,8 @@
  * every member before applying any (all or nothing); "-incoming config:" and HMP's migrate_set_parameter convert
  * their strings by the row's type and then run the very same check.
  *
+ * String parameters (the tls-* ones) are char * fields, replaced under the lock.
+ *
  * QEMU parameters that ferry does not implement yet have rows too, with the reason: setting one is an error that
  * says so (never silently accepted), and query-migrate-parameters does not show them. docs/qmp.md lists them.
  */
@@ -17,13 +19,14 @@ typedef enum ParamType {
     PARAM_SIZE, /* QAPI size: a number of bytes; on the command line and in HMP also "1G", "512M" */
     PARAM_ENUM, /* a QAPI enum: a string out of .values, stored as its index */
     PARAM_ENUM_LIST, /* a list of a QAPI enum (no duplicates), stored as a bit mask of the indices */
+    PARAM_STR,  /* a QAPI StrOrNull: a string, or null for "" (QEMU's way to unset tls-creds); a char * field */
     PARAM_NOT_YET, /* known to QEMU, not implemented by ferry: refused with .unit as the reason */
 } ParamType;
 
 typedef struct ParamDesc {
     const char *name;
     ParamType type;
-    size_t offset;   /* int64_t field in FerryParams */
+    size_t offset;   /* int64_t field in FerryParams (char * for PARAM_STR) */
     int64_t def;
     int64_t min, max;
     const char *unit; /* for messages; for PARAM_NOT_YET: why not, or which work brings it */
@@ -70,9 +73,11 @@ static const ParamDesc params[] = {
      * stays up) otherwise holds a migration until migrate_cancel. 0 keeps QEMU's behaviour, waiting forever. */
     { "io-timeout", PARAM_INT, offsetof(FerryParams, io_timeout), 0, 0, 24 * 3600 * 1000, "milliseconds", NULL,
       NULL },
-    NOT_YET("tls-creds", "TLS comes with the reliability and security work"),
-    NOT_YET("tls-hostname", "TLS comes with the reliability and security work"),
-    NOT_YET("tls-authz", "TLS comes with the reliability and security work"),
+    /* Checked against the objects when a migration starts (src/migration/engine.c), not here: as in QEMU the
+     * objects may be created after the parameters are set. */
+    { "tls-creds", PARAM_STR, offsetof(FerryParams, tls_creds), 0, 0, 0, NULL, NULL, NULL },
+    { "tls-hostname", PARAM_STR, offsetof(FerryParams, tls_hostname), 0, 0, 0, NULL, NULL, NULL },
+    { "tls-authz", PARAM_STR, offsetof(FerryParams, tls_authz), 0, 0, 0, NULL, NULL, NULL },
     { "mode", PARAM_ENUM, offsetof(FerryParams, mode), FERRY_MODE_NORMAL, 0, 0, NULL, mode_values, mode_refused },
     { "backend-transfer", PARAM_ENUM_LIST, offsetof(FerryParams, backend_transfer), 0, 0, 0, NULL, backend_values,
       NULL },
@@ -158,16 +163,35 @@ static int64_t *param_field(FerryParams *p, const ParamDesc *d)
     return (int64_t *)((char *)p + d->offset);
 }
 
+static char **param_str_field(FerryParams *p, const ParamDesc *d)
+{
+    return (char **)((char *)p + d->offset);
+}
+
 void ferry__params_init(FerryMigration *m)
 {
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(params); i++) {
         if (params[i].type == PARAM_NOT_YET) {
             continue;
         }
+        if (params[i].type == PARAM_STR) {
+            *param_str_field(&m->params, &params[i]) = ferry__xstrdup("");
+            continue;
+        }
         *param_field(&m->params, &params[i]) = params[i].def;
     }
     for (int c = 0; c < FERRY_CAP__MAX; c++) {
         m->caps[c] = cap_table[c].def;
+    }
+}
+
+void ferry__params_free(FerryMigration *m)
+{
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(params); i++) {
+        if (params[i].type == PARAM_STR) {
+            free(*param_str_field(&m->params, &params[i]));
+            *param_str_field(&m->params, &params[i]) = NULL;
+        }
     }
 }
 
@@ -289,6 +313,10 @@ json_t *ferry__migration_query_params(FerryMigration *m)
         if (params[i].type == PARAM_NOT_YET) {
             continue;
         }
+        if (params[i].type == PARAM_STR) {
+            json_object_set_new(r, params[i].name, json_string(*param_str_field(&m->params, &params[i])));
+            continue;
+        }
         json_object_set_new(r, params[i].name, param_to_json(&params[i], *param_field(&m->params, &params[i])));
     }
     pthread_mutex_unlock(&m->lock);
@@ -372,6 +400,15 @@ static bool check_param(const char *key, json_t *val, const ParamDesc **descp, i
         ferry_error_setg(errp, "Parameter '%s' is not supported by ferry yet: %s", key, d->unit);
         return false;
     }
+    if (d->type == PARAM_STR) {
+        if (!json_is_string(val) && !json_is_null(val)) {
+            ferry_error_setg(errp, "Invalid parameter type for '%s', expected: string", key);
+            return false;
+        }
+        *descp = d;
+        *out = 0;
+        return true;
+    }
     if (d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST) {
         if (!check_enum(d, val, out, errp)) {
             return false;
@@ -415,6 +452,12 @@ bool ferry__migration_set_params(FerryMigration *m, json_t *args, FerryError **e
         const ParamDesc *d;
         int64_t v;
         check_param(key, val, &d, &v, NULL);
+        if (d->type == PARAM_STR) {
+            char **f = param_str_field(&m->params, d);
+            free(*f);
+            *f = ferry__xstrdup(json_is_string(val) ? json_string_value(val) : "");
+            continue;
+        }
         __atomic_store_n(param_field(&m->params, d), v, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&m->lock);
@@ -451,9 +494,9 @@ bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError
             return false;
         }
         json_t *conv;
-        if (!d || d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST) {
-            /* Enums are strings already; unknown or not implemented parameters are refused by check_param
-             * below with the usual message. */
+        if (!d || d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST || d->type == PARAM_STR) {
+            /* Enums and strings are strings already; unknown or not implemented parameters are refused by
+             * check_param below with the usual message. */
             conv = json_incref(val);
         } else {
             const char *s = json_string_value(val);

@@ -25,7 +25,6 @@
  * waits until the channels have written the pass, so that the bandwidth measured is what really left.
  */
 #include <errno.h>
-#include <poll.h>
 #include <sys/random.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +46,7 @@
 
 typedef struct Source {
     FerryMigration *m;
+    FerryTls *tls;        /* tls-creds set: every channel is a TLS client (taken from m->out_tls) */
     FerryChannel *chan;
     FerryStream *s;
     FerryDirtyTracker *tracker;
@@ -238,8 +238,7 @@ static bool check_return_path(Source *src, FerryError **errp)
     if (src->chan->one_way) {
         return true;
     }
-    struct pollfd p = { .fd = src->chan->fd, .events = POLLIN };
-    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) {
+    if (!ferry__channel_wait_readable(src->chan, 0)) {
         return true;
     }
     if (read_reply(src, errp)) {
@@ -413,8 +412,7 @@ static bool multifd_failed(Source *src, FerryError **errp)
     if (src->chan->one_way || cancelled(src->m)) {
         return false;
     }
-    struct pollfd p = { .fd = src->chan->fd, .events = POLLIN };
-    if (poll(&p, 1, 1000) > 0) {
+    if (ferry__channel_wait_readable(src->chan, 1000)) {
         prefer_destination_reason(src, errp);
     }
     return false;
@@ -856,7 +854,7 @@ static bool setup_multifd(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
     FerryMultifdConfig cfg = { .page_size = src->ps, .checksum = ferry__stream_crc(src->s),
-                               .detect_zero = src->zero_mode == FERRY_ZERO_MULTIFD };
+                               .detect_zero = src->zero_mode == FERRY_ZERO_MULTIFD, .tls = src->tls };
     pthread_mutex_lock(&m->lock);
     cfg.channels = (uint32_t)m->params.multifd_channels;
     cfg.compression = (uint8_t)m->params.multifd_compression;
@@ -890,6 +888,44 @@ static bool setup_multifd(Source *src, FerryError **errp)
     return true;
 }
 
+/*
+ * The TLS client's handshake on the connected main channel, before any byte of the stream. The TLS channel is
+ * published for cancel before the handshake, which a cancel then interrupts.
+ */
+static bool start_tls(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    if (src->chan->one_way) {
+        ferry_error_setg(errp, "tls-creds '%s' needs a two-way socket, and '%s' is not one",
+                         ferry__tls_creds_name(src->tls), src->chan->desc);
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->out_chan = NULL;
+    pthread_mutex_unlock(&m->lock);
+    FerryChannel *t = ferry__tls_channel_new(src->chan, src->tls, errp);
+    src->chan = t;
+    if (!t) {
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->out_chan = t;
+    pthread_mutex_unlock(&m->lock);
+    if (cancelled(m)) {
+        ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    if (!ferry__tls_channel_handshake(t, errp)) {
+        return false;
+    }
+    json_t *info = ferry__tls_channel_info(t);
+    pthread_mutex_lock(&m->lock);
+    json_decref(m->tls_info);
+    m->tls_info = info;
+    pthread_mutex_unlock(&m->lock);
+    return true;
+}
+
 static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **errp)
 {
     FerryMigration *m = src->m;
@@ -909,7 +945,11 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         ferry_error_setg(errp, "cancelled");
         return false;
     }
+    /* On the socket itself: a TLS channel moves its records through it, so the timeout holds there too. */
     if (!ferry__channel_set_timeout(src->chan, timeout_ms, errp)) {
+        return false;
+    }
+    if (src->tls && !start_tls(src, errp)) {
         return false;
     }
     src->s = ferry__stream_new(src->chan);
@@ -1093,6 +1133,10 @@ void *ferry__source_thread(void *opaque)
     FerryError *err = NULL;
     FerryRunState prev = FERRY_RUN_RUNNING;
     bool stopped = false;
+    pthread_mutex_lock(&m->lock);
+    src.tls = m->out_tls;
+    m->out_tls = NULL;
+    pthread_mutex_unlock(&m->lock);
 
     bool ok = run(&src, &prev, &stopped, &err);
     /* Only a destination that acknowledged is known to run the backends now (see FerryBackendOps.release). */
@@ -1120,6 +1164,7 @@ void *ferry__source_thread(void *opaque)
     ferry__multifd_send_free(src.mfd, !ok);
     ferry__stream_free(src.s);
     ferry__channel_free(src.chan);
+    ferry__tls_unref(src.tls);
 
     if (ok) {
         ferry__vm_postmigrate(m, acknowledged);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/crypto.h"
 #include "migration/migration.h"
 #include "monitor/monitor-priv.h"
 #include "util/util.h"
@@ -385,6 +386,28 @@ static bool hmp_set_capability(FerryMonitor *mon, char **argv, size_t argc, Out 
                       json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", argv[0], "state", state), errp);
 }
 
+/* object_add TYPE,id=ID,...: the -object spelling, converted by the type's properties into QMP object-add. */
+static bool hmp_object_add(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
+{
+    bool known;
+    json_t *args = NULL;
+    if (!ferry__object_spec_parse(argv[0], &known, &args, errp)) {
+        return false;
+    }
+    if (!known) {
+        size_t tl = strcspn(argv[0], ",");
+        ferry_error_setg(errp, "object_add: unknown object type '%.*s' (object types: %s)", (int)tl, argv[0],
+                         ferry_object_type_names());
+        return false;
+    }
+    return run_simple(mon, "object-add", args, errp);
+}
+
+static bool hmp_object_del(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
+{
+    return run_simple(mon, "object-del", json_pack("{s:s}", "id", argv[0]), errp);
+}
+
 static bool hmp_stop(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
 {
     return run_simple(mon, "stop", NULL, errp);
@@ -449,6 +472,8 @@ static const HmpCommand hmp_commands[] = {
     { "migrate_set_parameter", 2, 2, "parameter value", "set a migration parameter", hmp_set_parameter },
     { "migrate_set_capability", 2, 2, "capability on|off", "enable or disable a migration capability",
       hmp_set_capability },
+    { "object_add", 1, 1, "type,id=str[,prop=value][,...]", "create QOM object", hmp_object_add },
+    { "object_del", 1, 1, "id", "destroy QOM object", hmp_object_del },
     { "info", 0, 1, "[subcommand]", "show various information (info alone lists the items)", hmp_info },
     { "stop", 0, 0, "", "stop emulation", hmp_stop },
     { "cont", 0, 0, "", "resume emulation", hmp_cont },

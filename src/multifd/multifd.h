@@ -31,6 +31,9 @@ typedef struct FerryMultifdConfig {
     size_t page_size;
     unsigned timeout_ms; /* io-timeout of every channel (ferry__channel_set_timeout); 0 = none */
     uint8_t session[FERRY_WIRE_MFD_SESSION_LEN];
+    /* Not on the wire: with TLS every channel is wrapped and does its own handshake (the source as client)
+     * before its hello, which then travels inside TLS. Borrowed; each channel takes a reference. */
+    FerryTls *tls;
 } FerryMultifdConfig;
 
 /* A batch of pages of one block for one packet. */
@@ -63,7 +66,11 @@ typedef struct FerryMultifdSend FerryMultifdSend;
 /*
  * Connect @cfg->channels channels to @addr, one after the other, write each its hello and start its thread.
  * A failure names the channel ("multifd channel 3: Failed to connect to ..."). @cancel_fd interrupts the
- * connects as it does the main channel's.
+ * connects as it does the main channel's. With TLS the handshake and the hello are the first thing each channel
+ * thread does instead: the destination accepts the channels only once it has read the MULTIFD record, which the
+ * caller writes after this returns, so a handshake here would wait for it forever; and in threads, the
+ * handshakes do not depend on the order in which the destination accepts. A handshake's failure is then the
+ * thread's error, reported by the next call that hands it work.
  */
 FerryMultifdSend *ferry__multifd_send_new(const FerryMigrationAddress *addr, int cancel_fd,
                                           const FerryMultifdConfig *cfg, FerryError **errp);
@@ -86,7 +93,8 @@ typedef struct FerryMultifdRecv FerryMultifdRecv;
 
 /*
  * Accept @cfg->channels channels on @l (the source connects them before it writes the MULTIFD record, so each is
- * waiting already; an accept or a hello that takes longer than a few seconds fails), check each one's hello
+ * waiting already; an accept, a TLS handshake or a hello that takes longer than a few seconds fails), with TLS
+ * run each one's handshake as the server (the checks of the main channel's), check each one's hello
  * (the multifd magic, this session, an index not seen before) and start its thread, which writes the pages it
  * receives into @blocks. On a channel thread's error the first error is kept and @main's reading side is shut
  * down, so that the thread reading the main channel stops and can report it (ferry__multifd_recv_error).

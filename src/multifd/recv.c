@@ -262,14 +262,26 @@ static void *receiver_thread(void *opaque)
     return NULL;
 }
 
-/* Read the 36-byte hello of a fresh channel, waiting at most ACCEPT_TIMEOUT_MS for it. */
-static bool read_hello(FerryChannel *c, uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], FerryError **errp)
+/*
+ * Read the 36-byte hello of a fresh channel, waiting at most ACCEPT_TIMEOUT_MS for it; with TLS, *c is wrapped
+ * first and its handshake (bounded by the same timeout, which the socket's SO_RCVTIMEO enforces) comes before.
+ */
+static bool read_hello(FerryChannel **c, FerryTls *tls, uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], FerryError **errp)
 {
     struct timeval tv = { .tv_sec = ACCEPT_TIMEOUT_MS / 1000 }, none = { 0 };
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int fd = (*c)->fd;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     FerryError *err = NULL;
-    bool ok = ferry__channel_read_all(c, hello, FERRY_WIRE_MFD_HELLO_LEN, &err);
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+    bool ok = true;
+    if (tls) {
+        *c = ferry__tls_channel_new(*c, tls, errp);
+        ok = *c && ferry__tls_channel_handshake(*c, errp);
+        if (!ok) {
+            return false;
+        }
+    }
+    ok = ferry__channel_read_all(*c, hello, FERRY_WIRE_MFD_HELLO_LEN, &err);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
     if (!ok) {
         ferry_error_propagate(errp, err);
         ferry_error_prepend(errp, "no multifd hello within %d s: ", ACCEPT_TIMEOUT_MS / 1000);
@@ -299,7 +311,9 @@ FerryMultifdRecv *ferry__multifd_recv_new(FerryListener *l, const FerryMultifdCo
         FerryChannel *c = ferry__listener_accept_timeout(l, ACCEPT_TIMEOUT_MS, &err);
         uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], session[FERRY_WIRE_MFD_SESSION_LEN];
         uint16_t index = 0;
-        if (c && ferry__channel_set_timeout(c, cfg->timeout_ms, &err) && read_hello(c, hello, &err) &&
+        char *desc = c ? ferry__xstrdup(c->desc) : NULL;
+        /* The timeout goes on the socket, under any TLS session read_hello starts on it. */
+        if (c && ferry__channel_set_timeout(c, cfg->timeout_ms, &err) && read_hello(&c, cfg->tls, hello, &err) &&
             ferry__wire_mfd_hello_decode(hello, &index, session, &err)) {
             if (memcmp(session, cfg->session, sizeof(session)) != 0) {
                 ferry_error_setg(&err, "it belongs to another migration (session id differs)");
@@ -310,16 +324,18 @@ FerryMultifdRecv *ferry__multifd_recv_new(FerryListener *l, const FerryMultifdCo
             }
         }
         if (err) {
-            if (c) {
-                ferry_error_prepend(&err, "multifd channel from '%s': ", c->desc);
+            if (desc) {
+                ferry_error_prepend(&err, "multifd channel from '%s': ", desc);
             } else {
                 ferry_error_prepend(&err, "waiting for multifd channel %u of %u: ", got + 1, r->n);
             }
+            free(desc);
             ferry__channel_free(c);
             ferry_error_propagate(errp, err);
             ferry__multifd_recv_free(r);
             return NULL;
         }
+        free(desc);
         r->r[index].chan = c;
     }
     for (unsigned i = 0; i < r->n; i++) {

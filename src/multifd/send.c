@@ -183,10 +183,39 @@ static bool write_pages(Sender *sn, FerryMultifdBatch *b, FerryError **errp)
     return true;
 }
 
+/* TLS: the handshake, then the hello inside the session (see ferry__multifd_send_new). */
+static bool start_tls(Sender *sn, FerryError **errp)
+{
+    FerryMultifdSend *s = sn->owner;
+    uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN];
+    ferry__wire_mfd_hello_encode((uint16_t)sn->index, s->cfg.session, hello);
+    if (!ferry__tls_channel_handshake(sn->chan, errp) ||
+        !ferry__channel_write_all(sn->chan, hello, sizeof(hello), errp)) {
+        return false;
+    }
+    add_stat(&s->bytes, sizeof(hello));
+    return true;
+}
+
 static void *sender_thread(void *opaque)
 {
     Sender *sn = opaque;
     FerryMultifdSend *s = sn->owner;
+    if (s->cfg.tls) {
+        FerryError *err = NULL;
+        if (!start_tls(sn, &err)) {
+            ferry_error_prepend(&err, "multifd channel %u: ", sn->index);
+            pthread_mutex_lock(&s->lock);
+            if (!s->err) {
+                s->err = err;
+            } else {
+                ferry_error_free(err);
+            }
+            pthread_cond_broadcast(&s->cond);
+            pthread_mutex_unlock(&s->lock);
+            return NULL;
+        }
+    }
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!sn->has_pending && !s->quit && !s->err) {
@@ -241,12 +270,20 @@ FerryMultifdSend *ferry__multifd_send_new(const FerryMigrationAddress *addr, int
         sn->chan = ferry__channel_connect(addr, cancel_fd, &err);
         uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN];
         ferry__wire_mfd_hello_encode((uint16_t)i, cfg->session, hello);
-        if (sn->chan && ferry__channel_set_timeout(sn->chan, cfg->timeout_ms, &err) &&
-            ferry__channel_write_all(sn->chan, hello, sizeof(hello), &err)) {
+        bool ready = false;
+        if (sn->chan && !ferry__channel_set_timeout(sn->chan, cfg->timeout_ms, &err)) {
+            /* err says why */
+        } else if (sn->chan && cfg->tls) {
+            /* Wrapped now, so that shutdown reaches it; its thread does the handshake and the hello. The timeout
+             * was set on the socket, which the TLS channel moves its records through. */
+            sn->chan = ferry__tls_channel_new(sn->chan, cfg->tls, &err);
+            ready = sn->chan != NULL;
+        } else if (sn->chan && ferry__channel_write_all(sn->chan, hello, sizeof(hello), &err)) {
             s->bytes += sizeof(hello);
-            if (cfg->compression != FERRY_MFD_COMP_NONE) {
-                sn->comp = ferry__compressor_new(cfg->compression, cfg->level, &err);
-            }
+            ready = true;
+        }
+        if (ready && cfg->compression != FERRY_MFD_COMP_NONE) {
+            sn->comp = ferry__compressor_new(cfg->compression, cfg->level, &err);
         }
         if (err) {
             ferry_error_prepend(&err, "multifd channel %u: ", i);
