@@ -193,6 +193,11 @@ static bool inner_shut(TlsChannel *t)
 static void tls_reason(TlsChannel *t, int rc, bool *inner_msg, FerryError **errp)
 {
     FerryError **slot = rc == GNUTLS_E_PUSH_ERROR ? &t->push_err : rc == GNUTLS_E_PULL_ERROR ? &t->pull_err : NULL;
+    /* A transport error after some progress is not reported by the call that met it (writev returns the bytes
+     * moved); the next call then only finds the session invalidated. The kept transport error is the cause. */
+    if (!slot && rc == GNUTLS_E_INVALID_SESSION) {
+        slot = t->push_err ? &t->push_err : t->pull_err ? &t->pull_err : NULL;
+    }
     *inner_msg = false;
     if (inner_shut(t)) {
         ferry_error_setg(errp, "channel was shut down");

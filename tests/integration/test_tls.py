@@ -458,3 +458,25 @@ def test_command_line_errors(pki):
     assert "Parameter 'id' is missing" in err, err
     err = fails("-object", "no-such-thing,id=x")
     assert "unknown object type 'no-such-thing'" in err and "tls-creds-x509" in err, err
+
+
+def test_io_timeout_under_tls(workload, pki):
+    """A destination that stops reading mid-migration over TLS: the source's io-timeout holds on the socket
+    under the session, and its error still names the parameter (the TLS channel keeps the inner error)."""
+    import signal
+    uri = unix_uri(workload)
+    dst = start_destination(workload, x509(pki["server"], "server"), {"tls-creds": "tls0"}, uri, args=SLOW_AB)
+    src = workload("src", *SLOW_AB, *x509(pki["client"], "client"))
+    all_written(src)
+    src.set_params(**{"max-bandwidth": 16 << 20, "tls-creds": "tls0", "tls-hostname": "localhost",
+                      "io-timeout": 1500})
+    src.migrate(uri)
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 0, 30, "RAM to flow")
+    os.kill(dst.proc.pid, signal.SIGSTOP)
+    try:
+        info = src.wait_migration(timeout=60)
+        assert info["status"] == "failed", info
+        assert "no progress for 1500 ms (io-timeout)" in info.get("error-desc", ""), info
+        assert_source_intact(src)
+    finally:
+        os.kill(dst.proc.pid, signal.SIGCONT)
