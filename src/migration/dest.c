@@ -128,12 +128,12 @@ static void *populate_thread(void *opaque)
 }
 
 /*
- * Queue an announced range for the populate thread. The queue holds only what is still to be done (the consumed
- * head is reclaimed), and hints beyond the pages a block has are ignored: a source announces each page at most
- * once (docs/stream-format.md), so more can only come from a broken or hostile one, and without this rule its
- * hints would grow the queue, and the work, with the length of the stream rather than the size of RAM.
+ * Whether to act on an announced range of @count pages of @b. Hints beyond the pages a block has are ignored: a
+ * source announces each page at most once (docs/stream-format.md), so more can only come from a broken or hostile
+ * one, and without this rule its hints would grow the populate queue, and the work, with the length of the stream
+ * rather than the size of RAM.
  */
-static void populate_queue(Dest *d, FerryRamBlock *b, uint64_t first, uint64_t count)
+static bool hint_accept(Dest *d, FerryRamBlock *b, uint64_t count)
 {
     if (!d->hinted) {
         d->hinted = ferry__xcalloc(d->m->nblocks, sizeof(*d->hinted));
@@ -144,9 +144,16 @@ static void populate_queue(Dest *d, FerryRamBlock *b, uint64_t first, uint64_t c
                        "excess is ignored", b->name);
             d->hinted[b->index] = b->npages + 1; /* warned */
         }
-        return;
+        return false;
     }
     d->hinted[b->index] += count;
+    return true;
+}
+
+/* Queue an announced range for the populate thread. The queue holds only what is still to be done: the
+ * populated head is reclaimed. */
+static void populate_queue(Dest *d, FerryRamBlock *b, uint64_t first, uint64_t count)
+{
     pthread_mutex_lock(&d->pop_lock);
     bool drained = d->pop_head == d->pop_len, half_done = d->pop_len == d->pop_cap && d->pop_head >= d->pop_cap / 2;
     if (d->pop_head > 0 && (drained || half_done)) {
@@ -343,7 +350,7 @@ static bool load_hint(Dest *d, uint32_t len, FerryError **errp)
                              (unsigned long long)first, (unsigned long long)n, b->name);
             goto out;
         }
-        if (d->pop_started && !b->adopted) {
+        if (hint_accept(d, b, n) && d->pop_started && !b->adopted) {
             populate_queue(d, b, first, n);
         }
     }
