@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "net.h"
+#include "options.h"
 #include "workload.h"
 
 #define PROG "ferry-workload"
@@ -62,193 +63,6 @@ static void usage(FILE *out)
             "  -h, --help              this text\n"
             "%s",
             WORKLOAD_MAX_SMP, INT64_MAX, NET_MAX_DEVICES, ferry_host_common_usage());
-}
-
-/* Parse "123", "256M", "4G"...; @default_shift applies without a suffix (20 for -m's MiB, 0 for bytes). */
-static bool parse_size(const char *s, unsigned default_shift, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    unsigned shift = default_shift;
-
-    if (*s < '0' || *s > '9') {
-        return false;
-    }
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno) {
-        return false;
-    }
-    if (*end) {
-        switch (*end) {
-        case 'b': case 'B': shift = 0; break;
-        case 'k': case 'K': shift = 10; break;
-        case 'm': case 'M': shift = 20; break;
-        case 'g': case 'G': shift = 30; break;
-        case 't': case 'T': shift = 40; break;
-        default: return false;
-        }
-        if (end[1]) {
-            return false;
-        }
-    }
-    if (v > (UINT64_MAX >> shift)) {
-        return false;
-    }
-    *out = (uint64_t)v << shift;
-    return true;
-}
-
-static bool parse_u64(const char *s, uint64_t max, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-
-    if (*s < '0' || *s > '9') {
-        return false;
-    }
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || *end || v > max) {
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
-/* What -object memory-backend-memfd or memory-backend-file said; -machine memory-backend=ID selects it. */
-typedef struct MemBackend {
-    bool given;
-    const char *type;          /* "memory-backend-memfd" or "memory-backend-file" */
-    char id[64];
-    uint64_t size;
-    bool share;
-    bool prealloc;             /* prealloc=on: as -mem-prealloc */
-    char mem_path[4096];       /* memory-backend-file only */
-    char machine_backend[64]; /* -machine memory-backend=, "" if not given */
-} MemBackend;
-
-/* Splits @opt at its first ',' pair into key and value (both in @buf); returns the rest or NULL at the end. */
-static const char *next_pair(const char *opt, char *buf, size_t bufsize, const char **key, const char **value)
-{
-    const char *end = strchr(opt, ',');
-    size_t len = end ? (size_t)(end - opt) : strlen(opt);
-    if (len >= bufsize) {
-        len = bufsize - 1;
-    }
-    memcpy(buf, opt, len);
-    buf[len] = '\0';
-    char *eq = strchr(buf, '=');
-    *key = buf;
-    *value = NULL;
-    if (eq) {
-        *eq = '\0';
-        *value = eq + 1;
-    }
-    return end ? end + 1 : NULL;
-}
-
-/* Parses the on|off value of property @key of -object @type into @out. */
-static bool parse_on_off(const char *type, const char *key, const char *value, bool *out)
-{
-    if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0) {
-        fprintf(stderr, PROG ": -object %s: %s must be on or off, not '%s'\n", type, key, value);
-        return false;
-    }
-    *out = strcmp(value, "on") == 0;
-    return true;
-}
-
-/* -object TYPE,key=value,...: memory-backend-memfd and memory-backend-file are known. */
-static bool parse_object(const char *arg, MemBackend *mb)
-{
-    char buf[sizeof(mb->mem_path) + 16];
-    const char *key, *value;
-    const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
-    bool file = strcmp(key, "memory-backend-file") == 0;
-
-    if (value || (!file && strcmp(key, "memory-backend-memfd") != 0)) {
-        fprintf(stderr, PROG ": -object: unknown object type '%s' (memory-backend-memfd, memory-backend-file, %s)\n",
-                key, ferry_object_type_names());
-        return false;
-    }
-    if (mb->given) {
-        fprintf(stderr, PROG ": -object: only one memory backend is supported\n");
-        return false;
-    }
-    mb->given = true;
-    mb->type = file ? "memory-backend-file" : "memory-backend-memfd";
-    mb->share = false; /* QEMU's default for memory backends */
-    while (rest && *rest) {
-        /* next_pair() cuts what does not fit: a cut mem-path would name another file, so refuse instead. */
-        if (strcspn(rest, ",") >= sizeof(buf)) {
-            fprintf(stderr, PROG ": -object %s: property '%.32s...' is too long\n", mb->type, rest);
-            return false;
-        }
-        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
-        if (!value) {
-            fprintf(stderr, PROG ": -object %s: '%s' needs a value (key=value)\n", mb->type, key);
-            return false;
-        }
-        if (strcmp(key, "id") == 0) {
-            if (!*value || strlen(value) >= sizeof(mb->id)) {
-                fprintf(stderr, PROG ": -object %s: bad id '%s'\n", mb->type, value);
-                return false;
-            }
-            strcpy(mb->id, value);
-        } else if (strcmp(key, "size") == 0) {
-            if (!parse_size(value, 0, &mb->size) || mb->size == 0) {
-                fprintf(stderr, PROG ": -object %s: size '%s' is not a size\n", mb->type, value);
-                return false;
-            }
-        } else if (strcmp(key, "share") == 0) {
-            if (!parse_on_off(mb->type, key, value, &mb->share)) {
-                return false;
-            }
-        } else if (strcmp(key, "prealloc") == 0) {
-            if (!parse_on_off(mb->type, key, value, &mb->prealloc)) {
-                return false;
-            }
-        } else if (file && strcmp(key, "mem-path") == 0) {
-            if (!*value || strlen(value) >= sizeof(mb->mem_path)) {
-                fprintf(stderr, PROG ": -object memory-backend-file: mem-path must be 1 to %zu bytes\n",
-                        sizeof(mb->mem_path) - 1);
-                return false;
-            }
-            strcpy(mb->mem_path, value);
-        } else {
-            fprintf(stderr, PROG ": -object %s: unknown property '%s' (id, size, share, prealloc%s)\n", mb->type,
-                    key, file ? ", mem-path" : "");
-            return false;
-        }
-    }
-    if (!mb->id[0] || !mb->size) {
-        fprintf(stderr, PROG ": -object %s: id= and size= are required\n", mb->type);
-        return false;
-    }
-    if (file && !mb->mem_path[0]) {
-        fprintf(stderr, PROG ": -object memory-backend-file: mem-path= is required (the file to map)\n");
-        return false;
-    }
-    return true;
-}
-
-/* -machine key=value,...: only memory-backend= is known. */
-static bool parse_machine(const char *arg, MemBackend *mb)
-{
-    char buf[256];
-    const char *key, *value;
-    const char *rest = arg;
-
-    while (rest && *rest) {
-        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
-        if (strcmp(key, "memory-backend") != 0 || !value || !*value || strlen(value) >= sizeof(mb->machine_backend)) {
-            fprintf(stderr, PROG ": -machine: unsupported property '%s' (only memory-backend=ID)\n", key);
-            return false;
-        }
-        strcpy(mb->machine_backend, value);
-    }
-    return true;
 }
 
 static int bad_value(FerryError *err)
@@ -327,12 +141,12 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             if (r < 0) {
                 return bad_value(err);
             }
-            if (r == 0 && !parse_object(arg, &mb)) {
-                return EXIT_BAD_VALUE;
+            if (r == 0 && !workload_parse_object(arg, &mb, &err)) {
+                return bad_value(err);
             }
         } else if (strcmp(opt, "-machine") == 0) {
-            if (!parse_machine(arg, &mb)) {
-                return EXIT_BAD_VALUE;
+            if (!workload_parse_machine(arg, &mb, &err)) {
+                return bad_value(err);
             }
         } else if (strcmp(opt, "-netdev") == 0) {
             if (!net_parse_netdev(net, arg, &err)) {
@@ -344,19 +158,19 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             }
         } else if (strcmp(opt, "-m") == 0) {
             m_given = true;
-            if (!parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
+            if (!workload_parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
                 fprintf(stderr, PROG ": -m: '%s' is not a RAM size (a positive multiple of the %zu-byte page, "
                         "e.g. 256M or 4G)\n", arg, page_size);
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-ram-block-size") == 0) {
-            if (!parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
+            if (!workload_parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
                 fprintf(stderr, PROG ": -ram-block-size: '%s' is not a block size (a positive multiple of the "
                         "%zu-byte page, e.g. 64M)\n", arg, page_size);
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-smp") == 0) {
-            if (!parse_u64(arg, WORKLOAD_MAX_SMP, &v) || v == 0) {
+            if (!workload_parse_u64(arg, WORKLOAD_MAX_SMP, &v) || v == 0) {
                 fprintf(stderr, PROG ": -smp: '%s' is not a number of workers in 1..%d\n", arg, WORKLOAD_MAX_SMP);
                 return EXIT_BAD_VALUE;
             }
@@ -369,12 +183,12 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             cfg->file_workers = true; /* asked for: file-backed RAM gets writers too (workload.h) */
         } else if (strcmp(opt, "-seed") == 0) {
             /* Bounded to int64 so that query-workload can report it as a JSON integer. */
-            if (!parse_u64(arg, INT64_MAX, &cfg->seed)) {
+            if (!workload_parse_u64(arg, INT64_MAX, &cfg->seed)) {
                 fprintf(stderr, PROG ": -seed: '%s' is not a number in 0..%" PRId64 "\n", arg, INT64_MAX);
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-dirty-rate") == 0) {
-            if (!parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
+            if (!workload_parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
                 fprintf(stderr, PROG ": -dirty-rate: '%s' is not a rate in MiB/s (0 = unlimited)\n", arg);
                 return EXIT_BAD_VALUE;
             }

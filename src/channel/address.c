@@ -906,9 +906,25 @@ bool ferry__address_from_json(json_t *obj, const char *where, FerryMigrationAddr
     return true;
 }
 
+/*
+ * A JSON string of @s. jansson refuses bytes that are not UTF-8, and an address parsed from a URI may hold any (a
+ * command line is bytes, and so is a file or socket path): each such byte becomes '?' (as in QMP error messages)
+ * rather than the member silently going missing from the object.
+ */
+static json_t *json_str(const char *s)
+{
+    json_t *v = json_string(str_or_empty(s));
+    if (!v) {
+        char *clean = ferry__utf8_scrub(s);
+        v = json_string(clean);
+        free(clean);
+    }
+    return v;
+}
+
 static void set_str(json_t *obj, const char *key, const char *s)
 {
-    json_object_set_new(obj, key, json_string(str_or_empty(s)));
+    json_object_set_new(obj, key, json_str(s));
 }
 
 static void inet_to_json(json_t *obj, const FerryInetAddress *in, bool full)
@@ -970,7 +986,7 @@ json_t *ferry__address_to_json(const FerryMigrationAddress *addr)
         set_str(obj, "transport", "exec");
         json_t *args = json_array();
         for (size_t i = 0; i < addr->exec.nargs; i++) {
-            json_array_append_new(args, json_string(str_or_empty(addr->exec.args[i])));
+            json_array_append_new(args, json_str(addr->exec.args[i]));
         }
         json_object_set_new(obj, "args", args);
         break;

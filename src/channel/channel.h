@@ -112,7 +112,11 @@ void ferry__channel_free(FerryChannel *c); /* closes; NULL is a no-op */
  * them. Thread-safe.
  */
 /* Takes @fd on success. A name that exists already has its old fd closed and replaced (QEMU's getfd does that).
- * Names must be non-empty and must not start with a digit (those mean inherited fd numbers). */
+ * Names must be non-empty, at most FERRY_FDSTORE_MAX_NAME bytes, and must not start with a digit (those mean
+ * inherited fd numbers); at most FERRY_FDSTORE_MAX names are held (a QMP client must not be able to fill the
+ * process's memory and fd table with names). */
+#define FERRY_FDSTORE_MAX 1024
+#define FERRY_FDSTORE_MAX_NAME 255
 bool ferry__fdstore_add(const char *name, int fd, FerryError **errp);
 /* closefd: fails with "File descriptor named 'x' not found" for an unknown name. */
 bool ferry__fdstore_close(const char *name, FerryError **errp);

@@ -1,7 +1,7 @@
 /*
  * The process's named fd store (channel.h): fds given over QMP with getfd (SCM_RIGHTS) under a name, closed with
  * closefd, and taken by "fd:NAME" addresses. A small array under one mutex: a process holds a handful of named
- * fds at most. It does not receive fds (the monitor does) and does not use them (fd.c does).
+ * fds, and the store holds at most FERRY_FDSTORE_MAX of them (channel.h). It does not receive fds (the monitor does) and does not use them (fd.c does).
  */
 #include <ctype.h>
 #include <pthread.h>
@@ -50,6 +50,11 @@ bool ferry__fdstore_add(const char *name, int fd, FerryError **errp)
         ferry_error_setg(errp, "Invalid file descriptor name '%s': it must not start with a digit", name);
         return false;
     }
+    if (strlen(name) > FERRY_FDSTORE_MAX_NAME) {
+        ferry_error_setg(errp, "Invalid file descriptor name '%.32s...': longer than %d bytes", name,
+                         FERRY_FDSTORE_MAX_NAME);
+        return false;
+    }
     if (fd < 0) {
         ferry_error_setg(errp, "Invalid file descriptor %d for name '%s'", fd, name);
         return false;
@@ -60,6 +65,11 @@ bool ferry__fdstore_add(const char *name, int fd, FerryError **errp)
     if (i < store_len) {
         old = store[i].fd;
         store[i].fd = fd;
+    } else if (store_len >= FERRY_FDSTORE_MAX) {
+        pthread_mutex_unlock(&store_lock);
+        ferry_error_setg(errp, "Cannot name file descriptor '%s': %d named file descriptors are held already "
+                         "(closefd some)", name, FERRY_FDSTORE_MAX);
+        return false;
     } else {
         if (store_len == store_cap) {
             store_cap = store_cap ? store_cap * 2 : 8;

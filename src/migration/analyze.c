@@ -61,8 +61,9 @@ typedef struct Analyzer {
     FerryWireConfig cfg;
     BlockStats *blocks;
 
-    SeenSection *seen;
-    size_t nseen;
+    SeenSection *seen;  /* every section so far, for the duplicate check; grows by doubling */
+    size_t nseen, seen_cap;
+    uint32_t *seen_index; /* open-addressing hash of seen: entry i + 1, 0 for free; seen_cap * 2 slots */
 
     uint64_t records, ram_records, pages, zero_pages, data_pages, data_bytes, passes, hint_records, hinted_pages;
     uint64_t piped_bytes; /* page data announced by runs whose data went through the page pipe */
@@ -377,6 +378,52 @@ static bool do_pass_end(Analyzer *a, uint32_t len, FerryError **errp)
     return true;
 }
 
+static uint32_t seen_hash(const char *name, uint32_t instance_id)
+{
+    uint32_t h = 2166136261u ^ instance_id;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        h = (h ^ *p) * 16777619u;
+    }
+    return h;
+}
+
+/* Slot of (@name, @instance_id) in the index: the entry's, or the free one where it would go. */
+static size_t seen_slot(const Analyzer *a, const char *name, uint32_t instance_id)
+{
+    size_t mask = a->seen_cap * 2 - 1;
+    for (size_t i = seen_hash(name, instance_id) & mask;; i = (i + 1) & mask) {
+        uint32_t e = a->seen_index[i];
+        if (e == 0 || (a->seen[e - 1].instance_id == instance_id && strcmp(a->seen[e - 1].name, name) == 0)) {
+            return i;
+        }
+    }
+}
+
+/*
+ * Remember a section; false if it was seen already. A stream may hold any number of distinct sections, so the
+ * check must not cost a scan of all earlier ones (a file of a million tiny sections would take hours).
+ */
+static bool seen_add(Analyzer *a, const char *name, uint32_t instance_id)
+{
+    if (a->nseen == a->seen_cap) {
+        a->seen_cap = a->seen_cap ? a->seen_cap * 2 : 16;
+        a->seen = ferry__xrealloc(a->seen, a->seen_cap * sizeof(*a->seen));
+        free(a->seen_index);
+        a->seen_index = ferry__xcalloc(a->seen_cap * 2, sizeof(*a->seen_index));
+        for (size_t i = 0; i < a->nseen; i++) {
+            a->seen_index[seen_slot(a, a->seen[i].name, a->seen[i].instance_id)] = (uint32_t)i + 1;
+        }
+    }
+    size_t slot = seen_slot(a, name, instance_id);
+    if (a->seen_index[slot]) {
+        return false;
+    }
+    snprintf(a->seen[a->nseen].name, sizeof(a->seen[a->nseen].name), "%s", name);
+    a->seen[a->nseen].instance_id = instance_id;
+    a->seen_index[slot] = (uint32_t)++a->nseen;
+    return true;
+}
+
 static bool do_section(Analyzer *a, uint64_t offset, uint32_t len, FerryError **errp)
 {
     if (a->phase < IN_RAM) {
@@ -395,15 +442,10 @@ static bool do_section(Analyzer *a, uint64_t offset, uint32_t len, FerryError **
     if (!ferry__wire_section_decode(buf, len, &sec, errp)) {
         goto out;
     }
-    for (size_t i = 0; i < a->nseen; i++) {
-        if (a->seen[i].instance_id == sec.instance_id && strcmp(a->seen[i].name, sec.name) == 0) {
-            ferry_error_setg(errp, "section '%s' instance %u appears twice", sec.name, sec.instance_id);
-            goto out;
-        }
+    if (!seen_add(a, sec.name, sec.instance_id)) {
+        ferry_error_setg(errp, "section '%s' instance %u appears twice", sec.name, sec.instance_id);
+        goto out;
     }
-    a->seen = ferry__xrealloc(a->seen, (a->nseen + 1) * sizeof(*a->seen));
-    strcpy(a->seen[a->nseen].name, sec.name);
-    a->seen[a->nseen++].instance_id = sec.instance_id;
 
     char *name = ferry__utf8_scrub(sec.name);
     schema = ferry__schema_decode(sec.schema, sec.schema_len, errp);
@@ -700,5 +742,6 @@ bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **
     ferry__wire_config_free(&a.cfg);
     free(a.blocks);
     free(a.seen);
+    free(a.seen_index);
     return ok;
 }

@@ -81,8 +81,9 @@ typedef struct Dest {
     bool pop_started;
     pthread_mutex_t pop_lock;
     pthread_cond_t pop_cond;
-    PopulateRange *pop_q;
+    PopulateRange *pop_q;    /* [pop_head, pop_len) are still to be populated */
     size_t pop_head, pop_len, pop_cap;
+    uint64_t *hinted;        /* per block: pages announced so far (at most the block's pages are queued) */
     bool pop_stop;
     bool first_pass;         /* no PASS_END yet */
 } Dest;
@@ -130,9 +131,40 @@ static void *populate_thread(void *opaque)
     return NULL;
 }
 
+/*
+ * Whether to act on an announced range of @count pages of @b. Hints beyond the pages a block has are ignored: a
+ * source announces each page at most once (docs/stream-format.md), so more can only come from a broken or hostile
+ * one, and without this rule its hints would grow the populate queue, and the work, with the length of the stream
+ * rather than the size of RAM.
+ */
+static bool hint_accept(Dest *d, FerryRamBlock *b, uint64_t count)
+{
+    if (!d->hinted) {
+        d->hinted = ferry__xcalloc(d->m->nblocks, sizeof(*d->hinted));
+    }
+    if (d->hinted[b->index] + count > b->npages) {
+        if (d->hinted[b->index] <= b->npages) {
+            ferry__log(FERRY_LOG_WARN, "POPULATE_HINT records announce more pages than RAM block '%s' has; the "
+                       "excess is ignored", b->name);
+            d->hinted[b->index] = b->npages + 1; /* warned */
+        }
+        return false;
+    }
+    d->hinted[b->index] += count;
+    return true;
+}
+
+/* Queue an announced range for the populate thread. The queue holds only what is still to be done: the
+ * populated head is reclaimed. */
 static void populate_queue(Dest *d, FerryRamBlock *b, uint64_t first, uint64_t count)
 {
     pthread_mutex_lock(&d->pop_lock);
+    bool drained = d->pop_head == d->pop_len, half_done = d->pop_len == d->pop_cap && d->pop_head >= d->pop_cap / 2;
+    if (d->pop_head > 0 && (drained || half_done)) {
+        memmove(d->pop_q, d->pop_q + d->pop_head, (d->pop_len - d->pop_head) * sizeof(*d->pop_q));
+        d->pop_len -= d->pop_head;
+        d->pop_head = 0;
+    }
     if (d->pop_len == d->pop_cap) {
         d->pop_cap = d->pop_cap ? d->pop_cap * 2 : 64;
         d->pop_q = ferry__xrealloc(d->pop_q, d->pop_cap * sizeof(*d->pop_q));
@@ -322,7 +354,7 @@ static bool load_hint(Dest *d, uint32_t len, FerryError **errp)
                              (unsigned long long)first, (unsigned long long)n, b->name);
             goto out;
         }
-        if (d->pop_started && !b->adopted) {
+        if (hint_accept(d, b, n) && d->pop_started && !b->adopted) {
             populate_queue(d, b, first, n);
         }
     }
@@ -1154,6 +1186,7 @@ static void dest_cleanup(Dest *d)
     }
     free(d->staged);
     free(d->pop_q);
+    free(d->hinted);
     pthread_mutex_destroy(&d->pop_lock);
     pthread_cond_destroy(&d->pop_cond);
 }

@@ -10,6 +10,7 @@
 #define FERRY_MONITOR_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <jansson.h>
 
@@ -18,8 +19,18 @@
 
 typedef struct FerryMonitor FerryMonitor;
 
-/* Unparsed input a client may accumulate before it is sent an error and disconnected. */
+/*
+ * What one client may cost the monitor (docs/design.md, "Resource bounds"). A request (one JSON value) of more
+ * than FERRY_MONITOR_MAX_INPUT bytes, or a line an error made the monitor skip that grows beyond it, gets an error
+ * and the connection is closed; so does a value nested deeper than FERRY_MONITOR_MAX_DEPTH (QEMU's MAX_NESTING).
+ * After FERRY_MONITOR_MAX_BAD_INPUT inputs in a row that are not JSON objects (parse errors, bare values), the
+ * client is taken for something that does not speak QMP and is cut off. At most FERRY_MONITOR_MAX_CLIENTS clients
+ * are served at once (over all sockets); one more is told so and closed.
+ */
 #define FERRY_MONITOR_MAX_INPUT (1024 * 1024)
+#define FERRY_MONITOR_MAX_DEPTH 1024
+#define FERRY_MONITOR_MAX_BAD_INPUT 10
+#define FERRY_MONITOR_MAX_CLIENTS 128
 
 FerryMonitor *ferry__monitor_new(void);
 void ferry__monitor_free(FerryMonitor *mon); /* closes every client and listener; NULL is a no-op */
@@ -68,6 +79,21 @@ char *ferry__hmp_format_migrate(json_t *info);
 char *ferry__hmp_format_params(json_t *params);
 char *ferry__hmp_format_caps(json_t *caps);
 char *ferry__hmp_format_status(json_t *status);
+
+/*
+ * A QMP client with no socket behind it, for fuzzing and unit tests: the same framing, limits, negotiation and
+ * dispatch as a client of a socket, without a poll loop. It is not one of the monitor's clients (events do not
+ * reach it; ferry__monitor_take_fd finds no fd for it). Free it before the monitor.
+ */
+typedef struct FerryMonitorClient FerryMonitorClient;
+/* The greeting is queued at once, as for a client that has just connected. */
+FerryMonitorClient *ferry__monitor_client_new_detached(FerryMonitor *mon);
+/* Act on @len bytes as if they had been read from the client's socket (in reads of the size the socket path
+ * uses). Returns false once the monitor has cut the client off (further input is ignored). */
+bool ferry__monitor_client_feed(FerryMonitor *mon, FerryMonitorClient *c, const void *data, size_t len);
+/* Take what the monitor would have written to the client so far (*len bytes, NUL-terminated; caller frees). */
+char *ferry__monitor_client_take_output(FerryMonitorClient *c, size_t *len);
+void ferry__monitor_client_free(FerryMonitorClient *c); /* NULL is a no-op */
 
 /* The greeting line's object, {"QMP": {"version": ..., "capabilities": []}}. New reference. */
 json_t *ferry__monitor_greeting(void);

@@ -2,10 +2,13 @@
  * The QMP socket server: UNIX listeners, one poll loop on the thread that calls ferry__monitor_run(), per-client
  * input framing and output buffering, the greeting, fds received as SCM_RIGHTS ancillary data (kept with their
  * client until a command such as getfd takes them), and the thread-safe event queue. The same loop carries the
- * human monitor's clients (stdio and HMP sockets): for those it only frames lines, hmp.c says what they mean. Input is a stream of JSON
- * values with no required separator; it is parsed incrementally with jansson (JSON_DISABLE_EOF_CHECK gives the
- * number of bytes a value used). Every socket is non-blocking and every client has its own output buffer, so a
- * slow or vanished client never stalls the loop or the other clients. What a request means is dispatch.c's job.
+ * human monitor's clients (stdio and HMP sockets): for those it only frames lines, hmp.c says what they mean.
+ * QMP input is a stream of JSON values with no required separator; json-frame.c finds where each one ends,
+ * looking at every byte once, and only a complete value is parsed with jansson. Every socket is non-blocking and
+ * every client has its own output buffer, so a slow or vanished client never stalls the loop or the other
+ * clients. Each client's cost is bounded (monitor.h: request size and nesting, consecutive bad inputs, the number
+ * of clients, pending output), and a client over a bound is cut off without disturbing the others. What a request
+ * means is dispatch.c's job.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,8 +35,10 @@
 #define MON_HMP_WAIT_POLL_MS 50
 /* The most fds one message can carry on Linux (SCM_MAX_FD). */
 #define MON_MAX_MSG_FDS 253
+/* How long the listeners rest when accept fails for a reason that would make it fail again at once. */
+#define MON_ACCEPT_PAUSE_MS 100
 
-struct MonClient {
+struct FerryMonitorClient {
     int fd;         /* input, and output too unless out_fd differs (stdio) */
     int out_fd;
     bool hmp;       /* a human monitor client: lines in, text out, no events */
@@ -44,6 +49,10 @@ struct MonClient {
     bool negotiated;
     bool closing;   /* no more input is read; the client is closed once its output is flushed */
     bool dead;      /* close at the end of this loop iteration */
+    MonFramer framer;   /* the QMP request being received */
+    bool skip_line;     /* after a parse error: input is dropped up to the end of the line */
+    size_t skipped;     /* bytes dropped so far on that line */
+    unsigned bad_inputs; /* inputs in a row that were not JSON objects */
     char *in;
     size_t in_len, in_cap;
     char *out;
@@ -68,6 +77,7 @@ FerryMonitor *ferry__monitor_new(void)
     }
     pthread_mutex_init(&mon->lock, NULL);
     mon->ev_tail = &mon->ev_head;
+    mon->spare_fd = -1;
     ferry__monitor_register_builtins(mon);
     return mon;
 }
@@ -115,6 +125,9 @@ void ferry__monitor_free(FerryMonitor *mon)
         free(l->path);
     }
     free(mon->listeners);
+    if (mon->spare_fd >= 0) {
+        close(mon->spare_fd);
+    }
     free(mon->watches);
     while (mon->ev_head) {
         MonEvent *ev = mon->ev_head;
@@ -294,6 +307,13 @@ static bool add_listener(FerryMonitor *mon, char *path, bool hmp, FerryError **e
         free(path);
         return false;
     }
+    /* The monitor can stop, migrate and quit the program: only its owner may connect. On Linux bind() creates
+     * the socket file with the socket inode's mode (minus the umask), so restricting the inode first means the
+     * file never exists with a wider mode, whatever the umask, even for the instant before the chmod below. */
+    if (fchmod(fd, 0600) < 0) {
+        ferry_error_setg_errno(errp, errno, "QMP socket %s: fchmod 0600", path);
+        goto fail;
+    }
     /* Like QEMU, replace a stale socket file left behind by an earlier run. */
     if (unlink(path) < 0 && errno != ENOENT) {
         ferry_error_setg_errno(errp, errno, "QMP socket %s: removing the old file", path);
@@ -303,8 +323,8 @@ static bool add_listener(FerryMonitor *mon, char *path, bool hmp, FerryError **e
         ferry_error_setg_errno(errp, errno, "QMP socket %s: bind", path);
         goto fail;
     }
-    /* The monitor can stop, migrate and quit the program: only its owner may connect. Nobody can connect before
-     * listen(), so restricting the mode here leaves no window. */
+    /* Exactly 0600 even if the umask took bits away from the owner (who must be able to write to connect).
+     * Nobody can connect before listen(). */
     if (chmod(path, 0600) < 0) {
         ferry_error_setg_errno(errp, errno, "QMP socket %s: chmod 0600", path);
         unlink(path);
@@ -319,6 +339,11 @@ static bool add_listener(FerryMonitor *mon, char *path, bool hmp, FerryError **e
     mon->listeners = ferry__xrealloc(mon->listeners, (mon->nlisteners + 1) * sizeof(*mon->listeners));
     mon->listeners[mon->nlisteners++] = (MonListener){ .fd = fd, .hmp = hmp, .path = path, .dev = st.st_dev,
                                                        .ino = st.st_ino };
+    if (mon->spare_fd < 0) {
+        /* Given up when the process runs out of fds, so that a connection can still be accepted and closed
+         * (accept_clients); failing to get it only loses that nicety. */
+        mon->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
     return true;
 
 fail:
@@ -412,6 +437,12 @@ static void client_flush(MonClient *c)
         memmove(c->out, c->out + done, c->out_len - done);
         c->out_len -= done;
     }
+    /* A client that once fell behind (a burst of events) does not keep the buffer that took them. */
+    if (c->out_len == 0 && c->out_cap > MON_READ_CHUNK) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
     if (c->closing && c->out_len == 0) {
         c->dead = true;
     }
@@ -420,87 +451,147 @@ static void client_flush(MonClient *c)
 static void client_send_error(MonClient *c, const char *desc)
 {
     json_t *reply = json_pack("{s:{s:s, s:s}}", "error", "class", "GenericError", "desc", desc);
+    if (!reply) {
+        /* jansson refuses a desc that is not UTF-8; a parse error may quote bytes the client sent. */
+        char *clean = ferry__utf8_scrub(desc);
+        reply = json_pack("{s:{s:s, s:s}}", "error", "class", "GenericError", "desc", clean);
+        free(clean);
+    }
     client_queue_json(c, reply);
     json_decref(reply);
 }
 
-/*
- * Whether the buffer ends inside a UTF-8 sequence that later bytes may complete. jansson reports such a tail as
- * invalid UTF-8 rather than as premature end, but a request split across two writes can cut a character in two.
- */
-static bool utf8_incomplete_tail(const unsigned char *buf, size_t len)
+static void client_drop_input(MonClient *c)
 {
-    for (size_t back = 1; back <= 3 && back <= len; back++) {
-        unsigned char b = buf[len - back];
-        if ((b & 0xC0) == 0x80) {
-            continue; /* continuation byte: keep looking for the lead byte */
-        }
-        size_t need = (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
-        return need > back;
-    }
-    return false;
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
 }
 
-/* Parse and handle every complete value in the client's input; keep an incomplete tail for later. */
+/* One last error, then no more input (what is pending is dropped); the connection is closed once the output has
+ * been written. */
+static void client_cut_off(MonClient *c, const char *desc)
+{
+    client_send_error(c, desc);
+    c->closing = true;
+    client_drop_input(c);
+}
+
+static void client_cut_off_too_long(MonClient *c)
+{
+    char *desc = ferry__xasprintf("QMP input exceeds %d bytes without a complete request; closing",
+                                  FERRY_MONITOR_MAX_INPUT);
+    client_cut_off(c, desc);
+    free(desc);
+}
+
+/* An input that was not a JSON object has been answered: after too many in a row the client does not speak QMP
+ * (a wrong program at the socket, random bytes) and is cut off rather than answered forever. */
+static void client_count_bad_input(MonClient *c)
+{
+    if (++c->bad_inputs >= FERRY_MONITOR_MAX_BAD_INPUT && !c->dead) {
+        char *desc = ferry__xasprintf("%d inputs in a row were not QMP requests; closing",
+                                      FERRY_MONITOR_MAX_BAD_INPUT);
+        client_cut_off(c, desc);
+        free(desc);
+    }
+}
+
+/*
+ * Parse and handle every complete value in the client's input; keep an incomplete tail for later. After a parse
+ * error the rest of the line on which it was found is dropped (a client that typed a broken request goes on with
+ * its next line), as the server always did; a client's next request starts after that newline.
+ */
 static void client_process_input(FerryMonitor *mon, MonClient *c)
 {
     size_t pos = 0;
+    if (!c->in) {
+        return;
+    }
     while (!c->dead && !c->closing) {
-        while (pos < c->in_len && c->in[pos] != '\0' && strchr(" \t\r\n", c->in[pos])) {
-            pos++;
-        }
-        if (pos >= c->in_len) {
-            break;
-        }
-        size_t avail = c->in_len - pos;
-        json_error_t jerr;
-        json_t *req = json_loadb(c->in + pos, avail, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, &jerr);
-        if (req) {
-            size_t used = jerr.position > 0 ? (size_t)jerr.position : avail;
-            if (used > avail) {
-                used = avail;
-            }
-            /* A number that ends the buffer may continue in the next write ("12" then "3"): wait for more. */
-            if (json_is_number(req) && used == avail) {
-                json_decref(req);
+        if (c->skip_line) {
+            char *nl = memchr(c->in + pos, '\n', c->in_len - pos);
+            size_t n = nl ? (size_t)(nl - (c->in + pos)) + 1 : c->in_len - pos;
+            pos += n;
+            c->skipped += n;
+            if (!nl) {
+                if (c->skipped > FERRY_MONITOR_MAX_INPUT) {
+                    client_cut_off_too_long(c);
+                    return;
+                }
                 break;
             }
-            pos += used;
-            mon->cur_client = c;
-            json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
-            mon->cur_client = NULL;
-            json_decref(req);
-            client_queue_json(c, reply);
-            json_decref(reply);
+            c->skip_line = false;
+            c->skipped = 0;
             continue;
         }
-        enum json_error_code code = json_error_code(&jerr);
-        if (code == json_error_premature_end_of_input ||
-            (code == json_error_invalid_utf8 && utf8_incomplete_tail((unsigned char *)c->in + pos, avail))) {
+        if (c->framer.scanned == 0) {
+            while (pos < c->in_len && ferry__monitor_frame_is_space((unsigned char)c->in[pos])) {
+                pos++;
+            }
+            if (pos >= c->in_len) {
+                break;
+            }
+        }
+        size_t vlen = 0;
+        MonFrameResult fr = ferry__monitor_frame(&c->framer, c->in + pos, c->in_len - pos, &vlen);
+        if (fr == MON_FRAME_MORE) {
             break;
         }
-        char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
-        client_send_error(c, desc);
-        free(desc);
-        /* Resynchronise: drop everything up to the end of the line on which the error was found. */
-        size_t from = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
-        if (from > avail) {
-            from = avail;
+        if (fr == MON_FRAME_TOO_LONG) {
+            client_cut_off_too_long(c);
+            return;
         }
-        char *nl = memchr(c->in + pos + from, '\n', avail - from);
-        pos = nl ? (size_t)(nl - c->in) + 1 : c->in_len;
+        size_t error_at; /* offset of the bad byte in the value, for resynchronisation */
+        if (fr == MON_FRAME_TOO_DEEP) {
+            char *desc = ferry__xasprintf("JSON parse error, nesting depth limit exceeded (at most %d levels)",
+                                          FERRY_MONITOR_MAX_DEPTH);
+            client_send_error(c, desc);
+            free(desc);
+            error_at = vlen - 1;
+        } else {
+            json_error_t jerr;
+            json_t *req = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY, &jerr);
+            if (req) {
+                pos += vlen;
+                bool is_object = json_is_object(req);
+                mon->cur_client = c;
+                json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
+                mon->cur_client = NULL;
+                json_decref(req);
+                client_queue_json(c, reply);
+                json_decref(reply);
+                if (is_object) {
+                    c->bad_inputs = 0;
+                } else {
+                    client_count_bad_input(c);
+                }
+                continue;
+            }
+            char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
+            client_send_error(c, desc);
+            free(desc);
+            /* jansson's position is just past the byte where it gave up. */
+            error_at = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
+            if (error_at >= vlen) {
+                error_at = vlen - 1;
+            }
+        }
+        pos += error_at;
+        c->skip_line = true;
+        c->skipped = 0;
+        client_count_bad_input(c);
+    }
+    if (c->closing || c->dead || !c->in) {
+        return;
     }
     if (pos) {
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
     }
-    if (c->in_len > FERRY_MONITOR_MAX_INPUT && !c->dead) {
-        char *desc = ferry__xasprintf("QMP input exceeds %d bytes without a complete request; closing",
-                                      FERRY_MONITOR_MAX_INPUT);
-        client_send_error(c, desc);
-        free(desc);
-        c->closing = true;
-        c->in_len = 0;
+    /* An idle client does not keep the buffer a large request needed. */
+    if (c->in_len == 0 && c->in_cap > MON_READ_CHUNK) {
+        client_drop_input(c);
     }
 }
 
@@ -508,6 +599,9 @@ static void client_process_input(FerryMonitor *mon, MonClient *c)
 static void client_process_hmp(FerryMonitor *mon, MonClient *c)
 {
     size_t pos = 0;
+    if (!c->in) {
+        return;
+    }
     while (!c->dead && !c->wait_mig) {
         char *nl = memchr(c->in + pos, '\n', c->in_len - pos);
         if (!nl) {
@@ -531,7 +625,7 @@ static void client_process_hmp(FerryMonitor *mon, MonClient *c)
         static const char msg[] = "Error: input line too long; closing\n";
         client_queue(c, msg, strlen(msg));
         c->closing = true;
-        c->in_len = 0;
+        client_drop_input(c);
     }
 }
 
@@ -570,12 +664,33 @@ int ferry__monitor_take_fd(FerryMonitor *mon)
     return fd;
 }
 
-static void client_read(FerryMonitor *mon, MonClient *c)
+/* Room for one more read. The framer keeps a pending request below FERRY_MONITOR_MAX_INPUT and the human monitor
+ * its line at most that long, so a client's input buffer never exceeds it by more than one read. The buffer grows
+ * by doubling: grown by what one read needs, a request that arrives a few bytes at a time would be copied again on
+ * every read (quadratic time, and one slow client would hold up all the others). */
+static void client_reserve_read(MonClient *c)
 {
     if (c->in_cap - c->in_len < MON_READ_CHUNK) {
-        c->in_cap = c->in_len + MON_READ_CHUNK;
+        size_t cap = FERRY_MIN(FERRY_MAX(c->in_cap * 2, (size_t)MON_READ_CHUNK),
+                               (size_t)FERRY_MONITOR_MAX_INPUT + MON_READ_CHUNK);
+        c->in_cap = FERRY_MAX(cap, c->in_len + MON_READ_CHUNK);
         c->in = ferry__xrealloc(c->in, c->in_cap);
     }
+}
+
+/* Act on what the last read appended to the client's input. */
+static void client_received(FerryMonitor *mon, MonClient *c)
+{
+    if (c->hmp) {
+        client_process_hmp(mon, c);
+    } else {
+        client_process_input(mon, c);
+    }
+}
+
+static void client_read(FerryMonitor *mon, MonClient *c)
+{
+    client_reserve_read(c);
     ssize_t n;
     if (c->is_stdio) {
         n = read(c->fd, c->in + c->in_len, MON_READ_CHUNK);
@@ -609,14 +724,11 @@ static void client_read(FerryMonitor *mon, MonClient *c)
         return;
     }
     c->in_len += (size_t)n;
-    if (c->hmp) {
-        client_process_hmp(mon, c);
-    } else {
-        client_process_input(mon, c);
-    }
+    client_received(mon, c);
 }
 
-static MonClient *client_new(FerryMonitor *mon, int fd, bool hmp)
+/* A client with its greeting (or banner and prompt) queued, on no list. */
+static MonClient *client_alloc(int fd, bool hmp)
 {
     MonClient *c = ferry__xcalloc(1, sizeof(*c));
     c->fd = c->out_fd = fd;
@@ -631,9 +743,78 @@ static MonClient *client_new(FerryMonitor *mon, int fd, bool hmp)
         client_queue_json(c, greeting);
         json_decref(greeting);
     }
+    return c;
+}
+
+static MonClient *client_new(FerryMonitor *mon, int fd, bool hmp)
+{
+    MonClient *c = client_alloc(fd, hmp);
     c->next = mon->clients;
     mon->clients = c;
+    mon->nclients++;
     return c;
+}
+
+/* Tell a connection the monitor will not serve it why, if its socket takes the line now, and close it. */
+static void refuse_client(FerryMonitor *mon, int fd, bool hmp, const char *why)
+{
+    char *line;
+    if (hmp) {
+        line = ferry__xasprintf("Error: %s\n", why);
+    } else {
+        json_t *reply = json_pack("{s:{s:s, s:s}}", "error", "class", "GenericError", "desc", why);
+        size_t len;
+        line = serialize(reply, &len);
+        json_decref(reply);
+    }
+    ssize_t r = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)r;
+    free(line);
+    close(fd);
+    if (!mon->refusing) {
+        /* Once per episode: a client that retries in a loop must not flood the log. */
+        ferry__log(FERRY_LOG_WARN, "monitor: refusing connections: %s", why);
+        mon->refusing = true;
+    }
+}
+
+FerryMonitorClient *ferry__monitor_client_new_detached(FerryMonitor *mon)
+{
+    return client_alloc(-1, false);
+}
+
+bool ferry__monitor_client_feed(FerryMonitor *mon, FerryMonitorClient *c, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len && !c->dead && !c->closing) {
+        client_reserve_read(c);
+        size_t n = FERRY_MIN(len, (size_t)MON_READ_CHUNK);
+        memcpy(c->in + c->in_len, p, n);
+        c->in_len += n;
+        p += n;
+        len -= n;
+        client_received(mon, c);
+    }
+    return !c->dead && !c->closing;
+}
+
+char *ferry__monitor_client_take_output(FerryMonitorClient *c, size_t *len)
+{
+    char *out = ferry__xmalloc(c->out_len + 1);
+    if (c->out_len) {
+        memcpy(out, c->out, c->out_len);
+    }
+    out[c->out_len] = '\0';
+    *len = c->out_len;
+    c->out_len = 0;
+    return out;
+}
+
+void ferry__monitor_client_free(FerryMonitorClient *c)
+{
+    if (c) {
+        client_free(c);
+    }
 }
 
 static void accept_clients(FerryMonitor *mon, MonListener *l)
@@ -641,15 +822,41 @@ static void accept_clients(FerryMonitor *mon, MonListener *l)
     for (;;) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR) {
+            int err = errno;
+            if (err == EINTR || err == ECONNABORTED) {
                 continue;
             }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                /* EMFILE and friends: the pending connection stays queued; log and retry on the next wake-up. */
-                ferry__log(FERRY_LOG_WARN, "monitor: accept on %s: %s", l->path, strerror(errno));
+            if (err == EAGAIN || err == EWOULDBLOCK) {
+                return;
             }
+            if ((err == EMFILE || err == ENFILE) && mon->spare_fd >= 0) {
+                /* Out of fds. The connection would stay queued and the listener readable, so the loop would
+                 * spin; as libuv does, give up the spare fd to accept the connection and close it (the client
+                 * learns why instead of hanging), then take the spare back. */
+                close(mon->spare_fd);
+                fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                err = errno;
+                if (fd >= 0) {
+                    refuse_client(mon, fd, l->hmp, "the process is out of file descriptors; try again later");
+                }
+                mon->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (fd >= 0) {
+                    continue;
+                }
+            }
+            /* Whatever it is, retrying at once would fail the same way: rest the listeners for a moment. */
+            ferry__log(FERRY_LOG_WARN, "monitor: accept on %s: %s", l->path, strerror(err));
+            mon->accept_resume_ms = ferry__clock_ms() + MON_ACCEPT_PAUSE_MS;
             return;
         }
+        if (mon->nclients >= FERRY_MONITOR_MAX_CLIENTS) {
+            char why[96];
+            snprintf(why, sizeof(why), "too many monitor clients (at most %d); try again later",
+                     FERRY_MONITOR_MAX_CLIENTS);
+            refuse_client(mon, fd, l->hmp, why);
+            continue;
+        }
+        mon->refusing = false;
         client_new(mon, fd, l->hmp);
     }
 }
@@ -706,6 +913,7 @@ static void reap_clients(FerryMonitor *mon)
         if (c->dead) {
             *pp = c->next;
             client_free(c);
+            mon->nclients--;
         } else {
             pp = &c->next;
         }
@@ -781,6 +989,8 @@ int ferry__monitor_run(FerryMonitor *mon)
             nclients++;
             hmp_waiting |= c->wait_mig;
         }
+        int64_t accept_wait = mon->accept_resume_ms - ferry__clock_ms();
+        bool accepting = accept_wait <= 0;
         size_t n = 1 + mon->nwatches + mon->nlisteners + nclients;
         if (n > cap) {
             cap = n * 2;
@@ -793,7 +1003,8 @@ int ferry__monitor_run(FerryMonitor *mon)
             pfds[k++] = (struct pollfd){ .fd = mon->watches[i].fd, .events = POLLIN };
         }
         for (size_t i = 0; i < mon->nlisteners; i++) {
-            pfds[k++] = (struct pollfd){ .fd = mon->listeners[i].fd, .events = POLLIN };
+            /* A negative fd is left out by poll(): listeners that rest are not looked at. */
+            pfds[k++] = (struct pollfd){ .fd = accepting ? mon->listeners[i].fd : -1, .events = POLLIN };
         }
         size_t first_client = k;
         for (MonClient *c = mon->clients; c; c = c->next) {
@@ -806,8 +1017,12 @@ int ferry__monitor_run(FerryMonitor *mon)
         }
 
         /* A human monitor waiting for its migration has nothing to wake it when the migration ends (events are
-         * optional), so the loop then looks at the status now and then. */
-        if (poll(pfds, k, hmp_waiting ? MON_HMP_WAIT_POLL_MS : -1) < 0) {
+         * optional), so the loop then looks at the status now and then; resting listeners wake it too. */
+        int timeout = hmp_waiting ? MON_HMP_WAIT_POLL_MS : -1;
+        if (!accepting && (timeout < 0 || accept_wait < timeout)) {
+            timeout = (int)accept_wait;
+        }
+        if (poll(pfds, k, timeout) < 0) {
             if (errno == EINTR) {
                 continue;
             }

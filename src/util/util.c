@@ -158,6 +158,14 @@ bool ferry__log_enabled(FerryLogLevel level)
     return level <= log_level;
 }
 
+FerryLogLevel ferry__log_set_level(FerryLogLevel level)
+{
+    pthread_once(&log_once, log_init);
+    FerryLogLevel old = log_level;
+    log_level = level;
+    return old;
+}
+
 void ferry__log(FerryLogLevel level, const char *fmt, ...)
 {
     if (!ferry__log_enabled(level)) {

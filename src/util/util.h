@@ -48,6 +48,8 @@ typedef enum FerryLogLevel { FERRY_LOG_ERROR, FERRY_LOG_WARN, FERRY_LOG_INFO, FE
  * (default warn). */
 void ferry__log(FerryLogLevel level, const char *fmt, ...) FERRY_PRINTF(2, 3);
 bool ferry__log_enabled(FerryLogLevel level);
+/* Sets the level FERRY_LOG would, returns the previous one. For tests that look at what is logged. */
+FerryLogLevel ferry__log_set_level(FerryLogLevel level);
 
 /* A copy of @s in which every byte that is not part of a valid UTF-8 sequence is replaced by '?': JSON (jansson)
  * refuses invalid UTF-8, and error messages may quote bytes a peer sent. */

@@ -4,7 +4,9 @@
  *   form; the canonical form and the JSON form must both parse back to the same address, and copies are deep;
  * - bad URIs with a substring of the error they must produce (every message also names the URI);
  * - good JSON addresses and channels that must round-trip unchanged, bad ones with the member path and reason the
- *   error must name, and the "channels" argument (exactly one main, at most one of each type).
+ *   error must name, and the "channels" argument (exactly one main, at most one of each type);
+ * - URIs whose bytes are not UTF-8 (a command line may hold any): their JSON form keeps every member, with '?' for
+ *   each bad byte, and parses back (found by fuzz/fuzz-address.c: the member used to be left out).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -516,6 +518,42 @@ static void test_channel_type_names(void **state)
     assert_false(ferry__channel_type_from_name(NULL, &t));
 }
 
+static void test_non_utf8_uri_to_json(void **state)
+{
+    static const struct {
+        const char *uri;
+        const char *json;
+    } cases[] = {
+        /* The reproducer kept in fuzz/corpus/address/regress-non-utf8-unix-path.txt. */
+        { "unix:/\xdctmp/x.sock,abstract=off", SOCK("unix", "\"path\":\"/?tmp/x.sock\",\"abstract\":false") },
+        { "file:/tmp/\xff\xfe.img,offset=1K",
+          "{\"transport\":\"file\",\"filename\":\"/tmp/??.img\",\"offset\":1024}" },
+        { "exec:cat > \xc3", "{\"transport\":\"exec\",\"args\":[\"/bin/sh\",\"-c\",\"cat > ?\"]}" },
+        { "fd:mig\x80", SOCK("fd", "\"str\":\"mig?\"") },
+    };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(cases); i++) {
+        FerryMigrationAddress *a = NULL, *back = NULL;
+        FerryError *err = NULL;
+        if (!ferry__address_parse_uri(cases[i].uri, &a, &err)) {
+            fail_msg("%s: %s", cases[i].uri, ferry_error_msg(err));
+        }
+        json_t *j = ferry__address_to_json(a);
+        json_t *want = json_loads(cases[i].json, 0, NULL);
+        assert_non_null(want);
+        if (!json_equal(j, want)) {
+            fail_msg("%s: got %s, want %s", cases[i].uri, json_dumps(j, JSON_SORT_KEYS), cases[i].json);
+        }
+        assert_true(ferry__address_from_json(j, "addr", &back, &err));
+        json_t *j2 = ferry__address_to_json(back);
+        assert_true(json_equal(j, j2));
+        json_decref(j);
+        json_decref(j2);
+        json_decref(want);
+        ferry__address_free(a);
+        ferry__address_free(back);
+    }
+}
+
 static void test_free_null(void **state)
 {
     ferry__address_free(NULL);
@@ -535,6 +573,7 @@ int main(void)
         cmocka_unit_test(test_address_where),
         cmocka_unit_test(test_channels_parse_main),
         cmocka_unit_test(test_channel_type_names),
+        cmocka_unit_test(test_non_utf8_uri_to_json),
         cmocka_unit_test(test_free_null),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

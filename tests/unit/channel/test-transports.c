@@ -286,6 +286,40 @@ static void test_fdstore(void **state)
         assert_int_equal(ferry__fdstore_take(name), fds[i]);
         close(fds[i]);
     }
+
+    /* The store's bounds: a name longer than FERRY_FDSTORE_MAX_NAME, or one name more than FERRY_FDSTORE_MAX, is
+     * refused and the fd stays the caller's; replacing a name that exists is still allowed when the store is full. */
+    char longname[FERRY_FDSTORE_MAX_NAME + 2];
+    memset(longname, 'n', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_false(ferry__fdstore_add(longname, p1[1], &err));
+    assert_msg_contains(err, "longer than 255 bytes");
+    ferry_error_free(err);
+    err = NULL;
+    longname[FERRY_FDSTORE_MAX_NAME] = '\0';
+    int held = dup(p1[1]);
+    assert_true(ferry__fdstore_add(longname, held, &err));
+    assert_int_equal(ferry__fdstore_take(longname), held);
+    close(held);
+    for (int i = 0; i < FERRY_FDSTORE_MAX; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "full-%d", i);
+        /* Every name holds the same fd number: the store does not look at it, and nothing is used here. */
+        assert_true(ferry__fdstore_add(name, 1000000 + i, &err));
+    }
+    assert_false(ferry__fdstore_add("one-more", p1[1], &err));
+    assert_msg_contains(err, "1024 named file descriptors are held already");
+    ferry_error_free(err);
+    err = NULL;
+    assert_true(fd_is_open(p1[1]));
+    /* (The replaced number is closed, which for a number nothing holds is a harmless EBADF.) */
+    assert_true(ferry__fdstore_add("full-0", 2000000, &err));
+    assert_int_equal(ferry__fdstore_take("full-0"), 2000000);
+    for (int i = 1; i < FERRY_FDSTORE_MAX; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "full-%d", i);
+        assert_int_equal(ferry__fdstore_take(name), 1000000 + i);
+    }
     close(p1[1]);
     close(p2[1]);
 }

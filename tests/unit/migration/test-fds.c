@@ -3,7 +3,8 @@
  * channels that cannot carry fds, fds never taken closed with the channel) and the destination's FDS record,
  * whose every fd must end owned by exactly one object or closed, on every error path: each case counts the
  * process's open fds before and after. Streams are written by hand, record by record, into one end of a
- * socketpair; the destination's reader (ferry__migration_load_stream) reads the other.
+ * socketpair; the destination's reader (ferry__migration_load_stream) reads the other. The same hand-made streams
+ * check the destination's bound on POPULATE_HINT (docs/design.md, "Resource bounds").
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -482,6 +483,50 @@ static void test_dest_fds_on_a_pipe(void **state)
     assert_int_equal(count_fds(), before);
 }
 
+/* Hints for more pages than a block has (a source announces each page once) are ignored, with one warning, and
+ * the stream still loads: they must not grow the destination's populate queue with the stream's length. */
+static void test_dest_excess_hints_ignored(void **state)
+{
+    Dst d;
+    dst_start(&d, false);
+    Out o = { 0 };
+    for (int i = 0; i < 40; i++) {
+        uint8_t hint[8 + FERRY_WIRE_HINT_RANGE_LEN];
+        ferry__put_be32(hint, 0);
+        ferry__put_be32(hint + 4, 1);
+        ferry__put_be64(hint + 8, (uint64_t)(i % 16));
+        ferry__put_be64(hint + 16, 1);
+        record(&o, FERRY_REC_POPULATE_HINT, hint, sizeof(hint), false);
+    }
+    send_all(d.src, &o);
+    free(o.p);
+    send_end(d.src);
+    /* The warning goes to stderr: catch it in a memfd. */
+    int log = memfd_create("log", MFD_CLOEXEC), saved = dup(2);
+    assert_true(log >= 0 && saved >= 0);
+    fflush(stderr);
+    dup2(log, 2);
+    FerryLogLevel level = ferry__log_set_level(FERRY_LOG_WARN);
+    char *msg = dst_load(&d);
+    ferry__log_set_level(level);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    assert_null(msg);
+    char text[4096] = "";
+    ssize_t n = pread(log, text, sizeof(text) - 1, 0);
+    assert_true(n > 0);
+    text[n] = '\0';
+    close(log);
+    const char *warning = "POPULATE_HINT records announce more pages than RAM block 'ram0' has";
+    const char *first = strstr(text, warning);
+    if (!first) {
+        fail_msg("no warning in '%s'", text);
+    }
+    assert_null(strstr(first + 1, warning));
+    dst_free(&d);
+}
+
 /* ferry-analyze lists what the fds were (they cannot be in a file), and checks RAM entries against CONFIG. */
 static void test_analyze_lists_fds(void **state)
 {
@@ -539,6 +584,7 @@ int main(void)
         cmocka_unit_test(test_dest_pages_for_adopted_block),
         cmocka_unit_test(test_dest_fds_on_a_pipe),
         cmocka_unit_test(test_analyze_lists_fds),
+        cmocka_unit_test(test_dest_excess_hints_ignored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,11 +4,14 @@
  * several clients, events reaching only negotiated clients, requests split across writes and several in one write,
  * a character cut in two, garbage followed by a valid request, the input cap, a client that never reads, clients
  * that vanish, and quit; getfd/closefd with fds passed as SCM_RIGHTS, counting the process's open fds so that an
- * fd nobody took cannot leak; the human monitor on a socket. Every read has a timeout so that a bug fails the
- * test instead of hanging it.
+ * fd nobody took cannot leak; the human monitor on a socket; the bounds of the socket side: the socket's mode
+ * whatever the umask, at most FERRY_MONITOR_MAX_CLIENTS clients (one more is told why and closed), and a process
+ * out of fds (the connection is refused, the loop does not spin). Every read has a timeout so that a bug fails
+ * the test instead of hanging it.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,6 +32,7 @@
 
 #include "channel/channel.h"
 #include "monitor/monitor.h"
+#include "util/util.h"
 
 #define READ_TIMEOUT_MS 5000
 
@@ -675,6 +680,172 @@ static void test_hmp_socket(void **state)
     assert_int_equal(server_stop(&s, 0), 0);
 }
 
+static void test_socket_mode(void **state)
+{
+    /* 0600 whatever the umask: one that would leave the file open to others (0), the usual one (022), and one that
+     * would take the owner's own write permission, without which not even the owner could connect (0277). */
+    static const mode_t masks[] = { 0, 022, 077, 0277 };
+    for (size_t i = 0; i < sizeof(masks) / sizeof(masks[0]); i++) {
+        char dir[64], path[128], spec[200];
+        strcpy(dir, "/tmp/ferry-test-monitor-XXXXXX");
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/qmp.sock", dir);
+        snprintf(spec, sizeof(spec), "unix:%s,server=on,wait=off", path);
+        mode_t old = umask(masks[i]);
+        FerryMonitor *mon = ferry__monitor_new();
+        FerryError *err = NULL;
+        bool ok = ferry__monitor_add_qmp(mon, spec, &err);
+        umask(old);
+        if (!ok) {
+            fail_msg("umask %03o: %s", (unsigned)masks[i], ferry_error_msg(err));
+        }
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        if ((st.st_mode & 07777) != 0600) {
+            fail_msg("umask %03o: socket mode %04o", (unsigned)masks[i], (unsigned)(st.st_mode & 07777));
+        }
+        ferry__monitor_free(mon);
+        rmdir(dir);
+    }
+}
+
+/* The first line the monitor sends a new connection (the greeting, or why it is refused); caller closes. */
+static char *first_line(Server *s, Client **out)
+{
+    Client *c = client_connect(s);
+    char *line = client_read_line(c);
+    assert_non_null(line);
+    *out = c;
+    return line;
+}
+
+static void test_max_clients(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *clients[FERRY_MONITOR_MAX_CLIENTS];
+    for (int i = 0; i < FERRY_MONITOR_MAX_CLIENTS; i++) {
+        clients[i] = connect_negotiated(&s);
+    }
+    /* One more is told why and closed; the others are not disturbed. */
+    for (int round = 0; round < 3; round++) {
+        Client *extra;
+        char *line = first_line(&s, &extra);
+        char want[200];
+        snprintf(want, sizeof(want), "{\"error\": {\"class\": \"GenericError\", \"desc\": \"too many monitor "
+                 "clients (at most %d); try again later\"}}", FERRY_MONITOR_MAX_CLIENTS);
+        assert_string_equal(line, want);
+        free(line);
+        assert_true(client_sees_eof(extra));
+        client_close(extra);
+    }
+    for (int i = 0; i < FERRY_MONITOR_MAX_CLIENTS; i++) {
+        client_send(clients[i], "{\"execute\": \"echo\", \"arguments\": {\"s\": \"x\"}}");
+    }
+    for (int i = 0; i < FERRY_MONITOR_MAX_CLIENTS; i++) {
+        expect_msg(clients[i], "{\"return\": {\"s\": \"x\"}}");
+    }
+    /* Once one has gone, a new one is served (after the monitor has noticed the hang-up). */
+    client_close(clients[0]);
+    for (int tries = 0;; tries++) {
+        char *line = first_line(&s, &clients[0]);
+        bool greeted = strcmp(line, greeting) == 0;
+        free(line);
+        if (greeted) {
+            break;
+        }
+        assert_true(tries < 500);
+        client_close(clients[0]);
+        usleep(10000);
+    }
+    for (int i = 0; i < FERRY_MONITOR_MAX_CLIENTS; i++) {
+        client_close(clients[i]);
+    }
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+static int highest_fd(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int hi = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] != '.') {
+            hi = FERRY_MAX(hi, atoi(e->d_name));
+        }
+    }
+    closedir(d);
+    return hi;
+}
+
+static double thread_cpu_seconds(pthread_t t)
+{
+    clockid_t cid;
+    struct timespec ts;
+    assert_int_equal(pthread_getcpuclockid(t, &cid), 0);
+    assert_int_equal(clock_gettime(cid, &ts), 0);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void test_out_of_fds(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *a = connect_negotiated(&s);
+    /* The client sockets exist before the limit is lowered; connecting them takes no fd of ours. */
+    Client *b = calloc(1, sizeof(*b)), *c = calloc(1, sizeof(*c));
+    b->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    c->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(b->fd >= 0 && c->fd >= 0);
+
+    /* Leave the process exactly one free fd: the next connection takes it, the one after finds none. */
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct rlimit low = { .rlim_cur = (rlim_t)highest_fd() + 2, .rlim_max = old.rlim_max };
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    static int fillers[4096];
+    size_t nfill = 0;
+    int f;
+    while (nfill < 4096 && (f = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) {
+        fillers[nfill++] = f;
+    }
+    assert_true(nfill > 0);
+    close(fillers[--nfill]);
+
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    strcpy(sa.sun_path, s.path);
+    assert_int_equal(connect(b->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char *line = client_read_line(b);
+    assert_string_equal(line, greeting);
+    free(line);
+    double cpu0 = thread_cpu_seconds(s.thread);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    line = client_read_line(c);
+    assert_non_null(line);
+    assert_string_equal(line, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"the process is out of "
+                              "file descriptors; try again later\"}}");
+    free(line);
+    assert_true(client_sees_eof(c));
+    /* The monitor is idle again, not retrying accept in a loop, and still serves its clients. */
+    usleep(300000);
+    double busy = thread_cpu_seconds(s.thread) - cpu0;
+    if (busy > 0.15) {
+        fail_msg("the monitor thread used %.2f s of CPU in 0.3 s while out of fds", busy);
+    }
+    client_send(a, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"a\"}}");
+    expect_msg(a, "{\"return\": {\"s\": \"a\"}}");
+
+    while (nfill) {
+        close(fillers[--nfill]);
+    }
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    client_close(a);
+    client_close(b);
+    client_close(c);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -687,6 +858,9 @@ int main(void)
         cmocka_unit_test(test_stale_socket_replaced),
         cmocka_unit_test(test_getfd),
         cmocka_unit_test(test_hmp_socket),
+        cmocka_unit_test(test_socket_mode),
+        cmocka_unit_test(test_max_clients),
+        cmocka_unit_test(test_out_of_fds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
