@@ -50,11 +50,41 @@ typedef enum FerryTrackerKind {
     FERRY_TRACKER_UFFD_WP,   /* require userfaultfd async write-protect + PAGEMAP_SCAN; migrate fails without it */
     FERRY_TRACKER_EXPLICIT,  /* the host marks every write with ferry_ram_mark_dirty() */
     FERRY_TRACKER_NONE,      /* no tracking: RAM is sent again, whole, with the workload stopped */
+    FERRY_TRACKER_HOST,      /* the host program's own tracker (ferry_migration_set_dirty_tracker_ops) */
 } FerryTrackerKind;
 
 /* Choose the dirty tracker used by outgoing migrations. Explicit marks are always honoured in addition. */
 FERRY_API void ferry_migration_set_dirty_tracker(FerryMigration *m, FerryTrackerKind kind);
-/* "auto", "uffd-wp", "explicit", "none" -> kind; false on an unknown name. */
+/* "auto", "uffd-wp", "explicit", "none" -> kind; false on an unknown name ("host" is not a name: a host tracker
+ * comes with its ops). */
 FERRY_API bool ferry_tracker_kind_parse(const char *name, FerryTrackerKind *kind);
+
+/*
+ * A dirty tracker the host program provides, for writes that only it can see being recorded: a VMM's guest
+ * writes RAM through KVM, and KVM records them in its dirty log. ferry calls the ops on the migration thread of
+ * an outgoing migration; explicit marks (ferry_ram_mark_dirty) are merged into every harvest as with the other
+ * kinds. The ops must not call back into the migration.
+ */
+typedef struct FerryDirtyTrackerOps {
+    const char *name; /* what query-migrate shows as dirty-tracker, e.g. "kvm-dirty-log"; static storage */
+    /* Arm: from this call on, every write to the host's RAM blocks must be reported by a later harvest. */
+    bool (*start)(void *opaque, FerryError **errp);
+    /*
+     * OR into @bitmap the pages of @b written since the previous harvest of @b (or since start), and re-arm them
+     * in the same step, so that a write after this call is reported by the next harvest (ferry reads a page only
+     * after the harvest that reported it). Page i of the block is bit i % BITS of @bitmap[i / BITS], BITS being
+     * the bits of an unsigned long: the layout of KVM's dirty bitmap. The bitmap has room for every page of @b.
+     */
+    bool (*harvest)(void *opaque, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp);
+    /* Disarm. Never fails (a failure to disarm costs the writers speed, not correctness). May be NULL. */
+    void (*stop)(void *opaque);
+} FerryDirtyTrackerOps;
+
+/* Register the host's tracker (@ops is borrowed and must outlive @m) and choose FERRY_TRACKER_HOST. */
+FERRY_API void ferry_migration_set_dirty_tracker_ops(FerryMigration *m, const FerryDirtyTrackerOps *ops,
+                                                     void *opaque);
+/* A sentence on why the host chose its tracker (a probe that failed and the fallback taken), shown by
+ * query-migrate as dirty-tracker-note before the engine's own note; NULL clears it. Copied. */
+FERRY_API void ferry_migration_set_dirty_tracker_note(FerryMigration *m, const char *note);
 
 #endif

@@ -73,6 +73,7 @@ void ferry__migration_free(FerryMigration *m)
     free(m->error_desc);
     free(m->tracker_name);
     free(m->tracker_note);
+    free(m->host_tracker_note);
     json_decref(m->tls_info);
     ferry__tls_unref(m->out_tls);
     ferry__tls_unref(m->in_tls);
@@ -297,6 +298,23 @@ void ferry_migration_set_dirty_tracker(FerryMigration *m, FerryTrackerKind kind)
 {
     pthread_mutex_lock(&m->lock);
     m->tracker_kind = kind;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void ferry_migration_set_dirty_tracker_ops(FerryMigration *m, const FerryDirtyTrackerOps *ops, void *opaque)
+{
+    pthread_mutex_lock(&m->lock);
+    m->host_tracker = ops;
+    m->host_tracker_opaque = opaque;
+    m->tracker_kind = FERRY_TRACKER_HOST;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void ferry_migration_set_dirty_tracker_note(FerryMigration *m, const char *note)
+{
+    pthread_mutex_lock(&m->lock);
+    free(m->host_tracker_note);
+    m->host_tracker_note = note ? ferry__xstrdup(note) : NULL;
     pthread_mutex_unlock(&m->lock);
 }
 

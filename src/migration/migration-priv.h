@@ -138,6 +138,9 @@ struct FerryMigration {
     FerryBackend *backends;
     size_t nbackends;
     FerryTrackerKind tracker_kind;
+    const FerryDirtyTrackerOps *host_tracker; /* FERRY_TRACKER_HOST's ops (borrowed), or NULL */
+    void *host_tracker_opaque;
+    char *host_tracker_note;     /* the host's reason for its choice (ferry_migration_set_dirty_tracker_note) */
 
     /* Hooks from the host runtime. */
     FerryEventFn event_fn;

@@ -938,6 +938,8 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     pthread_mutex_lock(&m->lock);
     m->out_chan = src->chan;
     FerryTrackerKind kind = m->tracker_kind;
+    const FerryDirtyTrackerOps *host_ops = m->host_tracker;
+    void *host_opaque = m->host_tracker_opaque;
     src->zero_mode = (FerryZeroPageDetection)m->params.zero_page_detection;
     unsigned timeout_ms = (unsigned)m->params.io_timeout;
     pthread_mutex_unlock(&m->lock);
@@ -975,18 +977,30 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     for (size_t i = 0; i < src->ncopied; i++) {
         ferry__ram_block_map_for_reading(src->copied[i]);
     }
-    src->tracker = ferry__tracker_start(kind, src->copied, src->ncopied, errp);
+    if (kind == FERRY_TRACKER_HOST) {
+        src->tracker = ferry__tracker_start_host(host_ops, host_opaque, src->copied, src->ncopied, errp);
+    } else {
+        src->tracker = ferry__tracker_start(kind, src->copied, src->ncopied, errp);
+    }
     if (!src->tracker) {
         return false;
     }
     bool stop_and_copy = ferry__tracker_is_none(src->tracker);
     pthread_mutex_lock(&m->lock);
     m->tracker_name = ferry__xstrdup(ferry__tracker_name(src->tracker));
+    char *note = NULL;
     if (ferry__tracker_note(src->tracker)) {
-        m->tracker_note = ferry__xasprintf("%s; RAM is sent with the workload stopped",
-                                           ferry__tracker_note(src->tracker));
+        note = ferry__xasprintf("%s; RAM is sent with the workload stopped", ferry__tracker_note(src->tracker));
     } else if (stop_and_copy) {
-        m->tracker_note = ferry__xstrdup("no dirty tracking; RAM is sent with the workload stopped");
+        note = ferry__xstrdup("no dirty tracking; RAM is sent with the workload stopped");
+    }
+    /* The host's reason for its choice comes first: it explains the engine's note, if there is one. */
+    if (m->host_tracker_note) {
+        m->tracker_note = note ? ferry__xasprintf("%s; %s", m->host_tracker_note, note)
+                               : ferry__xstrdup(m->host_tracker_note);
+        free(note);
+    } else {
+        m->tracker_note = note;
     }
     pthread_mutex_unlock(&m->lock);
     if (m->tracker_note) {

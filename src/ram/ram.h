@@ -133,7 +133,11 @@ typedef struct FerryDirtyTracker FerryDirtyTracker;
  */
 FerryDirtyTracker *ferry__tracker_start(FerryTrackerKind kind, FerryRamBlock **blocks, size_t nblocks,
                                         FerryError **errp);
-/* "uffd-wp", "explicit" or "none". */
+/* The same with the host program's tracker (FERRY_TRACKER_HOST): @ops with @opaque, borrowed. Fails if @ops is NULL
+ * (no host tracker was registered) or its start fails. */
+FerryDirtyTracker *ferry__tracker_start_host(const FerryDirtyTrackerOps *ops, void *opaque, FerryRamBlock **blocks,
+                                             size_t nblocks, FerryError **errp);
+/* "uffd-wp", "explicit", "none" or the host tracker's name. */
 const char *ferry__tracker_name(const FerryDirtyTracker *t);
 /* Why a fallback was taken (NULL if none was). */
 const char *ferry__tracker_note(const FerryDirtyTracker *t);

@@ -26,8 +26,11 @@ struct FerryDirtyTracker {
     size_t nblocks;
     char *note;             /* why a fallback was taken, or NULL */
     void *priv;             /* the kind's own state */
+    const char *name;       /* ops->name, or the host tracker's name */
 };
 
 extern const FerryTrackerOps ferry__tracker_uffd_wp_ops;
+/* The host program's tracker: t->priv is a FerryHostTracker (tracker.c) that forwards to its ops. */
+extern const FerryTrackerOps ferry__tracker_host_ops;
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * The dirty tracker interface (ram.h) and its two trivial kinds: "explicit", which reports only the marks made
  * with ferry_ram_mark_dirty(), and "none", which reports the same marks but tells the caller that nothing else is
- * seen. The write-protect kind lives in tracker-uffd.c. This file chooses a kind, keeps the fallback note and
+ * seen; plus "host", the adapter that forwards to a tracker the host program provides (FerryDirtyTrackerOps, a
+ * VMM's KVM dirty log). The write-protect kind lives in tracker-uffd.c. This file chooses a kind, keeps the fallback note and
  * merges explicit marks into every harvest; it knows nothing about how pages are sent.
  */
 #include <stdlib.h>
@@ -20,6 +21,90 @@ static const FerryTrackerOps none_ops = {
     .name = "none",
     .is_none = true,
 };
+
+/* The host tracker's ops and opaque, kept in t->priv. */
+typedef struct FerryHostTracker {
+    const FerryDirtyTrackerOps *ops;
+    void *opaque;
+} FerryHostTracker;
+
+static bool host_start(FerryDirtyTracker *t, FerryError **errp)
+{
+    FerryHostTracker *h = t->priv;
+    return h->ops->start ? h->ops->start(h->opaque, errp) : true;
+}
+
+static bool host_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
+{
+    FerryHostTracker *h = t->priv;
+    return h->ops->harvest(h->opaque, b, bitmap, errp);
+}
+
+static void host_stop(FerryDirtyTracker *t)
+{
+    FerryHostTracker *h = t->priv;
+    if (h->ops->stop) {
+        h->ops->stop(h->opaque);
+    }
+    free(h);
+    t->priv = NULL;
+}
+
+const FerryTrackerOps ferry__tracker_host_ops = {
+    .name = "host",
+    .is_none = false,
+    .start = host_start,
+    .harvest = host_harvest,
+    .stop = host_stop,
+};
+
+/* The tracker object over a copy of @blocks, with the explicit marks cleared: pass 1 sends every page anyway, so
+ * marks made before the start carry no information, and clearing them before arming means a mark made from now
+ * on is never lost. */
+static FerryDirtyTracker *tracker_alloc(const FerryTrackerOps *ops, FerryRamBlock **blocks, size_t nblocks)
+{
+    FerryDirtyTracker *t = ferry__xcalloc(1, sizeof(*t));
+    t->blocks = ferry__xcalloc(nblocks ? nblocks : 1, sizeof(*t->blocks));
+    if (nblocks) {
+        memcpy(t->blocks, blocks, nblocks * sizeof(*blocks));
+    }
+    t->nblocks = nblocks;
+    for (size_t i = 0; i < nblocks; i++) {
+        ferry__bitmap_zero(blocks[i]->explicit_dirty, (size_t)blocks[i]->npages);
+    }
+    t->ops = ops;
+    t->name = ops->name;
+    return t;
+}
+
+static void tracker_free(FerryDirtyTracker *t)
+{
+    free(t->note);
+    free(t->blocks);
+    free(t);
+}
+
+FerryDirtyTracker *ferry__tracker_start_host(const FerryDirtyTrackerOps *ops, void *opaque, FerryRamBlock **blocks,
+                                             size_t nblocks, FerryError **errp)
+{
+    if (!ops || !ops->harvest || !ops->name) {
+        ferry_error_setg(errp, "dirty tracker host: the host program registered no tracker");
+        return NULL;
+    }
+    FerryDirtyTracker *t = tracker_alloc(&ferry__tracker_host_ops, blocks, nblocks);
+    FerryHostTracker *h = ferry__xcalloc(1, sizeof(*h));
+    h->ops = ops;
+    h->opaque = opaque;
+    t->priv = h;
+    t->name = ops->name;
+    if (!host_start(t, errp)) {
+        ferry_error_prepend(errp, "dirty tracker %s: ", ops->name);
+        free(h);
+        tracker_free(t);
+        return NULL;
+    }
+    return t;
+}
 
 bool ferry_tracker_kind_parse(const char *name, FerryTrackerKind *kind)
 {
@@ -75,35 +160,23 @@ FerryDirtyTracker *ferry__tracker_start(FerryTrackerKind kind, FerryRamBlock **b
     case FERRY_TRACKER_NONE:
         ops = &none_ops;
         break;
+    case FERRY_TRACKER_HOST:
+        ferry_error_setg(errp, "dirty tracker host: the host program registered no tracker");
+        return NULL;
     default:
         ferry_error_setg(errp, "unknown dirty tracker kind %d", (int)kind);
         return NULL;
     }
 
-    FerryDirtyTracker *t = ferry__xcalloc(1, sizeof(*t));
-    t->blocks = ferry__xcalloc(nblocks ? nblocks : 1, sizeof(*t->blocks));
-    if (nblocks) {
-        memcpy(t->blocks, blocks, nblocks * sizeof(*blocks));
-    }
-    t->nblocks = nblocks;
+    FerryDirtyTracker *t = tracker_alloc(ops, blocks, nblocks);
     t->note = note;
-
-    /* Pass 1 sends every page anyway, so marks made before the start carry no information. Clearing them before
-     * arming means a mark made from now on is never lost. */
-    for (size_t i = 0; i < nblocks; i++) {
-        ferry__bitmap_zero(blocks[i]->explicit_dirty, (size_t)blocks[i]->npages);
-    }
-
-    t->ops = ops;
     if (ops->start) {
         FerryError *err = NULL;
         if (!ops->start(t, &err)) {
             if (kind != FERRY_TRACKER_AUTO) {
                 ferry_error_prepend(&err, "dirty tracker %s: ", ops->name);
                 ferry_error_propagate(errp, err);
-                free(t->note);
-                free(t->blocks);
-                free(t);
+                tracker_free(t);
                 return NULL;
             }
             /* The probe passed but arming these blocks did not (for example a block the kernel cannot
@@ -112,18 +185,19 @@ FerryDirtyTracker *ferry__tracker_start(FerryTrackerKind kind, FerryRamBlock **b
             t->note = ferry__xasprintf("userfaultfd write-protect unavailable: %s", ferry_error_msg(err));
             ferry_error_free(err);
             t->ops = &none_ops;
+            t->name = none_ops.name;
             t->priv = NULL;
         }
     }
     if (t->note) {
-        ferry__log(FERRY_LOG_INFO, "dirty tracker: %s, using %s", t->note, t->ops->name);
+        ferry__log(FERRY_LOG_INFO, "dirty tracker: %s, using %s", t->note, t->name);
     }
     return t;
 }
 
 const char *ferry__tracker_name(const FerryDirtyTracker *t)
 {
-    return t->ops->name;
+    return t->name;
 }
 
 const char *ferry__tracker_note(const FerryDirtyTracker *t)
@@ -143,7 +217,7 @@ bool ferry__tracker_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned lon
         tracked = t->blocks[i] == b;
     }
     if (!tracked) {
-        ferry_error_setg(errp, "RAM block '%s' is not covered by the %s dirty tracker", b->name, t->ops->name);
+        ferry_error_setg(errp, "RAM block '%s' is not covered by the %s dirty tracker", b->name, t->name);
         return false;
     }
     if (t->ops->harvest && !t->ops->harvest(t, b, bitmap, errp)) {
@@ -161,7 +235,5 @@ void ferry__tracker_stop(FerryDirtyTracker *t)
     if (t->ops->stop) {
         t->ops->stop(t);
     }
-    free(t->note);
-    free(t->blocks);
-    free(t);
+    tracker_free(t);
 }

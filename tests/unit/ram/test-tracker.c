@@ -5,7 +5,8 @@
  * kernel on our behalf (read(2) into a block), and a writer thread racing repeated harvests, checked the way a
  * migration uses the tracker: a shadow copy refreshed from harvested pages must equal the block at the end, and
  * pages the writer never touches must never be reported; and the AUTO fallback on memory uffd-wp cannot arm. The uffd-wp tests skip with the probe's reason where the
- * kernel lacks the feature.
+ * kernel lacks the feature. The host kind (FerryDirtyTrackerOps) is checked with a fake host tracker: its name,
+ * start/harvest/stop calls, its bits merged with explicit marks, and a failing start.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -18,6 +19,7 @@
 #include <cmocka.h>
 
 #include "ram/ram.h"
+#include "test-helpers.h"
 #include "util/bitmap.h"
 #include "util/util.h"
 
@@ -439,6 +441,92 @@ static void test_uffd_wp_fallback(void **state)
     ferry__ram_block_free(b);
 }
 
+/* A fake host tracker: reports the pages in @pending (then forgets them) and counts the calls. */
+typedef struct FakeHost {
+    unsigned starts, harvests, stops;
+    bool fail_start;
+    unsigned long pending;
+    FerryRamBlock *expect;
+} FakeHost;
+
+static bool fake_start(void *opaque, FerryError **errp)
+{
+    FakeHost *f = opaque;
+    f->starts++;
+    if (f->fail_start) {
+        ferry_error_setg(errp, "probe said no");
+        return false;
+    }
+    return true;
+}
+
+static bool fake_harvest(void *opaque, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
+{
+    FakeHost *f = opaque;
+    assert_ptr_equal(b, f->expect);
+    f->harvests++;
+    bitmap[0] |= f->pending;
+    f->pending = 0;
+    return true;
+}
+
+static void fake_stop(void *opaque)
+{
+    ((FakeHost *)opaque)->stops++;
+}
+
+static const FerryDirtyTrackerOps fake_ops = {
+    .name = "fake-log",
+    .start = fake_start,
+    .harvest = fake_harvest,
+    .stop = fake_stop,
+};
+
+static void test_host_tracker(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    FerryRamBlock *b = ferry__ram_block_new("host", 16 * ps, NULL);
+    assert_non_null(b);
+    FakeHost f = { .expect = b };
+    unsigned long map[1] = {0};
+
+    ferry_ram_mark_dirty(b, 0, ps); /* before the start: forgotten, pass 1 sends everything */
+    FerryDirtyTracker *t = ferry__tracker_start_host(&fake_ops, &f, &b, 1, NULL);
+    assert_non_null(t);
+    assert_int_equal(f.starts, 1);
+    assert_string_equal(ferry__tracker_name(t), "fake-log");
+    assert_false(ferry__tracker_is_none(t));
+    assert_null(ferry__tracker_note(t));
+    f.pending = (1UL << 3) | (1UL << 9);
+    ferry_ram_mark_dirty(b, 5 * ps, 1);
+    assert_true(ferry__tracker_harvest(t, b, map, NULL));
+    assert_int_equal(map[0], (1UL << 3) | (1UL << 5) | (1UL << 9));
+    map[0] = 0;
+    assert_true(ferry__tracker_harvest(t, b, map, NULL));
+    assert_int_equal(map[0], 0);
+    assert_int_equal(f.harvests, 2);
+    ferry__tracker_stop(t);
+    assert_int_equal(f.stops, 1);
+
+    /* A start that fails fails the tracker, naming it; nothing is left to stop. */
+    FerryError *err = NULL;
+    f.fail_start = true;
+    assert_null(ferry__tracker_start_host(&fake_ops, &f, &b, 1, &err));
+    assert_msg_contains(err, "dirty tracker fake-log: probe said no");
+    ferry_error_free(err);
+    assert_int_equal(f.stops, 1);
+    /* No ops at all (FERRY_TRACKER_HOST chosen without registering any). */
+    err = NULL;
+    assert_null(ferry__tracker_start_host(NULL, NULL, &b, 1, &err));
+    assert_msg_contains(err, "registered no tracker");
+    ferry_error_free(err);
+    err = NULL;
+    assert_null(ferry__tracker_start(FERRY_TRACKER_HOST, &b, 1, &err));
+    assert_msg_contains(err, "registered no tracker");
+    ferry_error_free(err);
+    ferry__ram_block_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -450,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_uffd_wp_race),
         cmocka_unit_test(test_uffd_wp_discard_and_restart),
         cmocka_unit_test(test_uffd_wp_fallback),
+        cmocka_unit_test(test_host_tracker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

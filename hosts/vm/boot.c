@@ -1,0 +1,206 @@
+/*
+ * Booting and checking the guest. ferry-vm has no BIOS: it does the one thing a BIOS does before it boots a
+ * sector, loading the first 512 bytes of the image at 0x7c00 and entering it in real mode at 0000:7c00 with DL =
+ * 0x80 (the first hard disk), the other vCPUs waiting for INIT/SIPI as the in-kernel LAPIC leaves them. If the
+ * image is the A-B guest (its parameter block's magic is there) and nobody patched its range, ferry-vm tells it
+ * the range: every page from 1 MiB to the end of RAM below 4 GiB (what its 32-bit code can reach).
+ *
+ * The checker is QEMU's migration test's (tests/qtest/migration-test.c, check_guests_ram), reimplemented: walking
+ * the range upwards, the first byte of every page equals the previous one, except at most once where it is one
+ * less (the pass was interrupted there). It reads the range from the guest's own parameter block, so a destination
+ * checks what its source's guest was told. It does not look at the rest of the pages (neither does QEMU's).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "vm.h"
+
+#define PAGE 4096u
+#define AB_START (UINT64_C(1) << 20)
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static bool load_sector(Vm *vm, uint8_t *dst, FerryError **errp)
+{
+    uint8_t buf[VM_BOOT_SIZE];
+    ssize_t n = 0;
+    int fd;
+
+    if (!vm->cfg.drive) {
+        memcpy(dst, vm_ab_guest, vm_ab_guest_len < VM_BOOT_SIZE ? vm_ab_guest_len : VM_BOOT_SIZE);
+        return true;
+    }
+    fd = open(vm->cfg.drive, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "opening the drive %s", vm->cfg.drive);
+        return false;
+    }
+    while (n < (ssize_t)sizeof(buf)) {
+        ssize_t r = read(fd, buf + n, sizeof(buf) - (size_t)n);
+
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            break;
+        }
+        n += r;
+    }
+    close(fd);
+    if (n != (ssize_t)sizeof(buf) || buf[510] != 0x55 || buf[511] != 0xaa) {
+        ferry_error_setg(errp, "%s is not a boot sector (512 bytes ending in 55 aa)", vm->cfg.drive);
+        return false;
+    }
+    memcpy(dst, buf, sizeof(buf));
+    return true;
+}
+
+bool vm_boot(Vm *vm, FerryError **errp)
+{
+    uint8_t *sector = vm_gpa_to_host(vm, VM_BOOT_ADDR, VM_BOOT_SIZE);
+    uint8_t *params;
+
+    if (!sector) {
+        ferry_error_setg(errp, "guest RAM does not reach the boot sector at 0x7c00");
+        return false;
+    }
+    if (!load_sector(vm, sector, errp)) {
+        return false;
+    }
+    params = sector + (VM_AB_PARAMS_ADDR - VM_BOOT_ADDR);
+    if (memcmp(params, VM_AB_MAGIC, 4) == 0) {
+        uint64_t top = vm->lowmem;
+
+        if (rd32(params + 8) == 0) {
+            if (top <= AB_START) {
+                ferry_error_setg(errp, "the A-B guest needs RAM above 1 MiB (-m 2M at least)");
+                return false;
+            }
+            wr32(params + 4, (uint32_t)AB_START);
+            wr32(params + 8, (uint32_t)((top - AB_START) / PAGE));
+        }
+        if (rd32(params + 12) == 0) {
+            /* About one progress character per 256 MiB written, unless -ab-every says otherwise. */
+            uint64_t range = (uint64_t)rd32(params + 8) * PAGE;
+            uint32_t every = vm->cfg.ab_every ? vm->cfg.ab_every : (uint32_t)((UINT64_C(256) << 20) / range);
+
+            wr32(params + 12, every ? every : 1);
+        }
+    }
+
+    /* vCPU 0 where a BIOS hands over; the others stay in their reset state, waiting for INIT/SIPI. */
+    Vcpu *cpu = &vm->vcpus[0];
+    struct kvm_sregs sregs;
+    struct kvm_regs regs = { .rip = VM_BOOT_ADDR, .rflags = 2, .rdx = 0x80, .rsp = VM_BOOT_ADDR };
+
+    if (ioctl(cpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+        vm_error_ioctl(errp, "KVM_GET_SREGS");
+        return false;
+    }
+    struct kvm_segment *segs[] = { &sregs.cs, &sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss };
+    for (size_t i = 0; i < sizeof(segs) / sizeof(segs[0]); i++) {
+        segs[i]->base = 0;
+        segs[i]->selector = 0;
+        segs[i]->limit = 0xffff;
+    }
+    if (ioctl(cpu->fd, KVM_SET_SREGS, &sregs) < 0) {
+        vm_error_ioctl(errp, "KVM_SET_SREGS");
+        return false;
+    }
+    if (ioctl(cpu->fd, KVM_SET_REGS, &regs) < 0) {
+        vm_error_ioctl(errp, "KVM_SET_REGS");
+        return false;
+    }
+    return true;
+}
+
+static void add_detail(VmCheck *res, const char *fmt, ...) FERRY_PRINTF(2, 3);
+
+static void add_detail(VmCheck *res, const char *fmt, ...)
+{
+    size_t len = strlen(res->detail);
+    va_list ap;
+
+    if (len + 2 >= sizeof(res->detail)) {
+        return;
+    }
+    if (len) {
+        res->detail[len++] = ';';
+        res->detail[len++] = ' ';
+        res->detail[len] = '\0';
+    }
+    va_start(ap, fmt);
+    vsnprintf(res->detail + len, sizeof(res->detail) - len, fmt, ap);
+    va_end(ap);
+}
+
+bool vm_ab_check(Vm *vm, VmCheck *res, FerryError **errp)
+{
+    const uint8_t *params;
+    uint64_t start, npages;
+    bool ok = false;
+
+    memset(res, 0, sizeof(*res));
+    vm_hold(vm);
+    params = vm_gpa_to_host(vm, VM_AB_PARAMS_ADDR, 16);
+    if (!params || memcmp(params, VM_AB_MAGIC, 4) != 0) {
+        ferry_error_setg(errp, "the guest is not the A-B guest (no parameter block at 0x%x)", VM_AB_PARAMS_ADDR);
+        goto out;
+    }
+    start = rd32(params + 4);
+    npages = rd32(params + 8);
+    if (npages == 0 || !vm_gpa_to_host(vm, start, npages * PAGE)) {
+        ferry_error_setg(errp, "the A-B guest's range (0x%" PRIx64 ", %" PRIu64 " pages) is not RAM", start,
+                         npages);
+        goto out;
+    }
+    res->start = start;
+    res->pages = npages;
+    const uint8_t *p = vm_gpa_to_host(vm, start, PAGE);
+    uint8_t last = p[0];
+    res->first_byte = last;
+    for (uint64_t i = 1; i < npages; i++) {
+        uint8_t b = *(const uint8_t *)vm_gpa_to_host(vm, start + i * PAGE, 1);
+
+        if (b == last) {
+            continue;
+        }
+        if ((uint8_t)(b + 1) == last && !res->edge) {
+            /* The guest stopped while incrementing the page before this one. */
+            res->edge = true;
+            res->edge_page = i;
+            last = b;
+            continue;
+        }
+        if (res->mismatches < 4) {
+            add_detail(res, "page 0x%" PRIx64 ": first byte 0x%02x after 0x%02x%s", start + i * PAGE, b, last,
+                       res->edge ? " (past the edge)" : "");
+        }
+        res->mismatches++;
+        last = b;
+    }
+    if (res->mismatches > 4) {
+        add_detail(res, "%" PRIu64 " more", res->mismatches - 4);
+    }
+    ok = true;
+out:
+    vm_release(vm);
+    return ok;
+}

@@ -1,0 +1,618 @@
+/*
+ * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is the
+ * command line (QEMU's spellings: -m, -smp, -drive, -serial, -object memory-backend-memfd, -machine, -mem-prealloc,
+ * plus the common options of the host runtime: -qmp, -monitor, -incoming, -S, -name), the choice of dirty
+ * tracker, the QMP commands query-pattern-check and query-vm, and main(). The machine is in vm.c and its
+ * neighbours (vm.h lists them). It uses only libferry's public API.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "vm.h"
+
+#define PROG "ferry-vm"
+#define EXIT_BAD_VALUE 1
+#define EXIT_USAGE 2
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: " PROG " [options]\n"
+            "A minimal KVM virtual machine whose running guest live-migrates with libferry. Without -drive it runs\n"
+            "the built-in A-B test guest (a boot sector that increments the first byte of every page from 1 MiB up\n"
+            "and prints 'B' on the serial port every N passes). Start the destination with the same options plus\n"
+            "-incoming.\n"
+            "\n"
+            "  -m SIZE                 guest RAM (suffix K, M, G or T; no suffix means MiB, as in QEMU); default 128M.\n"
+            "                          From 3.5G on, 3 GiB stay below 4 GiB and the rest is mapped from 4 GiB\n"
+            "  -smp N                  vCPUs, 1..%d; default 1 (vCPU 0 boots, the others wait for INIT/SIPI)\n"
+            "  -drive file=PATH[,format=raw]\n"
+            "                          boot the first sector of PATH (512 bytes ending in 55 aa) instead of the\n"
+            "                          built-in guest, loaded at 0x7c00 and entered in real mode as a BIOS would\n"
+            "  -serial stdio|file:PATH|null\n"
+            "                          the 16550 at 0x3f8: output to stdout (input from stdin), to PATH, or\n"
+            "                          nowhere; default stdio (null with -monitor stdio)\n"
+            "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
+            "  -machine [pc,][accel=kvm,]memory-backend=ID\n"
+            "                          guest RAM in a memfd; share=on lets mode cpr-transfer pass it to a local\n"
+            "                          destination instead of copying it\n"
+            "  -mem-prealloc           fault all guest RAM in at start-up\n"
+            "  -dirty-tracker auto|kvm-dirty-log|uffd-wp|none\n"
+            "                          how outgoing migrations find the pages the guest wrote: KVM's dirty log\n"
+            "                          (auto takes it if a start-up probe sees a guest write in it), or the\n"
+            "                          library's userfaultfd write-protect tracker; default auto\n"
+            "  -ab-every N             passes of the A-B guest per progress character (0 = about one per 256 MiB\n"
+            "                          written); default 0\n"
+            "  -enable-kvm, -nographic, -display none, -nodefaults\n"
+            "                          accepted for QEMU compatibility (always KVM, never a display)\n"
+            "  -h, --help              this text\n"
+            "%s",
+            VM_MAX_SMP, ferry_host_common_usage());
+}
+
+static bool parse_size(const char *s, unsigned default_shift, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = default_shift;
+
+    if (*s < '0' || *s > '9') {
+        return false;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno) {
+        return false;
+    }
+    if (*end) {
+        const char *suffixes = "BKMGT";
+        const char *at = strchr(suffixes, *end >= 'a' ? *end - 32 : *end);
+
+        if (!at || end[1]) {
+            return false;
+        }
+        shift = (unsigned)(at - suffixes) * 10;
+    }
+    if (v > (UINT64_MAX >> shift)) {
+        return false;
+    }
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+static bool parse_u32(const char *s, uint32_t max, uint32_t *out)
+{
+    char *end;
+    unsigned long v;
+
+    if (*s < '0' || *s > '9') {
+        return false;
+    }
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || *end || v > max) {
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+/* Splits "key=value,..." at the first ','; *key and *value point into @buf. Returns the rest or NULL. */
+static const char *next_pair(const char *opt, char *buf, size_t bufsize, const char **key, const char **value)
+{
+    const char *end = strchr(opt, ',');
+    size_t len = end ? (size_t)(end - opt) : strlen(opt);
+    char *eq;
+
+    if (len >= bufsize) {
+        len = bufsize - 1;
+    }
+    memcpy(buf, opt, len);
+    buf[len] = '\0';
+    *key = buf;
+    *value = NULL;
+    eq = strchr(buf, '=');
+    if (eq) {
+        *eq = '\0';
+        *value = eq + 1;
+    }
+    return end ? end + 1 : NULL;
+}
+
+typedef struct Options {
+    VmConfig cfg;
+    bool m_given;
+    bool monitor_stdio;
+    bool serial_given;
+    char serial_path[4096];
+    char drive[4096];
+    /* -object memory-backend-memfd */
+    bool mb_given;
+    char mb_id[64];
+    uint64_t mb_size;
+    bool mb_share, mb_prealloc;
+    char machine_backend[64];
+} Options;
+
+static bool parse_on_off(const char *what, const char *value, bool *out)
+{
+    if (!value || (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)) {
+        fprintf(stderr, PROG ": %s must be on or off\n", what);
+        return false;
+    }
+    *out = strcmp(value, "on") == 0;
+    return true;
+}
+
+static bool parse_object(const char *arg, Options *o)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
+
+    if (value || strcmp(key, "memory-backend-memfd") != 0) {
+        fprintf(stderr, PROG ": -object: unknown object type '%s' (memory-backend-memfd)\n", key);
+        return false;
+    }
+    if (o->mb_given) {
+        fprintf(stderr, PROG ": -object: only one memory backend is supported\n");
+        return false;
+    }
+    o->mb_given = true;
+    while (rest && *rest) {
+        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        if (!value) {
+            fprintf(stderr, PROG ": -object memory-backend-memfd: '%s' needs a value\n", key);
+            return false;
+        }
+        if (strcmp(key, "id") == 0 && *value && strlen(value) < sizeof(o->mb_id)) {
+            strcpy(o->mb_id, value);
+        } else if (strcmp(key, "size") == 0) {
+            if (!parse_size(value, 0, &o->mb_size) || !o->mb_size) {
+                fprintf(stderr, PROG ": -object memory-backend-memfd: size '%s' is not a size\n", value);
+                return false;
+            }
+        } else if (strcmp(key, "share") == 0) {
+            if (!parse_on_off("-object memory-backend-memfd: share", value, &o->mb_share)) {
+                return false;
+            }
+        } else if (strcmp(key, "prealloc") == 0) {
+            if (!parse_on_off("-object memory-backend-memfd: prealloc", value, &o->mb_prealloc)) {
+                return false;
+            }
+        } else {
+            fprintf(stderr, PROG ": -object memory-backend-memfd: bad property '%s' (id, size, share, prealloc)\n",
+                    key);
+            return false;
+        }
+    }
+    if (!o->mb_id[0] || !o->mb_size) {
+        fprintf(stderr, PROG ": -object memory-backend-memfd: id= and size= are required\n");
+        return false;
+    }
+    return true;
+}
+
+static bool parse_machine(const char *arg, Options *o)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = arg;
+
+    while (rest && *rest) {
+        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        if (!value && (strcmp(key, "pc") == 0 || strcmp(key, "q35") == 0)) {
+            continue; /* the machine type: ferry-vm has one, and QEMU's spelling is accepted */
+        }
+        if (value && strcmp(key, "accel") == 0 && strcmp(value, "kvm") == 0) {
+            continue;
+        }
+        if (!value || strcmp(key, "memory-backend") != 0 || !*value ||
+            strlen(value) >= sizeof(o->machine_backend)) {
+            fprintf(stderr, PROG ": -machine: unsupported property '%s' (pc, accel=kvm, memory-backend=ID)\n", key);
+            return false;
+        }
+        strcpy(o->machine_backend, value);
+    }
+    return true;
+}
+
+static bool parse_drive(const char *arg, Options *o)
+{
+    char buf[sizeof(o->drive) + 16];
+    const char *key, *value;
+    const char *rest = arg;
+
+    while (rest && *rest) {
+        if (strcspn(rest, ",") >= sizeof(buf)) {
+            fprintf(stderr, PROG ": -drive: property too long\n");
+            return false;
+        }
+        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        if (value && strcmp(key, "file") == 0 && *value && strlen(value) < sizeof(o->drive)) {
+            strcpy(o->drive, value);
+        } else if (value && strcmp(key, "format") == 0 && strcmp(value, "raw") == 0) {
+            continue;
+        } else if (value && (strcmp(key, "if") == 0 || strcmp(key, "index") == 0 || strcmp(key, "media") == 0)) {
+            continue; /* QEMU's placement properties: there is one boot disk here */
+        } else {
+            fprintf(stderr, PROG ": -drive: unsupported property '%s' (file=PATH, format=raw)\n", key);
+            return false;
+        }
+    }
+    if (!o->drive[0]) {
+        fprintf(stderr, PROG ": -drive: file= is required\n");
+        return false;
+    }
+    o->cfg.drive = o->drive;
+    return true;
+}
+
+static bool parse_serial(const char *arg, Options *o)
+{
+    o->serial_given = true;
+    if (strcmp(arg, "stdio") == 0) {
+        o->cfg.serial_mode = VM_SERIAL_STDIO;
+    } else if (strcmp(arg, "null") == 0 || strcmp(arg, "none") == 0) {
+        o->cfg.serial_mode = VM_SERIAL_NULL;
+    } else if (strncmp(arg, "file:", 5) == 0 && arg[5] && strlen(arg + 5) < sizeof(o->serial_path)) {
+        strcpy(o->serial_path, arg + 5);
+        o->cfg.serial_mode = VM_SERIAL_FILE;
+        o->cfg.serial_path = o->serial_path;
+    } else {
+        fprintf(stderr, PROG ": -serial: '%s' is not stdio, file:PATH or null\n", arg);
+        return false;
+    }
+    return true;
+}
+
+static bool parse_tracker(const char *arg, VmTrackerChoice *t)
+{
+    static const struct {
+        const char *name;
+        VmTrackerChoice choice;
+    } names[] = {
+        {"auto", VM_TRACKER_AUTO},
+        {"kvm-dirty-log", VM_TRACKER_KVM},
+        {"uffd-wp", VM_TRACKER_UFFD_WP},
+        {"none", VM_TRACKER_NONE},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(arg, names[i].name) == 0) {
+            *t = names[i].choice;
+            return true;
+        }
+    }
+    fprintf(stderr, PROG ": -dirty-tracker: '%s' is not auto, kvm-dirty-log, uffd-wp or none\n", arg);
+    return false;
+}
+
+static bool takes_arg(const char *opt)
+{
+    static const char *const with_arg[] = {
+        "-m", "-smp", "-drive", "-serial", "-object", "-machine", "-dirty-tracker", "-ab-every", "-display",
+    };
+    for (size_t i = 0; i < sizeof(with_arg) / sizeof(with_arg[0]); i++) {
+        if (strcmp(opt, with_arg[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Returns -1 to go on, else an exit code. */
+static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
+{
+    FerryError *err = NULL;
+    uint32_t v;
+
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        const char *arg = i + 1 < argc ? argv[i + 1] : NULL;
+
+        if (opt[0] == '-' && opt[1] == '-' && opt[2]) {
+            opt++;
+        }
+        if (strcmp(opt, "-h") == 0 || strcmp(opt, "-help") == 0) {
+            usage(stdout);
+            return EXIT_SUCCESS;
+        }
+        if (strcmp(opt, "-mem-prealloc") == 0) {
+            o->cfg.mem_prealloc = true;
+            continue;
+        }
+        if (strcmp(opt, "-enable-kvm") == 0 || strcmp(opt, "-nographic") == 0 || strcmp(opt, "-nodefaults") == 0) {
+            continue;
+        }
+        if (!takes_arg(opt)) {
+            bool used_arg = false;
+            int r;
+
+            if (opt[0] != '-') {
+                fprintf(stderr, PROG ": unexpected argument '%s' (try --help)\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            if (strcmp(opt, "-monitor") == 0 && arg && strcmp(arg, "stdio") == 0) {
+                o->monitor_stdio = true;
+            }
+            r = ferry_host_parse_option(host, opt, arg, &used_arg, &err);
+            if (r < 0) {
+                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+                ferry_error_free(err);
+                return EXIT_BAD_VALUE;
+            }
+            if (r == 0) {
+                fprintf(stderr, PROG ": unknown option '%s' (try --help)\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            if (used_arg) {
+                i++;
+            }
+            continue;
+        }
+        if (!arg) {
+            fprintf(stderr, PROG ": option %s needs an argument (try --help)\n", opt);
+            return EXIT_USAGE;
+        }
+        i++;
+        if (strcmp(opt, "-m") == 0) {
+            o->m_given = true;
+            if (!parse_size(arg, 20, &o->cfg.ram_size) || o->cfg.ram_size < (UINT64_C(2) << 20) ||
+                o->cfg.ram_size % ferry_ram_page_size()) {
+                fprintf(stderr, PROG ": -m: '%s' is not a RAM size (at least 2M, a multiple of the page size)\n",
+                        arg);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-smp") == 0) {
+            if (!parse_u32(arg, VM_MAX_SMP, &v) || v == 0) {
+                fprintf(stderr, PROG ": -smp: '%s' is not a number of vCPUs in 1..%d\n", arg, VM_MAX_SMP);
+                return EXIT_BAD_VALUE;
+            }
+            o->cfg.smp = v;
+        } else if (strcmp(opt, "-ab-every") == 0) {
+            if (!parse_u32(arg, UINT32_MAX, &o->cfg.ab_every)) {
+                fprintf(stderr, PROG ": -ab-every: '%s' is not a number of passes\n", arg);
+                return EXIT_BAD_VALUE;
+            }
+        } else if (strcmp(opt, "-display") == 0) {
+            if (strcmp(arg, "none") != 0) {
+                fprintf(stderr, PROG ": -display: only 'none'\n");
+                return EXIT_BAD_VALUE;
+            }
+        } else if ((strcmp(opt, "-drive") == 0 && !parse_drive(arg, o)) ||
+                   (strcmp(opt, "-serial") == 0 && !parse_serial(arg, o)) ||
+                   (strcmp(opt, "-object") == 0 && !parse_object(arg, o)) ||
+                   (strcmp(opt, "-machine") == 0 && !parse_machine(arg, o)) ||
+                   (strcmp(opt, "-dirty-tracker") == 0 && !parse_tracker(arg, &o->cfg.tracker))) {
+            return EXIT_BAD_VALUE;
+        }
+    }
+
+    if (o->machine_backend[0] || o->mb_given) {
+        if (!o->mb_given || strcmp(o->machine_backend, o->mb_id) != 0) {
+            fprintf(stderr, PROG ": -machine memory-backend=%s needs a matching -object memory-backend-memfd,id=%s\n",
+                    o->mb_given ? o->mb_id : o->machine_backend, o->mb_given ? o->mb_id : o->machine_backend);
+            return EXIT_BAD_VALUE;
+        }
+        if (o->m_given && o->cfg.ram_size != o->mb_size) {
+            fprintf(stderr, PROG ": -m and the memory backend's size= differ\n");
+            return EXIT_BAD_VALUE;
+        }
+        o->cfg.ram_size = o->mb_size;
+        o->cfg.memfd = true;
+        o->cfg.memfd_share = o->mb_share;
+        o->cfg.mem_prealloc |= o->mb_prealloc;
+    }
+    if (!o->serial_given && o->monitor_stdio) {
+        o->cfg.serial_mode = VM_SERIAL_NULL;
+    }
+    if (o->monitor_stdio && o->cfg.serial_mode == VM_SERIAL_STDIO) {
+        fprintf(stderr, PROG ": -serial stdio and -monitor stdio cannot share the terminal: give -serial file:PATH\n");
+        return EXIT_BAD_VALUE;
+    }
+    return -1;
+}
+
+/* ---- QMP ---- */
+
+typedef struct Machine {
+    Vm *vm;
+    FerryHost *host;
+    const char *tracker;       /* what outgoing migrations will use */
+    char tracker_note[512];    /* why, if it is not KVM's dirty log */
+    bool dirty_ring;           /* KVM_CAP_DIRTY_LOG_RING is offered (not used) */
+} Machine;
+
+static json_t *cmd_pattern_check(json_t *args, void *opaque, FerryError **errp)
+{
+    Machine *mc = opaque;
+    VmCheck res;
+
+    if (!vm_ab_check(mc->vm, &res, errp)) {
+        return NULL;
+    }
+    return json_pack("{s:b, s:I, s:I, s:I, s:i, s:b, s:I, s:s}", "ok", res.mismatches == 0, "pages",
+                     (json_int_t)res.pages, "mismatches", (json_int_t)res.mismatches, "start", (json_int_t)res.start,
+                     "first-byte", (int)res.first_byte, "edge", res.edge, "edge-page", (json_int_t)res.edge_page,
+                     "detail", res.detail);
+}
+
+static json_t *cmd_query_vm(json_t *args, void *opaque, FerryError **errp)
+{
+    Machine *mc = opaque;
+    Vm *vm = mc->vm;
+    uint64_t clock;
+    json_t *cpus = json_array(), *r;
+
+    if (!vm_clock_now(vm, &clock, errp)) {
+        json_decref(cpus);
+        return NULL;
+    }
+    for (unsigned i = 0; i < vm->nvcpus; i++) {
+        Vcpu *cpu = &vm->vcpus[i];
+        bool dead;
+
+        pthread_mutex_lock(&vm->lock);
+        dead = cpu->dead;
+        pthread_mutex_unlock(&vm->lock);
+        json_array_append_new(cpus, json_pack("{s:i, s:I, s:b}", "cpu-index", (int)i, "exits",
+                                              (json_int_t)atomic_load(&cpu->exits), "stopped-for-good", dead));
+    }
+    r = json_pack("{s:I, s:I, s:I, s:o, s:I, s:I, s:s, s:b, s:b, s:i}", "ram-size", (json_int_t)vm->cfg.ram_size,
+                  "lowmem", (json_int_t)vm->lowmem, "highmem", (json_int_t)vm->highmem, "cpus", cpus, "kvm-clock",
+                  (json_int_t)clock, "serial-bytes", (json_int_t)serial_bytes_out(vm->serial), "dirty-tracker",
+                  mc->tracker, "manual-dirty-log-protect", vm->manual_protect, "dirty-ring-available",
+                  mc->dirty_ring, "msrs", (int)vm->nmsrs);
+    if (r && mc->tracker_note[0]) {
+        json_object_set_new(r, "dirty-tracker-note", json_string(mc->tracker_note));
+    }
+    return r;
+}
+
+/* Choose the tracker outgoing migrations use (-dirty-tracker); false only if kvm-dirty-log was required and the
+ * probe failed. */
+static bool choose_tracker(Machine *mc, FerryMigration *m, FerryError **errp)
+{
+    Vm *vm = mc->vm;
+    FerryError *err = NULL;
+
+    mc->dirty_ring = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING) > 0;
+    switch (vm->cfg.tracker) {
+    case VM_TRACKER_UFFD_WP:
+        mc->tracker = "uffd-wp";
+        ferry_migration_set_dirty_tracker(m, FERRY_TRACKER_UFFD_WP);
+        return true;
+    case VM_TRACKER_NONE:
+        mc->tracker = "none";
+        ferry_migration_set_dirty_tracker(m, FERRY_TRACKER_NONE);
+        return true;
+    case VM_TRACKER_KVM:
+    case VM_TRACKER_AUTO:
+        break;
+    }
+    if (vm_dirty_log_probe(&err)) {
+        mc->tracker = "kvm-dirty-log";
+        ferry_migration_set_dirty_tracker_ops(m, &vm_dirty_log_ops, vm);
+        return true;
+    }
+    if (vm->cfg.tracker == VM_TRACKER_KVM) {
+        ferry_error_propagate(errp, err);
+        ferry_error_prepend(errp, "-dirty-tracker kvm-dirty-log: the start-up probe failed: ");
+        return false;
+    }
+    /* The library's uffd-wp tracker sees the guest's writes through the host mapping of its RAM; where that
+     * does not work either, AUTO falls back to stop-and-copy and query-migrate says so. */
+    snprintf(mc->tracker_note, sizeof(mc->tracker_note), "KVM dirty log unusable (%s), using uffd-wp",
+             ferry_error_msg(err));
+    ferry_error_free(err);
+    mc->tracker = "uffd-wp";
+    ferry_migration_set_dirty_tracker(m, FERRY_TRACKER_AUTO);
+    ferry_migration_set_dirty_tracker_note(m, mc->tracker_note);
+    return true;
+}
+
+static bool open_serial(Vm *vm, FerryError **errp)
+{
+    int out = -1, in = -1;
+    bool own = false;
+
+    switch (vm->cfg.serial_mode) {
+    case VM_SERIAL_STDIO:
+        out = STDOUT_FILENO;
+        in = STDIN_FILENO;
+        break;
+    case VM_SERIAL_FILE:
+        out = open(vm->cfg.serial_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (out < 0) {
+            ferry_error_setg_errno(errp, errno, "-serial file:%s", vm->cfg.serial_path);
+            return false;
+        }
+        own = true;
+        break;
+    case VM_SERIAL_NULL:
+        break;
+    }
+    vm->serial = serial_new(vm, out, own, in);
+    if (!vm->serial) {
+        if (own) {
+            close(out);
+        }
+        ferry_error_setg(errp, "out of memory");
+        return false;
+    }
+    return true;
+}
+
+static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, FerryError **errp)
+{
+    FerryMigration *m = ferry_host_migration(host);
+
+    mc->host = host;
+    mc->vm = vm_new(cfg, errp);
+    if (!mc->vm) {
+        return false;
+    }
+    mc->vm->host = host;
+    if (!open_serial(mc->vm, errp) || !vm_setup_ram(mc->vm, m, errp) || !vm_register_sections(mc->vm, m, errp) ||
+        !choose_tracker(mc, m, errp) ||
+        !ferry_host_register_command(host, "query-pattern-check", NULL, cmd_pattern_check, mc, errp) ||
+        !ferry_host_register_command(host, "query-vm", NULL, cmd_query_vm, mc, errp)) {
+        return false;
+    }
+    /* A destination's guest comes from the migration: RAM, registers and devices are all loaded. */
+    if (!ferry_host_incoming(host) && !vm_boot(mc->vm, errp)) {
+        return false;
+    }
+    if (!vm_start_threads(mc->vm, errp) || !serial_start_input(mc->vm->serial, errp)) {
+        return false;
+    }
+    ferry_host_set_ops(host, &vm_ops, mc->vm);
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    Options o = {
+        .cfg = {
+            .ram_size = UINT64_C(128) << 20,
+            .smp = 1,
+            .serial_mode = VM_SERIAL_STDIO,
+            .tracker = VM_TRACKER_AUTO,
+        },
+    };
+    Machine mc = { 0 };
+    FerryError *err = NULL;
+    FerryHost *host;
+    int status;
+
+    host = ferry_host_new(PROG, &err);
+    if (!host) {
+        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+        ferry_error_free(err);
+        return EXIT_FAILURE;
+    }
+    status = parse_args(argc, argv, host, &o);
+    if (status >= 0) {
+        ferry_host_free(host);
+        return status;
+    }
+    if (!machine_setup(&mc, host, &o.cfg, &err) || !ferry_host_start(host, &err)) {
+        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+        ferry_error_free(err);
+        status = EXIT_FAILURE;
+    } else {
+        status = ferry_host_run(host);
+    }
+    /* The vCPU threads run on the engine's RAM: they end first. The VM's fds go after the engine, whose
+     * migration threads may still harvest the dirty log until ferry_host_free has joined them. */
+    vm_stop_threads(mc.vm);
+    ferry_host_free(host);
+    vm_free(mc.vm);
+    return status;
+}

@@ -1,0 +1,604 @@
+/*
+ * ferry-vm's machine: the KVM VM (in-kernel irqchip and PIT, KVM's TSS and identity map below 4 GiB), guest RAM as
+ * one libferry RAM block mapped into one or two KVM memory slots (QEMU's pc layout), the vCPUs with the CPUID KVM
+ * supports and the MSR list a migration carries, and one thread per vCPU that runs KVM_RUN and dispatches port
+ * I/O (the serial port; everything else reads as 0xff and ignores writes, as an empty ISA bus does).
+ *
+ * Stopping a vCPU that sits in KVM_RUN takes a kick: the stopper clears "go", sets kvm_run.immediate_exit and
+ * sends the thread SIGUSR1, whose handler does nothing and is installed without SA_RESTART. Whichever comes
+ * first, KVM_RUN returns EINTR: a signal that lands before the thread enters KVM_RUN is caught by immediate_exit,
+ * which the thread only clears under the lock while it is parked. This is kvmtool's and QEMU's technique; the
+ * parking protocol (host_run, holds, go) is ferry-workload's. State sections live in cpu-state.c and vm-state.c,
+ * the guest image in boot.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vm.h"
+
+#define KICK_SIGNAL SIGUSR1
+
+void vm_error_ioctl(FerryError **errp, const char *what)
+{
+    ferry_error_setg_errno(errp, errno, "%s", what);
+}
+
+static void kick_handler(int signo)
+{
+    (void)signo;
+}
+
+/* Fill the CPUID table KVM supports, less what this VMM does not offer. */
+static bool setup_cpuid(Vm *vm, FerryError **errp)
+{
+    size_t sz = sizeof(struct kvm_cpuid2) + VM_MAX_CPUID * sizeof(struct kvm_cpuid_entry2);
+
+    vm->cpuid = calloc(1, sz);
+    if (!vm->cpuid) {
+        ferry_error_setg(errp, "out of memory");
+        return false;
+    }
+    vm->cpuid->nent = VM_MAX_CPUID;
+    if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, vm->cpuid) < 0) {
+        vm_error_ioctl(errp, "KVM_GET_SUPPORTED_CPUID");
+        return false;
+    }
+    for (uint32_t i = 0; i < vm->cpuid->nent; i++) {
+        struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
+
+        if (e->function == 1) {
+            /* No x2APIC emulation needed by the guest, no hypervisor-bit games: keep KVM's answer but drop
+             * monitor/mwait (KVM does not emulate MWAIT for a guest by default). */
+            e->ecx &= ~(1u << 3);
+        }
+    }
+    return true;
+}
+
+/* The CPUID of vCPU @id: the VM's table with the APIC id in leaf 1 (EBX[31:24]) and leaf 0xb (EDX). */
+static bool set_vcpu_cpuid(Vm *vm, Vcpu *cpu, FerryError **errp)
+{
+    size_t sz = sizeof(struct kvm_cpuid2) + vm->cpuid->nent * sizeof(struct kvm_cpuid_entry2);
+    struct kvm_cpuid2 *c = malloc(sz);
+    bool ok;
+
+    if (!c) {
+        ferry_error_setg(errp, "out of memory");
+        return false;
+    }
+    memcpy(c, vm->cpuid, sz);
+    for (uint32_t i = 0; i < c->nent; i++) {
+        struct kvm_cpuid_entry2 *e = &c->entries[i];
+
+        if (e->function == 1) {
+            e->ebx = (e->ebx & 0x00ffffffu) | (cpu->id << 24);
+        } else if (e->function == 0xb || e->function == 0x1f) {
+            e->edx = cpu->id;
+        }
+    }
+    ok = ioctl(cpu->fd, KVM_SET_CPUID2, c) == 0;
+    if (!ok) {
+        vm_error_ioctl(errp, "KVM_SET_CPUID2");
+    }
+    free(c);
+    return ok;
+}
+
+/* The MSRs a migration carries: KVM's list of saveable and emulated MSRs, less those this vCPU's KVM_GET_MSRS
+ * refuses (the list names what the host supports; a guest CPUID without the feature makes the MSR unreadable). */
+static bool probe_msrs(Vm *vm, Vcpu *cpu, FerryError **errp)
+{
+    struct {
+        struct kvm_msr_list l;
+        uint32_t idx[1024];
+    } list = { .l.nmsrs = 1024 };
+    struct {
+        struct kvm_msrs m;
+        struct kvm_msr_entry e;
+    } one;
+
+    if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &list) < 0) {
+        vm_error_ioctl(errp, "KVM_GET_MSR_INDEX_LIST");
+        return false;
+    }
+    vm->nmsrs = 0;
+    for (uint32_t i = 0; i < list.l.nmsrs && i < 1024; i++) {
+        memset(&one, 0, sizeof(one));
+        one.m.nmsrs = 1;
+        one.e.index = list.l.indices[i];
+        if (ioctl(cpu->fd, KVM_GET_MSRS, &one) != 1) {
+            continue;
+        }
+        if (vm->nmsrs == VM_MAX_MSRS) {
+            ferry_error_setg(errp, "KVM lists more than %u readable MSRs", VM_MAX_MSRS);
+            return false;
+        }
+        vm->msr_index[vm->nmsrs++] = list.l.indices[i];
+    }
+    return true;
+}
+
+static bool create_vcpu(Vm *vm, unsigned id, FerryError **errp)
+{
+    Vcpu *cpu = &vm->vcpus[id];
+    int mmap_size;
+
+    cpu->vm = vm;
+    cpu->id = id;
+    cpu->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)id);
+    if (cpu->fd < 0) {
+        vm_error_ioctl(errp, "KVM_CREATE_VCPU");
+        return false;
+    }
+    vm->nvcpus++;
+    mmap_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (mmap_size < (int)sizeof(struct kvm_run)) {
+        vm_error_ioctl(errp, "KVM_GET_VCPU_MMAP_SIZE");
+        return false;
+    }
+    cpu->run_size = (size_t)mmap_size;
+    cpu->run = mmap(NULL, cpu->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, cpu->fd, 0);
+    if (cpu->run == MAP_FAILED) {
+        cpu->run = NULL;
+        ferry_error_setg_errno(errp, errno, "mapping vCPU %u's kvm_run", id);
+        return false;
+    }
+    return set_vcpu_cpuid(vm, cpu, errp);
+}
+
+Vm *vm_new(const VmConfig *cfg, FerryError **errp)
+{
+    Vm *vm = calloc(1, sizeof(*vm));
+    struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+    int r;
+
+    if (!vm) {
+        ferry_error_setg(errp, "out of memory");
+        return NULL;
+    }
+    vm->cfg = *cfg;
+    vm->vm_fd = -1;
+    pthread_mutex_init(&vm->lock, NULL);
+    pthread_cond_init(&vm->cond, NULL);
+    atomic_init(&vm->go, false);
+    vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (vm->kvm_fd < 0) {
+        ferry_error_setg_errno(errp, errno, "opening /dev/kvm");
+        goto fail;
+    }
+    r = ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0);
+    if (r != KVM_API_VERSION) {
+        ferry_error_setg(errp, "/dev/kvm speaks API version %d, this program %d", r, KVM_API_VERSION);
+        goto fail;
+    }
+    vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
+    if (vm->vm_fd < 0) {
+        vm_error_ioctl(errp, "KVM_CREATE_VM");
+        goto fail;
+    }
+    /* Intel's VMX needs a TSS and an identity map for real mode; both sit in the hole below 4 GiB. */
+    if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, (unsigned long)VM_TSS_ADDR) < 0) {
+        vm_error_ioctl(errp, "KVM_SET_TSS_ADDR");
+        goto fail;
+    }
+    uint64_t idmap = VM_IDENTITY_MAP_ADDR;
+    if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0 &&
+        ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0) {
+        vm_error_ioctl(errp, "KVM_SET_IDENTITY_MAP_ADDR");
+        goto fail;
+    }
+    /* The irqchip and PIT are part of the machine, not options: without them there is no LAPIC to migrate and
+     * no timer. KVM on x86 has offered both for as long as KVM_CAP_IRQCHIP exists. */
+    if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) <= 0 ||
+        ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_PIT2) <= 0) {
+        ferry_error_setg(errp, "this KVM has no in-kernel irqchip or PIT (KVM_CAP_IRQCHIP, KVM_CAP_PIT2)");
+        goto fail;
+    }
+    if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
+        vm_error_ioctl(errp, "KVM_CREATE_IRQCHIP");
+        goto fail;
+    }
+    if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
+        vm_error_ioctl(errp, "KVM_CREATE_PIT2");
+        goto fail;
+    }
+    /* Manual protection makes a harvest GET + CLEAR, so that pages are re-protected only once read: the
+     * difference is speed, not correctness, so it is used where KVM has it. */
+    if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
+        struct kvm_enable_cap cap = {
+            .cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            .args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+        };
+        vm->manual_protect = ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) == 0;
+    }
+    r = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    vm->xsave_size = r > (int)sizeof(struct kvm_xsave) ? (uint32_t)r : (uint32_t)sizeof(struct kvm_xsave);
+    vm->xcrs = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
+    if (vm->xsave_size > VM_MAX_XSAVE) {
+        ferry_error_setg(errp, "KVM's XSAVE area is %u bytes, more than the %u this program handles",
+                         vm->xsave_size, VM_MAX_XSAVE);
+        goto fail;
+    }
+    if (!setup_cpuid(vm, errp)) {
+        goto fail;
+    }
+    for (unsigned i = 0; i < cfg->smp; i++) {
+        if (!create_vcpu(vm, i, errp)) {
+            ferry_error_prepend(errp, "vCPU %u: ", i);
+            goto fail;
+        }
+    }
+    if (!probe_msrs(vm, &vm->vcpus[0], errp)) {
+        goto fail;
+    }
+    return vm;
+
+fail:
+    vm_free(vm);
+    return NULL;
+}
+
+static bool set_slot(Vm *vm, const VmSlot *s, uint32_t flags, FerryError **errp)
+{
+    struct kvm_userspace_memory_region r = {
+        .slot = s->slot,
+        .flags = flags,
+        .guest_phys_addr = s->gpa,
+        .memory_size = s->size,
+        .userspace_addr = (uint64_t)(uintptr_t)(vm->ram_host + s->block_offset),
+    };
+
+    if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+        ferry_error_setg_errno(errp, errno, "KVM_SET_USER_MEMORY_REGION (slot %u)", s->slot);
+        return false;
+    }
+    return true;
+}
+
+bool vm_set_slot_flags(Vm *vm, uint32_t flags, FerryError **errp)
+{
+    for (unsigned i = 0; i < vm->nslots; i++) {
+        if (!set_slot(vm, &vm->slots[i], flags, errp)) {
+            return false;
+        }
+    }
+    vm->slot_flags = flags;
+    return true;
+}
+
+bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp)
+{
+    const VmConfig *cfg = &vm->cfg;
+
+    if (m) {
+        vm->ram = cfg->memfd ? ferry_ram_block_new_memfd(m, "pc.ram", cfg->ram_size, cfg->memfd_share, errp)
+                             : ferry_ram_block_new(m, "pc.ram", cfg->ram_size, errp);
+        if (!vm->ram) {
+            ferry_error_prepend(errp, "registering RAM block pc.ram: ");
+            return false;
+        }
+        vm->ram_host = ferry_ram_block_host(vm->ram);
+        if (cfg->mem_prealloc && !ferry_ram_block_prealloc(vm->ram, errp)) {
+            ferry_error_prepend(errp, "-mem-prealloc: ");
+            return false;
+        }
+    } else {
+        void *p = mmap(NULL, cfg->ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p == MAP_FAILED) {
+            ferry_error_setg_errno(errp, errno, "mapping %" PRIu64 " bytes of guest RAM", cfg->ram_size);
+            return false;
+        }
+        vm->ram_host = p;
+    }
+    /* QEMU's pc rule: RAM of 3.5 GiB or more keeps 3 GiB below 4 GiB and puts the rest above. */
+    vm->lowmem = cfg->ram_size >= VM_LOWMEM_SPLIT ? VM_LOWMEM_MAX : cfg->ram_size;
+    vm->highmem = cfg->ram_size - vm->lowmem;
+    vm->slots[0] = (VmSlot){ .slot = 0, .gpa = 0, .size = vm->lowmem, .block_offset = 0 };
+    vm->nslots = 1;
+    if (vm->highmem) {
+        vm->slots[1] = (VmSlot){ .slot = 1, .gpa = VM_HIGHMEM_BASE, .size = vm->highmem, .block_offset = vm->lowmem };
+        vm->nslots = 2;
+    }
+    return vm_set_slot_flags(vm, 0, errp);
+}
+
+void *vm_gpa_to_host(Vm *vm, uint64_t gpa, uint64_t len)
+{
+    for (unsigned i = 0; i < vm->nslots; i++) {
+        const VmSlot *s = &vm->slots[i];
+
+        if (gpa >= s->gpa && len <= s->size && gpa - s->gpa <= s->size - len) {
+            return vm->ram_host + s->block_offset + (gpa - s->gpa);
+        }
+    }
+    return NULL;
+}
+
+/* ---- Running and parking ---- */
+
+/* Caller holds vm->lock. */
+static void update_go(Vm *vm)
+{
+    bool go = vm->host_run && vm->holds == 0 && !vm->quit;
+
+    atomic_store(&vm->go, go);
+    if (go) {
+        pthread_cond_broadcast(&vm->cond);
+        return;
+    }
+    for (unsigned i = 0; i < vm->threads_started; i++) {
+        Vcpu *cpu = &vm->vcpus[i];
+
+        cpu->run->immediate_exit = 1;
+        pthread_kill(cpu->thread, KICK_SIGNAL);
+    }
+}
+
+static void wait_parked(Vm *vm)
+{
+    while (vm->parked < vm->threads_started) {
+        pthread_cond_wait(&vm->cond, &vm->lock);
+    }
+}
+
+static bool vcpu_park(Vcpu *cpu)
+{
+    Vm *vm = cpu->vm;
+
+    pthread_mutex_lock(&vm->lock);
+    vm->parked++;
+    pthread_cond_broadcast(&vm->cond);
+    while (!(vm->host_run && vm->holds == 0 && !cpu->dead) && !vm->quit) {
+        pthread_cond_wait(&vm->cond, &vm->lock);
+    }
+    if (vm->quit) {
+        pthread_mutex_unlock(&vm->lock);
+        return false;
+    }
+    vm->parked--;
+    cpu->run->immediate_exit = 0;
+    pthread_mutex_unlock(&vm->lock);
+    return true;
+}
+
+/* The guest cannot go on (triple fault, KVM failure): the vCPU stays parked for good and says why. */
+static void vcpu_die(Vcpu *cpu, const char *why)
+{
+    Vm *vm = cpu->vm;
+    struct kvm_regs regs;
+
+    memset(&regs, 0, sizeof(regs));
+    ioctl(cpu->fd, KVM_GET_REGS, &regs);
+    fprintf(stderr, "ferry-vm: vCPU %u: %s (rip 0x%llx); it stops\n", cpu->id, why, (unsigned long long)regs.rip);
+    pthread_mutex_lock(&vm->lock);
+    cpu->dead = true;
+    pthread_mutex_unlock(&vm->lock);
+    if (vm->host) {
+        ferry_host_emit_event(vm->host, "GUEST_PANICKED",
+                              json_pack("{s:s, s:i, s:s}", "action", "pause", "cpu", (int)cpu->id, "reason", why));
+    }
+}
+
+static void handle_io(Vcpu *cpu)
+{
+    struct kvm_run *run = cpu->run;
+    uint8_t *data = (uint8_t *)run + run->io.data_offset;
+    bool is_write = run->io.direction == KVM_EXIT_IO_OUT;
+
+    for (uint32_t n = 0; n < run->io.count; n++, data += run->io.size) {
+        uint16_t port = run->io.port;
+
+        if (port >= VM_COM1_BASE && port < VM_COM1_BASE + 8 && run->io.size == 1 && cpu->vm->serial) {
+            serial_io(cpu->vm->serial, port - VM_COM1_BASE, is_write, data);
+        } else if (!is_write) {
+            memset(data, 0xff, run->io.size);
+        }
+    }
+}
+
+static void *vcpu_main(void *arg)
+{
+    Vcpu *cpu = arg;
+    Vm *vm = cpu->vm;
+
+    for (;;) {
+        /* dead is written by this thread only; vcpu_park() reads it under the lock for the others' sake. */
+        if (!atomic_load_explicit(&vm->go, memory_order_acquire) || cpu->dead) {
+            if (!vcpu_park(cpu)) {
+                return NULL;
+            }
+            continue;
+        }
+        if (ioctl(cpu->fd, KVM_RUN, 0) < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                continue;
+            }
+            char why[128];
+            snprintf(why, sizeof(why), "KVM_RUN: %s", strerror(errno));
+            vcpu_die(cpu, why);
+            continue;
+        }
+        atomic_fetch_add_explicit(&cpu->exits, 1, memory_order_relaxed);
+        switch (cpu->run->exit_reason) {
+        case KVM_EXIT_IO:
+            handle_io(cpu);
+            break;
+        case KVM_EXIT_MMIO:
+            if (!cpu->run->mmio.is_write) {
+                memset(cpu->run->mmio.data, 0xff, sizeof(cpu->run->mmio.data));
+            }
+            break;
+        case KVM_EXIT_INTR:
+            break;
+        case KVM_EXIT_HLT:
+            /* With the in-kernel irqchip KVM handles HLT itself; seeing one means the guest halted for good. */
+            vcpu_die(cpu, "halted");
+            break;
+        case KVM_EXIT_SHUTDOWN:
+            vcpu_die(cpu, "shutdown (triple fault)");
+            break;
+        case KVM_EXIT_FAIL_ENTRY: {
+            char why[96];
+            snprintf(why, sizeof(why), "entry failed, hardware reason 0x%llx",
+                     (unsigned long long)cpu->run->fail_entry.hardware_entry_failure_reason);
+            vcpu_die(cpu, why);
+            break;
+        }
+        case KVM_EXIT_INTERNAL_ERROR: {
+            char why[96];
+            snprintf(why, sizeof(why), "KVM internal error, suberror %u", cpu->run->internal.suberror);
+            vcpu_die(cpu, why);
+            break;
+        }
+        default: {
+            char why[64];
+            snprintf(why, sizeof(why), "unhandled exit reason %u", cpu->run->exit_reason);
+            vcpu_die(cpu, why);
+            break;
+        }
+        }
+    }
+}
+
+bool vm_start_threads(Vm *vm, FerryError **errp)
+{
+    struct sigaction sa = { .sa_handler = kick_handler, .sa_flags = 0 };
+
+    sigemptyset(&sa.sa_mask);
+    sigaction(KICK_SIGNAL, &sa, NULL);
+    for (unsigned i = 0; i < vm->nvcpus; i++) {
+        int err = pthread_create(&vm->vcpus[i].thread, NULL, vcpu_main, &vm->vcpus[i]);
+
+        if (err) {
+            ferry_error_setg_errno(errp, err, "creating the thread of vCPU %u", i);
+            return false;
+        }
+        pthread_mutex_lock(&vm->lock);
+        vm->vcpus[i].thread_started = true;
+        vm->threads_started++;
+        pthread_mutex_unlock(&vm->lock);
+    }
+    pthread_mutex_lock(&vm->lock);
+    wait_parked(vm);
+    pthread_mutex_unlock(&vm->lock);
+    return true;
+}
+
+void vm_stop_threads(Vm *vm)
+{
+    unsigned n;
+
+    if (!vm) {
+        return;
+    }
+    pthread_mutex_lock(&vm->lock);
+    vm->quit = true;
+    update_go(vm);
+    pthread_cond_broadcast(&vm->cond);
+    n = vm->threads_started;
+    pthread_mutex_unlock(&vm->lock);
+    for (unsigned i = 0; i < n; i++) {
+        pthread_join(vm->vcpus[i].thread, NULL);
+    }
+    pthread_mutex_lock(&vm->lock);
+    vm->threads_started = 0;
+    vm->parked = 0;
+    pthread_mutex_unlock(&vm->lock);
+}
+
+void vm_free(Vm *vm)
+{
+    if (!vm) {
+        return;
+    }
+    vm_stop_threads(vm);
+    serial_free(vm->serial);
+    for (unsigned i = 0; i < vm->nvcpus; i++) {
+        if (vm->vcpus[i].run) {
+            munmap(vm->vcpus[i].run, vm->vcpus[i].run_size);
+        }
+        close(vm->vcpus[i].fd);
+    }
+    if (vm->vm_fd >= 0) {
+        close(vm->vm_fd);
+    }
+    if (vm->kvm_fd >= 0) {
+        close(vm->kvm_fd);
+    }
+    if (!vm->ram && vm->ram_host) {
+        munmap(vm->ram_host, vm->cfg.ram_size);
+    }
+    free(vm->cpuid);
+    pthread_cond_destroy(&vm->cond);
+    pthread_mutex_destroy(&vm->lock);
+    free(vm);
+}
+
+static void ops_stop(void *opaque)
+{
+    Vm *vm = opaque;
+
+    pthread_mutex_lock(&vm->lock);
+    vm->host_run = false;
+    update_go(vm);
+    wait_parked(vm);
+    pthread_mutex_unlock(&vm->lock);
+}
+
+static void ops_start(void *opaque)
+{
+    Vm *vm = opaque;
+
+    pthread_mutex_lock(&vm->lock);
+    vm->host_run = true;
+    update_go(vm);
+    pthread_mutex_unlock(&vm->lock);
+}
+
+const FerryHostOps vm_ops = {
+    .stop = ops_stop,
+    .start = ops_start,
+};
+
+void vm_hold(Vm *vm)
+{
+    pthread_mutex_lock(&vm->lock);
+    vm->holds++;
+    update_go(vm);
+    wait_parked(vm);
+    pthread_mutex_unlock(&vm->lock);
+}
+
+void vm_release(Vm *vm)
+{
+    pthread_mutex_lock(&vm->lock);
+    vm->holds--;
+    update_go(vm);
+    pthread_mutex_unlock(&vm->lock);
+}
+
+bool vm_register_sections(Vm *vm, FerryMigration *m, FerryError **errp)
+{
+    /* "machine" first: a destination of another shape refuses before any vCPU state is applied. The clock
+     * comes last, as QEMU's kvmclock device, once everything it is measured against is in place. */
+    if (!ferry_migration_register_section(m, "machine", 0, 1, vm_machine_section, vm, errp)) {
+        return false;
+    }
+    for (unsigned i = 0; i < vm->nvcpus; i++) {
+        if (!ferry_migration_register_section(m, "cpu", i, 1, vcpu_section, &vm->vcpus[i], errp)) {
+            return false;
+        }
+    }
+    return ferry_migration_register_section(m, "irqchip", 0, 1, vm_irqchip_section, vm, errp) &&
+           ferry_migration_register_section(m, "pit", 0, 1, vm_pit_section, vm, errp) &&
+           ferry_migration_register_section(m, "serial", 0, 1, serial_section, vm->serial, errp) &&
+           ferry_migration_register_section(m, "kvmclock", 0, 1, vm_clock_section, vm, errp);
+}

@@ -1,0 +1,250 @@
+/*
+ * ferry-vm, the program's own internal interface: a minimal KVM virtual machine (vCPUs, guest RAM registered
+ * with libferry as one RAM block, an in-kernel irqchip and PIT, a 16550 serial port) whose whole state is saved
+ * and loaded through visitors, so that a running guest live-migrates. This header is shared by the program's
+ * files only (the C files of hosts/vm and tests/unit/vm); it is not part of libferry, and like every host program ferry-vm
+ * uses only the public API (include/ferry/).
+ *
+ * Files: vm.c (the VM, its memory slots, the vCPU threads and their parking protocol, port I/O dispatch),
+ * cpu-state.c (one vCPU's state: get, set, visit), vm-state.c (irqchip, PIT, KVM clock), serial.c (the UART),
+ * dirty-log.c (KVM's dirty log as a ferry dirty tracker, and its start-up probe), boot.c (loading the boot
+ * sector, the real-mode start, the A-B checker), main.c (options, QMP commands, main()).
+ */
+#ifndef FERRY_VM_H
+#define FERRY_VM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ferry/ferry.h"
+
+#define VM_MAX_SMP 64
+/* Guest-physical layout as QEMU's pc machine lays out RAM: below 4 GiB up to VM_LOWMEM_MAX, the rest from 4 GiB
+ * (QEMU keeps 3 GiB low once RAM reaches 3.5 GiB; below that all RAM is low). The hole above is where the LAPIC
+ * (0xfee00000), the IOAPIC (0xfec00000) and KVM's TSS and identity map live. */
+#define VM_LOWMEM_MAX UINT64_C(0xc0000000)
+#define VM_LOWMEM_SPLIT UINT64_C(0xe0000000)
+#define VM_HIGHMEM_BASE (UINT64_C(1) << 32)
+#define VM_TSS_ADDR UINT64_C(0xfffbd000)
+#define VM_IDENTITY_MAP_ADDR UINT64_C(0xfffbc000)
+
+/* The boot sector: loaded where a BIOS loads it, entered in real mode at 0000:7c00. */
+#define VM_BOOT_ADDR 0x7c00u
+#define VM_BOOT_SIZE 512u
+/* The A-B guest's parameter block (hosts/vm/guest/ab-boot.s): "FAB1", first page address, page count, passes
+ * per progress character, each a little-endian u32. */
+#define VM_AB_PARAMS_ADDR (VM_BOOT_ADDR + 0x1e0u)
+#define VM_AB_MAGIC "FAB1"
+
+#define VM_COM1_BASE 0x3f8u
+#define VM_COM1_IRQ 4u
+
+/* The KVM state pieces' fixed sizes. */
+#define VM_MAX_MSRS 256u
+#define VM_MAX_XSAVE (64u << 10)
+#define VM_MAX_CPUID 256u
+
+typedef enum VmSerialMode {
+    VM_SERIAL_STDIO, /* output to stdout, input from stdin */
+    VM_SERIAL_FILE,  /* output to a file (truncated at start-up), no input */
+    VM_SERIAL_NULL,  /* output dropped, no input */
+} VmSerialMode;
+
+/* Which tracker outgoing migrations use for guest RAM (-dirty-tracker). */
+typedef enum VmTrackerChoice {
+    VM_TRACKER_AUTO,    /* KVM's dirty log if the start-up probe saw a guest write in it, else uffd-wp, else none */
+    VM_TRACKER_KVM,     /* KVM's dirty log; start-up fails if the probe does not pass */
+    VM_TRACKER_UFFD_WP, /* the library's userfaultfd write-protect tracker, which sees KVM's writes too */
+    VM_TRACKER_NONE,    /* stop-and-copy */
+} VmTrackerChoice;
+
+typedef struct VmConfig {
+    uint64_t ram_size;
+    unsigned smp;
+    bool memfd, memfd_share, mem_prealloc;
+    const char *drive;          /* boot sector image (-drive file=), NULL for the built-in A-B guest */
+    uint32_t ab_every;          /* passes per progress character given to the A-B guest, 0 = ferry-vm's choice */
+    VmSerialMode serial_mode;
+    const char *serial_path;    /* VM_SERIAL_FILE */
+    VmTrackerChoice tracker;
+} VmConfig;
+
+typedef struct Vm Vm;
+typedef struct Serial Serial;
+
+/* One vCPU and its thread. */
+typedef struct Vcpu {
+    Vm *vm;
+    unsigned id;
+    int fd;
+    struct kvm_run *run;
+    size_t run_size;
+    pthread_t thread;
+    bool thread_started;
+    bool dead;            /* the guest shut down or KVM failed: the vCPU never runs again (vm->lock) */
+    _Atomic uint64_t exits;
+} Vcpu;
+
+/* A KVM memory slot: guest-physical [gpa, gpa + size) is the RAM block's bytes from block_offset. */
+typedef struct VmSlot {
+    uint32_t slot;
+    uint64_t gpa, size, block_offset;
+} VmSlot;
+
+struct Vm {
+    VmConfig cfg;
+    int kvm_fd, vm_fd;
+    FerryRamBlock *ram;   /* "pc.ram", as QEMU names the pc machine's RAM */
+    uint8_t *ram_host;
+    uint64_t lowmem, highmem;
+    VmSlot slots[2];
+    unsigned nslots;
+    uint32_t slot_flags;  /* KVM_MEM_LOG_DIRTY_PAGES while the dirty log is armed */
+    Vcpu vcpus[VM_MAX_SMP];
+    unsigned nvcpus;
+    struct kvm_cpuid2 *cpuid;    /* what KVM supports, given to every vCPU (with its APIC id) */
+    uint32_t msr_index[VM_MAX_MSRS]; /* MSRs KVM lists as saveable and KVM_GET_MSRS accepts */
+    unsigned nmsrs;
+    uint32_t xsave_size;  /* KVM_CAP_XSAVE2's size, or sizeof(struct kvm_xsave) */
+    bool xcrs;            /* KVM_CAP_XCRS */
+    bool manual_protect;  /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled: harvest = GET + CLEAR */
+    Serial *serial;
+    FerryHost *host;      /* for events; NULL in unit tests */
+
+    /* Parking, as ferry-workload's workers: vCPUs run while host_run and no hold; go mirrors that. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool host_run;
+    unsigned holds;
+    bool quit;
+    unsigned parked;
+    unsigned threads_started;
+    atomic_bool go;
+};
+
+/* ---- vm.c ---- */
+/* Create the VM: KVM fd, VM fd, irqchip, PIT, the vCPUs (with CPUID set, MSR list probed) but no RAM yet. */
+Vm *vm_new(const VmConfig *cfg, FerryError **errp);
+/* Register the RAM block with @m (NULL: a private anonymous mapping, for unit tests) and map it into KVM. */
+bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp);
+/* Register every state section with @m. */
+bool vm_register_sections(Vm *vm, FerryMigration *m, FerryError **errp);
+/* Start the vCPU threads, parked until vm_ops' start. */
+bool vm_start_threads(Vm *vm, FerryError **errp);
+/* Stop the threads for good and join them. Idempotent. */
+void vm_stop_threads(Vm *vm);
+void vm_free(Vm *vm); /* NULL is a no-op; the RAM block is the engine's */
+extern const FerryHostOps vm_ops;
+/* Park the vCPUs independently of the run state (nesting): for the checker and QMP queries. */
+void vm_hold(Vm *vm);
+void vm_release(Vm *vm);
+/* Host pointer of guest-physical @gpa if [@gpa, @gpa + @len) is RAM, else NULL. */
+void *vm_gpa_to_host(Vm *vm, uint64_t gpa, uint64_t len);
+/* (Re)set every slot with @flags (KVM_MEM_LOG_DIRTY_PAGES or 0). */
+bool vm_set_slot_flags(Vm *vm, uint32_t flags, FerryError **errp);
+/* Describe an ioctl failure: "KVM_X: strerror". */
+void vm_error_ioctl(FerryError **errp, const char *what);
+
+/* ---- cpu-state.c ---- */
+typedef struct VcpuEvents {
+    struct kvm_vcpu_events ev;
+} VcpuEvents;
+
+/* Everything KVM keeps for one vCPU that a migration must carry. */
+typedef struct VcpuState {
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    uint32_t xsave_size;
+    uint8_t *xsave;                  /* xsave_size bytes (malloc'd) */
+    struct kvm_xcrs xcrs;
+    uint32_t nmsrs;
+    struct kvm_msr_entry msrs[VM_MAX_MSRS];
+    struct kvm_lapic_state lapic;
+    struct kvm_vcpu_events events;
+    struct kvm_debugregs debugregs;
+    struct kvm_mp_state mp_state;
+    uint32_t tsc_khz;
+} VcpuState;
+
+VcpuState *vcpu_state_new(const Vm *vm);
+void vcpu_state_free(VcpuState *s);
+bool vcpu_state_get(Vcpu *cpu, VcpuState *s, FerryError **errp);
+bool vcpu_state_put(Vcpu *cpu, const VcpuState *s, FerryError **errp);
+/* Visit the state (save or load: the visitor's kind says which); @vm bounds what a load may carry. */
+bool vcpu_state_visit(FerryVisitor *v, const Vm *vm, VcpuState *s, FerryError **errp);
+/* The section function of "cpu" instance N (opaque: the Vcpu). */
+bool vcpu_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+
+/* ---- vm-state.c ---- */
+typedef struct VmState {
+    struct kvm_irqchip pic[2];  /* KVM_IRQCHIP_PIC_MASTER, _SLAVE */
+    struct kvm_irqchip ioapic;  /* KVM_IRQCHIP_IOAPIC */
+    struct kvm_pit_state2 pit;
+    struct kvm_clock_data clock;
+} VmState;
+
+bool vm_state_get(Vm *vm, VmState *s, FerryError **errp);
+bool vm_state_put(Vm *vm, const VmState *s, FerryError **errp);
+bool vm_state_visit_irqchip(FerryVisitor *v, VmState *s, FerryError **errp);
+bool vm_state_visit_pit(FerryVisitor *v, VmState *s, FerryError **errp);
+bool vm_state_visit_clock(FerryVisitor *v, VmState *s, FerryError **errp);
+/* Section functions "irqchip", "pit", "kvmclock" and "machine" (opaque: the Vm). */
+bool vm_irqchip_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+bool vm_pit_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+bool vm_clock_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+bool vm_machine_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+/* The guest's KVM clock now (ns). */
+bool vm_clock_now(Vm *vm, uint64_t *ns, FerryError **errp);
+
+/* ---- serial.c ---- */
+#define SERIAL_FIFO 16u
+/* The 16550's registers and receive FIFO: its whole migrated state. */
+typedef struct SerialRegs {
+    uint8_t ier, iir_thri, lcr, mcr, lsr, msr, scr, dll, dlm, fcr;
+    uint8_t rx[SERIAL_FIFO];
+    uint32_t rx_head, rx_count;
+} SerialRegs;
+
+/* @out_fd: where output goes (-1: dropped; not closed by serial_free unless @own_fd); @in_fd: input (-1: none). */
+Serial *serial_new(Vm *vm, int out_fd, bool own_fd, int in_fd);
+void serial_free(Serial *s);
+/* Port I/O at offset 0..7 from the base; @is_write says which; @val in/out. */
+void serial_io(Serial *s, unsigned offset, bool is_write, uint8_t *val);
+bool serial_start_input(Serial *s, FerryError **errp);
+bool serial_visit(FerryVisitor *v, SerialRegs *r, FerryError **errp);
+bool serial_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+uint64_t serial_bytes_out(Serial *s);
+void serial_get_regs(Serial *s, SerialRegs *r);
+void serial_set_regs(Serial *s, const SerialRegs *r);
+
+/* ---- dirty-log.c ---- */
+/* Whether KVM's dirty log reports a page a guest wrote, on a throw-away VM; on false *errp says what failed. */
+bool vm_dirty_log_probe(FerryError **errp);
+/* The ferry dirty tracker over @vm's slots (opaque: the Vm). */
+extern const FerryDirtyTrackerOps vm_dirty_log_ops;
+
+/* ---- boot.c ---- */
+/* Fresh boot: load the boot sector at 0x7c00, fill the A-B parameter block if it has one, and put every vCPU in
+ * its reset state with vCPU 0 at 0000:7c00 in real mode. */
+bool vm_boot(Vm *vm, FerryError **errp);
+
+typedef struct VmCheck {
+    uint64_t start, pages, mismatches;
+    uint8_t first_byte;
+    bool edge;
+    uint64_t edge_page;
+    char detail[512];
+} VmCheck;
+/* QEMU's A-B check of the guest's range (read from its parameter block), with the vCPUs held. */
+bool vm_ab_check(Vm *vm, VmCheck *res, FerryError **errp);
+
+/* The built-in A-B guest (guest/ab-boot.s, built into guest-blob.c). */
+extern const unsigned char vm_ab_guest[];
+extern const unsigned int vm_ab_guest_len;
+
+#endif
