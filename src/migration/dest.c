@@ -1042,37 +1042,18 @@ static FerryChannel *report_channel(Dest *d)
 static bool start_tls(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    if (d->chan->one_way) {
-        ferry_error_setg(errp, "tls-creds '%s' needs a two-way socket, and '%s' is not one",
-                         ferry__tls_creds_name(d->tls), d->chan->desc);
+    if (!ferry__mig_tls_wrap(m, &d->chan, &m->in_chan, d->tls, errp)) {
         return false;
     }
     pthread_mutex_lock(&m->lock);
-    m->in_chan = NULL;
-    pthread_mutex_unlock(&m->lock);
-    FerryChannel *t = ferry__tls_channel_new(d->chan, d->tls, errp);
-    d->chan = t;
-    if (!t) {
-        return false;
-    }
-    pthread_mutex_lock(&m->lock);
-    m->in_chan = t;
     bool quitting = m->quitting;
     pthread_mutex_unlock(&m->lock);
     if (quitting) {
         ferry_error_setg(errp, "shutting down");
         return false;
     }
-    if (!ferry__tls_channel_handshake(t, errp)) {
-        return false;
-    }
-    d->tls_up = true;
-    json_t *info = ferry__tls_channel_info(t);
-    pthread_mutex_lock(&m->lock);
-    json_decref(m->tls_info);
-    m->tls_info = info;
-    pthread_mutex_unlock(&m->lock);
-    return true;
+    d->tls_up = ferry__mig_tls_handshake(m, d->chan, errp);
+    return d->tls_up;
 }
 
 static bool run(Dest *d, FerryError **errp)

@@ -142,6 +142,41 @@ void ferry__mig_set_status(FerryMigration *m, FerryMigrationStatus s)
     }
 }
 
+bool ferry__mig_tls_wrap(FerryMigration *m, FerryChannel **chan, FerryChannel **slot, FerryTls *tls,
+                         FerryError **errp)
+{
+    if ((*chan)->one_way) {
+        ferry_error_setg(errp, "tls-creds '%s' needs a two-way socket, and '%s' is not one",
+                         ferry__tls_creds_name(tls), (*chan)->desc);
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    *slot = NULL;
+    pthread_mutex_unlock(&m->lock);
+    FerryChannel *t = ferry__tls_channel_new(*chan, tls, errp);
+    *chan = t;
+    if (!t) {
+        return false;
+    }
+    pthread_mutex_lock(&m->lock);
+    *slot = t;
+    pthread_mutex_unlock(&m->lock);
+    return true;
+}
+
+bool ferry__mig_tls_handshake(FerryMigration *m, FerryChannel *chan, FerryError **errp)
+{
+    if (!ferry__tls_channel_handshake(chan, errp)) {
+        return false;
+    }
+    json_t *info = ferry__tls_channel_info(chan);
+    pthread_mutex_lock(&m->lock);
+    json_decref(m->tls_info);
+    m->tls_info = info;
+    pthread_mutex_unlock(&m->lock);
+    return true;
+}
+
 void ferry__mig_fail(FerryMigration *m, const FerryError *err)
 {
     pthread_mutex_lock(&m->lock);

@@ -192,6 +192,13 @@ struct FerryMigration {
 /* engine.c */
 void ferry__mig_set_status(FerryMigration *m, FerryMigrationStatus s);
 void ferry__mig_fail(FerryMigration *m, const FerryError *err); /* status failed + error-desc, once */
+/* TLS on a migration's main channel, for both directions. tls_wrap replaces *@chan by a TLS channel around it
+ * (which takes it) and publishes that in *@slot (m->out_chan or m->in_chan, under m->lock) so that cancel and quit
+ * interrupt the handshake that follows; on failure *@chan is NULL. tls_handshake runs it and records the session
+ * for query-migrate's "tls". */
+bool ferry__mig_tls_wrap(FerryMigration *m, FerryChannel **chan, FerryChannel **slot, FerryTls *tls,
+                         FerryError **errp);
+bool ferry__mig_tls_handshake(FerryMigration *m, FerryChannel *chan, FerryError **errp);
 void ferry__mig_emit(FerryMigration *m, const char *name, json_t *data);
 bool ferry__mig_cap(FerryMigration *m, FerryCapability cap);
 bool ferry__migration_is_active_locked(const FerryMigration *m);

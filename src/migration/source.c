@@ -895,35 +895,14 @@ static bool setup_multifd(Source *src, FerryError **errp)
 static bool start_tls(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
-    if (src->chan->one_way) {
-        ferry_error_setg(errp, "tls-creds '%s' needs a two-way socket, and '%s' is not one",
-                         ferry__tls_creds_name(src->tls), src->chan->desc);
+    if (!ferry__mig_tls_wrap(m, &src->chan, &m->out_chan, src->tls, errp)) {
         return false;
     }
-    pthread_mutex_lock(&m->lock);
-    m->out_chan = NULL;
-    pthread_mutex_unlock(&m->lock);
-    FerryChannel *t = ferry__tls_channel_new(src->chan, src->tls, errp);
-    src->chan = t;
-    if (!t) {
-        return false;
-    }
-    pthread_mutex_lock(&m->lock);
-    m->out_chan = t;
-    pthread_mutex_unlock(&m->lock);
     if (cancelled(m)) {
         ferry_error_setg(errp, "cancelled");
         return false;
     }
-    if (!ferry__tls_channel_handshake(t, errp)) {
-        return false;
-    }
-    json_t *info = ferry__tls_channel_info(t);
-    pthread_mutex_lock(&m->lock);
-    json_decref(m->tls_info);
-    m->tls_info = info;
-    pthread_mutex_unlock(&m->lock);
-    return true;
+    return ferry__mig_tls_handshake(m, src->chan, errp);
 }
 
 static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **errp)
