@@ -3,6 +3,9 @@
 # fresh machine usable: nothing else is assumed to be installed by hand. It is idempotent and non-interactive, and
 # it always asks apt (CI starts from a clean machine, and apt is quick when everything is present already). It
 # does not build anything. It must run as root (or through a password-less sudo).
+#
+# --kvm-emulation adds what scripts/kvm-emulated.sh needs, besides the kernel and busybox, to give a machine
+# without /dev/kvm an emulated one for ferry-vm's tests (QEMU); scripts/test.sh asks for it only there.
 set -euo pipefail
 
 packages=(
@@ -11,7 +14,15 @@ packages=(
     python3 python3-pytest
     clang libclang-rt-14-dev
     iproute2 procps valgrind
+    # ferry-vm's Linux guest test: Debian's kernel, and a static busybox as its whole initramfs
+    linux-image-amd64 busybox-static
 )
+if [ "${1:-}" = --kvm-emulation ]; then
+    packages+=(qemu-system-x86 cpio)
+elif [ $# -gt 0 ]; then
+    echo "install-deps: unknown option '$1' (only --kvm-emulation)" >&2
+    exit 2
+fi
 
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()

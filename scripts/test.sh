@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this): install the Debian packages, build a tree with
 # warnings as errors (build-ci), one under AddressSanitizer + UndefinedBehaviorSanitizer (build-san) and one with
-# clang and libFuzzer (build-fuzz), run the unit tests and the integration tests against the sanitized binaries,
-# run each fuzz target for 20 s on its seed corpus, check that `meson install` produces a usable
+# clang and libFuzzer (build-fuzz), run the unit tests and the integration tests against the sanitized binaries
+# (ferry-vm's again under an emulated KVM where /dev/kvm is missing), run each fuzz target for 20 s on its seed corpus, check that `meson install` produces a usable
 # libferry.pc, and print one summary line "N passed, N failed[, N skipped]". Exits non-zero if anything failed.
 # It is not the benchmark (bench/run.sh) and not the demo (scripts/demo.sh).
 set -uo pipefail
@@ -33,10 +33,12 @@ setup_build() {
 }
 
 step "build build-ci (werror)"
+ci_ok=1
 if setup_build build-ci -Dwerror=true; then
     passed_steps=$((passed_steps + 1))
 else
     failed_steps+=("build build-ci")
+    ci_ok=0
 fi
 
 step "build build-san (address,undefined, werror)"
@@ -71,6 +73,28 @@ if [ "$san_ok" = 1 ]; then
     # test_valgrind.py runs build-ci's binaries under valgrind (it cannot run sanitized ones).
     FERRY_BUILD="$root/build-san" FERRY_VALGRIND_BUILD="$root/build-ci" "$py" -m pytest tests/integration -v -rs \
         --junitxml="$root/build-san/pytest-junit.xml"
+fi
+
+# ferry-vm's tests need /dev/kvm and skip above without it. On such a machine they run again in a machine whose
+# KVM is emulated (scripts/kvm-emulated.sh: QEMU's TCG with SVM, Debian's kernel), against build-ci: sanitizers
+# would slow the emulated run several times over and the rest of the suite runs them already. Where even that
+# cannot be had, the reason is printed and the tests stay skipped. FERRY_KVM_EMULATED=0 turns this off.
+rm -f build-san/pytest-vm-emulated.xml
+if [ ! -e /dev/kvm ] && [ "${FERRY_KVM_EMULATED:-1}" != 0 ] && [ "$ci_ok" = 1 ]; then
+    step "ferry-vm tests under an emulated KVM (build-ci)"
+    if ! bash scripts/install-deps.sh --kvm-emulation; then
+        failed_steps+=("installing the emulated KVM's packages")
+    elif ! emu_why=$(bash scripts/kvm-emulated.sh --check 2>&1 >/dev/null); then
+        echo "test.sh: ferry-vm's tests stay skipped: ${emu_why##*kvm-emulated.sh: }"
+    else
+        if bash scripts/kvm-emulated.sh --timeout 600 -- build-ci/tests/unit/vm/test-vm-state; then
+            passed_steps=$((passed_steps + 1))
+        else
+            failed_steps+=("test-vm-state under the emulated KVM")
+        fi
+        FERRY_BUILD="$root/build-ci" bash scripts/kvm-emulated.sh --timeout 1500 -- \
+            "$py -m pytest tests/integration/test_vm.py -v -rs --junitxml=$root/build-san/pytest-vm-emulated.xml"
+    fi
 fi
 
 if [ "$fuzz_ok" = 1 ]; then
@@ -118,12 +142,12 @@ else
 fi
 
 step "summary"
-summary=$("$py" - "$root/build-san/meson-logs/testlog.json" "$root/build-san/pytest-junit.xml" \
-    "$passed_steps" "${#failed_steps[@]}" <<'EOF'
+summary=$("$py" - "$root/build-san/meson-logs/testlog.json" "$passed_steps" "${#failed_steps[@]}" \
+    "$root/build-san/pytest-junit.xml" "$root/build-san/pytest-vm-emulated.xml" <<'EOF'
 import json, os, sys
 import xml.etree.ElementTree as ET
 
-testlog, junit, steps_ok, steps_failed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+testlog, steps_ok, steps_failed, junits = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 passed, failed, skipped = steps_ok, steps_failed, 0
 if os.path.exists(testlog):
     with open(testlog) as f:
@@ -138,7 +162,7 @@ if os.path.exists(testlog):
                 skipped += 1
             else:
                 failed += 1
-if os.path.exists(junit):
+for junit in filter(os.path.exists, junits):
     # Count test cases rather than the suite's totals: a test whose teardown failed appears with an <error>.
     for case in ET.parse(junit).getroot().iter("testcase"):
         if case.find("failure") is not None or case.find("error") is not None:

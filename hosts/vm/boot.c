@@ -3,12 +3,14 @@
  * sector, loading the first 512 bytes of the image at 0x7c00 and entering it in real mode at 0000:7c00 with DL =
  * 0x80 (the first hard disk), the other vCPUs waiting for INIT/SIPI as the in-kernel LAPIC leaves them. If the
  * image is the A-B guest (its parameter block's magic is there) and nobody patched its range, ferry-vm tells it
- * the range: every page from 1 MiB to the end of RAM below 4 GiB (what its 32-bit code can reach).
+ * the range: every page from 1 MiB to the end of RAM below 4 GiB (what its 32-bit code can reach); unless the
+ * image names a vCPU count, it tells it to cut the range into one slice per vCPU, so that every vCPU runs.
  *
- * The checker is QEMU's migration test's (tests/qtest/migration-test.c, check_guests_ram), reimplemented: walking
- * the range upwards, the first byte of every page equals the previous one, except at most once where it is one
- * less (the pass was interrupted there). It reads the range from the guest's own parameter block, so a destination
- * checks what its source's guest was told. It does not look at the rest of the pages (neither does QEMU's).
+ * The checker is QEMU's migration test's (tests/qtest/migration-test.c, check_guests_ram), reimplemented and
+ * applied to each slice: walking a slice upwards, the first byte of every page equals the previous one, except at
+ * most once where it is one less (that vCPU's pass was interrupted there). It reads the range and the slice count
+ * from the guest's own parameter block, so a destination checks what its source's guest was told. It does not
+ * look at the rest of the pages (neither does QEMU's).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,6 +79,9 @@ bool vm_boot(Vm *vm, FerryError **errp)
     uint8_t *sector = vm_gpa_to_host(vm, VM_BOOT_ADDR, VM_BOOT_SIZE);
     uint8_t *params;
 
+    if (vm->cfg.kernel) {
+        return vm_boot_linux(vm, errp);
+    }
     if (!sector) {
         ferry_error_setg(errp, "guest RAM does not reach the boot sector at 0x7c00");
         return false;
@@ -95,6 +100,9 @@ bool vm_boot(Vm *vm, FerryError **errp)
             }
             wr32(params + 4, (uint32_t)AB_START);
             wr32(params + 8, (uint32_t)((top - AB_START) / PAGE));
+        }
+        if (rd32(params + 16) == 0) {
+            wr32(params + 16, vm->cfg.smp);
         }
         if (rd32(params + 12) == 0) {
             /* About one progress character per 256 MiB written, unless -ab-every says otherwise. */
@@ -151,50 +159,88 @@ static void add_detail(VmCheck *res, const char *fmt, ...)
     va_end(ap);
 }
 
+void vm_ab_slice(uint64_t start, uint64_t npages, unsigned n, unsigned i, uint64_t *slice_start,
+                 uint64_t *slice_pages)
+{
+    uint64_t per = npages / n;
+
+    *slice_start = start + (uint64_t)i * per * PAGE;
+    *slice_pages = i + 1 == n ? npages - (uint64_t)i * per : per;
+}
+
+/* QEMU's check_guests_ram over one slice; mismatches are described in @res->detail (the first four overall). */
+static void check_slice(Vm *vm, VmCheckSlice *sl, VmCheck *res)
+{
+    uint8_t last;
+
+    if (sl->pages == 0) {
+        return; /* more vCPUs than pages: this one has nothing to write */
+    }
+    last = *(const uint8_t *)vm_gpa_to_host(vm, sl->start, 1);
+    sl->first_byte = last;
+    for (uint64_t i = 1; i < sl->pages; i++) {
+        uint8_t b = *(const uint8_t *)vm_gpa_to_host(vm, sl->start + i * PAGE, 1);
+
+        if (b == last) {
+            continue;
+        }
+        if ((uint8_t)(b + 1) == last && !sl->edge) {
+            /* The vCPU stopped while incrementing the page before this one. */
+            sl->edge = true;
+            sl->edge_page = i;
+            last = b;
+            continue;
+        }
+        if (res->mismatches < 4) {
+            add_detail(res, "page 0x%" PRIx64 ": first byte 0x%02x after 0x%02x%s", sl->start + i * PAGE, b, last,
+                       sl->edge ? " (past the edge)" : "");
+        }
+        sl->mismatches++;
+        res->mismatches++;
+        last = b;
+    }
+}
+
 bool vm_ab_check(Vm *vm, VmCheck *res, FerryError **errp)
 {
     const uint8_t *params;
     uint64_t start, npages;
+    uint32_t cpus;
     bool ok = false;
 
     memset(res, 0, sizeof(*res));
     vm_hold(vm);
-    params = vm_gpa_to_host(vm, VM_AB_PARAMS_ADDR, 16);
+    params = vm_gpa_to_host(vm, VM_AB_PARAMS_ADDR, VM_AB_PARAMS_SIZE);
     if (!params || memcmp(params, VM_AB_MAGIC, 4) != 0) {
         ferry_error_setg(errp, "the guest is not the A-B guest (no parameter block at 0x%x)", VM_AB_PARAMS_ADDR);
         goto out;
     }
     start = rd32(params + 4);
     npages = rd32(params + 8);
+    cpus = rd32(params + 16);
     if (npages == 0 || !vm_gpa_to_host(vm, start, npages * PAGE)) {
         ferry_error_setg(errp, "the A-B guest's range (0x%" PRIx64 ", %" PRIu64 " pages) is not RAM", start,
                          npages);
         goto out;
     }
+    if (cpus > VM_MAX_SMP) {
+        ferry_error_setg(errp, "the A-B guest was told %" PRIu32 " vCPUs, more than the %u this checker handles",
+                         cpus, VM_MAX_SMP);
+        goto out;
+    }
     res->start = start;
     res->pages = npages;
-    const uint8_t *p = vm_gpa_to_host(vm, start, PAGE);
-    uint8_t last = p[0];
-    res->first_byte = last;
-    for (uint64_t i = 1; i < npages; i++) {
-        uint8_t b = *(const uint8_t *)vm_gpa_to_host(vm, start + i * PAGE, 1);
+    res->nslices = cpus ? cpus : 1;
+    res->first_byte = *(const uint8_t *)vm_gpa_to_host(vm, start, 1);
+    for (unsigned i = 0; i < res->nslices; i++) {
+        VmCheckSlice *sl = &res->slices[i];
 
-        if (b == last) {
-            continue;
-        }
-        if ((uint8_t)(b + 1) == last && !res->edge) {
-            /* The guest stopped while incrementing the page before this one. */
+        vm_ab_slice(start, npages, res->nslices, i, &sl->start, &sl->pages);
+        check_slice(vm, sl, res);
+        if (sl->edge && !res->edge) {
             res->edge = true;
-            res->edge_page = i;
-            last = b;
-            continue;
+            res->edge_page = (sl->start - start) / PAGE + sl->edge_page;
         }
-        if (res->mismatches < 4) {
-            add_detail(res, "page 0x%" PRIx64 ": first byte 0x%02x after 0x%02x%s", start + i * PAGE, b, last,
-                       res->edge ? " (past the edge)" : "");
-        }
-        res->mismatches++;
-        last = b;
     }
     if (res->mismatches > 4) {
         add_detail(res, "%" PRIu64 " more", res->mismatches - 4);

@@ -35,6 +35,9 @@ static void usage(FILE *out)
             "  -drive file=PATH[,format=raw]\n"
             "                          boot the first sector of PATH (512 bytes ending in 55 aa) instead of the\n"
             "                          built-in guest, loaded at 0x7c00 and entered in real mode as a BIOS would\n"
+            "  -kernel BZIMAGE [-initrd FILE] [-append CMDLINE]\n"
+            "                          boot a Linux kernel (32-bit boot protocol, console on ttyS0, one CPU)\n"
+            "                          instead of a boot sector\n"
             "  -serial stdio|file:PATH|null\n"
             "                          the 16550 at 0x3f8: output to stdout (input from stdin), to PATH, or\n"
             "                          nowhere; default stdio (null with -monitor stdio)\n"
@@ -297,6 +300,7 @@ static bool takes_arg(const char *opt)
 {
     static const char *const with_arg[] = {
         "-m", "-smp", "-drive", "-serial", "-object", "-machine", "-dirty-tracker", "-ab-every", "-display",
+        "-kernel", "-initrd", "-append",
     };
     for (size_t i = 0; i < sizeof(with_arg) / sizeof(with_arg[0]); i++) {
         if (strcmp(opt, with_arg[i]) == 0) {
@@ -380,6 +384,12 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
                 fprintf(stderr, PROG ": -ab-every: '%s' is not a number of passes\n", arg);
                 return EXIT_BAD_VALUE;
             }
+        } else if (strcmp(opt, "-kernel") == 0 || strcmp(opt, "-initrd") == 0 || strcmp(opt, "-append") == 0) {
+            if (strcmp(opt, "-append") != 0 && !*arg) {
+                fprintf(stderr, PROG ": %s: no file given\n", opt);
+                return EXIT_BAD_VALUE;
+            }
+            *(opt[1] == 'k' ? &o->cfg.kernel : opt[1] == 'i' ? &o->cfg.initrd : &o->cfg.append) = arg;
         } else if (strcmp(opt, "-display") == 0) {
             if (strcmp(arg, "none") != 0) {
                 fprintf(stderr, PROG ": -display: only 'none'\n");
@@ -409,6 +419,15 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
         o->cfg.memfd_share = o->mb_share;
         o->cfg.mem_prealloc |= o->mb_prealloc;
     }
+    /* QEMU's rules: -initrd and -append go with -kernel, and a kernel is booted instead of a disk. */
+    if ((o->cfg.initrd || o->cfg.append) && !o->cfg.kernel) {
+        fprintf(stderr, PROG ": %s is only allowed with -kernel\n", o->cfg.initrd ? "-initrd" : "-append");
+        return EXIT_BAD_VALUE;
+    }
+    if (o->cfg.kernel && o->cfg.drive) {
+        fprintf(stderr, PROG ": -kernel and -drive: boot one or the other\n");
+        return EXIT_BAD_VALUE;
+    }
     if (!o->serial_given && o->monitor_stdio) {
         o->cfg.serial_mode = VM_SERIAL_NULL;
     }
@@ -437,10 +456,19 @@ static json_t *cmd_pattern_check(json_t *args, void *opaque, FerryError **errp)
     if (!vm_ab_check(mc->vm, &res, errp)) {
         return NULL;
     }
-    return json_pack("{s:b, s:I, s:I, s:I, s:i, s:b, s:I, s:s}", "ok", res.mismatches == 0, "pages",
+    /* One entry per vCPU's slice, so that a caller sees each vCPU's progress (its slice's first byte moves). */
+    json_t *slices = json_array();
+    for (unsigned i = 0; i < res.nslices; i++) {
+        const VmCheckSlice *sl = &res.slices[i];
+
+        json_array_append_new(slices, json_pack("{s:I, s:I, s:i, s:b, s:I}", "start", (json_int_t)sl->start, "pages",
+                                                (json_int_t)sl->pages, "first-byte", (int)sl->first_byte, "edge",
+                                                sl->edge, "mismatches", (json_int_t)sl->mismatches));
+    }
+    return json_pack("{s:b, s:I, s:I, s:I, s:i, s:b, s:I, s:s, s:o}", "ok", res.mismatches == 0, "pages",
                      (json_int_t)res.pages, "mismatches", (json_int_t)res.mismatches, "start", (json_int_t)res.start,
                      "first-byte", (int)res.first_byte, "edge", res.edge, "edge-page", (json_int_t)res.edge_page,
-                     "detail", res.detail);
+                     "detail", res.detail, "slices", slices);
 }
 
 static json_t *cmd_query_vm(json_t *args, void *opaque, FerryError **errp)

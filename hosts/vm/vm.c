@@ -54,9 +54,11 @@ static bool setup_cpuid(Vm *vm, FerryError **errp)
         struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
 
         if (e->function == 1) {
-            /* No x2APIC emulation needed by the guest, no hypervisor-bit games: keep KVM's answer but drop
-             * monitor/mwait (KVM does not emulate MWAIT for a guest by default). */
+            /* Keep KVM's answer but drop monitor/mwait (KVM does not emulate MWAIT for a guest by default), and
+             * set the hypervisor bit as QEMU does: an OS looks at KVM's leaves (0x40000000, which KVM lists here)
+             * only with it, and without them a Linux guest has no KVM clock. */
             e->ecx &= ~(1u << 3);
+            e->ecx |= 1u << 31;
         }
     }
     return true;
@@ -91,8 +93,16 @@ static bool set_vcpu_cpuid(Vm *vm, Vcpu *cpu, FerryError **errp)
     return ok;
 }
 
-/* The MSRs a migration carries: KVM's list of saveable and emulated MSRs, less those this vCPU's KVM_GET_MSRS
- * refuses (the list names what the host supports; a guest CPUID without the feature makes the MSR unreadable). */
+/* Hyper-V's synthetic MSRs (the TLFS numbers them from 0x40000000; the crash and re-enlightenment MSRs reach
+ * 0x400001xx). This VM offers no Hyper-V CPUID leaves, so its guest cannot use them; older KVMs (6.1) still let the
+ * host read them, and some are counters derived from the clock (HV_X64_MSR_TIME_REF_COUNT) that no KVM_SET_MSRS
+ * restores, which would make a saved and a loaded vCPU differ for nothing. */
+#define HV_MSR_FIRST 0x40000000u
+#define HV_MSR_LAST 0x400001ffu
+
+/* The MSRs a migration carries: KVM's list of saveable and emulated MSRs, less Hyper-V's and those this vCPU's
+ * KVM_GET_MSRS refuses (the list names what the host supports; a guest CPUID without the feature makes the MSR
+ * unreadable). */
 static bool probe_msrs(Vm *vm, Vcpu *cpu, FerryError **errp)
 {
     struct {
@@ -110,6 +120,9 @@ static bool probe_msrs(Vm *vm, Vcpu *cpu, FerryError **errp)
     }
     vm->nmsrs = 0;
     for (uint32_t i = 0; i < list.l.nmsrs && i < 1024; i++) {
+        if (list.l.indices[i] >= HV_MSR_FIRST && list.l.indices[i] <= HV_MSR_LAST) {
+            continue;
+        }
         memset(&one, 0, sizeof(one));
         one.m.nmsrs = 1;
         one.e.index = list.l.indices[i];

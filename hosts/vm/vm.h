@@ -8,7 +8,8 @@
  * Files: vm.c (the VM, its memory slots, the vCPU threads and their parking protocol, port I/O dispatch),
  * cpu-state.c (one vCPU's state: get, set, visit), vm-state.c (irqchip, PIT, KVM clock), serial.c (the UART),
  * dirty-log.c (KVM's dirty log as a ferry dirty tracker, and its start-up probe), boot.c (loading the boot
- * sector, the real-mode start, the A-B checker), main.c (options, QMP commands, main()).
+ * sector, the real-mode start, the A-B checker), linux.c (booting a Linux bzImage), main.c (options, QMP commands,
+ * main()).
  */
 #ifndef FERRY_VM_H
 #define FERRY_VM_H
@@ -37,8 +38,9 @@
 #define VM_BOOT_ADDR 0x7c00u
 #define VM_BOOT_SIZE 512u
 /* The A-B guest's parameter block (hosts/vm/guest/ab-boot.s): "FAB1", first page address, page count, passes
- * per progress character, each a little-endian u32. */
+ * per progress character, vCPUs sharing the range (0 = 1), each a little-endian u32. */
 #define VM_AB_PARAMS_ADDR (VM_BOOT_ADDR + 0x1e0u)
+#define VM_AB_PARAMS_SIZE 20u
 #define VM_AB_MAGIC "FAB1"
 
 #define VM_COM1_BASE 0x3f8u
@@ -68,6 +70,9 @@ typedef struct VmConfig {
     unsigned smp;
     bool memfd, memfd_share, mem_prealloc;
     const char *drive;          /* boot sector image (-drive file=), NULL for the built-in A-B guest */
+    const char *kernel;         /* a Linux bzImage (-kernel) booted instead of a sector, NULL for none */
+    const char *initrd;         /* its initramfs (-initrd), NULL for none */
+    const char *append;         /* its command line (-append), NULL for an empty one */
     uint32_t ab_every;          /* passes per progress character given to the A-B guest, 0 = ferry-vm's choice */
     VmSerialMode serial_mode;
     const char *serial_path;    /* VM_SERIAL_FILE */
@@ -228,19 +233,38 @@ bool vm_dirty_log_probe(FerryError **errp);
 /* The ferry dirty tracker over @vm's slots (opaque: the Vm). */
 extern const FerryDirtyTrackerOps vm_dirty_log_ops;
 
+/* ---- linux.c ---- */
+/* Load cfg.kernel (and cfg.initrd, cfg.append) with the 32-bit boot protocol and put vCPU 0 at its entry. */
+bool vm_boot_linux(Vm *vm, FerryError **errp);
+
 /* ---- boot.c ---- */
-/* Fresh boot: load the boot sector at 0x7c00, fill the A-B parameter block if it has one, and put every vCPU in
- * its reset state with vCPU 0 at 0000:7c00 in real mode. */
+/* Fresh boot: load the boot sector at 0x7c00, fill the A-B parameter block if it has one (the range and, unless
+ * the image says, one slice per vCPU), and put vCPU 0 at 0000:7c00 in real mode, the others in their reset state
+ * (waiting for INIT/SIPI). */
 bool vm_boot(Vm *vm, FerryError **errp);
 
-typedef struct VmCheck {
+/* One vCPU's slice of the A-B range: QEMU's check applies to each on its own. */
+typedef struct VmCheckSlice {
     uint64_t start, pages, mismatches;
     uint8_t first_byte;
     bool edge;
+    uint64_t edge_page;   /* index in the slice */
+} VmCheckSlice;
+
+typedef struct VmCheck {
+    uint64_t start, pages, mismatches;   /* the whole range; mismatches summed over the slices */
+    uint8_t first_byte;                  /* of the range's first page */
+    bool edge;                           /* some slice has an edge; edge_page is the first one's, in the range */
     uint64_t edge_page;
+    unsigned nslices;                    /* the vCPUs the guest was told share the range (1..VM_MAX_SMP) */
+    VmCheckSlice slices[VM_MAX_SMP];
     char detail[512];
 } VmCheck;
-/* QEMU's A-B check of the guest's range (read from its parameter block), with the vCPUs held. */
+/* Slice @i of @n of the A-B range [@start, @start + @npages pages), cut as the guest cuts it: equal page counts,
+ * the remainder to the last. */
+void vm_ab_slice(uint64_t start, uint64_t npages, unsigned n, unsigned i, uint64_t *slice_start,
+                 uint64_t *slice_pages);
+/* QEMU's A-B check of the guest's range (read from its parameter block), slice by slice, with the vCPUs held. */
 bool vm_ab_check(Vm *vm, VmCheck *res, FerryError **errp);
 
 /* The built-in A-B guest (guest/ab-boot.s, built into guest-blob.c). */

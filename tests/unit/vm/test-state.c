@@ -52,17 +52,30 @@ static Vm *new_vm(unsigned smp)
     return vm;
 }
 
-/* A VM whose guest has run for a while. */
+/* A VM whose guest has run for a while: at least 100 ms, and until vCPU 1 (started by the guest with INIT/SIPI)
+ * has written its slice of the A-B range, for at most 30 s (a slow, emulated KVM takes its time). */
 static Vm *running_vm(void)
 {
     Vm *vm = new_vm(2);
     struct timespec ts = { 0, 100 * 1000 * 1000 };
+    const uint8_t *params;
+    const volatile uint8_t *ap_page;
+    uint64_t start, pages;
 
     assert_true(vm_boot(vm, NULL));
+    params = vm_gpa_to_host(vm, VM_AB_PARAMS_ADDR, VM_AB_PARAMS_SIZE);
+    assert_non_null(params);
+    vm_ab_slice(*(const uint32_t *)(params + 4), *(const uint32_t *)(params + 8), 2, 1, &start, &pages);
+    ap_page = vm_gpa_to_host(vm, start, 1);
+    assert_non_null(ap_page);
     assert_true(vm_start_threads(vm, NULL));
     vm_ops.start(vm);
     nanosleep(&ts, NULL);
+    for (int i = 0; i < 300 && *ap_page == 0; i++) {
+        nanosleep(&ts, NULL);
+    }
     vm_ops.stop(vm);
+    assert_int_not_equal(*ap_page, 0);
     return vm;
 }
 
@@ -139,11 +152,20 @@ static void test_vcpu_roundtrip(void **state)
             fail();
         }
     }
-    /* vCPU 1 never got its SIPI: it still waits for one on the destination. */
-    VcpuState *s1 = vcpu_state_new(b);
-    assert_true(vcpu_state_get(&b->vcpus[1], s1, NULL));
-    assert_int_equal(s1->mp_state.mp_state, KVM_MP_STATE_UNINITIALIZED);
-    vcpu_state_free(s1);
+    /* vCPU 1 was started by the guest's INIT/SIPI and runs its slice in protected mode; so it does on the
+     * destination, from the same registers. */
+    VcpuState *sa1 = vcpu_state_new(a), *sb1 = vcpu_state_new(b);
+    assert_true(vcpu_state_get(&a->vcpus[1], sa1, NULL));
+    assert_true(vcpu_state_get(&b->vcpus[1], sb1, NULL));
+    assert_int_equal(sa1->mp_state.mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_int_equal(sb1->mp_state.mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_true(sb1->sregs.cr0 & 1);
+    assert_true(sb1->regs.rip > VM_BOOT_ADDR && sb1->regs.rip < VM_BOOT_ADDR + VM_BOOT_SIZE);
+    assert_memory_equal(&sa1->regs, &sb1->regs, sizeof(sa1->regs));
+    assert_memory_equal(&sa1->sregs, &sb1->sregs, sizeof(sa1->sregs));
+    assert_memory_equal(&sa1->lapic, &sb1->lapic, sizeof(sa1->lapic));
+    vcpu_state_free(sa1);
+    vcpu_state_free(sb1);
     vcpu_state_free(sa);
     vcpu_state_free(sb);
     vm_free(a);

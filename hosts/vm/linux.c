@@ -1,0 +1,276 @@
+/*
+ * Booting a Linux kernel (-kernel bzImage, -initrd, -append) with the 32-bit boot protocol of
+ * Documentation/arch/x86/boot.rst, as a boot loader without a BIOS does: the image's setup header is copied into a
+ * zeroed "zero page" (struct boot_params) at 0x10000 and filled in (loader type, command line at 0x20000, initrd
+ * at the top of RAM below 4 GiB and below the kernel's initrd_addr_max, an e820 map of guest RAM); the protected-
+ * mode kernel is loaded at 1 MiB; vCPU 0 enters it at code32_start in 32-bit protected mode, paging off,
+ * interrupts off, %esi pointing at the zero page, with flat code and data segments at selectors 0x10 and 0x18 of a
+ * GDT at 0x500 (what the protocol asks for). The setup code (real mode, BIOS calls) is not run: ferry-vm has no
+ * BIOS.
+ *
+ * The machine has no ACPI tables, MP table or PCI, so Linux finds one CPU (the others are never started), the
+ * legacy PIC in virtual-wire mode, the PIT and the KVM clock, and the 16550 at 0x3f8 as ttyS0. That is enough
+ * for a console and a shell on an initramfs, which is what this is for: a real OS running (and migrating) in
+ * ferry-vm. It is not a general loader: no 64-bit entry, no EFI handover, no setup_data.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vm.h"
+
+/* Guest-physical places (all in the first MiB, below the kernel). */
+#define LINUX_GDT_ADDR 0x500u
+#define LINUX_ZERO_PAGE 0x10000u
+#define LINUX_CMDLINE 0x20000u
+#define LINUX_CMDLINE_MAX 0x10000u
+#define LINUX_KERNEL_ADDR 0x100000u
+
+/* Offsets in struct boot_params and its setup header (boot.rst, "The real-mode kernel header"). */
+#define BP_E820_ENTRIES 0x1e8u
+#define BP_HDR 0x1f1u          /* setup_sects: the header starts here */
+#define HDR_VID_MODE 0x1fau
+#define HDR_JUMP 0x200u        /* the header ends at 0x202 + the byte at 0x201 */
+#define HDR_MAGIC 0x202u       /* "HdrS" */
+#define HDR_VERSION 0x206u
+#define HDR_TYPE_OF_LOADER 0x210u
+#define HDR_LOADFLAGS 0x211u
+#define HDR_CODE32_START 0x214u
+#define HDR_RAMDISK_IMAGE 0x218u
+#define HDR_RAMDISK_SIZE 0x21cu
+#define HDR_CMD_LINE_PTR 0x228u
+#define HDR_INITRD_ADDR_MAX 0x22cu
+#define HDR_CMDLINE_SIZE 0x238u
+#define BP_E820_TABLE 0x2d0u
+
+#define LOADED_HIGH 0x01u      /* loadflags: the protected-mode kernel is loaded at 0x100000 */
+#define E820_RAM 1u
+#define E820_RESERVED 2u
+
+static uint32_t rd16(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return rd16(p) | rd16(p + 2) << 16;
+}
+
+static void wr16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+    wr16(p, v);
+    wr16(p + 2, v >> 16);
+}
+
+static void wr64(uint8_t *p, uint64_t v)
+{
+    wr32(p, (uint32_t)v);
+    wr32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* Read the whole of @path into malloc'd memory. */
+static uint8_t *read_file(const char *what, const char *path, size_t *len, FerryError **errp)
+{
+    struct stat st;
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "opening the %s %s", what, path);
+        return NULL;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+        ferry_error_setg(errp, "the %s %s is not a non-empty regular file", what, path);
+        goto fail;
+    }
+    buf = malloc((size_t)st.st_size);
+    if (!buf) {
+        ferry_error_setg(errp, "out of memory reading the %s %s", what, path);
+        goto fail;
+    }
+    while (n < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + n, (size_t)st.st_size - n);
+
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            ferry_error_setg_errno(errp, r < 0 ? errno : EIO, "reading the %s %s", what, path);
+            goto fail;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    *len = n;
+    return buf;
+fail:
+    free(buf);
+    close(fd);
+    return NULL;
+}
+
+static void e820_add(uint8_t *zp, uint64_t addr, uint64_t size, uint32_t type)
+{
+    uint8_t n = zp[BP_E820_ENTRIES];
+    uint8_t *e = zp + BP_E820_TABLE + 20u * n;
+
+    wr64(e, addr);
+    wr64(e + 8, size);
+    wr32(e + 16, type);
+    zp[BP_E820_ENTRIES] = (uint8_t)(n + 1);
+}
+
+/* vCPU 0 at the 32-bit entry: flat segments from the GDT at LINUX_GDT_ADDR, %esi = the zero page. */
+static bool enter_protected(Vm *vm, uint32_t entry, FerryError **errp)
+{
+    static const uint64_t gdt[4] = {
+        0,
+        0,
+        UINT64_C(0x00cf9b000000ffff), /* 0x10: code, base 0, 4 GiB, 32-bit, execute/read, accessed */
+        UINT64_C(0x00cf93000000ffff), /* 0x18: data, base 0, 4 GiB, 32-bit, read/write, accessed */
+    };
+    uint8_t *g = vm_gpa_to_host(vm, LINUX_GDT_ADDR, sizeof(gdt));
+    Vcpu *cpu = &vm->vcpus[0];
+    struct kvm_sregs sregs;
+    struct kvm_regs regs = { .rip = entry, .rflags = 2, .rsi = LINUX_ZERO_PAGE };
+    struct kvm_segment code = {
+        .base = 0, .limit = 0xffffffff, .selector = 0x10, .type = 11, .present = 1, .dpl = 0, .db = 1, .s = 1,
+        .l = 0, .g = 1,
+    };
+    struct kvm_segment data = code;
+
+    for (unsigned i = 0; i < 4; i++) {
+        wr64(g + 8 * i, gdt[i]);
+    }
+    data.selector = 0x18;
+    data.type = 3;
+    if (ioctl(cpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+        vm_error_ioctl(errp, "KVM_GET_SREGS");
+        return false;
+    }
+    sregs.cs = code;
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
+    sregs.gdt.base = LINUX_GDT_ADDR;
+    sregs.gdt.limit = sizeof(gdt) - 1;
+    /* Protection on, paging off; caches on (the reset value has CD and NW set). */
+    sregs.cr0 = (sregs.cr0 | 0x1u) & ~(UINT64_C(1) << 30 | UINT64_C(1) << 29);
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    if (ioctl(cpu->fd, KVM_SET_SREGS, &sregs) < 0) {
+        vm_error_ioctl(errp, "KVM_SET_SREGS");
+        return false;
+    }
+    if (ioctl(cpu->fd, KVM_SET_REGS, &regs) < 0) {
+        vm_error_ioctl(errp, "KVM_SET_REGS");
+        return false;
+    }
+    return true;
+}
+
+bool vm_boot_linux(Vm *vm, FerryError **errp)
+{
+    const VmConfig *cfg = &vm->cfg;
+    size_t klen = 0, ilen = 0, setup_len, hdr_end, clen;
+    uint8_t *kernel = NULL, *initrd = NULL, *zp, *dst;
+    uint32_t version, cmdline_max, initrd_max, setup_sects;
+    uint64_t initrd_addr = 0;
+    bool ok = false;
+
+    kernel = read_file("kernel", cfg->kernel, &klen, errp);
+    if (!kernel) {
+        return false;
+    }
+    if (klen < 0x1000 || rd32(kernel + HDR_MAGIC) != 0x53726448u) {
+        ferry_error_setg(errp, "the kernel %s is not a bzImage (no \"HdrS\" setup header)", cfg->kernel);
+        goto out;
+    }
+    version = rd16(kernel + HDR_VERSION);
+    if (version < 0x0206 || !(kernel[HDR_LOADFLAGS] & LOADED_HIGH)) {
+        ferry_error_setg(errp, "the kernel %s speaks boot protocol %u.%02u without LOADED_HIGH; 2.06 or later, "
+                         "a bzImage, is needed", cfg->kernel, version >> 8, version & 0xff);
+        goto out;
+    }
+    setup_sects = kernel[BP_HDR] ? kernel[BP_HDR] : 4;
+    setup_len = (size_t)(setup_sects + 1) * 512;
+    hdr_end = 0x202 + kernel[HDR_JUMP + 1];
+    if (setup_len >= klen || hdr_end > setup_len || hdr_end > 0x1000) {
+        ferry_error_setg(errp, "the kernel %s has a setup part of %zu bytes in a file of %zu", cfg->kernel,
+                         setup_len, klen);
+        goto out;
+    }
+    dst = vm_gpa_to_host(vm, LINUX_KERNEL_ADDR, klen - setup_len);
+    if (!dst) {
+        ferry_error_setg(errp, "the kernel (%zu bytes at 1 MiB) does not fit in guest RAM", klen - setup_len);
+        goto out;
+    }
+    memcpy(dst, kernel + setup_len, klen - setup_len);
+
+    zp = vm_gpa_to_host(vm, LINUX_ZERO_PAGE, 4096);
+    memset(zp, 0, 4096);
+    memcpy(zp + BP_HDR, kernel + BP_HDR, hdr_end - BP_HDR);
+    zp[HDR_TYPE_OF_LOADER] = 0xff; /* "undefined" loader */
+    wr16(zp + HDR_VID_MODE, 0xffff); /* "normal" */
+
+    cmdline_max = rd32(kernel + HDR_CMDLINE_SIZE);
+    if (cmdline_max == 0 || cmdline_max >= LINUX_CMDLINE_MAX) {
+        cmdline_max = LINUX_CMDLINE_MAX - 1;
+    }
+    clen = cfg->append ? strlen(cfg->append) : 0;
+    if (clen > cmdline_max) {
+        ferry_error_setg(errp, "-append: the command line has %zu bytes, the kernel takes at most %" PRIu32, clen,
+                         cmdline_max);
+        goto out;
+    }
+    dst = vm_gpa_to_host(vm, LINUX_CMDLINE, clen + 1);
+    memcpy(dst, cfg->append ? cfg->append : "", clen + 1);
+    wr32(zp + HDR_CMD_LINE_PTR, LINUX_CMDLINE);
+
+    if (cfg->initrd) {
+        initrd = read_file("initrd", cfg->initrd, &ilen, errp);
+        if (!initrd) {
+            goto out;
+        }
+        initrd_max = rd32(kernel + HDR_INITRD_ADDR_MAX);
+        uint64_t top = vm->lowmem < (uint64_t)initrd_max + 1 ? vm->lowmem : (uint64_t)initrd_max + 1;
+        uint64_t kernel_end = LINUX_KERNEL_ADDR + (klen - setup_len);
+
+        if (ilen > top || ((top - ilen) & ~UINT64_C(0xfff)) < kernel_end) {
+            ferry_error_setg(errp, "the initrd (%zu bytes) does not fit in guest RAM above the kernel and below "
+                             "0x%" PRIx64, ilen, top);
+            goto out;
+        }
+        initrd_addr = (top - ilen) & ~UINT64_C(0xfff);
+        memcpy(vm_gpa_to_host(vm, initrd_addr, ilen), initrd, ilen);
+        wr32(zp + HDR_RAMDISK_IMAGE, (uint32_t)initrd_addr);
+        wr32(zp + HDR_RAMDISK_SIZE, (uint32_t)ilen);
+    }
+
+    /* The map a BIOS would report for this RAM: base memory less the EBDA, the BIOS area reserved, the rest. */
+    e820_add(zp, 0, 0x9fc00, E820_RAM);
+    e820_add(zp, 0x9fc00, 0x400, E820_RESERVED);
+    e820_add(zp, 0xf0000, 0x10000, E820_RESERVED);
+    e820_add(zp, 0x100000, vm->lowmem - 0x100000, E820_RAM);
+    if (vm->highmem) {
+        e820_add(zp, VM_HIGHMEM_BASE, vm->highmem, E820_RAM);
+    }
+    /* The kernel was loaded at 1 MiB, so that is where it is entered, whatever its header proposed. */
+    wr32(zp + HDR_CODE32_START, LINUX_KERNEL_ADDR);
+    ok = enter_protected(vm, LINUX_KERNEL_ADDR, errp);
+out:
+    free(kernel);
+    free(initrd);
+    return ok;
+}
