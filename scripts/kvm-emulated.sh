@@ -2,7 +2,8 @@
 # Run a command where /dev/kvm works, on a machine that has none: QEMU's TCG emulates an x86 CPU with SVM (AMD's
 # virtualization extension, which TCG implements), Debian's kernel boots in it with kvm-amd loaded, and the command
 # runs there in a chroot of this machine's own root file system (shared read-write over virtio-9p), with fresh
-# /proc, /sys, /dev, /dev/shm and /tmp (tmpfs: UNIX sockets do not work on 9p). So the KVM code of ferry-vm
+# /proc, /sys, /dev, /dev/shm and /tmp (tmpfs: UNIX sockets do not work on 9p; the current directory stays
+# visible if it is below /tmp). So the KVM code of ferry-vm
 # (hosts/vm) and its tests run for real, with a real (if slow) KVM, on machines without nested virtualization.
 #
 # It is a way to exercise KVM code, not a way to measure it: everything in the emulated machine runs tens of times
@@ -75,7 +76,15 @@ for m in $(echo $modlist); do insmod /mods/\$m.ko || echo "kvm-emulated: insmod 
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose host /mnt || echo "kvm-emulated: 9p mount failed"
 mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys; mount -t devtmpfs dev /mnt/dev
 mkdir -p /mnt/dev/pts /mnt/dev/shm; mount -t devpts pts /mnt/dev/pts; mount -t tmpfs shm /mnt/dev/shm
-mount -t tmpfs tmp /mnt/tmp
+# /tmp becomes a tmpfs, except the working directory if it is below /tmp (a clone there keeps its files).
+case $(printf '%q' "$PWD")/ in
+/tmp/*)
+    mkdir -p /keep && mount -o bind /mnt$(printf '%q' "$PWD") /keep
+    mount -t tmpfs tmp /mnt/tmp
+    mkdir -p /mnt$(printf '%q' "$PWD") && mount -o bind /keep /mnt$(printf '%q' "$PWD") ;;
+*)
+    mount -t tmpfs tmp /mnt/tmp ;;
+esac
 ifconfig lo 127.0.0.1 up
 chroot /mnt /bin/bash $work/guest.sh </dev/console >/dev/console 2>&1
 poweroff -f

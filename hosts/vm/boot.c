@@ -128,11 +128,16 @@ bool vm_boot(Vm *vm, FerryError **errp)
         segs[i]->selector = 0;
         segs[i]->limit = 0xffff;
     }
-    if (ioctl(cpu->fd, KVM_SET_SREGS, &sregs) < 0) {
+    return vm_vcpu_set_entry(cpu, &sregs, &regs, errp);
+}
+
+bool vm_vcpu_set_entry(Vcpu *cpu, const struct kvm_sregs *sregs, const struct kvm_regs *regs, FerryError **errp)
+{
+    if (ioctl(cpu->fd, KVM_SET_SREGS, sregs) < 0) {
         vm_error_ioctl(errp, "KVM_SET_SREGS");
         return false;
     }
-    if (ioctl(cpu->fd, KVM_SET_REGS, &regs) < 0) {
+    if (ioctl(cpu->fd, KVM_SET_REGS, regs) < 0) {
         vm_error_ioctl(errp, "KVM_SET_REGS");
         return false;
     }

@@ -8,10 +8,10 @@
  * GDT at 0x500 (what the protocol asks for). The setup code (real mode, BIOS calls) is not run: ferry-vm has no
  * BIOS.
  *
- * The machine has no ACPI tables, MP table or PCI, so Linux finds one CPU (the others are never started), the
- * legacy PIC in virtual-wire mode, the PIT and the KVM clock, and the 16550 at 0x3f8 as ttyS0. That is enough
- * for a console and a shell on an initramfs, which is what this is for: a real OS running (and migrating) in
- * ferry-vm. It is not a general loader: no 64-bit entry, no EFI handover, no setup_data.
+ * The machine has no ACPI tables and no PCI; an MP table (as a BIOS leaves one) lists the vCPUs and the IOAPIC,
+ * so Linux starts every vCPU itself and finds the PIT, the KVM clock and the 16550 at 0x3f8 as ttyS0. That is
+ * enough for a console and a shell on an initramfs, which is what this is for: a real OS running (and migrating)
+ * in ferry-vm. It is not a general loader: no 64-bit entry, no EFI handover, no setup_data.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +46,7 @@
 #define HDR_CMD_LINE_PTR 0x228u
 #define HDR_INITRD_ADDR_MAX 0x22cu
 #define HDR_CMDLINE_SIZE 0x238u
+#define HDR_INIT_SIZE 0x260u   /* protocol 2.10: the memory the kernel needs from its load address on */
 #define BP_E820_TABLE 0x2d0u
 
 #define LOADED_HIGH 0x01u      /* loadflags: the protected-mode kernel is loaded at 0x100000 */
@@ -133,6 +134,91 @@ static void e820_add(uint8_t *zp, uint64_t addr, uint64_t size, uint32_t type)
     zp[BP_E820_ENTRIES] = (uint8_t)(n + 1);
 }
 
+/*
+ * The MP table (Intel's MultiProcessor Specification 1.4) that tells Linux about every vCPU, the IOAPIC and how
+ * the ISA interrupts reach it, where a BIOS would leave it: the floating pointer at the start of the BIOS area
+ * (0xf0000, reserved in the e820 map), the configuration table right after it. Without it Linux sees one CPU and
+ * no IOAPIC. The routing is KVM's default one: ISA IRQ n goes to IOAPIC pin n (the PIT included), the PIC reaches
+ * LINT0 as ExtINT, NMIs LINT1.
+ */
+#define MP_FLOAT_ADDR 0xf0000u
+#define MP_TABLE_ADDR (MP_FLOAT_ADDR + 16u)
+#define MP_IOAPIC_ADDR 0xfec00000u
+#define MP_LAPIC_ADDR 0xfee00000u
+
+static uint8_t mp_checksum(const uint8_t *p, size_t len)
+{
+    uint8_t sum = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        sum = (uint8_t)(sum + p[i]);
+    }
+    return (uint8_t)-sum;
+}
+
+/* An 8-byte interrupt entry: type 3 (I/O) or 4 (local), interrupt type, source bus IRQ, destination, pin. */
+static uint8_t *mp_irq(uint8_t *e, uint8_t entry, uint8_t kind, uint8_t irq, uint8_t dest, uint8_t pin)
+{
+    e[0] = entry;
+    e[1] = kind;
+    wr16(e + 2, 0); /* polarity and trigger as the bus says (ISA: high, edge) */
+    e[4] = 0;       /* the ISA bus */
+    e[5] = irq;
+    e[6] = dest;
+    e[7] = pin;
+    return e + 8;
+}
+
+static void write_mptable(Vm *vm)
+{
+    uint8_t *fp = vm_gpa_to_host(vm, MP_FLOAT_ADDR, 0x10000);
+    uint8_t *t = fp + (MP_TABLE_ADDR - MP_FLOAT_ADDR), *e = t + 44;
+    uint8_t ioapic_id = (uint8_t)vm->nvcpus; /* after the LAPIC ids 0..n-1 */
+    uint16_t count = 0;
+
+    memset(fp, 0, 0x10000);
+    for (unsigned i = 0; i < vm->nvcpus; i++, count++) {
+        e[0] = 0;                        /* processor */
+        e[1] = (uint8_t)i;               /* its LAPIC id (vm.c puts the vCPU index there) */
+        e[2] = 0x14;                     /* LAPIC version: an integrated xAPIC */
+        e[3] = i == 0 ? 0x3 : 0x1;       /* enabled, and the boot processor */
+        wr32(e + 4, 0x600);              /* family 6 */
+        wr32(e + 8, 0x201);              /* FPU, APIC */
+        e += 20;
+    }
+    memcpy(e, "\x01\x00ISA   ", 8);     /* bus 0: ISA */
+    e += 8;
+    count++;
+    e[0] = 2;                            /* the IOAPIC */
+    e[1] = ioapic_id;
+    e[2] = 0x11;
+    e[3] = 1;                            /* enabled */
+    wr32(e + 4, MP_IOAPIC_ADDR);
+    e += 8;
+    count++;
+    for (uint8_t irq = 0; irq < 16; irq++, count++) {
+        e = mp_irq(e, 3, 0 /* INT */, irq, ioapic_id, irq);
+    }
+    e = mp_irq(e, 4, 3 /* ExtINT */, 0, 0xff, 0);
+    e = mp_irq(e, 4, 1 /* NMI */, 0, 0xff, 1);
+    count += 2;
+
+    memcpy(t, "PCMP", 4);
+    wr16(t + 4, (uint32_t)(e - t));
+    t[6] = 4;                            /* specification 1.4 */
+    memcpy(t + 8, "FERRY   ", 8);
+    memcpy(t + 16, "FERRY-VM    ", 12);
+    wr16(t + 34, count);
+    wr32(t + 36, MP_LAPIC_ADDR);
+    t[7] = mp_checksum(t, (size_t)(e - t));
+
+    memcpy(fp, "_MP_", 4);
+    wr32(fp + 4, MP_TABLE_ADDR);
+    fp[8] = 1;                           /* 16 bytes */
+    fp[9] = 4;
+    fp[10] = mp_checksum(fp, 16);
+}
+
 /* vCPU 0 at the 32-bit entry: flat segments from the GDT at LINUX_GDT_ADDR, %esi = the zero page. */
 static bool enter_protected(Vm *vm, uint32_t entry, FerryError **errp)
 {
@@ -169,15 +255,7 @@ static bool enter_protected(Vm *vm, uint32_t entry, FerryError **errp)
     sregs.cr0 = (sregs.cr0 | 0x1u) & ~(UINT64_C(1) << 30 | UINT64_C(1) << 29);
     sregs.cr4 = 0;
     sregs.efer = 0;
-    if (ioctl(cpu->fd, KVM_SET_SREGS, &sregs) < 0) {
-        vm_error_ioctl(errp, "KVM_SET_SREGS");
-        return false;
-    }
-    if (ioctl(cpu->fd, KVM_SET_REGS, &regs) < 0) {
-        vm_error_ioctl(errp, "KVM_SET_REGS");
-        return false;
-    }
-    return true;
+    return vm_vcpu_set_entry(cpu, &sregs, &regs, errp);
 }
 
 bool vm_boot_linux(Vm *vm, FerryError **errp)
@@ -245,11 +323,13 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
         }
         initrd_max = rd32(kernel + HDR_INITRD_ADDR_MAX);
         uint64_t top = vm->lowmem < (uint64_t)initrd_max + 1 ? vm->lowmem : (uint64_t)initrd_max + 1;
-        uint64_t kernel_end = LINUX_KERNEL_ADDR + (klen - setup_len);
+        /* Above what the kernel needs to decompress and start in place, not just above its file. */
+        uint64_t need = version >= 0x020a ? rd32(kernel + HDR_INIT_SIZE) : 0;
+        uint64_t kernel_end = LINUX_KERNEL_ADDR + (need > klen - setup_len ? need : klen - setup_len);
 
         if (ilen > top || ((top - ilen) & ~UINT64_C(0xfff)) < kernel_end) {
-            ferry_error_setg(errp, "the initrd (%zu bytes) does not fit in guest RAM above the kernel and below "
-                             "0x%" PRIx64, ilen, top);
+            ferry_error_setg(errp, "the initrd (%zu bytes) does not fit in guest RAM between the kernel (up to "
+                             "0x%" PRIx64 ") and 0x%" PRIx64 ": give more -m", ilen, kernel_end, top);
             goto out;
         }
         initrd_addr = (top - ilen) & ~UINT64_C(0xfff);
@@ -266,6 +346,7 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
     if (vm->highmem) {
         e820_add(zp, VM_HIGHMEM_BASE, vm->highmem, E820_RAM);
     }
+    write_mptable(vm);
     /* The kernel was loaded at 1 MiB, so that is where it is entered, whatever its header proposed. */
     wr32(zp + HDR_CODE32_START, LINUX_KERNEL_ADDR);
     ok = enter_protected(vm, LINUX_KERNEL_ADDR, errp);

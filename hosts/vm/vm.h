@@ -242,6 +242,8 @@ bool vm_boot_linux(Vm *vm, FerryError **errp);
  * the image says, one slice per vCPU), and put vCPU 0 at 0000:7c00 in real mode, the others in their reset state
  * (waiting for INIT/SIPI). */
 bool vm_boot(Vm *vm, FerryError **errp);
+/* Where a boot starts @cpu: its special and general registers (KVM_SET_SREGS, KVM_SET_REGS). */
+bool vm_vcpu_set_entry(Vcpu *cpu, const struct kvm_sregs *sregs, const struct kvm_regs *regs, FerryError **errp);
 
 /* One vCPU's slice of the A-B range: QEMU's check applies to each on its own. */
 typedef struct VmCheckSlice {
