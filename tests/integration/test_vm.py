@@ -3,8 +3,9 @@ guest migrates over UNIX and TCP and keeps running on the destination (the A-B i
 QEMU's migration test checks it; more progress characters appear on the destination's serial output; the KVM
 clock does not go backwards); it migrates twice (A to B to C); a cancelled migration leaves the source running
 and a second one completes; shared memfd RAM moves without a copy in mode cpr-transfer; the uffd-wp tracker
-works for KVM's writes too; a destination of another shape refuses the stream. Every test skips where /dev/kvm
-cannot be opened."""
+works for KVM's writes too, and so does KVM's dirty ring, also one so small that the vCPU fills it over and over
+during the migration; a destination of another shape refuses the stream; bad -accel values are refused. Every
+test skips where /dev/kvm cannot be opened."""
 
 import os
 import time
@@ -194,6 +195,81 @@ def test_uffd_wp_tracker(vms):
     info = migrate(src, dst, uri)
     assert info["dirty-tracker"] == "uffd-wp", info
     check_continues(src, dst)
+
+
+def dirty_ring_unavailable():
+    import fcntl
+    KVM_CHECK_EXTENSION = 0xAE03
+    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 192, 223
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError as e:
+        return f"/dev/kvm cannot be opened: {e.strerror}"
+    try:
+        if max(fcntl.ioctl(fd, KVM_CHECK_EXTENSION, c) for c in (KVM_CAP_DIRTY_LOG_RING,
+                                                                   KVM_CAP_DIRTY_LOG_RING_ACQ_REL)) <= 0:
+            return "this KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING)"
+    finally:
+        os.close(fd)
+    return None
+
+
+@pytest.mark.parametrize("ring", [["-dirty-tracker", "kvm-dirty-ring"], ["-accel", "kvm,dirty-ring-size=1024"]],
+                         ids=["dirty-tracker", "accel-small"])
+def test_dirty_ring_tracker(vms, ring):
+    why = dirty_ring_unavailable()
+    if why:
+        pytest.skip(why)
+    size = 4096 if ring[0] == "-dirty-tracker" else 1024
+    uri = unix_uri(vms)
+    # The destination needs no ring; it gets the same -accel anyway, as QEMU's destinations are started.
+    dst = vms.start("dst", *VM, *ring, "-incoming", uri)
+    wait_listening(uri)
+    src = vms.start("src", *VM, *ring)
+    info = src.cmd("query-vm")
+    assert info["dirty-tracker"] == "kvm-dirty-ring" and info["dirty-ring-size"] == size, info
+    assert info["manual-dirty-log-protect"] is False, info
+    wait_progress(src)
+    before = src.cmd("query-vm")
+    info = migrate(src, dst, uri)
+    assert info["dirty-tracker"] == "kvm-dirty-ring", info
+    assert info["ram"]["normal"] >= (63 << 20) // 4096, info
+    after = src.cmd("query-vm")
+    # The guest rewrites 16128 pages per pass: the ring collected them, and a ring of 1024 entries filled (its vCPU
+    # collected it) many times during the migration.
+    assert after["dirty-ring-collected"] > before["dirty-ring-collected"], after
+    if size == 1024:
+        assert after["dirty-ring-full-exits"] > before["dirty-ring-full-exits"], after
+    assert all(not c["stopped-for-good"] for c in after["cpus"]), after
+    check_continues(src, dst)
+
+
+def test_accel_option(vms):
+    import subprocess
+
+    def run(*args):
+        return subprocess.run([vm_binary(), "-serial", "null", *args], capture_output=True, text=True, timeout=30)
+
+    for value in ("1000", "512", "131072", "abc", "-4096", ""):
+        bad = run("-accel", f"kvm,dirty-ring-size={value}")
+        assert bad.returncode == 1, bad
+        assert f"dirty-ring-size '{value}' is not a power of two from 1024 to 65536" in bad.stderr, bad.stderr
+    for args, words in ((["-accel", "tcg"], "'tcg' is not an accelerator"),
+                        (["-accel", "kvm,bogus=1"], "unknown property 'bogus'"),
+                        (["-accel", "kvm,kernel-irqchip=split"], "kernel-irqchip=split"),
+                        (["-accel", "kvm,dirty-ring-size=4096", "-dirty-tracker", "uffd-wp"], "contradict"),
+                        (["-accel", "kvm,dirty-ring-size=4096", "-dirty-tracker", "kvm-dirty-log"], "contradict"),
+                        (["-accel", "kvm,dirty-ring-size=0", "-dirty-tracker", "kvm-dirty-ring"], "needs a ring"),
+                        (["-dirty-tracker", "ring"], "kvm-dirty-ring")):
+        bad = run(*args)
+        assert bad.returncode == 1 and words in bad.stderr, (args, bad)
+    # Accepted: kvm alone, QEMU's properties ferry-vm ignores, no ring (0), and the bitmap still the default.
+    for i, args in enumerate((["-accel", "kvm"], ["-accel", "accel=kvm,kvm-shadow-mem=256M,kernel-irqchip=on"],
+                              ["-accel", "kvm,dirty-ring-size=0"], ["-machine", "pc,accel=kvm", "-enable-kvm"])):
+        vm = vms.start(f"vm{i}", *VM, *args)
+        info = vm.cmd("query-vm")
+        assert info["dirty-tracker"] in ("kvm-dirty-log", "uffd-wp") and info["dirty-ring-size"] == 0, (args, info)
+        vm.stop_process()
 
 
 def test_shape_mismatch(vms):
