@@ -1,18 +1,36 @@
 /*
- * KVM's dirty log as a ferry dirty tracker (FerryDirtyTrackerOps, include/ferry/ram.h), and the start-up probe
- * that decides whether ferry-vm may use it. Arming sets KVM_MEM_LOG_DIRTY_PAGES on every memory slot (KVM then
- * write-protects the guest's mappings and records the first write to each page); a harvest of the RAM block reads
- * each slot's bitmap with KVM_GET_DIRTY_LOG and, with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, re-protects the pages it
- * reported with KVM_CLEAR_DIRTY_LOG before ferry reads them (without the capability KVM_GET_DIRTY_LOG re-protects
- * by itself). Disarming clears the flag again.
+ * KVM's dirty log as ferry dirty trackers (FerryDirtyTrackerOps, include/ferry/ram.h), in both of KVM's forms, and
+ * the start-up probes that decide whether ferry-vm may use them.
  *
- * The probe exists because a KVM can accept all of this and still report nothing: on this project's machines (a
+ * The bitmap ("kvm-dirty-log"): arming sets KVM_MEM_LOG_DIRTY_PAGES on every memory slot (KVM then write-protects
+ * the guest's mappings and records the first write to each page); a harvest of the RAM block reads each slot's
+ * bitmap with KVM_GET_DIRTY_LOG and, with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, re-protects the pages it reported with
+ * KVM_CLEAR_DIRTY_LOG before ferry reads them (without the capability KVM_GET_DIRTY_LOG re-protects by itself).
+ * Disarming clears the flag again.
+ *
+ * The ring ("kvm-dirty-ring", KVM_CAP_DIRTY_LOG_RING, enabled by vm_new before the vCPUs exist): KVM records each
+ * first write as an entry (slot, page offset) in the ring of the vCPU that wrote, mapped into this process, and
+ * flags it KVM_DIRTY_GFN_F_DIRTY once it is complete. Arming sets the same slot flag; collecting walks every
+ * vCPU's ring from where the last collection stopped, takes each entry flagged dirty (read with acquire
+ * semantics, so that the entry's fields are KVM's final ones), notes its page in a pending bitmap of the RAM block
+ * and hands the entry back (KVM_DIRTY_GFN_F_RESET, stored with release semantics); KVM_RESET_DIRTY_RINGS then
+ * re-protects the pages handed back and frees their entries. A harvest is a collection plus the pending pages ORed
+ * into the engine's bitmap. Pages are re-protected before the harvest returns and ferry reads them after it, so a
+ * write that lands after its page was collected is either read by ferry or recorded again: every write before a
+ * harvest is reported by it or a later one. A vCPU whose ring fills stops with KVM_EXIT_DIRTY_RING_FULL and
+ * collects into the same pending bitmap itself (vm.c); ring_lock serializes it with the harvest. Where a CPU logs
+ * writes in a buffer of its own first (Intel's PML), KVM moves them into the ring at the vCPU's next exit: a write
+ * still buffered at one harvest is reported by a later one, at the latest by the last, taken with the vCPUs stopped.
+ *
+ * The probes exist because a KVM can accept all of this and still report nothing: on this project's machines (a
  * nested KVM) KVM_GET_DIRTY_LOG was seen returning empty bitmaps although the guest wrote pages
- * (docs/PLATFORM.md). So ferry-vm runs a real guest on a throw-away VM with the same capabilities, lets it write
- * two known pages, harvests, lets it write one of them again, harvests again, and trusts the log only if both
- * harvests report exactly what was written. Otherwise main.c falls back to the library's uffd-wp tracker, which
- * sees KVM's writes through the host mapping, and says why. The dirty ring (KVM_CAP_DIRTY_LOG_RING) is not used:
- * see docs/vm.md.
+ * (docs/PLATFORM.md). So ferry-vm runs a real guest on a throw-away VM with the same capabilities (and, for the
+ * ring, a ring of the same size), lets it write two known pages, harvests, lets it write one of them again,
+ * harvests again, and trusts the log only if each harvest reports every page written and nothing else but,
+ * possibly, the guest's code page: an emulated KVM (scripts/kvm-emulated.sh) reports that one on the first round,
+ * which over-reports (harmless, the page is sent once more) where missing a page would lose a write. A failed
+ * bitmap probe makes main.c fall back to the library's uffd-wp tracker and say why; a failed ring probe is fatal,
+ * as the ring is used only when asked for.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -54,7 +72,131 @@ static bool slot_harvest(int vm_fd, bool manual, uint32_t slot, uint64_t npages,
     return true;
 }
 
-/* ---- The probe ---- */
+/* ---- The ring ---- */
+
+bool vm_enable_dirty_ring(int vm_fd, uint32_t entries, FerryError **errp)
+{
+    uint64_t bytes = (uint64_t)entries * sizeof(struct kvm_dirty_gfn);
+    uint32_t capability = KVM_CAP_DIRTY_LOG_RING;
+    int max = ioctl(vm_fd, KVM_CHECK_EXTENSION, capability);
+
+    if (max <= 0) {
+        capability = KVM_CAP_DIRTY_LOG_RING_ACQ_REL;
+        max = ioctl(vm_fd, KVM_CHECK_EXTENSION, capability);
+    }
+    if (max <= 0) {
+        ferry_error_setg(errp, "dirty-ring-size=%u: this KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING)", entries);
+        return false;
+    }
+    if (bytes > (uint64_t)max) {
+        ferry_error_setg(errp, "dirty-ring-size=%u: more than this KVM's largest ring, %zu entries", entries,
+                         (size_t)max / sizeof(struct kvm_dirty_gfn));
+        return false;
+    }
+    struct kvm_enable_cap cap = { .cap = capability, .args[0] = bytes };
+    if (ioctl(vm_fd, KVM_ENABLE_CAP, &cap) < 0) {
+        ferry_error_setg_errno(errp, errno, "dirty-ring-size=%u: KVM_ENABLE_CAP(%s, %" PRIu64 " bytes)", entries,
+                               capability == KVM_CAP_DIRTY_LOG_RING ? "KVM_CAP_DIRTY_LOG_RING"
+                                                                    : "KVM_CAP_DIRTY_LOG_RING_ACQ_REL",
+                               bytes);
+        return false;
+    }
+    return true;
+}
+
+void *vm_map_dirty_ring(int cpu_fd, uint32_t entries, FerryError **errp)
+{
+    void *ring = mmap(NULL, (size_t)entries * sizeof(struct kvm_dirty_gfn), PROT_READ | PROT_WRITE, MAP_SHARED,
+                      cpu_fd, (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * sysconf(_SC_PAGESIZE));
+
+    if (ring == MAP_FAILED) {
+        ferry_error_setg_errno(errp, errno, "mapping the dirty ring");
+        return NULL;
+    }
+    return ring;
+}
+
+/* Take every entry KVM completed in @ring (@size entries, a power of two) from *@fetch on, give each to @fn and
+ * hand it back to KVM; returns how many. KVM publishes an entry by storing its flags last: the acquire load pairs
+ * with that store, and the release store of the reset flag keeps our reads of the entry before KVM's reuse. */
+static uint64_t ring_walk(struct kvm_dirty_gfn *ring, uint32_t size, uint32_t *fetch,
+                          void (*fn)(void *opaque, uint32_t slot, uint64_t offset), void *opaque)
+{
+    uint64_t n = 0;
+
+    for (;;) {
+        struct kvm_dirty_gfn *e = &ring[*fetch & (size - 1)];
+
+        if (!(__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY)) {
+            return n;
+        }
+        fn(opaque, e->slot, e->offset);
+        __atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+        (*fetch)++;
+        n++;
+    }
+}
+
+static bool reset_rings(int vm_fd, FerryError **errp)
+{
+    if (ioctl(vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0) {
+        ferry_error_setg_errno(errp, errno, "KVM_RESET_DIRTY_RINGS");
+        return false;
+    }
+    return true;
+}
+
+/* An entry of the VM's rings: its page of the RAM block into ring_pending (while armed). Slots are numbered
+ * (address space << 16) | slot; ferry-vm's slots are in address space 0. An entry outside every slot cannot come
+ * from guest RAM and is dropped. */
+static void note_vm_page(void *opaque, uint32_t slot, uint64_t offset)
+{
+    Vm *vm = opaque;
+
+    if (!vm->ring_pending) {
+        return;
+    }
+    for (unsigned i = 0; i < vm->nslots; i++) {
+        const VmSlot *s = &vm->slots[i];
+
+        if (s->slot == slot && offset < s->size / PAGE) {
+            uint64_t page = s->block_offset / PAGE + offset;
+
+            if (page < vm->ring_pages) {
+                vm->ring_pending[page / BITS] |= 1UL << (page % BITS);
+            }
+            return;
+        }
+    }
+}
+
+/* Caller holds ring_lock. */
+static bool collect_locked(Vm *vm, FerryError **errp)
+{
+    for (unsigned i = 0; i < vm->nvcpus; i++) {
+        Vcpu *cpu = &vm->vcpus[i];
+
+        if (cpu->ring) {
+            vm->ring_collected += ring_walk(cpu->ring, vm->ring_size, &cpu->ring_fetch, note_vm_page, vm);
+        }
+    }
+    return reset_rings(vm->vm_fd, errp);
+}
+
+bool vm_dirty_ring_collect(Vm *vm, uint64_t *total, FerryError **errp)
+{
+    bool ok;
+
+    pthread_mutex_lock(&vm->ring_lock);
+    ok = collect_locked(vm, errp);
+    if (total) {
+        *total = vm->ring_collected;
+    }
+    pthread_mutex_unlock(&vm->ring_lock);
+    return ok;
+}
+
+/* ---- The probes ---- */
 
 /*
  * Real-mode code at guest-physical 0: write pages 1 and 3, halt; on the next entry write page 3 again, halt.
@@ -68,27 +210,64 @@ static const uint8_t probe_code[] = {
     0xc6, 0x06, 0x00, 0x10, 0x01, 0xc6, 0x06, 0x00, 0x30, 0x01, 0xf4, 0xc6, 0x06, 0x00, 0x30, 0x02, 0xf4,
 };
 #define PROBE_PAGES 64u
+#define PROBE_WORDS ((PROBE_PAGES + BITS - 1) / BITS)
 
-static bool probe_run_to_hlt(int cpu_fd, struct kvm_run *run, FerryError **errp)
+typedef struct Probe {
+    int kvm_fd, vm_fd, cpu_fd;
+    struct kvm_run *run;
+    size_t run_size;
+    uint8_t *mem;
+    bool manual;
+    uint32_t ring_size;        /* 0: the bitmap */
+    struct kvm_dirty_gfn *ring;
+    uint32_t fetch;
+    unsigned long map[PROBE_WORDS];
+    bool stray;                /* the ring named a page outside the probe's slot */
+} Probe;
+
+static bool probe_run_to_hlt(Probe *p, FerryError **errp)
 {
     for (int i = 0; i < 16; i++) {
-        if (ioctl(cpu_fd, KVM_RUN, 0) < 0) {
+        if (ioctl(p->cpu_fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR) {
                 continue;
             }
             ferry_error_setg_errno(errp, errno, "KVM_RUN");
             return false;
         }
-        if (run->exit_reason == KVM_EXIT_HLT) {
+        if (p->run->exit_reason == KVM_EXIT_HLT) {
             return true;
         }
-        if (run->exit_reason != KVM_EXIT_IO && run->exit_reason != KVM_EXIT_MMIO) {
-            ferry_error_setg(errp, "the probe guest exited with reason %u", run->exit_reason);
+        if (p->run->exit_reason != KVM_EXIT_IO && p->run->exit_reason != KVM_EXIT_MMIO) {
+            ferry_error_setg(errp, "the probe guest exited with reason %u", p->run->exit_reason);
             return false;
         }
     }
     ferry_error_setg(errp, "the probe guest did not halt");
     return false;
+}
+
+static void note_probe_page(void *opaque, uint32_t slot, uint64_t offset)
+{
+    Probe *p = opaque;
+
+    if (slot != 0 || offset >= PROBE_PAGES) {
+        p->stray = true;
+        return;
+    }
+    p->map[offset / BITS] |= 1UL << (offset % BITS);
+}
+
+/* The pages written since the last call into p->map (cleared first), by the probe's kind of log. */
+static bool probe_harvest(Probe *p, FerryError **errp)
+{
+    memset(p->map, 0, sizeof(p->map));
+    p->stray = false;
+    if (!p->ring_size) {
+        return slot_harvest(p->vm_fd, p->manual, 0, PROBE_PAGES, p->map, errp);
+    }
+    ring_walk(p->ring, p->ring_size, &p->fetch, note_probe_page, p);
+    return reset_rings(p->vm_fd, errp);
 }
 
 static void describe_bits(const unsigned long *map, char *out, size_t len)
@@ -106,135 +285,165 @@ static void describe_bits(const unsigned long *map, char *out, size_t len)
     }
 }
 
-static bool probe_expect(const unsigned long *map, unsigned long want, const char *round, FerryError **errp)
+bool vm_dirty_probe_report_ok(const unsigned long *map, size_t words, unsigned long want)
+{
+    bool ok = words > 0 && (map[0] & ~1UL) == want;
+
+    for (size_t w = 1; w < words; w++) {
+        ok = ok && map[w] == 0;
+    }
+    return ok;
+}
+
+static bool probe_expect(const Probe *p, unsigned long want, const char *round, FerryError **errp)
 {
     char got[128];
 
-    if (map[0] == want) {
+    if (!p->stray && vm_dirty_probe_report_ok(p->map, PROBE_WORDS, want)) {
         return true;
     }
-    describe_bits(map, got, sizeof(got));
-    ferry_error_setg(errp, "KVM_GET_DIRTY_LOG reported pages {%s} after the %s round, the guest wrote {%s}", got,
-                     round, want == ((1UL << 1) | (1UL << 3)) ? "1,3" : "3");
+    describe_bits(p->map, got, sizeof(got));
+    ferry_error_setg(errp, "%s reported pages {%s}%s after the %s round, the guest wrote {%s}",
+                     p->ring_size ? "the dirty ring" : "KVM_GET_DIRTY_LOG", got,
+                     p->stray ? " and pages outside the probe's memory" : "", round,
+                     want == ((1UL << 1) | (1UL << 3)) ? "1,3" : "3");
     return false;
 }
 
-bool vm_dirty_log_probe(FerryError **errp)
+static bool probe_setup(Probe *p, FerryError **errp)
 {
-    int kvm_fd = -1, vm_fd = -1, cpu_fd = -1;
-    struct kvm_run *run = NULL;
-    size_t run_size = 0;
-    uint8_t *mem = MAP_FAILED;
     size_t mem_size = PROBE_PAGES * PAGE;
-    unsigned long map[PROBE_PAGES / BITS];
-    bool manual = false, ok = false;
     struct kvm_sregs sregs;
     struct kvm_regs regs = { .rip = 0, .rflags = 2 };
     int r;
 
-    kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm_fd < 0) {
+    p->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (p->kvm_fd < 0) {
         ferry_error_setg_errno(errp, errno, "opening /dev/kvm");
-        goto out;
+        return false;
     }
-    vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
-    if (vm_fd < 0 || ioctl(vm_fd, KVM_SET_TSS_ADDR, (unsigned long)VM_TSS_ADDR) < 0) {
+    p->vm_fd = ioctl(p->kvm_fd, KVM_CREATE_VM, 0);
+    if (p->vm_fd < 0 || ioctl(p->vm_fd, KVM_SET_TSS_ADDR, (unsigned long)VM_TSS_ADDR) < 0) {
         ferry_error_setg_errno(errp, errno, "creating the probe VM");
-        goto out;
+        return false;
     }
     /* The same mode as the real VM (vm_new), so that the probe tests the path a migration takes. */
-    if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
+    if (p->ring_size) {
+        if (!vm_enable_dirty_ring(p->vm_fd, p->ring_size, errp)) {
+            return false;
+        }
+    } else if (ioctl(p->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
         struct kvm_enable_cap cap = {
             .cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
             .args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
         };
-        manual = ioctl(vm_fd, KVM_ENABLE_CAP, &cap) == 0;
+        p->manual = ioctl(p->vm_fd, KVM_ENABLE_CAP, &cap) == 0;
     }
-    mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) {
+    p->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p->mem == MAP_FAILED) {
+        p->mem = NULL;
         ferry_error_setg_errno(errp, errno, "mapping the probe's memory");
-        goto out;
+        return false;
     }
-    memcpy(mem, probe_code, sizeof(probe_code));
+    memcpy(p->mem, probe_code, sizeof(probe_code));
     struct kvm_userspace_memory_region region = {
         .slot = 0,
         .flags = KVM_MEM_LOG_DIRTY_PAGES,
         .guest_phys_addr = 0,
         .memory_size = mem_size,
-        .userspace_addr = (uint64_t)(uintptr_t)mem,
+        .userspace_addr = (uint64_t)(uintptr_t)p->mem,
     };
-    if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
+    if (ioctl(p->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
         ferry_error_setg_errno(errp, errno, "KVM_SET_USER_MEMORY_REGION with KVM_MEM_LOG_DIRTY_PAGES");
-        goto out;
+        return false;
     }
-    cpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0UL);
-    r = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
-    if (cpu_fd < 0 || r <= 0) {
+    p->cpu_fd = ioctl(p->vm_fd, KVM_CREATE_VCPU, 0UL);
+    r = ioctl(p->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (p->cpu_fd < 0 || r <= 0) {
         ferry_error_setg_errno(errp, errno, "creating the probe vCPU");
-        goto out;
+        return false;
     }
-    run_size = (size_t)r;
-    run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, cpu_fd, 0);
-    if (run == MAP_FAILED) {
-        run = NULL;
+    p->run_size = (size_t)r;
+    p->run = mmap(NULL, p->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, p->cpu_fd, 0);
+    if (p->run == MAP_FAILED) {
+        p->run = NULL;
         ferry_error_setg_errno(errp, errno, "mapping the probe vCPU's kvm_run");
-        goto out;
+        return false;
     }
-    if (ioctl(cpu_fd, KVM_GET_SREGS, &sregs) < 0) {
+    if (p->ring_size && !(p->ring = vm_map_dirty_ring(p->cpu_fd, p->ring_size, errp))) {
+        return false;
+    }
+    if (ioctl(p->cpu_fd, KVM_GET_SREGS, &sregs) < 0) {
         ferry_error_setg_errno(errp, errno, "KVM_GET_SREGS");
-        goto out;
+        return false;
     }
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
     sregs.ds.base = 0;
     sregs.ds.selector = 0;
-    if (ioctl(cpu_fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(cpu_fd, KVM_SET_REGS, &regs) < 0) {
+    if (ioctl(p->cpu_fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(p->cpu_fd, KVM_SET_REGS, &regs) < 0) {
         ferry_error_setg_errno(errp, errno, "setting the probe vCPU's registers");
+        return false;
+    }
+    return true;
+}
+
+static void probe_close(Probe *p)
+{
+    if (p->ring) {
+        munmap(p->ring, (size_t)p->ring_size * sizeof(struct kvm_dirty_gfn));
+    }
+    if (p->run) {
+        munmap(p->run, p->run_size);
+    }
+    if (p->cpu_fd >= 0) {
+        close(p->cpu_fd);
+    }
+    if (p->vm_fd >= 0) {
+        close(p->vm_fd);
+    }
+    if (p->kvm_fd >= 0) {
+        close(p->kvm_fd);
+    }
+    if (p->mem) {
+        munmap(p->mem, PROBE_PAGES * PAGE);
+    }
+}
+
+/* @ring_size entries per ring, or 0 for the bitmap. */
+static bool probe(uint32_t ring_size, FerryError **errp)
+{
+    Probe p = { .kvm_fd = -1, .vm_fd = -1, .cpu_fd = -1, .ring_size = ring_size };
+    bool ok = false;
+
+    if (!probe_setup(&p, errp)) {
         goto out;
     }
     /* Pages written before the log is read once (KVM populating the code page) are not the guest's: start from
      * an empty log. */
-    memset(map, 0, sizeof(map));
-    if (!slot_harvest(vm_fd, manual, 0, PROBE_PAGES, map, errp)) {
+    if (!probe_harvest(&p, errp) || !probe_run_to_hlt(&p, errp) || !probe_harvest(&p, errp) ||
+        !probe_expect(&p, (1UL << 1) | (1UL << 3), "first", errp) || !probe_run_to_hlt(&p, errp) ||
+        !probe_harvest(&p, errp) || !probe_expect(&p, 1UL << 3, "second", errp)) {
         goto out;
     }
-    if (!probe_run_to_hlt(cpu_fd, run, errp)) {
-        goto out;
-    }
-    memset(map, 0, sizeof(map));
-    if (!slot_harvest(vm_fd, manual, 0, PROBE_PAGES, map, errp) ||
-        !probe_expect(map, (1UL << 1) | (1UL << 3), "first", errp)) {
-        goto out;
-    }
-    if (!probe_run_to_hlt(cpu_fd, run, errp)) {
-        goto out;
-    }
-    memset(map, 0, sizeof(map));
-    if (!slot_harvest(vm_fd, manual, 0, PROBE_PAGES, map, errp) || !probe_expect(map, 1UL << 3, "second", errp)) {
-        goto out;
-    }
-    if (mem[0x1000] != 1 || mem[0x3000] != 2) {
+    if (p.mem[0x1000] != 1 || p.mem[0x3000] != 2) {
         ferry_error_setg(errp, "the probe guest's writes did not reach its memory");
         goto out;
     }
     ok = true;
 out:
-    if (run) {
-        munmap(run, run_size);
-    }
-    if (cpu_fd >= 0) {
-        close(cpu_fd);
-    }
-    if (vm_fd >= 0) {
-        close(vm_fd);
-    }
-    if (kvm_fd >= 0) {
-        close(kvm_fd);
-    }
-    if (mem != MAP_FAILED) {
-        munmap(mem, mem_size);
-    }
+    probe_close(&p);
     return ok;
+}
+
+bool vm_dirty_log_probe(FerryError **errp)
+{
+    return probe(0, errp);
+}
+
+bool vm_dirty_ring_probe(uint32_t entries, FerryError **errp)
+{
+    return probe(entries, errp);
 }
 
 /* ---- The tracker ---- */
@@ -301,4 +510,68 @@ const FerryDirtyTrackerOps vm_dirty_log_ops = {
     .start = log_start,
     .harvest = log_harvest,
     .stop = log_stop,
+};
+
+/* ---- The ring tracker ---- */
+
+static bool ring_start(void *opaque, FerryError **errp)
+{
+    Vm *vm = opaque;
+    uint64_t pages = vm->cfg.ram_size / PAGE;
+
+    /* The pending bitmap first, so that no entry collected from the moment the slots log is dropped (entries left
+     * from an earlier arming are noted too: over-reporting is harmless). */
+    pthread_mutex_lock(&vm->ring_lock);
+    if (!vm->ring_pending) {
+        vm->ring_pending = calloc((size_t)((pages + BITS - 1) / BITS), sizeof(unsigned long));
+        vm->ring_pages = pages;
+    }
+    pthread_mutex_unlock(&vm->ring_lock);
+    if (!vm->ring_pending) {
+        ferry_error_setg(errp, "out of memory for the dirty ring's pending pages");
+        return false;
+    }
+    return vm_set_slot_flags(vm, KVM_MEM_LOG_DIRTY_PAGES, errp);
+}
+
+static bool ring_harvest(void *opaque, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
+{
+    Vm *vm = opaque;
+    bool ok;
+
+    if (b != vm->ram) {
+        return true; /* not guest RAM: nothing of KVM's writes there */
+    }
+    pthread_mutex_lock(&vm->ring_lock);
+    ok = vm->ring_pending && collect_locked(vm, errp);
+    if (ok) {
+        size_t words = (size_t)((vm->ring_pages + BITS - 1) / BITS);
+
+        for (size_t w = 0; w < words; w++) {
+            bitmap[w] |= vm->ring_pending[w];
+        }
+        memset(vm->ring_pending, 0, words * sizeof(unsigned long));
+    } else if (!vm->ring_pending) {
+        ferry_error_setg(errp, "the dirty ring is harvested but not armed");
+    }
+    pthread_mutex_unlock(&vm->ring_lock);
+    return ok;
+}
+
+static void ring_stop(void *opaque)
+{
+    Vm *vm = opaque;
+
+    log_stop(vm);
+    pthread_mutex_lock(&vm->ring_lock);
+    free(vm->ring_pending);
+    vm->ring_pending = NULL;
+    pthread_mutex_unlock(&vm->ring_lock);
+}
+
+const FerryDirtyTrackerOps vm_dirty_ring_ops = {
+    .name = "kvm-dirty-ring",
+    .start = ring_start,
+    .harvest = ring_harvest,
+    .stop = ring_stop,
 };

@@ -1,7 +1,7 @@
 /*
  * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is the
- * command line (QEMU's spellings: -m, -smp, -drive, -serial, -object memory-backend-memfd, -machine, -mem-prealloc,
- * plus the common options of the host runtime: -qmp, -monitor, -incoming, -S, -name), the choice of dirty
+ * command line (QEMU's spellings: -m, -smp, -drive, -serial, -object memory-backend-memfd, -machine, -accel,
+ * -mem-prealloc, plus the common options of the host runtime: -qmp, -monitor, -incoming, -S, -name), the choice of dirty
  * tracker, the QMP commands query-pattern-check and query-vm, and main(). The machine is in vm.c and its
  * neighbours (vm.h lists them). It uses only libferry's public API.
  */
@@ -46,17 +46,23 @@ static void usage(FILE *out)
             "                          guest RAM in a memfd; share=on lets mode cpr-transfer pass it to a local\n"
             "                          destination instead of copying it\n"
             "  -mem-prealloc           fault all guest RAM in at start-up\n"
-            "  -dirty-tracker auto|kvm-dirty-log|uffd-wp|none\n"
+            "  -accel kvm[,dirty-ring-size=N]\n"
+            "                          KVM's dirty ring of N entries per vCPU (a power of two, %u..%u; 0: none)\n"
+            "                          for outgoing migrations instead of its dirty bitmap; QEMU's other kvm\n"
+            "                          properties are accepted and ignored\n"
+            "  -dirty-tracker auto|kvm-dirty-log|kvm-dirty-ring|uffd-wp|none\n"
             "                          how outgoing migrations find the pages the guest wrote: KVM's dirty log\n"
-            "                          (auto takes it if a start-up probe sees a guest write in it), or the\n"
-            "                          library's userfaultfd write-protect tracker; default auto\n"
+            "                          (auto takes it if a start-up probe sees the guest's writes in it, or the\n"
+            "                          ring if -accel gave a dirty-ring-size), KVM's dirty ring (%u entries\n"
+            "                          unless -accel says), or the library's userfaultfd write-protect tracker;\n"
+            "                          default auto\n"
             "  -ab-every N             passes of the A-B guest per progress character (0 = about one per 256 MiB\n"
             "                          written); default 0\n"
             "  -enable-kvm, -nographic, -display none, -nodefaults\n"
             "                          accepted for QEMU compatibility (always KVM, never a display)\n"
             "  -h, --help              this text\n"
             "%s",
-            VM_MAX_SMP, ferry_host_common_usage());
+            VM_MAX_SMP, VM_DIRTY_RING_MIN, VM_DIRTY_RING_MAX, VM_DIRTY_RING_DEFAULT, ferry_host_common_usage());
 }
 
 static bool parse_size(const char *s, unsigned default_shift, uint64_t *out)
@@ -141,6 +147,8 @@ typedef struct Options {
     uint64_t mb_size;
     bool mb_share, mb_prealloc;
     char machine_backend[64];
+    bool tracker_given;
+    bool ring_size_given;       /* -accel kvm,dirty-ring-size= */
 } Options;
 
 static bool parse_on_off(const char *what, const char *value, bool *out)
@@ -226,6 +234,65 @@ static bool parse_machine(const char *arg, Options *o)
     return true;
 }
 
+/* QEMU's -accel: the accelerator (first, bare or accel=) must be kvm. Of its properties dirty-ring-size counts;
+ * the others QEMU's kvm accelerator has are accepted for QEMU's command lines and ignored, as they tune what
+ * ferry-vm does not have or does one way only (kernel-irqchip must then be on, the only mode here). */
+static bool parse_accel(const char *arg, Options *o)
+{
+    static const char *const ignored[] = {
+        "kvm-shadow-mem", "eager-split-size", "notify-vmexit", "notify-window", "thread", "device",
+    };
+    char buf[256];
+    const char *key, *value;
+    const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
+    const char *accel = value && strcmp(key, "accel") == 0 ? value : !value ? key : "";
+
+    if (strcmp(accel, "kvm") != 0) {
+        fprintf(stderr, PROG ": -accel: '%s' is not an accelerator of ferry-vm (only kvm)\n", *accel ? accel : arg);
+        return false;
+    }
+    while (rest && *rest) {
+        bool known = false;
+
+        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        if (!value) {
+            fprintf(stderr, PROG ": -accel kvm: '%s' needs a value\n", key);
+            return false;
+        }
+        if (strcmp(key, "dirty-ring-size") == 0) {
+            uint32_t v;
+
+            if (!parse_u32(value, UINT32_MAX, &v) ||
+                (v && (v < VM_DIRTY_RING_MIN || v > VM_DIRTY_RING_MAX || (v & (v - 1))))) {
+                fprintf(stderr,
+                        PROG ": -accel kvm: dirty-ring-size '%s' is not a power of two from %u to %u (or 0: no ring)\n",
+                        value, VM_DIRTY_RING_MIN, VM_DIRTY_RING_MAX);
+                return false;
+            }
+            o->cfg.dirty_ring_size = v;
+            o->ring_size_given = true;
+            continue;
+        }
+        if (strcmp(key, "kernel-irqchip") == 0) {
+            if (strcmp(value, "on") != 0) {
+                fprintf(stderr, PROG ": -accel kvm: kernel-irqchip=%s: ferry-vm has the whole irqchip in KVM (on)\n",
+                        value);
+                return false;
+            }
+            continue;
+        }
+        for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++) {
+            known = known || strcmp(key, ignored[i]) == 0;
+        }
+        if (!known) {
+            fprintf(stderr, PROG ": -accel kvm: unknown property '%s' (dirty-ring-size=N, or QEMU's other kvm ones)\n",
+                    key);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool parse_drive(const char *arg, Options *o)
 {
     char buf[sizeof(o->drive) + 16];
@@ -283,6 +350,7 @@ static bool parse_tracker(const char *arg, VmTrackerChoice *t)
     } names[] = {
         {"auto", VM_TRACKER_AUTO},
         {"kvm-dirty-log", VM_TRACKER_KVM},
+        {"kvm-dirty-ring", VM_TRACKER_KVM_RING},
         {"uffd-wp", VM_TRACKER_UFFD_WP},
         {"none", VM_TRACKER_NONE},
     };
@@ -292,14 +360,14 @@ static bool parse_tracker(const char *arg, VmTrackerChoice *t)
             return true;
         }
     }
-    fprintf(stderr, PROG ": -dirty-tracker: '%s' is not auto, kvm-dirty-log, uffd-wp or none\n", arg);
+    fprintf(stderr, PROG ": -dirty-tracker: '%s' is not auto, kvm-dirty-log, kvm-dirty-ring, uffd-wp or none\n", arg);
     return false;
 }
 
 static bool takes_arg(const char *opt)
 {
     static const char *const with_arg[] = {
-        "-m", "-smp", "-drive", "-serial", "-object", "-machine", "-dirty-tracker", "-ab-every", "-display",
+        "-m", "-smp", "-drive", "-serial", "-object", "-machine", "-accel", "-dirty-tracker", "-ab-every", "-display",
         "-kernel", "-initrd", "-append",
     };
     for (size_t i = 0; i < sizeof(with_arg) / sizeof(with_arg[0]); i++) {
@@ -399,9 +467,31 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
                    (strcmp(opt, "-serial") == 0 && !parse_serial(arg, o)) ||
                    (strcmp(opt, "-object") == 0 && !parse_object(arg, o)) ||
                    (strcmp(opt, "-machine") == 0 && !parse_machine(arg, o)) ||
+                   (strcmp(opt, "-accel") == 0 && !parse_accel(arg, o)) ||
                    (strcmp(opt, "-dirty-tracker") == 0 && !parse_tracker(arg, &o->cfg.tracker))) {
             return EXIT_BAD_VALUE;
         }
+    }
+
+    /* QEMU uses the ring only when given a size; here -dirty-tracker kvm-dirty-ring asks for it too. With a ring
+     * KVM keeps no bitmap, and another tracker would leave the ring unread: those pairs contradict each other. */
+    if (o->cfg.tracker == VM_TRACKER_KVM_RING) {
+        if (o->ring_size_given && !o->cfg.dirty_ring_size) {
+            fprintf(stderr, PROG ": -dirty-tracker kvm-dirty-ring needs a ring: -accel kvm,dirty-ring-size=0 says none\n");
+            return EXIT_BAD_VALUE;
+        }
+        if (!o->ring_size_given) {
+            o->cfg.dirty_ring_size = VM_DIRTY_RING_DEFAULT;
+        }
+    } else if (o->cfg.dirty_ring_size) {
+        if (o->cfg.tracker != VM_TRACKER_AUTO) {
+            fprintf(stderr, PROG ": -accel kvm,dirty-ring-size=%u and -dirty-tracker %s contradict each other (the ring "
+                    "is KVM's dirty log then; use -dirty-tracker auto or kvm-dirty-ring)\n",
+                    o->cfg.dirty_ring_size, o->cfg.tracker == VM_TRACKER_KVM ? "kvm-dirty-log"
+                                            : o->cfg.tracker == VM_TRACKER_UFFD_WP ? "uffd-wp" : "none");
+            return EXIT_BAD_VALUE;
+        }
+        o->cfg.tracker = VM_TRACKER_KVM_RING;
     }
 
     if (o->machine_backend[0] || o->mb_given) {
@@ -445,7 +535,7 @@ typedef struct Machine {
     FerryHost *host;
     const char *tracker;       /* what outgoing migrations will use */
     char tracker_note[512];    /* why, if it is not KVM's dirty log */
-    bool dirty_ring;           /* KVM_CAP_DIRTY_LOG_RING is offered (not used) */
+    bool dirty_ring;           /* KVM_CAP_DIRTY_LOG_RING is offered (used with -accel kvm,dirty-ring-size) */
 } Machine;
 
 static json_t *cmd_pattern_check(json_t *args, void *opaque, FerryError **errp)
@@ -500,18 +590,39 @@ static json_t *cmd_query_vm(json_t *args, void *opaque, FerryError **errp)
     if (r && mc->tracker_note[0]) {
         json_object_set_new(r, "dirty-tracker-note", json_string(mc->tracker_note));
     }
+    if (r) {
+        uint64_t collected;
+
+        pthread_mutex_lock(&vm->ring_lock);
+        collected = vm->ring_collected;
+        pthread_mutex_unlock(&vm->ring_lock);
+        json_object_set_new(r, "dirty-ring-size", json_integer((json_int_t)vm->ring_size));
+        json_object_set_new(r, "dirty-ring-collected", json_integer((json_int_t)collected));
+        json_object_set_new(r, "dirty-ring-full-exits", json_integer((json_int_t)atomic_load(&vm->ring_full_exits)));
+    }
     return r;
 }
 
-/* Choose the tracker outgoing migrations use (-dirty-tracker); false only if kvm-dirty-log was required and the
- * probe failed. */
+/* Choose the tracker outgoing migrations use (-dirty-tracker); false only if kvm-dirty-log or the ring was
+ * required and the probe failed. */
 static bool choose_tracker(Machine *mc, FerryMigration *m, FerryError **errp)
 {
     Vm *vm = mc->vm;
     FerryError *err = NULL;
 
-    mc->dirty_ring = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING) > 0;
+    mc->dirty_ring = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING) > 0 ||
+                     ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0;
     switch (vm->cfg.tracker) {
+    case VM_TRACKER_KVM_RING:
+        /* vm_new enabled the ring (or failed): the probe checks that it reports what a guest writes. */
+        if (!vm_dirty_ring_probe(vm->ring_size, errp)) {
+            ferry_error_prepend(errp, "the dirty ring (dirty-ring-size=%u): the start-up probe failed: ",
+                                vm->ring_size);
+            return false;
+        }
+        mc->tracker = "kvm-dirty-ring";
+        ferry_migration_set_dirty_tracker_ops(m, &vm_dirty_ring_ops, vm);
+        return true;
     case VM_TRACKER_UFFD_WP:
         mc->tracker = "uffd-wp";
         ferry_migration_set_dirty_tracker(m, FERRY_TRACKER_UFFD_WP);

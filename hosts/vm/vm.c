@@ -10,6 +10,12 @@
  * which the thread only clears under the lock while it is parked. This is kvmtool's and QEMU's technique; the
  * parking protocol (host_run, holds, go) is ferry-workload's. State sections live in cpu-state.c and vm-state.c,
  * the guest image in boot.c.
+ *
+ * With a dirty ring (-accel kvm,dirty-ring-size=N) KVM_CAP_DIRTY_LOG_RING is enabled before any vCPU exists, as KVM
+ * requires, and each vCPU's ring is mapped from its fd. A vCPU whose ring fills exits with
+ * KVM_EXIT_DIRTY_RING_FULL and cannot re-enter until the ring is collected and reset: its thread does that itself
+ * (dirty-log.c's vm_dirty_ring_collect, under the ring's own lock, never vm->lock, so it cannot deadlock with a
+ * stopper waiting for it to park) and goes on, as QEMU's vCPU threads reap the rings in that case.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -163,6 +169,9 @@ static bool create_vcpu(Vm *vm, unsigned id, FerryError **errp)
         ferry_error_setg_errno(errp, errno, "mapping vCPU %u's kvm_run", id);
         return false;
     }
+    if (vm->ring_size && !(cpu->ring = vm_map_dirty_ring(cpu->fd, vm->ring_size, errp))) {
+        return false;
+    }
     return set_vcpu_cpuid(vm, cpu, errp);
 }
 
@@ -180,6 +189,7 @@ Vm *vm_new(const VmConfig *cfg, FerryError **errp)
     vm->vm_fd = -1;
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
+    pthread_mutex_init(&vm->ring_lock, NULL);
     atomic_init(&vm->go, false);
     vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (vm->kvm_fd < 0) {
@@ -222,9 +232,16 @@ Vm *vm_new(const VmConfig *cfg, FerryError **errp)
         vm_error_ioctl(errp, "KVM_CREATE_PIT2");
         goto fail;
     }
+    if (cfg->dirty_ring_size) {
+        if (!vm_enable_dirty_ring(vm->vm_fd, cfg->dirty_ring_size, errp)) {
+            goto fail;
+        }
+        vm->ring_size = cfg->dirty_ring_size;
+    }
     /* Manual protection makes a harvest GET + CLEAR, so that pages are re-protected only once read: the
-     * difference is speed, not correctness, so it is used where KVM has it. */
-    if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
+     * difference is speed, not correctness, so it is used where KVM has it. The bitmap is not kept with a
+     * dirty ring (x86 KVM_GET_DIRTY_LOG refuses then), so neither is this. */
+    if (!vm->ring_size && ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
         struct kvm_enable_cap cap = {
             .cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
             .args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
@@ -417,10 +434,38 @@ static void handle_io(Vcpu *cpu)
     }
 }
 
+/* KVM_EXIT_DIRTY_RING_FULL: collect the rings and reset them, so that KVM lets the vCPU in again (QEMU's vCPU
+ * threads reap in that case too). The ring may have been emptied already by the migration thread's harvest, so
+ * this collection finding nothing is normal; but if nobody collected anything since this vCPU's previous exit,
+ * also a full ring, the ring cannot be emptied and the vCPU would spin: it stops instead. *@last is the count of
+ * entries ever collected at the previous such exit (UINT64_MAX: the previous exit was another). Returns false if
+ * the vCPU died. */
+static bool ring_full(Vcpu *cpu, uint64_t *last)
+{
+    FerryError *err = NULL;
+    uint64_t total = 0;
+
+    atomic_fetch_add_explicit(&cpu->vm->ring_full_exits, 1, memory_order_relaxed);
+    if (!vm_dirty_ring_collect(cpu->vm, &total, &err)) {
+        char why[256];
+        snprintf(why, sizeof(why), "dirty ring full, collecting it failed: %s", ferry_error_msg(err));
+        ferry_error_free(err);
+        vcpu_die(cpu, why);
+        return false;
+    }
+    if (total == *last) {
+        vcpu_die(cpu, "dirty ring full again with nothing collected since it last was");
+        return false;
+    }
+    *last = total;
+    return true;
+}
+
 static void *vcpu_main(void *arg)
 {
     Vcpu *cpu = arg;
     Vm *vm = cpu->vm;
+    uint64_t ring_last = UINT64_MAX; /* see ring_full() */
 
     for (;;) {
         /* dead is written by this thread only; vcpu_park() reads it under the lock for the others' sake. */
@@ -440,6 +485,9 @@ static void *vcpu_main(void *arg)
             continue;
         }
         atomic_fetch_add_explicit(&cpu->exits, 1, memory_order_relaxed);
+        if (cpu->run->exit_reason != KVM_EXIT_DIRTY_RING_FULL) {
+            ring_last = UINT64_MAX;
+        }
         switch (cpu->run->exit_reason) {
         case KVM_EXIT_IO:
             handle_io(cpu);
@@ -450,6 +498,9 @@ static void *vcpu_main(void *arg)
             }
             break;
         case KVM_EXIT_INTR:
+            break;
+        case KVM_EXIT_DIRTY_RING_FULL:
+            ring_full(cpu, &ring_last);
             break;
         case KVM_EXIT_HLT:
             /* With the in-kernel irqchip KVM handles HLT itself; seeing one means the guest halted for good. */
@@ -538,6 +589,9 @@ void vm_free(Vm *vm)
         if (vm->vcpus[i].run) {
             munmap(vm->vcpus[i].run, vm->vcpus[i].run_size);
         }
+        if (vm->vcpus[i].ring) {
+            munmap(vm->vcpus[i].ring, (size_t)vm->ring_size * sizeof(struct kvm_dirty_gfn));
+        }
         close(vm->vcpus[i].fd);
     }
     if (vm->vm_fd >= 0) {
@@ -550,6 +604,8 @@ void vm_free(Vm *vm)
         munmap(vm->ram_host, vm->cfg.ram_size);
     }
     free(vm->cpuid);
+    free(vm->ring_pending);
+    pthread_mutex_destroy(&vm->ring_lock);
     pthread_cond_destroy(&vm->cond);
     pthread_mutex_destroy(&vm->lock);
     free(vm);

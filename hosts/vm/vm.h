@@ -7,9 +7,9 @@
  *
  * Files: vm.c (the VM, its memory slots, the vCPU threads and their parking protocol, port I/O dispatch),
  * cpu-state.c (one vCPU's state: get, set, visit), vm-state.c (irqchip, PIT, KVM clock), serial.c (the UART),
- * dirty-log.c (KVM's dirty log as a ferry dirty tracker, and its start-up probe), boot.c (loading the boot
- * sector, the real-mode start, the A-B checker), linux.c (booting a Linux bzImage), main.c (options, QMP commands,
- * main()).
+ * dirty-log.c (KVM's dirty log, bitmap and ring, as ferry dirty trackers, and their start-up probes), boot.c
+ * (loading the boot sector, the real-mode start, the A-B checker), linux.c (booting a Linux bzImage), main.c
+ * (options, QMP commands, main()).
  */
 #ifndef FERRY_VM_H
 #define FERRY_VM_H
@@ -61,6 +61,7 @@ typedef enum VmSerialMode {
 typedef enum VmTrackerChoice {
     VM_TRACKER_AUTO,    /* KVM's dirty log if the start-up probe saw a guest write in it, else uffd-wp, else none */
     VM_TRACKER_KVM,     /* KVM's dirty log; start-up fails if the probe does not pass */
+    VM_TRACKER_KVM_RING, /* KVM's dirty ring (cfg.dirty_ring_size entries per vCPU); fails as VM_TRACKER_KVM */
     VM_TRACKER_UFFD_WP, /* the library's userfaultfd write-protect tracker, which sees KVM's writes too */
     VM_TRACKER_NONE,    /* stop-and-copy */
 } VmTrackerChoice;
@@ -77,7 +78,14 @@ typedef struct VmConfig {
     VmSerialMode serial_mode;
     const char *serial_path;    /* VM_SERIAL_FILE */
     VmTrackerChoice tracker;
+    uint32_t dirty_ring_size;   /* entries of each vCPU's dirty ring (a power of two), 0 = no ring */
 } VmConfig;
+
+/* QEMU's bounds for -accel kvm,dirty-ring-size (qemu-options.hx: a power of two, 1024 or more) and KVM's
+ * (KVM_DIRTY_RING_MAX_ENTRIES, include/linux/kvm_dirty_ring.h); the kernel may offer less (vm_new checks). */
+#define VM_DIRTY_RING_MIN 1024u
+#define VM_DIRTY_RING_MAX 65536u
+#define VM_DIRTY_RING_DEFAULT 4096u
 
 typedef struct Vm Vm;
 typedef struct Serial Serial;
@@ -93,6 +101,8 @@ typedef struct Vcpu {
     bool thread_started;
     bool dead;            /* the guest shut down or KVM failed: the vCPU never runs again (vm->lock) */
     _Atomic uint64_t exits;
+    struct kvm_dirty_gfn *ring; /* its dirty ring (vm->ring_size entries) mapped from the vCPU fd, or NULL */
+    uint32_t ring_fetch;  /* free-running index of the next entry to collect (vm->ring_lock) */
 } Vcpu;
 
 /* A KVM memory slot: guest-physical [gpa, gpa + size) is the RAM block's bytes from block_offset. */
@@ -118,6 +128,16 @@ struct Vm {
     uint32_t xsave_size;  /* KVM_CAP_XSAVE2's size, or sizeof(struct kvm_xsave) */
     bool xcrs;            /* KVM_CAP_XCRS */
     bool manual_protect;  /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled: harvest = GET + CLEAR */
+    /* The dirty ring (cfg.dirty_ring_size != 0: KVM_CAP_DIRTY_LOG_RING enabled, no bitmap). Collections come from
+     * the migration thread's harvest and from a vCPU whose ring filled; ring_lock serializes them and guards
+     * ring_pending (pages of the RAM block collected since the last harvest; allocated while the tracker is
+     * armed, NULL otherwise: entries collected then are dropped) and every vCPU's ring_fetch. */
+    uint32_t ring_size;   /* entries per vCPU ring */
+    pthread_mutex_t ring_lock;
+    unsigned long *ring_pending;
+    uint64_t ring_pages;  /* bits of ring_pending: the RAM block's pages */
+    uint64_t ring_collected; /* entries collected since start-up (ring_lock) */
+    _Atomic uint64_t ring_full_exits; /* KVM_EXIT_DIRTY_RING_FULL exits of all vCPUs */
     Serial *serial;
     FerryHost *host;      /* for events; NULL in unit tests */
 
@@ -228,10 +248,25 @@ void serial_get_regs(Serial *s, SerialRegs *r);
 void serial_set_regs(Serial *s, const SerialRegs *r);
 
 /* ---- dirty-log.c ---- */
-/* Whether KVM's dirty log reports a page a guest wrote, on a throw-away VM; on false *errp says what failed. */
+/* Whether KVM's dirty log reports the pages a guest wrote, on a throw-away VM; on false *errp says what failed. */
 bool vm_dirty_log_probe(FerryError **errp);
-/* The ferry dirty tracker over @vm's slots (opaque: the Vm). */
+/* The same with the dirty ring of @entries entries instead of the bitmap. */
+bool vm_dirty_ring_probe(uint32_t entries, FerryError **errp);
+/* The probes' rule for one harvest (@map: @words words, page i = bit i): every page of @want (pages of the first
+ * word) and nothing else but page 0, the probe guest's code page. */
+bool vm_dirty_probe_report_ok(const unsigned long *map, size_t words, unsigned long want);
+/* The ferry dirty trackers over @vm's slots (opaque: the Vm): the bitmap, and the ring (@vm made with a
+ * dirty_ring_size). */
 extern const FerryDirtyTrackerOps vm_dirty_log_ops;
+extern const FerryDirtyTrackerOps vm_dirty_ring_ops;
+/* Collect every vCPU's ring (into ring_pending while armed, else dropped) and have KVM re-protect the collected
+ * pages (KVM_RESET_DIRTY_RINGS); *@total (may be NULL) gets the number of entries ever collected. What a vCPU
+ * thread does when its ring is full. */
+bool vm_dirty_ring_collect(Vm *vm, uint64_t *total, FerryError **errp);
+/* KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING) on @vm_fd with @entries per vCPU (before any vCPU exists), and the mapping
+ * of one vCPU's ring (NULL on failure). */
+bool vm_enable_dirty_ring(int vm_fd, uint32_t entries, FerryError **errp);
+void *vm_map_dirty_ring(int cpu_fd, uint32_t entries, FerryError **errp);
 
 /* ---- linux.c ---- */
 /* Load cfg.kernel (and cfg.initrd, cfg.append) with the 32-bit boot protocol and put vCPU 0 at its entry. */

@@ -3,10 +3,10 @@ guest migrates over UNIX and TCP and keeps running on the destination (the A-B i
 QEMU's migration test checks it; more progress characters appear on the destination's serial output; the KVM
 clock does not go backwards); it migrates twice (A to B to C); a cancelled migration leaves the source running
 and a second one completes; shared memfd RAM moves without a copy in mode cpr-transfer; the uffd-wp tracker
-works for KVM's writes too; with -smp 2 both vCPUs run (the guest starts the second) and both go on after the
+works for KVM's writes too, and so does KVM's dirty ring, also one so small that the vCPU fills it over and over
+during the migration; with -smp 2 both vCPUs run (the guest starts the second) and both go on after the
 migration; a Linux kernel boots and migrates while its shell counts on the console; a destination of another
-shape refuses the stream. Every test skips where /dev/kvm
-cannot be opened."""
+shape refuses the stream; bad -accel values are refused. Every test skips where /dev/kvm cannot be opened."""
 
 import os
 import re
@@ -17,6 +17,12 @@ import pytest
 import ferrytest
 from ferrytest import free_port, wait_listening, wait_until
 
+# Under an emulated KVM (scripts/kvm-emulated.sh sets FERRY_KVM_EMULATED=1) everything runs tens of times slower:
+# waits for liveness are that much longer, and a migration that must complete gets the downtime limit QEMU's own
+# migration test gives its A-B guest to make it converge (migrate_ensure_converge: 30 s), since the guest rewrites
+# its range faster than the emulated machine copies it. What is checked stays the same.
+EMULATED = os.environ.get("FERRY_KVM_EMULATED") == "1"
+SLOWER = 10 if EMULATED else 1
 FAST = 1 << 30  # max-bandwidth for migrations that should converge: 1 GiB/s
 SLOW = 16 << 20  # one that cannot: the guest dirties its 63 MiB every few tens of ms
 VM = ["-m", "64M", "-ab-every", "2"]
@@ -36,7 +42,8 @@ def kvm_unavailable():
     return None
 
 
-pytestmark = pytest.mark.skipif(kvm_unavailable() is not None, reason=str(kvm_unavailable()))
+pytestmark = [pytest.mark.skipif(kvm_unavailable() is not None, reason=str(kvm_unavailable())),
+              pytest.mark.deadline(150 * (4 if EMULATED else 1))]
 
 
 class VMSet(ferrytest.WorkloadSet):
@@ -65,7 +72,7 @@ def serial(vm):
         return b""
 
 
-def wait_progress(vm, more=2, timeout=30):
+def wait_progress(vm, more=2, timeout=30 * SLOWER):
     """Wait until @more progress characters were added to @vm's serial output; returns the output."""
     first = serial(vm).count(b"B")
     return wait_until(lambda: serial(vm).count(b"B") >= first + more and serial(vm), timeout,
@@ -85,9 +92,11 @@ def unix_uri(vms, name="mig.sock"):
 
 def migrate(src, dst, uri, bandwidth=FAST):
     src.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth})
+    if EMULATED:
+        src.cmd("migrate-set-parameters", **{"downtime-limit": 30000})
     clock_before = src.cmd("query-vm")["kvm-clock"]
     src.migrate(uri)
-    info = src.wait_migration()
+    info = src.wait_migration(timeout=90 * SLOWER)
     assert info["status"] == "completed", f"migration did not complete: {info}"
     src.wait_status(("postmigrate",))
     dst.wait_status(("running",))
@@ -117,7 +126,8 @@ def test_boot_and_serial(vms):
     assert info["dirty-tracker"] in ("kvm-dirty-log", "uffd-wp"), info
     assert info["serial-bytes"] >= 4, info
     # The guest really runs: a later check finds other first bytes.
-    wait_until(lambda: vm.cmd("query-pattern-check")["first-byte"] != check["first-byte"], 10, "the guest to move on")
+    wait_until(lambda: vm.cmd("query-pattern-check")["first-byte"] != check["first-byte"], 10 * SLOWER,
+               "the guest to move on")
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
@@ -155,9 +165,10 @@ def test_cancel_and_retry(vms):
     wait_progress(src)
     src.cmd("migrate-set-parameters", **{"max-bandwidth": SLOW})
     src.migrate(uri)
-    wait_until(lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 2, 60, "a second pass")
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 2, 60 * SLOWER,
+               "a second pass")
     src.cmd("migrate_cancel")
-    info = src.wait_migration(timeout=30)
+    info = src.wait_migration(timeout=30 * SLOWER)
     assert info["status"] == "cancelled", info
     src.wait_status(("running",))
     # The guest goes on where it was: same serial output, more progress, the invariant holds.
@@ -210,7 +221,7 @@ def slice_bytes(vm):
     return [s["first-byte"] for s in vm.cmd("query-pattern-check")["slices"]]
 
 
-def wait_slices_move(vm, timeout=60):
+def wait_slices_move(vm, timeout=60 * SLOWER):
     """Wait until the first byte of every vCPU's slice has changed: every vCPU runs."""
     before = slice_bytes(vm)
     wait_until(lambda: all(a != b for a, b in zip(before, slice_bytes(vm))), timeout,
@@ -309,6 +320,81 @@ def test_linux_guest_migrates(vms, smp):
     assert ticks(serial(dst))[0] <= last + 1, (last, serial(dst)[:200])
     assert b"init: up" not in serial(dst), "the destination's guest booted again"
     assert "Kernel panic" not in out.decode(errors="replace"), out[-2000:]
+
+
+def dirty_ring_unavailable():
+    import fcntl
+    KVM_CHECK_EXTENSION = 0xAE03
+    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 192, 223
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError as e:
+        return f"/dev/kvm cannot be opened: {e.strerror}"
+    try:
+        if max(fcntl.ioctl(fd, KVM_CHECK_EXTENSION, c) for c in (KVM_CAP_DIRTY_LOG_RING,
+                                                                   KVM_CAP_DIRTY_LOG_RING_ACQ_REL)) <= 0:
+            return "this KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING)"
+    finally:
+        os.close(fd)
+    return None
+
+
+@pytest.mark.parametrize("ring", [["-dirty-tracker", "kvm-dirty-ring"], ["-accel", "kvm,dirty-ring-size=1024"]],
+                         ids=["dirty-tracker", "accel-small"])
+def test_dirty_ring_tracker(vms, ring):
+    why = dirty_ring_unavailable()
+    if why:
+        pytest.skip(why)
+    size = 4096 if ring[0] == "-dirty-tracker" else 1024
+    uri = unix_uri(vms)
+    # The destination needs no ring; it gets the same -accel anyway, as QEMU's destinations are started.
+    dst = vms.start("dst", *VM, *ring, "-incoming", uri)
+    wait_listening(uri)
+    src = vms.start("src", *VM, *ring)
+    info = src.cmd("query-vm")
+    assert info["dirty-tracker"] == "kvm-dirty-ring" and info["dirty-ring-size"] == size, info
+    assert info["manual-dirty-log-protect"] is False, info
+    wait_progress(src)
+    before = src.cmd("query-vm")
+    info = migrate(src, dst, uri)
+    assert info["dirty-tracker"] == "kvm-dirty-ring", info
+    assert info["ram"]["normal"] >= (63 << 20) // 4096, info
+    after = src.cmd("query-vm")
+    # The guest rewrites 16128 pages per pass: the ring collected them, and a ring of 1024 entries filled (its vCPU
+    # collected it) many times during the migration.
+    assert after["dirty-ring-collected"] > before["dirty-ring-collected"], after
+    if size == 1024:
+        assert after["dirty-ring-full-exits"] > before["dirty-ring-full-exits"], after
+    assert all(not c["stopped-for-good"] for c in after["cpus"]), after
+    check_continues(src, dst)
+
+
+def test_accel_option(vms):
+    import subprocess
+
+    def run(*args):
+        return subprocess.run([vm_binary(), "-serial", "null", *args], capture_output=True, text=True, timeout=30)
+
+    for value in ("1000", "512", "131072", "abc", "-4096", ""):
+        bad = run("-accel", f"kvm,dirty-ring-size={value}")
+        assert bad.returncode == 1, bad
+        assert f"dirty-ring-size '{value}' is not a power of two from 1024 to 65536" in bad.stderr, bad.stderr
+    for args, words in ((["-accel", "tcg"], "'tcg' is not an accelerator"),
+                        (["-accel", "kvm,bogus=1"], "unknown property 'bogus'"),
+                        (["-accel", "kvm,kernel-irqchip=split"], "kernel-irqchip=split"),
+                        (["-accel", "kvm,dirty-ring-size=4096", "-dirty-tracker", "uffd-wp"], "contradict"),
+                        (["-accel", "kvm,dirty-ring-size=4096", "-dirty-tracker", "kvm-dirty-log"], "contradict"),
+                        (["-accel", "kvm,dirty-ring-size=0", "-dirty-tracker", "kvm-dirty-ring"], "needs a ring"),
+                        (["-dirty-tracker", "ring"], "kvm-dirty-ring")):
+        bad = run(*args)
+        assert bad.returncode == 1 and words in bad.stderr, (args, bad)
+    # Accepted: kvm alone, QEMU's properties ferry-vm ignores, no ring (0), and the bitmap still the default.
+    for i, args in enumerate((["-accel", "kvm"], ["-accel", "accel=kvm,kvm-shadow-mem=256M,kernel-irqchip=on"],
+                              ["-accel", "kvm,dirty-ring-size=0"], ["-machine", "pc,accel=kvm", "-enable-kvm"])):
+        vm = vms.start(f"vm{i}", *VM, *args)
+        info = vm.cmd("query-vm")
+        assert info["dirty-tracker"] in ("kvm-dirty-log", "uffd-wp") and info["dirty-ring-size"] == 0, (args, info)
+        vm.stop_process()
 
 
 def test_shape_mismatch(vms):
