@@ -46,7 +46,8 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not insta
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "no static /bin/busybox (package busybox-static)"
 # The newest Debian kernel installed, with its kvm-amd module.
 kver=$(ls /lib/modules 2>/dev/null | sort -V | tail -n 1)
-[ -n "$kver" ] && [ -f "/boot/vmlinuz-$kver" ] || die "no kernel in /boot with modules in /lib/modules (package linux-image-amd64)"
+[ -n "$kver" ] && [ -f "/boot/vmlinuz-$kver" ] ||
+    die "no kernel in /boot with modules in /lib/modules (package linux-image-amd64)"
 mods=/lib/modules/$kver
 find "$mods" -name 'kvm-amd.ko*' | grep -q . || die "$kver has no kvm-amd module"
 [ -e /dev/kvm ] && echo "kvm-emulated.sh: note: /dev/kvm exists here; running emulated all the same" >&2

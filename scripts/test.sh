@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it (`.ci/run` calls this): install the Debian packages, build a tree with
 # warnings as errors (build-ci), one under AddressSanitizer + UndefinedBehaviorSanitizer (build-san) and one with
 # clang and libFuzzer (build-fuzz), run the unit tests and the integration tests against the sanitized binaries
-# (ferry-vm's again under an emulated KVM where /dev/kvm is missing), run each fuzz target for 20 s on its seed corpus, check that `meson install` produces a usable
-# libferry.pc, and print one summary line "N passed, N failed[, N skipped]". Exits non-zero if anything failed.
+# (ferry-vm's again under an emulated KVM where /dev/kvm is missing), run each fuzz target for 20 s on its seed
+# corpus, check that `meson install` produces a usable libferry.pc, and print one summary line "N passed, N
+# failed[, N skipped]". Exits non-zero if anything failed.
 # It is not the benchmark (bench/run.sh) and not the demo (scripts/demo.sh).
 set -uo pipefail
 

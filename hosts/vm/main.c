@@ -1,7 +1,8 @@
 /*
  * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is the
- * command line (QEMU's spellings: -m, -smp, -drive, -serial, -object memory-backend-memfd, -machine, -accel,
- * -mem-prealloc, plus the common options of the host runtime: -qmp, -monitor, -incoming, -S, -name), the choice of dirty
+ * command line (QEMU's spellings: -m, -smp, -drive, -kernel, -initrd, -append, -serial, -object
+ * memory-backend-memfd, -machine, -accel, -mem-prealloc, plus the common options of the host runtime: -qmp,
+ * -monitor, -incoming, -S, -name), the choice of dirty
  * tracker, the QMP commands query-pattern-check and query-vm, and main(). The machine is in vm.c and its
  * neighbours (vm.h lists them). It uses only libferry's public API.
  */
@@ -36,7 +37,7 @@ static void usage(FILE *out)
             "                          boot the first sector of PATH (512 bytes ending in 55 aa) instead of the\n"
             "                          built-in guest, loaded at 0x7c00 and entered in real mode as a BIOS would\n"
             "  -kernel BZIMAGE [-initrd FILE] [-append CMDLINE]\n"
-            "                          boot a Linux kernel (32-bit boot protocol, console on ttyS0, one CPU)\n"
+            "                          boot a Linux kernel (32-bit boot protocol; its console is ttyS0)\n"
             "                          instead of a boot sector\n"
             "  -serial stdio|file:PATH|null\n"
             "                          the 16550 at 0x3f8: output to stdout (input from stdin), to PATH, or\n"
@@ -477,7 +478,8 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
      * KVM keeps no bitmap, and another tracker would leave the ring unread: those pairs contradict each other. */
     if (o->cfg.tracker == VM_TRACKER_KVM_RING) {
         if (o->ring_size_given && !o->cfg.dirty_ring_size) {
-            fprintf(stderr, PROG ": -dirty-tracker kvm-dirty-ring needs a ring: -accel kvm,dirty-ring-size=0 says none\n");
+            fprintf(stderr,
+                    PROG ": -dirty-tracker kvm-dirty-ring needs a ring: -accel kvm,dirty-ring-size=0 says none\n");
             return EXIT_BAD_VALUE;
         }
         if (!o->ring_size_given) {
@@ -485,7 +487,8 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
         }
     } else if (o->cfg.dirty_ring_size) {
         if (o->cfg.tracker != VM_TRACKER_AUTO) {
-            fprintf(stderr, PROG ": -accel kvm,dirty-ring-size=%u and -dirty-tracker %s contradict each other (the ring "
+            fprintf(stderr,
+                    PROG ": -accel kvm,dirty-ring-size=%u and -dirty-tracker %s contradict each other (the ring "
                     "is KVM's dirty log then; use -dirty-tracker auto or kvm-dirty-ring)\n",
                     o->cfg.dirty_ring_size, o->cfg.tracker == VM_TRACKER_KVM ? "kvm-dirty-log"
                                             : o->cfg.tracker == VM_TRACKER_UFFD_WP ? "uffd-wp" : "none");

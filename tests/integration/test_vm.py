@@ -303,7 +303,8 @@ def test_linux_guest_migrates(vms, smp):
     with open(initrd, "wb") as f:
         f.write(cpio_newc([("bin", 0o40755, b""), ("proc", 0o40755, b""), ("dev", 0o40755, b""),
                            ("bin/busybox", 0o100755, bb), ("init", 0o100755, LINUX_INIT)]))
-    linux = ["-m", "256M", "-smp", str(smp), "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1"]
+    linux = ["-m", "256M", "-smp", str(smp), "-kernel", kernel, "-initrd", initrd,
+             "-append", "console=ttyS0 quiet panic=-1"]
     uri = unix_uri(vms)
     dst = vms.start("dst", *linux, "-incoming", uri)
     wait_listening(uri)
