@@ -8,8 +8,8 @@
  * entries) is smaller than one pass of the guest, so its vCPU must fill it, collect it itself and go on; the same
  * happens with the slots logging but the tracker not armed, where the collected entries are dropped. The probe is
  * run as start-up runs it, and the probes' acceptance rule (the pages written, plus at most the code page) is
- * checked on its own, without KVM. Not tested here: several vCPUs writing (the A-B guest runs on vCPU 0 only), and the
- * engine (tests/integration/test_vm.py migrates with the ring). Every test but the rule's skips where /dev/kvm
+ * checked on its own, without KVM. Not tested here: several vCPUs writing (the VMs here have one; a 2-vCPU A-B guest
+ * crawls under the emulated KVM these tests also run on), and the engine (tests/integration/test_vm.py migrates with the ring). Every test but the rule's skips where /dev/kvm
  * cannot be opened or KVM has no dirty ring.
  */
 #include <fcntl.h>
