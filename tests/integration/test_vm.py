@@ -285,12 +285,11 @@ def ticks(data):
 
 
 @pytest.mark.deadline(900)  # natively seconds; under an emulated KVM the boot alone can take minutes
-# One vCPU: a 2-vCPU Linux boots both (the MP table lists them), but under the emulated KVM of machines without
-# /dev/kvm it then stalls (soft lockups), and no real KVM was at hand to tell whether that is the emulation's.
-@pytest.mark.parametrize("smp", [1])
+@pytest.mark.parametrize("smp", [1, 2])
 def test_linux_guest_migrates(vms, smp):
-    """A real OS: Debian's kernel boots with an initramfs whose init counts on the serial console; it migrates
-    while it counts, and the count goes on on the destination from where it stopped, without a gap or a repeat."""
+    """A real OS: Debian's kernel boots with an initramfs whose init counts on the serial console, on every vCPU
+    (the MP table lists them, Linux starts them); it migrates while it counts, and the count goes on on the
+    destination from where it stopped, without a gap or a repeat."""
     kernel = newest_kernel()
     if kernel is None:
         pytest.skip("no Linux kernel in /boot (Debian's linux-image-amd64)")
