@@ -339,8 +339,11 @@ def dirty_ring_unavailable():
     return None
 
 
-@pytest.mark.parametrize("ring", [["-dirty-tracker", "kvm-dirty-ring"], ["-accel", "kvm,dirty-ring-size=1024"]],
-                         ids=["dirty-tracker", "accel-small"])
+# The small ring on two vCPUs: both write their slice, both rings fill, and both vCPU threads collect them while the
+# migration thread harvests.
+@pytest.mark.parametrize("ring", [["-dirty-tracker", "kvm-dirty-ring"],
+                                  ["-accel", "kvm,dirty-ring-size=1024", "-smp", "2"]],
+                         ids=["dirty-tracker", "accel-small-smp2"])
 def test_dirty_ring_tracker(vms, ring):
     why = dirty_ring_unavailable()
     if why:
@@ -367,6 +370,8 @@ def test_dirty_ring_tracker(vms, ring):
         assert after["dirty-ring-full-exits"] > before["dirty-ring-full-exits"], after
     assert all(not c["stopped-for-good"] for c in after["cpus"]), after
     check_continues(src, dst)
+    if "-smp" in ring:
+        wait_slices_move(dst)
 
 
 def test_accel_option(vms):
