@@ -26,19 +26,6 @@
 #define PAGE 4096u
 #define AB_START (UINT64_C(1) << 20)
 
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
 static bool load_sector(Vm *vm, uint8_t *dst, FerryError **errp)
 {
     uint8_t buf[VM_BOOT_SIZE];
@@ -93,23 +80,23 @@ bool vm_boot(Vm *vm, FerryError **errp)
     if (memcmp(params, VM_AB_MAGIC, 4) == 0) {
         uint64_t top = vm->lowmem;
 
-        if (rd32(params + 8) == 0) {
+        if (vm_rd32(params + 8) == 0) {
             if (top <= AB_START) {
                 ferry_error_setg(errp, "the A-B guest needs RAM above 1 MiB (-m 2M at least)");
                 return false;
             }
-            wr32(params + 4, (uint32_t)AB_START);
-            wr32(params + 8, (uint32_t)((top - AB_START) / PAGE));
+            vm_wr32(params + 4, (uint32_t)AB_START);
+            vm_wr32(params + 8, (uint32_t)((top - AB_START) / PAGE));
         }
-        if (rd32(params + 16) == 0) {
-            wr32(params + 16, vm->cfg.smp);
+        if (vm_rd32(params + 16) == 0) {
+            vm_wr32(params + 16, vm->cfg.smp);
         }
-        if (rd32(params + 12) == 0) {
+        if (vm_rd32(params + 12) == 0) {
             /* About one progress character per 256 MiB written, unless -ab-every says otherwise. */
-            uint64_t range = (uint64_t)rd32(params + 8) * PAGE;
+            uint64_t range = (uint64_t)vm_rd32(params + 8) * PAGE;
             uint32_t every = vm->cfg.ab_every ? vm->cfg.ab_every : (uint32_t)((UINT64_C(256) << 20) / range);
 
-            wr32(params + 12, every ? every : 1);
+            vm_wr32(params + 12, every ? every : 1);
         }
     }
 
@@ -220,9 +207,9 @@ bool vm_ab_check(Vm *vm, VmCheck *res, FerryError **errp)
         ferry_error_setg(errp, "the guest is not the A-B guest (no parameter block at 0x%x)", VM_AB_PARAMS_ADDR);
         goto out;
     }
-    start = rd32(params + 4);
-    npages = rd32(params + 8);
-    cpus = rd32(params + 16);
+    start = vm_rd32(params + 4);
+    npages = vm_rd32(params + 8);
+    cpus = vm_rd32(params + 16);
     if (npages == 0 || !vm_gpa_to_host(vm, start, npages * PAGE)) {
         ferry_error_setg(errp, "the A-B guest's range (0x%" PRIx64 ", %" PRIu64 " pages) is not RAM", start,
                          npages);

@@ -53,34 +53,6 @@
 #define E820_RAM 1u
 #define E820_RESERVED 2u
 
-static uint32_t rd16(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-    return rd16(p) | rd16(p + 2) << 16;
-}
-
-static void wr16(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void wr32(uint8_t *p, uint32_t v)
-{
-    wr16(p, v);
-    wr16(p + 2, v >> 16);
-}
-
-static void wr64(uint8_t *p, uint64_t v)
-{
-    wr32(p, (uint32_t)v);
-    wr32(p + 4, (uint32_t)(v >> 32));
-}
-
 /* Read the whole of @path into malloc'd memory. */
 static uint8_t *read_file(const char *what, const char *path, size_t *len, FerryError **errp)
 {
@@ -128,9 +100,9 @@ static void e820_add(uint8_t *zp, uint64_t addr, uint64_t size, uint32_t type)
     uint8_t n = zp[BP_E820_ENTRIES];
     uint8_t *e = zp + BP_E820_TABLE + 20u * n;
 
-    wr64(e, addr);
-    wr64(e + 8, size);
-    wr32(e + 16, type);
+    vm_wr64(e, addr);
+    vm_wr64(e + 8, size);
+    vm_wr32(e + 16, type);
     zp[BP_E820_ENTRIES] = (uint8_t)(n + 1);
 }
 
@@ -161,7 +133,7 @@ static uint8_t *mp_irq(uint8_t *e, uint8_t entry, uint8_t kind, uint8_t irq, uin
 {
     e[0] = entry;
     e[1] = kind;
-    wr16(e + 2, 0); /* polarity and trigger as the bus says (ISA: high, edge) */
+    vm_wr16(e + 2, 0); /* polarity and trigger as the bus says (ISA: high, edge) */
     e[4] = 0;       /* the ISA bus */
     e[5] = irq;
     e[6] = dest;
@@ -182,8 +154,8 @@ static void write_mptable(Vm *vm)
         e[1] = (uint8_t)i;               /* its LAPIC id (vm.c puts the vCPU index there) */
         e[2] = 0x14;                     /* LAPIC version: an integrated xAPIC */
         e[3] = i == 0 ? 0x3 : 0x1;       /* enabled, and the boot processor */
-        wr32(e + 4, 0x600);              /* family 6 */
-        wr32(e + 8, 0x201);              /* FPU, APIC */
+        vm_wr32(e + 4, 0x600);              /* family 6 */
+        vm_wr32(e + 8, 0x201);              /* FPU, APIC */
         e += 20;
     }
     memcpy(e, "\x01\x00ISA   ", 8);     /* bus 0: ISA */
@@ -193,7 +165,7 @@ static void write_mptable(Vm *vm)
     e[1] = ioapic_id;
     e[2] = 0x11;
     e[3] = 1;                            /* enabled */
-    wr32(e + 4, MP_IOAPIC_ADDR);
+    vm_wr32(e + 4, MP_IOAPIC_ADDR);
     e += 8;
     count++;
     for (uint8_t irq = 0; irq < 16; irq++, count++) {
@@ -204,16 +176,16 @@ static void write_mptable(Vm *vm)
     count += 2;
 
     memcpy(t, "PCMP", 4);
-    wr16(t + 4, (uint32_t)(e - t));
+    vm_wr16(t + 4, (uint32_t)(e - t));
     t[6] = 4;                            /* specification 1.4 */
     memcpy(t + 8, "FERRY   ", 8);
     memcpy(t + 16, "FERRY-VM    ", 12);
-    wr16(t + 34, count);
-    wr32(t + 36, MP_LAPIC_ADDR);
+    vm_wr16(t + 34, count);
+    vm_wr32(t + 36, MP_LAPIC_ADDR);
     t[7] = mp_checksum(t, (size_t)(e - t));
 
     memcpy(fp, "_MP_", 4);
-    wr32(fp + 4, MP_TABLE_ADDR);
+    vm_wr32(fp + 4, MP_TABLE_ADDR);
     fp[8] = 1;                           /* 16 bytes */
     fp[9] = 4;
     fp[10] = mp_checksum(fp, 16);
@@ -239,7 +211,7 @@ static bool enter_protected(Vm *vm, uint32_t entry, FerryError **errp)
     struct kvm_segment data = code;
 
     for (unsigned i = 0; i < 4; i++) {
-        wr64(g + 8 * i, gdt[i]);
+        vm_wr64(g + 8 * i, gdt[i]);
     }
     data.selector = 0x18;
     data.type = 3;
@@ -271,11 +243,11 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
     if (!kernel) {
         return false;
     }
-    if (klen < 0x1000 || rd32(kernel + HDR_MAGIC) != 0x53726448u) {
+    if (klen < 0x1000 || vm_rd32(kernel + HDR_MAGIC) != 0x53726448u) {
         ferry_error_setg(errp, "the kernel %s is not a bzImage (no \"HdrS\" setup header)", cfg->kernel);
         goto out;
     }
-    version = rd16(kernel + HDR_VERSION);
+    version = vm_rd16(kernel + HDR_VERSION);
     if (version < 0x0206 || !(kernel[HDR_LOADFLAGS] & LOADED_HIGH)) {
         ferry_error_setg(errp, "the kernel %s speaks boot protocol %u.%02u without LOADED_HIGH; 2.06 or later, "
                          "a bzImage, is needed", cfg->kernel, version >> 8, version & 0xff);
@@ -300,9 +272,9 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
     memset(zp, 0, 4096);
     memcpy(zp + BP_HDR, kernel + BP_HDR, hdr_end - BP_HDR);
     zp[HDR_TYPE_OF_LOADER] = 0xff; /* "undefined" loader */
-    wr16(zp + HDR_VID_MODE, 0xffff); /* "normal" */
+    vm_wr16(zp + HDR_VID_MODE, 0xffff); /* "normal" */
 
-    cmdline_max = rd32(kernel + HDR_CMDLINE_SIZE);
+    cmdline_max = vm_rd32(kernel + HDR_CMDLINE_SIZE);
     if (cmdline_max == 0 || cmdline_max >= LINUX_CMDLINE_MAX) {
         cmdline_max = LINUX_CMDLINE_MAX - 1;
     }
@@ -314,17 +286,17 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
     }
     dst = vm_gpa_to_host(vm, LINUX_CMDLINE, clen + 1);
     memcpy(dst, cfg->append ? cfg->append : "", clen + 1);
-    wr32(zp + HDR_CMD_LINE_PTR, LINUX_CMDLINE);
+    vm_wr32(zp + HDR_CMD_LINE_PTR, LINUX_CMDLINE);
 
     if (cfg->initrd) {
         initrd = read_file("initrd", cfg->initrd, &ilen, errp);
         if (!initrd) {
             goto out;
         }
-        initrd_max = rd32(kernel + HDR_INITRD_ADDR_MAX);
+        initrd_max = vm_rd32(kernel + HDR_INITRD_ADDR_MAX);
         uint64_t top = vm->lowmem < (uint64_t)initrd_max + 1 ? vm->lowmem : (uint64_t)initrd_max + 1;
         /* Above what the kernel needs to decompress and start in place, not just above its file. */
-        uint64_t need = version >= 0x020a ? rd32(kernel + HDR_INIT_SIZE) : 0;
+        uint64_t need = version >= 0x020a ? vm_rd32(kernel + HDR_INIT_SIZE) : 0;
         uint64_t kernel_end = LINUX_KERNEL_ADDR + (need > klen - setup_len ? need : klen - setup_len);
 
         if (ilen > top || ((top - ilen) & ~UINT64_C(0xfff)) < kernel_end) {
@@ -334,8 +306,8 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
         }
         initrd_addr = (top - ilen) & ~UINT64_C(0xfff);
         memcpy(vm_gpa_to_host(vm, initrd_addr, ilen), initrd, ilen);
-        wr32(zp + HDR_RAMDISK_IMAGE, (uint32_t)initrd_addr);
-        wr32(zp + HDR_RAMDISK_SIZE, (uint32_t)ilen);
+        vm_wr32(zp + HDR_RAMDISK_IMAGE, (uint32_t)initrd_addr);
+        vm_wr32(zp + HDR_RAMDISK_SIZE, (uint32_t)ilen);
     }
 
     /* The map a BIOS would report for this RAM: base memory less the EBDA, the BIOS area reserved, the rest. */
@@ -348,7 +320,7 @@ bool vm_boot_linux(Vm *vm, FerryError **errp)
     }
     write_mptable(vm);
     /* The kernel was loaded at 1 MiB, so that is where it is entered, whatever its header proposed. */
-    wr32(zp + HDR_CODE32_START, LINUX_KERNEL_ADDR);
+    vm_wr32(zp + HDR_CODE32_START, LINUX_KERNEL_ADDR);
     ok = enter_protected(vm, LINUX_KERNEL_ADDR, errp);
 out:
     free(kernel);

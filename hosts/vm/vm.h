@@ -51,6 +51,36 @@
 #define VM_MAX_XSAVE (64u << 10)
 #define VM_MAX_CPUID 256u
 
+/* Little-endian fields of guest memory (boot sectors, the Linux zero page, MP tables): byte by byte, so that
+ * neither alignment nor the host's byte order matters. */
+static inline uint32_t vm_rd16(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static inline uint32_t vm_rd32(const uint8_t *p)
+{
+    return vm_rd16(p) | vm_rd16(p + 2) << 16;
+}
+
+static inline void vm_wr16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void vm_wr32(uint8_t *p, uint32_t v)
+{
+    vm_wr16(p, v);
+    vm_wr16(p + 2, v >> 16);
+}
+
+static inline void vm_wr64(uint8_t *p, uint64_t v)
+{
+    vm_wr32(p, (uint32_t)v);
+    vm_wr32(p + 4, (uint32_t)(v >> 32));
+}
+
 typedef enum VmSerialMode {
     VM_SERIAL_STDIO, /* output to stdout, input from stdin */
     VM_SERIAL_FILE,  /* output to a file (truncated at start-up), no input */

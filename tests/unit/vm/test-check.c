@@ -20,11 +20,6 @@
 #define RAM (UINT64_C(4) << 20)
 #define START (UINT64_C(1) << 20)
 
-static void wr32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4); /* x86: little-endian, as the guest reads it */
-}
-
 /* A VM with RAM only: enough for vm_gpa_to_host and the hold/release protocol (no threads to park). */
 static Vm *bare_vm(void)
 {
@@ -54,10 +49,10 @@ static void set_params(Vm *vm, uint32_t npages, uint32_t cpus)
     uint8_t *p = vm->ram_host + VM_AB_PARAMS_ADDR;
 
     memcpy(p, VM_AB_MAGIC, 4);
-    wr32(p + 4, (uint32_t)START);
-    wr32(p + 8, npages);
-    wr32(p + 12, 1);
-    wr32(p + 16, cpus);
+    vm_wr32(p + 4, (uint32_t)START);
+    vm_wr32(p + 8, npages);
+    vm_wr32(p + 12, 1);
+    vm_wr32(p + 16, cpus);
 }
 
 /* First bytes of pages [first, first + n) of the range set to @b. */
