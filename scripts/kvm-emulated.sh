@@ -18,9 +18,10 @@
 set -uo pipefail
 
 mem=6G
-# One emulated CPU: with two, round-robin TCG preempts one while it holds a lock of KVM's (the MMU lock, on the guest's
-# page faults) and the other spins for a whole time slice; a 2-vCPU guest then crawled at a few thousand pages in
-# 20 s where one emulated CPU, scheduling the guest's vCPU threads itself, runs it hundreds of times faster.
+# One emulated CPU: with two, a 2-vCPU guest crawled (a few thousand pages written in 20 s; a 2-vCPU Linux stalled
+# with soft lockups), where one emulated CPU, scheduling the guest's vCPU threads itself, runs it hundreds of times
+# faster. Presumably round-robin TCG preempts one emulated CPU while it holds a lock of KVM's (such as the MMU lock
+# of the guest's page faults) and the other spins for a whole time slice; that was not confirmed.
 smp=1
 timeout=1800
 check=0
