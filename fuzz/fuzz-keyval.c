@@ -191,6 +191,14 @@ static void fuzz_workload_options(const char *s)
         net_setup_check(&net2, NULL);
     }
     ferry_error_free(err);
+    err = NULL;
+    /* ferry-vm's flavour (hosts/common/netdev.c): a guest's NIC, which must refuse ip=. */
+    NetSetup net3 = { .guest_nic = true };
+    net_parse_netdev(&net3, "tap,id=n0,ifname=ftap0,script=no", NULL);
+    if (net_parse_device(&net3, s, &err) && net3.cfg[0].ident.ip[0]) {
+        fail("-device accepted ip= for a guest's NIC", s);
+    }
+    ferry_error_free(err);
     uint64_t v;
     workload_parse_size(s, 20, &v);
     workload_parse_u64(s, UINT64_MAX, &v);

@@ -2,7 +2,7 @@
 # Run a command where /dev/kvm works, on a machine that has none: QEMU's TCG emulates an x86 CPU with SVM (AMD's
 # virtualization extension, which TCG implements), Debian's kernel boots in it with kvm-amd loaded, and the command
 # runs there in a chroot of this machine's own root file system (shared read-write over virtio-9p), with fresh
-# /proc, /sys, /dev, /dev/shm and /tmp (tmpfs: UNIX sockets do not work on 9p; the current directory stays
+# /proc, /sys, /dev, /dev/shm, /run and /tmp (tmpfs: UNIX sockets do not work on 9p; the current directory stays
 # visible if it is below /tmp). So the KVM code of ferry-vm
 # (hosts/vm) and its tests run for real, with a real (if slow) KVM, on machines without nested virtualization.
 #
@@ -53,9 +53,10 @@ mods=/lib/modules/$kver
 find "$mods" -name 'kvm-amd.ko*' | grep -q . || die "$kver has no kvm-amd module"
 [ -e /dev/kvm ] && echo "kvm-emulated.sh: note: /dev/kvm exists here; running emulated all the same" >&2
 
-# The modules the emulated machine needs, in load order: virtio-9p for the root file system, then KVM.
+# The modules the emulated machine needs, in load order: virtio-9p for the root file system, then KVM, then TUN/TAP
+# (ferry-vm's NIC test).
 modlist="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio
-9p irqbypass ccp kvm kvm-amd"
+9p irqbypass ccp kvm kvm-amd tun"
 
 work=$(mktemp -d /var/tmp/ferry-kvm.XXXXXX) || die "mktemp failed"
 trap 'rm -rf "$work"' EXIT
@@ -81,6 +82,8 @@ for m in $(echo $modlist); do insmod /mods/\$m.ko || echo "kvm-emulated: insmod 
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose host /mnt || echo "kvm-emulated: 9p mount failed"
 mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys; mount -t devtmpfs dev /mnt/dev
 mkdir -p /mnt/dev/pts /mnt/dev/shm; mount -t devpts pts /mnt/dev/pts; mount -t tmpfs shm /mnt/dev/shm
+# A /run of its own: ip netns keeps its namespaces there (bind mounts), which must not land on this machine's.
+mount -t tmpfs run /mnt/run
 # /tmp becomes a tmpfs, except the working directory if it is below /tmp (a clone there keeps its files).
 case $(printf '%q' "$PWD")/ in
 /tmp/*)

@@ -8,9 +8,10 @@
  * GDT at 0x500 (what the protocol asks for). The setup code (real mode, BIOS calls) is not run: ferry-vm has no
  * BIOS.
  *
- * The machine has no ACPI tables and no PCI; an MP table (as a BIOS leaves one) lists the vCPUs and the IOAPIC,
- * so Linux starts every vCPU itself and finds the PIT, the KVM clock and the 16550 at 0x3f8 as ttyS0. That is
- * enough for a console and a shell on an initramfs, which is what this is for: a real OS running (and migrating)
+ * The machine has no ACPI tables; an MP table (as a BIOS leaves one) lists the vCPUs, the IOAPIC and the buses,
+ * so Linux starts every vCPU itself and finds the PIT, the KVM clock, the 16550 at 0x3f8 as ttyS0 and, by
+ * probing configuration mechanism #1, the PCI bus with its NICs. That is enough for a console, a network and a
+ * shell on an initramfs, which is what this is for: a real OS running (and migrating)
  * in ferry-vm. It is not a general loader: no 64-bit entry, no EFI handover, no setup_data.
  */
 #include <errno.h>
@@ -108,10 +109,10 @@ static void e820_add(uint8_t *zp, uint64_t addr, uint64_t size, uint32_t type)
 
 /*
  * The MP table (Intel's MultiProcessor Specification 1.4) that tells Linux about every vCPU, the IOAPIC and how
- * the ISA interrupts reach it, where a BIOS would leave it: the floating pointer at the start of the BIOS area
+ * the ISA and PCI interrupts reach it, where a BIOS would leave it: the floating pointer at the start of the BIOS area
  * (0xf0000, reserved in the e820 map), the configuration table right after it. Without it Linux sees one CPU and
  * no IOAPIC. The routing is KVM's default one: ISA IRQ n goes to IOAPIC pin n (the PIT included), the PIC reaches
- * LINT0 as ExtINT, NMIs LINT1.
+ * LINT0 as ExtINT, NMIs LINT1; a PCI device's INTA# goes to its pin from 16 up (pci.c).
  */
 #define MP_FLOAT_ADDR 0xf0000u
 #define MP_TABLE_ADDR (MP_FLOAT_ADDR + 16u)
@@ -128,13 +129,18 @@ static uint8_t mp_checksum(const uint8_t *p, size_t len)
     return (uint8_t)-sum;
 }
 
-/* An 8-byte interrupt entry: type 3 (I/O) or 4 (local), interrupt type, source bus IRQ, destination, pin. */
-static uint8_t *mp_irq(uint8_t *e, uint8_t entry, uint8_t kind, uint8_t irq, uint8_t dest, uint8_t pin)
+#define MP_BUS_PCI 0 /* the MP bus id of a PCI bus is its bus number: Linux matches them */
+#define MP_BUS_ISA 1
+
+/* An 8-byte interrupt entry: type 3 (I/O) or 4 (local), interrupt type, source bus and its IRQ (ISA: the IRQ
+ * number; PCI: slot << 2 | pin - 1), destination, pin. */
+static uint8_t *mp_irq(uint8_t *e, uint8_t entry, uint8_t kind, uint8_t bus, uint8_t irq, uint8_t dest,
+                       uint8_t pin)
 {
     e[0] = entry;
     e[1] = kind;
-    vm_wr16(e + 2, 0); /* polarity and trigger as the bus says (ISA: high, edge) */
-    e[4] = 0;       /* the ISA bus */
+    vm_wr16(e + 2, 0); /* polarity and trigger as the bus says (ISA: high, edge; PCI: low, level) */
+    e[4] = bus;
     e[5] = irq;
     e[6] = dest;
     e[7] = pin;
@@ -158,9 +164,12 @@ static void write_mptable(Vm *vm)
         vm_wr32(e + 8, 0x201);              /* FPU, APIC */
         e += 20;
     }
-    memcpy(e, "\x01\x00ISA   ", 8);     /* bus 0: ISA */
-    e += 8;
-    count++;
+    memcpy(e, "\x01\x00PCI   ", 8);     /* bus 0: PCI (pci.c) */
+    e[1] = MP_BUS_PCI;
+    memcpy(e + 8, "\x01\x00ISA   ", 8);
+    e[9] = MP_BUS_ISA;
+    e += 16;
+    count += 2;
     e[0] = 2;                            /* the IOAPIC */
     e[1] = ioapic_id;
     e[2] = 0x11;
@@ -169,10 +178,17 @@ static void write_mptable(Vm *vm)
     e += 8;
     count++;
     for (uint8_t irq = 0; irq < 16; irq++, count++) {
-        e = mp_irq(e, 3, 0 /* INT */, irq, ioapic_id, irq);
+        e = mp_irq(e, 3, 0 /* INT */, MP_BUS_ISA, irq, ioapic_id, irq);
     }
-    e = mp_irq(e, 4, 3 /* ExtINT */, 0, 0xff, 0);
-    e = mp_irq(e, 4, 1 /* NMI */, 0, 0xff, 1);
+    /* Each PCI device's INTA# on its own pin from 16 up (pci.c drives it there). */
+    for (unsigned slot = 1; vm->pci && slot < VM_PCI_SLOTS; slot++) {
+        if (pci_slot_has_intx(vm->pci, slot)) {
+            e = mp_irq(e, 3, 0 /* INT */, MP_BUS_PCI, (uint8_t)(slot << 2), ioapic_id, (uint8_t)pci_slot_gsi(slot));
+            count++;
+        }
+    }
+    e = mp_irq(e, 4, 3 /* ExtINT */, MP_BUS_ISA, 0, 0xff, 0);
+    e = mp_irq(e, 4, 1 /* NMI */, MP_BUS_ISA, 0, 0xff, 1);
     count += 2;
 
     memcpy(t, "PCMP", 4);

@@ -1,9 +1,9 @@
 /*
  * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is the
  * command line (QEMU's spellings: -m, -smp, -drive, -kernel, -initrd, -append, -serial, -object
- * memory-backend-memfd, -machine, -accel, -mem-prealloc, plus the common options of the host runtime: -qmp,
- * -monitor, -incoming, -S, -name), the choice of dirty
- * tracker, the QMP commands query-pattern-check and query-vm, and main(). The machine is in vm.c and its
+ * memory-backend-memfd, -machine, -accel, -mem-prealloc, -netdev tap, -device virtio-net-pci, plus the common
+ * options of the host runtime: -qmp, -monitor, -incoming, -S, -name), the choice of dirty tracker, the QMP
+ * commands query-pattern-check, query-vm, query-netdev and query-pci, and main(). The machine is in vm.c and its
  * neighbours (vm.h lists them). It uses only libferry's public API.
  */
 #include <errno.h>
@@ -57,6 +57,10 @@ static void usage(FILE *out)
             "                          ring if -accel gave a dirty-ring-size), KVM's dirty ring (%u entries\n"
             "                          unless -accel says), or the library's userfaultfd write-protect tracker;\n"
             "                          default auto\n"
+            "  -netdev tap,id=ID,ifname=TAP[,script=no][,downscript=no]\n"
+            "  -device virtio-net-pci,netdev=ID[,mac=MAC][,id=ID]\n"
+            "                          a virtio-net NIC (legacy virtio-pci, on PCI bus 0) on the TAP (attached by\n"
+            "                          name; with backend-transfer a migration hands its fd to the destination)\n"
             "  -ab-every N             passes of the A-B guest per progress character (0 = about one per 256 MiB\n"
             "                          written); default 0\n"
             "  -enable-kvm, -nographic, -display none, -nodefaults\n"
@@ -150,6 +154,7 @@ typedef struct Options {
     char machine_backend[64];
     bool tracker_given;
     bool ring_size_given;       /* -accel kvm,dirty-ring-size= */
+    NetSetup net;               /* -netdev, -device */
 } Options;
 
 static bool parse_on_off(const char *what, const char *value, bool *out)
@@ -369,7 +374,7 @@ static bool takes_arg(const char *opt)
 {
     static const char *const with_arg[] = {
         "-m", "-smp", "-drive", "-serial", "-object", "-machine", "-accel", "-dirty-tracker", "-ab-every", "-display",
-        "-kernel", "-initrd", "-append",
+        "-kernel", "-initrd", "-append", "-netdev", "-device",
     };
     for (size_t i = 0; i < sizeof(with_arg) / sizeof(with_arg[0]); i++) {
         if (strcmp(opt, with_arg[i]) == 0) {
@@ -459,6 +464,14 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
                 return EXIT_BAD_VALUE;
             }
             *(opt[1] == 'k' ? &o->cfg.kernel : opt[1] == 'i' ? &o->cfg.initrd : &o->cfg.append) = arg;
+        } else if (strcmp(opt, "-netdev") == 0 || strcmp(opt, "-device") == 0) {
+            bool ok = opt[1] == 'n' ? net_parse_netdev(&o->net, arg, &err) : net_parse_device(&o->net, arg, &err);
+
+            if (!ok) {
+                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+                ferry_error_free(err);
+                return EXIT_BAD_VALUE;
+            }
         } else if (strcmp(opt, "-display") == 0) {
             if (strcmp(arg, "none") != 0) {
                 fprintf(stderr, PROG ": -display: only 'none'\n");
@@ -519,6 +532,11 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
     }
     if (o->cfg.kernel && o->cfg.drive) {
         fprintf(stderr, PROG ": -kernel and -drive: boot one or the other\n");
+        return EXIT_BAD_VALUE;
+    }
+    if (!net_setup_check(&o->net, &err)) {
+        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+        ferry_error_free(err);
         return EXIT_BAD_VALUE;
     }
     if (!o->serial_given && o->monitor_stdio) {
@@ -606,6 +624,35 @@ static json_t *cmd_query_vm(json_t *args, void *opaque, FerryError **errp)
     return r;
 }
 
+/* query-netdev: each NIC, its TAP and its counters (as ferry-workload's, which has the same command). */
+static json_t *cmd_query_netdev(json_t *args, void *opaque, FerryError **errp)
+{
+    Machine *mc = opaque;
+    json_t *a = json_array();
+
+    (void)args;
+    for (unsigned i = 0; a && i < mc->vm->nnics; i++) {
+        json_array_append_new(a, virtio_net_query(mc->vm->nics[i]));
+    }
+    if (!a) {
+        ferry_error_setg(errp, "out of memory");
+    }
+    return a;
+}
+
+/* query-pci: the devices on bus 0, as QEMU's query-pci lists them (slot, ids, command, the I/O window). */
+static json_t *cmd_query_pci(json_t *args, void *opaque, FerryError **errp)
+{
+    Machine *mc = opaque;
+    json_t *a = pci_query(mc->vm->pci);
+
+    (void)args;
+    if (!a) {
+        ferry_error_setg(errp, "out of memory");
+    }
+    return a;
+}
+
 /* Choose the tracker outgoing migrations use (-dirty-tracker); false only if kvm-dirty-log or the ring was
  * required and the probe failed. */
 static bool choose_tracker(Machine *mc, FerryMigration *m, FerryError **errp)
@@ -691,7 +738,26 @@ static bool open_serial(Vm *vm, FerryError **errp)
     return true;
 }
 
-static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, FerryError **errp)
+/* The NICs: each on the bus, its state section and TAP backend registered, its TAP attached unless this is a
+ * destination (which gets the fd from the source or attaches by name when it first runs). */
+static bool add_nics(Vm *vm, FerryHost *host, FerryMigration *m, const NetSetup *net, FerryError **errp)
+{
+    for (unsigned i = 0; i < net->n; i++) {
+        vm->nics[i] = virtio_net_new(vm, &net->cfg[i], i, errp);
+        if (!vm->nics[i]) {
+            return false;
+        }
+        vm->nnics++;
+        if (!virtio_net_register(vm->nics[i], m, errp) ||
+            !virtio_net_init_backend(vm->nics[i], ferry_host_incoming(host), errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, const NetSetup *net,
+                          FerryError **errp)
 {
     FerryMigration *m = ferry_host_migration(host);
 
@@ -702,9 +768,11 @@ static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, Fer
     }
     mc->vm->host = host;
     if (!open_serial(mc->vm, errp) || !vm_setup_ram(mc->vm, m, errp) || !vm_register_sections(mc->vm, m, errp) ||
-        !choose_tracker(mc, m, errp) ||
+        !add_nics(mc->vm, host, m, net, errp) || !choose_tracker(mc, m, errp) ||
         !ferry_host_register_command(host, "query-pattern-check", NULL, cmd_pattern_check, mc, errp) ||
-        !ferry_host_register_command(host, "query-vm", NULL, cmd_query_vm, mc, errp)) {
+        !ferry_host_register_command(host, "query-vm", NULL, cmd_query_vm, mc, errp) ||
+        !ferry_host_register_command(host, "query-netdev", NULL, cmd_query_netdev, mc, errp) ||
+        !ferry_host_register_command(host, "query-pci", NULL, cmd_query_pci, mc, errp)) {
         return false;
     }
     /* A destination's guest comes from the migration: RAM, registers and devices are all loaded. */
@@ -714,6 +782,11 @@ static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, Fer
     if (!vm_start_threads(mc->vm, errp) || !serial_start_input(mc->vm->serial, errp)) {
         return false;
     }
+    for (unsigned i = 0; i < mc->vm->nnics; i++) {
+        if (!virtio_net_start_thread(mc->vm->nics[i], errp)) {
+            return false;
+        }
+    }
     ferry_host_set_ops(host, &vm_ops, mc->vm);
     return true;
 }
@@ -721,6 +794,7 @@ static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, Fer
 int main(int argc, char **argv)
 {
     Options o = {
+        .net = { .guest_nic = true },
         .cfg = {
             .ram_size = UINT64_C(128) << 20,
             .smp = 1,
@@ -744,7 +818,7 @@ int main(int argc, char **argv)
         ferry_host_free(host);
         return status;
     }
-    if (!machine_setup(&mc, host, &o.cfg, &err) || !ferry_host_start(host, &err)) {
+    if (!machine_setup(&mc, host, &o.cfg, &o.net, &err) || !ferry_host_start(host, &err)) {
         fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
         ferry_error_free(err);
         status = EXIT_FAILURE;

@@ -2,7 +2,8 @@
  * ferry-vm's machine: the KVM VM (in-kernel irqchip and PIT, KVM's TSS and identity map below 4 GiB), guest RAM as
  * one libferry RAM block mapped into one or two KVM memory slots (QEMU's pc layout), the vCPUs with the CPUID KVM
  * supports and the MSR list a migration carries, and one thread per vCPU that runs KVM_RUN and dispatches port
- * I/O (the serial port; everything else reads as 0xff and ignores writes, as an empty ISA bus does).
+ * I/O (the serial port, the PCI bus and its devices' BARs; everything else reads as 0xff and ignores writes, as an
+ * empty ISA bus does).
  *
  * Stopping a vCPU that sits in KVM_RUN takes a kick: the stopper clears "go", sets kvm_run.immediate_exit and
  * sends the thread SIGUSR1, whose handler does nothing and is installed without SA_RESTART. Whichever comes
@@ -268,6 +269,10 @@ Vm *vm_new(const VmConfig *cfg, FerryError **errp)
     if (!probe_msrs(vm, &vm->vcpus[0], errp)) {
         goto fail;
     }
+    vm->pci = pci_bus_new(vm, errp);
+    if (!vm->pci) {
+        goto fail;
+    }
     return vm;
 
 fail:
@@ -352,6 +357,18 @@ void *vm_gpa_to_host(Vm *vm, uint64_t gpa, uint64_t len)
     return NULL;
 }
 
+void vm_mark_dirty(Vm *vm, uint64_t gpa, uint64_t len)
+{
+    for (unsigned i = 0; vm->ram && i < vm->nslots; i++) {
+        const VmSlot *s = &vm->slots[i];
+
+        if (gpa >= s->gpa && len <= s->size && gpa - s->gpa <= s->size - len) {
+            ferry_ram_mark_dirty(vm->ram, s->block_offset + (gpa - s->gpa), len);
+            return;
+        }
+    }
+}
+
 /* ---- Running and parking ---- */
 
 /* Caller holds vm->lock. */
@@ -428,6 +445,8 @@ static void handle_io(Vcpu *cpu)
 
         if (port >= VM_COM1_BASE && port < VM_COM1_BASE + 8 && run->io.size == 1 && cpu->vm->serial) {
             serial_io(cpu->vm->serial, port - VM_COM1_BASE, is_write, data);
+        } else if (cpu->vm->pci && pci_io(cpu->vm->pci, port, run->io.size, is_write, data)) {
+            continue;
         } else if (!is_write) {
             memset(data, 0xff, run->io.size);
         }
@@ -576,6 +595,9 @@ void vm_stop_threads(Vm *vm)
     vm->threads_started = 0;
     vm->parked = 0;
     pthread_mutex_unlock(&vm->lock);
+    for (unsigned i = 0; i < vm->nnics; i++) {
+        virtio_net_stop_thread(vm->nics[i]);
+    }
 }
 
 void vm_free(Vm *vm)
@@ -584,6 +606,10 @@ void vm_free(Vm *vm)
         return;
     }
     vm_stop_threads(vm);
+    for (unsigned i = 0; i < vm->nnics; i++) {
+        virtio_net_free(vm->nics[i]);
+    }
+    pci_bus_free(vm->pci);
     serial_free(vm->serial);
     for (unsigned i = 0; i < vm->nvcpus; i++) {
         if (vm->vcpus[i].run) {
@@ -611,6 +637,8 @@ void vm_free(Vm *vm)
     free(vm);
 }
 
+/* The vCPUs park first: a transmit they started completes in their own thread before they do. Then the NICs'
+ * receive threads, so that nothing writes guest memory once stop returns. start goes the other way round. */
 static void ops_stop(void *opaque)
 {
     Vm *vm = opaque;
@@ -620,12 +648,18 @@ static void ops_stop(void *opaque)
     update_go(vm);
     wait_parked(vm);
     pthread_mutex_unlock(&vm->lock);
+    for (unsigned i = 0; i < vm->nnics; i++) {
+        virtio_net_stop(vm->nics[i]);
+    }
 }
 
 static void ops_start(void *opaque)
 {
     Vm *vm = opaque;
 
+    for (unsigned i = 0; i < vm->nnics; i++) {
+        virtio_net_start(vm->nics[i]);
+    }
     pthread_mutex_lock(&vm->lock);
     vm->host_run = true;
     update_go(vm);
@@ -669,5 +703,6 @@ bool vm_register_sections(Vm *vm, FerryMigration *m, FerryError **errp)
     return ferry_migration_register_section(m, "irqchip", 0, 1, vm_irqchip_section, vm, errp) &&
            ferry_migration_register_section(m, "pit", 0, 1, vm_pit_section, vm, errp) &&
            ferry_migration_register_section(m, "serial", 0, 1, serial_section, vm->serial, errp) &&
+           (!vm->pci || ferry_migration_register_section(m, "pci", 0, 1, pci_section, vm->pci, errp)) &&
            ferry_migration_register_section(m, "kvmclock", 0, 1, vm_clock_section, vm, errp);
 }

@@ -23,6 +23,7 @@
 #include <stdio.h>
 
 #include "ferry/ferry.h"
+#include "netdev.h" /* -netdev/-device and the TAP, shared with ferry-workload (hosts/common) */
 
 #define VM_MAX_SMP 64
 /* Guest-physical layout as QEMU's pc machine lays out RAM: below 4 GiB up to VM_LOWMEM_MAX, the rest from 4 GiB
@@ -119,6 +120,8 @@ typedef struct VmConfig {
 
 typedef struct Vm Vm;
 typedef struct Serial Serial;
+typedef struct PciBus PciBus;
+typedef struct VirtioNet VirtioNet;
 
 /* One vCPU and its thread. */
 typedef struct Vcpu {
@@ -169,6 +172,9 @@ struct Vm {
     uint64_t ring_collected; /* entries collected since start-up (ring_lock) */
     _Atomic uint64_t ring_full_exits; /* KVM_EXIT_DIRTY_RING_FULL exits of all vCPUs */
     Serial *serial;
+    PciBus *pci;          /* bus 0 (always there, with its host bridge); NULL in unit tests that need none */
+    VirtioNet *nics[NET_MAX_DEVICES]; /* -device virtio-net-pci, each on the bus */
+    unsigned nnics;
     FerryHost *host;      /* for events; NULL in unit tests */
 
     /* Parking, as ferry-workload's workers: vCPUs run while host_run and no hold; go mirrors that. */
@@ -191,7 +197,7 @@ bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp);
 bool vm_register_sections(Vm *vm, FerryMigration *m, FerryError **errp);
 /* Start the vCPU threads, parked until vm_ops' start. */
 bool vm_start_threads(Vm *vm, FerryError **errp);
-/* Stop the threads for good and join them. Idempotent. */
+/* Stop the threads for good and join them (the vCPUs', then the NICs' receive threads). Idempotent. */
 void vm_stop_threads(Vm *vm);
 void vm_free(Vm *vm); /* NULL is a no-op; the RAM block is the engine's */
 extern const FerryHostOps vm_ops;
@@ -200,6 +206,9 @@ void vm_hold(Vm *vm);
 void vm_release(Vm *vm);
 /* Host pointer of guest-physical @gpa if [@gpa, @gpa + @len) is RAM, else NULL. */
 void *vm_gpa_to_host(Vm *vm, uint64_t gpa, uint64_t len);
+/* A device wrote guest RAM [@gpa, @gpa + @len) from the host side, which KVM's dirty log does not see: tell the
+ * engine (ferry_ram_mark_dirty), so that an outgoing migration sends those pages again. */
+void vm_mark_dirty(Vm *vm, uint64_t gpa, uint64_t len);
 /* (Re)set every slot with @flags (KVM_MEM_LOG_DIRTY_PAGES or 0). */
 bool vm_set_slot_flags(Vm *vm, uint32_t flags, FerryError **errp);
 /* Describe an ioctl failure: "KVM_X: strerror". */
@@ -297,6 +306,65 @@ bool vm_dirty_ring_collect(Vm *vm, uint64_t *total, FerryError **errp);
  * of one vCPU's ring (NULL on failure). */
 bool vm_enable_dirty_ring(int vm_fd, uint32_t entries, FerryError **errp);
 void *vm_map_dirty_ring(int cpu_fd, uint32_t entries, FerryError **errp);
+
+/* ---- pci.c ---- */
+/* Bus 0: slots (device numbers, one function each), the window its I/O BARs live in, and the IOAPIC pins INTx
+ * uses (slot N's INTA# on pin VM_PCI_GSI_BASE + N - 1, past the 16 ISA pins; KVM's IOAPIC has 24). */
+#define VM_PCI_SLOTS 32u
+#define VM_PCI_IO_MIN 0x1000u
+#define VM_PCI_IO_BASE 0xc000u
+#define VM_PCI_GSI_BASE 16u
+#define VM_PCI_MAX_INTX 8u
+
+typedef struct PciDev PciDev;
+/* A BAR0 access at @offset of @size bytes (1, 2 or 4; little-endian in @data). */
+typedef void (*PciIoFn)(void *opaque, unsigned offset, unsigned size, bool is_write, uint8_t *data);
+typedef struct PciDevInfo {
+    const char *name;
+    uint16_t vendor, device, subsystem_vendor, subsystem;
+    uint8_t revision;
+    uint32_t class_code;  /* base class, subclass, programming interface */
+    uint32_t io_size;     /* BAR0: an I/O BAR of this many bytes (a power of two, 4..256) */
+} PciDevInfo;
+
+PciBus *pci_bus_new(Vm *vm, FerryError **errp);
+void pci_bus_free(PciBus *bus);
+/* Add a device in the next free slot, BAR0 assigned and I/O decoding on; the bus owns it. */
+PciDev *pci_add_device(PciBus *bus, const PciDevInfo *info, PciIoFn io, void *opaque, FerryError **errp);
+unsigned pci_dev_slot(const PciDev *d);
+/* Whether a device sits in @slot and has an INTx pin (the MP table lists those). */
+bool pci_slot_has_intx(PciBus *bus, unsigned slot);
+/* The IOAPIC pin (GSI) of @slot's INTA#. */
+unsigned pci_slot_gsi(unsigned slot);
+/* Set the device's INTx pin (level-triggered: it stays asserted until the device lowers it). */
+void pci_set_irq(PciDev *d, bool pending);
+/* Port I/O: the configuration ports and the devices' BARs. False if @port is none of them. */
+bool pci_io(PciBus *bus, uint16_t port, unsigned size, bool is_write, uint8_t *data);
+/* The "pci" section (opaque: the bus) and query-pci's list. */
+bool pci_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+json_t *pci_query(PciBus *bus);
+
+/* ---- virtio-net.c ---- */
+/* A legacy virtio-net PCI device (virtio 0.9.5, QEMU's virtio-net-pci in its transitional form) on the TAP of
+ * @cfg, in the next free slot of vm->pci; its section instance and the backend id are @index and the netdev id. */
+VirtioNet *virtio_net_new(Vm *vm, const NetConfig *cfg, unsigned index, FerryError **errp);
+/* Register the "virtio-net" section and the TAP backend with @m. */
+bool virtio_net_register(VirtioNet *n, FerryMigration *m, FerryError **errp);
+/* The section function (opaque: the VirtioNet). */
+bool virtio_net_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
+/* As ferry-workload's device (hosts/workload/net.h): a source attaches its TAP now, a destination waits for it. */
+bool virtio_net_init_backend(VirtioNet *n, bool incoming, FerryError **errp);
+bool virtio_net_start_thread(VirtioNet *n, FerryError **errp);
+/* Give a stopped device without a backend @fd (non-blocking, one Ethernet frame per read and write: a TAP, or a
+ * SOCK_SEQPACKET socket in the unit tests, which have no TAP) unchecked; it takes the fd. */
+bool virtio_net_attach_fd(VirtioNet *n, int fd, FerryError **errp);
+/* Park the receive thread (it then writes no guest memory and reads no frame) / let it run. */
+void virtio_net_stop(VirtioNet *n);
+void virtio_net_start(VirtioNet *n);
+/* Stop and join the receive thread for good (idempotent): before the engine, which owns guest RAM, goes. */
+void virtio_net_stop_thread(VirtioNet *n);
+void virtio_net_free(VirtioNet *n);    /* NULL is a no-op; joins the thread, closes the TAP */
+json_t *virtio_net_query(VirtioNet *n); /* query-netdev's entry */
 
 /* ---- linux.c ---- */
 /* Load cfg.kernel (and cfg.initrd, cfg.append) with the 32-bit boot protocol and put vCPU 0 at its entry. */

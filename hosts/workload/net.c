@@ -1,8 +1,8 @@
 /*
- * ferry-workload's network device: the -netdev tap / -device virtio-net options, the TAP backend (attached by name
- * through /dev/net/tun, or adopted from a migration source with backend-transfer), the device thread that answers
- * ARP and ICMP echo on it (the frames themselves are netframe.c's), its "virtio-net" state section and the
- * "virtio-net-tap" backend it registers with libferry. It uses only the public API.
+ * ferry-workload's network device: the TAP backend (attached by name through /dev/net/tun, or adopted from a
+ * migration source with backend-transfer; the options and the TAP calls are hosts/common/netdev.c's), the device
+ * thread that answers ARP and ICMP echo on it (the frames themselves are netframe.c's), its "virtio-net" state
+ * section and the "virtio-net-tap" backend it registers with libferry. It uses only the public API.
  *
  * Who touches the TAP: only the device thread while the device runs; only the engine's callbacks (get_fd, set_fd,
  * release) and start-up code while it is parked. net_dev_stop does not return before the thread is parked, and
@@ -31,18 +31,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/if_tun.h>
-#include <net/if.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/stat.h>
 
 #include "net.h"
 
-#define TUN_PATH "/dev/net/tun"
-#define BACKEND_KIND "virtio-net-tap"
-/* QEMU's default MAC for the first NIC. */
-static const uint8_t default_mac[NET_ETH_ALEN] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
 /*
  * backend-transfer off: how long a device that starts without a TAP keeps trying to attach one that is busy, and
  * how often. The source lets go of it right after the destination acknowledged, which is well under a
@@ -88,377 +81,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- Command line ---- */
-
-/* Split "key=value,..." at the first ','; copies the pair into @buf. Returns the rest, or NULL at the end. A
- * pair longer than @bufsize is reported rather than cut, so that a long value is never half read. */
-static bool next_pair(const char **rest, char *buf, size_t bufsize, const char **key, const char **value,
-                      const char *opt, FerryError **errp)
-{
-    const char *s = *rest;
-    const char *end = strchr(s, ',');
-    size_t len = end ? (size_t)(end - s) : strlen(s);
-
-    if (len >= bufsize) {
-        ferry_error_setg(errp, "%s: '%.*s...' is too long", opt, 32, s);
-        return false;
-    }
-    memcpy(buf, s, len);
-    buf[len] = '\0';
-    *key = buf;
-    *value = NULL;
-    char *eq = strchr(buf, '=');
-    if (eq) {
-        *eq = '\0';
-        *value = eq + 1;
-    }
-    *rest = end ? end + 1 : NULL;
-    return true;
-}
-
-/* An id QEMU would take: a letter, then letters, digits, '-', '.', '_'. It names the backend in the stream too. */
-static bool valid_id(const char *s)
-{
-    size_t len = strlen(s);
-
-    if (len == 0 || len > NET_ID_MAX || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'))) {
-        return false;
-    }
-    for (const char *c = s; *c; c++) {
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' ||
-              *c == '.' || *c == '_')) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* A Linux interface name that names one interface: the destination attaches it by this name, so a template the
- * kernel fills in ("tap%d") cannot be used. */
-static bool valid_ifname(const char *s)
-{
-    size_t len = strlen(s);
-
-    if (len == 0 || len >= NET_IFNAME_SIZE || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
-        return false;
-    }
-    for (const char *c = s; *c; c++) {
-        if (*c <= ' ' || *c == '/' || *c == ':' || *c == '%' || *c == 0x7f) {
-            return false;
-        }
-    }
-    return true;
-}
-
-bool net_parse_netdev(NetSetup *setup, const char *arg, FerryError **errp)
-{
-    char buf[256];
-    const char *key, *value;
-    const char *rest = arg;
-    NetConfig c = { 0 };
-
-    if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-netdev", errp)) {
-        return false;
-    }
-    if (value || strcmp(key, "tap") != 0) {
-        ferry_error_setg(errp, "-netdev: unknown backend type '%s' (only tap)", key);
-        return false;
-    }
-    while (rest && *rest) {
-        if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-netdev tap", errp)) {
-            return false;
-        }
-        if (!value) {
-            ferry_error_setg(errp, "-netdev tap: '%s' needs a value (key=value)", key);
-            return false;
-        }
-        if (strcmp(key, "id") == 0) {
-            if (!valid_id(value)) {
-                ferry_error_setg(errp, "-netdev tap: bad id '%s' (a letter, then letters, digits, '-', '.' or '_'; "
-                                 "at most %d)", value, NET_ID_MAX);
-                return false;
-            }
-            strcpy(c.id, value);
-        } else if (strcmp(key, "ifname") == 0) {
-            if (!valid_ifname(value)) {
-                ferry_error_setg(errp, "-netdev tap: bad ifname '%s' (an interface name of 1 to %d bytes without "
-                                 "spaces, '/', ':' or '%%')", value, NET_IFNAME_SIZE - 1);
-                return false;
-            }
-            strcpy(c.ifname, value);
-        } else if (strcmp(key, "script") == 0 || strcmp(key, "downscript") == 0) {
-            /* QEMU runs /etc/qemu-ifup by default; ferry-workload runs no scripts, so it must be told "no". */
-            if (strcmp(value, "no") != 0) {
-                ferry_error_setg(errp, "-netdev tap: %s=%s is not supported (ferry-workload runs no scripts: give "
-                                 "%s=no and configure the TAP beforehand)", key, value, key);
-                return false;
-            }
-        } else {
-            ferry_error_setg(errp, "-netdev tap: unknown property '%s' (id, ifname, script, downscript)", key);
-            return false;
-        }
-    }
-    if (!c.id[0]) {
-        ferry_error_setg(errp, "-netdev tap: id= is required");
-        return false;
-    }
-    if (!c.ifname[0]) {
-        ferry_error_setg(errp, "-netdev tap,id=%s: ifname= is required (the destination of a migration attaches "
-                         "the TAP by its name)", c.id);
-        return false;
-    }
-    for (unsigned i = 0; i < setup->n; i++) {
-        if (strcmp(setup->cfg[i].id, c.id) == 0) {
-            ferry_error_setg(errp, "-netdev tap: duplicate id '%s'", c.id);
-            return false;
-        }
-        if (strcmp(setup->cfg[i].ifname, c.ifname) == 0) {
-            ferry_error_setg(errp, "-netdev tap: ifname '%s' is used by netdev '%s' already", c.ifname,
-                             setup->cfg[i].id);
-            return false;
-        }
-    }
-    if (setup->n == NET_MAX_DEVICES) {
-        ferry_error_setg(errp, "-netdev: at most %d netdevs", NET_MAX_DEVICES);
-        return false;
-    }
-    setup->cfg[setup->n++] = c;
-    return true;
-}
-
-bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
-{
-    char buf[256];
-    const char *key, *value;
-    const char *rest = arg;
-    char netdev[NET_ID_MAX + 1] = "", id[NET_ID_MAX + 1] = "";
-    uint8_t mac[NET_ETH_ALEN], ip[4];
-    bool has_mac = false, has_ip = false;
-
-    if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device", errp)) {
-        return false;
-    }
-    /* QEMU's names for the same model on its transports; there is no bus here. */
-    if (value || (strcmp(key, "virtio-net") != 0 && strcmp(key, "virtio-net-pci") != 0 &&
-                  strcmp(key, "virtio-net-device") != 0)) {
-        ferry_error_setg(errp, "-device: unknown device '%s' (only virtio-net, virtio-net-pci, virtio-net-device)",
-                         key);
-        return false;
-    }
-    while (rest && *rest) {
-        if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device virtio-net", errp)) {
-            return false;
-        }
-        if (!value) {
-            ferry_error_setg(errp, "-device virtio-net: '%s' needs a value (key=value)", key);
-            return false;
-        }
-        if (strcmp(key, "netdev") == 0) {
-            if (!valid_id(value)) {
-                ferry_error_setg(errp, "-device virtio-net: bad netdev id '%s'", value);
-                return false;
-            }
-            strcpy(netdev, value);
-        } else if (strcmp(key, "id") == 0) {
-            if (!valid_id(value)) {
-                ferry_error_setg(errp, "-device virtio-net: bad id '%s'", value);
-                return false;
-            }
-            strcpy(id, value);
-        } else if (strcmp(key, "mac") == 0) {
-            if (!net_parse_mac(value, mac)) {
-                ferry_error_setg(errp, "-device virtio-net: mac '%s' is not a MAC address (six hex pairs: "
-                                 "52:54:00:12:34:56)", value);
-                return false;
-            }
-            if (mac[0] & 1) {
-                ferry_error_setg(errp, "-device virtio-net: mac '%s' is a multicast address (the first byte must "
-                                 "be even)", value);
-                return false;
-            }
-            has_mac = true;
-        } else if (strcmp(key, "ip") == 0) {
-            if (!net_parse_ipv4(value, ip)) {
-                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not an IPv4 address (A.B.C.D)", value);
-                return false;
-            }
-            if (ip[0] == 0 || ip[0] == 127 || ip[0] >= 224) {
-                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not a unicast host address", value);
-                return false;
-            }
-            has_ip = true;
-        } else {
-            ferry_error_setg(errp, "-device virtio-net: unknown property '%s' (netdev, mac, ip, id)", key);
-            return false;
-        }
-    }
-    if (!netdev[0]) {
-        ferry_error_setg(errp, "-device virtio-net: netdev= is required");
-        return false;
-    }
-    /* The workload has no guest OS to configure an address, so the device must be told its own. */
-    if (!has_ip) {
-        ferry_error_setg(errp, "-device virtio-net,netdev=%s: ip= is required (the workload has no guest OS: the "
-                         "device answers ARP and ping for this IPv4 address)", netdev);
-        return false;
-    }
-    NetConfig *c = NULL;
-    for (unsigned i = 0; i < setup->n; i++) {
-        if (strcmp(setup->cfg[i].id, netdev) == 0) {
-            c = &setup->cfg[i];
-        }
-    }
-    if (!c) {
-        ferry_error_setg(errp, "-device virtio-net: netdev '%s' not found (give -netdev tap,id=%s,... first)",
-                         netdev, netdev);
-        return false;
-    }
-    if (c->has_device) {
-        ferry_error_setg(errp, "-device virtio-net: netdev '%s' is used by another device already", netdev);
-        return false;
-    }
-    c->has_device = true;
-    strcpy(c->device_id, id);
-    memcpy(c->ident.mac, has_mac ? mac : default_mac, NET_ETH_ALEN);
-    memcpy(c->ident.ip, ip, 4);
-    return true;
-}
-
-bool net_setup_check(const NetSetup *setup, FerryError **errp)
-{
-    for (unsigned i = 0; i < setup->n; i++) {
-        if (!setup->cfg[i].has_device) {
-            ferry_error_setg(errp, "-netdev tap,id=%s is not used: add -device virtio-net,netdev=%s,ip=A.B.C.D",
-                             setup->cfg[i].id, setup->cfg[i].id);
-            return false;
-        }
-        for (unsigned j = 0; j < i; j++) {
-            if (memcmp(setup->cfg[i].ident.mac, setup->cfg[j].ident.mac, NET_ETH_ALEN) == 0) {
-                ferry_error_setg(errp, "-device virtio-net: netdevs '%s' and '%s' have the same mac (give mac=)",
-                                 setup->cfg[j].id, setup->cfg[i].id);
-                return false;
-            }
-        }
-    }
-    return true;
-}
-
-/* ---- The TAP ---- */
-
-/* Whether /dev/net/tun is there to be opened: checked at start-up so that a missing TUN/TAP driver is an error
- * then, not when the destination first runs. */
-static bool tun_available(FerryError **errp)
-{
-    struct stat st;
-
-    if (stat(TUN_PATH, &st) < 0) {
-        ferry_error_setg_errno(errp, errno, TUN_PATH " is missing (no TUN/TAP support: load the tun module, or "
-                               "create the device node with mknod " TUN_PATH " c 10 200)");
-        return false;
-    }
-    if (!S_ISCHR(st.st_mode)) {
-        ferry_error_setg(errp, TUN_PATH " is not a character device");
-        return false;
-    }
-    return true;
-}
-
-/* TUNSETIFF for a TAP of plain Ethernet frames; 0 or the errno. */
-static int set_iff(int fd, const char *ifname, bool multi_queue)
-{
-    struct ifreq ifr;
-
-    memset(&ifr, 0, sizeof(ifr));
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (multi_queue ? IFF_MULTI_QUEUE : 0);
-    return ioctl(fd, TUNSETIFF, &ifr) < 0 ? errno : 0;
-}
-
-/* Attach the TAP @ifname (creating it if there is none: the kernel does that, as for QEMU). Returns its fd
- * (close-on-exec, non-blocking), or -1 with *errp set and *busy telling whether another process holds it. */
-static int tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError **errp)
-{
-    int fd = open(TUN_PATH, O_RDWR | O_CLOEXEC | O_NONBLOCK);
-    int err;
-
-    *busy = false;
-    *multi_queue = false;
-    if (fd < 0) {
-        err = errno;
-        ferry_error_setg_errno(errp, err, "opening " TUN_PATH "%s",
-                               err == ENOENT || err == ENODEV || err == ENXIO ? " (no TUN/TAP support: load the tun "
-                                                                               "module)" : "");
-        return -1;
-    }
-    err = set_iff(fd, ifname, false);
-    if (err == EINVAL) {
-        /* A TAP created with multi_queue (ip tuntap add NAME mode tap multi_queue) refuses an attach without
-         * IFF_MULTI_QUEUE ("flags mismatch"): attach as one more of its queues. That is also what lets a
-         * destination attach it while the source still holds its own queue. A failed TUNSETIFF leaves the file
-         * unattached, so it can be tried again. */
-        err = set_iff(fd, ifname, true);
-        *multi_queue = err == 0;
-        if (err == EINVAL) {
-            close(fd);
-            ferry_error_setg(errp, "attaching TAP '%s': the interface exists and is not a TAP device", ifname);
-            return -1;
-        }
-    }
-    if (err) {
-        close(fd);
-        *busy = err == EBUSY;
-        if (err == EBUSY) {
-            ferry_error_setg(errp, "attaching TAP '%s': it is busy (another process has it attached, and a TAP "
-                             "without multi_queue takes one at a time)", ifname);
-        } else if (err == EPERM) {
-            ferry_error_setg_errno(errp, err, "attaching TAP '%s' (creating a TAP, or attaching one whose owner "
-                                   "is another user, needs CAP_NET_ADMIN)", ifname);
-        } else {
-            ferry_error_setg_errno(errp, err, "attaching TAP '%s'", ifname);
-        }
-        return -1;
-    }
-    return fd;
-}
-
-/*
- * Whether @fd, received from a migration source, is what this device would have attached itself: an attached
- * TUN/TAP file, a TAP (Ethernet frames), frames without packet information or vnet header (the format the device
- * reads), and the interface this netdev names. The device uses it as it is, so anything else is refused.
- */
-static bool tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **errp)
-{
-    struct ifreq ifr;
-
-    memset(&ifr, 0, sizeof(ifr));
-    if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
-        int err = errno;
-
-        if (err == EBADFD) {
-            ferry_error_setg(errp, "the received fd is a " TUN_PATH " file not attached to any interface");
-        } else {
-            ferry_error_setg_errno(errp, err, "the received fd is not a TAP (TUNGETIFF)");
-        }
-        return false;
-    }
-    ifr.ifr_name[sizeof(ifr.ifr_name) - 1] = '\0';
-    if (!(ifr.ifr_flags & IFF_TAP)) {
-        ferry_error_setg(errp, "the received fd is TUN device '%s' (IP packets), not a TAP", ifr.ifr_name);
-        return false;
-    }
-    if (!(ifr.ifr_flags & IFF_NO_PI) || (ifr.ifr_flags & IFF_VNET_HDR)) {
-        ferry_error_setg(errp, "the received TAP '%s' has flags 0x%x: this device reads plain Ethernet frames "
-                         "(IFF_NO_PI, no vnet header)", ifr.ifr_name, (unsigned)(uint16_t)ifr.ifr_flags);
-        return false;
-    }
-    if (strcmp(ifr.ifr_name, ifname) != 0) {
-        ferry_error_setg(errp, "the received fd is TAP '%s', but this netdev has ifname=%s", ifr.ifr_name, ifname);
-        return false;
-    }
-    *multi_queue = ifr.ifr_flags & IFF_MULTI_QUEUE;
-    return true;
-}
-
 static void set_error(NetDev *nd, const FerryError *err)
 {
     snprintf(nd->error, sizeof(nd->error), "%s", ferry_error_msg(err));
@@ -469,7 +91,7 @@ static void set_error(NetDev *nd, const FerryError *err)
 static bool attach_locked(NetDev *nd, bool *busy, FerryError **errp)
 {
     bool mq;
-    int fd = tap_attach(nd->cfg.ifname, &mq, busy, errp);
+    int fd = net_tap_attach(nd->cfg.ifname, &mq, busy, errp);
 
     if (fd < 0) {
         return false;
@@ -719,7 +341,7 @@ static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
     /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
     if (nd->run) {
         ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", nd->cfg.id);
-    } else if (tap_verify(fd, nd->cfg.ifname, &mq, errp)) {
+    } else if (net_tap_verify(fd, nd->cfg.ifname, &mq, errp)) {
         /* A second incoming migration (after a failed one) brings the fd again: the previous one goes. */
         if (nd->fd >= 0) {
             close(nd->fd);
@@ -894,7 +516,7 @@ NetDev *net_dev_new(const NetConfig *cfg, unsigned index, FerryMigration *m, Fer
 bool net_dev_register(NetDev *nd, FerryError **errp)
 {
     if (!ferry_migration_register_section(nd->m, "virtio-net", nd->index, 1, net_section, nd, errp) ||
-        !ferry_migration_register_backend(nd->m, BACKEND_KIND, nd->cfg.id, &backend_ops, nd, errp)) {
+        !ferry_migration_register_backend(nd->m, NET_TAP_BACKEND_KIND, nd->cfg.id, &backend_ops, nd, errp)) {
         ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
         return false;
     }
@@ -905,7 +527,7 @@ bool net_dev_init_backend(NetDev *nd, bool incoming, FerryError **errp)
 {
     bool busy, ok = true;
 
-    if (!tun_available(errp)) {
+    if (!net_tun_available(errp)) {
         ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
         return false;
     }

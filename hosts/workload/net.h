@@ -17,27 +17,14 @@
 #include <stdint.h>
 
 #include "ferry/ferry.h"
-
-/* At most this many -netdev/-device pairs (each has its own thread and section instance). */
-#define NET_MAX_DEVICES 4
-/* The longest id accepted for -netdev id= and -device id= (QEMU ids are short names too). */
-#define NET_ID_MAX 63
-/* Linux's IFNAMSIZ, including the NUL. */
-#define NET_IFNAME_SIZE 16
+#include "netdev.h" /* the options and the TAP, shared with ferry-vm (hosts/common) */
 
 #define NET_ETH_HLEN 14
-#define NET_ETH_ALEN 6
 #define NET_ARP_LEN 28    /* ARP for Ethernet/IPv4 */
 /* A TAP hands over one frame per read: at most its MTU plus the Ethernet header. 64 KiB covers any MTU. */
 #define NET_FRAME_MAX 65550
 
 /* ---- Frames (netframe.c) ---- */
-
-/* Who the device is on the wire. ip is in network byte order, as on the wire. */
-typedef struct NetIdentity {
-    uint8_t mac[NET_ETH_ALEN];
-    uint8_t ip[4];
-} NetIdentity;
 
 typedef enum NetFrameKind {
     NET_FRAME_DROP,       /* not answered: not for us, or malformed (*why says which) */
@@ -56,35 +43,6 @@ NetFrameKind net_frame_answer(const NetIdentity *id, const uint8_t *frame, size_
 /* The Internet checksum (RFC 1071) of @len bytes: the one's complement of their one's complement sum. A buffer
  * that includes a correct checksum sums to 0. */
 uint16_t net_inet_checksum(const void *data, size_t len);
-/* "52:54:00:12:34:56" -> bytes; false unless exactly six two-digit hex pairs separated by ':'. */
-bool net_parse_mac(const char *s, uint8_t mac[NET_ETH_ALEN]);
-/* Dotted quad -> bytes (inet_pton); false if it is not one. */
-bool net_parse_ipv4(const char *s, uint8_t ip[4]);
-void net_format_mac(const uint8_t mac[NET_ETH_ALEN], char out[18]);
-void net_format_ipv4(const uint8_t ip[4], char out[16]);
-
-/* ---- Command line (net.c) ---- */
-
-/* One -netdev tap and the -device virtio-net that uses it. */
-typedef struct NetConfig {
-    char id[NET_ID_MAX + 1];          /* -netdev id=, the backend's id for backend-transfer */
-    char ifname[NET_IFNAME_SIZE];     /* -netdev ifname= */
-    bool has_device;                  /* a -device uses this netdev */
-    char device_id[NET_ID_MAX + 1];   /* -device id= ("" if not given) */
-    NetIdentity ident;                /* -device mac= and ip= */
-} NetConfig;
-
-typedef struct NetSetup {
-    NetConfig cfg[NET_MAX_DEVICES];
-    unsigned n;
-} NetSetup;
-
-/* -netdev tap,id=ID,ifname=NAME[,script=no][,downscript=no]. The error names the option and the bad part. */
-bool net_parse_netdev(NetSetup *setup, const char *arg, FerryError **errp);
-/* -device virtio-net[-pci],netdev=ID,ip=A.B.C.D[,mac=MAC][,id=ID]. Must follow its -netdev. */
-bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp);
-/* After all options: every -netdev has its -device. */
-bool net_setup_check(const NetSetup *setup, FerryError **errp);
 
 /* ---- The device (net.c) ---- */
 

@@ -4,7 +4,9 @@ reaps and checks them (a sanitizer report on a process's stderr fails the test).
 ferrytest.py; the tests in test_*.py."""
 
 import os
+import secrets
 import shutil
+import subprocess
 import signal
 import tempfile
 
@@ -77,3 +79,20 @@ def wl(tmpdir_short):
     yield ws
     problems = ws.close()
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of its own (ip netns add ferry-PID-RANDOM), deleted whatever happens; skips where TAP
+    tests cannot run (ferrytest.tap_skip_reason)."""
+    reason = ferrytest.tap_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    name = f"ferry-{os.getpid()}-{secrets.token_hex(3)}"
+    p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=20)
+    if p.returncode != 0:
+        pytest.skip(f"ip netns add failed: {p.stderr.strip()}")
+    try:
+        yield ferrytest.NetNS(name)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)

@@ -10,6 +10,7 @@ internals beyond the QMP commands it documents. It uses the standard library onl
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -820,3 +821,51 @@ class StreamRelay:
                 s.close()
             except (OSError, AttributeError):
                 pass
+
+
+# ---- TAP tests: a network namespace with a TAP in it (test_tap.py, test_vm.py) ----
+
+TAP = "ftap0"
+HOST_IP = "10.0.0.1"
+
+
+class NetNS:
+    def __init__(self, name):
+        self.name = name
+        self.prefix = ("ip", "netns", "exec", name)
+
+    def run(self, *cmd, check=True):
+        p = subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, timeout=20)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} in {self.name}: exit {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def configure_tap(self, tap=TAP):
+        """The host's side of the TAP: an address and link up (lo too, for completeness)."""
+        self.run("ip", "link", "set", "lo", "up")
+        self.run("ip", "addr", "add", f"{HOST_IP}/24", "dev", tap)
+        self.run("ip", "link", "set", tap, "up")
+
+    def tun_flags(self, tap=TAP):
+        p = self.run("cat", f"/sys/class/net/{tap}/tun_flags", check=False)
+        return int(p.stdout.strip(), 16) if p.returncode == 0 else None
+
+
+def tap_skip_reason():
+    """Why TAP tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, TAP devices and raw ICMP sockets)"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun (the kernel's TUN/TAP driver is missing)"
+    if shutil.which("ip") is None:
+        return "iproute2's ip is not installed"
+    return None
+
+
+def fd_tap_name(pid, fd):
+    """The interface a TUN/TAP fd of process @pid is attached to (the "iff:" line of its fdinfo), or None."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("iff:"):
+                return line.split()[1]
+    return None

@@ -1,10 +1,13 @@
-"""ferry-workload's command line: bad options make it exit non-zero at once with a message that names the
+"""ferry-workload's command line, and ferry-vm's network options (the same parser, hosts/common/netdev.c, in
+the flavour of a guest's NIC): bad options make the program exit non-zero at once with a message that names the
 problem, without a sanitizer report. Good options are exercised by every other test."""
 
+import os
 import subprocess
 
 import pytest
 
+import ferrytest
 from ferrytest import sanitizer_report, workload_binary
 
 # (id, argv after the program name, words of which the message must contain at least one, case-insensitively)
@@ -73,3 +76,26 @@ def test_bad_command_line(argv, words):
     msg = p.stderr.lower()
     assert any(w.lower() in msg for w in words), f"message for {argv} names none of {words}: {p.stderr!r}"
 
+
+# ferry-vm parses its options before it opens /dev/kvm, so these run on any x86-64 build.
+VM_BAD_NET = [
+    ("ip-on-a-guest-nic", ["-netdev", "tap,id=n0,ifname=ft0", "-device", "virtio-net-pci,netdev=n0,ip=10.0.0.2"],
+     "unknown property 'ip' (netdev, mac, id)"),
+    ("netdev-without-device", ["-netdev", "tap,id=n0,ifname=ft0"],
+     "-netdev tap,id=n0 is not used: add -device virtio-net,netdev=n0\n"),
+    ("device-without-netdev", ["-device", "virtio-net-pci,netdev=n9"], "netdev 'n9' not found"),
+    ("netdev-user", ["-netdev", "user,id=n0"], "unknown backend type 'user' (only tap)"),
+    ("device-e1000", ["-netdev", "tap,id=n0,ifname=ft0", "-device", "e1000,netdev=n0"], "unknown device 'e1000'"),
+]
+
+
+@pytest.mark.parametrize("argv,text", [c[1:] for c in VM_BAD_NET], ids=[c[0] for c in VM_BAD_NET])
+def test_vm_bad_network_options(argv, text):
+    vm = os.path.join(ferrytest.build_dir(), "hosts", "vm", "ferry-vm")
+    if not os.access(vm, os.X_OK):
+        pytest.skip(f"{vm} was not built (not an x86-64 Linux build)")
+    p = subprocess.run([vm, *argv, "-serial", "null"], stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
+                       text=True, errors="replace")
+    assert p.returncode == 1, p
+    assert sanitizer_report(p.stderr) is None, p.stderr
+    assert text in p.stderr, p.stderr

@@ -17,9 +17,7 @@ tests/unit/workload/test-netframe.c; bad -netdev/-device values in test_cmdline.
 import json
 import math
 import os
-import secrets
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -27,12 +25,10 @@ import time
 import pytest
 
 import ferrytest
-from ferrytest import wait_listening, wait_until, workload_binary
+from ferrytest import TAP, fd_tap_name, wait_listening, wait_until, workload_binary
 
 pytestmark = pytest.mark.deadline(60)
 
-TAP = "ftap0"
-HOST_IP = "10.0.0.1"
 DEVICE_IP = "10.0.0.2"
 MAC = "52:54:00:12:34:56"
 INTERVAL = 0.01           # seconds between echo requests
@@ -48,53 +44,6 @@ PINGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pinger.py")
 
 def nic(ifname=TAP, mac=MAC, ip=DEVICE_IP):
     return ["-netdev", f"tap,id=n0,ifname={ifname},script=no", "-device", f"virtio-net,netdev=n0,mac={mac},ip={ip}"]
-
-
-class NetNS:
-    def __init__(self, name):
-        self.name = name
-        self.prefix = ("ip", "netns", "exec", name)
-
-    def run(self, *cmd, check=True):
-        p = subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, timeout=20)
-        if check and p.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} in {self.name}: exit {p.returncode}: {p.stderr.strip()}")
-        return p
-
-    def configure_tap(self, tap=TAP):
-        """The host's side of the TAP: an address and link up (lo too, for completeness)."""
-        self.run("ip", "link", "set", "lo", "up")
-        self.run("ip", "addr", "add", f"{HOST_IP}/24", "dev", tap)
-        self.run("ip", "link", "set", tap, "up")
-
-    def tun_flags(self, tap=TAP):
-        p = self.run("cat", f"/sys/class/net/{tap}/tun_flags", check=False)
-        return int(p.stdout.strip(), 16) if p.returncode == 0 else None
-
-
-def skip_reason():
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, TAP devices and raw ICMP sockets)"
-    if not os.path.exists("/dev/net/tun"):
-        return "no /dev/net/tun (the kernel's TUN/TAP driver is missing)"
-    if shutil.which("ip") is None:
-        return "iproute2's ip is not installed"
-    return None
-
-
-@pytest.fixture
-def netns():
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"ferry-{os.getpid()}-{secrets.token_hex(3)}"
-    p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=20)
-    if p.returncode != 0:
-        pytest.skip(f"ip netns add failed: {p.stderr.strip()}")
-    try:
-        yield NetNS(name)
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
 
 
 @pytest.fixture
@@ -142,15 +91,6 @@ class Pinger:
 def netdev(w):
     (nd,) = w.cmd("query-netdev")
     return nd
-
-
-def fd_tap_name(pid, fd):
-    """The interface a TUN/TAP fd of process @pid is attached to (the "iff:" line of its fdinfo), or None."""
-    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("iff:"):
-                return line.split()[1]
-    return None
 
 
 def report(what, res, downtime=None):

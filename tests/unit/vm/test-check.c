@@ -14,35 +14,12 @@
 
 #include <cmocka.h>
 
+#include "bare-vm.h"
 #include "vm.h"
 
 #define PAGE 4096u
-#define RAM (UINT64_C(4) << 20)
+#define RAM BARE_VM_RAM
 #define START (UINT64_C(1) << 20)
-
-/* A VM with RAM only: enough for vm_gpa_to_host and the hold/release protocol (no threads to park). */
-static Vm *bare_vm(void)
-{
-    Vm *vm = calloc(1, sizeof(*vm));
-
-    assert_non_null(vm);
-    vm->ram_host = calloc(1, RAM);
-    assert_non_null(vm->ram_host);
-    vm->lowmem = RAM;
-    vm->slots[0] = (VmSlot){ .slot = 0, .gpa = 0, .size = RAM, .block_offset = 0 };
-    vm->nslots = 1;
-    pthread_mutex_init(&vm->lock, NULL);
-    pthread_cond_init(&vm->cond, NULL);
-    return vm;
-}
-
-static void bare_vm_free(Vm *vm)
-{
-    pthread_cond_destroy(&vm->cond);
-    pthread_mutex_destroy(&vm->lock);
-    free(vm->ram_host);
-    free(vm);
-}
 
 static void set_params(Vm *vm, uint32_t npages, uint32_t cpus)
 {

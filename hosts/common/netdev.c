@@ -1,0 +1,445 @@
+/*
+ * The network options and the TAP, shared by the host programs (ferry-workload and ferry-vm): the -netdev tap and
+ * -device virtio-net command-line options as QEMU spells them, and attaching a TAP through /dev/net/tun or
+ * checking one received from a migration source. What each program's device does with the TAP (the workload's
+ * answering model, ferry-vm's virtio-net for a guest) is its own. Uses only the public API; not part of libferry.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include "netdev.h"
+
+/* QEMU's default MAC for the first NIC. */
+static const uint8_t net_default_mac[NET_ETH_ALEN] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
+
+/* ---- Command line ---- */
+
+/* Split "key=value,..." at the first ','; copies the pair into @buf. Returns the rest, or NULL at the end. A
+ * pair longer than @bufsize is reported rather than cut, so that a long value is never half read. */
+static bool next_pair(const char **rest, char *buf, size_t bufsize, const char **key, const char **value,
+                      const char *opt, FerryError **errp)
+{
+    const char *s = *rest;
+    const char *end = strchr(s, ',');
+    size_t len = end ? (size_t)(end - s) : strlen(s);
+
+    if (len >= bufsize) {
+        ferry_error_setg(errp, "%s: '%.*s...' is too long", opt, 32, s);
+        return false;
+    }
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    *key = buf;
+    *value = NULL;
+    char *eq = strchr(buf, '=');
+    if (eq) {
+        *eq = '\0';
+        *value = eq + 1;
+    }
+    *rest = end ? end + 1 : NULL;
+    return true;
+}
+
+/* An id QEMU would take: a letter, then letters, digits, '-', '.', '_'. It names the backend in the stream too. */
+static bool valid_id(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len == 0 || len > NET_ID_MAX || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'))) {
+        return false;
+    }
+    for (const char *c = s; *c; c++) {
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' ||
+              *c == '.' || *c == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A Linux interface name that names one interface: the destination attaches it by this name, so a template the
+ * kernel fills in ("tap%d") cannot be used. */
+static bool valid_ifname(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len == 0 || len >= NET_IFNAME_SIZE || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+        return false;
+    }
+    for (const char *c = s; *c; c++) {
+        if (*c <= ' ' || *c == '/' || *c == ':' || *c == '%' || *c == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool net_parse_netdev(NetSetup *setup, const char *arg, FerryError **errp)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = arg;
+    NetConfig c = { 0 };
+
+    if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-netdev", errp)) {
+        return false;
+    }
+    if (value || strcmp(key, "tap") != 0) {
+        ferry_error_setg(errp, "-netdev: unknown backend type '%s' (only tap)", key);
+        return false;
+    }
+    while (rest && *rest) {
+        if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-netdev tap", errp)) {
+            return false;
+        }
+        if (!value) {
+            ferry_error_setg(errp, "-netdev tap: '%s' needs a value (key=value)", key);
+            return false;
+        }
+        if (strcmp(key, "id") == 0) {
+            if (!valid_id(value)) {
+                ferry_error_setg(errp, "-netdev tap: bad id '%s' (a letter, then letters, digits, '-', '.' or '_'; "
+                                 "at most %d)", value, NET_ID_MAX);
+                return false;
+            }
+            strcpy(c.id, value);
+        } else if (strcmp(key, "ifname") == 0) {
+            if (!valid_ifname(value)) {
+                ferry_error_setg(errp, "-netdev tap: bad ifname '%s' (an interface name of 1 to %d bytes without "
+                                 "spaces, '/', ':' or '%%')", value, NET_IFNAME_SIZE - 1);
+                return false;
+            }
+            strcpy(c.ifname, value);
+        } else if (strcmp(key, "script") == 0 || strcmp(key, "downscript") == 0) {
+            /* QEMU runs /etc/qemu-ifup by default; this program runs no scripts, so it must be told "no". */
+            if (strcmp(value, "no") != 0) {
+                ferry_error_setg(errp, "-netdev tap: %s=%s is not supported (this program runs no scripts: give "
+                                 "%s=no and configure the TAP beforehand)", key, value, key);
+                return false;
+            }
+        } else {
+            ferry_error_setg(errp, "-netdev tap: unknown property '%s' (id, ifname, script, downscript)", key);
+            return false;
+        }
+    }
+    if (!c.id[0]) {
+        ferry_error_setg(errp, "-netdev tap: id= is required");
+        return false;
+    }
+    if (!c.ifname[0]) {
+        ferry_error_setg(errp, "-netdev tap,id=%s: ifname= is required (the destination of a migration attaches "
+                         "the TAP by its name)", c.id);
+        return false;
+    }
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (strcmp(setup->cfg[i].id, c.id) == 0) {
+            ferry_error_setg(errp, "-netdev tap: duplicate id '%s'", c.id);
+            return false;
+        }
+        if (strcmp(setup->cfg[i].ifname, c.ifname) == 0) {
+            ferry_error_setg(errp, "-netdev tap: ifname '%s' is used by netdev '%s' already", c.ifname,
+                             setup->cfg[i].id);
+            return false;
+        }
+    }
+    if (setup->n == NET_MAX_DEVICES) {
+        ferry_error_setg(errp, "-netdev: at most %d netdevs", NET_MAX_DEVICES);
+        return false;
+    }
+    setup->cfg[setup->n++] = c;
+    return true;
+}
+
+bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
+{
+    char buf[256];
+    const char *key, *value;
+    const char *rest = arg;
+    char netdev[NET_ID_MAX + 1] = "", id[NET_ID_MAX + 1] = "";
+    uint8_t mac[NET_ETH_ALEN], ip[4];
+    bool has_mac = false, has_ip = false;
+
+    if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device", errp)) {
+        return false;
+    }
+    /* QEMU's names for the same model on its transports; there is no bus here. */
+    if (value || (strcmp(key, "virtio-net") != 0 && strcmp(key, "virtio-net-pci") != 0 &&
+                  strcmp(key, "virtio-net-device") != 0)) {
+        ferry_error_setg(errp, "-device: unknown device '%s' (only virtio-net, virtio-net-pci, virtio-net-device)",
+                         key);
+        return false;
+    }
+    while (rest && *rest) {
+        if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device virtio-net", errp)) {
+            return false;
+        }
+        if (!value) {
+            ferry_error_setg(errp, "-device virtio-net: '%s' needs a value (key=value)", key);
+            return false;
+        }
+        if (strcmp(key, "netdev") == 0) {
+            if (!valid_id(value)) {
+                ferry_error_setg(errp, "-device virtio-net: bad netdev id '%s'", value);
+                return false;
+            }
+            strcpy(netdev, value);
+        } else if (strcmp(key, "id") == 0) {
+            if (!valid_id(value)) {
+                ferry_error_setg(errp, "-device virtio-net: bad id '%s'", value);
+                return false;
+            }
+            strcpy(id, value);
+        } else if (strcmp(key, "mac") == 0) {
+            if (!net_parse_mac(value, mac)) {
+                ferry_error_setg(errp, "-device virtio-net: mac '%s' is not a MAC address (six hex pairs: "
+                                 "52:54:00:12:34:56)", value);
+                return false;
+            }
+            if (mac[0] & 1) {
+                ferry_error_setg(errp, "-device virtio-net: mac '%s' is a multicast address (the first byte must "
+                                 "be even)", value);
+                return false;
+            }
+            has_mac = true;
+        } else if (strcmp(key, "ip") == 0 && !setup->guest_nic) {
+            if (!net_parse_ipv4(value, ip)) {
+                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not an IPv4 address (A.B.C.D)", value);
+                return false;
+            }
+            if (ip[0] == 0 || ip[0] == 127 || ip[0] >= 224) {
+                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not a unicast host address", value);
+                return false;
+            }
+            has_ip = true;
+        } else {
+            ferry_error_setg(errp, "-device virtio-net: unknown property '%s' (netdev, mac, %sid)", key,
+                             setup->guest_nic ? "" : "ip, ");
+            return false;
+        }
+    }
+    if (!netdev[0]) {
+        ferry_error_setg(errp, "-device virtio-net: netdev= is required");
+        return false;
+    }
+    /* The workload has no guest OS to configure an address, so the device must be told its own; a guest's NIC
+     * has none: the guest's network stack has the addresses. */
+    if (!has_ip && !setup->guest_nic) {
+        ferry_error_setg(errp, "-device virtio-net,netdev=%s: ip= is required (the workload has no guest OS: the "
+                         "device answers ARP and ping for this IPv4 address)", netdev);
+        return false;
+    }
+    NetConfig *c = NULL;
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (strcmp(setup->cfg[i].id, netdev) == 0) {
+            c = &setup->cfg[i];
+        }
+    }
+    if (!c) {
+        ferry_error_setg(errp, "-device virtio-net: netdev '%s' not found (give -netdev tap,id=%s,... first)",
+                         netdev, netdev);
+        return false;
+    }
+    if (c->has_device) {
+        ferry_error_setg(errp, "-device virtio-net: netdev '%s' is used by another device already", netdev);
+        return false;
+    }
+    c->has_device = true;
+    strcpy(c->device_id, id);
+    memcpy(c->ident.mac, has_mac ? mac : net_default_mac, NET_ETH_ALEN);
+    memcpy(c->ident.ip, ip, 4);
+    return true;
+}
+
+bool net_setup_check(const NetSetup *setup, FerryError **errp)
+{
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (!setup->cfg[i].has_device) {
+            ferry_error_setg(errp, "-netdev tap,id=%s is not used: add -device virtio-net,netdev=%s%s",
+                             setup->cfg[i].id, setup->cfg[i].id, setup->guest_nic ? "" : ",ip=A.B.C.D");
+            return false;
+        }
+        for (unsigned j = 0; j < i; j++) {
+            if (memcmp(setup->cfg[i].ident.mac, setup->cfg[j].ident.mac, NET_ETH_ALEN) == 0) {
+                ferry_error_setg(errp, "-device virtio-net: netdevs '%s' and '%s' have the same mac (give mac=)",
+                                 setup->cfg[j].id, setup->cfg[i].id);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+/* ---- The TAP ---- */
+
+/* Whether /dev/net/tun is there to be opened: checked at start-up so that a missing TUN/TAP driver is an error
+ * then, not when the destination first runs. */
+bool net_tun_available(FerryError **errp)
+{
+    struct stat st;
+
+    if (stat(NET_TUN_PATH, &st) < 0) {
+        ferry_error_setg_errno(errp, errno, NET_TUN_PATH " is missing (no TUN/TAP support: load the tun module, or "
+                               "create the device node with mknod " NET_TUN_PATH " c 10 200)");
+        return false;
+    }
+    if (!S_ISCHR(st.st_mode)) {
+        ferry_error_setg(errp, NET_TUN_PATH " is not a character device");
+        return false;
+    }
+    return true;
+}
+
+/* TUNSETIFF for a TAP of plain Ethernet frames; 0 or the errno. */
+static int set_iff(int fd, const char *ifname, bool multi_queue)
+{
+    struct ifreq ifr;
+
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (multi_queue ? IFF_MULTI_QUEUE : 0);
+    return ioctl(fd, TUNSETIFF, &ifr) < 0 ? errno : 0;
+}
+
+/* Attach the TAP @ifname (creating it if there is none: the kernel does that, as for QEMU). Returns its fd
+ * (close-on-exec, non-blocking), or -1 with *errp set and *busy telling whether another process holds it. */
+int net_tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError **errp)
+{
+    int fd = open(NET_TUN_PATH, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    int err;
+
+    *busy = false;
+    *multi_queue = false;
+    if (fd < 0) {
+        err = errno;
+        ferry_error_setg_errno(errp, err, "opening " NET_TUN_PATH "%s",
+                               err == ENOENT || err == ENODEV || err == ENXIO ? " (no TUN/TAP support: load the tun "
+                                                                               "module)" : "");
+        return -1;
+    }
+    err = set_iff(fd, ifname, false);
+    if (err == EINVAL) {
+        /* A TAP created with multi_queue (ip tuntap add NAME mode tap multi_queue) refuses an attach without
+         * IFF_MULTI_QUEUE ("flags mismatch"): attach as one more of its queues. That is also what lets a
+         * destination attach it while the source still holds its own queue. A failed TUNSETIFF leaves the file
+         * unattached, so it can be tried again. */
+        err = set_iff(fd, ifname, true);
+        *multi_queue = err == 0;
+        if (err == EINVAL) {
+            close(fd);
+            ferry_error_setg(errp, "attaching TAP '%s': the interface exists and is not a TAP device", ifname);
+            return -1;
+        }
+    }
+    if (err) {
+        close(fd);
+        *busy = err == EBUSY;
+        if (err == EBUSY) {
+            ferry_error_setg(errp, "attaching TAP '%s': it is busy (another process has it attached, and a TAP "
+                             "without multi_queue takes one at a time)", ifname);
+        } else if (err == EPERM) {
+            ferry_error_setg_errno(errp, err, "attaching TAP '%s' (creating a TAP, or attaching one whose owner "
+                                   "is another user, needs CAP_NET_ADMIN)", ifname);
+        } else {
+            ferry_error_setg_errno(errp, err, "attaching TAP '%s'", ifname);
+        }
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * Whether @fd, received from a migration source, is what this device would have attached itself: an attached
+ * TUN/TAP file, a TAP (Ethernet frames), frames without packet information or vnet header (the format the device
+ * reads), and the interface this netdev names. The device uses it as it is, so anything else is refused.
+ */
+bool net_tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **errp)
+{
+    struct ifreq ifr;
+
+    memset(&ifr, 0, sizeof(ifr));
+    if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+        int err = errno;
+
+        if (err == EBADFD) {
+            ferry_error_setg(errp, "the received fd is a " NET_TUN_PATH " file not attached to any interface");
+        } else {
+            ferry_error_setg_errno(errp, err, "the received fd is not a TAP (TUNGETIFF)");
+        }
+        return false;
+    }
+    ifr.ifr_name[sizeof(ifr.ifr_name) - 1] = '\0';
+    if (!(ifr.ifr_flags & IFF_TAP)) {
+        ferry_error_setg(errp, "the received fd is TUN device '%s' (IP packets), not a TAP", ifr.ifr_name);
+        return false;
+    }
+    if (!(ifr.ifr_flags & IFF_NO_PI) || (ifr.ifr_flags & IFF_VNET_HDR)) {
+        ferry_error_setg(errp, "the received TAP '%s' has flags 0x%x: this device reads plain Ethernet frames "
+                         "(IFF_NO_PI, no vnet header)", ifr.ifr_name, (unsigned)(uint16_t)ifr.ifr_flags);
+        return false;
+    }
+    if (strcmp(ifr.ifr_name, ifname) != 0) {
+        ferry_error_setg(errp, "the received fd is TAP '%s', but this netdev has ifname=%s", ifr.ifr_name, ifname);
+        return false;
+    }
+    *multi_queue = ifr.ifr_flags & IFF_MULTI_QUEUE;
+    return true;
+}
+
+bool net_parse_mac(const char *s, uint8_t mac[NET_ETH_ALEN])
+{
+    for (int i = 0; i < NET_ETH_ALEN; i++) {
+        unsigned v = 0;
+
+        for (int d = 0; d < 2; d++) {
+            char c = *s++;
+            unsigned x;
+
+            if (c >= '0' && c <= '9') {
+                x = (unsigned)(c - '0');
+            } else if (c >= 'a' && c <= 'f') {
+                x = (unsigned)(c - 'a' + 10);
+            } else if (c >= 'A' && c <= 'F') {
+                x = (unsigned)(c - 'A' + 10);
+            } else {
+                return false;
+            }
+            v = v << 4 | x;
+        }
+        mac[i] = (uint8_t)v;
+        if (*s != (i == NET_ETH_ALEN - 1 ? '\0' : ':')) {
+            return false;
+        }
+        s++;
+    }
+    return true;
+}
+
+bool net_parse_ipv4(const char *s, uint8_t ip[4])
+{
+    struct in_addr a;
+
+    if (inet_pton(AF_INET, s, &a) != 1) {
+        return false;
+    }
+    memcpy(ip, &a.s_addr, 4);
+    return true;
+}
+
+void net_format_mac(const uint8_t mac[NET_ETH_ALEN], char out[18])
+{
+    snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+}
+
+void net_format_ipv4(const uint8_t ip[4], char out[16])
+{
+    snprintf(out, 16, "%u.%u.%u.%u", ip[0], ip[1], ip[2], ip[3]);
+}
