@@ -165,7 +165,7 @@ bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
     const char *key, *value;
     const char *rest = arg;
     char netdev[NET_ID_MAX + 1] = "", id[NET_ID_MAX + 1] = "";
-    uint8_t mac[NET_ETH_ALEN], ip[4];
+    uint8_t mac[NET_ETH_ALEN], ip[4] = { 0 }; /* a guest's NIC has no address of its own: all zero */
     bool has_mac = false, has_ip = false;
 
     if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device", errp)) {
@@ -311,7 +311,7 @@ static int set_iff(int fd, const char *ifname, bool multi_queue)
 
 /* Attach the TAP @ifname (creating it if there is none: the kernel does that, as for QEMU). Returns its fd
  * (close-on-exec, non-blocking), or -1 with *errp set and *busy telling whether another process holds it. */
-int net_tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError **errp)
+static int tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError **errp)
 {
     int fd = open(NET_TUN_PATH, O_RDWR | O_CLOEXEC | O_NONBLOCK);
     int err;
@@ -361,7 +361,7 @@ int net_tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError
  * TUN/TAP file, a TAP (Ethernet frames), frames without packet information or vnet header (the format the device
  * reads), and the interface this netdev names. The device uses it as it is, so anything else is refused.
  */
-bool net_tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **errp)
+static bool tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **errp)
 {
     struct ifreq ifr;
 
@@ -392,6 +392,63 @@ bool net_tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **
     }
     *multi_queue = ifr.ifr_flags & IFF_MULTI_QUEUE;
     return true;
+}
+
+void net_tap_init(NetTap *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->fd = -1;
+}
+
+bool net_tap_open(NetTap *t, const char *ifname, bool *busy, FerryError **errp)
+{
+    bool mq;
+    int fd = tap_attach(ifname, &mq, busy, errp);
+
+    if (fd < 0) {
+        return false;
+    }
+    net_tap_close(t);
+    t->fd = fd;
+    t->multi_queue = mq;
+    t->error[0] = '\0';
+    t->opens++;
+    return true;
+}
+
+bool net_tap_adopt(NetTap *t, int fd, const char *ifname, FerryError **errp)
+{
+    bool mq;
+
+    if (!tap_verify(fd, ifname, &mq, errp)) {
+        return false;
+    }
+    net_tap_close(t);
+    t->fd = fd;
+    t->multi_queue = mq;
+    t->error[0] = '\0';
+    t->adoptions++;
+    return true;
+}
+
+void net_tap_close(NetTap *t)
+{
+    if (t->fd >= 0) {
+        close(t->fd);
+        t->fd = -1;
+    }
+}
+
+void net_tap_query(const NetTap *t, json_t *o)
+{
+    json_object_set_new(o, "attached", json_boolean(t->fd >= 0));
+    json_object_set_new(o, "fd", json_integer(t->fd));
+    json_object_set_new(o, "multi-queue", json_boolean(t->fd >= 0 && t->multi_queue));
+    json_object_set_new(o, "opens", json_integer((json_int_t)t->opens));
+    json_object_set_new(o, "adopted", json_integer((json_int_t)t->adoptions));
+    if (t->error[0]) {
+        json_object_set_new(o, "error", json_string(t->error));
+    }
 }
 
 bool net_parse_mac(const char *s, uint8_t mac[NET_ETH_ALEN])

@@ -66,12 +66,31 @@ void net_format_ipv4(const uint8_t ip[4], char out[16]);
 /* Whether NET_TUN_PATH exists and is a character device (checked at start-up, so that a missing TUN/TAP driver is
  * an error then, not when a destination first runs). */
 bool net_tun_available(FerryError **errp);
+
+/*
+ * A device's TAP as both programs' devices keep it. It has no lock of its own: every call, and every access to
+ * the fields, is made under the device's lock, with the device not reading or writing frames.
+ */
+typedef struct NetTap {
+    int fd;             /* the TAP (close-on-exec, non-blocking), -1 while there is none */
+    bool multi_queue;   /* it is one queue of a multi_queue TAP */
+    uint64_t opens;     /* how often this process attached it by name (not migrated) */
+    uint64_t adoptions; /* how many fds it adopted from a migration source (not migrated) */
+    char error[256];    /* why there is none, when that is an error ("" otherwise); the device sets it */
+} NetTap;
+
+void net_tap_init(NetTap *t);
 /* Attach the TAP @ifname for plain Ethernet frames (IFF_TAP | IFF_NO_PI; created if missing, as for QEMU; as one
- * more queue if it was made multi_queue). Returns its fd (close-on-exec, non-blocking), or -1 with *errp set and
- * *busy telling whether another process holds it. */
-int net_tap_attach(const char *ifname, bool *multi_queue, bool *busy, FerryError **errp);
-/* Whether @fd, received from a migration source, is what net_tap_attach(@ifname) would have given: an attached
- * TAP of plain Ethernet frames (no packet information, no vnet header) named @ifname. */
-bool net_tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError **errp);
+ * more queue if it was made multi_queue). False with *errp set and *busy telling whether another process holds
+ * it (then retrying makes sense). */
+bool net_tap_open(NetTap *t, const char *ifname, bool *busy, FerryError **errp);
+/* backend-transfer's set_fd: take @fd if it is what net_tap_open(@ifname) would have given (an attached TAP of
+ * plain Ethernet frames, no packet information, no vnet header, named @ifname), closing the one the device had
+ * (a second incoming migration, after a failed one, brings the fd again). On false @fd stays the caller's. */
+bool net_tap_adopt(NetTap *t, int fd, const char *ifname, FerryError **errp);
+/* backend-transfer's release, and teardown: close the TAP, if any. */
+void net_tap_close(NetTap *t);
+/* query-netdev's members for the TAP: attached, fd, multi-queue, opens, adopted, and error if there is one. */
+void net_tap_query(const NetTap *t, json_t *o);
 
 #endif

@@ -97,22 +97,20 @@ struct VirtioNet {
     bool thread_started, run, quit, parked;
     int wake_fd;           /* eventfd: the guest posted receive buffers, or stop/quit */
 
-    int fd;                /* the TAP, -1 while there is none */
-    bool multi_queue;
+    NetTap tap;            /* the TAP (hosts/common/netdev.h) */
     bool attach_pending;
     int64_t attach_deadline_ms;
-    char error[256];       /* why the device has no TAP, or why it stopped using its queues */
 
     /* Registers and queues: the migrated state. */
     uint32_t guest_features;
     uint16_t queue_sel;
     uint8_t status, isr;
     VirtQueue vq[NQUEUES];
-    bool broken;           /* the guest gave a ring the device cannot use: it stops touching the queues */
+    bool broken;           /* the guest gave a ring the device cannot use: it stops touching the queues... */
+    char broken_why[192];  /* ... for this reason, until it resets the device */
 
     uint8_t *rx_frame, *tx_frame; /* FRAME_MAX + NET_HDR_LEN each */
     uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, dropped, tx_errors;
-    uint64_t opens, adoptions;    /* not migrated */
 };
 
 static int64_t now_ms(void)
@@ -175,8 +173,8 @@ static uint16_t avail_idx(VirtioNet *n, const VirtQueue *vq)
 static void set_broken(VirtioNet *n, const char *why)
 {
     if (!n->broken) {
-        snprintf(n->error, sizeof(n->error), "virtqueues stopped: %s", why);
-        fprintf(stderr, "ferry-vm: netdev %s: %s\n", n->cfg.id, n->error);
+        snprintf(n->broken_why, sizeof(n->broken_why), "virtqueues stopped: %s", why);
+        fprintf(stderr, "ferry-vm: netdev %s: %s\n", n->cfg.id, n->broken_why);
     }
     n->broken = true;
 }
@@ -268,10 +266,10 @@ static void tx_flush(VirtioNet *n)
         vq->last_avail++;
         if (too_long || len < NET_HDR_LEN + 14) {
             n->dropped++;
-        } else if (n->fd < 0) {
+        } else if (n->tap.fd < 0) {
             n->tx_errors++; /* no TAP (yet): the frame is lost as on an unplugged cable */
         } else {
-            ssize_t w = write(n->fd, n->tx_frame + NET_HDR_LEN, len - NET_HDR_LEN);
+            ssize_t w = write(n->tap.fd, n->tx_frame + NET_HDR_LEN, len - NET_HDR_LEN);
 
             if (w == (ssize_t)(len - NET_HDR_LEN)) {
                 n->tx_frames++;
@@ -321,9 +319,11 @@ static void rx_deliver(VirtioNet *n, size_t len)
             return;
         }
         size_t c = d.len < total - done ? d.len : total - done;
-        memcpy(vm_gpa_to_host(n->vm, d.addr, d.len), n->rx_frame + done, c);
-        vm_mark_dirty(n->vm, d.addr, c);
-        done += c;
+        if (c) { /* an empty descriptor's address is not checked (read_desc), so it is not used either */
+            memcpy(vm_gpa_to_host(n->vm, d.addr, d.len), n->rx_frame + done, c);
+            vm_mark_dirty(n->vm, d.addr, c);
+            done += c;
+        }
         more = d.flags & VRING_DESC_F_NEXT;
         i = d.next;
     }
@@ -434,17 +434,10 @@ static void io(void *opaque, unsigned off, unsigned size, bool is_write, uint8_t
 
 static bool attach_locked(VirtioNet *n, bool *busy, FerryError **errp)
 {
-    bool mq;
-    int fd = net_tap_attach(n->cfg.ifname, &mq, busy, errp);
-
-    if (fd < 0) {
+    if (!net_tap_open(&n->tap, n->cfg.ifname, busy, errp)) {
         return false;
     }
-    n->fd = fd;
-    n->multi_queue = mq;
     n->attach_pending = false;
-    n->error[0] = '\0';
-    n->opens++;
     return true;
 }
 
@@ -459,7 +452,7 @@ static void drain_wake(VirtioNet *n)
 /* Wait with the lock dropped for the TAP to have a frame (if @tap) or a wake-up, at most @ms (-1: no limit). */
 static void wait_io(VirtioNet *n, bool tap, int ms)
 {
-    struct pollfd p[2] = { { .fd = n->wake_fd, .events = POLLIN }, { .fd = n->fd, .events = POLLIN } };
+    struct pollfd p[2] = { { .fd = n->wake_fd, .events = POLLIN }, { .fd = n->tap.fd, .events = POLLIN } };
 
     pthread_mutex_unlock(&n->lock);
     poll(p, tap ? 2 : 1, ms);
@@ -482,7 +475,7 @@ static void *rx_main(void *arg)
             n->parked = false;
             continue;
         }
-        if (n->fd < 0) {
+        if (n->tap.fd < 0) {
             FerryError *err = NULL;
             bool busy = false;
 
@@ -493,8 +486,8 @@ static void *rx_main(void *arg)
                     wait_io(n, false, OPEN_RETRY_INTERVAL_MS);
                 } else {
                     n->attach_pending = false;
-                    snprintf(n->error, sizeof(n->error), "%s", ferry_error_msg(err));
-                    fprintf(stderr, "ferry-vm: netdev %s: %s\n", n->cfg.id, n->error);
+                    snprintf(n->tap.error, sizeof(n->tap.error), "%s", ferry_error_msg(err));
+                    fprintf(stderr, "ferry-vm: netdev %s: %s\n", n->cfg.id, n->tap.error);
                 }
                 ferry_error_free(err);
             }
@@ -505,19 +498,19 @@ static void *rx_main(void *arg)
             continue;
         }
         wait_io(n, true, -1);
-        if (!n->run || n->fd < 0 || !rx_has_buffer(n)) {
+        if (!n->run || n->tap.fd < 0 || !rx_has_buffer(n)) {
             continue;
         }
         /* Read only now, with a buffer for the frame: whatever is not read stays in the TAP's queue. The read
          * is non-blocking and under the lock, so stop waits for a frame read to be delivered. */
-        ssize_t r = read(n->fd, n->rx_frame + NET_HDR_LEN, FRAME_MAX);
+        ssize_t r = read(n->tap.fd, n->rx_frame + NET_HDR_LEN, FRAME_MAX);
         if (r > 0) {
             rx_deliver(n, (size_t)r);
         } else if (r < 0 && errno != EAGAIN && errno != EINTR) {
-            snprintf(n->error, sizeof(n->error), "reading the TAP: %s; the device dropped it", strerror(errno));
-            fprintf(stderr, "ferry-vm: netdev %s: %s\n", n->cfg.id, n->error);
-            close(n->fd);
-            n->fd = -1;
+            snprintf(n->tap.error, sizeof(n->tap.error), "reading the TAP: %s; the device dropped it",
+                     strerror(errno));
+            fprintf(stderr, "ferry-vm: netdev %s: %s\n", n->cfg.id, n->tap.error);
+            net_tap_close(&n->tap);
         }
     }
     n->parked = true;
@@ -540,7 +533,7 @@ void virtio_net_stop(VirtioNet *n)
 void virtio_net_start(VirtioNet *n)
 {
     pthread_mutex_lock(&n->lock);
-    if (n->fd < 0) {
+    if (n->tap.fd < 0) {
         /* A destination that got no fd from the source: attach by name now, before the vCPUs run (vm.c starts
          * the NICs first), so that the guest's first frames find the TAP; if the source still holds it, the
          * thread retries until it lets go. */
@@ -579,10 +572,10 @@ bool virtio_net_attach_fd(VirtioNet *n, int fd, FerryError **errp)
     bool ok = false;
 
     pthread_mutex_lock(&n->lock);
-    if (n->run || n->fd >= 0) {
+    if (n->run || n->tap.fd >= 0) {
         ferry_error_setg(errp, "netdev %s is running or has its backend already", n->cfg.id);
     } else {
-        n->fd = fd;
+        n->tap.fd = fd;
         ok = true;
     }
     pthread_mutex_unlock(&n->lock);
@@ -596,7 +589,7 @@ static int backend_get_fd(void *opaque)
     VirtioNet *n = opaque;
 
     pthread_mutex_lock(&n->lock);
-    int fd = n->fd;
+    int fd = n->tap.fd;
     pthread_mutex_unlock(&n->lock);
     return fd;
 }
@@ -604,20 +597,14 @@ static int backend_get_fd(void *opaque)
 static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
 {
     VirtioNet *n = opaque;
-    bool mq, ok = false;
+    bool ok = false;
 
     pthread_mutex_lock(&n->lock);
+    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
     if (n->run) {
         ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", n->cfg.id);
-    } else if (net_tap_verify(fd, n->cfg.ifname, &mq, errp)) {
-        if (n->fd >= 0) {
-            close(n->fd); /* a second incoming migration after a failed one brings the fd again */
-        }
-        n->fd = fd;
-        n->multi_queue = mq;
-        n->error[0] = '\0';
-        n->adoptions++;
-        ok = true;
+    } else {
+        ok = net_tap_adopt(&n->tap, fd, n->cfg.ifname, errp);
     }
     pthread_mutex_unlock(&n->lock);
     return ok;
@@ -630,11 +617,7 @@ static void backend_release(void *opaque)
     /* The destination has the guest now. Should this side be resumed anyway ("cont"), its device attaches the
      * TAP by name again (virtio_net_start). */
     pthread_mutex_lock(&n->lock);
-    if (n->fd >= 0) {
-        close(n->fd);
-        n->fd = -1;
-    }
-    n->error[0] = '\0';
+    net_tap_close(&n->tap);
     pthread_mutex_unlock(&n->lock);
 }
 
@@ -783,7 +766,7 @@ VirtioNet *virtio_net_new(Vm *vm, const NetConfig *cfg, unsigned index, FerryErr
     n->vm = vm;
     n->cfg = *cfg;
     n->index = index;
-    n->fd = -1;
+    net_tap_init(&n->tap);
     n->parked = true;
     pthread_mutex_init(&n->lock, NULL);
     pthread_cond_init(&n->cond, NULL);
@@ -856,9 +839,7 @@ void virtio_net_free(VirtioNet *n)
         return;
     }
     virtio_net_stop_thread(n);
-    if (n->fd >= 0) {
-        close(n->fd);
-    }
+    net_tap_close(&n->tap);
     if (n->wake_fd >= 0) {
         close(n->wake_fd);
     }
@@ -875,12 +856,9 @@ json_t *virtio_net_query(VirtioNet *n)
 
     net_format_mac(n->cfg.ident.mac, mac);
     pthread_mutex_lock(&n->lock);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:b, s:i, s:b, s:I, s:I, s:i, s:b, s:I, s:I, s:I, s:I, "
-                          "s:I, s:I}",
-                          "id", n->cfg.id, "type", "tap", "ifname", n->cfg.ifname, "model", "virtio-net-pci", "mac",
-                          mac, "slot", (int)pci_dev_slot(n->pci), "attached", n->fd >= 0, "fd", n->fd, "multi-queue",
-                          n->fd >= 0 && n->multi_queue, "opens", (json_int_t)n->opens, "adopted",
-                          (json_int_t)n->adoptions, "status", (int)n->status, "driver-ok",
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:b, s:I, s:I, s:I, s:I, s:I, s:I}", "id",
+                          n->cfg.id, "type", "tap", "ifname", n->cfg.ifname, "model", "virtio-net-pci", "mac", mac,
+                          "slot", (int)pci_dev_slot(n->pci), "status", (int)n->status, "driver-ok",
                           (n->status & STATUS_DRIVER_OK) != 0, "rx-frames", (json_int_t)n->rx_frames, "rx-bytes",
                           (json_int_t)n->rx_bytes, "tx-frames", (json_int_t)n->tx_frames, "tx-bytes",
                           (json_int_t)n->tx_bytes, "dropped", (json_int_t)n->dropped, "tx-errors",
@@ -888,8 +866,11 @@ json_t *virtio_net_query(VirtioNet *n)
     if (o && n->cfg.device_id[0]) {
         json_object_set_new(o, "device", json_string(n->cfg.device_id));
     }
-    if (o && n->error[0]) {
-        json_object_set_new(o, "error", json_string(n->error));
+    if (o) {
+        net_tap_query(&n->tap, o);
+        if (n->broken) {
+            json_object_set_new(o, "error", json_string(n->broken_why));
+        }
     }
     pthread_mutex_unlock(&n->lock);
     return o;

@@ -58,19 +58,15 @@ struct NetDev {
     bool run, quit;
     bool parked;                /* the thread waits and touches neither the TAP nor the state */
 
-    int fd;                     /* the TAP, -1 when the device has none */
-    bool multi_queue;           /* the TAP's flags when it was attached or adopted */
+    NetTap tap;                 /* the TAP (hosts/common/netdev.h), its counters and why there is none */
     bool attach_pending;        /* started without a TAP: attach one by name... */
     int64_t attach_deadline_ms; /* ... retrying until then while it is busy */
-    char error[256];            /* why the device has no TAP ("" when that is not an error) */
 
     uint8_t *frame, *reply;     /* NET_FRAME_MAX bytes each, the thread's */
 
     /* Device state: written by the thread while it runs, read by anyone (query-netdev), replaced by a load only
      * while it is parked. */
     _Atomic uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, arp_replies, echo_replies, dropped, tx_errors;
-    /* Not migrated: what this process did with /dev/net/tun, for query-netdev and the tests. */
-    _Atomic uint64_t opens, adoptions;
 };
 
 static int64_t now_ms(void)
@@ -83,24 +79,17 @@ static int64_t now_ms(void)
 
 static void set_error(NetDev *nd, const FerryError *err)
 {
-    snprintf(nd->error, sizeof(nd->error), "%s", ferry_error_msg(err));
-    fprintf(stderr, "ferry-workload: netdev %s: %s\n", nd->cfg.id, nd->error);
+    snprintf(nd->tap.error, sizeof(nd->tap.error), "%s", ferry_error_msg(err));
+    fprintf(stderr, "ferry-workload: netdev %s: %s\n", nd->cfg.id, nd->tap.error);
 }
 
 /* Attach by name, with nd->lock held and the device not handling frames. */
 static bool attach_locked(NetDev *nd, bool *busy, FerryError **errp)
 {
-    bool mq;
-    int fd = net_tap_attach(nd->cfg.ifname, &mq, busy, errp);
-
-    if (fd < 0) {
+    if (!net_tap_open(&nd->tap, nd->cfg.ifname, busy, errp)) {
         return false;
     }
-    nd->fd = fd;
-    nd->multi_queue = mq;
     nd->attach_pending = false;
-    nd->error[0] = '\0';
-    atomic_fetch_add(&nd->opens, 1);
     return true;
 }
 
@@ -206,12 +195,12 @@ static void *net_thread(void *arg)
 
     pthread_mutex_lock(&nd->lock);
     while (!nd->quit) {
-        if (!nd->run || (nd->fd < 0 && !nd->attach_pending)) {
+        if (!nd->run || (nd->tap.fd < 0 && !nd->attach_pending)) {
             park_wait(nd, 0);
             continue;
         }
         nd->parked = false;
-        if (nd->fd < 0) {
+        if (nd->tap.fd < 0) {
             /* Running without a TAP: no fd came with the migration (or this process let go of it), so attach
              * it by name. While the source still holds a TAP without multi_queue, that is EBUSY for a moment. */
             FerryError *err = NULL;
@@ -230,14 +219,13 @@ static void *net_thread(void *arg)
             }
             continue;
         }
-        int fd = nd->fd;
+        int fd = nd->tap.fd;
         pthread_mutex_unlock(&nd->lock);
         bool ok = serve_one(nd, fd);
         pthread_mutex_lock(&nd->lock);
-        if (!ok && nd->fd == fd) {
+        if (!ok && nd->tap.fd == fd) {
             /* The TAP is gone (its interface was deleted, ...): no link until the next start attaches one. */
-            close(fd);
-            nd->fd = -1;
+            net_tap_close(&nd->tap);
         }
     }
     nd->parked = true;
@@ -271,7 +259,7 @@ void net_dev_start(NetDev *nd)
     nd->run = true;
     /* A device that starts without a TAP attaches one by name: a destination to which no fd came, or a source
      * resumed after it let go of its TAP, or one whose TAP failed. */
-    if (nd->fd < 0) {
+    if (nd->tap.fd < 0) {
         nd->attach_pending = true;
         nd->attach_deadline_ms = now_ms() + OPEN_RETRY_MS;
     }
@@ -326,7 +314,7 @@ static int backend_get_fd(void *opaque)
     NetDev *nd = opaque;
 
     pthread_mutex_lock(&nd->lock);
-    int fd = nd->fd;
+    int fd = nd->tap.fd;
     pthread_mutex_unlock(&nd->lock);
     return fd;
 }
@@ -334,23 +322,14 @@ static int backend_get_fd(void *opaque)
 static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
 {
     NetDev *nd = opaque;
-    bool mq;
     bool ok = false;
 
     pthread_mutex_lock(&nd->lock);
     /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
     if (nd->run) {
         ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", nd->cfg.id);
-    } else if (net_tap_verify(fd, nd->cfg.ifname, &mq, errp)) {
-        /* A second incoming migration (after a failed one) brings the fd again: the previous one goes. */
-        if (nd->fd >= 0) {
-            close(nd->fd);
-        }
-        nd->fd = fd;
-        nd->multi_queue = mq;
-        nd->error[0] = '\0';
-        atomic_fetch_add(&nd->adoptions, 1);
-        ok = true;
+    } else {
+        ok = net_tap_adopt(&nd->tap, fd, nd->cfg.ifname, errp);
     }
     pthread_mutex_unlock(&nd->lock);
     return ok;
@@ -364,10 +343,7 @@ static void backend_release(void *opaque)
      * be resumed anyway ("cont"), it attaches the TAP by name again, which fails while the destination holds a
      * TAP without multi_queue: two devices must not serve one address. */
     pthread_mutex_lock(&nd->lock);
-    if (nd->fd >= 0) {
-        close(nd->fd);
-        nd->fd = -1;
-    }
+    net_tap_close(&nd->tap);
     pthread_mutex_unlock(&nd->lock);
 }
 
@@ -494,7 +470,7 @@ NetDev *net_dev_new(const NetConfig *cfg, unsigned index, FerryMigration *m, Fer
     nd->cfg = *cfg;
     nd->index = index;
     nd->m = m;
-    nd->fd = -1;
+    net_tap_init(&nd->tap);
     nd->wake_fd = -1;
     pthread_mutex_init(&nd->lock, NULL);
     pthread_condattr_t ca;
@@ -550,9 +526,7 @@ void net_dev_free(NetDev *nd)
         return;
     }
     net_dev_stop_thread(nd);
-    if (nd->fd >= 0) {
-        close(nd->fd);
-    }
+    net_tap_close(&nd->tap);
     if (nd->wake_fd >= 0) {
         close(nd->wake_fd);
     }
@@ -570,15 +544,13 @@ json_t *net_dev_query(NetDev *nd)
     net_format_mac(nd->cfg.ident.mac, mac);
     net_format_ipv4(nd->cfg.ident.ip, ip);
     pthread_mutex_lock(&nd->lock);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:i, s:b, s:I, s:I}", "id", nd->cfg.id, "type",
-                          "tap", "ifname", nd->cfg.ifname, "model", "virtio-net", "mac", mac, "ip", ip, "attached",
-                          nd->fd >= 0, "fd", nd->fd, "multi-queue", nd->fd >= 0 && nd->multi_queue, "opens",
-                          (json_int_t)atomic_load(&nd->opens), "adopted", (json_int_t)atomic_load(&nd->adoptions));
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", nd->cfg.id, "type", "tap", "ifname",
+                          nd->cfg.ifname, "model", "virtio-net", "mac", mac, "ip", ip);
     if (o && nd->cfg.device_id[0]) {
         json_object_set_new(o, "device", json_string(nd->cfg.device_id));
     }
-    if (o && nd->error[0]) {
-        json_object_set_new(o, "error", json_string(nd->error));
+    if (o) {
+        net_tap_query(&nd->tap, o);
     }
     pthread_mutex_unlock(&nd->lock);
     if (!o) {

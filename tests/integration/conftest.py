@@ -1,6 +1,7 @@
 """pytest glue for ferry's integration tests: a hard per-test deadline, a short temporary directory (UNIX socket
-paths are limited to 108 bytes), and the `workload` fixture that starts ferry-workload processes and always kills,
-reaps and checks them (a sanitizer report on a process's stderr fails the test). The helpers themselves live in
+paths are limited to 108 bytes), the `workload` fixture that starts ferry-workload processes and always kills,
+reaps and checks them (a sanitizer report on a process's stderr fails the test), and the `netns` fixture (a
+network namespace of the test's own, for TAP tests). The helpers themselves live in
 ferrytest.py; the tests in test_*.py."""
 
 import os

@@ -1,6 +1,6 @@
 """Helpers for ferry's integration tests: a QMP client (with fd passing for getfd), an HMP client (over a pipe or
-a UNIX socket), a ferry-workload process wrapper and small utilities (free ports, polling with deadlines,
-sanitizer report detection, open-fd counts).
+a UNIX socket), a ferry-workload process wrapper, small utilities (free ports, polling with deadlines,
+sanitizer report detection, open-fd counts) and, for the TAP tests, a network namespace wrapper.
 
 This module starts and talks to real processes; it contains no test itself and no knowledge of the engine's
 internals beyond the QMP commands it documents. It uses the standard library only (tests run with Debian's
