@@ -3,8 +3,8 @@
  * line gives it) goes through QEMU's keyval syntax (src/util/keyval.c) and, when that accepts it, the conversion
  * and check of "-incoming config:" (ferry__migration_params_check_keyval) and the setting of what the check
  * accepted; through the host runtime's options that take such strings (-incoming config:, -qmp, -monitor, -name);
- * and through ferry-workload's -object memory-backend-*, -machine, -netdev and -device parsers
- * (hosts/workload/options.c, net.c).
+ * and through the host programs' -object memory-backend-*, -machine, -netdev and -device parsers
+ * (hosts/common/options.c, netdev.c), in both programs' flavours.
  *
  * Besides the sanitizers' rules: keyval's result has strings for leaves, lists without holes and no empty
  * containers, and it is what the input says: printing it back as keyval (",," for a comma in a value) and parsing
@@ -169,14 +169,18 @@ static void fuzz_workload_options(const char *s)
 {
     MemBackend mb = { 0 };
     FerryError *err = NULL;
-    if (workload_parse_object(s, &mb, &err)) {
+    if (opts_parse_object(s, &mb, &err)) {
         if (!mb.id[0] || !mb.size || (strcmp(mb.type, "memory-backend-file") == 0 && !mb.mem_path[0])) {
             fail("-object accepted a backend without id, size or mem-path", s);
         }
     }
     ferry_error_free(err);
     err = NULL;
-    workload_parse_machine(s, &mb, &err);
+    opts_parse_machine(s, &mb, &err);
+    ferry_error_free(err);
+    err = NULL;
+    MemBackend vmb = { .vm_machine = true };
+    opts_parse_machine(s, &vmb, &err);
     ferry_error_free(err);
     err = NULL;
     NetSetup net = { 0 };
@@ -200,8 +204,8 @@ static void fuzz_workload_options(const char *s)
     }
     ferry_error_free(err);
     uint64_t v;
-    workload_parse_size(s, 20, &v);
-    workload_parse_u64(s, UINT64_MAX, &v);
+    opts_parse_size(s, 20, &v);
+    opts_parse_u64(s, UINT64_MAX, &v);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

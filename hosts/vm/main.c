@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "options.h" /* sizes, -object memory-backend-*, -machine: shared with ferry-workload (hosts/common) */
 #include "vm.h"
 
 #define PROG "ferry-vm"
@@ -43,9 +44,12 @@ static void usage(FILE *out)
             "                          the 16550 at 0x3f8: output to stdout (input from stdin), to PATH, or\n"
             "                          nowhere; default stdio (null with -monitor stdio)\n"
             "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
+            "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE[,share=on|off][,prealloc=on|off]\n"
             "  -machine [pc,][accel=kvm,]memory-backend=ID\n"
-            "                          guest RAM in a memfd; share=on lets mode cpr-transfer pass it to a local\n"
-            "                          destination instead of copying it\n"
+            "                          guest RAM in a memfd (share=on lets mode cpr-transfer pass it to a local\n"
+            "                          destination instead of copying it) or over a file (not on a destination)\n"
+            "  -object tls-creds-x509|tls-creds-psk|authz-list|authz-simple,id=ID,...\n"
+            "                          TLS credentials and authorization for migrations, as in QEMU\n"
             "  -mem-prealloc           fault all guest RAM in at start-up\n"
             "  -accel kvm[,dirty-ring-size=N]\n"
             "                          KVM's dirty ring of N entries per vCPU (a power of two, %u..%u; 0: none)\n"
@@ -70,73 +74,16 @@ static void usage(FILE *out)
             VM_MAX_SMP, VM_DIRTY_RING_MIN, VM_DIRTY_RING_MAX, VM_DIRTY_RING_DEFAULT, ferry_host_common_usage());
 }
 
-static bool parse_size(const char *s, unsigned default_shift, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    unsigned shift = default_shift;
-
-    if (*s < '0' || *s > '9') {
-        return false;
-    }
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno) {
-        return false;
-    }
-    if (*end) {
-        const char *suffixes = "BKMGT";
-        const char *at = strchr(suffixes, *end >= 'a' ? *end - 32 : *end);
-
-        if (!at || end[1]) {
-            return false;
-        }
-        shift = (unsigned)(at - suffixes) * 10;
-    }
-    if (v > (UINT64_MAX >> shift)) {
-        return false;
-    }
-    *out = (uint64_t)v << shift;
-    return true;
-}
-
+/* A decimal number 0..@max that fits a u32. */
 static bool parse_u32(const char *s, uint32_t max, uint32_t *out)
 {
-    char *end;
-    unsigned long v;
+    uint64_t v;
 
-    if (*s < '0' || *s > '9') {
-        return false;
-    }
-    errno = 0;
-    v = strtoul(s, &end, 10);
-    if (errno || *end || v > max) {
+    if (!opts_parse_u64(s, max, &v)) {
         return false;
     }
     *out = (uint32_t)v;
     return true;
-}
-
-/* Splits "key=value,..." at the first ','; *key and *value point into @buf. Returns the rest or NULL. */
-static const char *next_pair(const char *opt, char *buf, size_t bufsize, const char **key, const char **value)
-{
-    const char *end = strchr(opt, ',');
-    size_t len = end ? (size_t)(end - opt) : strlen(opt);
-    char *eq;
-
-    if (len >= bufsize) {
-        len = bufsize - 1;
-    }
-    memcpy(buf, opt, len);
-    buf[len] = '\0';
-    *key = buf;
-    *value = NULL;
-    eq = strchr(buf, '=');
-    if (eq) {
-        *eq = '\0';
-        *value = eq + 1;
-    }
-    return end ? end + 1 : NULL;
 }
 
 typedef struct Options {
@@ -146,99 +93,12 @@ typedef struct Options {
     bool serial_given;
     char serial_path[4096];
     char drive[4096];
-    /* -object memory-backend-memfd */
-    bool mb_given;
-    char mb_id[64];
-    uint64_t mb_size;
-    bool mb_share, mb_prealloc;
-    char machine_backend[64];
+    MemBackend mb;              /* -object memory-backend-*, -machine (hosts/common/options.h) */
+    char mem_path[4096];        /* memory-backend-file's file */
     bool tracker_given;
     bool ring_size_given;       /* -accel kvm,dirty-ring-size= */
     NetSetup net;               /* -netdev, -device */
 } Options;
-
-static bool parse_on_off(const char *what, const char *value, bool *out)
-{
-    if (!value || (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)) {
-        fprintf(stderr, PROG ": %s must be on or off\n", what);
-        return false;
-    }
-    *out = strcmp(value, "on") == 0;
-    return true;
-}
-
-static bool parse_object(const char *arg, Options *o)
-{
-    char buf[256];
-    const char *key, *value;
-    const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
-
-    if (value || strcmp(key, "memory-backend-memfd") != 0) {
-        fprintf(stderr, PROG ": -object: unknown object type '%s' (memory-backend-memfd)\n", key);
-        return false;
-    }
-    if (o->mb_given) {
-        fprintf(stderr, PROG ": -object: only one memory backend is supported\n");
-        return false;
-    }
-    o->mb_given = true;
-    while (rest && *rest) {
-        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
-        if (!value) {
-            fprintf(stderr, PROG ": -object memory-backend-memfd: '%s' needs a value\n", key);
-            return false;
-        }
-        if (strcmp(key, "id") == 0 && *value && strlen(value) < sizeof(o->mb_id)) {
-            strcpy(o->mb_id, value);
-        } else if (strcmp(key, "size") == 0) {
-            if (!parse_size(value, 0, &o->mb_size) || !o->mb_size) {
-                fprintf(stderr, PROG ": -object memory-backend-memfd: size '%s' is not a size\n", value);
-                return false;
-            }
-        } else if (strcmp(key, "share") == 0) {
-            if (!parse_on_off("-object memory-backend-memfd: share", value, &o->mb_share)) {
-                return false;
-            }
-        } else if (strcmp(key, "prealloc") == 0) {
-            if (!parse_on_off("-object memory-backend-memfd: prealloc", value, &o->mb_prealloc)) {
-                return false;
-            }
-        } else {
-            fprintf(stderr, PROG ": -object memory-backend-memfd: bad property '%s' (id, size, share, prealloc)\n",
-                    key);
-            return false;
-        }
-    }
-    if (!o->mb_id[0] || !o->mb_size) {
-        fprintf(stderr, PROG ": -object memory-backend-memfd: id= and size= are required\n");
-        return false;
-    }
-    return true;
-}
-
-static bool parse_machine(const char *arg, Options *o)
-{
-    char buf[256];
-    const char *key, *value;
-    const char *rest = arg;
-
-    while (rest && *rest) {
-        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
-        if (!value && (strcmp(key, "pc") == 0 || strcmp(key, "q35") == 0)) {
-            continue; /* the machine type: ferry-vm has one, and QEMU's spelling is accepted */
-        }
-        if (value && strcmp(key, "accel") == 0 && strcmp(value, "kvm") == 0) {
-            continue;
-        }
-        if (!value || strcmp(key, "memory-backend") != 0 || !*value ||
-            strlen(value) >= sizeof(o->machine_backend)) {
-            fprintf(stderr, PROG ": -machine: unsupported property '%s' (pc, accel=kvm, memory-backend=ID)\n", key);
-            return false;
-        }
-        strcpy(o->machine_backend, value);
-    }
-    return true;
-}
 
 /* QEMU's -accel: the accelerator (first, bare or accel=) must be kvm. Of its properties dirty-ring-size counts;
  * the others QEMU's kvm accelerator has are accepted for QEMU's command lines and ignored, as they tune what
@@ -250,7 +110,7 @@ static bool parse_accel(const char *arg, Options *o)
     };
     char buf[256];
     const char *key, *value;
-    const char *rest = next_pair(arg, buf, sizeof(buf), &key, &value);
+    const char *rest = opts_next_pair(arg, buf, sizeof(buf), &key, &value);
     const char *accel = value && strcmp(key, "accel") == 0 ? value : !value ? key : "";
 
     if (strcmp(accel, "kvm") != 0) {
@@ -260,7 +120,7 @@ static bool parse_accel(const char *arg, Options *o)
     while (rest && *rest) {
         bool known = false;
 
-        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        rest = opts_next_pair(rest, buf, sizeof(buf), &key, &value);
         if (!value) {
             fprintf(stderr, PROG ": -accel kvm: '%s' needs a value\n", key);
             return false;
@@ -310,7 +170,7 @@ static bool parse_drive(const char *arg, Options *o)
             fprintf(stderr, PROG ": -drive: property too long\n");
             return false;
         }
-        rest = next_pair(rest, buf, sizeof(buf), &key, &value);
+        rest = opts_next_pair(rest, buf, sizeof(buf), &key, &value);
         if (value && strcmp(key, "file") == 0 && *value && strlen(value) < sizeof(o->drive)) {
             strcpy(o->drive, value);
         } else if (value && strcmp(key, "format") == 0 && strcmp(value, "raw") == 0) {
@@ -441,7 +301,7 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
         i++;
         if (strcmp(opt, "-m") == 0) {
             o->m_given = true;
-            if (!parse_size(arg, 20, &o->cfg.ram_size) || o->cfg.ram_size < (UINT64_C(2) << 20) ||
+            if (!opts_parse_size(arg, 20, &o->cfg.ram_size) || o->cfg.ram_size < (UINT64_C(2) << 20) ||
                 o->cfg.ram_size % ferry_ram_page_size()) {
                 fprintf(stderr, PROG ": -m: '%s' is not a RAM size (at least 2M, a multiple of the page size)\n",
                         arg);
@@ -477,10 +337,20 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
                 fprintf(stderr, PROG ": -display: only 'none'\n");
                 return EXIT_BAD_VALUE;
             }
+        } else if (strcmp(opt, "-object") == 0 || strcmp(opt, "-machine") == 0) {
+            /* The host runtime's object types (TLS credentials, authorization) first; memory backends are the
+             * programs' own (hosts/common/options.c, as ferry-workload's). */
+            bool used_arg = false;
+            int r = opt[1] == 'o' ? ferry_host_parse_option(host, opt, arg, &used_arg, &err) : 0;
+
+            if (r < 0 || (r == 0 && !(opt[1] == 'o' ? opts_parse_object(arg, &o->mb, &err)
+                                                    : opts_parse_machine(arg, &o->mb, &err)))) {
+                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+                ferry_error_free(err);
+                return EXIT_BAD_VALUE;
+            }
         } else if ((strcmp(opt, "-drive") == 0 && !parse_drive(arg, o)) ||
                    (strcmp(opt, "-serial") == 0 && !parse_serial(arg, o)) ||
-                   (strcmp(opt, "-object") == 0 && !parse_object(arg, o)) ||
-                   (strcmp(opt, "-machine") == 0 && !parse_machine(arg, o)) ||
                    (strcmp(opt, "-accel") == 0 && !parse_accel(arg, o)) ||
                    (strcmp(opt, "-dirty-tracker") == 0 && !parse_tracker(arg, &o->cfg.tracker))) {
             return EXIT_BAD_VALUE;
@@ -510,20 +380,20 @@ static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
         o->cfg.tracker = VM_TRACKER_KVM_RING;
     }
 
-    if (o->machine_backend[0] || o->mb_given) {
-        if (!o->mb_given || strcmp(o->machine_backend, o->mb_id) != 0) {
-            fprintf(stderr, PROG ": -machine memory-backend=%s needs a matching -object memory-backend-memfd,id=%s\n",
-                    o->mb_given ? o->mb_id : o->machine_backend, o->mb_given ? o->mb_id : o->machine_backend);
-            return EXIT_BAD_VALUE;
-        }
-        if (o->m_given && o->cfg.ram_size != o->mb_size) {
-            fprintf(stderr, PROG ": -m and the memory backend's size= differ\n");
-            return EXIT_BAD_VALUE;
-        }
-        o->cfg.ram_size = o->mb_size;
-        o->cfg.memfd = true;
-        o->cfg.memfd_share = o->mb_share;
-        o->cfg.mem_prealloc |= o->mb_prealloc;
+    MemChoice ram = { .size = o->cfg.ram_size };
+    if (!opts_memory_backend_resolve(&o->mb, o->m_given, ferry_host_incoming(host), &ram, &err)) {
+        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
+        ferry_error_free(err);
+        return EXIT_BAD_VALUE;
+    }
+    o->cfg.ram_size = ram.size;
+    o->cfg.mem_prealloc |= ram.prealloc;
+    o->cfg.memfd = ram.memfd;
+    o->cfg.memfd_share = ram.memfd_share;
+    if (ram.mem_path[0]) {
+        strcpy(o->mem_path, ram.mem_path);
+        o->cfg.mem_path = o->mem_path;
+        o->cfg.file_share = ram.file_share;
     }
     /* QEMU's rules: -initrd and -append go with -kernel, and a kernel is booted instead of a disk. */
     if ((o->cfg.initrd || o->cfg.append) && !o->cfg.kernel) {
@@ -795,6 +665,7 @@ int main(int argc, char **argv)
 {
     Options o = {
         .net = { .guest_nic = true },
+        .mb = { .vm_machine = true },
         .cfg = {
             .ram_size = UINT64_C(128) << 20,
             .smp = 1,

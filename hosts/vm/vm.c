@@ -313,8 +313,10 @@ bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp)
     const VmConfig *cfg = &vm->cfg;
 
     if (m) {
-        vm->ram = cfg->memfd ? ferry_ram_block_new_memfd(m, "pc.ram", cfg->ram_size, cfg->memfd_share, errp)
-                             : ferry_ram_block_new(m, "pc.ram", cfg->ram_size, errp);
+        vm->ram = cfg->mem_path ? ferry_ram_block_new_file(m, "pc.ram", cfg->ram_size, cfg->mem_path, 0,
+                                                           cfg->file_share, errp)
+                  : cfg->memfd  ? ferry_ram_block_new_memfd(m, "pc.ram", cfg->ram_size, cfg->memfd_share, errp)
+                                : ferry_ram_block_new(m, "pc.ram", cfg->ram_size, errp);
         if (!vm->ram) {
             ferry_error_prepend(errp, "registering RAM block pc.ram: ");
             return false;

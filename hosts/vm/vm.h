@@ -101,6 +101,8 @@ typedef struct VmConfig {
     uint64_t ram_size;
     unsigned smp;
     bool memfd, memfd_share, mem_prealloc;
+    const char *mem_path;       /* -object memory-backend-file's file (guest RAM is its content), NULL for none */
+    bool file_share;            /* ... mapped MAP_SHARED (share=on) */
     const char *drive;          /* boot sector image (-drive file=), NULL for the built-in A-B guest */
     const char *kernel;         /* a Linux bzImage (-kernel) booted instead of a sector, NULL for none */
     const char *initrd;         /* its initramfs (-initrd), NULL for none */

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "net.h"
 #include "options.h"
@@ -141,11 +140,11 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             if (r < 0) {
                 return bad_value(err);
             }
-            if (r == 0 && !workload_parse_object(arg, &mb, &err)) {
+            if (r == 0 && !opts_parse_object(arg, &mb, &err)) {
                 return bad_value(err);
             }
         } else if (strcmp(opt, "-machine") == 0) {
-            if (!workload_parse_machine(arg, &mb, &err)) {
+            if (!opts_parse_machine(arg, &mb, &err)) {
                 return bad_value(err);
             }
         } else if (strcmp(opt, "-netdev") == 0) {
@@ -158,19 +157,19 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             }
         } else if (strcmp(opt, "-m") == 0) {
             m_given = true;
-            if (!workload_parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
+            if (!opts_parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
                 fprintf(stderr, PROG ": -m: '%s' is not a RAM size (a positive multiple of the %zu-byte page, "
                         "e.g. 256M or 4G)\n", arg, page_size);
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-ram-block-size") == 0) {
-            if (!workload_parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
+            if (!opts_parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
                 fprintf(stderr, PROG ": -ram-block-size: '%s' is not a block size (a positive multiple of the "
                         "%zu-byte page, e.g. 64M)\n", arg, page_size);
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-smp") == 0) {
-            if (!workload_parse_u64(arg, WORKLOAD_MAX_SMP, &v) || v == 0) {
+            if (!opts_parse_u64(arg, WORKLOAD_MAX_SMP, &v) || v == 0) {
                 fprintf(stderr, PROG ": -smp: '%s' is not a number of workers in 1..%d\n", arg, WORKLOAD_MAX_SMP);
                 return EXIT_BAD_VALUE;
             }
@@ -183,12 +182,12 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             cfg->file_workers = true; /* asked for: file-backed RAM gets writers too (workload.h) */
         } else if (strcmp(opt, "-seed") == 0) {
             /* Bounded to int64 so that query-workload can report it as a JSON integer. */
-            if (!workload_parse_u64(arg, INT64_MAX, &cfg->seed)) {
+            if (!opts_parse_u64(arg, INT64_MAX, &cfg->seed)) {
                 fprintf(stderr, PROG ": -seed: '%s' is not a number in 0..%" PRId64 "\n", arg, INT64_MAX);
                 return EXIT_BAD_VALUE;
             }
         } else if (strcmp(opt, "-dirty-rate") == 0) {
-            if (!workload_parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
+            if (!opts_parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
                 fprintf(stderr, PROG ": -dirty-rate: '%s' is not a rate in MiB/s (0 = unlimited)\n", arg);
                 return EXIT_BAD_VALUE;
             }
@@ -200,59 +199,16 @@ static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cf
             }
         }
     }
-    if (mb.machine_backend[0]) {
-        if (!mb.given || strcmp(mb.id, mb.machine_backend) != 0) {
-            fprintf(stderr, PROG ": -machine memory-backend=%s: no -object memory-backend-memfd or "
-                    "memory-backend-file with that id\n", mb.machine_backend);
-            return EXIT_BAD_VALUE;
-        }
-        if (mb.size % page_size) {
-            fprintf(stderr, PROG ": %s size %" PRIu64 " is not a multiple of the %zu-byte page\n", mb.type,
-                    mb.size, page_size);
-            return EXIT_BAD_VALUE;
-        }
-        if (m_given && mb.size != cfg->ram_size) {
-            fprintf(stderr, PROG ": -m %" PRIu64 " bytes does not match memory-backend '%s' size %" PRIu64 "\n",
-                    cfg->ram_size, mb.id, mb.size);
-            return EXIT_BAD_VALUE;
-        }
-        cfg->ram_size = mb.size;
-        cfg->mem_prealloc |= mb.prealloc;
-        if (mb.mem_path[0]) {
-            struct stat st;
-
-            /* A destination's pages that the source does not send must read as zero; ferry's source sends only
-             * the populated pages of anonymous RAM, so over a file they would keep the file's content. */
-            if (ferry_host_incoming(host)) {
-                fprintf(stderr, PROG ": memory-backend-file cannot be used with -incoming: pages the source does "
-                        "not send would keep the file's content (start the destination with -m)\n");
-                return EXIT_BAD_VALUE;
-            }
-            /* Checked here once for the whole file; the library checks each block's slice again. */
-            if (stat(mb.mem_path, &st) != 0) {
-                fprintf(stderr, PROG ": memory-backend-file: mem-path %s: %s\n", mb.mem_path, strerror(errno));
-                return EXIT_BAD_VALUE;
-            }
-            if (!S_ISREG(st.st_mode)) {
-                fprintf(stderr, PROG ": memory-backend-file: mem-path %s is not a regular file\n", mb.mem_path);
-                return EXIT_BAD_VALUE;
-            }
-            if ((uint64_t)st.st_size < mb.size) {
-                fprintf(stderr, PROG ": memory-backend-file: mem-path %s is too small: %" PRIu64 " bytes, size=%"
-                        PRIu64 "\n", mb.mem_path, (uint64_t)st.st_size, mb.size);
-                return EXIT_BAD_VALUE;
-            }
-            strcpy(cfg->mem_path, mb.mem_path);
-            cfg->file_share = mb.share;
-        } else {
-            cfg->memfd = true;
-            cfg->memfd_share = mb.share;
-        }
-    } else if (mb.given) {
-        fprintf(stderr, PROG ": -object %s,id=%s is not used: add -machine memory-backend=%s\n", mb.type, mb.id,
-                mb.id);
-        return EXIT_BAD_VALUE;
+    MemChoice ram = { .size = cfg->ram_size };
+    if (!opts_memory_backend_resolve(&mb, m_given, ferry_host_incoming(host), &ram, &err)) {
+        return bad_value(err);
     }
+    cfg->ram_size = ram.size;
+    cfg->mem_prealloc |= ram.prealloc;
+    cfg->memfd = ram.memfd;
+    cfg->memfd_share = ram.memfd_share;
+    strcpy(cfg->mem_path, ram.mem_path);
+    cfg->file_share = ram.file_share;
     if (!net_setup_check(net, &err)) {
         return bad_value(err);
     }

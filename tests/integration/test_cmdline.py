@@ -1,5 +1,5 @@
-"""ferry-workload's command line, and ferry-vm's network options (the same parser, hosts/common/netdev.c, in
-the flavour of a guest's NIC): bad options make the program exit non-zero at once with a message that names the
+"""ferry-workload's command line, and ferry-vm's network and memory-backend options (the same parsers,
+hosts/common): bad options make the program exit non-zero at once with a message that names the
 problem, without a sanitizer report. Good options are exercised by every other test."""
 
 import os
@@ -77,8 +77,9 @@ def test_bad_command_line(argv, words):
     assert any(w.lower() in msg for w in words), f"message for {argv} names none of {words}: {p.stderr!r}"
 
 
-# ferry-vm parses its options before it opens /dev/kvm, so these run on any x86-64 build.
-VM_BAD_NET = [
+# ferry-vm parses its options before it opens /dev/kvm, so these run on any x86-64 build. Its network options are
+# the same parser as ferry-workload's (hosts/common/netdev.c), in the flavour of a guest's NIC.
+VM_BAD = [
     ("ip-on-a-guest-nic", ["-netdev", "tap,id=n0,ifname=ft0", "-device", "virtio-net-pci,netdev=n0,ip=10.0.0.2"],
      "unknown property 'ip' (netdev, mac, id)"),
     ("netdev-without-device", ["-netdev", "tap,id=n0,ifname=ft0"],
@@ -86,11 +87,17 @@ VM_BAD_NET = [
     ("device-without-netdev", ["-device", "virtio-net-pci,netdev=n9"], "netdev 'n9' not found"),
     ("netdev-user", ["-netdev", "user,id=n0"], "unknown backend type 'user' (only tap)"),
     ("device-e1000", ["-netdev", "tap,id=n0,ifname=ft0", "-device", "e1000,netdev=n0"], "unknown device 'e1000'"),
+    # The memory-backend options are ferry-workload's parser too (hosts/common/options.c), with the machine type.
+    ("machine-unknown", ["-machine", "pc,foo=1"], "-machine: unsupported property 'foo' (pc, accel=kvm, "),
+    ("backend-unused", ["-object", "memory-backend-memfd,id=m,size=64M"], "add -machine memory-backend=m"),
+    ("backend-file-incoming", ["-object", "memory-backend-file,id=m,size=64M,mem-path=/dev/null", "-machine",
+                               "memory-backend=m", "-incoming", "defer"], "cannot be used with -incoming"),
+    ("object-unknown", ["-object", "memory-backend-epc,id=m,size=1M"], "unknown object type 'memory-backend-epc'"),
 ]
 
 
-@pytest.mark.parametrize("argv,text", [c[1:] for c in VM_BAD_NET], ids=[c[0] for c in VM_BAD_NET])
-def test_vm_bad_network_options(argv, text):
+@pytest.mark.parametrize("argv,text", [c[1:] for c in VM_BAD], ids=[c[0] for c in VM_BAD])
+def test_vm_bad_options(argv, text):
     vm = os.path.join(ferrytest.build_dir(), "hosts", "vm", "ferry-vm")
     if not os.access(vm, os.X_OK):
         pytest.skip(f"{vm} was not built (not an x86-64 Linux build)")

@@ -5,7 +5,7 @@ clock does not go backwards); it migrates twice (A to B to C); a cancelled migra
 and a second one completes; shared memfd RAM moves without a copy in mode cpr-transfer; the uffd-wp tracker
 works for KVM's writes too, and so does KVM's dirty ring, also one so small that the vCPU fills it over and over
 during the migration; with -smp 2 both vCPUs run (the guest starts the second) and both go on after the
-migration; a Linux kernel boots and migrates while its shell counts on the console; a Linux guest with a
+migration; guest RAM over a file migrates; a Linux kernel boots and migrates while its shell counts on the console; a Linux guest with a
 virtio-net NIC on a TAP pings the host across a migration, with the TAP's fd handed over (backend-transfer) or
 attached again by name; a destination of another shape refuses the stream; bad -accel values are refused. Every
 test skips where /dev/kvm cannot be opened (the NIC test also where TAP tests cannot run)."""
@@ -197,6 +197,25 @@ def test_cpr_transfer_memfd(vms):
     info = migrate(src, dst, uri)
     assert info["ram"]["normal"] == 0, f"cpr-transfer copied pages: {info}"
     assert info.get("fds-passed", 0) >= 1, info
+    check_continues(src, dst)
+
+
+def test_memory_backend_file(vms):
+    """Guest RAM over a file (QEMU's memory-backend-file, the same parser as ferry-workload's): the guest runs in
+    the file's pages (share=on: its writes are in the file) and migrates to a destination with plain RAM."""
+    path = os.path.join(vms.tmpdir, "guest.ram")
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)
+    uri = unix_uri(vms)
+    dst = vms.start("dst", *VM, "-incoming", uri)
+    wait_listening(uri)
+    src = vms.start("src", "-object", f"memory-backend-file,id=ram0,size=64M,mem-path={path},share=on",
+                    "-machine", "pc,accel=kvm,memory-backend=ram0", "-ab-every", "2")
+    wait_progress(src)
+    with open(path, "rb") as f:
+        f.seek(1 << 20)
+        assert f.read(1) != b"\0", "the guest's A-B writes are not in the file"
+    migrate(src, dst, uri)
     check_continues(src, dst)
 
 
