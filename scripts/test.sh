@@ -89,8 +89,9 @@ if [ ! -e /dev/kvm ] && [ "${FERRY_KVM_EMULATED:-1}" != 0 ] && [ "$ci_ok" = 1 ];
         echo "test.sh: ferry-vm's tests stay skipped: ${emu_why##*kvm-emulated.sh: }"
     else
         # The unit tests watch a running guest from a second thread: with one emulated CPU shared by both, the
-        # guest was seen getting too little time (a ring that never filled in 60 s, a TSC read back behind the
-        # value set); with two they pass in seconds. test_vm.py's 2-vCPU guests need one (kvm-emulated.sh says why).
+        # guest was seen getting too little time (a TSC read back behind the value set; and a ring that never
+        # filled in 60 s, also seen once on two, before test_ring_full stopped harvesting while it waits for the
+        # fill); with two they pass in seconds. test_vm.py's 2-vCPU guests need one (kvm-emulated.sh says why).
         for t in test-vm-state test-vm-dirty-ring; do
             if bash scripts/kvm-emulated.sh --smp 2 --timeout 900 -- "build-ci/tests/unit/vm/$t"; then
                 passed_steps=$((passed_steps + 1))
