@@ -1,10 +1,11 @@
 /*
  * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is the
- * command line (QEMU's spellings: -m, -smp, -drive, -kernel, -initrd, -append, -serial, -object
- * memory-backend-memfd, -machine, -accel, -mem-prealloc, -netdev tap, -device virtio-net-pci, plus the common
- * options of the host runtime: -qmp, -monitor, -incoming, -S, -name), the choice of dirty tracker, the QMP
- * commands query-pattern-check, query-vm, query-netdev and query-pci, and main(). The machine is in vm.c and its
- * neighbours (vm.h lists them). It uses only libferry's public API.
+ * command line (QEMU's spellings: -m, -smp, -drive, -kernel, -initrd, -append, -serial, -accel, -mem-prealloc,
+ * ferry-vm's own; -object memory-backend-*, -machine, -netdev tap, -device virtio-net-pci, parsed by
+ * hosts/common as in ferry-workload; -object for TLS objects and -qmp, -monitor, -incoming, -S, -name, the host
+ * runtime's), the choice of dirty tracker, the QMP commands query-pattern-check, query-vm, query-netdev and
+ * query-pci, and main(). The machine is in vm.c and its neighbours (vm.h lists them). It uses only libferry's
+ * public API.
  */
 #include <errno.h>
 #include <fcntl.h>
