@@ -212,14 +212,16 @@ static bool read_desc(VirtioNet *n, const VirtQueue *vq, uint16_t i, Desc *d)
 /* Put chain @head in the used ring with @len bytes written, and interrupt the guest unless it asked not to be. */
 static void push_used(VirtioNet *n, VirtQueue *vq, uint16_t head, uint32_t len)
 {
-    uint8_t *elem = ring_ptr(n, vq->used + 4 + 8u * (vq->used_idx % QUEUE_SIZE), 8);
+    uint64_t elem_gpa = vq->used + 4 + 8u * (vq->used_idx % QUEUE_SIZE);
+    uint8_t *elem = ring_ptr(n, elem_gpa, 8);
 
     vm_wr32(elem, head);
     vm_wr32(elem + 4, len);
     vq->used_idx++;
     /* Release: the element (and the buffer's bytes) are visible before the index that hands them over. */
     __atomic_store_n((uint16_t *)ring_ptr(n, vq->used + 2, 2), vq->used_idx, __ATOMIC_RELEASE);
-    vm_mark_dirty(n->vm, vq->used, 6u + 8u * QUEUE_SIZE);
+    vm_mark_dirty(n->vm, elem_gpa, 8);
+    vm_mark_dirty(n->vm, vq->used + 2, 2);
     /* Full barrier: the guest sets NO_INTERRUPT and then re-reads used idx; reading the flag before the index
      * is visible could miss an interrupt it needs. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -347,27 +347,32 @@ bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp)
     return vm_set_slot_flags(vm, 0, errp);
 }
 
-void *vm_gpa_to_host(Vm *vm, uint64_t gpa, uint64_t len)
+/* The slot holding all of [@gpa, @gpa + @len), or NULL. */
+static const VmSlot *find_slot(const Vm *vm, uint64_t gpa, uint64_t len)
 {
     for (unsigned i = 0; i < vm->nslots; i++) {
         const VmSlot *s = &vm->slots[i];
 
         if (gpa >= s->gpa && len <= s->size && gpa - s->gpa <= s->size - len) {
-            return vm->ram_host + s->block_offset + (gpa - s->gpa);
+            return s;
         }
     }
     return NULL;
 }
 
+void *vm_gpa_to_host(Vm *vm, uint64_t gpa, uint64_t len)
+{
+    const VmSlot *s = find_slot(vm, gpa, len);
+
+    return s ? vm->ram_host + s->block_offset + (gpa - s->gpa) : NULL;
+}
+
 void vm_mark_dirty(Vm *vm, uint64_t gpa, uint64_t len)
 {
-    for (unsigned i = 0; vm->ram && i < vm->nslots; i++) {
-        const VmSlot *s = &vm->slots[i];
+    const VmSlot *s = find_slot(vm, gpa, len);
 
-        if (gpa >= s->gpa && len <= s->size && gpa - s->gpa <= s->size - len) {
-            ferry_ram_mark_dirty(vm->ram, s->block_offset + (gpa - s->gpa), len);
-            return;
-        }
+    if (s && vm->ram) {
+        ferry_ram_mark_dirty(vm->ram, s->block_offset + (gpa - s->gpa), len);
     }
 }
 

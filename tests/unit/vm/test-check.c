@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "bare-vm.h"
+#include "vm-test.h"
 #include "vm.h"
 
 #define PAGE 4096u

@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "visitor/visitor-int.h"
+#include "vm-test.h"
 #include "vm.h"
 
 #define MSR_IA32_TSC 0x10u
@@ -79,32 +79,15 @@ static Vm *running_vm(void)
     return vm;
 }
 
-/* Save with @fn(opaque_src), load with @fn(opaque_dst): the engine's binary visitors, schema checked. */
+/* A section saved from @src and loaded into @dst (vm-test.h), which must succeed. */
 static void roundtrip(FerrySectionFn fn, void *src, void *dst)
 {
-    FerryVisitor *v = ferry__visitor_output_new();
     FerryError *err = NULL;
-    FerrySchema *schema = NULL;
-    uint8_t *data = NULL;
-    size_t len = 0;
 
-    if (!fn(v, src, 1, &err)) {
-        print_error("save: %s\n", ferry_error_msg(err));
-        fail();
-    }
-    assert_true(ferry__visitor_output_finish(v, &schema, &data, &len, NULL));
-    ferry_visitor_free(v);
-    v = ferry__visitor_input_new("test", schema, data, len, &err);
-    assert_non_null(v);
-    if (!fn(v, dst, 1, &err)) {
+    if (!section_roundtrip(fn, src, dst, &err)) {
         print_error("load: %s\n", ferry_error_msg(err));
         fail();
     }
-    assert_true(ferry__visitor_input_finish(v, NULL));
-    assert_int_equal(ferry__visitor_input_skipped(v), 0);
-    ferry_visitor_free(v);
-    ferry__schema_free(schema);
-    free(data);
 }
 
 static void test_vcpu_roundtrip(void **state)
@@ -237,22 +220,11 @@ static void test_machine_shape_refused(void **state)
     skip_without_kvm();
     Vm *a = new_vm(1);
     Vm *b = new_vm(2);
-    FerryVisitor *v = ferry__visitor_output_new();
-    FerrySchema *schema;
-    uint8_t *data;
-    size_t len;
     FerryError *err = NULL;
 
-    assert_true(vm_machine_section(v, a, 1, NULL));
-    assert_true(ferry__visitor_output_finish(v, &schema, &data, &len, NULL));
-    ferry_visitor_free(v);
-    v = ferry__visitor_input_new("machine", schema, data, len, NULL);
-    assert_false(vm_machine_section(v, b, 1, &err));
+    assert_false(section_roundtrip(vm_machine_section, a, b, &err));
     assert_non_null(strstr(ferry_error_msg(err), "-smp 1"));
     ferry_error_free(err);
-    ferry_visitor_free(v);
-    ferry__schema_free(schema);
-    free(data);
     vm_free(a);
     vm_free(b);
 }
