@@ -253,9 +253,9 @@ static void release_listener(Dest *d)
     if (!d->listener) {
         return;
     }
-    pthread_mutex_lock(&d->m->lock);
+    ferry__mutex_lock(&d->m->lock);
     d->m->listener = NULL;
-    pthread_mutex_unlock(&d->m->lock);
+    ferry__mutex_unlock(&d->m->lock);
     ferry__listener_free(d->listener);
     d->listener = NULL;
 }
@@ -391,10 +391,10 @@ static bool adopt_fd(Dest *d, const FerryWireFd *e, int fd, FerryError **errp)
         } else if (m->blocks[i]->adopted) {
             ferry_error_setg(errp, "a second file descriptor for RAM block '%s'", e->name);
         } else if (ferry__ram_block_adopt_fd(m->blocks[i], fd, errp)) {
-            pthread_mutex_lock(&m->lock);
+            ferry__mutex_lock(&m->lock);
             m->stats.fd_ram_bytes += m->blocks[i]->size;
             m->stats.fd_ram_blocks++;
-            pthread_mutex_unlock(&m->lock);
+            ferry__mutex_unlock(&m->lock);
             return true;
         }
         close(fd);
@@ -480,9 +480,9 @@ static bool load_fds(Dest *d, uint32_t len, FerryError **errp)
     for (; i < n; i++) {
         close(fds[i]);
     }
-    pthread_mutex_lock(&d->m->lock);
+    ferry__mutex_lock(&d->m->lock);
     d->m->stats.fds_passed += n;
-    pthread_mutex_unlock(&d->m->lock);
+    ferry__mutex_unlock(&d->m->lock);
     free(fds);
     free(entries);
     return ok;
@@ -519,10 +519,10 @@ static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
                                .timeout_ms = d->timeout_ms, .tls = d->tls };
     memcpy(cfg.session, r.session, sizeof(cfg.session));
     d->mfd = ferry__multifd_recv_new(d->listener, &cfg, d->m->blocks, d->m->nblocks, d->chan, errp);
-    pthread_mutex_lock(&d->m->lock);
+    ferry__mutex_lock(&d->m->lock);
     d->m->in_mfd = d->mfd;
     bool quitting = d->m->quitting;
-    pthread_mutex_unlock(&d->m->lock);
+    ferry__mutex_unlock(&d->m->lock);
     if (quitting && d->mfd) {
         ferry__multifd_recv_shutdown(d->mfd); /* quit came before in_mfd was set */
     }
@@ -792,7 +792,7 @@ static bool finish_end(Dest *d, FerryError **errp)
 static void update_stats(Dest *d)
 {
     FerryMigration *m = d->m;
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->stats.transferred = ferry__stream_bytes_read(d->s) + d->pipe_bytes;
     m->stats.normal = d->normal;
     m->stats.duplicate = d->duplicate;
@@ -809,7 +809,7 @@ static void update_stats(Dest *d)
         m->stats.mfd_seen_normal = st.normal;
         m->stats.mfd_seen_zero = st.zero;
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 static bool receive(Dest *d, FerryError **errp)
@@ -894,9 +894,9 @@ static bool receive(Dest *d, FerryError **errp)
             ok = rh.length == 8 && ferry__stream_read(d->s, p, 8);
             if (ok) {
                 d->first_pass = false;
-                pthread_mutex_lock(&d->m->lock);
+                ferry__mutex_lock(&d->m->lock);
                 d->m->stats.dirty_sync_count = ferry__get_be64(p);
-                pthread_mutex_unlock(&d->m->lock);
+                ferry__mutex_unlock(&d->m->lock);
             } else if (!ferry__stream_check(d->s, errp)) {
             } else {
                 ferry_error_setg(errp, "PASS_END record of %u bytes, expected 8", rh.length);
@@ -1045,9 +1045,9 @@ static bool start_tls(Dest *d, FerryError **errp)
     if (!ferry__mig_tls_wrap(m, &d->chan, &m->in_chan, d->tls, errp)) {
         return false;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     bool quitting = m->quitting;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (quitting) {
         ferry_error_setg(errp, "shutting down");
         return false;
@@ -1059,19 +1059,19 @@ static bool start_tls(Dest *d, FerryError **errp)
 static bool run(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     FerryListener *l = m->listener;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 
     /* The listener stays open (and m->listener set, so that quit can interrupt an accept) until FEATURES says
      * whether multifd channels follow; then it is closed (release_listener), as QEMU takes one connection. */
     d->listener = l;
     FerryChannel *c = ferry__listener_accept(l, errp);
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->in_chan = c;
     bool quitting = m->quitting;
     d->timeout_ms = (unsigned)m->params.io_timeout;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (!c) {
         return false;
     }
@@ -1087,10 +1087,10 @@ static bool run(Dest *d, FerryError **errp)
         return false;
     }
     d->s = ferry__stream_new(d->chan);
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
-    pthread_mutex_unlock(&m->lock);
-    ferry__mig_set_status(m, FERRY_MIG_ACTIVE);
+    ferry__mutex_unlock(&m->lock);
+    ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
 
     if (pthread_create(&d->pop_thread, NULL, populate_thread, d) == 0) {
         d->pop_started = true;
@@ -1152,9 +1152,9 @@ static void dest_init(Dest *d, FerryMigration *m)
 static void dest_cleanup(Dest *d)
 {
     /* The channel threads write RAM: they are stopped before anyone discards it or lets the workload run. */
-    pthread_mutex_lock(&d->m->lock);
+    ferry__mutex_lock(&d->m->lock);
     d->m->in_mfd = NULL;
-    pthread_mutex_unlock(&d->m->lock);
+    ferry__mutex_unlock(&d->m->lock);
     ferry__multifd_recv_free(d->mfd);
     d->mfd = NULL;
     release_listener(d);
@@ -1192,10 +1192,10 @@ void *ferry__dest_thread(void *opaque)
     Dest d;
     dest_init(&d, m);
     FerryError *err = NULL;
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     d.tls = m->in_tls;
     m->in_tls = NULL;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 
     bool ok = run(&d, &err);
     populate_stop(&d);
@@ -1203,17 +1203,17 @@ void *ferry__dest_thread(void *opaque)
     if (report) {
         send_nack(report, err);
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->in_chan = NULL;
     bool exit_on_error = m->exit_on_error;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     dest_cleanup(&d);
     ferry__channel_free(d.chan);
     ferry__tls_unref(d.tls);
 
     if (ok) {
         ferry__vm_incoming_done(m, d.source_running);
-        ferry__mig_set_status(m, FERRY_MIG_COMPLETED);
+        ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_COMPLETED);
     } else if (d.uncommitted) {
         /* Not a partial state but an undecided one: the source may have switched over (its COMMIT was lost) or
          * not (it never read our ACK). Running could make two copies, discarding could lose the only one; so

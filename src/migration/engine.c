@@ -3,14 +3,28 @@
  * migration status machine and query-migrate, and the entry points that start, cancel and join migrations.
  * The work of each direction is in source.c and dest.c; run state in runstate.c; parameters in params.c.
  *
- * Migration status (QEMU's MigrationStatus names), for either direction:
+ * Migration status (QEMU's MigrationStatus names). A status changes only through ferry__mig_set_state(m, from,
+ * to), and only from the status the caller expects: a caller that finds another (a cancel got there first) sees
+ * false and decides what follows. A change that the table `transitions` below does not list is a bug. The
+ * table, drawn (F: failed is reachable from every status that is not terminal; C: so is cancelling, on the
+ * source, except in postcopy):
  *
- *   none --migrate/incoming--> setup --connected--> active --ack/end--> completed
- *                                |                    |
- *                                +--------------------+--error--> failed
- *                                +--------------------+--migrate_cancel--> cancelling --> cancelled
+ *   none, completed, failed, cancelled --migrate / incoming--> setup
+ *   setup --connected, negotiated--> active                                   (F, C)
+ *   active --last pass fits downtime-limit, workload stopped--> device       (F, C)
+ *   active --pause-before-switchover--> pre-switchover --> device            (F, C)
+ *   device --ACK (and COMMIT) / destination: END verified--> completed       (F, C)
+ *   active, pre-switchover, device --postcopy starts--> postcopy-active     (F)
+ *   postcopy-active --all pages there--> completed
+ *   postcopy-active --channel lost--> postcopy-paused --recover--> postcopy-recover-setup
+ *   postcopy-recover-setup --connected--> postcopy-recover --> postcopy-active
+ *   postcopy-recover-setup, postcopy-recover --lost again--> postcopy-paused
+ *   cancelling --thread stopped--> cancelled
+ *   cancelling --the commit point had passed: the destination runs--> completed
  *
- * completed, failed and cancelled are terminal; a new migration starts again from setup.
+ * Destinations use setup, active, completed and failed (postcopy-* with the next issue); the source all of them.
+ * completed, failed and cancelled are terminal; a new migration starts again from setup. The postcopy statuses
+ * are in the table so that the issue that adds postcopy only adds the code that makes these transitions.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,26 +35,112 @@
 #include "multifd/multifd.h"
 #include "util/util.h"
 
-static const char *const status_names[] = {
-    [FERRY_MIG_NONE] = "none",         [FERRY_MIG_SETUP] = "setup",   [FERRY_MIG_CANCELLING] = "cancelling",
-    [FERRY_MIG_CANCELLED] = "cancelled", [FERRY_MIG_ACTIVE] = "active", [FERRY_MIG_DEVICE] = "device",
-    [FERRY_MIG_COMPLETED] = "completed", [FERRY_MIG_FAILED] = "failed",
+static const char *const status_names[FERRY_MIG__MAX] = {
+    [FERRY_MIG_NONE] = "none",
+    [FERRY_MIG_SETUP] = "setup",
+    [FERRY_MIG_CANCELLING] = "cancelling",
+    [FERRY_MIG_CANCELLED] = "cancelled",
+    [FERRY_MIG_ACTIVE] = "active",
+    [FERRY_MIG_POSTCOPY_ACTIVE] = "postcopy-active",
+    [FERRY_MIG_POSTCOPY_PAUSED] = "postcopy-paused",
+    [FERRY_MIG_POSTCOPY_RECOVER_SETUP] = "postcopy-recover-setup",
+    [FERRY_MIG_POSTCOPY_RECOVER] = "postcopy-recover",
+    [FERRY_MIG_COMPLETED] = "completed",
+    [FERRY_MIG_FAILED] = "failed",
+    [FERRY_MIG_PRE_SWITCHOVER] = "pre-switchover",
+    [FERRY_MIG_DEVICE] = "device",
+};
+
+#define TO(s) (1u << FERRY_MIG_##s)
+#define TO_START TO(SETUP)
+#define TO_END (TO(FAILED) | TO(CANCELLING))
+
+/* The transition table: for each status, the statuses it may change to (drawn in the comment at the top). */
+static const uint32_t transitions[FERRY_MIG__MAX] = {
+    [FERRY_MIG_NONE] = TO_START,
+    [FERRY_MIG_COMPLETED] = TO_START,
+    [FERRY_MIG_FAILED] = TO_START,
+    [FERRY_MIG_CANCELLED] = TO_START,
+    [FERRY_MIG_SETUP] = TO(ACTIVE) | TO_END,
+    [FERRY_MIG_ACTIVE] = TO(PRE_SWITCHOVER) | TO(DEVICE) | TO(POSTCOPY_ACTIVE) | TO(COMPLETED) | TO_END,
+    [FERRY_MIG_PRE_SWITCHOVER] = TO(DEVICE) | TO(POSTCOPY_ACTIVE) | TO_END,
+    [FERRY_MIG_DEVICE] = TO(COMPLETED) | TO(POSTCOPY_ACTIVE) | TO_END,
+    [FERRY_MIG_POSTCOPY_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_PAUSED) | TO(FAILED),
+    [FERRY_MIG_POSTCOPY_PAUSED] = TO(POSTCOPY_RECOVER_SETUP) | TO(FAILED),
+    [FERRY_MIG_POSTCOPY_RECOVER_SETUP] = TO(POSTCOPY_RECOVER) | TO(POSTCOPY_PAUSED) | TO(FAILED),
+    [FERRY_MIG_POSTCOPY_RECOVER] = TO(POSTCOPY_ACTIVE) | TO(POSTCOPY_PAUSED) | TO(FAILED),
+    [FERRY_MIG_CANCELLING] = TO(CANCELLED) | TO(COMPLETED) | TO(FAILED),
 };
 
 const char *ferry__migration_status_name(FerryMigrationStatus s)
 {
-    return (unsigned)s < FERRY_ARRAY_SIZE(status_names) ? status_names[s] : "unknown";
+    return (unsigned)s < FERRY_MIG__MAX ? status_names[s] : "unknown";
+}
+
+bool ferry__migration_status_terminal(FerryMigrationStatus s)
+{
+    return s == FERRY_MIG_NONE || s == FERRY_MIG_COMPLETED || s == FERRY_MIG_FAILED || s == FERRY_MIG_CANCELLED;
+}
+
+bool ferry__migration_transition_allowed(FerryMigrationStatus from, FerryMigrationStatus to)
+{
+    return (unsigned)from < FERRY_MIG__MAX && (unsigned)to < FERRY_MIG__MAX && (transitions[from] >> to & 1);
 }
 
 static bool status_is_terminal(FerryMigrationStatus s)
 {
-    return s == FERRY_MIG_NONE || s == FERRY_MIG_COMPLETED || s == FERRY_MIG_FAILED || s == FERRY_MIG_CANCELLED;
+    return ferry__migration_status_terminal(s);
+}
+
+/*
+ * The one place that changes m->status. With lock held. False, and nothing changed, when the status is not
+ * @from (a race the caller sees and decides about) or when the table does not allow @from -> @to (a bug: logged
+ * loudly, fatal in a debug build).
+ */
+static bool set_state_locked(FerryMigration *m, FerryMigrationStatus from, FerryMigrationStatus to)
+{
+    FERRY_ASSERT_HELD(&m->lock);
+    if (m->status != from) {
+        return false;
+    }
+    if (!ferry__migration_transition_allowed(from, to)) {
+        FERRY_BUG("migration status %s -> %s is not an allowed transition", ferry__migration_status_name(from),
+                  ferry__migration_status_name(to));
+        return false;
+    }
+    m->status = to;
+    if (status_is_terminal(to) && !m->stats.end_ms) {
+        m->stats.end_ms = ferry__clock_ms();
+    }
+    return true;
+}
+
+/* After a change made by set_state_locked, with the lock dropped: the log line and the MIGRATION event. */
+static void announce_state(FerryMigration *m, FerryMigrationStatus to, bool events)
+{
+    ferry__log(FERRY_LOG_INFO, "migration status: %s", ferry__migration_status_name(to));
+    if (events) {
+        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", ferry__migration_status_name(to)));
+    }
+}
+
+void ferry__migration_set_test_hook(FerryMigration *m, FerryMigTestHook fn, void *opaque)
+{
+    m->test_hook = fn;
+    m->test_hook_opaque = opaque;
+}
+
+void ferry__mig_test_point(FerryMigration *m, FerryMigTestPoint point)
+{
+    if (m->test_hook) {
+        m->test_hook(m, point, m->test_hook_opaque);
+    }
 }
 
 FerryMigration *ferry__migration_new(void)
 {
     FerryMigration *m = ferry__xcalloc(1, sizeof(*m));
-    pthread_mutex_init(&m->lock, NULL);
+    ferry__mutex_init(&m->lock);
     pthread_mutex_init(&m->run_lock, NULL);
     m->runstate = FERRY_RUN_PRELAUNCH;
     m->autostart = true;
@@ -82,7 +182,7 @@ void ferry__migration_free(FerryMigration *m)
     if (m->cancel_fd >= 0) {
         close(m->cancel_fd);
     }
-    pthread_mutex_destroy(&m->lock);
+    ferry__mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->run_lock);
     free(m);
 }
@@ -120,26 +220,30 @@ void ferry__mig_emit(FerryMigration *m, const char *name, json_t *data)
 
 bool ferry__mig_cap(FerryMigration *m, FerryCapability cap)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     bool on = m->caps[cap];
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return on;
 }
 
-void ferry__mig_set_status(FerryMigration *m, FerryMigrationStatus s)
+bool ferry__mig_set_state(FerryMigration *m, FerryMigrationStatus from, FerryMigrationStatus to)
 {
-    pthread_mutex_lock(&m->lock);
-    bool changed = m->status != s;
-    m->status = s;
-    if (status_is_terminal(s) && !m->stats.end_ms) {
-        m->stats.end_ms = ferry__clock_ms();
-    }
+    ferry__mutex_lock(&m->lock);
+    bool changed = set_state_locked(m, from, to);
     bool events = m->caps[FERRY_CAP_EVENTS];
-    pthread_mutex_unlock(&m->lock);
-    ferry__log(FERRY_LOG_INFO, "migration status: %s", ferry__migration_status_name(s));
-    if (changed && events) {
-        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", ferry__migration_status_name(s)));
+    ferry__mutex_unlock(&m->lock);
+    if (changed) {
+        announce_state(m, to, events);
     }
+    return changed;
+}
+
+FerryMigrationStatus ferry__mig_status(FerryMigration *m)
+{
+    ferry__mutex_lock(&m->lock);
+    FerryMigrationStatus s = m->status;
+    ferry__mutex_unlock(&m->lock);
+    return s;
 }
 
 bool ferry__mig_tls_wrap(FerryMigration *m, FerryChannel **chan, FerryChannel **slot, FerryTls *tls,
@@ -150,17 +254,17 @@ bool ferry__mig_tls_wrap(FerryMigration *m, FerryChannel **chan, FerryChannel **
                          ferry__tls_creds_name(tls), (*chan)->desc);
         return false;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     *slot = NULL;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     FerryChannel *t = ferry__tls_channel_new(*chan, tls, errp);
     *chan = t;
     if (!t) {
         return false;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     *slot = t;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return true;
 }
 
@@ -170,26 +274,33 @@ bool ferry__mig_tls_handshake(FerryMigration *m, FerryChannel *chan, FerryError 
         return false;
     }
     json_t *info = ferry__tls_channel_info(chan);
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     json_decref(m->tls_info);
     m->tls_info = info;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return true;
 }
 
 void ferry__mig_fail(FerryMigration *m, const FerryError *err)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     if (!m->error_desc) {
         /* The message may quote what a peer sent (a NACK, a block name): keep it valid for QMP's JSON. */
         m->error_desc = ferry__utf8_scrub(err ? ferry_error_msg(err) : "unknown error");
     }
-    pthread_mutex_unlock(&m->lock);
-    ferry__mig_set_status(m, FERRY_MIG_FAILED);
+    /* Failing is allowed from every status that is not terminal, whichever the thread last saw. */
+    FerryMigrationStatus from = m->status;
+    bool changed = !status_is_terminal(from) && set_state_locked(m, from, FERRY_MIG_FAILED);
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    ferry__mutex_unlock(&m->lock);
+    if (changed) {
+        announce_state(m, FERRY_MIG_FAILED, events);
+    }
 }
 
 bool ferry__migration_is_active_locked(const FerryMigration *m)
 {
+    FERRY_ASSERT_HELD(&m->lock);
     return !status_is_terminal(m->status) || m->out_thread_joinable || m->in_thread_joinable;
 }
 
@@ -214,9 +325,9 @@ const char *ferry__migration_needs_fds(FerryMigration *m)
 /* Whether a migration is under way in either direction (registration is closed then). */
 static bool registration_closed(FerryMigration *m)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     bool busy = ferry__migration_is_active_locked(m) && m->status != FERRY_MIG_NONE;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return busy;
 }
 
@@ -331,26 +442,26 @@ static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_
 
 void ferry_migration_set_dirty_tracker(FerryMigration *m, FerryTrackerKind kind)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->tracker_kind = kind;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 void ferry_migration_set_dirty_tracker_ops(FerryMigration *m, const FerryDirtyTrackerOps *ops, void *opaque)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->host_tracker = ops;
     m->host_tracker_opaque = opaque;
     m->tracker_kind = FERRY_TRACKER_HOST;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 void ferry_migration_set_dirty_tracker_note(FerryMigration *m, const char *note)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     free(m->host_tracker_note);
     m->host_tracker_note = note ? ferry__xstrdup(note) : NULL;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 bool ferry_migration_add_section(FerryMigration *m, const FerrySectionInfo *info, FerryError **errp)
@@ -427,8 +538,8 @@ json_t *ferry_migration_schema(FerryMigration *m, FerryError **errp)
 
 static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
 {
+    FERRY_ASSERT(set_state_locked(m, m->status, FERRY_MIG_SETUP));
     m->incoming = incoming;
-    m->status = FERRY_MIG_SETUP;
     free(m->error_desc);
     m->error_desc = NULL;
     free(m->tracker_name);
@@ -454,6 +565,7 @@ static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
 /* Make a pending or future connect of the current outgoing migration give up. Called with lock held. */
 static void request_cancel_locked(FerryMigration *m)
 {
+    FERRY_ASSERT_HELD(&m->lock);
     m->cancel_requested = true;
     if (m->out_chan) {
         ferry__channel_shutdown(m->out_chan);
@@ -471,22 +583,23 @@ static void request_cancel_locked(FerryMigration *m)
  * destination that completed may migrate on: A to B to C). Called with lock held; drops it while joining. */
 static void reap_finished_locked(FerryMigration *m)
 {
+    FERRY_ASSERT_HELD(&m->lock);
     if (!status_is_terminal(m->status)) {
         return;
     }
     if (m->out_thread_joinable) {
         pthread_t t = m->out_thread;
         m->out_thread_joinable = false;
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         pthread_join(t, NULL);
-        pthread_mutex_lock(&m->lock);
+        ferry__mutex_lock(&m->lock);
     }
     if (m->in_thread_joinable) {
         pthread_t t = m->in_thread;
         m->in_thread_joinable = false;
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         pthread_join(t, NULL);
-        pthread_mutex_lock(&m->lock);
+        ferry__mutex_lock(&m->lock);
     }
 }
 
@@ -500,6 +613,7 @@ static void reap_finished_locked(FerryMigration *m)
 static bool tls_setup_locked(FerryMigration *m, const FerryMigrationAddress *addr, bool incoming, FerryTls **tls,
                              FerryError **errp)
 {
+    FERRY_ASSERT_HELD(&m->lock);
     *tls = NULL;
     const char *creds = m->params.tls_creds;
     if (!creds || !*creds) {
@@ -535,25 +649,25 @@ static bool tls_setup_locked(FerryMigration *m, const FerryMigrationAddress *add
 
 bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     reap_finished_locked(m);
     if (m->runstate == FERRY_RUN_INMIGRATE) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "Guest is waiting for an incoming migration");
         return false;
     }
     if (m->out_thread_joinable || m->in_thread_joinable || !status_is_terminal(m->status)) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "There's a migration process in progress");
         return false;
     }
     if (m->runstate == FERRY_RUN_SHUTDOWN) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "cannot migrate: the workload has shut down");
         return false;
     }
     if (m->nblocks == 0 && m->nsections == 0) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "nothing to migrate: no RAM block or state section is registered");
         return false;
     }
@@ -566,7 +680,7 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
             why = "it cannot be combined with unix-page-flipping (turn one of them off)";
         }
         if (why) {
-            pthread_mutex_unlock(&m->lock);
+            ferry__mutex_unlock(&m->lock);
             char *uri = ferry__address_to_uri(addr);
             ferry_error_setg(errp, "multifd is not supported on '%s': %s", uri, why);
             free(uri);
@@ -578,7 +692,7 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
     const char *needs_fds = ferry__migration_needs_fds(m);
     if (needs_fds && !(addr->transport == FERRY_TRANSPORT_SOCKET &&
                        (addr->socket.type == FERRY_SOCKET_UNIX || addr->socket.type == FERRY_SOCKET_FD))) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         char *uri = ferry__address_to_uri(addr);
         ferry_error_setg(errp, "%s passes file descriptors, which needs a UNIX socket channel ('unix:PATH'); "
                          "'%s' cannot carry them", needs_fds, uri);
@@ -587,7 +701,7 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
     }
     FerryTls *tls;
     if (!tls_setup_locked(m, addr, false, &tls, errp)) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         return false;
     }
     reset_for_new_migration_locked(m, false);
@@ -600,14 +714,14 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
     if (rc != 0) {
         ferry__tls_unref(m->out_tls);
         m->out_tls = NULL;
-        m->status = FERRY_MIG_FAILED;
+        set_state_locked(m, FERRY_MIG_SETUP, FERRY_MIG_FAILED);
         m->error_desc = ferry__xstrdup("cannot create the migration thread");
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg_errno(errp, rc, "cannot create the migration thread");
         return false;
     }
     m->out_thread_joinable = true;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (events) {
         ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", "setup"));
     }
@@ -617,22 +731,22 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
 bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *addr, bool exit_on_error,
                              FerryError **errp)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     if (m->runstate != FERRY_RUN_INMIGRATE) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "'-incoming' was not specified on the command line");
         return false;
     }
     /* A previous attempt that failed with exit-on-error=false is reaped before trying again. */
     reap_finished_locked(m);
     if (m->in_thread_joinable || m->out_thread_joinable) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "The incoming migration has already been started");
         return false;
     }
     FerryTls *tls;
     bool tls_ok = tls_setup_locked(m, addr, true, &tls, errp);
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (!tls_ok) {
         return false;
     }
@@ -643,7 +757,7 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
         return false;
     }
 
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     reset_for_new_migration_locked(m, true);
     m->listener = l;
     ferry__tls_unref(m->in_tls);
@@ -655,41 +769,67 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
         m->listener = NULL;
         ferry__tls_unref(m->in_tls);
         m->in_tls = NULL;
-        m->status = FERRY_MIG_FAILED;
-        pthread_mutex_unlock(&m->lock);
+        set_state_locked(m, FERRY_MIG_SETUP, FERRY_MIG_FAILED);
+        ferry__mutex_unlock(&m->lock);
         ferry__listener_free(l);
         ferry_error_setg_errno(errp, rc, "cannot create the incoming migration thread");
         return false;
     }
     m->in_thread_joinable = true;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (events) {
         ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", "setup"));
     }
     return true;
 }
 
-bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp)
+/*
+ * Ask the outgoing migration to stop: status cancelling, the channels shut down. The check of the status and the
+ * change to cancelling are one step under the lock, so a source thread that reaches a terminal status at the same
+ * moment either comes first (then there is nothing to cancel) or finds cancelling and ends from there. With lock
+ * held; whether the status changed (the caller announces it).
+ */
+static bool cancel_locked(FerryMigration *m)
 {
-    pthread_mutex_lock(&m->lock);
-    if (m->incoming || status_is_terminal(m->status) || m->status == FERRY_MIG_CANCELLING) {
-        /* QEMU: cancelling when nothing runs is not an error. */
-        pthread_mutex_unlock(&m->lock);
-        return true;
+    FerryMigrationStatus from = m->status;
+    if (m->incoming || !ferry__migration_transition_allowed(from, FERRY_MIG_CANCELLING)) {
+        return false;
     }
     request_cancel_locked(m);
-    pthread_mutex_unlock(&m->lock);
-    ferry__mig_set_status(m, FERRY_MIG_CANCELLING);
+    return set_state_locked(m, from, FERRY_MIG_CANCELLING);
+}
+
+bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp)
+{
+    ferry__mutex_lock(&m->lock);
+    FerryMigrationStatus from = m->status;
+    if (!m->incoming && from >= FERRY_MIG_POSTCOPY_ACTIVE && from <= FERRY_MIG_POSTCOPY_RECOVER) {
+        ferry__mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "migrate_cancel cannot stop a migration in status %s: the destination already "
+                         "runs the workload", ferry__migration_status_name(from));
+        return false;
+    }
+    /* QEMU: cancelling when nothing runs (or a cancel already runs) is not an error. */
+    bool changed = cancel_locked(m);
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    ferry__mutex_unlock(&m->lock);
+    if (changed) {
+        announce_state(m, FERRY_MIG_CANCELLING, events);
+    }
+    ferry__mig_test_point(m, FERRY_MIG_TP_CANCEL_DECIDED);
     return true;
 }
 
 void ferry__migration_join(FerryMigration *m)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->quitting = true;
-    if (m->out_thread_joinable && !status_is_terminal(m->status)) {
+    /* As QEMU's migration_shutdown(): an outgoing migration is cancelled (in postcopy, only stopped). */
+    bool cancelling = false;
+    if (m->out_thread_joinable && !status_is_terminal(m->status) && !(cancelling = cancel_locked(m))) {
         request_cancel_locked(m);
     }
+    bool events = m->caps[FERRY_CAP_EVENTS];
     if (m->listener) {
         ferry__listener_shutdown(m->listener);
     }
@@ -703,7 +843,10 @@ void ferry__migration_join(FerryMigration *m)
     bool out = m->out_thread_joinable, in = m->in_thread_joinable;
     pthread_t ot = m->out_thread, it = m->in_thread;
     m->out_thread_joinable = m->in_thread_joinable = false;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
+    if (cancelling) {
+        announce_state(m, FERRY_MIG_CANCELLING, events);
+    }
     if (out) {
         pthread_join(ot, NULL);
     }
@@ -714,7 +857,7 @@ void ferry__migration_join(FerryMigration *m)
 
 json_t *ferry__migration_query(FerryMigration *m)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     FerryMigStats live = m->stats;
     if (m->in_mfd) {
         /* The channel threads' counts since the incoming thread last updated the statistics. */
@@ -797,6 +940,6 @@ json_t *ferry__migration_query(FerryMigration *m)
     if (m->incoming && m->listener) {
         json_object_set_new(r, "socket-address", ferry__listener_addresses(m->listener));
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return r;
 }

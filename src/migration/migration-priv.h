@@ -17,6 +17,7 @@
 #include "channel/channel.h"
 #include "migration/migration.h"
 #include "ram/ram.h"
+#include "util/util.h"
 #include "visitor/visitor-int.h"
 #include "wire/wire.h"
 
@@ -127,7 +128,7 @@ typedef struct FerryBackend {
 } FerryBackend;
 
 struct FerryMigration {
-    pthread_mutex_t lock;
+    FerryMutex lock;
     pthread_mutex_t run_lock;
 
     /* Registration (before any migration). */
@@ -187,11 +188,20 @@ struct FerryMigration {
     bool exit_on_error;
     bool quitting;
     FerryTls *in_tls;            /* set by migrate-incoming when tls-creds is set; the incoming thread takes it */
+
+    FerryMigTestHook test_hook;  /* ferry__migration_set_test_hook, for unit tests only */
+    void *test_hook_opaque;
 };
 
 /* engine.c */
-void ferry__mig_set_status(FerryMigration *m, FerryMigrationStatus s);
-void ferry__mig_fail(FerryMigration *m, const FerryError *err); /* status failed + error-desc, once */
+/* The status changes only here: from @from to @to if the status is @from (false, nothing changed, otherwise) and
+ * the transition table allows it (a bug otherwise: logged, fatal in a debug build). Logs and emits MIGRATION. */
+bool ferry__mig_set_state(FerryMigration *m, FerryMigrationStatus from, FerryMigrationStatus to);
+FerryMigrationStatus ferry__mig_status(FerryMigration *m);
+/* Status failed (from whatever status that is not terminal) + error-desc, once. */
+void ferry__mig_fail(FerryMigration *m, const FerryError *err);
+/* Calls the test hook, if one is set, at @point. */
+void ferry__mig_test_point(FerryMigration *m, FerryMigTestPoint point);
 /* TLS on a migration's main channel, for both directions. tls_wrap replaces *@chan by a TLS channel around it
  * (which takes it) and publishes that in *@slot (m->out_chan or m->in_chan, under m->lock) so that cancel and quit
  * interrupt the handshake that follows; on failure *@chan is NULL. tls_handshake runs it and records the session

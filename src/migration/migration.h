@@ -19,19 +19,43 @@
 #include "channel/address.h"
 #include "channel/channel.h"
 
+/* QEMU's MigrationStatus, in QEMU's order. The transitions allowed between them are one table in engine.c. */
 typedef enum FerryMigrationStatus {
     FERRY_MIG_NONE,
     FERRY_MIG_SETUP,
     FERRY_MIG_CANCELLING,
     FERRY_MIG_CANCELLED,
     FERRY_MIG_ACTIVE,
-    FERRY_MIG_DEVICE,
+    FERRY_MIG_POSTCOPY_ACTIVE,
+    FERRY_MIG_POSTCOPY_PAUSED,
+    FERRY_MIG_POSTCOPY_RECOVER_SETUP,
+    FERRY_MIG_POSTCOPY_RECOVER,
     FERRY_MIG_COMPLETED,
     FERRY_MIG_FAILED,
+    FERRY_MIG_PRE_SWITCHOVER,
+    FERRY_MIG_DEVICE,
+    FERRY_MIG__MAX,
 } FerryMigrationStatus;
 
-/* "none", "setup", "cancelling", "cancelled", "active", "device", "completed", "failed" */
+/* "none", "setup", "cancelling", ..., "postcopy-active", ..., "pre-switchover", "device" */
 const char *ferry__migration_status_name(FerryMigrationStatus s);
+/* none, completed, failed and cancelled: no migration runs in that status. */
+bool ferry__migration_status_terminal(FerryMigrationStatus s);
+/* Whether the transition table (engine.c) allows @from -> @to. */
+bool ferry__migration_transition_allowed(FerryMigrationStatus from, FerryMigrationStatus to);
+
+/*
+ * Test hook: called at named points of a migration, from the thread that reaches them, with no lock held, so that
+ * a unit test can force an interleaving (a cancel just before or just after completion). NULL (the default) costs
+ * one load per point. Not for production use.
+ */
+typedef enum FerryMigTestPoint {
+    FERRY_MIG_TP_BEFORE_COMPLETE, /* source: past the commit point, before the status becomes completed */
+    FERRY_MIG_TP_AFTER_COMPLETE,  /* source: right after it became completed */
+    FERRY_MIG_TP_CANCEL_DECIDED,  /* migrate_cancel: the status is cancelling (or nothing was to be cancelled) */
+} FerryMigTestPoint;
+typedef void (*FerryMigTestHook)(FerryMigration *m, FerryMigTestPoint point, void *opaque);
+void ferry__migration_set_test_hook(FerryMigration *m, FerryMigTestHook fn, void *opaque);
 
 typedef enum FerryRunState {
     FERRY_RUN_PRELAUNCH,      /* "prelaunch": started with -S, never run */

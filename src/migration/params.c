@@ -198,19 +198,19 @@ void ferry__params_free(FerryMigration *m)
 void ferry__features_offer(FerryMigration *m, FerryWireFeatureList *out)
 {
     memset(out, 0, sizeof(*out));
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     for (int c = 0; c < FERRY_CAP__MAX; c++) {
         if (cap_table[c].feature && m->caps[c]) {
             ferry__wire_features_add(out, cap_table[c].name, cap_table[c].critical ? FERRY_FEATURE_CRITICAL : 0);
         }
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 void ferry__features_accept(FerryMigration *m, const FerryWireFeatureList *offered, FerryWireFeatureList *out)
 {
     memset(out, 0, sizeof(*out));
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     for (uint32_t i = 0; i < offered->n; i++) {
         for (int c = 0; c < FERRY_CAP__MAX; c++) {
             if (cap_table[c].feature && m->caps[c] && strcmp(cap_table[c].name, offered->f[i].name) == 0) {
@@ -218,7 +218,7 @@ void ferry__features_accept(FerryMigration *m, const FerryWireFeatureList *offer
             }
         }
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 bool ferry__features_check(const FerryWireFeatureList *used, FerryError **errp)
@@ -241,10 +241,10 @@ bool ferry__features_check(const FerryWireFeatureList *used, FerryError **errp)
 
 void ferry__features_record(FerryMigration *m, const FerryWireFeatureList *used)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->features_negotiated = true;
     m->features = *used;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap)
@@ -308,7 +308,7 @@ const char *ferry__backend_kind_name(FerryBackendKind kind)
 json_t *ferry__migration_query_params(FerryMigration *m)
 {
     json_t *r = json_object();
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(params); i++) {
         if (params[i].type == PARAM_NOT_YET) {
             continue;
@@ -319,7 +319,7 @@ json_t *ferry__migration_query_params(FerryMigration *m)
         }
         json_object_set_new(r, params[i].name, param_to_json(&params[i], *param_field(&m->params, &params[i])));
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return r;
 }
 
@@ -447,7 +447,7 @@ bool ferry__migration_set_params(FerryMigration *m, json_t *args, FerryError **e
             return false;
         }
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     json_object_foreach(args, key, val) {
         const ParamDesc *d;
         int64_t v;
@@ -460,7 +460,7 @@ bool ferry__migration_set_params(FerryMigration *m, json_t *args, FerryError **e
         }
         __atomic_store_n(param_field(&m->params, d), v, __ATOMIC_RELAXED);
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return true;
 }
 
@@ -533,7 +533,7 @@ bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError
 json_t *ferry__migration_query_caps(FerryMigration *m)
 {
     json_t *r = json_array();
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     for (int i = 0; i < FERRY_CAP__MAX; i++) {
         json_t *c = json_pack("{s:s, s:b}", "capability", cap_table[i].name, "state", m->caps[i]);
         if (cap_table[i].feature && m->features_negotiated) {
@@ -541,7 +541,7 @@ json_t *ferry__migration_query_caps(FerryMigration *m)
         }
         json_array_append_new(r, c);
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return r;
 }
 
@@ -608,10 +608,10 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
         want[c] = json_is_true(state);
         given[c] = true;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     if (!m->incoming && (m->out_thread_joinable && m->status != FERRY_MIG_COMPLETED &&
                          m->status != FERRY_MIG_FAILED && m->status != FERRY_MIG_CANCELLED)) {
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "There's a migration process in progress");
         return false;
     }
@@ -620,6 +620,6 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
             m->caps[c] = want[c];
         }
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return true;
 }

@@ -27,25 +27,25 @@ const char *ferry__runstate_name(FerryRunState rs)
 
 void ferry__runstate_set(FerryMigration *m, FerryRunState rs)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->runstate = rs;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 FerryRunState ferry__runstate_get(FerryMigration *m)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     FerryRunState rs = m->runstate;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return rs;
 }
 
 void ferry__runstate_init(FerryMigration *m, bool start_stopped, bool incoming)
 {
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->autostart = !start_stopped;
     m->runstate = incoming ? FERRY_RUN_INMIGRATE : FERRY_RUN_PRELAUNCH;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 /* Both helpers are called with run_lock held. */
@@ -84,9 +84,9 @@ bool ferry__vm_stop(FerryMigration *m, FerryError **errp)
         do_stop(m, FERRY_RUN_PAUSED);
     } else if (rs == FERRY_RUN_INMIGRATE) {
         /* As QEMU: stopping a destination before it runs means "do not start it after the migration". */
-        pthread_mutex_lock(&m->lock);
+        ferry__mutex_lock(&m->lock);
         m->autostart = false;
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
     }
     pthread_mutex_unlock(&m->run_lock);
     return true;
@@ -102,9 +102,9 @@ bool ferry__vm_cont(FerryMigration *m, FerryError **errp)
         break;
     case FERRY_RUN_INMIGRATE:
         /* As QEMU: "cont" on a destination means "start it once the migration is done". */
-        pthread_mutex_lock(&m->lock);
+        ferry__mutex_lock(&m->lock);
         m->autostart = true;
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         break;
     case FERRY_RUN_SHUTDOWN:
         ferry_error_setg(errp, "the workload has shut down and cannot be resumed");
@@ -180,9 +180,9 @@ void ferry__vm_postmigrate(FerryMigration *m, bool acknowledged)
 void ferry__vm_incoming_done(FerryMigration *m, bool source_running)
 {
     pthread_mutex_lock(&m->run_lock);
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     bool start = m->autostart && source_running;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (start) {
         do_start(m);
     } else {

@@ -135,7 +135,7 @@ static void update_stats(Source *src)
     FerryMigration *m = src->m;
     uint64_t written = sent_bytes(src);
     int64_t now = ferry__clock_ms();
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     FerryMigStats *st = &m->stats;
     if (src->downtime_phase) {
         st->downtime_bytes = written - st->precopy_bytes;
@@ -165,7 +165,7 @@ static void update_stats(Source *src)
         src->sample_bytes = written;
         src->sample_pages = normal + duplicate;
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 }
 
 /*
@@ -671,9 +671,9 @@ static bool write_fds(Source *src, const FerryWireFd *entries, const int *fds, u
     if (!check_stream(src, errp)) {
         return false;
     }
-    pthread_mutex_lock(&src->m->lock);
+    ferry__mutex_lock(&src->m->lock);
     src->m->stats.fds_passed += n;
-    pthread_mutex_unlock(&src->m->lock);
+    ferry__mutex_unlock(&src->m->lock);
     return true;
 }
 
@@ -698,10 +698,10 @@ static bool write_ram_fds(Source *src, FerryError **errp)
     free(entries);
     free(fds);
     if (ok) {
-        pthread_mutex_lock(&m->lock);
+        ferry__mutex_lock(&m->lock);
         m->stats.fd_ram_bytes = bytes;
         m->stats.fd_ram_blocks = n;
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
     }
     return ok;
 }
@@ -855,13 +855,13 @@ static bool setup_multifd(Source *src, FerryError **errp)
     FerryMigration *m = src->m;
     FerryMultifdConfig cfg = { .page_size = src->ps, .checksum = ferry__stream_crc(src->s),
                                .detect_zero = src->zero_mode == FERRY_ZERO_MULTIFD, .tls = src->tls };
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     cfg.channels = (uint32_t)m->params.multifd_channels;
     cfg.compression = (uint8_t)m->params.multifd_compression;
     cfg.level = (int)(cfg.compression == FERRY_MFD_COMP_ZLIB ? m->params.multifd_zlib_level
                                                              : m->params.multifd_zstd_level);
     cfg.timeout_ms = (unsigned)m->params.io_timeout;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (getrandom(cfg.session, sizeof(cfg.session), 0) != (ssize_t)sizeof(cfg.session)) {
         ferry_error_setg_errno(errp, errno, "multifd: cannot draw a session id");
         return false;
@@ -871,10 +871,10 @@ static bool setup_multifd(Source *src, FerryError **errp)
         return false;
     }
     /* Published under the lock that cancel takes, so that a cancel from now on shuts the channels down too. */
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     src->mfd = mfd;
     m->out_mfd = mfd;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (cancelled(m)) {
         ferry_error_setg(errp, "cancelled");
         return false;
@@ -914,14 +914,14 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!src->chan) {
         return false;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->out_chan = src->chan;
     FerryTrackerKind kind = m->tracker_kind;
     const FerryDirtyTrackerOps *host_ops = m->host_tracker;
     void *host_opaque = m->host_tracker_opaque;
     src->zero_mode = (FerryZeroPageDetection)m->params.zero_page_detection;
     unsigned timeout_ms = (unsigned)m->params.io_timeout;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (cancelled(m)) {
         ferry_error_setg(errp, "cancelled");
         return false;
@@ -935,10 +935,10 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     }
     src->s = ferry__stream_new(src->chan);
 
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     const char *needs_fds = ferry__migration_needs_fds(m);
     bool cpr = m->params.mode == FERRY_MODE_CPR_TRANSFER;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (needs_fds && !ferry__channel_can_pass_fds(src->chan)) {
         ferry_error_setg(errp, "%s passes file descriptors, which needs a UNIX socket channel; '%s' is not one",
                          needs_fds, src->chan->desc);
@@ -965,7 +965,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         return false;
     }
     bool stop_and_copy = ferry__tracker_is_none(src->tracker);
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->tracker_name = ferry__xstrdup(ferry__tracker_name(src->tracker));
     char *note = NULL;
     if (ferry__tracker_note(src->tracker)) {
@@ -981,7 +981,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     } else {
         m->tracker_note = note;
     }
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     if (m->tracker_note) {
         ferry__log(FERRY_LOG_WARN, "%s", m->tracker_note);
     }
@@ -1017,10 +1017,10 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!check_stream(src, errp)) {
         return false;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
-    pthread_mutex_unlock(&m->lock);
-    ferry__mig_set_status(m, FERRY_MIG_ACTIVE);
+    ferry__mutex_unlock(&m->lock);
+    ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
 
     uint64_t pass = 0;
     int64_t last_harvest_ms = ferry__clock_ms();
@@ -1040,14 +1040,14 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         double bw = src->bandwidth > 0 ? src->bandwidth : 1;
         int64_t expected = (int64_t)((double)(src->pending * src->ps) / bw * 1000.0);
         int64_t limit = ferry__param_downtime_limit(m);
-        pthread_mutex_lock(&m->lock);
+        ferry__mutex_lock(&m->lock);
         m->stats.dirty_sync_count = pass;
         m->stats.dirty_pages_rate = now > last_harvest_ms ? src->pending * 1000 / (uint64_t)(now - last_harvest_ms)
                                                           : 0;
         m->stats.expected_downtime_ms = expected;
         m->stats.remaining = src->pending * src->ps;
         bool events = m->caps[FERRY_CAP_EVENTS];
-        pthread_mutex_unlock(&m->lock);
+        ferry__mutex_unlock(&m->lock);
         last_harvest_ms = now;
         if (events) {
             ferry__mig_emit(m, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)pass));
@@ -1068,7 +1068,7 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     *stopped = true;
     /* QEMU's status for the stopped phase (it has set it at every switchover since 9.1): the workload is
      * paused and the last pages and the device state are on their way. */
-    ferry__mig_set_status(m, FERRY_MIG_DEVICE);
+    ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_DEVICE);
     int64_t downtime_start = ferry__clock_ms();
     src->downtime_phase = true;
     if (stop_and_copy) {
@@ -1111,11 +1111,11 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!ferry__channel_finish(src->chan, errp)) {
         return false;
     }
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->stats.downtime_ms = ferry__clock_ms() - downtime_start;
     m->stats.remaining = 0;
     m->stats.dirty_sync_count = pass + 1;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     return true;
 }
 
@@ -1126,10 +1126,10 @@ void *ferry__source_thread(void *opaque)
     FerryError *err = NULL;
     FerryRunState prev = FERRY_RUN_RUNNING;
     bool stopped = false;
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     src.tls = m->out_tls;
     m->out_tls = NULL;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
 
     bool ok = run(&src, &prev, &stopped, &err);
     /* Only a destination that acknowledged is known to run the backends now (see FerryBackendOps.release). */
@@ -1148,10 +1148,10 @@ void *ferry__source_thread(void *opaque)
     free(src.by_fd);
     free(src.copied);
     ferry__page_pipe_free(src.pipe);
-    pthread_mutex_lock(&m->lock);
+    ferry__mutex_lock(&m->lock);
     m->out_chan = NULL;
     m->out_mfd = NULL;
-    pthread_mutex_unlock(&m->lock);
+    ferry__mutex_unlock(&m->lock);
     /* After a success every channel has written everything (each pass ends with a flush): closing loses nothing.
      * After a failure, shut them down first so that no thread stays blocked on a stalled peer. */
     ferry__multifd_send_free(src.mfd, !ok);
@@ -1161,14 +1161,18 @@ void *ferry__source_thread(void *opaque)
 
     if (ok) {
         ferry__vm_postmigrate(m, acknowledged);
-        ferry__mig_set_status(m, FERRY_MIG_COMPLETED);
+        ferry__mig_test_point(m, FERRY_MIG_TP_BEFORE_COMPLETE);
+        /* Past the commit point the destination runs: a cancel that came too late does not undo that. */
+        if (!ferry__mig_set_state(m, FERRY_MIG_DEVICE, FERRY_MIG_COMPLETED) &&
+            !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_COMPLETED)) {
+            FERRY_BUG("completed migration found in status %s", ferry__migration_status_name(ferry__mig_status(m)));
+        }
+        ferry__mig_test_point(m, FERRY_MIG_TP_AFTER_COMPLETE);
     } else {
         if (stopped) {
             ferry__vm_restore_after_migration(m, prev);
         }
-        if (cancelled(m)) {
-            ferry__mig_set_status(m, FERRY_MIG_CANCELLED);
-        } else {
+        if (!cancelled(m) || !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_CANCELLED)) {
             ferry__log(FERRY_LOG_ERROR, "migration failed: %s", ferry_error_msg(err));
             ferry__mig_fail(m, err);
         }

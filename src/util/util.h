@@ -7,6 +7,7 @@
 #ifndef FERRY_UTIL_H
 #define FERRY_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,6 +28,37 @@
 #define FERRY_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FERRY_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define FERRY_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+
+/*
+ * Checked invariants. FERRY_ASSERT stays on in release builds (NDEBUG does not remove it): it is for cheap checks
+ * whose failure means the engine's own state is wrong (a status, the owner of a slot, a lock the caller must hold),
+ * where going on would corrupt a migration. It logs the condition and where, then aborts.
+ * FERRY_BUG reports a bug that the engine can survive (a refused status transition): it is logged loudly at error
+ * level in every build and aborts a debug build (one without NDEBUG, as the test suite's), so that tests fail on it.
+ */
+#define FERRY_ASSERT(cond) \
+    ((cond) ? (void)0 : ferry__assert_fail(#cond, __FILE__, __LINE__, __func__))
+#define FERRY_BUG(...) ferry__bug(__FILE__, __LINE__, __func__, __VA_ARGS__)
+_Noreturn void ferry__assert_fail(const char *cond, const char *file, int line, const char *func);
+void ferry__bug(const char *file, int line, const char *func, const char *fmt, ...) FERRY_PRINTF(4, 5);
+
+/*
+ * A mutex that knows its owner, so that a function whose name ends in _locked can check that its caller holds the
+ * lock (FERRY_ASSERT_HELD) instead of saying so in a comment. The owner is written by the thread that holds the
+ * mutex and compared by the thread that asks, so a thread sees itself as the owner exactly when it holds it.
+ */
+typedef struct FerryMutex {
+    pthread_mutex_t mu;
+    pthread_t owner; /* accessed atomically; 0 when nobody holds it */
+} FerryMutex;
+void ferry__mutex_init(FerryMutex *mx);
+void ferry__mutex_destroy(FerryMutex *mx);
+void ferry__mutex_lock(FerryMutex *mx);
+void ferry__mutex_unlock(FerryMutex *mx);
+/* pthread_cond_wait on a FerryMutex the caller holds (it is held again on return). */
+void ferry__mutex_cond_wait(FerryMutex *mx, pthread_cond_t *cond);
+bool ferry__mutex_held(const FerryMutex *mx);
+#define FERRY_ASSERT_HELD(mx) FERRY_ASSERT(ferry__mutex_held(mx))
 
 void *ferry__xmalloc(size_t size);
 void *ferry__xcalloc(size_t n, size_t size);
