@@ -647,56 +647,61 @@ static bool tls_setup_locked(FerryMigration *m, const FerryMigrationAddress *add
     return *tls != NULL;
 }
 
-bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+/* Whether an outgoing migration to @addr may start now, with lock held (and the finished one reaped); the error
+ * says why not. */
+static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
 {
-    ferry__mutex_lock(&m->lock);
-    reap_finished_locked(m);
+    FERRY_ASSERT_HELD(&m->lock);
     if (m->runstate == FERRY_RUN_INMIGRATE) {
-        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "Guest is waiting for an incoming migration");
         return false;
     }
     if (m->out_thread_joinable || m->in_thread_joinable || !status_is_terminal(m->status)) {
-        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "There's a migration process in progress");
         return false;
     }
     if (m->runstate == FERRY_RUN_SHUTDOWN) {
-        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "cannot migrate: the workload has shut down");
         return false;
     }
     if (m->nblocks == 0 && m->nsections == 0) {
-        ferry__mutex_unlock(&m->lock);
         ferry_error_setg(errp, "nothing to migrate: no RAM block or state section is registered");
         return false;
     }
     /* multifd opens more connections to the same address: only the listening sockets can take them. */
+    const char *why = NULL;
     if (m->caps[FERRY_CAP_MULTIFD]) {
-        const char *why = NULL;
         if (addr->transport != FERRY_TRANSPORT_SOCKET || addr->socket.type == FERRY_SOCKET_FD) {
             why = "it needs an address more connections can be made to (tcp, unix or vsock)";
         } else if (m->caps[FERRY_CAP_UNIX_PAGE_FLIPPING]) {
             why = "it cannot be combined with unix-page-flipping (turn one of them off)";
         }
-        if (why) {
-            ferry__mutex_unlock(&m->lock);
-            char *uri = ferry__address_to_uri(addr);
-            ferry_error_setg(errp, "multifd is not supported on '%s': %s", uri, why);
-            free(uri);
-            return false;
-        }
     }
     /* What needs file descriptors passed needs a UNIX socket: refuse the others now, with the reason (an fd:
      * address is checked once connected, when its socket's family is known). */
     const char *needs_fds = ferry__migration_needs_fds(m);
-    if (needs_fds && !(addr->transport == FERRY_TRANSPORT_SOCKET &&
-                       (addr->socket.type == FERRY_SOCKET_UNIX || addr->socket.type == FERRY_SOCKET_FD))) {
-        ferry__mutex_unlock(&m->lock);
-        char *uri = ferry__address_to_uri(addr);
+    bool fds_ok = !needs_fds || (addr->transport == FERRY_TRANSPORT_SOCKET &&
+                                 (addr->socket.type == FERRY_SOCKET_UNIX || addr->socket.type == FERRY_SOCKET_FD));
+    if (!why && fds_ok) {
+        return true;
+    }
+    char *uri = ferry__address_to_uri(addr);
+    if (why) {
+        ferry_error_setg(errp, "multifd is not supported on '%s': %s", uri, why);
+    } else {
         ferry_error_setg(errp, "%s passes file descriptors, which needs a UNIX socket channel ('unix:PATH'); "
                          "'%s' cannot carry them", needs_fds, uri);
-        free(uri);
+    }
+    free(uri);
+    return false;
+}
+
+bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+{
+    ferry__mutex_lock(&m->lock);
+    reap_finished_locked(m);
+    if (!migrate_check_locked(m, addr, errp)) {
+        ferry__mutex_unlock(&m->lock);
         return false;
     }
     FerryTls *tls;
@@ -855,6 +860,78 @@ void ferry__migration_join(FerryMigration *m)
     }
 }
 
+/* query-migrate's "ram" object. */
+static json_t *query_ram(const FerryMigStats *st)
+{
+    json_t *ram = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}",
+        "transferred", (json_int_t)st->transferred,
+        "remaining", (json_int_t)st->remaining,
+        "total", (json_int_t)st->total,
+        "duplicate", (json_int_t)st->duplicate,
+        "normal", (json_int_t)st->normal,
+        "normal-bytes", (json_int_t)(st->normal * ferry_ram_page_size()),
+        "dirty-sync-count", (json_int_t)st->dirty_sync_count,
+        "dirty-pages-rate", (json_int_t)st->dirty_pages_rate,
+        "mbps", st->mbps,
+        "pages-per-second", (json_int_t)st->pages_per_second,
+        "precopy-bytes", (json_int_t)st->precopy_bytes,
+        "downtime-bytes", (json_int_t)st->downtime_bytes,
+        "page-size", (json_int_t)ferry_ram_page_size());
+    if (st->fd_ram_blocks) {
+        /* ferry extension: RAM that went as memfds (mode cpr-transfer) and was not copied; "total" counts all RAM,
+         * "transferred" only what was copied. */
+        json_object_set_new(ram, "fd-passed-bytes", json_integer((json_int_t)st->fd_ram_bytes));
+        json_object_set_new(ram, "fd-passed-blocks", json_integer((json_int_t)st->fd_ram_blocks));
+    }
+    if (st->multifd_bytes) {
+        json_object_set_new(ram, "multifd-bytes", json_integer((json_int_t)st->multifd_bytes));
+    }
+    if (st->page_pipe_bytes) {
+        /* ferry extension: page data that went through the page pipe (unix-page-flipping), not the socket. */
+        json_object_set_new(ram, "page-pipe-bytes", json_integer((json_int_t)st->page_pipe_bytes));
+    }
+    return ram;
+}
+
+/* The members of query-migrate that exist once a migration has started, with lock held. */
+static void query_started_locked(FerryMigration *m, const FerryMigStats *st, json_t *r)
+{
+    FERRY_ASSERT_HELD(&m->lock);
+    int64_t end = st->end_ms ? st->end_ms : ferry__clock_ms();
+    json_object_set_new(r, "total-time", json_integer(end - st->start_ms));
+    json_object_set_new(r, "setup-time", json_integer(st->setup_time_ms));
+    if (m->status == FERRY_MIG_COMPLETED && !m->incoming) {
+        json_object_set_new(r, "downtime", json_integer(st->downtime_ms));
+    }
+    if (m->status == FERRY_MIG_ACTIVE && !m->incoming) {
+        json_object_set_new(r, "expected-downtime", json_integer(st->expected_downtime_ms));
+    }
+    json_object_set_new(r, "ram", query_ram(st));
+    if (st->fds_passed) {
+        json_object_set_new(r, "fds-passed", json_integer((json_int_t)st->fds_passed));
+    }
+    if (m->tracker_name) {
+        json_object_set_new(r, "dirty-tracker", json_string(m->tracker_name));
+    }
+    if (m->tracker_note) {
+        json_object_set_new(r, "dirty-tracker-note", json_string(m->tracker_note));
+    }
+    if (m->features_negotiated) {
+        json_t *f = json_array();
+        for (uint32_t i = 0; i < m->features.n; i++) {
+            json_array_append_new(f, json_string(m->features.f[i].name));
+        }
+        json_object_set_new(r, "stream-features", f);
+    }
+    if (m->incoming) {
+        json_object_set_new(r, "skipped-bytes", json_integer((json_int_t)st->skipped_bytes));
+    }
+    if (m->tls_info) {
+        /* ferry extension: the main channel's TLS session (docs/qmp.md). */
+        json_object_set_new(r, "tls", json_deep_copy(m->tls_info));
+    }
+}
+
 json_t *ferry__migration_query(FerryMigration *m)
 {
     ferry__mutex_lock(&m->lock);
@@ -868,71 +945,10 @@ json_t *ferry__migration_query(FerryMigration *m)
         live.normal += ms.normal - live.mfd_seen_normal;
         live.duplicate += ms.zero - live.mfd_seen_zero;
     }
-    const FerryMigStats *st = &live;
     json_t *r = json_object();
     json_object_set_new(r, "status", json_string(ferry__migration_status_name(m->status)));
     if (m->status != FERRY_MIG_NONE) {
-        int64_t now = ferry__clock_ms();
-        int64_t end = st->end_ms ? st->end_ms : now;
-        json_object_set_new(r, "total-time", json_integer(end - st->start_ms));
-        json_object_set_new(r, "setup-time", json_integer(st->setup_time_ms));
-        if (m->status == FERRY_MIG_COMPLETED && !m->incoming) {
-            json_object_set_new(r, "downtime", json_integer(st->downtime_ms));
-        }
-        if (m->status == FERRY_MIG_ACTIVE && !m->incoming) {
-            json_object_set_new(r, "expected-downtime", json_integer(st->expected_downtime_ms));
-        }
-        json_t *ram = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}",
-            "transferred", (json_int_t)st->transferred,
-            "remaining", (json_int_t)st->remaining,
-            "total", (json_int_t)st->total,
-            "duplicate", (json_int_t)st->duplicate,
-            "normal", (json_int_t)st->normal,
-            "normal-bytes", (json_int_t)(st->normal * ferry_ram_page_size()),
-            "dirty-sync-count", (json_int_t)st->dirty_sync_count,
-            "dirty-pages-rate", (json_int_t)st->dirty_pages_rate,
-            "mbps", st->mbps,
-            "pages-per-second", (json_int_t)st->pages_per_second,
-            "precopy-bytes", (json_int_t)st->precopy_bytes,
-            "downtime-bytes", (json_int_t)st->downtime_bytes,
-            "page-size", (json_int_t)ferry_ram_page_size());
-        if (st->fd_ram_blocks) {
-            /* ferry extension: RAM that went as memfds (mode cpr-transfer) and was not copied; "total" counts
-             * all RAM, "transferred" only what was copied. */
-            json_object_set_new(ram, "fd-passed-bytes", json_integer((json_int_t)st->fd_ram_bytes));
-            json_object_set_new(ram, "fd-passed-blocks", json_integer((json_int_t)st->fd_ram_blocks));
-        }
-        json_object_set_new(r, "ram", ram);
-        if (st->multifd_bytes) {
-            json_object_set_new(ram, "multifd-bytes", json_integer((json_int_t)st->multifd_bytes));
-        }
-        if (st->page_pipe_bytes) {
-            /* ferry extension: page data that went through the page pipe (unix-page-flipping), not the socket. */
-            json_object_set_new(ram, "page-pipe-bytes", json_integer((json_int_t)st->page_pipe_bytes));
-        }
-        if (st->fds_passed) {
-            json_object_set_new(r, "fds-passed", json_integer((json_int_t)st->fds_passed));
-        }
-        if (m->tracker_name) {
-            json_object_set_new(r, "dirty-tracker", json_string(m->tracker_name));
-        }
-        if (m->tracker_note) {
-            json_object_set_new(r, "dirty-tracker-note", json_string(m->tracker_note));
-        }
-        if (m->features_negotiated) {
-            json_t *f = json_array();
-            for (uint32_t i = 0; i < m->features.n; i++) {
-                json_array_append_new(f, json_string(m->features.f[i].name));
-            }
-            json_object_set_new(r, "stream-features", f);
-        }
-        if (m->incoming) {
-            json_object_set_new(r, "skipped-bytes", json_integer((json_int_t)st->skipped_bytes));
-        }
-        if (m->tls_info) {
-            /* ferry extension: the main channel's TLS session (docs/qmp.md). */
-            json_object_set_new(r, "tls", json_deep_copy(m->tls_info));
-        }
+        query_started_locked(m, &live, r);
     }
     if (m->error_desc && (m->status == FERRY_MIG_FAILED || m->status == FERRY_MIG_CANCELLED)) {
         json_object_set_new(r, "error-desc", json_string(m->error_desc));

@@ -85,6 +85,13 @@ typedef struct Source {
     FerryMultifdBatch batch; /* the batch being filled */
     uint64_t mfd_sync;      /* MULTIFD_SYNCs written */
     uint64_t mfd_limited;   /* multifd bytes already counted by the rate limit */
+
+    /* The phases' own state. */
+    bool stop_and_copy;     /* the "none" tracker: no live passes, all RAM with the workload stopped */
+    uint64_t pass;          /* live passes done */
+    int64_t last_harvest_ms;
+    FerryRunState prev;     /* the run state before switchover, to restore on failure */
+    bool stopped;           /* the workload was stopped for switchover */
 } Source;
 
 static bool cancelled(FerryMigration *m)
@@ -171,16 +178,17 @@ static void update_stats(Source *src)
 /*
  * Read one record from the return path. Return-path records always carry a CRC trailer, whatever the stream's
  * features (a NACK can come before the features are settled), so it is computed here rather than by the stream.
- * A NACK becomes "the destination failed: ..."; any type other than @want is an error. *payload is malloc'd.
+ * A NACK becomes "the destination failed: ..."; any type other than @want is an error; @missing says what it
+ * means when no record comes at all. *payload is malloc'd.
  */
-static bool read_return_record(Source *src, uint16_t want, const char *what, uint8_t **payload, uint32_t *len,
-                               FerryError **errp)
+static bool read_return_record(Source *src, uint16_t want, const char *what, const char *missing, uint8_t **payload,
+                               uint32_t *len, FerryError **errp)
 {
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     FerryRecordHeader rh;
     if (!ferry__stream_read(src->s, h, sizeof(h))) {
         ferry__stream_check(src->s, errp);
-        ferry_error_prepend(errp, "no %s from the destination: ", what);
+        ferry_error_prepend(errp, "%s: ", missing);
         return false;
     }
     ferry__wire_decode_record(h, &rh);
@@ -214,11 +222,11 @@ static bool read_return_record(Source *src, uint16_t want, const char *what, uin
 }
 
 /* The final answer: ACK gives true; NACK, end of stream or anything else give false + error. */
-static bool read_reply(Source *src, FerryError **errp)
+static bool read_reply(Source *src, const char *missing, FerryError **errp)
 {
     uint8_t *payload;
     uint32_t len;
-    if (!read_return_record(src, FERRY_REC_ACK, "acknowledgement", &payload, &len, errp)) {
+    if (!read_return_record(src, FERRY_REC_ACK, "acknowledgement", missing, &payload, &len, errp)) {
         return false;
     }
     free(payload);
@@ -241,7 +249,10 @@ static bool check_return_path(Source *src, FerryError **errp)
     if (!ferry__channel_wait_readable(src->chan, 0)) {
         return true;
     }
-    if (read_reply(src, errp)) {
+    /* Before the END nothing but a NACK is due: a closed connection is a destination that quit (or died) without
+     * saying why, not a missing acknowledgement. */
+    if (read_reply(src, "the destination closed the connection before the end of the stream without a report "
+                   "(it quit or failed)", errp)) {
         ferry_error_setg(errp, "the destination acknowledged before the end of the stream");
     }
     return false;
@@ -817,7 +828,8 @@ static bool negotiate(Source *src, FerryError **errp)
         uint8_t *payload;
         uint32_t len;
         FerryWireFeatureList accepted;
-        if (!read_return_record(src, FERRY_REC_HELLO_REPLY, "answer to the stream's HELLO", &payload, &len, errp)) {
+        if (!read_return_record(src, FERRY_REC_HELLO_REPLY, "answer to the stream's HELLO",
+                                "no answer to the stream's HELLO from the destination", &payload, &len, errp)) {
             return false;
         }
         bool ok = ferry__wire_features_decode(payload, len, &accepted, errp);
@@ -905,20 +917,16 @@ static bool start_tls(Source *src, FerryError **errp)
     return ferry__mig_tls_handshake(m, src->chan, errp);
 }
 
-static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **errp)
+/* Setup, step 1: connect, publish the channel for cancel, TLS, and the stream over it. */
+static bool setup_channel(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
-    src->ps = ferry_ram_page_size();
-
     src->chan = ferry__channel_connect(m->out_addr, m->cancel_fd, errp);
     if (!src->chan) {
         return false;
     }
     ferry__mutex_lock(&m->lock);
     m->out_chan = src->chan;
-    FerryTrackerKind kind = m->tracker_kind;
-    const FerryDirtyTrackerOps *host_ops = m->host_tracker;
-    void *host_opaque = m->host_tracker_opaque;
     src->zero_mode = (FerryZeroPageDetection)m->params.zero_page_detection;
     unsigned timeout_ms = (unsigned)m->params.io_timeout;
     ferry__mutex_unlock(&m->lock);
@@ -934,7 +942,14 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
         return false;
     }
     src->s = ferry__stream_new(src->chan);
+    return true;
+}
 
+/* Setup, step 2: which blocks go as memfds (mode cpr-transfer, shared blocks) and which are copied; refuse what
+ * needs fds passed on a channel that cannot pass them. */
+static bool setup_blocks(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
     ferry__mutex_lock(&m->lock);
     const char *needs_fds = ferry__migration_needs_fds(m);
     bool cpr = m->params.mode == FERRY_MODE_CPR_TRANSFER;
@@ -944,18 +959,53 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
                          needs_fds, src->chan->desc);
         return false;
     }
-    src->by_fd = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*src->by_fd));
-    src->copied = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*src->copied));
+    size_t n = m->nblocks ? m->nblocks : 1, largest = 1;
+    src->by_fd = ferry__xcalloc(n, sizeof(*src->by_fd));
+    src->copied = ferry__xcalloc(n, sizeof(*src->copied));
+    src->send = ferry__xcalloc(n, sizeof(*src->send));
+    src->hinted = ferry__xcalloc(n, sizeof(*src->hinted));
     for (size_t i = 0; i < m->nblocks; i++) {
-        src->by_fd[i] = cpr && m->blocks[i]->shared;
+        FerryRamBlock *b = m->blocks[i];
+        src->by_fd[i] = cpr && b->shared;
         if (!src->by_fd[i]) {
-            src->copied[src->ncopied++] = m->blocks[i];
+            src->copied[src->ncopied++] = b;
+            ferry__ram_block_map_for_reading(b);
         }
+        src->send[i] = ferry__bitmap_new(b->npages);
+        src->hinted[i] = ferry__bitmap_new(b->npages);
+        largest = FERRY_MAX(largest, b->npages);
     }
+    src->scratch = ferry__bitmap_new(largest);
+    return true;
+}
 
-    for (size_t i = 0; i < src->ncopied; i++) {
-        ferry__ram_block_map_for_reading(src->copied[i]);
+/* The note query-migrate shows with the tracker: the host's reason for its choice first (it explains the
+ * engine's note, if there is one), then why RAM goes with the workload stopped. NULL if there is nothing to say. */
+static char *tracker_note(FerryMigration *m, FerryDirtyTracker *t)
+{
+    char *note = NULL;
+    if (ferry__tracker_note(t)) {
+        note = ferry__xasprintf("%s; RAM is sent with the workload stopped", ferry__tracker_note(t));
+    } else if (ferry__tracker_is_none(t)) {
+        note = ferry__xstrdup("no dirty tracking; RAM is sent with the workload stopped");
     }
+    if (!m->host_tracker_note) {
+        return note;
+    }
+    char *full = note ? ferry__xasprintf("%s; %s", m->host_tracker_note, note) : ferry__xstrdup(m->host_tracker_note);
+    free(note);
+    return full;
+}
+
+/* Setup, step 3: arm the dirty tracker on the copied blocks (with "none", stop-and-copy follows). */
+static bool setup_tracker(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    ferry__mutex_lock(&m->lock);
+    FerryTrackerKind kind = m->tracker_kind;
+    const FerryDirtyTrackerOps *host_ops = m->host_tracker;
+    void *host_opaque = m->host_tracker_opaque;
+    ferry__mutex_unlock(&m->lock);
     if (kind == FERRY_TRACKER_HOST) {
         src->tracker = ferry__tracker_start_host(host_ops, host_opaque, src->copied, src->ncopied, errp);
     } else {
@@ -964,38 +1014,23 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (!src->tracker) {
         return false;
     }
-    bool stop_and_copy = ferry__tracker_is_none(src->tracker);
+    src->stop_and_copy = ferry__tracker_is_none(src->tracker);
     ferry__mutex_lock(&m->lock);
     m->tracker_name = ferry__xstrdup(ferry__tracker_name(src->tracker));
-    char *note = NULL;
-    if (ferry__tracker_note(src->tracker)) {
-        note = ferry__xasprintf("%s; RAM is sent with the workload stopped", ferry__tracker_note(src->tracker));
-    } else if (stop_and_copy) {
-        note = ferry__xstrdup("no dirty tracking; RAM is sent with the workload stopped");
-    }
-    /* The host's reason for its choice comes first: it explains the engine's note, if there is one. */
-    if (m->host_tracker_note) {
-        m->tracker_note = note ? ferry__xasprintf("%s; %s", m->host_tracker_note, note)
-                               : ferry__xstrdup(m->host_tracker_note);
-        free(note);
-    } else {
-        m->tracker_note = note;
-    }
+    m->tracker_note = tracker_note(m, src->tracker);
+    char *note = ferry__xstrdup(m->tracker_note);
     ferry__mutex_unlock(&m->lock);
-    if (m->tracker_note) {
-        ferry__log(FERRY_LOG_WARN, "%s", m->tracker_note);
+    if (note) {
+        ferry__log(FERRY_LOG_WARN, "%s", note);
+        free(note);
     }
+    return true;
+}
 
-    size_t n = m->nblocks ? m->nblocks : 1, largest = 1;
-    src->send = ferry__xcalloc(n, sizeof(*src->send));
-    src->hinted = ferry__xcalloc(n, sizeof(*src->hinted));
-    for (size_t i = 0; i < m->nblocks; i++) {
-        src->send[i] = ferry__bitmap_new(m->blocks[i]->npages);
-        src->hinted[i] = ferry__bitmap_new(m->blocks[i]->npages);
-        largest = FERRY_MAX(largest, m->blocks[i]->npages);
-    }
-    src->scratch = ferry__bitmap_new(largest);
-
+/* Setup, step 4: the stream's opening records: header, negotiation, CONFIG, the fds of mode cpr-transfer and of the
+ * page pipe, the multifd channels and the first populate hints. */
+static bool setup_stream(Source *src, FerryError **errp)
+{
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
     ferry__wire_encode_header(hdr);
     ferry__stream_write(src->s, hdr, sizeof(hdr));
@@ -1009,98 +1044,124 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
     if (src->multifd && !setup_multifd(src, errp)) {
         return false;
     }
-    if (!stop_and_copy) {
+    if (!src->stop_and_copy) {
         mark_present(src);
         write_populate_hints(src);
     }
     ferry__stream_flush(src->s);
-    if (!check_stream(src, errp)) {
+    return check_stream(src, errp);
+}
+
+/* The setup phase, as QEMU's migration setup: everything before the first page, then status active. */
+static bool source_setup(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    src->ps = ferry_ram_page_size();
+    if (!setup_channel(src, errp) || !setup_blocks(src, errp) || !setup_tracker(src, errp) ||
+        !setup_stream(src, errp)) {
         return false;
     }
     ferry__mutex_lock(&m->lock);
     m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
     ferry__mutex_unlock(&m->lock);
+    /* A cancel may have come first: the stream's check below or the next one then fails the migration. */
     ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
+    src->last_harvest_ms = ferry__clock_ms();
+    return true;
+}
 
-    uint64_t pass = 0;
-    int64_t last_harvest_ms = ferry__clock_ms();
-    while (!stop_and_copy) {
-        if (!send_pass(src, errp)) {
-            return false;
-        }
-        pass++;
-        write_record_header(src->s, FERRY_REC_PASS_END, 0, 8);
-        ferry__stream_write_be64(src->s, pass);
-        end_record(src->s);
-        if (!harvest(src, errp)) {
-            return false;
-        }
-        write_populate_hints(src);
-        int64_t now = ferry__clock_ms();
-        double bw = src->bandwidth > 0 ? src->bandwidth : 1;
-        int64_t expected = (int64_t)((double)(src->pending * src->ps) / bw * 1000.0);
-        int64_t limit = ferry__param_downtime_limit(m);
-        ferry__mutex_lock(&m->lock);
-        m->stats.dirty_sync_count = pass;
-        m->stats.dirty_pages_rate = now > last_harvest_ms ? src->pending * 1000 / (uint64_t)(now - last_harvest_ms)
-                                                          : 0;
-        m->stats.expected_downtime_ms = expected;
-        m->stats.remaining = src->pending * src->ps;
-        bool events = m->caps[FERRY_CAP_EVENTS];
-        ferry__mutex_unlock(&m->lock);
-        last_harvest_ms = now;
-        if (events) {
-            ferry__mig_emit(m, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)pass));
-        }
-        ferry__log(FERRY_LOG_DEBUG, "pass %llu: %llu dirty pages, bandwidth %.0f B/s, expected downtime %lld ms",
-                   (unsigned long long)pass, (unsigned long long)src->pending, src->bandwidth, (long long)expected);
-        if (expected <= limit) {
-            break;
-        }
-        if (cancelled(m)) {
-            ferry_error_setg(errp, "cancelled");
-            return false;
-        }
+/* After a pass: the figures of query-migrate (QEMU's migration_update_counters) and the expected downtime, which
+ * is returned. */
+static int64_t update_pass_counters(Source *src)
+{
+    FerryMigration *m = src->m;
+    int64_t now = ferry__clock_ms();
+    double bw = src->bandwidth > 0 ? src->bandwidth : 1;
+    int64_t expected = (int64_t)((double)(src->pending * src->ps) / bw * 1000.0);
+    ferry__mutex_lock(&m->lock);
+    m->stats.dirty_sync_count = src->pass;
+    m->stats.dirty_pages_rate = now > src->last_harvest_ms
+                                    ? src->pending * 1000 / (uint64_t)(now - src->last_harvest_ms) : 0;
+    m->stats.expected_downtime_ms = expected;
+    m->stats.remaining = src->pending * src->ps;
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    ferry__mutex_unlock(&m->lock);
+    src->last_harvest_ms = now;
+    if (events) {
+        ferry__mig_emit(m, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)src->pass));
     }
+    ferry__log(FERRY_LOG_DEBUG, "pass %llu: %llu dirty pages, bandwidth %.0f B/s, expected downtime %lld ms",
+               (unsigned long long)src->pass, (unsigned long long)src->pending, src->bandwidth, (long long)expected);
+    return expected;
+}
 
-    /* Switchover. */
-    *prev = ferry__vm_stop_for_migration(m);
-    *stopped = true;
-    /* QEMU's status for the stopped phase (it has set it at every switchover since 9.1): the workload is
-     * paused and the last pages and the device state are on their way. */
-    ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_DEVICE);
-    int64_t downtime_start = ferry__clock_ms();
+/*
+ * One iteration, as QEMU's migration_iteration_run(): send what is dirty, end the pass, harvest what was written
+ * meanwhile, and decide. *switchover is set when the rest fits in downtime-limit at the measured bandwidth (or
+ * when there are no live passes: stop-and-copy).
+ */
+static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
+{
+    if (src->stop_and_copy) {
+        *switchover = true;
+        return true;
+    }
+    if (!send_pass(src, errp)) {
+        return false;
+    }
+    src->pass++;
+    write_record_header(src->s, FERRY_REC_PASS_END, 0, 8);
+    ferry__stream_write_be64(src->s, src->pass);
+    end_record(src->s);
+    if (!harvest(src, errp)) {
+        return false;
+    }
+    write_populate_hints(src);
+    *switchover = update_pass_counters(src) <= ferry__param_downtime_limit(src->m);
+    if (!*switchover && cancelled(src->m)) {
+        ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    return true;
+}
+
+/* Completion, step 1: with the workload stopped, the last pages, the backends' fds, the device sections and END. */
+static bool send_final_state(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
     src->downtime_phase = true;
-    if (stop_and_copy) {
+    if (src->stop_and_copy) {
         mark_present(src);
     } else if (!harvest(src, errp)) {
         return false;
     }
     write_populate_hints(src);
-    if (!send_pass(src, errp)) {
-        return false;
-    }
-    if (!write_backend_fds(src, errp) || !write_sections(src, errp)) {
+    if (!send_pass(src, errp) || !write_backend_fds(src, errp) || !write_sections(src, errp)) {
         return false;
     }
     uint8_t end[FERRY_WIRE_END_LEN];
-    ferry__wire_end_encode(&(FerryWireEnd){ .flags = *prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
+    ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
                                             .pages = src->pages_sent, .sections = (uint32_t)m->nsections }, end);
     write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
     ferry__stream_flush(src->s);
     update_stats(src);
-    if (!check_stream(src, errp)) {
-        return false;
-    }
-    /* With a return path the destination's ACK is the commit point. Without one (exec, file, a pipe) the stream
-     * is complete once it is written and the channel's finish step (the exec child's exit status, the file's
-     * flush) succeeded: the destination checks the stream on its own. */
-    if (!src->chan->one_way && !read_reply(src, errp)) {
+    return check_stream(src, errp);
+}
+
+/*
+ * Completion, step 2: the commit point. With a return path the destination's ACK is it (followed by COMMIT when
+ * the stream uses switchover-commit). Without one (exec, file, a pipe) the stream is complete once it is written
+ * and the channel's finish step (the exec child's exit status, the file's flush) succeeded: the destination checks
+ * the stream on its own.
+ */
+static bool commit(Source *src, FerryError **errp)
+{
+    if (!src->chan->one_way && !read_reply(src, "no acknowledgement from the destination", errp)) {
         return false;
     }
     if (!src->chan->one_way && src->commit) {
-        /* The commit point. If this write fails the destination cannot have the COMMIT, so it will not run and
-         * we resume; once it succeeded we never resume on our own, whether or not the record arrives. */
+        /* If this write fails the destination cannot have the COMMIT, so it will not run and we resume; once it
+         * succeeded we never resume on our own, whether or not the record arrives. */
         write_record(src->s, FERRY_REC_COMMIT, FERRY_REC_CRITICAL, NULL, 0);
         if (!ferry__stream_flush(src->s)) {
             ferry__stream_check(src->s, errp);
@@ -1108,75 +1169,111 @@ static bool run(Source *src, FerryRunState *prev, bool *stopped, FerryError **er
             return false;
         }
     }
-    if (!ferry__channel_finish(src->chan, errp)) {
+    return ferry__channel_finish(src->chan, errp);
+}
+
+/* The completion phase, as QEMU's migration_completion(): stop the workload (status device), send the rest,
+ * reach the commit point. */
+static bool source_complete(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    src->prev = ferry__vm_stop_for_migration(m);
+    src->stopped = true;
+    /* QEMU's status for the stopped phase (it has set it at every switchover since 9.1): the workload is paused
+     * and the last pages and the device state are on their way. A cancel that came first keeps cancelling. */
+    ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_DEVICE);
+    int64_t downtime_start = ferry__clock_ms();
+    if (!send_final_state(src, errp) || !commit(src, errp)) {
         return false;
     }
     ferry__mutex_lock(&m->lock);
     m->stats.downtime_ms = ferry__clock_ms() - downtime_start;
     m->stats.remaining = 0;
-    m->stats.dirty_sync_count = pass + 1;
+    m->stats.dirty_sync_count = src->pass + 1;
     ferry__mutex_unlock(&m->lock);
     return true;
 }
 
-void *ferry__source_thread(void *opaque)
+/* The cleanup phase: disarm the tracker, free what the migration used, unpublish and close the channels. */
+static void source_cleanup(Source *src, bool ok)
 {
-    FerryMigration *m = opaque;
-    Source src = { .m = m };
-    FerryError *err = NULL;
-    FerryRunState prev = FERRY_RUN_RUNNING;
-    bool stopped = false;
-    ferry__mutex_lock(&m->lock);
-    src.tls = m->out_tls;
-    m->out_tls = NULL;
-    ferry__mutex_unlock(&m->lock);
-
-    bool ok = run(&src, &prev, &stopped, &err);
-    /* Only a destination that acknowledged is known to run the backends now (see FerryBackendOps.release). */
-    bool acknowledged = ok && src.chan && !src.chan->one_way;
-
-    ferry__tracker_stop(src.tracker);
-    if (src.send) {
+    FerryMigration *m = src->m;
+    ferry__tracker_stop(src->tracker);
+    if (src->send) {
         for (size_t i = 0; i < m->nblocks; i++) {
-            free(src.send[i]);
-            free(src.hinted[i]);
+            free(src->send[i]);
+            free(src->hinted[i]);
         }
     }
-    free(src.send);
-    free(src.hinted);
-    free(src.scratch);
-    free(src.by_fd);
-    free(src.copied);
-    ferry__page_pipe_free(src.pipe);
+    free(src->send);
+    free(src->hinted);
+    free(src->scratch);
+    free(src->by_fd);
+    free(src->copied);
+    ferry__page_pipe_free(src->pipe);
     ferry__mutex_lock(&m->lock);
     m->out_chan = NULL;
     m->out_mfd = NULL;
     ferry__mutex_unlock(&m->lock);
     /* After a success every channel has written everything (each pass ends with a flush): closing loses nothing.
      * After a failure, shut them down first so that no thread stays blocked on a stalled peer. */
-    ferry__multifd_send_free(src.mfd, !ok);
-    ferry__stream_free(src.s);
-    ferry__channel_free(src.chan);
-    ferry__tls_unref(src.tls);
+    ferry__multifd_send_free(src->mfd, !ok);
+    ferry__stream_free(src->s);
+    ferry__channel_free(src->chan);
+    ferry__tls_unref(src->tls);
+}
 
+/*
+ * The end: the run state and the terminal status. Past the commit point the destination runs, so a cancel that
+ * came too late (status cancelling) still ends in completed. Before it, the workload is put back as it was and
+ * the status is cancelled (a cancel was asked for) or failed.
+ */
+static void source_finish(Source *src, bool ok, bool acknowledged, const FerryError *err)
+{
+    FerryMigration *m = src->m;
     if (ok) {
         ferry__vm_postmigrate(m, acknowledged);
         ferry__mig_test_point(m, FERRY_MIG_TP_BEFORE_COMPLETE);
-        /* Past the commit point the destination runs: a cancel that came too late does not undo that. */
         if (!ferry__mig_set_state(m, FERRY_MIG_DEVICE, FERRY_MIG_COMPLETED) &&
             !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_COMPLETED)) {
             FERRY_BUG("completed migration found in status %s", ferry__migration_status_name(ferry__mig_status(m)));
         }
         ferry__mig_test_point(m, FERRY_MIG_TP_AFTER_COMPLETE);
-    } else {
-        if (stopped) {
-            ferry__vm_restore_after_migration(m, prev);
-        }
-        if (!cancelled(m) || !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_CANCELLED)) {
-            ferry__log(FERRY_LOG_ERROR, "migration failed: %s", ferry_error_msg(err));
-            ferry__mig_fail(m, err);
-        }
+        return;
     }
+    if (src->stopped) {
+        ferry__vm_restore_after_migration(m, src->prev);
+    }
+    if (!cancelled(m) || !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_CANCELLED)) {
+        ferry__log(FERRY_LOG_ERROR, "migration failed: %s", ferry_error_msg(err));
+        ferry__mig_fail(m, err);
+    }
+}
+
+/*
+ * The migration thread, as QEMU's migration_thread(): setup, iterations until one says switch over, completion,
+ * then cleanup and the end whatever happened. Any error before the commit point leaves the source as it was.
+ */
+void *ferry__source_thread(void *opaque)
+{
+    FerryMigration *m = opaque;
+    Source src = { .m = m, .prev = FERRY_RUN_RUNNING };
+    FerryError *err = NULL;
+    ferry__mutex_lock(&m->lock);
+    src.tls = m->out_tls;
+    m->out_tls = NULL;
+    ferry__mutex_unlock(&m->lock);
+
+    bool ok = source_setup(&src, &err);
+    bool switchover = false;
+    while (ok && !switchover) {
+        ok = source_iterate(&src, &switchover, &err);
+    }
+    ok = ok && source_complete(&src, &err);
+    /* Only a destination that acknowledged is known to run the backends now (see FerryBackendOps.release). */
+    bool acknowledged = ok && !src.chan->one_way;
+    source_cleanup(&src, ok);
+    source_finish(&src, ok, acknowledged, err);
     ferry_error_free(err);
     return NULL;
 }
