@@ -27,7 +27,7 @@ static const FerryObjectType *const types[] = {
     &ferry__authz_simple_type,
 };
 
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static FerryMutex registry_lock = FERRY_MUTEX_INITIALIZER;
 static FerryObjectHead **registry;
 static size_t registry_len, registry_cap;
 
@@ -70,6 +70,7 @@ static bool id_wellformed(const char *id)
 /* Index of @id with the lock held, or registry_len. */
 static size_t find_locked(const char *id)
 {
+    FERRY_ASSERT_HELD(&registry_lock);
     size_t i;
     for (i = 0; i < registry_len; i++) {
         if (strcmp(registry[i]->id, id) == 0) {
@@ -222,9 +223,9 @@ bool ferry_object_add(const char *qom_type, const char *id, json_t *props, Ferry
     json_t *empty = props ? NULL : json_object();
     json_t *p = props ? props : empty;
     bool taken;
-    pthread_mutex_lock(&registry_lock);
+    ferry__mutex_lock(&registry_lock);
     taken = find_locked(id) < registry_len;
-    pthread_mutex_unlock(&registry_lock);
+    ferry__mutex_unlock(&registry_lock);
     FerryObjectHead *o = NULL;
     if (taken) {
         ferry_error_setg(errp, "an object with id '%s' already exists", id);
@@ -242,7 +243,7 @@ bool ferry_object_add(const char *qom_type, const char *id, json_t *props, Ferry
     o->id = ferry__xstrdup(id);
     o->type = t;
     o->refs = 1;
-    pthread_mutex_lock(&registry_lock);
+    ferry__mutex_lock(&registry_lock);
     taken = find_locked(id) < registry_len;
     if (!taken) {
         if (registry_len == registry_cap) {
@@ -251,7 +252,7 @@ bool ferry_object_add(const char *qom_type, const char *id, json_t *props, Ferry
         }
         registry[registry_len++] = o;
     }
-    pthread_mutex_unlock(&registry_lock);
+    ferry__mutex_unlock(&registry_lock);
     if (taken) {
         /* Another thread added the same id while this one read its files. */
         ferry__object_unref(o);
@@ -263,35 +264,35 @@ bool ferry_object_add(const char *qom_type, const char *id, json_t *props, Ferry
 
 bool ferry_object_del(const char *id, FerryError **errp)
 {
-    pthread_mutex_lock(&registry_lock);
+    ferry__mutex_lock(&registry_lock);
     size_t i = id ? find_locked(id) : registry_len;
     if (i == registry_len) {
-        pthread_mutex_unlock(&registry_lock);
+        ferry__mutex_unlock(&registry_lock);
         ferry_error_setg(errp, "object '%s' not found", id ? id : "");
         return false;
     }
     FerryObjectHead *o = registry[i];
     /* References are only taken under this lock, so a count of 1 (the registry's) cannot grow meanwhile. */
     if (__atomic_load_n(&o->refs, __ATOMIC_ACQUIRE) > 1) {
-        pthread_mutex_unlock(&registry_lock);
+        ferry__mutex_unlock(&registry_lock);
         ferry_error_setg(errp, "object '%s' is in use, can not be deleted (a migration uses it)", id);
         return false;
     }
     memmove(registry + i, registry + i + 1, (registry_len - i - 1) * sizeof(*registry));
     registry_len--;
-    pthread_mutex_unlock(&registry_lock);
+    ferry__mutex_unlock(&registry_lock);
     ferry__object_unref(o);
     return true;
 }
 
 void ferry__objects_clear(void)
 {
-    pthread_mutex_lock(&registry_lock);
+    ferry__mutex_lock(&registry_lock);
     FerryObjectHead **all = registry;
     size_t n = registry_len;
     registry = NULL;
     registry_len = registry_cap = 0;
-    pthread_mutex_unlock(&registry_lock);
+    ferry__mutex_unlock(&registry_lock);
     for (size_t i = 0; i < n; i++) {
         ferry__object_unref(all[i]);
     }
@@ -301,13 +302,13 @@ void ferry__objects_clear(void)
 FerryObjectHead *ferry__object_ref(const char *id)
 {
     FerryObjectHead *o = NULL;
-    pthread_mutex_lock(&registry_lock);
+    ferry__mutex_lock(&registry_lock);
     size_t i = id ? find_locked(id) : registry_len;
     if (i < registry_len) {
         o = registry[i];
         __atomic_add_fetch(&o->refs, 1, __ATOMIC_ACQ_REL);
     }
-    pthread_mutex_unlock(&registry_lock);
+    ferry__mutex_unlock(&registry_lock);
     return o;
 }
 

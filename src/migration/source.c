@@ -252,18 +252,21 @@ static bool check_return_path(Source *src, FerryError **errp)
     /* Before the END nothing but a NACK is due: a closed connection is a destination that quit (or died) without
      * saying why, not a missing acknowledgement. */
     if (read_reply(src, "the destination closed the connection before the end of the stream without a report "
-                   "(it quit or failed)", errp)) {
+                   "(it quit or failed, or the connection was cut)", errp)) {
         ferry_error_setg(errp, "the destination acknowledged before the end of the stream");
     }
     return false;
 }
 
-/* After a failure to send: if the destination reported a failure of its own on the return path, that is the
- * real reason (the write failed because it gave up); put it in *errp instead. */
+/*
+ * After a failure to send: what the return path says is the real reason (the write failed because the destination
+ * gave up): its report, or, when the connection is closed from its side without one, that it closed before the
+ * end of the stream (with the write's error). Either replaces *errp. Nothing readable: *errp stays.
+ */
 static void prefer_destination_reason(Source *src, FerryError **errp)
 {
     FerryError *why = NULL;
-    if (!check_return_path(src, &why) && why && strstr(ferry_error_msg(why), "the destination failed")) {
+    if (!check_return_path(src, &why) && why) {
         ferry_error_free(*errp);
         *errp = why;
     } else {

@@ -1,6 +1,6 @@
 /*
  * RAM blocks and dirty tracking, internal side. A block is one mapping (anonymous, a memfd or a slice of a file);
- * the engine (migration layer) keeps the list. Dirty trackers sit behind one interface so that more can be added (KVM dirty log, ...):
+ * the engine (migration layer) keeps the list. Dirty trackers sit behind one interface (tracker-int.h):
  *
  *   uffd-wp   userfaultfd in async write-protect mode (UFFD_FEATURE_WP_ASYNC, Linux 6.7+) plus the PAGEMAP_SCAN
  *             ioctl with PM_SCAN_WP_MATCHING, which reports written pages and re-protects them in one step. Needs
@@ -8,6 +8,9 @@
  *             defined in uffd-compat.h.
  *   explicit  only the marks made with ferry_ram_mark_dirty().
  *   none      nothing is tracked; the migration resends all RAM with the workload stopped.
+ *   host      a tracker the host program provides (FerryDirtyTrackerOps, ferry_migration_set_dirty_tracker_ops):
+ *             ferry-vm's KVM dirty log and KVM dirty ring are of this kind, named by the host ("kvm-dirty-log",
+ *             "kvm-dirty-ring"). The engine forwards start, harvest and stop to it.
  *
  * Explicit marks are merged into every tracker's harvest. This file says nothing about how pages are sent.
  */

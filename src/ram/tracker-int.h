@@ -1,7 +1,9 @@
 /*
  * Private side of the dirty trackers: the ops table each kind fills and the tracker object they share. Only
- * tracker.c and the files implementing a kind (tracker-uffd.c, later a KVM dirty-log tracker) include this; the
- * rest of ferry sees the functions of ram.h. A kind is added by writing its ops and choosing it in tracker.c.
+ * tracker.c (explicit, none, and host: the adapter to a host program's FerryDirtyTrackerOps, through which
+ * ferry-vm's KVM dirty log and dirty ring work) and tracker-uffd.c (uffd-wp) include this; the rest of ferry sees
+ * the functions of ram.h. A kind in the library is added by writing its ops and choosing it in tracker.c; a
+ * host program brings its own through the public FerryDirtyTrackerOps, without touching the library.
  */
 #ifndef FERRY_RAM_TRACKER_INT_H
 #define FERRY_RAM_TRACKER_INT_H

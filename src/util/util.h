@@ -51,6 +51,7 @@ typedef struct FerryMutex {
     pthread_mutex_t mu;
     pthread_t owner; /* accessed atomically; 0 when nobody holds it */
 } FerryMutex;
+#define FERRY_MUTEX_INITIALIZER { PTHREAD_MUTEX_INITIALIZER, 0 }
 void ferry__mutex_init(FerryMutex *mx);
 void ferry__mutex_destroy(FerryMutex *mx);
 void ferry__mutex_lock(FerryMutex *mx);

@@ -7,7 +7,9 @@ import os
 import socket
 import time
 
-from ferrytest import wait_listening, wait_until
+import pytest
+
+from ferrytest import free_port, wait_listening, wait_until
 
 # The workers write 64 MiB/s, the migration may send 4 MiB/s: it cannot converge, so it is surely still running
 # when the test interferes. Pages never written cost nothing to migrate, so the tests first let the workers
@@ -99,6 +101,33 @@ def test_destination_killed(workload):
     assert src.wait_migration()["status"] == "completed"
     dst2.wait_status(("running",))
     dst2.assert_pattern_ok()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_destination_quit_mid_pass(workload, transport):
+    """QMP quit on a destination in the middle of a pass (main channel): the source fails naming what happened,
+    a destination that closed the connection before the end of the stream, and runs on. It said "Broken pipe"
+    when a write noticed first and "no acknowledgement from the destination" when its look at the return path
+    did, though no acknowledgement is due before END (both orders occur: a slow unix link, a fast tcp one)."""
+    uri = unix_uri(workload) if transport == "unix" else f"tcp:127.0.0.1:{free_port()}"
+    dst = workload("dst", *SLOW_AB, "-incoming", uri)
+    wait_listening(uri)
+    src = workload("src", *SLOW_AB)
+    wait_all_written(src)
+    src.set_params(**{"max-bandwidth": 0 if transport == "tcp" else SLOW_BANDWIDTH, "downtime-limit": 1})
+    src.migrate(uri)
+    wait_transferring(src)
+    try:
+        dst.cmd("quit")
+    except Exception:
+        pass  # the reply may be lost with the process
+    dst.wait_exit(15)
+    info = src.wait_migration(timeout=30)
+    assert info["status"] == "failed", info
+    desc = info.get("error-desc", "")
+    assert "acknowledgement" not in desc, desc
+    assert "the destination closed the connection before the end of the stream" in desc, desc
+    assert_source_intact(src)
 
 
 def test_non_converging_until_limits_raised(workload):
