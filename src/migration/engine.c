@@ -115,13 +115,26 @@ static bool set_state_locked(FerryMigration *m, FerryMigrationStatus from, Ferry
     return true;
 }
 
-/* After a change made by set_state_locked, with the lock dropped: the log line and the MIGRATION event. */
-static void announce_state(FerryMigration *m, FerryMigrationStatus to, bool events)
+/*
+ * Drops m->lock (held) and, if @changed, announces the change to @to: the log line and the MIGRATION event. The
+ * event lock is taken before m->lock is dropped, so that two changes are announced in the order they were made
+ * (a cancel's "cancelling" can never follow the source thread's "cancelled"). Lock order: lock, then event_lock.
+ */
+static void unlock_and_announce(FerryMigration *m, bool changed, FerryMigrationStatus to)
 {
+    FERRY_ASSERT_HELD(&m->lock);
+    if (!changed) {
+        ferry__mutex_unlock(&m->lock);
+        return;
+    }
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    ferry__mutex_lock(&m->event_lock);
+    ferry__mutex_unlock(&m->lock);
     ferry__log(FERRY_LOG_INFO, "migration status: %s", ferry__migration_status_name(to));
     if (events) {
         ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", ferry__migration_status_name(to)));
     }
+    ferry__mutex_unlock(&m->event_lock);
 }
 
 void ferry__migration_set_test_hook(FerryMigration *m, FerryMigTestHook fn, void *opaque)
@@ -141,6 +154,7 @@ FerryMigration *ferry__migration_new(void)
 {
     FerryMigration *m = ferry__xcalloc(1, sizeof(*m));
     ferry__mutex_init(&m->lock);
+    ferry__mutex_init(&m->event_lock);
     pthread_mutex_init(&m->run_lock, NULL);
     m->runstate = FERRY_RUN_PRELAUNCH;
     m->autostart = true;
@@ -183,6 +197,7 @@ void ferry__migration_free(FerryMigration *m)
         close(m->cancel_fd);
     }
     ferry__mutex_destroy(&m->lock);
+    ferry__mutex_destroy(&m->event_lock);
     pthread_mutex_destroy(&m->run_lock);
     free(m);
 }
@@ -230,11 +245,7 @@ bool ferry__mig_set_state(FerryMigration *m, FerryMigrationStatus from, FerryMig
 {
     ferry__mutex_lock(&m->lock);
     bool changed = set_state_locked(m, from, to);
-    bool events = m->caps[FERRY_CAP_EVENTS];
-    ferry__mutex_unlock(&m->lock);
-    if (changed) {
-        announce_state(m, to, events);
-    }
+    unlock_and_announce(m, changed, to);
     return changed;
 }
 
@@ -291,11 +302,7 @@ void ferry__mig_fail(FerryMigration *m, const FerryError *err)
     /* Failing is allowed from every status that is not terminal, whichever the thread last saw. */
     FerryMigrationStatus from = m->status;
     bool changed = !status_is_terminal(from) && set_state_locked(m, from, FERRY_MIG_FAILED);
-    bool events = m->caps[FERRY_CAP_EVENTS];
-    ferry__mutex_unlock(&m->lock);
-    if (changed) {
-        announce_state(m, FERRY_MIG_FAILED, events);
-    }
+    unlock_and_announce(m, changed, FERRY_MIG_FAILED);
 }
 
 bool ferry__migration_is_active_locked(const FerryMigration *m)
@@ -714,7 +721,6 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
     m->out_addr = ferry__address_copy(addr);
     ferry__tls_unref(m->out_tls);
     m->out_tls = tls;
-    bool events = m->caps[FERRY_CAP_EVENTS];
     int rc = pthread_create(&m->out_thread, NULL, ferry__source_thread, m);
     if (rc != 0) {
         ferry__tls_unref(m->out_tls);
@@ -726,10 +732,8 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
         return false;
     }
     m->out_thread_joinable = true;
-    ferry__mutex_unlock(&m->lock);
-    if (events) {
-        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", "setup"));
-    }
+    /* "setup" is announced before anything the new thread changes (it waits for the event lock). */
+    unlock_and_announce(m, true, FERRY_MIG_SETUP);
     return true;
 }
 
@@ -768,7 +772,6 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
     ferry__tls_unref(m->in_tls);
     m->in_tls = tls;
     m->exit_on_error = exit_on_error;
-    bool events = m->caps[FERRY_CAP_EVENTS];
     int rc = pthread_create(&m->in_thread, NULL, ferry__dest_thread, m);
     if (rc != 0) {
         m->listener = NULL;
@@ -781,10 +784,7 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
         return false;
     }
     m->in_thread_joinable = true;
-    ferry__mutex_unlock(&m->lock);
-    if (events) {
-        ferry__mig_emit(m, "MIGRATION", json_pack("{s:s}", "status", "setup"));
-    }
+    unlock_and_announce(m, true, FERRY_MIG_SETUP);
     return true;
 }
 
@@ -815,12 +815,7 @@ bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp)
         return false;
     }
     /* QEMU: cancelling when nothing runs (or a cancel already runs) is not an error. */
-    bool changed = cancel_locked(m);
-    bool events = m->caps[FERRY_CAP_EVENTS];
-    ferry__mutex_unlock(&m->lock);
-    if (changed) {
-        announce_state(m, FERRY_MIG_CANCELLING, events);
-    }
+    unlock_and_announce(m, cancel_locked(m), FERRY_MIG_CANCELLING);
     ferry__mig_test_point(m, FERRY_MIG_TP_CANCEL_DECIDED);
     return true;
 }
@@ -834,7 +829,6 @@ void ferry__migration_join(FerryMigration *m)
     if (m->out_thread_joinable && !status_is_terminal(m->status) && !(cancelling = cancel_locked(m))) {
         request_cancel_locked(m);
     }
-    bool events = m->caps[FERRY_CAP_EVENTS];
     if (m->listener) {
         ferry__listener_shutdown(m->listener);
     }
@@ -848,10 +842,7 @@ void ferry__migration_join(FerryMigration *m)
     bool out = m->out_thread_joinable, in = m->in_thread_joinable;
     pthread_t ot = m->out_thread, it = m->in_thread;
     m->out_thread_joinable = m->in_thread_joinable = false;
-    ferry__mutex_unlock(&m->lock);
-    if (cancelling) {
-        announce_state(m, FERRY_MIG_CANCELLING, events);
-    }
+    unlock_and_announce(m, cancelling, FERRY_MIG_CANCELLING);
     if (out) {
         pthread_join(ot, NULL);
     }

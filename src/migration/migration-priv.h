@@ -4,7 +4,8 @@
  *
  * One mutex (lock) guards the status, statistics, parameters, capabilities and the pointers the monitor thread
  * may touch (the channel and listener, to interrupt them). run_lock serialises calls into the host's stop/start
- * callbacks, which may take a while, so that they never run under lock. Lock order: run_lock before lock.
+ * callbacks, which may take a while, so that they never run under lock. event_lock keeps the MIGRATION events in
+ * the order of the status changes. Lock order: run_lock, lock, event_lock.
  */
 #ifndef FERRY_MIGRATION_PRIV_H
 #define FERRY_MIGRATION_PRIV_H
@@ -129,6 +130,7 @@ typedef struct FerryBackend {
 
 struct FerryMigration {
     FerryMutex lock;
+    FerryMutex event_lock; /* orders the announcements of status changes (engine.c); taken after lock */
     pthread_mutex_t run_lock;
 
     /* Registration (before any migration). */

@@ -2,7 +2,8 @@
  * The migration status machine (engine.c): the transition table, and the race between migrate_cancel and a
  * source that reaches completion, forced through the engine's test hook in both orders. A cancel that is decided
  * before the source completes must not leave the status in cancelling once the source thread is gone (every later
- * migrate would then be refused as "in progress"), and one that comes after must change nothing.
+ * migrate would then be refused as "in progress"), and one that comes after must change nothing. The MIGRATION
+ * events must tell the same story in the same order (each one a transition of the table).
  */
 #include <pthread.h>
 #include <semaphore.h>
@@ -58,6 +59,48 @@ static void test_transition_table(void **state)
     assert_string_equal(ferry__migration_status_name(FERRY_MIG_POSTCOPY_RECOVER_SETUP), "postcopy-recover-setup");
     assert_string_equal(ferry__migration_status_name(FERRY_MIG_PRE_SWITCHOVER), "pre-switchover");
     assert_string_equal(ferry__migration_status_name(FERRY_MIG__MAX), "unknown");
+}
+
+/* The MIGRATION events of one engine, in the order they were emitted. */
+typedef struct Events {
+    pthread_mutex_t lock;
+    FerryMigrationStatus seen[64];
+    size_t n;
+} Events;
+
+static void event_fn(const char *name, json_t *data, void *opaque)
+{
+    Events *ev = opaque;
+    if (strcmp(name, "MIGRATION") == 0) {
+        const char *status = json_string_value(json_object_get(data, "status"));
+        int s = 0;
+        while (s < FERRY_MIG__MAX && strcmp(ferry__migration_status_name((FerryMigrationStatus)s), status) != 0) {
+            s++;
+        }
+        assert_true(s < FERRY_MIG__MAX);
+        pthread_mutex_lock(&ev->lock);
+        if (ev->n < FERRY_ARRAY_SIZE(ev->seen)) {
+            ev->seen[ev->n++] = (FerryMigrationStatus)s;
+        }
+        pthread_mutex_unlock(&ev->lock);
+    }
+    json_decref(data);
+}
+
+/* The events tell the story the table allows: setup first, each next one a transition the table has, @last last. */
+static void assert_event_story(Events *ev, FerryMigrationStatus last)
+{
+    pthread_mutex_lock(&ev->lock);
+    assert_true(ev->n >= 2);
+    assert_int_equal(ev->seen[0], FERRY_MIG_SETUP);
+    for (size_t i = 1; i < ev->n; i++) {
+        if (!ferry__migration_transition_allowed(ev->seen[i - 1], ev->seen[i])) {
+            fail_msg("event %zu: %s -> %s", i, ferry__migration_status_name(ev->seen[i - 1]),
+                     ferry__migration_status_name(ev->seen[i]));
+        }
+    }
+    assert_int_equal(ev->seen[ev->n - 1], last);
+    pthread_mutex_unlock(&ev->lock);
 }
 
 typedef enum RaceOrder { CANCEL_BEFORE_COMPLETE, CANCEL_AFTER_COMPLETE } RaceOrder;
@@ -154,6 +197,11 @@ static void run_race(RaceOrder order)
     FerryMigration *src = engine_new(false), *dst = engine_new(true);
     r.m = src;
     ferry__migration_set_test_hook(src, race_hook, &r);
+    Events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    ferry__migration_set_event_fn(src, event_fn, &ev);
+    json_t *caps = json_pack("[{s:s, s:b}]", "capability", "events", "state", 1);
+    assert_true(ferry__migration_set_caps(src, caps, NULL));
+    json_decref(caps);
     FerryMigrationAddress *a = addr_new(n++);
     assert_true(ferry__migrate_incoming(dst, a, false, NULL));
     assert_true(ferry__migrate(src, a, NULL));
@@ -168,6 +216,10 @@ static void run_race(RaceOrder order)
     assert_string_equal(status_of(src), "completed");
     assert_int_equal(ferry__runstate_get(src), FERRY_RUN_POSTMIGRATE);
     assert_int_equal(ferry__runstate_get(dst), FERRY_RUN_RUNNING);
+    assert_event_story(&ev, FERRY_MIG_COMPLETED);
+    if (order == CANCEL_BEFORE_COMPLETE) {
+        assert_int_equal(ev.seen[ev.n - 2], FERRY_MIG_CANCELLING);
+    }
     /* Nothing is left "in progress": the migrated-to destination can migrate on, and so can the source. */
     ferry__migration_set_test_hook(src, NULL, NULL);
     FerryMigration *next = engine_new(true);
@@ -205,6 +257,11 @@ static void test_cancel_before_commit(void **state)
 {
     (void)state;
     FerryMigration *src = engine_new(false), *dst = engine_new(true);
+    Events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    ferry__migration_set_event_fn(src, event_fn, &ev);
+    json_t *caps = json_pack("[{s:s, s:b}]", "capability", "events", "state", 1);
+    assert_true(ferry__migration_set_caps(src, caps, NULL));
+    json_decref(caps);
     json_t *p = json_pack("{s:i}", "max-bandwidth", 64 << 10);
     assert_true(ferry__migration_set_params(src, p, NULL));
     json_decref(p);
@@ -218,6 +275,7 @@ static void test_cancel_before_commit(void **state)
     /* A second cancel of a cancelled migration is no error and changes nothing. */
     assert_true(ferry__migrate_cancel(src, NULL));
     assert_string_equal(status_of(src), "cancelled");
+    assert_event_story(&ev, FERRY_MIG_CANCELLED);
     ferry__address_free(a);
     ferry__migration_free(src);
     ferry__migration_free(dst);
