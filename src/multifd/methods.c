@@ -5,6 +5,7 @@
  * before a byte of it is read. A compressing method's file then holds only its library's calls. This file knows no
  * library and no method by name beyond the table.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,10 +24,11 @@ const FerryMultifdMethods *ferry__multifd_methods(uint8_t compression, FerryErro
     if (compression < FERRY_ARRAY_SIZE(methods) && methods[compression]) {
         return methods[compression];
     }
-    char known[64] = "";
-    for (size_t i = 0; i < FERRY_ARRAY_SIZE(methods); i++) {
+    char known[128] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(methods) && used < sizeof(known); i++) {
         if (methods[i]) {
-            strcat(strcat(known, *known ? ", " : ""), methods[i]->name);
+            used += (size_t)snprintf(known + used, sizeof(known) - used, "%s%s", used ? ", " : "", methods[i]->name);
         }
     }
     ferry_error_setg(errp, "multifd compression method %u is unknown (known: %s)", compression, known);

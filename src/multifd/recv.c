@@ -1,14 +1,16 @@
 /*
  * The destination side of multifd: accept the channels the MULTIFD record announced, check that each one opens
  * with a hello of this session, and run one thread per channel that reads packets and writes their pages straight
- * into RAM: uncompressed data with one scatter-gather read per packet, compressed data decompressed page by page
- * into place. Every count, extent and length is checked before anything is read or allocated by it, and the
+ * into RAM, in named steps (read_packet_body): the block, the extents and zero bitmap, the runs of the pages with
+ * data (pages.c), the payload by the method that made it (a plain payload by nocomp.c's recv with one
+ * scatter-gather read, a compressed one by the negotiated method's, decompressed page by page into place), then
+ * the zero pages. Every count, extent and length is checked before anything is read or allocated by it, and the
  * CRC32C of each packet is checked before the next is read (RAM that already holds a damaged packet's pages is
  * harmless: nothing runs before the end of the stream, and a failed load discards RAM).
  *
  * At a SYNC packet a thread waits until the main channel's MULTIFD_SYNC of that number lets every thread go on
  * (ferry__multifd_recv_sync): pages of pass n + 1 are never written before every channel has written its pages
- * of pass n. This file does not read the main channel; dest.c does.
+ * of pass n. This file does not read the main channel; dest.c does. It names no compression method.
  */
 #include <errno.h>
 #include <pthread.h>

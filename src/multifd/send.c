@@ -1,13 +1,17 @@
 /*
  * The source side of multifd: one thread per extra channel, each taking batches of pages from the migration
- * thread and writing them as packets (wire.h: header, extents, zero bitmap, payload, CRC32C). A thread checks
- * pages for zero when asked (zero-page-detection=multifd), compresses with its own compressor, and otherwise
- * hands RAM to the kernel with one scatter-gather write per packet; it copies pages first only where a checksum or
- * the compressor must see stable bytes while the workload runs.
+ * thread and writing them as packets (wire.h: header, extents, zero bitmap, payload, CRC32C). A packet is made in
+ * named steps (write_pages): zero-page detection when asked (zero-page-detection=multifd, pages.c), the runs of the
+ * other pages in RAM (pages.c), the payload by the negotiated compression method's send_prepare (multifd-int.h;
+ * none keeps the pages as they are), the metadata, the checksum, one scatter-gather write, the statistics. RAM goes
+ * to the kernel directly; pages are copied first only where a checksum or a compressor must see stable bytes while
+ * the workload runs.
  *
  * Each thread has one slot the migration thread fills while the thread writes the previous batch, so that page
- * scanning and sending overlap. The first error of any thread is kept (naming its channel); the thread stops, and
- * every later call fails with that error. This file does not choose pages or synchronise passes; source.c does.
+ * scanning and sending overlap; the slot belongs to exactly one of the two at a time, handed over under the lock
+ * and asserted at each hand-over (SlotState). The first error of any thread is kept (naming its channel); the
+ * thread stops, and every later call fails with that error. This file does not choose pages or synchronise passes;
+ * source.c does. It names no compression method.
  */
 #include <pthread.h>
 #include <stdlib.h>

@@ -1,9 +1,10 @@
 /*
  * multifd-compression=zlib, with the system's zlib: a packet's payload is one complete zlib stream over the data of
- * its non-zero pages, so that a packet decodes on its own. Each channel thread keeps one deflate or inflate stream,
- * reset from packet to packet, and a buffer for the compressed bytes; the stream is read from and decompressed into
- * scattered pages (an iovec) without an intermediate buffer. The error of a bad stream names zlib's reason. The
- * packet-level steps every compressing method shares are methods.c's.
+ * its non-zero pages, so that a packet decodes on its own (level 0..9 from multifd-zlib-level). Each channel
+ * thread keeps one deflate or inflate stream, reset from packet to packet, and a buffer for the compressed bytes;
+ * the stream is read from and decompressed into scattered pages (an iovec) without an intermediate buffer. The
+ * error of a bad stream names zlib's reason. The packet-level steps every compressing method shares are
+ * methods.c's.
  */
 #include <stdlib.h>
 
