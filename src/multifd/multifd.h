@@ -8,6 +8,11 @@
  *
  * This layer connects, accepts, sends and receives packets, and owns its threads and channels. It does not decide
  * which pages to send or when to synchronise: that is the migration layer's (source.c, dest.c).
+ *
+ * Its files: send.c and recv.c (the channels and their threads, a packet built and read step by step), pages.c
+ * (zero-page detection and the runs of a packet's pages in RAM), and the compression methods as an ops table
+ * (multifd-int.h, FerryMultifdMethods; methods.c holds the table and what the compressing methods share; nocomp.c,
+ * zlib.c, zstd.c one method each). Only this header is for the rest of libferry.
  */
 #ifndef FERRY_MULTIFD_H
 #define FERRY_MULTIFD_H
@@ -114,22 +119,5 @@ void ferry__multifd_recv_shutdown(FerryMultifdRecv *r);
 bool ferry__multifd_recv_error(FerryMultifdRecv *r, FerryError **errp);
 void ferry__multifd_recv_stats(FerryMultifdRecv *r, FerryMultifdStats *out);
 void ferry__multifd_recv_free(FerryMultifdRecv *r); /* stops first; NULL is a no-op */
-
-/* ---- Compression (compress.c) ---- */
-
-typedef struct FerryCompressor FerryCompressor;
-typedef struct FerryDecompressor FerryDecompressor;
-
-/* @method FERRY_MFD_COMP_ZLIB (level 0..9) or FERRY_MFD_COMP_ZSTD (level 0..20, 0 = zstd's default). */
-FerryCompressor *ferry__compressor_new(uint8_t method, int level, FerryError **errp);
-void ferry__compressor_free(FerryCompressor *c); /* NULL is a no-op */
-/* The bytes of @iov as one compressed stream into @out, of @cap >= ferry__wire_mfd_payload_max(input) bytes. */
-bool ferry__compress(FerryCompressor *c, const struct iovec *iov, int iovcnt, uint8_t *out, size_t cap,
-                     size_t *outlen, FerryError **errp);
-FerryDecompressor *ferry__decompressor_new(uint8_t method, FerryError **errp);
-void ferry__decompressor_free(FerryDecompressor *d); /* NULL is a no-op */
-/* Decompress @in, which must be one whole stream of exactly as many bytes as @iov holds, into @iov. */
-bool ferry__decompress(FerryDecompressor *d, const uint8_t *in, size_t len, const struct iovec *iov, int iovcnt,
-                       FerryError **errp);
 
 #endif

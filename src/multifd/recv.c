@@ -1,14 +1,16 @@
 /*
  * The destination side of multifd: accept the channels the MULTIFD record announced, check that each one opens
  * with a hello of this session, and run one thread per channel that reads packets and writes their pages straight
- * into RAM: uncompressed data with one scatter-gather read per packet, compressed data decompressed page by page
- * into place. Every count, extent and length is checked before anything is read or allocated by it, and the
+ * into RAM, in named steps (read_packet_body): the block, the extents and zero bitmap, the runs of the pages with
+ * data (pages.c), the payload by the method that made it (a plain payload by nocomp.c's recv with one
+ * scatter-gather read, a compressed one by the negotiated method's, decompressed page by page into place), then
+ * the zero pages. Every count, extent and length is checked before anything is read or allocated by it, and the
  * CRC32C of each packet is checked before the next is read (RAM that already holds a damaged packet's pages is
  * harmless: nothing runs before the end of the stream, and a failed load discards RAM).
  *
  * At a SYNC packet a thread waits until the main channel's MULTIFD_SYNC of that number lets every thread go on
  * (ferry__multifd_recv_sync): pages of pass n + 1 are never written before every channel has written its pages
- * of pass n. This file does not read the main channel; dest.c does.
+ * of pass n. This file does not read the main channel; dest.c does. It names no compression method.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -17,7 +19,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
-#include "multifd/multifd.h"
+#include "multifd/multifd-int.h"
 #include "util/util.h"
 
 #define ACCEPT_TIMEOUT_MS 10000 /* the channels are connected before MULTIFD is written: they are waiting */
@@ -30,18 +32,17 @@ typedef struct Receiver {
     bool started;
     uint64_t synced; /* the last SYNC reached (owner->lock) */
     uint64_t seq;    /* the next packet number expected */
-    FerryDecompressor *dec;
-    uint8_t *cbuf;
+    void *mstate;    /* the compression method's (FerryMultifdMethods.recv_setup) */
     uint8_t meta[FERRY_WIRE_MFD_MAX_PAGES * FERRY_WIRE_MFD_EXTENT_LEN + FERRY_WIRE_MFD_MAX_PAGES / 8];
     FerryWireMfdExtent ext[FERRY_WIRE_MFD_MAX_PAGES];
     struct iovec iov[FERRY_WIRE_MFD_MAX_PAGES];
-    struct iovec work[FERRY_WIRE_MFD_MAX_PAGES];
 } Receiver;
 
 struct FerryMultifdRecv {
-    pthread_mutex_t lock;
+    FerryMutex lock;
     pthread_cond_t cond;
     FerryMultifdConfig cfg;
+    const FerryMultifdMethods *methods; /* of cfg.compression */
     FerryRamBlock **blocks;
     size_t nblocks;
     FerryChannel *main;
@@ -62,112 +63,93 @@ static void add_stat(uint64_t *v, uint64_t n)
 /* Keep the first error and wake the thread that reads the main channel (see the header). */
 static void fail(FerryMultifdRecv *r, FerryError *err)
 {
-    pthread_mutex_lock(&r->lock);
+    ferry__mutex_lock(&r->lock);
     bool quiet = r->quit;
     if (!quiet && !r->err) {
         r->err = err;
         err = NULL;
     }
     pthread_cond_broadcast(&r->cond);
-    pthread_mutex_unlock(&r->lock);
+    ferry__mutex_unlock(&r->lock);
     ferry_error_free(err);
     if (!quiet) {
         shutdown(r->main->fd, SHUT_RD);
     }
 }
 
-static bool read_packet_body(Receiver *rv, const FerryWireMfdPacket *pk, uint32_t *crc, FerryError **errp)
+/* The block @pk names, if this process has it and it can take pages. */
+static FerryRamBlock *packet_block(FerryMultifdRecv *r, const FerryWireMfdPacket *pk, FerryError **errp)
 {
-    FerryMultifdRecv *r = rv->owner;
-    const size_t ps = r->cfg.page_size;
     if (pk->block >= r->nblocks) {
         ferry_error_setg(errp, "packet %llu names block %u, this process has %zu", (unsigned long long)pk->number,
                          pk->block, r->nblocks);
-        return false;
+        return NULL;
     }
     FerryRamBlock *b = r->blocks[pk->block];
     if (b->adopted) {
         ferry_error_setg(errp, "packet %llu for block '%s', whose memory came as a file descriptor",
                          (unsigned long long)pk->number, b->name);
-        return false;
+        return NULL;
     }
+    return b;
+}
+
+/* Read the extents and zero bitmap of @pk (into rv->meta, decoded into rv->ext) and check them against @b; returns
+ * the bitmap, or NULL. *mlen is the bytes read. */
+static const uint8_t *read_extents(Receiver *rv, const FerryWireMfdPacket *pk, const FerryRamBlock *b, size_t *mlen,
+                                   uint32_t *crc, FerryError **errp)
+{
     uint32_t zb = (pk->pages + 7) / 8;
-    size_t mlen = (size_t)pk->extents * FERRY_WIRE_MFD_EXTENT_LEN + zb;
-    if (!ferry__channel_read_all(rv->chan, rv->meta, mlen, errp)) {
-        return false;
+    *mlen = (size_t)pk->extents * FERRY_WIRE_MFD_EXTENT_LEN + zb;
+    if (!ferry__channel_read_all(rv->chan, rv->meta, *mlen, errp)) {
+        return NULL;
     }
-    if (r->cfg.checksum) {
-        *crc = ferry__crc32c(*crc, rv->meta, mlen);
+    if (crc) {
+        *crc = ferry__crc32c(*crc, rv->meta, *mlen);
     }
     if (!ferry__wire_mfd_extents_decode(rv->meta, pk->extents, pk->pages, b->npages, rv->ext, errp)) {
         ferry_error_prepend(errp, "packet %llu: ", (unsigned long long)pk->number);
-        return false;
+        return NULL;
     }
     const uint8_t *zmap = rv->meta + (size_t)pk->extents * FERRY_WIRE_MFD_EXTENT_LEN;
     if (pk->pages % 8 && (zmap[zb - 1] >> (pk->pages % 8))) {
         ferry_error_setg(errp, "packet %llu: zero bitmap bits set past its %u pages", (unsigned long long)pk->number,
                          pk->pages);
+        return NULL;
+    }
+    return zmap;
+}
+
+/*
+ * The payload into the pages @p, by the method that made it: a payload is plain page data unless the packet says
+ * it is compressed, whatever the stream's method (a packet whose pages are all zero has an empty plain payload);
+ * a compressed one is the negotiated method's.
+ */
+static bool read_payload(Receiver *rv, const FerryWireMfdPacket *pk, const FerryMultifdPayload *p, uint32_t *crc,
+                         FerryError **errp)
+{
+    FerryMultifdRecv *r = rv->owner;
+    if (!(pk->flags & FERRY_MFD_PKT_COMPRESSED)) {
+        return ferry__multifd_nocomp.recv(NULL, rv->chan, pk, p, crc, errp);
+    }
+    if (r->cfg.compression == FERRY_MFD_COMP_NONE || !p->raw) {
+        ferry_error_setg(errp, "packet %llu is compressed, but %s", (unsigned long long)pk->number,
+                         p->raw ? "the stream's compression is none" : "it has no page data");
         return false;
     }
-    int niov = 0;
-    uint32_t nonzero = 0, k = 0;
-    for (uint32_t e = 0; e < pk->extents; e++) {
-        for (uint32_t j = 0; j < rv->ext[e].count; j++, k++) {
-            if ((zmap[k / 8] >> (k % 8)) & 1) {
-                continue;
-            }
-            uint8_t *p = b->host + (rv->ext[e].first + j) * ps;
-            nonzero++;
-            if (niov && (uint8_t *)rv->iov[niov - 1].iov_base + rv->iov[niov - 1].iov_len == p) {
-                rv->iov[niov - 1].iov_len += ps;
-            } else {
-                rv->iov[niov++] = (struct iovec){ .iov_base = p, .iov_len = ps };
-            }
-        }
-    }
-    const uint64_t raw = (uint64_t)nonzero * ps;
-    if (pk->flags & FERRY_MFD_PKT_COMPRESSED) {
-        if (r->cfg.compression == FERRY_MFD_COMP_NONE || !raw) {
-            ferry_error_setg(errp, "packet %llu is compressed, but %s", (unsigned long long)pk->number,
-                             raw ? "the stream's compression is none" : "it has no page data");
-            return false;
-        }
-        if (pk->payload > ferry__wire_mfd_payload_max(raw)) {
-            ferry_error_setg(errp, "packet %llu: %u bytes of compressed data for %u pages",
-                             (unsigned long long)pk->number, pk->payload, nonzero);
-            return false;
-        }
-        if (!ferry__channel_read_all(rv->chan, rv->cbuf, pk->payload, errp)) {
-            return false;
-        }
-        if (r->cfg.checksum) {
-            *crc = ferry__crc32c(*crc, rv->cbuf, pk->payload);
-        }
-        if (!ferry__decompress(rv->dec, rv->cbuf, pk->payload, rv->iov, niov, errp)) {
-            ferry_error_prepend(errp, "packet %llu: ", (unsigned long long)pk->number);
-            return false;
-        }
-    } else {
-        if (pk->payload != raw) {
-            ferry_error_setg(errp, "packet %llu: %u bytes of data for %u pages with data",
-                             (unsigned long long)pk->number, pk->payload, nonzero);
-            return false;
-        }
-        memcpy(rv->work, rv->iov, sizeof(*rv->iov) * (size_t)niov);
-        if (!ferry__channel_readv_all(rv->chan, rv->work, niov, errp)) {
-            return false;
-        }
-        for (int i = 0; r->cfg.checksum && i < niov; i++) {
-            *crc = ferry__crc32c(*crc, rv->iov[i].iov_base, rv->iov[i].iov_len);
-        }
-    }
-    /* Zero pages: only written if this migration wrote them before (see recv_written), so that untouched
-     * memory stays unpopulated and unread; the others are recorded as written. */
-    k = 0;
+    return r->methods->recv(rv->mstate, rv->chan, pk, p, crc, errp);
+}
+
+/* Zero pages: only written if this migration wrote them before (see recv_written), so that untouched memory stays
+ * unpopulated and unread; the others are recorded as written. */
+static void apply_zero_map(Receiver *rv, const FerryWireMfdPacket *pk, FerryRamBlock *b, const uint8_t *zmap)
+{
+    const size_t ps = rv->owner->cfg.page_size;
+    uint32_t k = 0;
     for (uint32_t e = 0; e < pk->extents; e++) {
         for (uint32_t j = 0; j < rv->ext[e].count; j++, k++) {
             uint64_t page = rv->ext[e].first + j;
-            if ((zmap[k / 8] >> (k % 8)) & 1) {
+            if (ferry__multifd_zmap_test(zmap, k)) {
                 ferry__ram_block_zero_page(b, page, ps);
             } else {
                 ferry__ram_block_note_written(b, page, 1);
@@ -176,11 +158,52 @@ static bool read_packet_body(Receiver *rv, const FerryWireMfdPacket *pk, uint32_
     }
     const FerryWireMfdExtent *last = &rv->ext[pk->extents - 1];
     ferry__ram_block_note_received(b, last->first + last->count);
+}
+
+/* The body of PAGES packet @pk: its extents and zero bitmap, then its payload into RAM; *crc extended unless NULL. */
+static bool read_packet_body(Receiver *rv, const FerryWireMfdPacket *pk, uint32_t *crc, FerryError **errp)
+{
+    FerryMultifdRecv *r = rv->owner;
+    FerryRamBlock *b = packet_block(r, pk, errp);
+    size_t mlen;
+    const uint8_t *zmap = b ? read_extents(rv, pk, b, &mlen, crc, errp) : NULL;
+    if (!zmap) {
+        return false;
+    }
+    FerryMultifdPayload p = { .iov = rv->iov };
+    p.niov = ferry__multifd_gather(b->host, r->cfg.page_size, rv->ext, pk->extents, zmap, p.iov, &p.npages);
+    p.raw = (size_t)p.npages * r->cfg.page_size;
+    if (!read_payload(rv, pk, &p, crc, errp)) {
+        return false;
+    }
+    apply_zero_map(rv, pk, b, zmap);
     add_stat(&r->bytes, mlen + pk->payload);
     add_stat(&r->pages, pk->pages);
-    add_stat(&r->normal, nonzero);
-    add_stat(&r->zero, pk->pages - nonzero);
+    add_stat(&r->normal, p.npages);
+    add_stat(&r->zero, pk->pages - p.npages);
     return true;
+}
+
+/* SYNC packet @number: note that this thread reached it, then wait until the main channel lets every thread past
+ * it. False, with *errp untouched, when stopping or when another thread failed: nothing of ours to report. */
+static bool reach_sync(Receiver *rv, uint64_t number, FerryError **errp)
+{
+    FerryMultifdRecv *r = rv->owner;
+    ferry__mutex_lock(&r->lock);
+    if (number != rv->synced + 1) {
+        ferry__mutex_unlock(&r->lock);
+        ferry_error_setg(errp, "SYNC packet %llu after SYNC %llu", (unsigned long long)number,
+                         (unsigned long long)rv->synced);
+        return false;
+    }
+    rv->synced = number;
+    pthread_cond_broadcast(&r->cond);
+    while (r->released < number && !r->quit && !r->err) {
+        ferry__mutex_cond_wait(&r->lock, &r->cond);
+    }
+    bool go_on = r->released >= number;
+    ferry__mutex_unlock(&r->lock);
+    return go_on;
 }
 
 /* Reads and applies one packet; false with *errp on a bad one, or with *errp NULL at a clean stop. */
@@ -204,7 +227,7 @@ static bool receive_one(Receiver *rv, FerryError **errp)
             return false;
         }
         rv->seq++;
-        if (!read_packet_body(rv, &pk, &crc, errp)) {
+        if (!read_packet_body(rv, &pk, r->cfg.checksum ? &crc : NULL, errp)) {
             return false;
         }
     }
@@ -222,26 +245,7 @@ static bool receive_one(Receiver *rv, FerryError **errp)
         add_stat(&r->bytes, 4);
     }
     add_stat(&r->bytes, sizeof(hdr));
-    if (pk.type == FERRY_MFD_PKT_SYNC) {
-        pthread_mutex_lock(&r->lock);
-        if (pk.number != rv->synced + 1) {
-            pthread_mutex_unlock(&r->lock);
-            ferry_error_setg(errp, "SYNC packet %llu after SYNC %llu", (unsigned long long)pk.number,
-                             (unsigned long long)rv->synced);
-            return false;
-        }
-        rv->synced = pk.number;
-        pthread_cond_broadcast(&r->cond);
-        while (r->released < pk.number && !r->quit && !r->err) {
-            pthread_cond_wait(&r->cond, &r->lock);
-        }
-        bool go_on = r->released >= pk.number;
-        pthread_mutex_unlock(&r->lock);
-        if (!go_on) {
-            return false; /* stopping, or another thread failed: nothing of ours to report */
-        }
-    }
-    return true;
+    return pk.type != FERRY_MFD_PKT_SYNC || reach_sync(rv, pk.number, errp);
 }
 
 static void *receiver_thread(void *opaque)
@@ -289,64 +293,72 @@ static bool read_hello(FerryChannel **c, FerryTls *tls, uint8_t hello[FERRY_WIRE
     return ok;
 }
 
+/* Accept one channel (the @got-th) and check its hello; false with the error naming the channel or the wait. */
+static bool accept_channel(FerryMultifdRecv *r, FerryListener *l, unsigned got, FerryError **errp)
+{
+    FerryError *err = NULL;
+    FerryChannel *c = ferry__listener_accept_timeout(l, ACCEPT_TIMEOUT_MS, &err);
+    uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], session[FERRY_WIRE_MFD_SESSION_LEN];
+    uint16_t index = 0;
+    char *desc = c ? ferry__xstrdup(c->desc) : NULL;
+    /* The timeout goes on the socket, under any TLS session read_hello starts on it. */
+    if (c && ferry__channel_set_timeout(c, r->cfg.timeout_ms, &err) && read_hello(&c, r->cfg.tls, hello, &err) &&
+        ferry__wire_mfd_hello_decode(hello, &index, session, &err)) {
+        if (memcmp(session, r->cfg.session, sizeof(session)) != 0) {
+            ferry_error_setg(&err, "it belongs to another migration (session id differs)");
+        } else if (index >= r->n) {
+            ferry_error_setg(&err, "it says it is channel %u of %u", index, r->n);
+        } else if (r->r[index].chan) {
+            ferry_error_setg(&err, "a second channel %u", index);
+        }
+    }
+    if (err) {
+        if (desc) {
+            ferry_error_prepend(&err, "multifd channel from '%s': ", desc);
+        } else {
+            ferry_error_prepend(&err, "waiting for multifd channel %u of %u: ", got + 1, r->n);
+        }
+        free(desc);
+        ferry__channel_free(c);
+        ferry_error_propagate(errp, err);
+        return false;
+    }
+    free(desc);
+    r->r[index].chan = c;
+    return true;
+}
+
 FerryMultifdRecv *ferry__multifd_recv_new(FerryListener *l, const FerryMultifdConfig *cfg, FerryRamBlock **blocks,
                                           size_t nblocks, FerryChannel *main, FerryError **errp)
 {
+    const FerryMultifdMethods *methods = ferry__multifd_methods(cfg->compression, errp);
+    if (!methods) {
+        return NULL;
+    }
     FerryMultifdRecv *r = ferry__xcalloc(1, sizeof(*r));
-    pthread_mutex_init(&r->lock, NULL);
+    ferry__mutex_init(&r->lock);
     pthread_cond_init(&r->cond, NULL);
     r->cfg = *cfg;
+    r->methods = methods;
     r->blocks = blocks;
     r->nblocks = nblocks;
     r->main = main;
     r->n = cfg->channels;
     r->r = ferry__xcalloc(r->n, sizeof(*r->r));
-    size_t raw = FERRY_WIRE_MFD_MAX_PAGES * cfg->page_size;
     for (unsigned i = 0; i < r->n; i++) {
         r->r[i].owner = r;
         r->r[i].index = i;
     }
     for (unsigned got = 0; got < r->n; got++) {
-        FerryError *err = NULL;
-        FerryChannel *c = ferry__listener_accept_timeout(l, ACCEPT_TIMEOUT_MS, &err);
-        uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], session[FERRY_WIRE_MFD_SESSION_LEN];
-        uint16_t index = 0;
-        char *desc = c ? ferry__xstrdup(c->desc) : NULL;
-        /* The timeout goes on the socket, under any TLS session read_hello starts on it. */
-        if (c && ferry__channel_set_timeout(c, cfg->timeout_ms, &err) && read_hello(&c, cfg->tls, hello, &err) &&
-            ferry__wire_mfd_hello_decode(hello, &index, session, &err)) {
-            if (memcmp(session, cfg->session, sizeof(session)) != 0) {
-                ferry_error_setg(&err, "it belongs to another migration (session id differs)");
-            } else if (index >= r->n) {
-                ferry_error_setg(&err, "it says it is channel %u of %u", index, r->n);
-            } else if (r->r[index].chan) {
-                ferry_error_setg(&err, "a second channel %u", index);
-            }
-        }
-        if (err) {
-            if (desc) {
-                ferry_error_prepend(&err, "multifd channel from '%s': ", desc);
-            } else {
-                ferry_error_prepend(&err, "waiting for multifd channel %u of %u: ", got + 1, r->n);
-            }
-            free(desc);
-            ferry__channel_free(c);
-            ferry_error_propagate(errp, err);
+        if (!accept_channel(r, l, got, errp)) {
             ferry__multifd_recv_free(r);
             return NULL;
         }
-        free(desc);
-        r->r[index].chan = c;
     }
     for (unsigned i = 0; i < r->n; i++) {
-        Receiver *rv = &r->r[i];
-        if (cfg->compression != FERRY_MFD_COMP_NONE) {
-            rv->dec = ferry__decompressor_new(cfg->compression, errp);
-            if (!rv->dec) {
-                ferry__multifd_recv_free(r);
-                return NULL;
-            }
-            rv->cbuf = ferry__xmalloc(ferry__wire_mfd_payload_max(raw));
+        if (methods->recv_setup && !methods->recv_setup(cfg, &r->r[i].mstate, errp)) {
+            ferry__multifd_recv_free(r);
+            return NULL;
         }
     }
     for (unsigned i = 0; i < r->n; i++) {
@@ -362,11 +374,11 @@ FerryMultifdRecv *ferry__multifd_recv_new(FerryListener *l, const FerryMultifdCo
 
 bool ferry__multifd_recv_sync(FerryMultifdRecv *r, uint64_t sync, FerryError **errp)
 {
-    pthread_mutex_lock(&r->lock);
+    ferry__mutex_lock(&r->lock);
     for (;;) {
         if (r->err) {
             ferry_error_propagate(errp, ferry_error_copy(r->err));
-            pthread_mutex_unlock(&r->lock);
+            ferry__mutex_unlock(&r->lock);
             return false;
         }
         unsigned behind = 0;
@@ -376,11 +388,11 @@ bool ferry__multifd_recv_sync(FerryMultifdRecv *r, uint64_t sync, FerryError **e
         if (!behind) {
             break;
         }
-        pthread_cond_wait(&r->cond, &r->lock);
+        ferry__mutex_cond_wait(&r->lock, &r->cond);
     }
     r->released = sync;
     pthread_cond_broadcast(&r->cond);
-    pthread_mutex_unlock(&r->lock);
+    ferry__mutex_unlock(&r->lock);
     return true;
 }
 
@@ -395,23 +407,23 @@ void ferry__multifd_recv_shutdown(FerryMultifdRecv *r)
 
 bool ferry__multifd_recv_error(FerryMultifdRecv *r, FerryError **errp)
 {
-    pthread_mutex_lock(&r->lock);
+    ferry__mutex_lock(&r->lock);
     bool failed = r->err != NULL;
     if (failed) {
         ferry_error_propagate(errp, ferry_error_copy(r->err));
     }
-    pthread_mutex_unlock(&r->lock);
+    ferry__mutex_unlock(&r->lock);
     return failed;
 }
 
 bool ferry__multifd_recv_stop(FerryMultifdRecv *r, FerryError **errp)
 {
-    pthread_mutex_lock(&r->lock);
+    ferry__mutex_lock(&r->lock);
     bool was_stopped = r->stopped;
     r->quit = true;
     r->stopped = true;
     pthread_cond_broadcast(&r->cond);
-    pthread_mutex_unlock(&r->lock);
+    ferry__mutex_unlock(&r->lock);
     if (!was_stopped) {
         for (unsigned i = 0; i < r->n; i++) {
             if (r->r[i].chan) {
@@ -444,12 +456,13 @@ void ferry__multifd_recv_free(FerryMultifdRecv *r)
     ferry__multifd_recv_stop(r, NULL);
     for (unsigned i = 0; i < r->n; i++) {
         ferry__channel_free(r->r[i].chan);
-        ferry__decompressor_free(r->r[i].dec);
-        free(r->r[i].cbuf);
+        if (r->r[i].mstate) {
+            r->methods->recv_cleanup(r->r[i].mstate);
+        }
     }
     free(r->r);
     ferry_error_free(r->err);
-    pthread_mutex_destroy(&r->lock);
+    ferry__mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->cond);
     free(r);
 }

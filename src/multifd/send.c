@@ -1,19 +1,23 @@
 /*
  * The source side of multifd: one thread per extra channel, each taking batches of pages from the migration
- * thread and writing them as packets (wire.h: header, extents, zero bitmap, payload, CRC32C). A thread checks
- * pages for zero when asked (zero-page-detection=multifd), compresses with its own compressor, and otherwise
- * hands RAM to the kernel with one scatter-gather write per packet; it copies pages first only where a checksum or
- * the compressor must see stable bytes while the workload runs.
+ * thread and writing them as packets (wire.h: header, extents, zero bitmap, payload, CRC32C). A packet is made in
+ * named steps (write_pages): zero-page detection when asked (zero-page-detection=multifd, pages.c), the runs of the
+ * other pages in RAM (pages.c), the payload by the negotiated compression method's send_prepare (multifd-int.h;
+ * none keeps the pages as they are), the metadata, the checksum, one scatter-gather write, the statistics. RAM goes
+ * to the kernel directly; pages are copied first only where a checksum or a compressor must see stable bytes while
+ * the workload runs.
  *
  * Each thread has one slot the migration thread fills while the thread writes the previous batch, so that page
- * scanning and sending overlap. The first error of any thread is kept (naming its channel); the thread stops, and
- * every later call fails with that error. This file does not choose pages or synchronise passes; source.c does.
+ * scanning and sending overlap; the slot belongs to exactly one of the two at a time, handed over under the lock
+ * and asserted at each hand-over (SlotState). The first error of any thread is kept (naming its channel); the
+ * thread stops, and every later call fails with that error. This file does not choose pages or synchronise passes;
+ * source.c does. It names no compression method.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "multifd/multifd.h"
+#include "multifd/multifd-int.h"
 #include "util/util.h"
 
 typedef enum JobType { JOB_PAGES, JOB_SYNC } JobType;
@@ -24,6 +28,12 @@ typedef struct Job {
     FerryMultifdBatch batch;
 } Job;
 
+/* Who owns a channel's slot (Sender.pending): exactly one thread at a time, handed over under owner->lock. */
+typedef enum SlotState {
+    SLOT_EMPTY, /* the migration thread's: it may fill the slot (fill_slot_locked) */
+    SLOT_FULL,  /* the channel thread's: taking the job empties the slot again (take_job_locked) */
+} SlotState;
+
 typedef struct Sender {
     FerryMultifdSend *owner;
     unsigned index;
@@ -31,27 +41,27 @@ typedef struct Sender {
     pthread_t thread;
     bool started;
     /* Guarded by owner->lock. */
-    bool has_pending;
-    bool busy;
+    SlotState slot;
+    bool busy; /* the thread is writing cur */
     Job pending;
     /* The thread's own. */
     Job cur;
     uint64_t seq;
-    FerryCompressor *comp;
+    void *mstate;     /* the compression method's (FerryMultifdMethods.send_setup) */
     uint8_t *copybuf; /* FERRY_WIRE_MFD_MAX_PAGES pages */
-    uint8_t *cbuf;    /* the largest compressed payload */
     uint8_t meta[FERRY_WIRE_MFD_PACKET_LEN + FERRY_WIRE_MFD_MAX_PAGES * FERRY_WIRE_MFD_EXTENT_LEN +
                  FERRY_WIRE_MFD_MAX_PAGES / 8];
-    struct iovec iov[FERRY_WIRE_MFD_MAX_PAGES + 2];
+    struct iovec iov[FERRY_WIRE_MFD_MAX_PAGES + 2]; /* header and metadata, payload runs, CRC */
 } Sender;
 
 struct FerryMultifdSend {
-    pthread_mutex_t lock;
+    FerryMutex lock;
     pthread_cond_t cond; /* broadcast on every change of a slot, a thread's state or err */
     FerryMultifdConfig cfg;
+    const FerryMultifdMethods *methods; /* of cfg.compression */
     Sender *s;
     unsigned n;
-    unsigned next;       /* round robin */
+    unsigned next; /* round robin */
     bool quit;
     FerryError *err;
     uint64_t bytes, pages, normal, zero; /* atomic */
@@ -79,107 +89,88 @@ static bool write_sync(Sender *sn, uint64_t sync, FerryError **errp)
     return true;
 }
 
-static bool write_pages(Sender *sn, FerryMultifdBatch *b, FerryError **errp)
+/* The packet's header, extents and zero bitmap into sn->meta, once its payload is made; returns their length. */
+static size_t encode_meta(Sender *sn, const FerryMultifdBatch *b, const FerryMultifdPayload *p)
 {
-    FerryMultifdSend *s = sn->owner;
-    const size_t ps = s->cfg.page_size;
-    const uint32_t n = b->npages;
-    const uint32_t zb = (n + 7) / 8;
-
-    if (!b->zmap_valid) {
-        memset(b->zmap, 0, sizeof(b->zmap));
-    }
-    /* The pages with data, merged into runs of consecutive memory. */
-    int niov = 0;
-    uint32_t nonzero = 0, k = 0;
-    for (uint32_t e = 0; e < b->nextents; e++) {
-        for (uint32_t j = 0; j < b->ext[e].count; j++, k++) {
-            uint8_t *p = b->block->host + (b->ext[e].first + j) * ps;
-            if (!b->zmap_valid && s->cfg.detect_zero && ferry__buffer_is_zero(p, ps)) {
-                b->zmap[k / 8] |= (uint8_t)(1u << (k % 8));
-            }
-            if ((b->zmap[k / 8] >> (k % 8)) & 1) {
-                continue;
-            }
-            nonzero++;
-            if (niov && (uint8_t *)sn->iov[niov].iov_base + sn->iov[niov].iov_len == p) {
-                sn->iov[niov].iov_len += ps;
-            } else {
-                sn->iov[++niov] = (struct iovec){ .iov_base = p, .iov_len = ps };
-            }
-        }
-    }
-    /* iov[0] is the header, extents and bitmap; iov[1..niov] the data; iov[niov + 1] the CRC. */
-    const size_t raw = (size_t)nonzero * ps;
-    uint8_t flags = 0;
-    size_t payload = raw;
-    bool crc_done = false;
-    uint32_t crc = 0;
     size_t mlen = FERRY_WIRE_MFD_PACKET_LEN;
     for (uint32_t e = 0; e < b->nextents; e++, mlen += FERRY_WIRE_MFD_EXTENT_LEN) {
         ferry__wire_mfd_extent_encode(&b->ext[e], sn->meta + mlen);
     }
-    memcpy(sn->meta + mlen, b->zmap, zb);
-    mlen += zb;
-
-    if (raw && sn->comp) {
-        if (!b->stopped) {
-            size_t off = 0;
-            for (int i = 1; i <= niov; i++) {
-                memcpy(sn->copybuf + off, sn->iov[i].iov_base, sn->iov[i].iov_len);
-                off += sn->iov[i].iov_len;
-            }
-            sn->iov[1] = (struct iovec){ .iov_base = sn->copybuf, .iov_len = raw };
-            niov = 1;
-        }
-        size_t clen;
-        if (!ferry__compress(sn->comp, sn->iov + 1, niov, sn->cbuf, ferry__wire_mfd_payload_max(raw), &clen,
-                             errp)) {
-            return false;
-        }
-        sn->iov[1] = (struct iovec){ .iov_base = sn->cbuf, .iov_len = clen };
-        niov = 1;
-        payload = clen;
-        flags |= FERRY_MFD_PKT_COMPRESSED;
-    }
-    ferry__wire_mfd_packet_encode(&(FerryWireMfdPacket){ .type = FERRY_MFD_PKT_PAGES, .flags = flags,
-                                                         .block = b->block->index, .pages = n,
-                                                         .extents = b->nextents, .payload = (uint32_t)payload,
+    memcpy(sn->meta + mlen, b->zmap, (b->npages + 7) / 8);
+    mlen += (b->npages + 7) / 8;
+    ferry__wire_mfd_packet_encode(&(FerryWireMfdPacket){ .type = FERRY_MFD_PKT_PAGES, .flags = p->flags,
+                                                         .block = b->block->index, .pages = b->npages,
+                                                         .extents = b->nextents, .payload = (uint32_t)p->len,
                                                          .number = sn->seq++ },
                                   sn->meta);
-    if (s->cfg.checksum) {
-        crc = ferry__crc32c(0, sn->meta, mlen);
-        if (raw && !sn->comp && !b->stopped) {
-            /* Running: checksum a copy, in the same pass as the copy, so that the CRC is of what leaves. */
-            size_t off = 0;
-            for (int i = 1; i <= niov; i++) {
-                crc = ferry__crc32c_copy(crc, sn->copybuf + off, sn->iov[i].iov_base, sn->iov[i].iov_len);
-                off += sn->iov[i].iov_len;
-            }
-            sn->iov[1] = (struct iovec){ .iov_base = sn->copybuf, .iov_len = raw };
-            niov = raw ? 1 : 0;
-            crc_done = true;
+    return mlen;
+}
+
+/*
+ * The CRC32C of the packet: its first @mlen bytes in sn->meta, then its payload. A payload that is still the
+ * running workload's RAM is copied in the same pass (into the channel's copybuf, which it is then sent from), so
+ * that the CRC is of the bytes that leave.
+ */
+static uint32_t checksum(Sender *sn, FerryMultifdPayload *p, size_t mlen)
+{
+    uint32_t crc = ferry__crc32c(0, sn->meta, mlen);
+    if (p->live && p->niov) {
+        size_t off = 0;
+        for (int i = 0; i < p->niov; i++) {
+            crc = ferry__crc32c_copy(crc, p->copybuf + off, p->iov[i].iov_base, p->iov[i].iov_len);
+            off += p->iov[i].iov_len;
         }
-        if (!crc_done) {
-            for (int i = 1; i <= niov; i++) {
-                crc = ferry__crc32c(crc, sn->iov[i].iov_base, sn->iov[i].iov_len);
-            }
-        }
+        p->iov[0] = (struct iovec){ .iov_base = p->copybuf, .iov_len = p->len };
+        p->niov = 1;
+        p->live = false;
+        return crc;
     }
+    for (int i = 0; i < p->niov; i++) {
+        crc = ferry__crc32c(crc, p->iov[i].iov_base, p->iov[i].iov_len);
+    }
+    return crc;
+}
+
+/* Header and metadata, payload (at sn->iov + 1) and, with checksums, the CRC: one scatter-gather write. */
+static bool write_packet(Sender *sn, const FerryMultifdPayload *p, size_t mlen, uint32_t crc, FerryError **errp)
+{
+    FERRY_ASSERT(p->iov == sn->iov + 1);
     uint8_t trailer[4];
     sn->iov[0] = (struct iovec){ .iov_base = sn->meta, .iov_len = mlen };
-    int cnt = niov + 1;
-    if (s->cfg.checksum) {
+    int cnt = p->niov + 1;
+    if (sn->owner->cfg.checksum) {
         ferry__put_be32(trailer, crc);
         sn->iov[cnt++] = (struct iovec){ .iov_base = trailer, .iov_len = sizeof(trailer) };
     }
-    if (!ferry__channel_writev_all(sn->chan, sn->iov, cnt, errp)) {
+    return ferry__channel_writev_all(sn->chan, sn->iov, cnt, errp);
+}
+
+static void count_sent(FerryMultifdSend *s, const FerryMultifdBatch *b, const FerryMultifdPayload *p, size_t mlen)
+{
+    add_stat(&s->bytes, mlen + p->len + (s->cfg.checksum ? 4 : 0));
+    add_stat(&s->pages, b->npages);
+    add_stat(&s->normal, p->npages);
+    add_stat(&s->zero, b->npages - p->npages);
+}
+
+/* One PAGES packet: find the zero pages, gather the others, let the method make the payload, checksum, write. */
+static bool write_pages(Sender *sn, FerryMultifdBatch *b, FerryError **errp)
+{
+    FerryMultifdSend *s = sn->owner;
+    const size_t ps = s->cfg.page_size;
+    ferry__multifd_detect_zero(b, ps, s->cfg.detect_zero);
+    FerryMultifdPayload p = { .iov = sn->iov + 1, .live = !b->stopped, .copybuf = sn->copybuf };
+    p.niov = ferry__multifd_gather(b->block->host, ps, b->ext, b->nextents, b->zmap, p.iov, &p.npages);
+    p.raw = p.len = (size_t)p.npages * ps;
+    if (p.raw && s->methods->send_prepare && !s->methods->send_prepare(sn->mstate, &p, errp)) {
         return false;
     }
-    add_stat(&s->bytes, mlen + payload + (s->cfg.checksum ? 4 : 0));
-    add_stat(&s->pages, n);
-    add_stat(&s->normal, nonzero);
-    add_stat(&s->zero, n - nonzero);
+    size_t mlen = encode_meta(sn, b, &p);
+    uint32_t crc = s->cfg.checksum ? checksum(sn, &p, mlen) : 0;
+    if (!write_packet(sn, &p, mlen, crc, errp)) {
+        return false;
+    }
+    count_sent(s, b, &p, mlen);
     return true;
 }
 
@@ -197,103 +188,134 @@ static bool start_tls(Sender *sn, FerryError **errp)
     return true;
 }
 
+/* Keep @err (the thread's) as the first error of any channel thread, or drop it if there is one; wake every waiter. */
+static void keep_error_locked(Sender *sn, FerryError *err)
+{
+    FerryMultifdSend *s = sn->owner;
+    FERRY_ASSERT_HELD(&s->lock);
+    ferry_error_prepend(&err, "multifd channel %u: ", sn->index);
+    if (!s->err) {
+        s->err = err;
+    } else {
+        ferry_error_free(err);
+    }
+    pthread_cond_broadcast(&s->cond);
+}
+
+/* Migration thread: hand a job over to @sn's thread (a batch, or the SYNC @sync if @batch is NULL). */
+static void fill_slot_locked(Sender *sn, const FerryMultifdBatch *batch, uint64_t sync)
+{
+    FERRY_ASSERT_HELD(&sn->owner->lock);
+    FERRY_ASSERT(sn->slot == SLOT_EMPTY);
+    if (batch) {
+        sn->pending.type = JOB_PAGES;
+        sn->pending.batch = *batch;
+    } else {
+        sn->pending.type = JOB_SYNC;
+        sn->pending.sync = sync;
+    }
+    sn->slot = SLOT_FULL;
+    pthread_cond_broadcast(&sn->owner->cond);
+}
+
+/* Channel thread: wait for a job and take it into sn->cur, which gives the slot back to the migration thread.
+ * False when there is none to take and the thread must stop (quit, or another thread's error). */
+static bool take_job_locked(Sender *sn)
+{
+    FerryMultifdSend *s = sn->owner;
+    FERRY_ASSERT_HELD(&s->lock);
+    while (sn->slot == SLOT_EMPTY && !s->quit && !s->err) {
+        ferry__mutex_cond_wait(&s->lock, &s->cond);
+    }
+    if (sn->slot == SLOT_EMPTY || s->err) {
+        return false;
+    }
+    FERRY_ASSERT(!sn->busy);
+    sn->cur = sn->pending;
+    sn->slot = SLOT_EMPTY;
+    sn->busy = true;
+    pthread_cond_broadcast(&s->cond);
+    return true;
+}
+
 static void *sender_thread(void *opaque)
 {
     Sender *sn = opaque;
     FerryMultifdSend *s = sn->owner;
-    if (s->cfg.tls) {
-        FerryError *err = NULL;
-        if (!start_tls(sn, &err)) {
-            ferry_error_prepend(&err, "multifd channel %u: ", sn->index);
-            pthread_mutex_lock(&s->lock);
-            if (!s->err) {
-                s->err = err;
-            } else {
-                ferry_error_free(err);
-            }
-            pthread_cond_broadcast(&s->cond);
-            pthread_mutex_unlock(&s->lock);
-            return NULL;
-        }
-    }
-    pthread_mutex_lock(&s->lock);
-    for (;;) {
-        while (!sn->has_pending && !s->quit && !s->err) {
-            pthread_cond_wait(&s->cond, &s->lock);
-        }
-        if (!sn->has_pending || s->err) {
-            break;
-        }
-        sn->cur = sn->pending;
-        sn->has_pending = false;
-        sn->busy = true;
-        pthread_cond_broadcast(&s->cond);
-        pthread_mutex_unlock(&s->lock);
-
-        FerryError *err = NULL;
-        bool ok = sn->cur.type == JOB_SYNC ? write_sync(sn, sn->cur.sync, &err) : write_pages(sn, &sn->cur.batch, &err);
-
-        pthread_mutex_lock(&s->lock);
+    FerryError *err = NULL;
+    bool ok = !s->cfg.tls || start_tls(sn, &err);
+    ferry__mutex_lock(&s->lock);
+    while (ok && take_job_locked(sn)) {
+        ferry__mutex_unlock(&s->lock);
+        ok = sn->cur.type == JOB_SYNC ? write_sync(sn, sn->cur.sync, &err) : write_pages(sn, &sn->cur.batch, &err);
+        ferry__mutex_lock(&s->lock);
         sn->busy = false;
-        if (!ok) {
-            ferry_error_prepend(&err, "multifd channel %u: ", sn->index);
-            if (!s->err) {
-                s->err = err;
-            } else {
-                ferry_error_free(err);
-            }
-        }
         pthread_cond_broadcast(&s->cond);
-        if (!ok) {
-            break;
-        }
     }
-    pthread_mutex_unlock(&s->lock);
+    if (!ok) {
+        keep_error_locked(sn, err);
+    }
+    ferry__mutex_unlock(&s->lock);
     return NULL;
+}
+
+/*
+ * Connect channel @sn, set its timeout and either write its hello or, with TLS, wrap it (its thread does the
+ * handshake and the hello); then set up the method's state and the copy buffer. The error names no channel.
+ */
+static bool open_channel(Sender *sn, const FerryMigrationAddress *addr, int cancel_fd, FerryError **errp)
+{
+    FerryMultifdSend *s = sn->owner;
+    const FerryMultifdConfig *cfg = &s->cfg;
+    sn->chan = ferry__channel_connect(addr, cancel_fd, errp);
+    if (!sn->chan || !ferry__channel_set_timeout(sn->chan, cfg->timeout_ms, errp)) {
+        return false;
+    }
+    if (cfg->tls) {
+        /* Wrapped now, so that shutdown reaches it. The timeout was set on the socket, which the TLS channel moves
+         * its records through. */
+        sn->chan = ferry__tls_channel_new(sn->chan, cfg->tls, errp);
+        if (!sn->chan) {
+            return false;
+        }
+    } else {
+        uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN];
+        ferry__wire_mfd_hello_encode((uint16_t)sn->index, cfg->session, hello);
+        if (!ferry__channel_write_all(sn->chan, hello, sizeof(hello), errp)) {
+            return false;
+        }
+        s->bytes += sizeof(hello);
+    }
+    if (s->methods->send_setup && !s->methods->send_setup(cfg, &sn->mstate, errp)) {
+        return false;
+    }
+    sn->copybuf = ferry__xmalloc(FERRY_WIRE_MFD_MAX_PAGES * cfg->page_size);
+    return true;
 }
 
 FerryMultifdSend *ferry__multifd_send_new(const FerryMigrationAddress *addr, int cancel_fd,
                                           const FerryMultifdConfig *cfg, FerryError **errp)
 {
+    const FerryMultifdMethods *methods = ferry__multifd_methods(cfg->compression, errp);
+    if (!methods) {
+        return NULL;
+    }
     FerryMultifdSend *s = ferry__xcalloc(1, sizeof(*s));
-    pthread_mutex_init(&s->lock, NULL);
+    ferry__mutex_init(&s->lock);
     pthread_cond_init(&s->cond, NULL);
     s->cfg = *cfg;
+    s->methods = methods;
     s->n = cfg->channels;
     s->s = ferry__xcalloc(s->n, sizeof(*s->s));
-    size_t raw = FERRY_WIRE_MFD_MAX_PAGES * cfg->page_size;
     for (unsigned i = 0; i < s->n; i++) {
-        Sender *sn = &s->s[i];
-        sn->owner = s;
-        sn->index = i;
+        s->s[i].owner = s;
+        s->s[i].index = i;
         FerryError *err = NULL;
-        sn->chan = ferry__channel_connect(addr, cancel_fd, &err);
-        uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN];
-        ferry__wire_mfd_hello_encode((uint16_t)i, cfg->session, hello);
-        bool ready = false;
-        if (sn->chan && !ferry__channel_set_timeout(sn->chan, cfg->timeout_ms, &err)) {
-            /* err says why */
-        } else if (sn->chan && cfg->tls) {
-            /* Wrapped now, so that shutdown reaches it; its thread does the handshake and the hello. The timeout
-             * was set on the socket, which the TLS channel moves its records through. */
-            sn->chan = ferry__tls_channel_new(sn->chan, cfg->tls, &err);
-            ready = sn->chan != NULL;
-        } else if (sn->chan && ferry__channel_write_all(sn->chan, hello, sizeof(hello), &err)) {
-            s->bytes += sizeof(hello);
-            ready = true;
-        }
-        if (ready && cfg->compression != FERRY_MFD_COMP_NONE) {
-            sn->comp = ferry__compressor_new(cfg->compression, cfg->level, &err);
-        }
-        if (err) {
+        if (!open_channel(&s->s[i], addr, cancel_fd, &err)) {
             ferry_error_prepend(&err, "multifd channel %u: ", i);
             ferry_error_propagate(errp, err);
             ferry__multifd_send_free(s, true);
             return NULL;
-        }
-        sn->copybuf = ferry__xmalloc(raw);
-        if (sn->comp) {
-            sn->cbuf = ferry__xmalloc(ferry__wire_mfd_payload_max(raw));
         }
     }
     for (unsigned i = 0; i < s->n; i++) {
@@ -307,9 +329,10 @@ FerryMultifdSend *ferry__multifd_send_new(const FerryMigrationAddress *addr, int
     return s;
 }
 
-/* With lock held: fail with the first thread error, if any. */
+/* Fail with the first thread error, if any. */
 static bool check_err_locked(FerryMultifdSend *s, FerryError **errp)
 {
+    FERRY_ASSERT_HELD(&s->lock);
     if (s->err) {
         ferry_error_propagate(errp, ferry_error_copy(s->err));
         return false;
@@ -319,59 +342,53 @@ static bool check_err_locked(FerryMultifdSend *s, FerryError **errp)
 
 bool ferry__multifd_send_batch(FerryMultifdSend *s, const FerryMultifdBatch *batch, FerryError **errp)
 {
-    pthread_mutex_lock(&s->lock);
+    ferry__mutex_lock(&s->lock);
     for (;;) {
         if (!check_err_locked(s, errp)) {
-            pthread_mutex_unlock(&s->lock);
+            ferry__mutex_unlock(&s->lock);
             return false;
         }
         for (unsigned k = 0; k < s->n; k++) {
             Sender *sn = &s->s[(s->next + k) % s->n];
-            if (!sn->has_pending) {
-                sn->pending.type = JOB_PAGES;
-                sn->pending.batch = *batch;
-                sn->has_pending = true;
+            if (sn->slot == SLOT_EMPTY) {
+                fill_slot_locked(sn, batch, 0);
                 s->next = (sn->index + 1) % s->n;
-                pthread_cond_broadcast(&s->cond);
-                pthread_mutex_unlock(&s->lock);
+                ferry__mutex_unlock(&s->lock);
                 return true;
             }
         }
-        pthread_cond_wait(&s->cond, &s->lock);
+        ferry__mutex_cond_wait(&s->lock, &s->cond);
     }
 }
 
 bool ferry__multifd_send_sync(FerryMultifdSend *s, uint64_t sync, FerryError **errp)
 {
-    pthread_mutex_lock(&s->lock);
+    ferry__mutex_lock(&s->lock);
     for (unsigned i = 0; i < s->n; i++) {
         Sender *sn = &s->s[i];
-        while (sn->has_pending && !s->err) {
-            pthread_cond_wait(&s->cond, &s->lock);
+        while (sn->slot == SLOT_FULL && !s->err) {
+            ferry__mutex_cond_wait(&s->lock, &s->cond);
         }
         if (!check_err_locked(s, errp)) {
-            pthread_mutex_unlock(&s->lock);
+            ferry__mutex_unlock(&s->lock);
             return false;
         }
-        sn->pending.type = JOB_SYNC;
-        sn->pending.sync = sync;
-        sn->has_pending = true;
-        pthread_cond_broadcast(&s->cond);
+        fill_slot_locked(sn, NULL, sync);
     }
-    pthread_mutex_unlock(&s->lock);
+    ferry__mutex_unlock(&s->lock);
     return true;
 }
 
 bool ferry__multifd_send_flush(FerryMultifdSend *s, FerryError **errp)
 {
-    pthread_mutex_lock(&s->lock);
+    ferry__mutex_lock(&s->lock);
     for (unsigned i = 0; i < s->n; i++) {
-        while ((s->s[i].has_pending || s->s[i].busy) && !s->err) {
-            pthread_cond_wait(&s->cond, &s->lock);
+        while ((s->s[i].slot == SLOT_FULL || s->s[i].busy) && !s->err) {
+            ferry__mutex_cond_wait(&s->lock, &s->cond);
         }
     }
     bool ok = check_err_locked(s, errp);
-    pthread_mutex_unlock(&s->lock);
+    ferry__mutex_unlock(&s->lock);
     return ok;
 }
 
@@ -400,23 +417,24 @@ void ferry__multifd_send_free(FerryMultifdSend *s, bool abort)
     if (abort) {
         ferry__multifd_send_shutdown(s);
     }
-    pthread_mutex_lock(&s->lock);
+    ferry__mutex_lock(&s->lock);
     s->quit = true;
     pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->lock);
+    ferry__mutex_unlock(&s->lock);
     for (unsigned i = 0; i < s->n; i++) {
         Sender *sn = &s->s[i];
         if (sn->started) {
             pthread_join(sn->thread, NULL);
         }
         ferry__channel_free(sn->chan);
-        ferry__compressor_free(sn->comp);
+        if (sn->mstate) {
+            s->methods->send_cleanup(sn->mstate);
+        }
         free(sn->copybuf);
-        free(sn->cbuf);
     }
     free(s->s);
     ferry_error_free(s->err);
-    pthread_mutex_destroy(&s->lock);
+    ferry__mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     free(s);
 }
