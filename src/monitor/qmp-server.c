@@ -497,6 +497,61 @@ static void client_count_bad_input(MonClient *c)
     }
 }
 
+/* Run one parsed request and queue its reply. */
+static void client_run_request(FerryMonitor *mon, MonClient *c, json_t *req)
+{
+    bool is_object = json_is_object(req);
+    mon->cur_client = c;
+    json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
+    mon->cur_client = NULL;
+    client_queue_json(c, reply);
+    json_decref(reply);
+    if (is_object) {
+        c->bad_inputs = 0;
+    } else {
+        client_count_bad_input(c);
+    }
+}
+
+/*
+ * Parse the complete value of @vlen bytes at c->in + @pos and act on it. Returns true if the whole value was
+ * consumed (handled, or refused for a duplicate key); false after a syntax error (answered, not yet counted as a
+ * bad input), with *error_at the offset of the bad byte in the value, for resynchronisation.
+ *
+ * Duplicate keys are refused, as QEMU's parser refuses them: jansson would otherwise keep the last one, and
+ * {"execute": "query-status", "execute": "quit"} would quit. Such a value is well-formed JSON whose end the framer
+ * found for sure, so only that value is dropped, not the rest of its line; the check that it is well-formed
+ * otherwise (a second parse) runs only on that error path.
+ */
+static bool client_parse_value(FerryMonitor *mon, MonClient *c, size_t pos, size_t vlen, size_t *error_at)
+{
+    json_error_t jerr;
+    json_t *req = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    if (req) {
+        client_run_request(mon, c, req);
+        json_decref(req);
+        return true;
+    }
+    char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
+    client_send_error(c, desc);
+    free(desc);
+    if (json_error_code(&jerr) == json_error_duplicate_key) {
+        /* jansson stops at the first problem: a syntax error after the duplicate is what resynchronises. */
+        json_t *whole = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY, &jerr);
+        if (whole) {
+            json_decref(whole);
+            client_count_bad_input(c);
+            return true;
+        }
+    }
+    /* jansson's position is just past the byte where it gave up. */
+    *error_at = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
+    if (*error_at >= vlen) {
+        *error_at = vlen - 1;
+    }
+    return false;
+}
+
 /*
  * Parse and handle every complete value in the client's input; keep an incomplete tail for later. After a parse
  * error the rest of the line on which it was found is dropped (a client that typed a broken request goes on with
@@ -549,33 +604,9 @@ static void client_process_input(FerryMonitor *mon, MonClient *c)
             client_send_error(c, desc);
             free(desc);
             error_at = vlen - 1;
-        } else {
-            json_error_t jerr;
-            json_t *req = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY, &jerr);
-            if (req) {
-                pos += vlen;
-                bool is_object = json_is_object(req);
-                mon->cur_client = c;
-                json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
-                mon->cur_client = NULL;
-                json_decref(req);
-                client_queue_json(c, reply);
-                json_decref(reply);
-                if (is_object) {
-                    c->bad_inputs = 0;
-                } else {
-                    client_count_bad_input(c);
-                }
-                continue;
-            }
-            char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
-            client_send_error(c, desc);
-            free(desc);
-            /* jansson's position is just past the byte where it gave up. */
-            error_at = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
-            if (error_at >= vlen) {
-                error_at = vlen - 1;
-            }
+        } else if (client_parse_value(mon, c, pos, vlen, &error_at)) {
+            pos += vlen;
+            continue;
         }
         pos += error_at;
         c->skip_line = true;
