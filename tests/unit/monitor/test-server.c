@@ -4,11 +4,12 @@
  * several clients, events reaching only negotiated clients, requests split across writes and several in one write,
  * a character cut in two, garbage followed by a valid request, the input cap, a client that never reads, clients
  * that vanish, and quit; getfd/closefd with fds passed as SCM_RIGHTS, counting the process's open fds so that an
- * fd nobody took cannot leak, each getfd naming its own fd however the input is cut into reads (the monitor is held
- * while the client sends, so the cuts are the same every run), and fds per connection, names per process; the human monitor on a socket; the bounds of the socket side: the socket's mode
- * whatever the umask, at most FERRY_MONITOR_MAX_CLIENTS clients (one more is told why and closed), and a process
- * out of fds (the connection is refused, the loop does not spin). Every read has a timeout so that a bug fails
- * the test instead of hanging it.
+ * fd nobody took cannot leak, each getfd naming its own fd however the input is cut into reads (the monitor is
+ * held while the client sends, so the cuts are the same every run), and fds per connection, names per process;
+ * the human monitor on a socket; the bounds of the socket side: the socket's mode whatever the umask, at most
+ * FERRY_MONITOR_MAX_CLIENTS clients (one more is told why and closed), and a process out of fds (the connection
+ * is refused, the loop does not spin). Every read has a timeout so that a bug fails the test instead of hanging
+ * it.
  */
 #include <dirent.h>
 #include <errno.h>
