@@ -652,6 +652,16 @@ static void expect_stored(const char *name, int fd)
     close(got);
 }
 
+/* Let the held monitor go on: both getfds succeed, and "a" and "b" name @fa and @fb. */
+static void release_expect_ab(Client *c, int fa, int fb)
+{
+    release_monitor(c);
+    expect_msg(c, "{\"return\": {}}");
+    expect_msg(c, "{\"return\": {}}");
+    expect_stored("a", fa);
+    expect_stored("b", fb);
+}
+
 static const char getfd_a[] = "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"a\"}}";
 static const char getfd_b[] = "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"b\"}}";
 
@@ -678,11 +688,7 @@ static void test_getfd_across_reads(void **state)
     client_send_fds(c, cut, &pa[0], 1);
     client_send(c, getfd_a + strlen(cut));
     client_send_fds(c, getfd_b, &pb[0], 1);
-    release_monitor(c);
-    expect_msg(c, "{\"return\": {}}");
-    expect_msg(c, "{\"return\": {}}");
-    expect_stored("a", pa[0]);
-    expect_stored("b", pb[0]);
+    release_expect_ab(c, pa[0], pb[0]);
 
     /* 2. QEMU's Python library sends the fd with one byte of its own, then the request. */
     hold_monitor(c);
@@ -690,11 +696,7 @@ static void test_getfd_across_reads(void **state)
     client_send(c, getfd_a);
     client_send_fds(c, " ", &pb[0], 1);
     client_send(c, getfd_b);
-    release_monitor(c);
-    expect_msg(c, "{\"return\": {}}");
-    expect_msg(c, "{\"return\": {}}");
-    expect_stored("a", pa[0]);
-    expect_stored("b", pb[0]);
+    release_expect_ab(c, pa[0], pb[0]);
 
     /* 3. Whole requests, each sent with its fd, behind more input than one read takes: the first read ends inside
      *    the first getfd, the second brings its rest and the second getfd with its fd. */
@@ -704,21 +706,13 @@ static void test_getfd_across_reads(void **state)
     client_write(c, spaces, sizeof(spaces));
     client_send_fds(c, getfd_a, &pa[0], 1);
     client_send_fds(c, getfd_b, &pb[0], 1);
-    release_monitor(c);
-    expect_msg(c, "{\"return\": {}}");
-    expect_msg(c, "{\"return\": {}}");
-    expect_stored("a", pa[0]);
-    expect_stored("b", pb[0]);
+    release_expect_ab(c, pa[0], pb[0]);
 
     /* 4. Two whole requests each with its fd, in one go (the kernel ends a read after each message with fds). */
     hold_monitor(c);
     client_send_fds(c, getfd_a, &pa[0], 1);
     client_send_fds(c, getfd_b, &pb[0], 1);
-    release_monitor(c);
-    expect_msg(c, "{\"return\": {}}");
-    expect_msg(c, "{\"return\": {}}");
-    expect_stored("a", pa[0]);
-    expect_stored("b", pb[0]);
+    release_expect_ab(c, pa[0], pb[0]);
 
     /* 5. One message with the fd and two requests: the getfd before the other request takes it. */
     char *two = ferry__xasprintf("%s{\"execute\": \"echo\", \"arguments\": {\"s\": \"x\"}}", getfd_a);
