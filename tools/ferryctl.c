@@ -488,7 +488,8 @@ int main(int argc, char **argv)
     json_t *args = NULL;
     if (argc == 4) {
         json_error_t err;
-        args = json_loads(argv[3], 0, &err);
+        /* A duplicate key is refused (the server would refuse it too; json_dumps would silently drop one). */
+        args = json_loads(argv[3], JSON_REJECT_DUPLICATES, &err);
         if (!json_is_object(args)) {
             fprintf(stderr, "ferryctl: JSON-ARGS must be a JSON object%s%s\n", args ? "" : ": ",
                     args ? "" : err.text);

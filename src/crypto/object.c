@@ -365,9 +365,10 @@ bool ferry__object_spec_parse(const char *spec, bool *known, json_t **args, Ferr
     json_t *obj;
     bool from_json = spec[0] == '{';
     if (from_json) {
-        /* QEMU's JSON form of -object: already typed, exactly object-add's arguments. */
+        /* QEMU's JSON form of -object: already typed, exactly object-add's arguments. Duplicate keys are refused
+         * as QEMU's parser refuses them. */
         json_error_t jerr;
-        obj = json_loads(spec, 0, &jerr);
+        obj = json_loads(spec, JSON_REJECT_DUPLICATES, &jerr);
         if (!obj || !json_is_object(obj)) {
             ferry_error_setg(errp, "not a JSON object: %s", obj ? "another JSON value" : jerr.text);
             json_decref(obj);

@@ -210,7 +210,8 @@ static bool parse_incoming(FerryHost *h, const char *arg, FerryError **errp)
         /* "defer": no main channel yet, QMP migrate-incoming gives it. */
     } else if (arg[0] == '{') {
         json_error_t jerr;
-        json_t *obj = json_loads(arg, 0, &jerr);
+        /* Duplicate keys are refused, as QEMU's parser refuses them (the last one would silently win). */
+        json_t *obj = json_loads(arg, JSON_REJECT_DUPLICATES, &jerr);
         if (!obj) {
             ferry_error_setg(errp, "-incoming '%s': not valid JSON: %s", arg, jerr.text);
             return false;

@@ -297,7 +297,8 @@ void ferry__mig_fail(FerryMigration *m, const FerryError *err)
     ferry__mutex_lock(&m->lock);
     if (!m->error_desc) {
         /* The message may quote what a peer sent (a NACK, a block name): keep it valid for QMP's JSON. */
-        m->error_desc = ferry__utf8_scrub(err ? ferry_error_msg(err) : "unknown error");
+        m->error_desc = ferry__utf8_scrub_bounded(err ? ferry_error_msg(err) : "unknown error",
+                                                  FERRY_MIG_ERROR_DESC_MAX);
     }
     /* Failing is allowed from every status that is not terminal, whichever the thread last saw. */
     FerryMigrationStatus from = m->status;

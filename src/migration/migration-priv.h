@@ -163,7 +163,7 @@ struct FerryMigration {
     /* The current or last migration, in either direction. */
     bool incoming;               /* direction of the current/last one */
     FerryMigrationStatus status;
-    char *error_desc;
+    char *error_desc;            /* at most FERRY_MIG_ERROR_DESC_MAX bytes of the error, then a cut marker */
     FerryMigStats stats;
     char *tracker_name;          /* outgoing: the tracker in use */
     char *tracker_note;          /* why a fallback was taken */
@@ -200,7 +200,10 @@ struct FerryMigration {
  * the transition table allows it (a bug otherwise: logged, fatal in a debug build). Logs and emits MIGRATION. */
 bool ferry__mig_set_state(FerryMigration *m, FerryMigrationStatus from, FerryMigrationStatus to);
 FerryMigrationStatus ferry__mig_status(FerryMigration *m);
-/* Status failed (from whatever status that is not terminal) + error-desc, once. */
+/* The most bytes of an error that error-desc keeps: the error may quote a string from the peer (a destination's
+ * failure report, a block name) of up to a control record's size, and query-migrate is answered often. */
+#define FERRY_MIG_ERROR_DESC_MAX 1024
+/* Status failed (from whatever status that is not terminal) + error-desc (scrubbed, bounded), once. */
 void ferry__mig_fail(FerryMigration *m, const FerryError *err);
 /* Calls the test hook, if one is set, at @point. */
 void ferry__mig_test_point(FerryMigration *m, FerryMigTestPoint point);

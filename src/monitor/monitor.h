@@ -49,8 +49,9 @@ bool ferry__monitor_add_hmp(FerryMonitor *mon, const char *spec, FerryError **er
 
 /*
  * For a command function running on behalf of a client: take the most recent fd that client sent as SCM_RIGHTS
- * ancillary data and has not been consumed yet (QEMU's qemu_chr_fe_get_msgfd). The caller owns it. -1 if there
- * is none (no client, i.e. a direct dispatch, or no fd sent). Monitor thread only.
+ * ancillary data with or before the request being handled, and that has not been consumed yet (QEMU's
+ * qemu_chr_fe_get_msgfd; qmp-server.c says how fds are matched to requests). The caller owns it. -1 if there is
+ * none (no client, i.e. a direct dispatch, or no fd sent). Monitor thread only.
  */
 int ferry__monitor_take_fd(FerryMonitor *mon);
 

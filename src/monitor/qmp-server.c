@@ -38,14 +38,22 @@
 /* How long the listeners rest when accept fails for a reason that would make it fail again at once. */
 #define MON_ACCEPT_PAUSE_MS 100
 
+/* The fds of one received message (SCM_RIGHTS), and where in the client's input they arrived. */
+typedef struct MonFds {
+    int *fds;
+    size_t n;
+    uint64_t at;    /* input offset just past the read that brought them */
+} MonFds;
+
 struct FerryMonitorClient {
     int fd;         /* input, and output too unless out_fd differs (stdio) */
     int out_fd;
     bool hmp;       /* a human monitor client: lines in, text out, no events */
     bool is_stdio;  /* fds 0 and 1: never closed by the monitor */
     bool wait_mig;  /* HMP "migrate" without -d runs: input waits, nothing is printed until it ends */
-    int *fds;       /* fds received with the client's last message that carried any, not yet taken */
-    size_t nfds;
+    MonFds fds;     /* fds that arrived before the end of the request being handled (client_take_msg_fds) */
+    MonFds new_fds; /* fds of a later read, not yet reached by a request */
+    uint64_t in_base; /* input offset (bytes received before) of in[0] */
     bool negotiated;
     bool closing;   /* no more input is read; the client is closed once its output is flushed */
     bool dead;      /* close at the end of this loop iteration */
@@ -82,20 +90,80 @@ FerryMonitor *ferry__monitor_new(void)
     return mon;
 }
 
-static void client_close_fds(MonClient *c)
+static void fds_close(MonFds *f)
 {
-    for (size_t i = 0; i < c->nfds; i++) {
-        close(c->fds[i]);
+    for (size_t i = 0; i < f->n; i++) {
+        close(f->fds[i]);
     }
-    free(c->fds);
-    c->fds = NULL;
-    c->nfds = 0;
+    free(f->fds);
+    *f = (MonFds){ 0 };
+}
+
+/*
+ * fds received as SCM_RIGHTS ancillary data. A read of a UNIX stream socket ends right after the bytes of a message
+ * that carried fds, but it can begin with bytes sent before that message: the requests that end in the same read
+ * were sent before the fds or with them, which cannot be told apart. Handing a read's fds to the client at once
+ * would close the fds of an earlier message before the request they were sent for is handled (a request written
+ * in two pieces with its fd on the first, or QEMU's Python library, which sends the fd with a byte of its own
+ * before the request, followed by the next request and its fd). So they wait in new_fds, with the input offset
+ * where their read ended, until a request that ends at or after that offset is handled (it was sent with them or
+ * after them). Then they replace the client's current fds, as a message's fds replace the last ones in QEMU.
+ *
+ * A getfd takes the current fds, or if there are none the fds of the read in which it ends (one message that
+ * carried the getfd and more requests after it). Each client holds at most two sets: a read's fds make those of
+ * an earlier read current, since every request handled from then on ends after them.
+ */
+static void fds_promote(MonClient *c)
+{
+    if (c->new_fds.n) {
+        fds_close(&c->fds);
+        c->fds = c->new_fds;
+        c->new_fds = (MonFds){ 0 };
+    }
+}
+
+/* Keep the fds of one received message, whose read ends at input offset @at. */
+static void client_take_msg_fds(MonClient *c, struct msghdr *msg, uint64_t at)
+{
+    if (msg->msg_flags & MSG_CTRUNC) {
+        ferry__log(FERRY_LOG_WARN, "monitor: a QMP client sent more than %d fds in one message; the excess was "
+                   "dropped by the kernel", MON_MAX_MSG_FDS);
+    }
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
+            continue;
+        }
+        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        if (n == 0) {
+            continue;
+        }
+        fds_promote(c);
+        c->new_fds = (MonFds){ .fds = ferry__xcalloc(n, sizeof(int)), .n = n, .at = at };
+        memcpy(c->new_fds.fds, CMSG_DATA(cm), n * sizeof(int));
+    }
+}
+
+int ferry__monitor_take_fd(FerryMonitor *mon)
+{
+    MonClient *c = mon->cur_client;
+    if (!c) {
+        return -1;
+    }
+    MonFds *f = c->fds.n ? &c->fds : &c->new_fds;
+    if (f->n == 0) {
+        return -1;
+    }
+    /* The most recent fd is the one a getfd means; any others that came with it are not wanted by anybody. */
+    int fd = f->fds[--f->n];
+    fds_close(f);
+    return fd;
 }
 
 static void client_free(MonClient *c)
 {
     /* fds a client sent and no command took are ours to close. */
-    client_close_fds(c);
+    fds_close(&c->fds);
+    fds_close(&c->new_fds);
     if (c->fd >= 0 && !c->is_stdio) {
         close(c->fd);
     }
@@ -463,6 +531,7 @@ static void client_send_error(MonClient *c, const char *desc)
 
 static void client_drop_input(MonClient *c)
 {
+    c->in_base += c->in_len;
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = 0;
@@ -495,6 +564,65 @@ static void client_count_bad_input(MonClient *c)
         client_cut_off(c, desc);
         free(desc);
     }
+}
+
+/* Run one parsed request, which ends at input offset @end, and queue its reply. */
+static void client_run_request(FerryMonitor *mon, MonClient *c, json_t *req, uint64_t end)
+{
+    bool is_object = json_is_object(req);
+    if (c->new_fds.n && c->new_fds.at <= end) {
+        /* fds that arrived with this request or before it (client_take_msg_fds). */
+        fds_promote(c);
+    }
+    mon->cur_client = c;
+    json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
+    mon->cur_client = NULL;
+    client_queue_json(c, reply);
+    json_decref(reply);
+    if (is_object) {
+        c->bad_inputs = 0;
+    } else {
+        client_count_bad_input(c);
+    }
+}
+
+/*
+ * Parse the complete value of @vlen bytes at c->in + @pos and act on it. Returns true if the whole value was
+ * consumed (handled, or refused for a duplicate key); false after a syntax error (answered, not yet counted as a
+ * bad input), with *error_at the offset of the bad byte in the value, for resynchronisation.
+ *
+ * Duplicate keys are refused, as QEMU's parser refuses them: jansson would otherwise keep the last one, and
+ * {"execute": "query-status", "execute": "quit"} would quit. Such a value is well-formed JSON whose end the framer
+ * found for sure, so only that value is dropped, not the rest of its line; the check that it is well-formed
+ * otherwise (a second parse) runs only on that error path.
+ */
+static bool client_parse_value(FerryMonitor *mon, MonClient *c, size_t pos, size_t vlen, size_t *error_at)
+{
+    json_error_t jerr;
+    json_t *req = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    if (req) {
+        client_run_request(mon, c, req, c->in_base + pos + vlen);
+        json_decref(req);
+        return true;
+    }
+    char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
+    client_send_error(c, desc);
+    free(desc);
+    if (json_error_code(&jerr) == json_error_duplicate_key) {
+        /* jansson stops at the first problem: a syntax error after the duplicate is what resynchronises. */
+        json_t *whole = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY, &jerr);
+        if (whole) {
+            json_decref(whole);
+            client_count_bad_input(c);
+            return true;
+        }
+    }
+    /* jansson's position is just past the byte where it gave up. */
+    *error_at = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
+    if (*error_at >= vlen) {
+        *error_at = vlen - 1;
+    }
+    return false;
 }
 
 /*
@@ -549,33 +677,9 @@ static void client_process_input(FerryMonitor *mon, MonClient *c)
             client_send_error(c, desc);
             free(desc);
             error_at = vlen - 1;
-        } else {
-            json_error_t jerr;
-            json_t *req = json_loadb(c->in + pos, vlen, JSON_DECODE_ANY, &jerr);
-            if (req) {
-                pos += vlen;
-                bool is_object = json_is_object(req);
-                mon->cur_client = c;
-                json_t *reply = ferry__monitor_handle(mon, req, &c->negotiated);
-                mon->cur_client = NULL;
-                json_decref(req);
-                client_queue_json(c, reply);
-                json_decref(reply);
-                if (is_object) {
-                    c->bad_inputs = 0;
-                } else {
-                    client_count_bad_input(c);
-                }
-                continue;
-            }
-            char *desc = ferry__xasprintf("JSON parse error, %s", jerr.text);
-            client_send_error(c, desc);
-            free(desc);
-            /* jansson's position is just past the byte where it gave up. */
-            error_at = jerr.position > 1 ? (size_t)jerr.position - 1 : 0;
-            if (error_at >= vlen) {
-                error_at = vlen - 1;
-            }
+        } else if (client_parse_value(mon, c, pos, vlen, &error_at)) {
+            pos += vlen;
+            continue;
         }
         pos += error_at;
         c->skip_line = true;
@@ -588,6 +692,7 @@ static void client_process_input(FerryMonitor *mon, MonClient *c)
     if (pos) {
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
+        c->in_base += pos;
     }
     /* An idle client does not keep the buffer a large request needed. */
     if (c->in_len == 0 && c->in_cap > MON_READ_CHUNK) {
@@ -620,6 +725,7 @@ static void client_process_hmp(FerryMonitor *mon, MonClient *c)
     if (pos) {
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
+        c->in_base += pos;
     }
     if (c->in_len > FERRY_MONITOR_MAX_INPUT && !c->dead) {
         static const char msg[] = "Error: input line too long; closing\n";
@@ -627,41 +733,6 @@ static void client_process_hmp(FerryMonitor *mon, MonClient *c)
         c->closing = true;
         client_drop_input(c);
     }
-}
-
-/* Keep the fds of one received message. As QEMU's socket chardev does, fds an earlier message brought and no
- * command took are closed: a client gives an fd right before the command that uses it. */
-static void client_take_msg_fds(MonClient *c, struct msghdr *msg)
-{
-    if (msg->msg_flags & MSG_CTRUNC) {
-        ferry__log(FERRY_LOG_WARN, "monitor: a QMP client sent more than %d fds in one message; the excess was "
-                   "dropped by the kernel", MON_MAX_MSG_FDS);
-    }
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
-            continue;
-        }
-        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        if (n == 0) {
-            continue;
-        }
-        client_close_fds(c);
-        c->fds = ferry__xcalloc(n, sizeof(int));
-        memcpy(c->fds, CMSG_DATA(cm), n * sizeof(int));
-        c->nfds = n;
-    }
-}
-
-int ferry__monitor_take_fd(FerryMonitor *mon)
-{
-    MonClient *c = mon->cur_client;
-    if (!c || c->nfds == 0) {
-        return -1;
-    }
-    /* The most recent fd is the one a getfd means; any others that came with it are not wanted by anybody. */
-    int fd = c->fds[--c->nfds];
-    client_close_fds(c);
-    return fd;
 }
 
 /* Room for one more read. The framer keeps a pending request below FERRY_MONITOR_MAX_INPUT and the human monitor
@@ -704,8 +775,8 @@ static void client_read(FerryMonitor *mon, MonClient *c)
                               .msg_controllen = sizeof(ctrl.buf) };
         /* MSG_CMSG_CLOEXEC: a received fd must not leak into a child (an exec: migration) before it is used. */
         n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n >= 0) {
-            client_take_msg_fds(c, &msg);
+        if (n > 0) {
+            client_take_msg_fds(c, &msg, c->in_base + c->in_len + (uint64_t)n);
         }
     }
     if (n < 0) {

@@ -1,6 +1,7 @@
 /*
  * The helpers declared in util.h: allocation that aborts on exhaustion, monotonic and wall clocks, a small
- * stderr logger, and parsers for unsigned integers and QEMU-style sizes. It holds no migration knowledge and no
+ * stderr logger (one line per call, control characters escaped), copies of text a peer may have sent (scrubbed
+ * to valid UTF-8, bounded, or escaped for a log), and parsers for unsigned integers and QEMU-style sizes. It holds no migration knowledge and no
  * global state apart from the log level, which is read from the environment once.
  */
 #include <ctype.h>
@@ -180,8 +181,12 @@ void ferry__log(FerryLogLevel level, const char *fmt, ...)
 
     va_list ap;
     va_start(ap, fmt);
-    char *msg = ferry__xvasprintf(fmt, ap);
+    char *raw = ferry__xvasprintf(fmt, ap);
     va_end(ap);
+    /* Messages quote what peers sent (section and block names, a destination's failure report): escaped, they
+     * cannot forge or hide lines (CR, LF, ESC); one call is always exactly one line. */
+    char *msg = ferry__log_escape(raw);
+    free(raw);
     /* One fprintf per line so that lines from different threads do not interleave. */
     fprintf(stderr, "%02d:%02d:%02d.%06lld ferry %s: %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
             (long long)usec, tags[level], msg);
@@ -352,16 +357,86 @@ static size_t utf8_sequence_len(const unsigned char *s)
     return n;
 }
 
+/* A control character: C0, DEL, or C1 (U+0080..U+009F, which some terminals obey as they obey ESC). @n is the
+ * length of the valid UTF-8 sequence at @p. */
+static bool is_control(const unsigned char *p, size_t n)
+{
+    return (n == 1 && (p[0] < 0x20 || p[0] == 0x7f)) || (n == 2 && p[0] == 0xC2 && p[1] < 0xA0);
+}
+
+/* Writes the escape of byte @c to @out (room for 4 bytes); returns its length. */
+static size_t escape_byte(unsigned char c, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    char named = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : 0;
+    out[0] = '\\';
+    if (named) {
+        out[1] = named;
+        return 2;
+    }
+    out[1] = 'x';
+    out[2] = hex[c >> 4];
+    out[3] = hex[c & 0xF];
+    return 4;
+}
+
+/*
+ * The one walk over text that may not be valid UTF-8, behind ferry__utf8_scrub, ferry__utf8_scrub_bounded and
+ * ferry__log_escape. Valid sequences are kept. A byte that is not part of one becomes '?', or with @escape an
+ * escape (\xNN); with @escape, control characters are escaped too (\n, \r, \t by name). The copy stops before the
+ * character that would take it past @max bytes of @s; *used (if not NULL) is how many bytes of @s it took.
+ */
+static char *utf8_copy(const char *s, size_t max, bool escape, size_t *used)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s);
+    /* An escape is at most 4 bytes for each byte of @s. */
+    char *out = ferry__xmalloc((escape ? 4 * len : len) + 1);
+    size_t i = 0, o = 0;
+    while (i < len) {
+        size_t n = utf8_sequence_len(p + i);
+        size_t take = n ? n : 1;
+        if (take > max - i) {
+            break;
+        }
+        if (n && !(escape && is_control(p + i, n))) {
+            memcpy(out + o, p + i, n);
+            o += n;
+        } else if (!escape) {
+            out[o++] = '?';
+        } else {
+            for (size_t k = 0; k < take; k++) {
+                o += escape_byte(p[i + k], out + o);
+            }
+        }
+        i += take;
+    }
+    out[o] = '\0';
+    if (used) {
+        *used = i;
+    }
+    return out;
+}
+
 char *ferry__utf8_scrub(const char *s)
 {
-    char *clean = ferry__xstrdup(s);
-    for (unsigned char *p = (unsigned char *)clean; *p;) {
-        size_t n = utf8_sequence_len(p);
-        if (n == 0) {
-            *p++ = '?';
-        } else {
-            p += n;
-        }
+    return utf8_copy(s, SIZE_MAX, false, NULL);
+}
+
+char *ferry__utf8_scrub_bounded(const char *s, size_t max)
+{
+    size_t used;
+    char *clean = utf8_copy(s, max, false, &used);
+    size_t len = used + strlen(s + used);
+    if (used == len) {
+        return clean;
     }
-    return clean;
+    char *cut = ferry__xasprintf("%s... (%zu bytes cut)", clean, len - used);
+    free(clean);
+    return cut;
+}
+
+char *ferry__log_escape(const char *s)
+{
+    return utf8_copy(s, SIZE_MAX, true, NULL);
 }

@@ -87,6 +87,13 @@ FerryLogLevel ferry__log_set_level(FerryLogLevel level);
 /* A copy of @s in which every byte that is not part of a valid UTF-8 sequence is replaced by '?': JSON (jansson)
  * refuses invalid UTF-8, and error messages may quote bytes a peer sent. */
 char *ferry__utf8_scrub(const char *s);
+/* The same, of at most @max bytes of @s: a longer string is cut before the character that would cross @max and
+ * gets "... (N bytes cut)" appended. For text a peer sent that a reply quotes (a migration's error-desc). */
+char *ferry__utf8_scrub_bounded(const char *s, size_t max);
+/* A copy of @s fit to be one line of a log: control characters (C0 including \n, \r and ESC; DEL; C1) and bytes
+ * that are not valid UTF-8 are written as escapes (\n, \r, \t, \xNN); valid UTF-8 is kept. ferry__log applies it
+ * to every message. */
+char *ferry__log_escape(const char *s);
 
 /* Decimal unsigned integer, the whole string, no sign, no overflow. @what names it in the error. */
 bool ferry__parse_uint64(const char *s, const char *what, uint64_t *out, FerryError **errp);

@@ -96,3 +96,12 @@ def test_non_utf8_arguments_are_named(tmpdir_short):
     assert sanitizer_report(p.stderr) is None, p.stderr
     assert p.returncode == 1, f"exit {p.returncode}; stderr: {p.stderr}"
     assert "UTF-8" in p.stderr and "command" in p.stderr, p.stderr
+
+
+def test_duplicate_keys_in_arguments_are_refused(tmpdir_short):
+    # JSON-ARGS with a key twice would be sent with only the last value: refused before connecting, naming the key.
+    path = os.path.join(tmpdir_short, "none.qmp")
+    p = run_ferryctl(path, "migrate-set-parameters", '{"max-bandwidth": 1, "max-bandwidth": 2}')
+    assert sanitizer_report(p.stderr) is None, p.stderr
+    assert p.returncode != 0, f"exit {p.returncode}; stderr: {p.stderr}"
+    assert "duplicate object key" in p.stderr and '"max-bandwidth"' in p.stderr, p.stderr

@@ -19,6 +19,12 @@ def obj(o):
 # (id, raw bytes, expected class, a word the description must contain (or None), how the process is started)
 BAD_INPUTS = [
     ("bad-json", b'{"execute": nonsense}\n', "GenericError", None, "running"),
+    # QEMU's parser refuses duplicate keys; the last one must not win (this one would quit the process).
+    ("duplicate-execute", b'{"execute": "query-status", "execute": "quit"}\n', "GenericError", '"execute"',
+     "running"),
+    ("duplicate-argument",
+     b'{"execute": "migrate-set-parameters", "arguments": {"max-bandwidth": 1, "max-bandwidth": 2}}\n',
+     "GenericError", '"max-bandwidth"', "running"),
     ("non-object-array", b"[1, 2]\n", "GenericError", None, "running"),
     ("non-object-number", b"42\n", "GenericError", None, "running"),
     ("missing-execute", obj({"arguments": {}}), "GenericError", "execute", "running"),

@@ -336,6 +336,10 @@ static void test_spec_forms(void **state)
     assert_false(ferry__object_spec_parse("{nope", &known, &args, &err));
     expect_error(err, "not a JSON object");
     err = NULL;
+    assert_false(ferry__object_spec_parse("{\"qom-type\": \"authz-simple\", \"id\": \"a\", \"id\": \"b\"}", &known,
+                                          &args, &err));
+    expect_error(err, "duplicate object key near '\"id\"'");
+    err = NULL;
     assert_false(ferry__object_spec_parse("authz-simple,id=x,bad key=1", &known, &args, &err));
     assert_non_null(err);
     ferry_error_free(err);

@@ -5,7 +5,7 @@
  * and the failure rules: a block mismatch is refused by the destination and reported to the source, which keeps
  * its state; a section that fails to load leaves the destination not running; cancel leaves the source running;
  * a backend's fd reaches the destination's set_fd, and the source's release runs only once a destination
- * acknowledged.
+ * acknowledged; a hostile destination's megabyte failure report reaches error-desc bounded.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -18,7 +18,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <cmocka.h>
 
@@ -27,9 +29,11 @@
 #include "ferry/ferry.h"
 #include "channel/channel.h"
 #include "migration/migration.h"
+#include "migration/migration-priv.h"
 #include "migration-test-helpers.h"
 #include "ram/ram.h"
 #include "util/util.h"
+#include "wire/wire.h"
 
 typedef struct Dev {
     uint64_t counter;
@@ -324,6 +328,77 @@ static void test_section_load_failure(void **state)
     free(uri);
     side_free(&src);
     side_free(&dst);
+}
+
+/* A hostile destination: accepts one connection, waits for the source's first bytes, and answers with a failure
+ * report (NACK) as long as a control record may be, full of terminal controls; then waits for the source to hang
+ * up. */
+static void *nack_destination(void *opaque)
+{
+    int fd = accept(*(int *)opaque, NULL, NULL);
+    assert_true(fd >= 0);
+    char buf[4096];
+    assert_true(read(fd, buf, sizeof(buf)) > 0);
+    uint32_t len = FERRY_WIRE_MAX_CONTROL_LEN;
+    uint8_t *rec = ferry__xmalloc(FERRY_WIRE_RECORD_HEADER_LEN + len + 4);
+    ferry__wire_encode_record(rec, &(FerryRecordHeader){ .type = FERRY_REC_NACK, .flags = FERRY_REC_CRITICAL,
+                                                         .length = len });
+    uint8_t *text = rec + FERRY_WIRE_RECORD_HEADER_LEN;
+    for (uint32_t i = 0; i < len; i++) {
+        text[i] = "\x1b[2J\rforged "[i % 12];
+    }
+    ferry__put_be32(text + len, ferry__crc32c(0, rec, FERRY_WIRE_RECORD_HEADER_LEN + len));
+    size_t total = FERRY_WIRE_RECORD_HEADER_LEN + len + 4, done = 0;
+    while (done < total) {
+        ssize_t n = write(fd, rec + done, total - done);
+        if (n <= 0) {
+            break;
+        }
+        done += (size_t)n;
+    }
+    free(rec);
+    while (read(fd, buf, sizeof(buf)) > 0) {
+    }
+    close(fd);
+    return NULL;
+}
+
+/* The destination's failure report is quoted in the source's error-desc, but at most FERRY_MIG_ERROR_DESC_MAX bytes
+ * of it, cut on a character boundary with a marker saying how much was left out. */
+static void test_error_desc_bounded(void **state)
+{
+    Side src;
+    side_init(&src, 1 << 20, FERRY_TRACKER_AUTO);
+    ferry__runstate_init(src.m, false, false);
+    ferry__vm_start_initial(src.m);
+    char *uri = sock_path();
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", uri + strlen("unix:"));
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    unlink(sa.sun_path);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(lfd, 1), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, nack_destination, &lfd), 0);
+
+    FerryMigrationAddress *a = addr_of(uri);
+    assert_true(ferry__migrate(src.m, a, NULL));
+    assert_string_equal(wait_terminal(src.m, 30000), "failed");
+    char *e = error_desc(src.m);
+    if (strlen(e) > FERRY_MIG_ERROR_DESC_MAX + strlen("... (1048576 bytes cut)")) {
+        fail_msg("error-desc of %zu bytes", strlen(e));
+    }
+    assert_non_null(strstr(e, "the destination failed: \x1b[2J\rforged \x1b[2J\rforged "));
+    assert_non_null(strstr(e, " bytes cut)"));
+    free(e);
+    assert_int_equal(ferry__runstate_get(src.m), FERRY_RUN_RUNNING);
+    side_free(&src);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    close(lfd);
+    unlink(sa.sun_path);
+    ferry__address_free(a);
+    free(uri);
 }
 
 /* A migration throttled to a crawl is cancelled: status cancelled, the source was never stopped. */
@@ -804,6 +879,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_params),
+        cmocka_unit_test(test_error_desc_bounded),
         cmocka_unit_test(test_migrate_uffd),
         cmocka_unit_test(test_migrate_explicit),
         cmocka_unit_test(test_migrate_none),

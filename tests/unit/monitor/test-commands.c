@@ -119,6 +119,8 @@ static void test_incoming_options(void **state)
     assert_true(ferry_host_incoming(h));
 
     expect_opt_error(h, "-incoming", "{\"channel-type\": \"main\"", "not valid JSON");
+    expect_opt_error(h, "-incoming", "{\"channel-type\": \"main\", \"channel-type\": \"cpr\"}",
+                     "duplicate object key near '\"channel-type\"'");
     expect_opt_error(h, "-incoming", "{\"channel-type\": \"main\", \"addr\": {\"transport\": \"socket\", "
                                      "\"type\": \"inet\", \"host\": \"h\", \"port\": \"x\", \"bogus\": 1}}", "bogus");
     expect_opt_error(h, "-incoming", "{\"channel-type\": \"cpr\", \"addr\": {\"transport\": \"socket\", "

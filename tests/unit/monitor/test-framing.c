@@ -138,6 +138,38 @@ static void test_resynchronisation(void **state)
     free(out);
 }
 
+static void test_duplicate_keys(void **state)
+{
+    /* The last key does not win: a request with "execute" twice is refused naming the key, and so is a duplicate
+     * inside the arguments. Each refused value is dropped alone: the next value on the same line is served. */
+    static const char dup[] =
+        "{\"execute\": \"echo\", \"execute\": \"nonexistent\", \"id\": 1} {\"execute\": \"echo\", \"id\": 2}\n"
+        "{\"execute\": \"echo\", \"arguments\": {\"s\": \"a\", \"s\": \"b\"}, \"id\": 3}{\"execute\": \"echo\", "
+        "\"id\": 4}\n";
+    bool alive;
+    char *out = answers(dup, strlen(dup), 0, &alive);
+    assert_true(alive);
+    assert_int_equal(count_errors(out, "JSON parse error, duplicate object key near '\\\"execute\\\"'"), 1);
+    assert_int_equal(count_errors(out, "JSON parse error, duplicate object key near '\\\"s\\\"'"), 1);
+    assert_null(strstr(out, "\"id\": 1"));
+    assert_null(strstr(out, "\"id\": 3"));
+    assert_non_null(strstr(out, "{\"return\": {}, \"id\": 2}\r\n"));
+    assert_non_null(strstr(out, "{\"return\": {}, \"id\": 4}\r\n"));
+    assert_int_equal(count_lines(out), 4);
+    free(out);
+
+    /* A duplicate followed by a syntax error: one error, and the line is skipped as after any syntax error. */
+    static const char both[] = "{\"a\": 1, \"a\": 2 oops} {\"execute\": \"echo\", \"id\": 5}\n"
+                               "{\"execute\": \"echo\", \"id\": 6}\n";
+    out = answers(both, strlen(both), 0, &alive);
+    assert_true(alive);
+    assert_int_equal(count_errors(out, "JSON parse error, duplicate object key"), 1);
+    assert_null(strstr(out, "\"id\": 5"));
+    assert_non_null(strstr(out, "{\"return\": {}, \"id\": 6}\r\n"));
+    assert_int_equal(count_lines(out), 2);
+    free(out);
+}
+
 /* A request of exactly @len bytes: {"execute": "echo", "arguments": {"s": "aaa..."}}. */
 static char *request_of_size(size_t len)
 {
@@ -289,6 +321,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_anywhere),
         cmocka_unit_test(test_resynchronisation),
+        cmocka_unit_test(test_duplicate_keys),
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_nesting_limit),
         cmocka_unit_test(test_bad_input_cut_off),

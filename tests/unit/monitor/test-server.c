@@ -4,10 +4,12 @@
  * several clients, events reaching only negotiated clients, requests split across writes and several in one write,
  * a character cut in two, garbage followed by a valid request, the input cap, a client that never reads, clients
  * that vanish, and quit; getfd/closefd with fds passed as SCM_RIGHTS, counting the process's open fds so that an
- * fd nobody took cannot leak; the human monitor on a socket; the bounds of the socket side: the socket's mode
- * whatever the umask, at most FERRY_MONITOR_MAX_CLIENTS clients (one more is told why and closed), and a process
- * out of fds (the connection is refused, the loop does not spin). Every read has a timeout so that a bug fails
- * the test instead of hanging it.
+ * fd nobody took cannot leak, each getfd naming its own fd however the input is cut into reads (the monitor is
+ * held while the client sends, so the cuts are the same every run), and fds per connection, names per process;
+ * the human monitor on a socket; the bounds of the socket side: the socket's mode whatever the umask, at most
+ * FERRY_MONITOR_MAX_CLIENTS clients (one more is told why and closed), and a process out of fds (the connection
+ * is refused, the loop does not spin). Every read has a timeout so that a bug fails the test instead of hanging
+ * it.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -55,6 +57,20 @@ static json_t *cmd_echo(json_t *args, void *opaque, FerryError **errp)
     return json_deep_copy(args);
 }
 
+/* "hold" blocks the monitor thread until the test writes a byte to hold_release[1]: input sent meanwhile waits in
+ * the socket, so the reads that follow split it exactly where the kernel does (after each message with fds), not
+ * where the scheduler happens to. hold_started[0] becomes readable once the monitor is held. */
+static int hold_started[2] = { -1, -1 };
+static int hold_release[2] = { -1, -1 };
+
+static json_t *cmd_hold(json_t *args, void *opaque, FerryError **errp)
+{
+    char b = 0;
+    assert_int_equal(write(hold_started[1], &b, 1), 1);
+    assert_int_equal(read(hold_release[0], &b, 1), 1);
+    return json_object();
+}
+
 static void *run_thread(void *opaque)
 {
     Server *s = opaque;
@@ -73,6 +89,12 @@ static void server_start(Server *s)
     s->mon = ferry__monitor_new();
     FerryError *err = NULL;
     assert_true(ferry__monitor_register(s->mon, "echo", echo_args, cmd_echo, NULL, &err));
+    assert_true(ferry__monitor_register(s->mon, "hold", NULL, cmd_hold, NULL, &err));
+    if (hold_started[0] < 0) {
+        /* Kept for the whole run, so that the tests' fd counts do not see them come and go. */
+        assert_int_equal(pipe(hold_started), 0);
+        assert_int_equal(pipe(hold_release), 0);
+    }
     if (!ferry__monitor_add_qmp(s->mon, spec, &err)) {
         fail_msg("add_qmp: %s", ferry_error_msg(err));
     }
@@ -602,6 +624,142 @@ static void test_getfd(void **state)
     assert_int_equal(server_stop(&s, 0), 0);
 }
 
+/* Hold the monitor thread (cmd_hold) until release_monitor(c). */
+static void hold_monitor(Client *c)
+{
+    client_send(c, "{\"execute\": \"hold\"}");
+    char b;
+    assert_int_equal(read(hold_started[0], &b, 1), 1);
+}
+
+static void release_monitor(Client *c)
+{
+    char b = 0;
+    assert_int_equal(write(hold_release[1], &b, 1), 1);
+    expect_msg(c, "{\"return\": {}}");
+}
+
+/* The fd stored under @name is the file of @fd; the store's fd is closed. */
+static void expect_stored(const char *name, int fd)
+{
+    int got = ferry__fdstore_take(name);
+    if (got < 0) {
+        fail_msg("no fd named '%s' in the store", name);
+    }
+    if (!same_file(got, fd)) {
+        fail_msg("the fd named '%s' is not the one sent for it", name);
+    }
+    close(got);
+}
+
+/* Let the held monitor go on: both getfds succeed, and "a" and "b" name @fa and @fb. */
+static void release_expect_ab(Client *c, int fa, int fb)
+{
+    release_monitor(c);
+    expect_msg(c, "{\"return\": {}}");
+    expect_msg(c, "{\"return\": {}}");
+    expect_stored("a", fa);
+    expect_stored("b", fb);
+}
+
+static const char getfd_a[] = "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"a\"}}";
+static const char getfd_b[] = "{\"execute\": \"getfd\", \"arguments\": {\"fdname\": \"b\"}}";
+
+/*
+ * Each getfd must name the fd sent for it however the input is cut into reads. A read of a UNIX stream socket
+ * ends right after the bytes of a message that carried fds, but it can begin with bytes sent before that message:
+ * the request an earlier fd was sent for can arrive in the same read as the next request's fd. The monitor is held
+ * while the client sends, so that every case below meets the server in exactly that shape each time.
+ */
+static void test_getfd_across_reads(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *c = connect_negotiated(&s);
+    int base = count_fds();
+    int pa[2], pb[2];
+    assert_int_equal(pipe(pa), 0);
+    assert_int_equal(pipe(pb), 0);
+    static const char cut[] = "{\"execute\": \"getfd\", ";
+
+    /* 1. The fd travels with the first piece of a request written in two pieces; the next request and its fd
+     *    arrive in the read that completes the first. */
+    hold_monitor(c);
+    client_send_fds(c, cut, &pa[0], 1);
+    client_send(c, getfd_a + strlen(cut));
+    client_send_fds(c, getfd_b, &pb[0], 1);
+    release_expect_ab(c, pa[0], pb[0]);
+
+    /* 2. QEMU's Python library sends the fd with one byte of its own, then the request. */
+    hold_monitor(c);
+    client_send_fds(c, " ", &pa[0], 1);
+    client_send(c, getfd_a);
+    client_send_fds(c, " ", &pb[0], 1);
+    client_send(c, getfd_b);
+    release_expect_ab(c, pa[0], pb[0]);
+
+    /* 3. Whole requests, each sent with its fd, behind more input than one read takes: the first read ends inside
+     *    the first getfd, the second brings its rest and the second getfd with its fd. */
+    hold_monitor(c);
+    static char spaces[65536 - 10];
+    memset(spaces, ' ', sizeof(spaces));
+    client_write(c, spaces, sizeof(spaces));
+    client_send_fds(c, getfd_a, &pa[0], 1);
+    client_send_fds(c, getfd_b, &pb[0], 1);
+    release_expect_ab(c, pa[0], pb[0]);
+
+    /* 4. Two whole requests each with its fd, in one go (the kernel ends a read after each message with fds). */
+    hold_monitor(c);
+    client_send_fds(c, getfd_a, &pa[0], 1);
+    client_send_fds(c, getfd_b, &pb[0], 1);
+    release_expect_ab(c, pa[0], pb[0]);
+
+    /* 5. One message with the fd and two requests: the getfd before the other request takes it. */
+    char *two = ferry__xasprintf("%s{\"execute\": \"echo\", \"arguments\": {\"s\": \"x\"}}", getfd_a);
+    client_send_fds(c, two, &pa[0], 1);
+    free(two);
+    expect_msg(c, "{\"return\": {}}");
+    expect_msg(c, "{\"return\": {\"s\": \"x\"}}");
+    expect_stored("a", pa[0]);
+
+    /* Nothing leaked, nothing closed too early. */
+    assert_int_equal(count_fds(), base + 4);
+    client_close(c);
+    for (int i = 0; i < 4; i++) {
+        close(i < 2 ? pa[i] : pb[i - 2]);
+    }
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
+/* fds belong to the connection they were sent on; the names are the process's, whoever gave them. */
+static void test_getfd_two_connections(void **state)
+{
+    Server s;
+    server_start(&s);
+    Client *c1 = connect_negotiated(&s);
+    Client *c2 = connect_negotiated(&s);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+
+    client_send_fds(c1, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"x\"}}", &p[0], 1);
+    expect_msg(c1, "{\"return\": {\"s\": \"x\"}}");
+    client_send(c2, getfd_a);
+    expect_msg(c2, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"No file descriptor supplied via "
+                   "SCM_RIGHTS\"}}");
+    client_send(c1, getfd_a);
+    expect_msg(c1, "{\"return\": {}}");
+    /* The connection that gave the name goes away: the name stays, and another connection can close it. */
+    client_close(c1);
+    client_send(c2, "{\"execute\": \"echo\", \"arguments\": {\"s\": \"y\"}}");
+    expect_msg(c2, "{\"return\": {\"s\": \"y\"}}");
+    client_send(c2, "{\"execute\": \"closefd\", \"arguments\": {\"fdname\": \"a\"}}");
+    expect_msg(c2, "{\"return\": {}}");
+    client_close(c2);
+    close(p[0]);
+    close(p[1]);
+    assert_int_equal(server_stop(&s, 0), 0);
+}
+
 /* Read from @c until @want has appeared; returns everything read (caller frees). */
 static char *hmp_read_until(Client *c, const char *want)
 {
@@ -857,6 +1015,8 @@ int main(void)
         cmocka_unit_test(test_quit),
         cmocka_unit_test(test_stale_socket_replaced),
         cmocka_unit_test(test_getfd),
+        cmocka_unit_test(test_getfd_across_reads),
+        cmocka_unit_test(test_getfd_two_connections),
         cmocka_unit_test(test_hmp_socket),
         cmocka_unit_test(test_socket_mode),
         cmocka_unit_test(test_max_clients),
