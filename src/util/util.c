@@ -185,8 +185,12 @@ void ferry__log(FerryLogLevel level, const char *fmt, ...)
     va_end(ap);
     /* Messages quote what peers sent (section and block names, a destination's failure report): escaped, they
      * cannot forge or hide lines (CR, LF, ESC); one call is always exactly one line. */
-    char *msg = ferry__log_escape(raw);
+    char *escaped = ferry__log_escape(raw);
     free(raw);
+    /* And bounded: a peer's 1 MiB failure report is not worth 1 MiB of log per mention. The escaped text is valid
+     * UTF-8, so the bound only cuts (on a character boundary, with a marker). */
+    char *msg = ferry__utf8_scrub_bounded(escaped, FERRY_LOG_LINE_MAX);
+    free(escaped);
     /* One fprintf per line so that lines from different threads do not interleave. */
     fprintf(stderr, "%02d:%02d:%02d.%06lld ferry %s: %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
             (long long)usec, tags[level], msg);

@@ -79,6 +79,8 @@ void ferry__sleep_ns(int64_t ns);
 typedef enum FerryLogLevel { FERRY_LOG_ERROR, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG } FerryLogLevel;
 /* To stderr, prefixed with the level and a timestamp; the level is set by FERRY_LOG=error|warn|info|debug
  * (default warn). */
+/* The longest message ferry__log writes (after escaping); a longer one is cut with a marker. */
+#define FERRY_LOG_LINE_MAX 8192
 void ferry__log(FerryLogLevel level, const char *fmt, ...) FERRY_PRINTF(2, 3);
 bool ferry__log_enabled(FerryLogLevel level);
 /* Sets the level FERRY_LOG would, returns the previous one. For tests that look at what is logged. */

@@ -123,6 +123,16 @@ static void test_log_one_line(void **state)
     out = log_output("caf\xc3\xa9");
     assert_non_null(strstr(out, "section 'caf\xc3\xa9' instance 0: bad\n"));
     free(out);
+    /* A 1 MiB string from a peer is one bounded line. */
+    char *big = ferry__xmalloc(1 << 20);
+    memset(big, 'A', (1 << 20) - 1);
+    big[(1 << 20) - 1] = '\0';
+    out = log_output(big);
+    assert_true(strlen(out) < FERRY_LOG_LINE_MAX + 128);
+    assert_non_null(strstr(out, " bytes cut)\n"));
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+    free(out);
+    free(big);
 }
 
 int main(void)
