@@ -333,6 +333,19 @@ static void print_ms(json_t *info, const char *key)
 }
 
 /* Final statistics; returns the exit status (0 only when the migration completed). */
+/* @s on stdout with control characters as \xNN: error-desc may quote what a peer sent, and on a terminal an ESC or
+ * CR in it could move the cursor or forge lines. (ferryctl needs no libferry, so this is not libferry's escape.) */
+static void print_escaped(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) {
+            printf("\\x%02x", *p);
+        } else {
+            putchar(*p);
+        }
+    }
+}
+
 static int print_final(json_t *info)
 {
     const char *status = json_string_value(json_object_get(info, "status"));
@@ -369,7 +382,9 @@ static int print_final(json_t *info)
     }
     const char *desc = json_string_value(json_object_get(info, "error-desc"));
     if (desc) {
-        printf("%-18s %s\n", "error-desc", desc);
+        printf("%-18s ", "error-desc");
+        print_escaped(desc);
+        putchar('\n');
     }
     fflush(stdout);
     return status && !strcmp(status, "completed") ? 0 : 1;

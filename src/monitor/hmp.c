@@ -149,7 +149,10 @@ char *ferry__hmp_format_migrate(json_t *info)
     if (status) {
         const char *desc = json_string_value(json_object_get(info, "error-desc"));
         if (desc && !strcmp(status, "failed")) {
-            out_printf(&o, "Migration status: %s (%s)\n", status, desc);
+            /* error-desc may quote a peer: escaped, it cannot move the cursor or forge lines on a terminal. */
+            char *safe = ferry__log_escape(desc);
+            out_printf(&o, "Migration status: %s (%s)\n", status, safe);
+            free(safe);
         } else {
             out_printf(&o, "Migration status: %s\n", status);
         }
@@ -572,7 +575,9 @@ bool ferry__hmp_migration_done(FerryMonitor *mon, char **out)
     if (done) {
         /* As QEMU's hmp_migrate_status_cb(): nothing on success, the error when there is one. */
         const char *desc = json_string_value(json_object_get(info, "error-desc"));
-        *out = desc ? ferry__xasprintf("%s\n", desc) : ferry__xstrdup("");
+        char *safe = desc ? ferry__log_escape(desc) : NULL;
+        *out = safe ? ferry__xasprintf("%s\n", safe) : ferry__xstrdup("");
+        free(safe);
     }
     json_decref(info);
     return done;

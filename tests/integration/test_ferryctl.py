@@ -19,9 +19,10 @@ class FakeQmp(threading.Thread):
     """Serves one client: greeting, then one reply per request. query-migrate answers come from @statuses in
     order (the last one repeats)."""
 
-    def __init__(self, path, statuses):
+    def __init__(self, path, statuses, extra=None):
         super().__init__(daemon=True)
         self.statuses = list(statuses)
+        self.extra = extra or {}
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         self.sock.listen(1)
@@ -55,7 +56,8 @@ class FakeQmp(threading.Thread):
                     ret = {}
                     if req.get("execute") == "query-migrate":
                         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-                        ret = {"status": status, "ram": {"total": 100, "remaining": 50, "mbps": 1.0}}
+                        ret = {"status": status, "ram": {"total": 100, "remaining": 50, "mbps": 1.0},
+                               **self.extra}
                     reply = {"return": ret, "id": req.get("id")}
                     conn.sendall(json.dumps(reply).encode() + b"\r\n")
 
@@ -78,6 +80,19 @@ def test_progress_line_survives_long_status(tmpdir_short):
     progress = [line for line in p.stdout.splitlines() if line.startswith("xxxx")]
     assert progress and all(len(line) < 512 for line in progress), p.stdout[:600]
     assert "completed" in p.stdout
+
+
+def test_error_desc_cannot_drive_the_terminal(tmpdir_short):
+    # error-desc may quote what a peer sent: ferryctl's summary shows its control characters as escapes, so that
+    # an ESC or CR cannot move the cursor or forge a line on the operator's terminal.
+    path = os.path.join(tmpdir_short, "fake.qmp")
+    server = FakeQmp(path, ["failed"], {"error-desc": "x\r\nforged\x1b[2K"})
+    server.start()
+    p = run_ferryctl(path, "migrate", "unix:/nonexistent", "--interval", "10")
+    server.join(10)
+    assert p.returncode == 1, f"exit {p.returncode}; stderr: {p.stderr}"
+    assert "x\\x0d\\x0aforged\\x1b[2K" in p.stdout, p.stdout
+    assert "\x1b" not in p.stdout and "\r" not in p.stdout, p.stdout
 
 
 def test_non_utf8_arguments_are_named(tmpdir_short):

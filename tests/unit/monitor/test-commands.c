@@ -318,6 +318,14 @@ static void test_hmp_format(void **state)
     free(s);
     json_decref(info);
 
+    /* An error-desc that quotes a peer cannot put a line of its own, or a cursor move, on the terminal. */
+    info = json_loads("{\"status\": \"failed\", \"error-desc\": \"x\\r\\nforged\\u001b[2K\"}", 0, NULL);
+    assert_non_null(info);
+    s = ferry__hmp_format_migrate(info);
+    assert_string_equal(s, "Migration status: failed (x\\r\\nforged\\x1b[2K)\n");
+    free(s);
+    json_decref(info);
+
     json_t *p = json_loads("{\"max-bandwidth\": 5, \"tls-creds\": \"x\", \"flag\": true, \"list\": [1], "
                            "\"mode\": \"normal\", \"backend-transfer\": [\"a\", \"b\"], \"none\": [], "
                            "\"obj\": {}}", 0, NULL);
