@@ -1,7 +1,8 @@
 /*
  * The network options and the TAP, shared by the host programs (ferry-workload and ferry-vm): the -netdev tap and
  * -device virtio-net command-line options as QEMU spells them, and attaching a TAP through /dev/net/tun or
- * checking one received from a migration source. What each program's device does with the TAP (the workload's
+ * checking one received from a migration source, and the TAP as the migration backend both programs' devices
+ * register (get_fd, set_fd, release). What each program's device does with the TAP (the workload's
  * answering model, ferry-vm's virtio-net for a guest) is its own. Uses only the public API; not part of libferry.
  */
 #include <arpa/inet.h>
@@ -449,6 +450,74 @@ void net_tap_query(const NetTap *t, json_t *o)
     if (t->error[0]) {
         json_object_set_new(o, "error", json_string(t->error));
     }
+}
+
+/* ---- The TAP as a migration backend (include/ferry/backend.h) ---- */
+
+static int backend_get_fd(void *opaque)
+{
+    NetTapBackend *b = opaque;
+
+    pthread_mutex_lock(b->lock);
+    int fd = b->tap->fd;
+    pthread_mutex_unlock(b->lock);
+    return fd;
+}
+
+static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
+{
+    NetTapBackend *b = opaque;
+    bool ok = false;
+
+    pthread_mutex_lock(b->lock);
+    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
+    if (*b->running) {
+        ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", b->cfg->id);
+    } else {
+        ok = net_tap_adopt(b->tap, fd, b->cfg->ifname, errp);
+    }
+    pthread_mutex_unlock(b->lock);
+    return ok;
+}
+
+static void backend_release(void *opaque)
+{
+    NetTapBackend *b = opaque;
+
+    /* The destination runs the device now (this side is stopped, its device parked). Should this process be
+     * resumed anyway ("cont"), its device attaches the TAP by name again, which fails while the destination
+     * holds a TAP without multi_queue: two devices must not serve one link. */
+    pthread_mutex_lock(b->lock);
+    net_tap_close(b->tap);
+    pthread_mutex_unlock(b->lock);
+}
+
+const FerryBackendOps net_tap_backend_ops = {
+    .get_fd = backend_get_fd,
+    .set_fd = backend_set_fd,
+    .release = backend_release,
+};
+
+bool net_tap_backend_register(NetTapBackend *b, FerryMigration *m, FerryError **errp)
+{
+    return ferry_migration_register_backend(m, NET_TAP_BACKEND_KIND, b->cfg->id, &net_tap_backend_ops, b, errp);
+}
+
+bool net_tap_backend_init(NetTapBackend *b, bool incoming, FerryError **errp)
+{
+    bool busy, ok = net_tun_available(errp);
+
+    /* Whether backend-transfer is on does not matter here (-incoming config: applies it only later, and a source
+     * may have it off anyway): a destination's device learns it from set_fd. */
+    if (ok && !incoming) {
+        pthread_mutex_lock(b->lock);
+        ok = net_tap_open(b->tap, b->cfg->ifname, &busy, errp);
+        pthread_mutex_unlock(b->lock);
+    }
+    if (!ok) {
+        ferry_error_prepend(errp, "netdev %s: ", b->cfg->id);
+    }
+    return ok;
 }
 
 bool net_parse_mac(const char *s, uint8_t mac[NET_ETH_ALEN])

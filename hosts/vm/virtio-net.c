@@ -3,7 +3,7 @@
  * BAR of registers, virtqueues given by page frame number with 4 KiB ring alignment), the interface Linux's
  * virtio_pci driver takes when a device offers no modern capabilities, on a TAP backend (-netdev tap). The TAP
  * is attached by name, or adopted from a migration source with backend-transfer exactly as ferry-workload's
- * device does (hosts/common/netdev.c has the TAP calls).
+ * device does (hosts/common/netdev.c has the TAP calls and the "virtio-net-tap" backend both devices register).
  *
  * Two virtqueues of 256 entries: receive (0) and transmit (1). Features offered: MAC and STATUS (link always up);
  * no checksum or segmentation offload, no mergeable buffers, no indirect descriptors, no event index, no control
@@ -98,6 +98,7 @@ struct VirtioNet {
     int wake_fd;           /* eventfd: the guest posted receive buffers, or stop/quit */
 
     NetTap tap;            /* the TAP (hosts/common/netdev.h) */
+    NetTapBackend backend; /* the TAP as the engine sees it (hosts/common/netdev.h) */
     bool attach_pending;
     int64_t attach_deadline_ms;
 
@@ -584,51 +585,6 @@ bool virtio_net_attach_fd(VirtioNet *n, int fd, FerryError **errp)
     return ok;
 }
 
-/* ---- Backend (include/ferry/backend.h) ---- */
-
-static int backend_get_fd(void *opaque)
-{
-    VirtioNet *n = opaque;
-
-    pthread_mutex_lock(&n->lock);
-    int fd = n->tap.fd;
-    pthread_mutex_unlock(&n->lock);
-    return fd;
-}
-
-static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
-{
-    VirtioNet *n = opaque;
-    bool ok = false;
-
-    pthread_mutex_lock(&n->lock);
-    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
-    if (n->run) {
-        ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", n->cfg.id);
-    } else {
-        ok = net_tap_adopt(&n->tap, fd, n->cfg.ifname, errp);
-    }
-    pthread_mutex_unlock(&n->lock);
-    return ok;
-}
-
-static void backend_release(void *opaque)
-{
-    VirtioNet *n = opaque;
-
-    /* The destination has the guest now. Should this side be resumed anyway ("cont"), its device attaches the
-     * TAP by name again (virtio_net_start). */
-    pthread_mutex_lock(&n->lock);
-    net_tap_close(&n->tap);
-    pthread_mutex_unlock(&n->lock);
-}
-
-static const FerryBackendOps backend_ops = {
-    .get_fd = backend_get_fd,
-    .set_fd = backend_set_fd,
-    .release = backend_release,
-};
-
 /* ---- State ---- */
 
 static bool visit_queue(FerryVisitor *v, VirtQueue *vq, FerryError **errp)
@@ -769,6 +725,7 @@ VirtioNet *virtio_net_new(Vm *vm, const NetConfig *cfg, unsigned index, FerryErr
     n->cfg = *cfg;
     n->index = index;
     net_tap_init(&n->tap);
+    n->backend = (NetTapBackend){ .lock = &n->lock, .tap = &n->tap, .running = &n->run, .cfg = &n->cfg };
     n->parked = true;
     pthread_mutex_init(&n->lock, NULL);
     pthread_cond_init(&n->cond, NULL);
@@ -792,7 +749,7 @@ bool virtio_net_register(VirtioNet *n, FerryMigration *m, FerryError **errp)
 {
     n->m = m;
     if (!ferry_migration_register_section(m, "virtio-net", n->index, 1, virtio_net_section, n, errp) ||
-        !ferry_migration_register_backend(m, NET_TAP_BACKEND_KIND, n->cfg.id, &backend_ops, n, errp)) {
+        !net_tap_backend_register(&n->backend, m, errp)) {
         ferry_error_prepend(errp, "netdev %s: ", n->cfg.id);
         return false;
     }
@@ -801,21 +758,7 @@ bool virtio_net_register(VirtioNet *n, FerryMigration *m, FerryError **errp)
 
 bool virtio_net_init_backend(VirtioNet *n, bool incoming, FerryError **errp)
 {
-    bool busy, ok = true;
-
-    if (!net_tun_available(errp)) {
-        ferry_error_prepend(errp, "netdev %s: ", n->cfg.id);
-        return false;
-    }
-    if (!incoming) {
-        pthread_mutex_lock(&n->lock);
-        ok = attach_locked(n, &busy, errp);
-        pthread_mutex_unlock(&n->lock);
-        if (!ok) {
-            ferry_error_prepend(errp, "netdev %s: ", n->cfg.id);
-        }
-    }
-    return ok;
+    return net_tap_backend_init(&n->backend, incoming, errp);
 }
 
 void virtio_net_stop_thread(VirtioNet *n)
