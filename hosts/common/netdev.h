@@ -80,6 +80,17 @@ typedef struct NetTap {
     char error[256];    /* why there is none, when that is an error ("" otherwise); the device sets it */
 } NetTap;
 
+/*
+ * backend-transfer off: how long a device that starts without a TAP keeps trying to attach one that is busy, and
+ * how often. The source lets go of it right after the destination acknowledged, which is well under a
+ * millisecond before the destination starts on a local machine; the bound only keeps a TAP held by some other
+ * program from being polled forever.
+ */
+#define NET_TAP_RETRY_MS 5000
+#define NET_TAP_RETRY_INTERVAL_MS 2
+/* CLOCK_MONOTONIC in milliseconds, for those deadlines. */
+int64_t net_now_ms(void);
+
 void net_tap_init(NetTap *t);
 /* Attach the TAP @ifname for plain Ethernet frames (IFF_TAP | IFF_NO_PI; created if missing, as for QEMU; as one
  * more queue if it was made multi_queue). False with *errp set and *busy telling whether another process holds

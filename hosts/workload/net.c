@@ -36,15 +36,6 @@
 
 #include "net.h"
 
-/*
- * backend-transfer off: how long a device that starts without a TAP keeps trying to attach one that is busy, and
- * how often. The source lets go of it right after the destination acknowledged, which is well under a
- * millisecond before the destination starts on this machine; the bound only keeps a TAP held by some other
- * program from being polled forever.
- */
-#define OPEN_RETRY_MS 5000
-#define OPEN_RETRY_INTERVAL_MS 2
-
 struct NetDev {
     NetConfig cfg;
     unsigned index;
@@ -69,14 +60,6 @@ struct NetDev {
      * while it is parked. */
     _Atomic uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, arp_replies, echo_replies, dropped, tx_errors;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void set_error(NetDev *nd, const FerryError *err)
 {
@@ -178,7 +161,7 @@ static void park_wait(NetDev *nd, int64_t deadline_ms)
     }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t left = deadline_ms - now_ms();
+    int64_t left = deadline_ms - net_now_ms();
     if (left > 0) {
         ts.tv_sec += left / 1000;
         ts.tv_nsec += (left % 1000) * 1000000;
@@ -208,9 +191,9 @@ static void *net_thread(void *arg)
             bool busy;
 
             if (!attach_locked(nd, &busy, &err)) {
-                if (busy && now_ms() < nd->attach_deadline_ms) {
+                if (busy && net_now_ms() < nd->attach_deadline_ms) {
                     ferry_error_free(err);
-                    park_wait(nd, now_ms() + OPEN_RETRY_INTERVAL_MS);
+                    park_wait(nd, net_now_ms() + NET_TAP_RETRY_INTERVAL_MS);
                     continue;
                 }
                 /* No link until the next start tries again. */
@@ -262,7 +245,7 @@ void net_dev_start(NetDev *nd)
      * resumed after it let go of its TAP, or one whose TAP failed. */
     if (nd->tap.fd < 0) {
         nd->attach_pending = true;
-        nd->attach_deadline_ms = now_ms() + OPEN_RETRY_MS;
+        nd->attach_deadline_ms = net_now_ms() + NET_TAP_RETRY_MS;
     }
     pthread_cond_broadcast(&nd->cond);
     pthread_mutex_unlock(&nd->lock);
