@@ -1,7 +1,8 @@
 /*
  * The network options and the TAP, shared by the host programs (ferry-workload and ferry-vm): the -netdev tap and
  * -device virtio-net command-line options as QEMU spells them, and attaching a TAP through /dev/net/tun or
- * checking one received from a migration source. What each program's device does with the TAP (the workload's
+ * checking one received from a migration source, and the TAP as the migration backend both programs' devices
+ * register (get_fd, set_fd, release). What each program's device does with the TAP (the workload's
  * answering model, ferry-vm's virtio-net for a guest) is its own. Uses only the public API; not part of libferry.
  */
 #include <arpa/inet.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
@@ -159,14 +161,85 @@ bool net_parse_netdev(NetSetup *setup, const char *arg, FerryError **errp)
     return true;
 }
 
+/* What one -device virtio-net says. */
+typedef struct DeviceOpts {
+    char netdev[NET_ID_MAX + 1], id[NET_ID_MAX + 1];
+    uint8_t mac[NET_ETH_ALEN], ip[4]; /* a guest's NIC has no address of its own: ip all zero */
+    bool has_mac, has_ip;
+} DeviceOpts;
+
+/* One key=value of -device virtio-net. */
+static bool parse_device_property(const NetSetup *setup, DeviceOpts *d, const char *key, const char *value,
+                                  FerryError **errp)
+{
+    if (strcmp(key, "netdev") == 0 || strcmp(key, "id") == 0) {
+        if (!valid_id(value)) {
+            ferry_error_setg(errp, "-device virtio-net: bad %s '%s'", key[0] == 'n' ? "netdev id" : "id", value);
+            return false;
+        }
+        strcpy(key[0] == 'n' ? d->netdev : d->id, value);
+    } else if (strcmp(key, "mac") == 0) {
+        if (!net_parse_mac(value, d->mac)) {
+            ferry_error_setg(errp, "-device virtio-net: mac '%s' is not a MAC address (six hex pairs: "
+                             "52:54:00:12:34:56)", value);
+            return false;
+        }
+        if (d->mac[0] & 1) {
+            ferry_error_setg(errp, "-device virtio-net: mac '%s' is a multicast address (the first byte must "
+                             "be even)", value);
+            return false;
+        }
+        d->has_mac = true;
+    } else if (strcmp(key, "ip") == 0 && !setup->guest_nic) {
+        if (!net_parse_ipv4(value, d->ip)) {
+            ferry_error_setg(errp, "-device virtio-net: ip '%s' is not an IPv4 address (A.B.C.D)", value);
+            return false;
+        }
+        if (d->ip[0] == 0 || d->ip[0] == 127 || d->ip[0] >= 224) {
+            ferry_error_setg(errp, "-device virtio-net: ip '%s' is not a unicast host address", value);
+            return false;
+        }
+        d->has_ip = true;
+    } else {
+        ferry_error_setg(errp, "-device virtio-net: unknown property '%s' (netdev, mac, %sid)", key,
+                         setup->guest_nic ? "" : "ip, ");
+        return false;
+    }
+    return true;
+}
+
+/* Put the device @d on its netdev, which must have been given and have no device yet. */
+static bool attach_device(NetSetup *setup, const DeviceOpts *d, FerryError **errp)
+{
+    NetConfig *c = NULL;
+
+    for (unsigned i = 0; i < setup->n; i++) {
+        if (strcmp(setup->cfg[i].id, d->netdev) == 0) {
+            c = &setup->cfg[i];
+        }
+    }
+    if (!c) {
+        ferry_error_setg(errp, "-device virtio-net: netdev '%s' not found (give -netdev tap,id=%s,... first)",
+                         d->netdev, d->netdev);
+        return false;
+    }
+    if (c->has_device) {
+        ferry_error_setg(errp, "-device virtio-net: netdev '%s' is used by another device already", d->netdev);
+        return false;
+    }
+    c->has_device = true;
+    strcpy(c->device_id, d->id);
+    memcpy(c->ident.mac, d->has_mac ? d->mac : net_default_mac, NET_ETH_ALEN);
+    memcpy(c->ident.ip, d->ip, 4);
+    return true;
+}
+
 bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
 {
     char buf[256];
     const char *key, *value;
     const char *rest = arg;
-    char netdev[NET_ID_MAX + 1] = "", id[NET_ID_MAX + 1] = "";
-    uint8_t mac[NET_ETH_ALEN], ip[4] = { 0 }; /* a guest's NIC has no address of its own: all zero */
-    bool has_mac = false, has_ip = false;
+    DeviceOpts d = { .netdev = "" };
 
     if (!next_pair(&rest, buf, sizeof(buf), &key, &value, "-device", errp)) {
         return false;
@@ -186,77 +259,22 @@ bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
             ferry_error_setg(errp, "-device virtio-net: '%s' needs a value (key=value)", key);
             return false;
         }
-        if (strcmp(key, "netdev") == 0) {
-            if (!valid_id(value)) {
-                ferry_error_setg(errp, "-device virtio-net: bad netdev id '%s'", value);
-                return false;
-            }
-            strcpy(netdev, value);
-        } else if (strcmp(key, "id") == 0) {
-            if (!valid_id(value)) {
-                ferry_error_setg(errp, "-device virtio-net: bad id '%s'", value);
-                return false;
-            }
-            strcpy(id, value);
-        } else if (strcmp(key, "mac") == 0) {
-            if (!net_parse_mac(value, mac)) {
-                ferry_error_setg(errp, "-device virtio-net: mac '%s' is not a MAC address (six hex pairs: "
-                                 "52:54:00:12:34:56)", value);
-                return false;
-            }
-            if (mac[0] & 1) {
-                ferry_error_setg(errp, "-device virtio-net: mac '%s' is a multicast address (the first byte must "
-                                 "be even)", value);
-                return false;
-            }
-            has_mac = true;
-        } else if (strcmp(key, "ip") == 0 && !setup->guest_nic) {
-            if (!net_parse_ipv4(value, ip)) {
-                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not an IPv4 address (A.B.C.D)", value);
-                return false;
-            }
-            if (ip[0] == 0 || ip[0] == 127 || ip[0] >= 224) {
-                ferry_error_setg(errp, "-device virtio-net: ip '%s' is not a unicast host address", value);
-                return false;
-            }
-            has_ip = true;
-        } else {
-            ferry_error_setg(errp, "-device virtio-net: unknown property '%s' (netdev, mac, %sid)", key,
-                             setup->guest_nic ? "" : "ip, ");
+        if (!parse_device_property(setup, &d, key, value, errp)) {
             return false;
         }
     }
-    if (!netdev[0]) {
+    if (!d.netdev[0]) {
         ferry_error_setg(errp, "-device virtio-net: netdev= is required");
         return false;
     }
     /* The workload has no guest OS to configure an address, so the device must be told its own; a guest's NIC
      * has none: the guest's network stack has the addresses. */
-    if (!has_ip && !setup->guest_nic) {
+    if (!d.has_ip && !setup->guest_nic) {
         ferry_error_setg(errp, "-device virtio-net,netdev=%s: ip= is required (the workload has no guest OS: the "
-                         "device answers ARP and ping for this IPv4 address)", netdev);
+                         "device answers ARP and ping for this IPv4 address)", d.netdev);
         return false;
     }
-    NetConfig *c = NULL;
-    for (unsigned i = 0; i < setup->n; i++) {
-        if (strcmp(setup->cfg[i].id, netdev) == 0) {
-            c = &setup->cfg[i];
-        }
-    }
-    if (!c) {
-        ferry_error_setg(errp, "-device virtio-net: netdev '%s' not found (give -netdev tap,id=%s,... first)",
-                         netdev, netdev);
-        return false;
-    }
-    if (c->has_device) {
-        ferry_error_setg(errp, "-device virtio-net: netdev '%s' is used by another device already", netdev);
-        return false;
-    }
-    c->has_device = true;
-    strcpy(c->device_id, id);
-    memcpy(c->ident.mac, has_mac ? mac : net_default_mac, NET_ETH_ALEN);
-    memcpy(c->ident.ip, ip, 4);
-    return true;
+    return attach_device(setup, &d, errp);
 }
 
 bool net_setup_check(const NetSetup *setup, FerryError **errp)
@@ -394,6 +412,14 @@ static bool tap_verify(int fd, const char *ifname, bool *multi_queue, FerryError
     return true;
 }
 
+int64_t net_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void net_tap_init(NetTap *t)
 {
     memset(t, 0, sizeof(*t));
@@ -449,6 +475,74 @@ void net_tap_query(const NetTap *t, json_t *o)
     if (t->error[0]) {
         json_object_set_new(o, "error", json_string(t->error));
     }
+}
+
+/* ---- The TAP as a migration backend (include/ferry/backend.h) ---- */
+
+static int backend_get_fd(void *opaque)
+{
+    NetTapBackend *b = opaque;
+
+    pthread_mutex_lock(b->lock);
+    int fd = b->tap->fd;
+    pthread_mutex_unlock(b->lock);
+    return fd;
+}
+
+static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
+{
+    NetTapBackend *b = opaque;
+    bool ok = false;
+
+    pthread_mutex_lock(b->lock);
+    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
+    if (*b->running) {
+        ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", b->cfg->id);
+    } else {
+        ok = net_tap_adopt(b->tap, fd, b->cfg->ifname, errp);
+    }
+    pthread_mutex_unlock(b->lock);
+    return ok;
+}
+
+static void backend_release(void *opaque)
+{
+    NetTapBackend *b = opaque;
+
+    /* The destination runs the device now (this side is stopped, its device parked). Should this process be
+     * resumed anyway ("cont"), its device attaches the TAP by name again, which fails while the destination
+     * holds a TAP without multi_queue: two devices must not serve one link. */
+    pthread_mutex_lock(b->lock);
+    net_tap_close(b->tap);
+    pthread_mutex_unlock(b->lock);
+}
+
+const FerryBackendOps net_tap_backend_ops = {
+    .get_fd = backend_get_fd,
+    .set_fd = backend_set_fd,
+    .release = backend_release,
+};
+
+bool net_tap_backend_register(NetTapBackend *b, FerryMigration *m, FerryError **errp)
+{
+    return ferry_migration_register_backend(m, NET_TAP_BACKEND_KIND, b->cfg->id, &net_tap_backend_ops, b, errp);
+}
+
+bool net_tap_backend_init(NetTapBackend *b, bool incoming, FerryError **errp)
+{
+    bool busy, ok = net_tun_available(errp);
+
+    /* Whether backend-transfer is on does not matter here (-incoming config: applies it only later, and a source
+     * may have it off anyway): a destination's device learns it from set_fd. */
+    if (ok && !incoming) {
+        pthread_mutex_lock(b->lock);
+        ok = net_tap_open(b->tap, b->cfg->ifname, &busy, errp);
+        pthread_mutex_unlock(b->lock);
+    }
+    if (!ok) {
+        ferry_error_prepend(errp, "netdev %s: ", b->cfg->id);
+    }
+    return ok;
 }
 
 bool net_parse_mac(const char *s, uint8_t mac[NET_ETH_ALEN])

@@ -8,6 +8,7 @@
 #ifndef FERRY_HOSTS_NETDEV_H
 #define FERRY_HOSTS_NETDEV_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -79,6 +80,17 @@ typedef struct NetTap {
     char error[256];    /* why there is none, when that is an error ("" otherwise); the device sets it */
 } NetTap;
 
+/*
+ * backend-transfer off: how long a device that starts without a TAP keeps trying to attach one that is busy, and
+ * how often. The source lets go of it right after the destination acknowledged, which is well under a
+ * millisecond before the destination starts on a local machine; the bound only keeps a TAP held by some other
+ * program from being polled forever.
+ */
+#define NET_TAP_RETRY_MS 5000
+#define NET_TAP_RETRY_INTERVAL_MS 2
+/* CLOCK_MONOTONIC in milliseconds, for those deadlines. */
+int64_t net_now_ms(void);
+
 void net_tap_init(NetTap *t);
 /* Attach the TAP @ifname for plain Ethernet frames (IFF_TAP | IFF_NO_PI; created if missing, as for QEMU; as one
  * more queue if it was made multi_queue). False with *errp set and *busy telling whether another process holds
@@ -92,5 +104,31 @@ bool net_tap_adopt(NetTap *t, int fd, const char *ifname, FerryError **errp);
 void net_tap_close(NetTap *t);
 /* query-netdev's members for the TAP: attached, fd, multi-queue, opens, adopted, and error if there is one. */
 void net_tap_query(const NetTap *t, json_t *o);
+
+/*
+ * A device's TAP as the migration engine sees it: the backend of kind NET_TAP_BACKEND_KIND (id: the netdev's)
+ * whose FerryBackendOps (include/ferry/backend.h) are net_tap_backend_ops. get_fd gives the TAP's fd (-1 for
+ * none); set_fd adopts the source's fd with net_tap_adopt, refused while the device runs (it would be reading its
+ * own TAP); release closes the TAP once the destination has it (a device resumed anyway attaches it by name
+ * again). Each takes the device's lock. The device fills one in with pointers to its own fields and keeps it as
+ * long as the engine may call it (until ferry_host_free).
+ */
+typedef struct NetTapBackend {
+    pthread_mutex_t *lock;  /* the device's lock, which guards *tap and *running */
+    NetTap *tap;
+    const bool *running;    /* the device runs (reads and writes frames) */
+    const NetConfig *cfg;   /* the netdev's id and ifname */
+} NetTapBackend;
+
+extern const FerryBackendOps net_tap_backend_ops;
+
+/* Register @b with @m (opaque: @b). */
+bool net_tap_backend_register(NetTapBackend *b, FerryMigration *m, FerryError **errp);
+/*
+ * Start-up: /dev/net/tun must exist; a migration source (!@incoming) attaches its TAP by name now, so that a bad
+ * name or a busy TAP is an error at once, while a destination waits for the source's fd or attaches by name when
+ * it first runs. Errors name the netdev.
+ */
+bool net_tap_backend_init(NetTapBackend *b, bool incoming, FerryError **errp);
 
 #endif

@@ -1,11 +1,11 @@
 /*
- * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is the
- * command line (QEMU's spellings: -m, -smp, -drive, -kernel, -initrd, -append, -serial, -accel, -mem-prealloc,
- * ferry-vm's own; -object memory-backend-*, -machine, -netdev tap, -device virtio-net-pci, parsed by
- * hosts/common as in ferry-workload; -object for TLS objects and -qmp, -monitor, -incoming, -S, -name, the host
- * runtime's), the choice of dirty tracker, the QMP commands query-pattern-check, query-vm, query-netdev and
- * query-pci, and main(). The machine is in vm.c and its neighbours (vm.h lists them). It uses only libferry's
- * public API.
+ * ferry-vm: a minimal KVM virtual machine that libferry live-migrates while its guest runs. This file is its own
+ * options (QEMU's spellings: -drive, -kernel, -initrd, -append, -serial, -accel, -display, and -dirty-tracker,
+ * -ab-every), the choice of dirty tracker, the QMP commands query-pattern-check, query-vm, query-netdev and
+ * query-pci, and the machine that main() builds. The command line both host programs share (-m, -smp,
+ * -mem-prealloc, -object memory-backend-*, -machine, -netdev tap, -device virtio-net-pci, and the host runtime's
+ * -object for TLS, -qmp, -monitor, -incoming, -S, -name) and main()'s life cycle are hosts/common/argv.c's. The
+ * machine is in vm.c and its neighbours (vm.h lists them). It uses only libferry's public API.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,12 +16,11 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "options.h" /* sizes, -object memory-backend-*, -machine: shared with ferry-workload (hosts/common) */
+#include "argv.h"    /* the shared command line and main(), as ferry-workload's (hosts/common) */
+#include "options.h" /* sizes and key=value lists */
 #include "vm.h"
 
 #define PROG "ferry-vm"
-#define EXIT_BAD_VALUE 1
-#define EXIT_USAGE 2
 
 static void usage(FILE *out)
 {
@@ -87,24 +86,42 @@ static bool parse_u32(const char *s, uint32_t max, uint32_t *out)
     return true;
 }
 
-typedef struct Options {
+/* The machine and what the command line asked for. */
+typedef struct Machine {
+    HostArgs args;              /* the options both host programs take (hosts/common/argv.h) */
     VmConfig cfg;
-    bool m_given;
-    bool monitor_stdio;
     bool serial_given;
     char serial_path[4096];
     char drive[4096];
-    MemBackend mb;              /* -object memory-backend-*, -machine (hosts/common/options.h) */
-    char mem_path[4096];        /* memory-backend-file's file */
-    bool tracker_given;
     bool ring_size_given;       /* -accel kvm,dirty-ring-size= */
-    NetSetup net;               /* -netdev, -device */
-} Options;
+
+    Vm *vm;
+    FerryHost *host;
+    const char *tracker;       /* what outgoing migrations will use */
+    char tracker_note[512];    /* why, if it is not KVM's dirty log */
+    bool dirty_ring;           /* KVM_CAP_DIRTY_LOG_RING is offered (used with -accel kvm,dirty-ring-size) */
+} Machine;
+
+/* -accel kvm's dirty-ring-size=N: a power of two in QEMU's bounds, or 0 for none. */
+static bool parse_ring_size(const char *value, Machine *mc, FerryError **errp)
+{
+    uint32_t v;
+
+    if (!parse_u32(value, UINT32_MAX, &v) ||
+        (v && (v < VM_DIRTY_RING_MIN || v > VM_DIRTY_RING_MAX || (v & (v - 1))))) {
+        ferry_error_setg(errp, "-accel kvm: dirty-ring-size '%s' is not a power of two from %u to %u (or 0: no ring)",
+                         value, VM_DIRTY_RING_MIN, VM_DIRTY_RING_MAX);
+        return false;
+    }
+    mc->cfg.dirty_ring_size = v;
+    mc->ring_size_given = true;
+    return true;
+}
 
 /* QEMU's -accel: the accelerator (first, bare or accel=) must be kvm. Of its properties dirty-ring-size counts;
  * the others QEMU's kvm accelerator has are accepted for QEMU's command lines and ignored, as they tune what
  * ferry-vm does not have or does one way only (kernel-irqchip must then be on, the only mode here). */
-static bool parse_accel(const char *arg, Options *o)
+static bool parse_accel(const char *arg, Machine *mc, FerryError **errp)
 {
     static const char *const ignored[] = {
         "kvm-shadow-mem", "eager-split-size", "notify-vmexit", "notify-window", "thread", "device",
@@ -115,7 +132,7 @@ static bool parse_accel(const char *arg, Options *o)
     const char *accel = value && strcmp(key, "accel") == 0 ? value : !value ? key : "";
 
     if (strcmp(accel, "kvm") != 0) {
-        fprintf(stderr, PROG ": -accel: '%s' is not an accelerator of ferry-vm (only kvm)\n", *accel ? accel : arg);
+        ferry_error_setg(errp, "-accel: '%s' is not an accelerator of ferry-vm (only kvm)", *accel ? accel : arg);
         return false;
     }
     while (rest && *rest) {
@@ -123,27 +140,19 @@ static bool parse_accel(const char *arg, Options *o)
 
         rest = opts_next_pair(rest, buf, sizeof(buf), &key, &value);
         if (!value) {
-            fprintf(stderr, PROG ": -accel kvm: '%s' needs a value\n", key);
+            ferry_error_setg(errp, "-accel kvm: '%s' needs a value", key);
             return false;
         }
         if (strcmp(key, "dirty-ring-size") == 0) {
-            uint32_t v;
-
-            if (!parse_u32(value, UINT32_MAX, &v) ||
-                (v && (v < VM_DIRTY_RING_MIN || v > VM_DIRTY_RING_MAX || (v & (v - 1))))) {
-                fprintf(stderr,
-                        PROG ": -accel kvm: dirty-ring-size '%s' is not a power of two from %u to %u (or 0: no ring)\n",
-                        value, VM_DIRTY_RING_MIN, VM_DIRTY_RING_MAX);
+            if (!parse_ring_size(value, mc, errp)) {
                 return false;
             }
-            o->cfg.dirty_ring_size = v;
-            o->ring_size_given = true;
             continue;
         }
         if (strcmp(key, "kernel-irqchip") == 0) {
             if (strcmp(value, "on") != 0) {
-                fprintf(stderr, PROG ": -accel kvm: kernel-irqchip=%s: ferry-vm has the whole irqchip in KVM (on)\n",
-                        value);
+                ferry_error_setg(errp, "-accel kvm: kernel-irqchip=%s: ferry-vm has the whole irqchip in KVM (on)",
+                                 value);
                 return false;
             }
             continue;
@@ -152,283 +161,201 @@ static bool parse_accel(const char *arg, Options *o)
             known = known || strcmp(key, ignored[i]) == 0;
         }
         if (!known) {
-            fprintf(stderr, PROG ": -accel kvm: unknown property '%s' (dirty-ring-size=N, or QEMU's other kvm ones)\n",
-                    key);
+            ferry_error_setg(errp, "-accel kvm: unknown property '%s' (dirty-ring-size=N, or QEMU's other kvm ones)",
+                             key);
             return false;
         }
     }
     return true;
 }
 
-static bool parse_drive(const char *arg, Options *o)
+static bool parse_drive(const char *arg, Machine *mc, FerryError **errp)
 {
-    char buf[sizeof(o->drive) + 16];
+    char buf[sizeof(mc->drive) + 16];
     const char *key, *value;
     const char *rest = arg;
 
     while (rest && *rest) {
         if (strcspn(rest, ",") >= sizeof(buf)) {
-            fprintf(stderr, PROG ": -drive: property too long\n");
+            ferry_error_setg(errp, "-drive: property too long");
             return false;
         }
         rest = opts_next_pair(rest, buf, sizeof(buf), &key, &value);
-        if (value && strcmp(key, "file") == 0 && *value && strlen(value) < sizeof(o->drive)) {
-            strcpy(o->drive, value);
+        if (value && strcmp(key, "file") == 0 && *value && strlen(value) < sizeof(mc->drive)) {
+            strcpy(mc->drive, value);
         } else if (value && strcmp(key, "format") == 0 && strcmp(value, "raw") == 0) {
             continue;
         } else if (value && (strcmp(key, "if") == 0 || strcmp(key, "index") == 0 || strcmp(key, "media") == 0)) {
             continue; /* QEMU's placement properties: there is one boot disk here */
         } else {
-            fprintf(stderr, PROG ": -drive: unsupported property '%s' (file=PATH, format=raw)\n", key);
+            ferry_error_setg(errp, "-drive: unsupported property '%s' (file=PATH, format=raw)", key);
             return false;
         }
     }
-    if (!o->drive[0]) {
-        fprintf(stderr, PROG ": -drive: file= is required\n");
+    if (!mc->drive[0]) {
+        ferry_error_setg(errp, "-drive: file= is required");
         return false;
     }
-    o->cfg.drive = o->drive;
+    mc->cfg.drive = mc->drive;
     return true;
 }
 
-static bool parse_serial(const char *arg, Options *o)
+static bool parse_serial(const char *arg, Machine *mc, FerryError **errp)
 {
-    o->serial_given = true;
+    mc->serial_given = true;
     if (strcmp(arg, "stdio") == 0) {
-        o->cfg.serial_mode = VM_SERIAL_STDIO;
+        mc->cfg.serial_mode = VM_SERIAL_STDIO;
     } else if (strcmp(arg, "null") == 0 || strcmp(arg, "none") == 0) {
-        o->cfg.serial_mode = VM_SERIAL_NULL;
-    } else if (strncmp(arg, "file:", 5) == 0 && arg[5] && strlen(arg + 5) < sizeof(o->serial_path)) {
-        strcpy(o->serial_path, arg + 5);
-        o->cfg.serial_mode = VM_SERIAL_FILE;
-        o->cfg.serial_path = o->serial_path;
+        mc->cfg.serial_mode = VM_SERIAL_NULL;
+    } else if (strncmp(arg, "file:", 5) == 0 && arg[5] && strlen(arg + 5) < sizeof(mc->serial_path)) {
+        strcpy(mc->serial_path, arg + 5);
+        mc->cfg.serial_mode = VM_SERIAL_FILE;
+        mc->cfg.serial_path = mc->serial_path;
     } else {
-        fprintf(stderr, PROG ": -serial: '%s' is not stdio, file:PATH or null\n", arg);
+        ferry_error_setg(errp, "-serial: '%s' is not stdio, file:PATH or null", arg);
         return false;
     }
     return true;
 }
 
-static bool parse_tracker(const char *arg, VmTrackerChoice *t)
+static const struct {
+    const char *name;
+    VmTrackerChoice choice;
+} tracker_names[] = {
+    {"auto", VM_TRACKER_AUTO},
+    {"kvm-dirty-log", VM_TRACKER_KVM},
+    {"kvm-dirty-ring", VM_TRACKER_KVM_RING},
+    {"uffd-wp", VM_TRACKER_UFFD_WP},
+    {"none", VM_TRACKER_NONE},
+};
+
+static bool parse_tracker(const char *arg, VmTrackerChoice *t, FerryError **errp)
 {
-    static const struct {
-        const char *name;
-        VmTrackerChoice choice;
-    } names[] = {
-        {"auto", VM_TRACKER_AUTO},
-        {"kvm-dirty-log", VM_TRACKER_KVM},
-        {"kvm-dirty-ring", VM_TRACKER_KVM_RING},
-        {"uffd-wp", VM_TRACKER_UFFD_WP},
-        {"none", VM_TRACKER_NONE},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (strcmp(arg, names[i].name) == 0) {
-            *t = names[i].choice;
+    for (size_t i = 0; i < sizeof(tracker_names) / sizeof(tracker_names[0]); i++) {
+        if (strcmp(arg, tracker_names[i].name) == 0) {
+            *t = tracker_names[i].choice;
             return true;
         }
     }
-    fprintf(stderr, PROG ": -dirty-tracker: '%s' is not auto, kvm-dirty-log, kvm-dirty-ring, uffd-wp or none\n", arg);
+    ferry_error_setg(errp, "-dirty-tracker: '%s' is not auto, kvm-dirty-log, kvm-dirty-ring, uffd-wp or none", arg);
     return false;
 }
 
-static bool takes_arg(const char *opt)
+static const char *tracker_name(VmTrackerChoice t)
 {
-    static const char *const with_arg[] = {
-        "-m", "-smp", "-drive", "-serial", "-object", "-machine", "-accel", "-dirty-tracker", "-ab-every", "-display",
-        "-kernel", "-initrd", "-append", "-netdev", "-device",
-    };
-    for (size_t i = 0; i < sizeof(with_arg) / sizeof(with_arg[0]); i++) {
-        if (strcmp(opt, with_arg[i]) == 0) {
-            return true;
+    for (size_t i = 0; i < sizeof(tracker_names) / sizeof(tracker_names[0]); i++) {
+        if (tracker_names[i].choice == t) {
+            return tracker_names[i].name;
         }
     }
-    return false;
+    return "?";
 }
 
-/* Returns -1 to go on, else an exit code. */
-static int parse_args(int argc, char **argv, FerryHost *host, Options *o)
+/* ferry-vm's own options (hosts/common/argv.c has the shared ones and the host runtime's). */
+static const char *const own_with_arg[] = {
+    "-drive", "-serial", "-accel", "-dirty-tracker", "-ab-every", "-display", "-kernel", "-initrd", "-append", NULL,
+};
+/* Accepted for QEMU compatibility: always KVM, never a display, no default devices anyway. */
+static const char *const own_flags[] = { "-enable-kvm", "-nographic", "-nodefaults", NULL };
+
+static bool parse_option(void *opaque, const char *opt, const char *arg, FerryError **errp)
 {
-    FerryError *err = NULL;
-    uint32_t v;
+    Machine *mc = opaque;
 
-    for (int i = 1; i < argc; i++) {
-        const char *opt = argv[i];
-        const char *arg = i + 1 < argc ? argv[i + 1] : NULL;
-
-        if (opt[0] == '-' && opt[1] == '-' && opt[2]) {
-            opt++;
-        }
-        if (strcmp(opt, "-h") == 0 || strcmp(opt, "-help") == 0) {
-            usage(stdout);
-            return EXIT_SUCCESS;
-        }
-        if (strcmp(opt, "-mem-prealloc") == 0) {
-            o->cfg.mem_prealloc = true;
-            continue;
-        }
-        if (strcmp(opt, "-enable-kvm") == 0 || strcmp(opt, "-nographic") == 0 || strcmp(opt, "-nodefaults") == 0) {
-            continue;
-        }
-        if (!takes_arg(opt)) {
-            bool used_arg = false;
-            int r;
-
-            if (opt[0] != '-') {
-                fprintf(stderr, PROG ": unexpected argument '%s' (try --help)\n", argv[i]);
-                return EXIT_USAGE;
-            }
-            if (strcmp(opt, "-monitor") == 0 && arg && strcmp(arg, "stdio") == 0) {
-                o->monitor_stdio = true;
-            }
-            r = ferry_host_parse_option(host, opt, arg, &used_arg, &err);
-            if (r < 0) {
-                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-                ferry_error_free(err);
-                return EXIT_BAD_VALUE;
-            }
-            if (r == 0) {
-                fprintf(stderr, PROG ": unknown option '%s' (try --help)\n", argv[i]);
-                return EXIT_USAGE;
-            }
-            if (used_arg) {
-                i++;
-            }
-            continue;
-        }
-        if (!arg) {
-            fprintf(stderr, PROG ": option %s needs an argument (try --help)\n", opt);
-            return EXIT_USAGE;
-        }
-        i++;
-        if (strcmp(opt, "-m") == 0) {
-            o->m_given = true;
-            if (!opts_parse_size(arg, 20, &o->cfg.ram_size) || o->cfg.ram_size < (UINT64_C(2) << 20) ||
-                o->cfg.ram_size % ferry_ram_page_size()) {
-                fprintf(stderr, PROG ": -m: '%s' is not a RAM size (at least 2M, a multiple of the page size)\n",
-                        arg);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-smp") == 0) {
-            if (!parse_u32(arg, VM_MAX_SMP, &v) || v == 0) {
-                fprintf(stderr, PROG ": -smp: '%s' is not a number of vCPUs in 1..%d\n", arg, VM_MAX_SMP);
-                return EXIT_BAD_VALUE;
-            }
-            o->cfg.smp = v;
-        } else if (strcmp(opt, "-ab-every") == 0) {
-            if (!parse_u32(arg, UINT32_MAX, &o->cfg.ab_every)) {
-                fprintf(stderr, PROG ": -ab-every: '%s' is not a number of passes\n", arg);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-kernel") == 0 || strcmp(opt, "-initrd") == 0 || strcmp(opt, "-append") == 0) {
-            if (strcmp(opt, "-append") != 0 && !*arg) {
-                fprintf(stderr, PROG ": %s: no file given\n", opt);
-                return EXIT_BAD_VALUE;
-            }
-            *(opt[1] == 'k' ? &o->cfg.kernel : opt[1] == 'i' ? &o->cfg.initrd : &o->cfg.append) = arg;
-        } else if (strcmp(opt, "-netdev") == 0 || strcmp(opt, "-device") == 0) {
-            bool ok = opt[1] == 'n' ? net_parse_netdev(&o->net, arg, &err) : net_parse_device(&o->net, arg, &err);
-
-            if (!ok) {
-                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-                ferry_error_free(err);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-display") == 0) {
-            if (strcmp(arg, "none") != 0) {
-                fprintf(stderr, PROG ": -display: only 'none'\n");
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-object") == 0 || strcmp(opt, "-machine") == 0) {
-            /* The host runtime's object types (TLS credentials, authorization) first; memory backends are the
-             * programs' own (hosts/common/options.c, as ferry-workload's). */
-            bool used_arg = false;
-            int r = opt[1] == 'o' ? ferry_host_parse_option(host, opt, arg, &used_arg, &err) : 0;
-
-            if (r < 0 || (r == 0 && !(opt[1] == 'o' ? opts_parse_object(arg, &o->mb, &err)
-                                                    : opts_parse_machine(arg, &o->mb, &err)))) {
-                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-                ferry_error_free(err);
-                return EXIT_BAD_VALUE;
-            }
-        } else if ((strcmp(opt, "-drive") == 0 && !parse_drive(arg, o)) ||
-                   (strcmp(opt, "-serial") == 0 && !parse_serial(arg, o)) ||
-                   (strcmp(opt, "-accel") == 0 && !parse_accel(arg, o)) ||
-                   (strcmp(opt, "-dirty-tracker") == 0 && !parse_tracker(arg, &o->cfg.tracker))) {
-            return EXIT_BAD_VALUE;
-        }
+    if (!arg) {
+        return true; /* own_flags */
     }
-
-    /* QEMU uses the ring only when given a size; here -dirty-tracker kvm-dirty-ring asks for it too. With a ring
-     * KVM keeps no bitmap, and another tracker would leave the ring unread: those pairs contradict each other. */
-    if (o->cfg.tracker == VM_TRACKER_KVM_RING) {
-        if (o->ring_size_given && !o->cfg.dirty_ring_size) {
-            fprintf(stderr,
-                    PROG ": -dirty-tracker kvm-dirty-ring needs a ring: -accel kvm,dirty-ring-size=0 says none\n");
-            return EXIT_BAD_VALUE;
+    if (strcmp(opt, "-ab-every") == 0) {
+        if (!parse_u32(arg, UINT32_MAX, &mc->cfg.ab_every)) {
+            ferry_error_setg(errp, "-ab-every: '%s' is not a number of passes", arg);
+            return false;
         }
-        if (!o->ring_size_given) {
-            o->cfg.dirty_ring_size = VM_DIRTY_RING_DEFAULT;
-        }
-    } else if (o->cfg.dirty_ring_size) {
-        if (o->cfg.tracker != VM_TRACKER_AUTO) {
-            fprintf(stderr,
-                    PROG ": -accel kvm,dirty-ring-size=%u and -dirty-tracker %s contradict each other (the ring "
-                    "is KVM's dirty log then; use -dirty-tracker auto or kvm-dirty-ring)\n",
-                    o->cfg.dirty_ring_size, o->cfg.tracker == VM_TRACKER_KVM ? "kvm-dirty-log"
-                                            : o->cfg.tracker == VM_TRACKER_UFFD_WP ? "uffd-wp" : "none");
-            return EXIT_BAD_VALUE;
-        }
-        o->cfg.tracker = VM_TRACKER_KVM_RING;
+        return true;
     }
-
-    MemChoice ram = { .size = o->cfg.ram_size };
-    if (!opts_memory_backend_resolve(&o->mb, o->m_given, ferry_host_incoming(host), &ram, &err)) {
-        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-        ferry_error_free(err);
-        return EXIT_BAD_VALUE;
+    if (strcmp(opt, "-kernel") == 0 || strcmp(opt, "-initrd") == 0 || strcmp(opt, "-append") == 0) {
+        if (strcmp(opt, "-append") != 0 && !*arg) {
+            ferry_error_setg(errp, "%s: no file given", opt);
+            return false;
+        }
+        *(opt[1] == 'k' ? &mc->cfg.kernel : opt[1] == 'i' ? &mc->cfg.initrd : &mc->cfg.append) = arg;
+        return true;
     }
-    o->cfg.ram_size = ram.size;
-    o->cfg.mem_prealloc |= ram.prealloc;
-    o->cfg.memfd = ram.memfd;
-    o->cfg.memfd_share = ram.memfd_share;
-    if (ram.mem_path[0]) {
-        strcpy(o->mem_path, ram.mem_path);
-        o->cfg.mem_path = o->mem_path;
-        o->cfg.file_share = ram.file_share;
+    if (strcmp(opt, "-display") == 0) {
+        if (strcmp(arg, "none") != 0) {
+            ferry_error_setg(errp, "-display: only 'none'");
+            return false;
+        }
+        return true;
+    }
+    return strcmp(opt, "-drive") == 0    ? parse_drive(arg, mc, errp)
+           : strcmp(opt, "-serial") == 0 ? parse_serial(arg, mc, errp)
+           : strcmp(opt, "-accel") == 0  ? parse_accel(arg, mc, errp)
+                                         : parse_tracker(arg, &mc->cfg.tracker, errp); /* -dirty-tracker */
+}
+
+/* QEMU uses the ring only when given a size; here -dirty-tracker kvm-dirty-ring asks for it too. With a ring KVM
+ * keeps no bitmap, and another tracker would leave the ring unread: those pairs contradict each other. */
+static bool finish_tracker(Machine *mc, FerryError **errp)
+{
+    VmConfig *cfg = &mc->cfg;
+
+    if (cfg->tracker == VM_TRACKER_KVM_RING) {
+        if (mc->ring_size_given && !cfg->dirty_ring_size) {
+            ferry_error_setg(errp, "-dirty-tracker kvm-dirty-ring needs a ring: -accel kvm,dirty-ring-size=0 says "
+                             "none");
+            return false;
+        }
+        if (!mc->ring_size_given) {
+            cfg->dirty_ring_size = VM_DIRTY_RING_DEFAULT;
+        }
+    } else if (cfg->dirty_ring_size) {
+        if (cfg->tracker != VM_TRACKER_AUTO) {
+            ferry_error_setg(errp, "-accel kvm,dirty-ring-size=%u and -dirty-tracker %s contradict each other (the "
+                             "ring is KVM's dirty log then; use -dirty-tracker auto or kvm-dirty-ring)",
+                             cfg->dirty_ring_size, tracker_name(cfg->tracker));
+            return false;
+        }
+        cfg->tracker = VM_TRACKER_KVM_RING;
+    }
+    return true;
+}
+
+/* After all options: the guest's RAM and vCPUs as the shared options chose, and ferry-vm's own rules. */
+static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
+{
+    Machine *mc = opaque;
+    VmConfig *cfg = &mc->cfg;
+
+    cfg->ram_size = a->ram.size;
+    cfg->smp = a->smp;
+    cfg->mem_prealloc = a->ram.prealloc;
+    cfg->memfd = a->ram.memfd;
+    cfg->memfd_share = a->ram.memfd_share;
+    cfg->mem_path = a->ram.mem_path[0] ? a->ram.mem_path : NULL;
+    cfg->file_share = a->ram.file_share;
+    if (!finish_tracker(mc, errp)) {
+        return false;
     }
     /* QEMU's rules: -initrd and -append go with -kernel, and a kernel is booted instead of a disk. */
-    if ((o->cfg.initrd || o->cfg.append) && !o->cfg.kernel) {
-        fprintf(stderr, PROG ": %s is only allowed with -kernel\n", o->cfg.initrd ? "-initrd" : "-append");
-        return EXIT_BAD_VALUE;
+    if ((cfg->initrd || cfg->append) && !cfg->kernel) {
+        ferry_error_setg(errp, "%s is only allowed with -kernel", cfg->initrd ? "-initrd" : "-append");
+        return false;
     }
-    if (o->cfg.kernel && o->cfg.drive) {
-        fprintf(stderr, PROG ": -kernel and -drive: boot one or the other\n");
-        return EXIT_BAD_VALUE;
+    if (cfg->kernel && cfg->drive) {
+        ferry_error_setg(errp, "-kernel and -drive: boot one or the other");
+        return false;
     }
-    if (!net_setup_check(&o->net, &err)) {
-        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-        ferry_error_free(err);
-        return EXIT_BAD_VALUE;
+    if (!mc->serial_given && a->monitor_stdio) {
+        cfg->serial_mode = VM_SERIAL_NULL;
     }
-    if (!o->serial_given && o->monitor_stdio) {
-        o->cfg.serial_mode = VM_SERIAL_NULL;
+    if (a->monitor_stdio && cfg->serial_mode == VM_SERIAL_STDIO) {
+        ferry_error_setg(errp, "-serial stdio and -monitor stdio cannot share the terminal: give -serial file:PATH");
+        return false;
     }
-    if (o->monitor_stdio && o->cfg.serial_mode == VM_SERIAL_STDIO) {
-        fprintf(stderr, PROG ": -serial stdio and -monitor stdio cannot share the terminal: give -serial file:PATH\n");
-        return EXIT_BAD_VALUE;
-    }
-    return -1;
+    return true;
 }
 
 /* ---- QMP ---- */
-
-typedef struct Machine {
-    Vm *vm;
-    FerryHost *host;
-    const char *tracker;       /* what outgoing migrations will use */
-    char tracker_note[512];    /* why, if it is not KVM's dirty log */
-    bool dirty_ring;           /* KVM_CAP_DIRTY_LOG_RING is offered (used with -accel kvm,dirty-ring-size) */
-} Machine;
 
 static json_t *cmd_pattern_check(json_t *args, void *opaque, FerryError **errp)
 {
@@ -627,19 +554,19 @@ static bool add_nics(Vm *vm, FerryHost *host, FerryMigration *m, const NetSetup 
     return true;
 }
 
-static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, const NetSetup *net,
-                          FerryError **errp)
+static bool machine_setup(void *opaque, FerryHost *host, FerryError **errp)
 {
+    Machine *mc = opaque;
     FerryMigration *m = ferry_host_migration(host);
 
     mc->host = host;
-    mc->vm = vm_new(cfg, errp);
+    mc->vm = vm_new(&mc->cfg, errp);
     if (!mc->vm) {
         return false;
     }
     mc->vm->host = host;
     if (!open_serial(mc->vm, errp) || !vm_setup_ram(mc->vm, m, errp) || !vm_register_sections(mc->vm, m, errp) ||
-        !add_nics(mc->vm, host, m, net, errp) || !choose_tracker(mc, m, errp) ||
+        !add_nics(mc->vm, host, m, &mc->args.net, errp) || !choose_tracker(mc, m, errp) ||
         !ferry_host_register_command(host, "query-pattern-check", NULL, cmd_pattern_check, mc, errp) ||
         !ferry_host_register_command(host, "query-vm", NULL, cmd_query_vm, mc, errp) ||
         !ferry_host_register_command(host, "query-netdev", NULL, cmd_query_netdev, mc, errp) ||
@@ -662,45 +589,44 @@ static bool machine_setup(Machine *mc, FerryHost *host, const VmConfig *cfg, con
     return true;
 }
 
+/* The vCPU threads run on the engine's RAM: they end first. The VM's fds go after the engine, whose migration
+ * threads may still harvest the dirty log until ferry_host_free has joined them. */
+static void machine_stop_threads(void *opaque)
+{
+    vm_stop_threads(((Machine *)opaque)->vm);
+}
+
+static void machine_free(void *opaque)
+{
+    vm_free(((Machine *)opaque)->vm);
+}
+
+static const HostProgram program = {
+    .name = PROG,
+    .usage = usage,
+    .ram_min_mib = 2,
+    .smp_max = VM_MAX_SMP,
+    .smp_unit = "vCPUs",
+    .with_arg = own_with_arg,
+    .flags = own_flags,
+    .option = parse_option,
+    .finish = finish_options,
+    .setup = machine_setup,
+    .stop = machine_stop_threads,
+    .free = machine_free,
+};
+
 int main(int argc, char **argv)
 {
-    Options o = {
-        .net = { .guest_nic = true },
-        .mb = { .vm_machine = true },
-        .cfg = {
-            .ram_size = UINT64_C(128) << 20,
+    Machine mc = {
+        .args = {
+            .ram = { .size = UINT64_C(128) << 20 },
             .smp = 1,
-            .serial_mode = VM_SERIAL_STDIO,
-            .tracker = VM_TRACKER_AUTO,
+            .mb = { .vm_machine = true },
+            .net = { .guest_nic = true },
         },
+        .cfg = { .serial_mode = VM_SERIAL_STDIO, .tracker = VM_TRACKER_AUTO },
     };
-    Machine mc = { 0 };
-    FerryError *err = NULL;
-    FerryHost *host;
-    int status;
 
-    host = ferry_host_new(PROG, &err);
-    if (!host) {
-        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-        ferry_error_free(err);
-        return EXIT_FAILURE;
-    }
-    status = parse_args(argc, argv, host, &o);
-    if (status >= 0) {
-        ferry_host_free(host);
-        return status;
-    }
-    if (!machine_setup(&mc, host, &o.cfg, &o.net, &err) || !ferry_host_start(host, &err)) {
-        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-        ferry_error_free(err);
-        status = EXIT_FAILURE;
-    } else {
-        status = ferry_host_run(host);
-    }
-    /* The vCPU threads run on the engine's RAM: they end first. The VM's fds go after the engine, whose
-     * migration threads may still harvest the dirty log until ferry_host_free has joined them. */
-    vm_stop_threads(mc.vm);
-    ferry_host_free(host);
-    vm_free(mc.vm);
-    return status;
+    return host_main(&program, &mc, &mc.args, argc, argv);
 }

@@ -3,7 +3,7 @@
  * BAR of registers, virtqueues given by page frame number with 4 KiB ring alignment), the interface Linux's
  * virtio_pci driver takes when a device offers no modern capabilities, on a TAP backend (-netdev tap). The TAP
  * is attached by name, or adopted from a migration source with backend-transfer exactly as ferry-workload's
- * device does (hosts/common/netdev.c has the TAP calls).
+ * device does (hosts/common/netdev.c has the TAP calls and the "virtio-net-tap" backend both devices register).
  *
  * Two virtqueues of 256 entries: receive (0) and transmit (1). Features offered: MAC and STATUS (link always up);
  * no checksum or segmentation offload, no mergeable buffers, no indirect descriptors, no event index, no control
@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 
@@ -73,10 +72,6 @@ static const PciDevInfo pci_info = {
     .revision = 0, .class_code = 0x020000, .io_size = IO_SIZE,
 };
 
-/* Retrying a busy TAP by name (backend-transfer off): as ferry-workload's device (hosts/workload/net.c). */
-#define OPEN_RETRY_MS 5000
-#define OPEN_RETRY_INTERVAL_MS 2
-
 typedef struct VirtQueue {
     uint32_t pfn;          /* the guest's QUEUE_PFN: the ring's page, 0 while not set up */
     uint16_t last_avail;   /* free-running index of the next available entry the device takes */
@@ -98,6 +93,7 @@ struct VirtioNet {
     int wake_fd;           /* eventfd: the guest posted receive buffers, or stop/quit */
 
     NetTap tap;            /* the TAP (hosts/common/netdev.h) */
+    NetTapBackend backend; /* the TAP as the engine sees it (hosts/common/netdev.h) */
     bool attach_pending;
     int64_t attach_deadline_ms;
 
@@ -112,14 +108,6 @@ struct VirtioNet {
     uint8_t *rx_frame, *tx_frame; /* FRAME_MAX + NET_HDR_LEN each */
     uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, dropped, tx_errors;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void wake(VirtioNet *n)
 {
@@ -484,8 +472,8 @@ static void *rx_main(void *arg)
             if (!n->attach_pending) {
                 wait_io(n, false, -1);
             } else if (!attach_locked(n, &busy, &err)) {
-                if (busy && now_ms() < n->attach_deadline_ms) {
-                    wait_io(n, false, OPEN_RETRY_INTERVAL_MS);
+                if (busy && net_now_ms() < n->attach_deadline_ms) {
+                    wait_io(n, false, NET_TAP_RETRY_INTERVAL_MS);
                 } else {
                     n->attach_pending = false;
                     snprintf(n->tap.error, sizeof(n->tap.error), "%s", ferry_error_msg(err));
@@ -544,7 +532,7 @@ void virtio_net_start(VirtioNet *n)
 
         if (!attach_locked(n, &busy, &err)) {
             n->attach_pending = true;
-            n->attach_deadline_ms = now_ms() + (busy ? OPEN_RETRY_MS : 0);
+            n->attach_deadline_ms = net_now_ms() + (busy ? NET_TAP_RETRY_MS : 0);
         }
         ferry_error_free(err);
     }
@@ -584,51 +572,6 @@ bool virtio_net_attach_fd(VirtioNet *n, int fd, FerryError **errp)
     return ok;
 }
 
-/* ---- Backend (include/ferry/backend.h) ---- */
-
-static int backend_get_fd(void *opaque)
-{
-    VirtioNet *n = opaque;
-
-    pthread_mutex_lock(&n->lock);
-    int fd = n->tap.fd;
-    pthread_mutex_unlock(&n->lock);
-    return fd;
-}
-
-static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
-{
-    VirtioNet *n = opaque;
-    bool ok = false;
-
-    pthread_mutex_lock(&n->lock);
-    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
-    if (n->run) {
-        ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", n->cfg.id);
-    } else {
-        ok = net_tap_adopt(&n->tap, fd, n->cfg.ifname, errp);
-    }
-    pthread_mutex_unlock(&n->lock);
-    return ok;
-}
-
-static void backend_release(void *opaque)
-{
-    VirtioNet *n = opaque;
-
-    /* The destination has the guest now. Should this side be resumed anyway ("cont"), its device attaches the
-     * TAP by name again (virtio_net_start). */
-    pthread_mutex_lock(&n->lock);
-    net_tap_close(&n->tap);
-    pthread_mutex_unlock(&n->lock);
-}
-
-static const FerryBackendOps backend_ops = {
-    .get_fd = backend_get_fd,
-    .set_fd = backend_set_fd,
-    .release = backend_release,
-};
-
 /* ---- State ---- */
 
 static bool visit_queue(FerryVisitor *v, VirtQueue *vq, FerryError **errp)
@@ -642,6 +585,125 @@ static bool visit_queue(FerryVisitor *v, VirtQueue *vq, FerryError **errp)
                                                     "this device has %u", size, QUEUE_SIZE), false));
 }
 
+/* The device's migrated state, as saved or loaded: a copy taken under the lock, so that the visitor runs without
+ * it. */
+typedef struct NetSnap {
+    uint8_t mac[NET_ETH_ALEN];
+    VirtQueue vq[NQUEUES];
+    uint32_t features;
+    uint16_t sel;
+    uint8_t status, isr;
+    uint64_t c[6]; /* rx-frames, rx-bytes, tx-frames, tx-bytes, dropped, tx-errors */
+} NetSnap;
+
+static void snapshot(VirtioNet *n, NetSnap *st)
+{
+    pthread_mutex_lock(&n->lock);
+    memcpy(st->mac, n->cfg.ident.mac, sizeof(st->mac));
+    memcpy(st->vq, n->vq, sizeof(st->vq));
+    st->features = n->guest_features;
+    st->sel = n->queue_sel;
+    st->status = n->status;
+    st->isr = n->isr;
+    st->c[0] = n->rx_frames, st->c[1] = n->rx_bytes, st->c[2] = n->tx_frames, st->c[3] = n->tx_bytes,
+    st->c[4] = n->dropped, st->c[5] = n->tx_errors;
+    pthread_mutex_unlock(&n->lock);
+}
+
+/* Who the device is: its netdev and MAC, which a load checks against this device's. */
+static bool visit_identity(VirtioNet *n, FerryVisitor *v, bool load, NetSnap *st, FerryError **errp)
+{
+    char *netdev = strdup(n->cfg.id);
+    bool ok = false;
+
+    if (!netdev) {
+        ferry_error_setg(errp, "out of memory");
+        return false;
+    }
+    if (!ferry_visit_str(v, "netdev", &netdev, errp)) {
+        goto out;
+    }
+    if (load && strcmp(netdev, n->cfg.id) != 0) {
+        ferry_error_setg(errp, "incoming virtio-net state %u is for netdev '%s', this device uses netdev '%s'",
+                         n->index, netdev, n->cfg.id);
+        goto out;
+    }
+    if (!ferry_visit_bytes(v, "mac", st->mac, sizeof(st->mac), errp)) {
+        goto out;
+    }
+    if (load && memcmp(st->mac, n->cfg.ident.mac, sizeof(st->mac)) != 0) {
+        char a[18], b[18];
+
+        net_format_mac(st->mac, a);
+        net_format_mac(n->cfg.ident.mac, b);
+        ferry_error_setg(errp, "incoming virtio-net state for netdev %s has mac %s, this device has mac=%s",
+                         n->cfg.id, a, b);
+        goto out;
+    }
+    ok = true;
+out:
+    free(netdev);
+    return ok;
+}
+
+/* The registers and the queues, then the counters. */
+static bool visit_device(FerryVisitor *v, NetSnap *st, FerryError **errp)
+{
+    uint32_t nq = NQUEUES;
+    uint64_t *c = st->c;
+
+    if (!ferry_visit_u32(v, "guest-features", &st->features, errp) ||
+        !ferry_visit_u16(v, "queue-sel", &st->sel, errp) || !ferry_visit_u8(v, "status", &st->status, errp) ||
+        !ferry_visit_u8(v, "isr", &st->isr, errp) || !ferry_visit_start_list(v, "queues", &nq, NQUEUES, errp)) {
+        return false;
+    }
+    if (nq != NQUEUES) {
+        ferry_error_setg(errp, "incoming virtio-net state has %" PRIu32 " queues, this device has %d", nq,
+                         NQUEUES);
+        return false;
+    }
+    for (unsigned i = 0; i < NQUEUES; i++) {
+        if (!visit_queue(v, &st->vq[i], errp)) {
+            return false;
+        }
+    }
+    return ferry_visit_end_list(v, errp) && ferry_visit_u64(v, "rx-frames", &c[0], errp) &&
+           ferry_visit_u64(v, "rx-bytes", &c[1], errp) && ferry_visit_u64(v, "tx-frames", &c[2], errp) &&
+           ferry_visit_u64(v, "tx-bytes", &c[3], errp) && ferry_visit_u64(v, "dropped", &c[4], errp) &&
+           ferry_visit_u64(v, "tx-errors", &c[5], errp);
+}
+
+/* A load: check what only the whole state can tell (features offered, rings inside RAM), then apply it. */
+static bool apply(VirtioNet *n, NetSnap *st, FerryError **errp)
+{
+    if (st->features & ~HOST_FEATURES) {
+        ferry_error_setg(errp, "incoming virtio-net state has guest features 0x%" PRIx32 ", this device "
+                         "offers 0x%x", st->features, HOST_FEATURES);
+        return false;
+    }
+    pthread_mutex_lock(&n->lock);
+    n->broken = false;
+    for (unsigned i = 0; i < NQUEUES; i++) {
+        if (st->vq[i].pfn && !queue_map(n, &st->vq[i])) {
+            pthread_mutex_unlock(&n->lock);
+            ferry_error_setg(errp, "incoming virtio-net queue %u has its rings at 0x%" PRIx64 ", outside "
+                             "guest RAM", i, (uint64_t)st->vq[i].pfn * VRING_ALIGN);
+            return false;
+        }
+    }
+    memcpy(n->vq, st->vq, sizeof(st->vq));
+    n->guest_features = st->features;
+    n->queue_sel = st->sel;
+    n->status = st->status;
+    n->isr = st->isr;
+    n->rx_frames = st->c[0], n->rx_bytes = st->c[1], n->tx_frames = st->c[2], n->tx_bytes = st->c[3],
+    n->dropped = st->c[4], n->tx_errors = st->c[5];
+    /* The line's level is the device's to drive (KVM's IOAPIC state does not hold who asserts a pin). */
+    pci_set_irq(n->pci, st->isr != 0);
+    pthread_mutex_unlock(&n->lock);
+    return true;
+}
+
 /*
  * The section: who the device is (netdev and MAC, checked), its registers, each queue's ring page and positions,
  * and the counters. Saved with the machine stopped (the vCPUs and the receive thread parked), so no frame is
@@ -651,108 +713,19 @@ bool virtio_net_section(FerryVisitor *v, void *opaque, uint32_t version, FerryEr
 {
     VirtioNet *n = opaque;
     bool load = ferry_visitor_kind(v) == FERRY_VISITOR_INPUT;
-    char *netdev = NULL;
-    uint8_t mac[NET_ETH_ALEN];
-    VirtQueue vq[NQUEUES];
-    uint32_t nq = NQUEUES;
-    uint32_t features;
-    uint16_t sel;
-    uint8_t status, isr;
-    uint64_t c[6];
-    bool ok = false;
+    NetSnap st;
 
     if (load && version != 1) {
         ferry_error_setg(errp, "virtio-net state version %" PRIu32 " is not supported (this program reads "
                          "version 1)", version);
         return false;
     }
-    pthread_mutex_lock(&n->lock);
-    netdev = strdup(n->cfg.id);
-    memcpy(mac, n->cfg.ident.mac, sizeof(mac));
-    memcpy(vq, n->vq, sizeof(vq));
-    features = n->guest_features;
-    sel = n->queue_sel;
-    status = n->status;
-    isr = n->isr;
-    c[0] = n->rx_frames, c[1] = n->rx_bytes, c[2] = n->tx_frames, c[3] = n->tx_bytes, c[4] = n->dropped,
-    c[5] = n->tx_errors;
-    pthread_mutex_unlock(&n->lock);
-    if (!netdev) {
-        ferry_error_setg(errp, "out of memory");
+    snapshot(n, &st);
+    if (!ferry_visit_start_struct(v, "virtio-net", errp) || !visit_identity(n, v, load, &st, errp) ||
+        !visit_device(v, &st, errp) || !ferry_visit_end_struct(v, errp)) {
         return false;
     }
-    if (!ferry_visit_start_struct(v, "virtio-net", errp) || !ferry_visit_str(v, "netdev", &netdev, errp)) {
-        goto out;
-    }
-    if (load && strcmp(netdev, n->cfg.id) != 0) {
-        ferry_error_setg(errp, "incoming virtio-net state %u is for netdev '%s', this device uses netdev '%s'",
-                         n->index, netdev, n->cfg.id);
-        goto out;
-    }
-    if (!ferry_visit_bytes(v, "mac", mac, sizeof(mac), errp)) {
-        goto out;
-    }
-    if (load && memcmp(mac, n->cfg.ident.mac, sizeof(mac)) != 0) {
-        char a[18], b[18];
-
-        net_format_mac(mac, a);
-        net_format_mac(n->cfg.ident.mac, b);
-        ferry_error_setg(errp, "incoming virtio-net state for netdev %s has mac %s, this device has mac=%s",
-                         n->cfg.id, a, b);
-        goto out;
-    }
-    if (!ferry_visit_u32(v, "guest-features", &features, errp) || !ferry_visit_u16(v, "queue-sel", &sel, errp) ||
-        !ferry_visit_u8(v, "status", &status, errp) || !ferry_visit_u8(v, "isr", &isr, errp) ||
-        !ferry_visit_start_list(v, "queues", &nq, NQUEUES, errp)) {
-        goto out;
-    }
-    if (nq != NQUEUES) {
-        ferry_error_setg(errp, "incoming virtio-net state has %" PRIu32 " queues, this device has %d", nq,
-                         NQUEUES);
-        goto out;
-    }
-    for (unsigned i = 0; i < NQUEUES; i++) {
-        if (!visit_queue(v, &vq[i], errp)) {
-            goto out;
-        }
-    }
-    if (!ferry_visit_end_list(v, errp) || !ferry_visit_u64(v, "rx-frames", &c[0], errp) ||
-        !ferry_visit_u64(v, "rx-bytes", &c[1], errp) || !ferry_visit_u64(v, "tx-frames", &c[2], errp) ||
-        !ferry_visit_u64(v, "tx-bytes", &c[3], errp) || !ferry_visit_u64(v, "dropped", &c[4], errp) ||
-        !ferry_visit_u64(v, "tx-errors", &c[5], errp) || !ferry_visit_end_struct(v, errp)) {
-        goto out;
-    }
-    if (load) {
-        if (features & ~HOST_FEATURES) {
-            ferry_error_setg(errp, "incoming virtio-net state has guest features 0x%" PRIx32 ", this device "
-                             "offers 0x%x", features, HOST_FEATURES);
-            goto out;
-        }
-        pthread_mutex_lock(&n->lock);
-        n->broken = false;
-        for (unsigned i = 0; i < NQUEUES; i++) {
-            if (vq[i].pfn && !queue_map(n, &vq[i])) {
-                pthread_mutex_unlock(&n->lock);
-                ferry_error_setg(errp, "incoming virtio-net queue %u has its rings at 0x%" PRIx64 ", outside "
-                                 "guest RAM", i, (uint64_t)vq[i].pfn * VRING_ALIGN);
-                goto out;
-            }
-        }
-        memcpy(n->vq, vq, sizeof(vq));
-        n->guest_features = features;
-        n->queue_sel = sel;
-        n->status = status;
-        n->isr = isr;
-        n->rx_frames = c[0], n->rx_bytes = c[1], n->tx_frames = c[2], n->tx_bytes = c[3], n->dropped = c[4],
-        n->tx_errors = c[5];
-        /* The line's level is the device's to drive (KVM's IOAPIC state does not hold who asserts a pin). */
-        pci_set_irq(n->pci, isr != 0);
-        pthread_mutex_unlock(&n->lock);
-    }
-    ok = true;
-out:
-    free(netdev);
-    return ok;
+    return !load || apply(n, &st, errp);
 }
 
 /* ---- Life cycle ---- */
@@ -769,6 +742,7 @@ VirtioNet *virtio_net_new(Vm *vm, const NetConfig *cfg, unsigned index, FerryErr
     n->cfg = *cfg;
     n->index = index;
     net_tap_init(&n->tap);
+    n->backend = (NetTapBackend){ .lock = &n->lock, .tap = &n->tap, .running = &n->run, .cfg = &n->cfg };
     n->parked = true;
     pthread_mutex_init(&n->lock, NULL);
     pthread_cond_init(&n->cond, NULL);
@@ -792,7 +766,7 @@ bool virtio_net_register(VirtioNet *n, FerryMigration *m, FerryError **errp)
 {
     n->m = m;
     if (!ferry_migration_register_section(m, "virtio-net", n->index, 1, virtio_net_section, n, errp) ||
-        !ferry_migration_register_backend(m, NET_TAP_BACKEND_KIND, n->cfg.id, &backend_ops, n, errp)) {
+        !net_tap_backend_register(&n->backend, m, errp)) {
         ferry_error_prepend(errp, "netdev %s: ", n->cfg.id);
         return false;
     }
@@ -801,21 +775,7 @@ bool virtio_net_register(VirtioNet *n, FerryMigration *m, FerryError **errp)
 
 bool virtio_net_init_backend(VirtioNet *n, bool incoming, FerryError **errp)
 {
-    bool busy, ok = true;
-
-    if (!net_tun_available(errp)) {
-        ferry_error_prepend(errp, "netdev %s: ", n->cfg.id);
-        return false;
-    }
-    if (!incoming) {
-        pthread_mutex_lock(&n->lock);
-        ok = attach_locked(n, &busy, errp);
-        pthread_mutex_unlock(&n->lock);
-        if (!ok) {
-            ferry_error_prepend(errp, "netdev %s: ", n->cfg.id);
-        }
-    }
-    return ok;
+    return net_tap_backend_init(&n->backend, incoming, errp);
 }
 
 void virtio_net_stop_thread(VirtioNet *n)

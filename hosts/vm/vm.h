@@ -354,7 +354,7 @@ VirtioNet *virtio_net_new(Vm *vm, const NetConfig *cfg, unsigned index, FerryErr
 bool virtio_net_register(VirtioNet *n, FerryMigration *m, FerryError **errp);
 /* The section function (opaque: the VirtioNet). */
 bool virtio_net_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp);
-/* As ferry-workload's device (hosts/workload/net.h): a source attaches its TAP now, a destination waits for it. */
+/* net_tap_backend_init (hosts/common/netdev.h) on its TAP: a source attaches it now, a destination waits for it. */
 bool virtio_net_init_backend(VirtioNet *n, bool incoming, FerryError **errp);
 bool virtio_net_start_thread(VirtioNet *n, FerryError **errp);
 /* Give a stopped device without a backend @fd (non-blocking, one Ethernet frame per read and write: a TAP, or a

@@ -1,10 +1,11 @@
 /*
  * ferry-workload: a host program that stands in for a VM so that migrations can be tested and measured without
- * one. This file is the command line (QEMU's spellings: -m, -smp, -netdev, -device, plus the workload's own
- * options and the common ones of the host runtime), the QMP commands query-pattern-check, query-ram-digest,
- * query-workload and query-netdev, the host ops that stop and start the workers and the network devices
- * together, and main(). The workers, the RAM layout and their state are in workload.c; the network device is in
- * net.c and netframe.c. It uses only libferry's public API.
+ * one. This file is the workload's own options (-pattern, -seed, -dirty-rate, -dirty-tracker, -ram-block-size;
+ * the command line both host programs share, -m, -smp, -object, -machine, -netdev, -device and the host
+ * runtime's options, and main()'s life cycle are hosts/common/argv.c's), the QMP commands query-pattern-check,
+ * query-ram-digest, query-workload and query-netdev, the host ops that stop and start the workers and the network
+ * devices together, and the machine that main() builds. The workers, the RAM layout and their state are in
+ * workload.c; the network device is in net.c and netframe.c. It uses only libferry's public API.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -12,15 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "argv.h"   /* the shared command line and main() (hosts/common) */
 #include "net.h"
 #include "options.h"
 #include "workload.h"
 
 #define PROG "ferry-workload"
-
-/* Exit codes: a bad value is an error (1); an unknown option or a missing argument is a usage error (2). */
-#define EXIT_BAD_VALUE 1
-#define EXIT_USAGE 2
 
 static void usage(FILE *out)
 {
@@ -64,165 +62,80 @@ static void usage(FILE *out)
             WORKLOAD_MAX_SMP, INT64_MAX, NET_MAX_DEVICES, ferry_host_common_usage());
 }
 
-static int bad_value(FerryError *err)
+/* Everything the host ops stop and start: the workers ("vCPUs") and the network devices; and what the command line
+ * asked for. */
+typedef struct Machine {
+    HostArgs args;
+    WorkloadConfig cfg;
+    Workload *wl;
+    NetDev *net[NET_MAX_DEVICES];
+    unsigned nnet;
+} Machine;
+
+/* The workload's own options (hosts/common/argv.c has the shared ones and the host runtime's). */
+static const char *const own_with_arg[] = {
+    "-pattern", "-seed", "-dirty-rate", "-dirty-tracker", "-ram-block-size", NULL,
+};
+
+static bool parse_option(void *opaque, const char *opt, const char *arg, FerryError **errp)
 {
-    fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-    ferry_error_free(err);
-    return EXIT_BAD_VALUE;
+    WorkloadConfig *cfg = &((Machine *)opaque)->cfg;
+    size_t page_size = ferry_ram_page_size();
+
+    if (strcmp(opt, "-ram-block-size") == 0) {
+        if (!opts_parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
+            ferry_error_setg(errp, "-ram-block-size: '%s' is not a block size (a positive multiple of the "
+                             "%zu-byte page, e.g. 64M)", arg, page_size);
+            return false;
+        }
+    } else if (strcmp(opt, "-pattern") == 0) {
+        if (!workload_pattern_parse(arg, &cfg->pattern)) {
+            ferry_error_setg(errp, "-pattern: unknown pattern '%s' (ab, random, zero or half)", arg);
+            return false;
+        }
+        cfg->file_workers = true; /* asked for: file-backed RAM gets writers too (workload.h) */
+    } else if (strcmp(opt, "-seed") == 0) {
+        /* Bounded to int64 so that query-workload can report it as a JSON integer. */
+        if (!opts_parse_u64(arg, INT64_MAX, &cfg->seed)) {
+            ferry_error_setg(errp, "-seed: '%s' is not a number in 0..%" PRId64, arg, INT64_MAX);
+            return false;
+        }
+    } else if (strcmp(opt, "-dirty-rate") == 0) {
+        if (!opts_parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
+            ferry_error_setg(errp, "-dirty-rate: '%s' is not a rate in MiB/s (0 = unlimited)", arg);
+            return false;
+        }
+    } else if (!ferry_tracker_kind_parse(arg, &cfg->tracker)) { /* -dirty-tracker */
+        ferry_error_setg(errp, "-dirty-tracker: unknown tracker '%s' (auto, uffd-wp, explicit or none)", arg);
+        return false;
+    }
+    return true;
 }
 
-/* Parse argv into @cfg and @net, handing common options to the host runtime. Returns -1 to go on, else an exit
- * code. */
-static int parse_args(int argc, char **argv, FerryHost *host, WorkloadConfig *cfg, NetSetup *net)
+/* After all options: RAM and workers as the shared options chose, checked against the workload's own. */
+static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
 {
-    FerryError *err = NULL;
+    WorkloadConfig *cfg = &((Machine *)opaque)->cfg;
     size_t page_size = ferry_ram_page_size();
-    uint64_t v;
-    MemBackend mb = { 0 };
-    bool m_given = false;
 
-    for (int i = 1; i < argc; i++) {
-        const char *opt = argv[i];
-        const char *arg = i + 1 < argc ? argv[i + 1] : NULL;
-        bool own_with_arg = true;
-
-        /* QEMU accepts --opt as well as -opt. */
-        if (opt[0] == '-' && opt[1] == '-' && opt[2]) {
-            opt++;
-        }
-        if (strcmp(opt, "-h") == 0 || strcmp(opt, "-help") == 0) {
-            usage(stdout);
-            return EXIT_SUCCESS;
-        }
-        if (strcmp(opt, "-mem-prealloc") == 0) {
-            cfg->mem_prealloc = true;
-            continue;
-        }
-        if (strcmp(opt, "-m") == 0 || strcmp(opt, "-smp") == 0 || strcmp(opt, "-pattern") == 0 ||
-            strcmp(opt, "-seed") == 0 || strcmp(opt, "-dirty-rate") == 0 || strcmp(opt, "-dirty-tracker") == 0 ||
-            strcmp(opt, "-ram-block-size") == 0 || strcmp(opt, "-object") == 0 || strcmp(opt, "-machine") == 0 ||
-            strcmp(opt, "-netdev") == 0 || strcmp(opt, "-device") == 0) {
-            if (!arg) {
-                fprintf(stderr, PROG ": option %s needs an argument (try --help)\n", opt);
-                return EXIT_USAGE;
-            }
-            i++;
-        } else {
-            own_with_arg = false;
-        }
-
-        if (!own_with_arg) {
-            bool used_arg = false;
-            int r;
-
-            if (opt[0] != '-') {
-                fprintf(stderr, PROG ": unexpected argument '%s' (try --help)\n", argv[i]);
-                return EXIT_USAGE;
-            }
-            r = ferry_host_parse_option(host, opt, arg, &used_arg, &err);
-            if (r < 0) {
-                fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-                ferry_error_free(err);
-                return EXIT_BAD_VALUE;
-            }
-            if (r == 0) {
-                fprintf(stderr, PROG ": unknown option '%s' (try --help)\n", argv[i]);
-                return EXIT_USAGE;
-            }
-            if (used_arg) {
-                i++;
-            }
-        } else if (strcmp(opt, "-object") == 0) {
-            /* The host runtime's object types (TLS credentials, authorization) first; memory backends are ours. */
-            bool used_arg = false;
-            int r = ferry_host_parse_option(host, opt, arg, &used_arg, &err);
-
-            if (r < 0) {
-                return bad_value(err);
-            }
-            if (r == 0 && !opts_parse_object(arg, &mb, &err)) {
-                return bad_value(err);
-            }
-        } else if (strcmp(opt, "-machine") == 0) {
-            if (!opts_parse_machine(arg, &mb, &err)) {
-                return bad_value(err);
-            }
-        } else if (strcmp(opt, "-netdev") == 0) {
-            if (!net_parse_netdev(net, arg, &err)) {
-                return bad_value(err);
-            }
-        } else if (strcmp(opt, "-device") == 0) {
-            if (!net_parse_device(net, arg, &err)) {
-                return bad_value(err);
-            }
-        } else if (strcmp(opt, "-m") == 0) {
-            m_given = true;
-            if (!opts_parse_size(arg, 20, &cfg->ram_size) || cfg->ram_size == 0 || cfg->ram_size % page_size) {
-                fprintf(stderr, PROG ": -m: '%s' is not a RAM size (a positive multiple of the %zu-byte page, "
-                        "e.g. 256M or 4G)\n", arg, page_size);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-ram-block-size") == 0) {
-            if (!opts_parse_size(arg, 0, &cfg->block_size) || cfg->block_size == 0 || cfg->block_size % page_size) {
-                fprintf(stderr, PROG ": -ram-block-size: '%s' is not a block size (a positive multiple of the "
-                        "%zu-byte page, e.g. 64M)\n", arg, page_size);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-smp") == 0) {
-            if (!opts_parse_u64(arg, WORKLOAD_MAX_SMP, &v) || v == 0) {
-                fprintf(stderr, PROG ": -smp: '%s' is not a number of workers in 1..%d\n", arg, WORKLOAD_MAX_SMP);
-                return EXIT_BAD_VALUE;
-            }
-            cfg->smp = (unsigned)v;
-        } else if (strcmp(opt, "-pattern") == 0) {
-            if (!workload_pattern_parse(arg, &cfg->pattern)) {
-                fprintf(stderr, PROG ": -pattern: unknown pattern '%s' (ab, random, zero or half)\n", arg);
-                return EXIT_BAD_VALUE;
-            }
-            cfg->file_workers = true; /* asked for: file-backed RAM gets writers too (workload.h) */
-        } else if (strcmp(opt, "-seed") == 0) {
-            /* Bounded to int64 so that query-workload can report it as a JSON integer. */
-            if (!opts_parse_u64(arg, INT64_MAX, &cfg->seed)) {
-                fprintf(stderr, PROG ": -seed: '%s' is not a number in 0..%" PRId64 "\n", arg, INT64_MAX);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-dirty-rate") == 0) {
-            if (!opts_parse_u64(arg, UINT32_MAX, &cfg->dirty_rate)) {
-                fprintf(stderr, PROG ": -dirty-rate: '%s' is not a rate in MiB/s (0 = unlimited)\n", arg);
-                return EXIT_BAD_VALUE;
-            }
-        } else if (strcmp(opt, "-dirty-tracker") == 0) {
-            if (!ferry_tracker_kind_parse(arg, &cfg->tracker)) {
-                fprintf(stderr, PROG ": -dirty-tracker: unknown tracker '%s' (auto, uffd-wp, explicit or none)\n",
-                        arg);
-                return EXIT_BAD_VALUE;
-            }
-        }
-    }
-    MemChoice ram = { .size = cfg->ram_size };
-    if (!opts_memory_backend_resolve(&mb, m_given, ferry_host_incoming(host), &ram, &err)) {
-        return bad_value(err);
-    }
-    cfg->ram_size = ram.size;
-    cfg->mem_prealloc |= ram.prealloc;
-    cfg->memfd = ram.memfd;
-    cfg->memfd_share = ram.memfd_share;
-    strcpy(cfg->mem_path, ram.mem_path);
-    cfg->file_share = ram.file_share;
-    if (!net_setup_check(net, &err)) {
-        return bad_value(err);
-    }
+    cfg->ram_size = a->ram.size;
+    cfg->smp = a->smp;
+    cfg->mem_prealloc = a->ram.prealloc;
+    cfg->memfd = a->ram.memfd;
+    cfg->memfd_share = a->ram.memfd_share;
+    strcpy(cfg->mem_path, a->ram.mem_path);
+    cfg->file_share = a->ram.file_share;
     if (cfg->ram_size / page_size < cfg->smp) {
-        fprintf(stderr, PROG ": -m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers\n",
-                cfg->ram_size, cfg->ram_size / page_size, cfg->smp);
-        return EXIT_BAD_VALUE;
+        ferry_error_setg(errp, "-m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers",
+                         cfg->ram_size, cfg->ram_size / page_size, cfg->smp);
+        return false;
     }
     if (cfg->ram_size / cfg->block_size >= 1u << 20) {
-        fprintf(stderr, PROG ": -ram-block-size %" PRIu64 " splits -m %" PRIu64 " into too many blocks\n",
-                cfg->block_size, cfg->ram_size);
-        return EXIT_BAD_VALUE;
+        ferry_error_setg(errp, "-ram-block-size %" PRIu64 " splits -m %" PRIu64 " into too many blocks",
+                         cfg->block_size, cfg->ram_size);
+        return false;
     }
-    return -1;
+    return true;
 }
 
 /* ---- QMP commands ---- */
@@ -259,13 +172,6 @@ static json_t *cmd_query_workload(json_t *args, void *opaque, FerryError **errp)
                      (json_int_t)wl->cfg.seed, "smp", (int)wl->cfg.smp, "pages", (json_int_t)wl->pages, "passes",
                      (json_int_t)passes, "pages-written", (json_int_t)written);
 }
-
-/* Everything the host ops stop and start: the workers ("vCPUs") and the network devices. */
-typedef struct Machine {
-    Workload *wl;
-    NetDev *net[NET_MAX_DEVICES];
-    unsigned nnet;
-} Machine;
 
 static json_t *cmd_query_netdev(json_t *args, void *opaque, FerryError **errp)
 {
@@ -322,27 +228,36 @@ static const FerryHostOps machine_ops = {
 };
 
 /* Threads end before the engine goes (the workers write its RAM); the devices go after it, since its migration
- * threads may still call their backend ops until ferry_host_free has joined them. */
-static void machine_teardown(Machine *mc, FerryHost *host)
+ * threads may still call their backend ops until ferry_host_free has joined them. The host may still call
+ * stop/start on its way down; those return at once once the threads are gone. */
+static void machine_stop_threads(void *opaque)
 {
+    Machine *mc = opaque;
+
     workload_stop_threads(mc->wl);
     for (unsigned i = 0; i < mc->nnet; i++) {
         net_dev_stop_thread(mc->net[i]);
     }
-    ferry_host_free(host);
+}
+
+static void machine_free(void *opaque)
+{
+    Machine *mc = opaque;
+
     workload_free(mc->wl);
     for (unsigned i = 0; i < mc->nnet; i++) {
         net_dev_free(mc->net[i]);
     }
 }
 
-static bool machine_setup(Machine *mc, FerryHost *host, const WorkloadConfig *cfg, const NetSetup *net,
-                          FerryError **errp)
+static bool machine_setup(void *opaque, FerryHost *host, FerryError **errp)
 {
+    Machine *mc = opaque;
+    const NetSetup *net = &mc->args.net;
     FerryMigration *m = ferry_host_migration(host);
     bool incoming = ferry_host_incoming(host);
 
-    mc->wl = workload_new(cfg, errp);
+    mc->wl = workload_new(&mc->cfg, errp);
     if (!mc->wl || !workload_register(mc->wl, m, errp)) {
         return false;
     }
@@ -376,47 +291,31 @@ static bool machine_setup(Machine *mc, FerryHost *host, const WorkloadConfig *cf
     return true;
 }
 
+static const HostProgram program = {
+    .name = PROG,
+    .usage = usage,
+    .smp_max = WORKLOAD_MAX_SMP,
+    .smp_unit = "workers",
+    .with_arg = own_with_arg,
+    .option = parse_option,
+    .finish = finish_options,
+    .setup = machine_setup,
+    .stop = machine_stop_threads,
+    .free = machine_free,
+};
+
 int main(int argc, char **argv)
 {
-    WorkloadConfig cfg = {
-        .ram_size = UINT64_C(128) << 20,
-        .block_size = UINT64_C(1) << 30,
-        .smp = 1,
-        .pattern = WORKLOAD_PATTERN_AB,
-        .seed = 1,
-        .dirty_rate = 0,
-        .tracker = FERRY_TRACKER_AUTO,
+    Machine mc = {
+        .args = { .ram = { .size = UINT64_C(128) << 20 }, .smp = 1 },
+        .cfg = {
+            .block_size = UINT64_C(1) << 30,
+            .pattern = WORKLOAD_PATTERN_AB,
+            .seed = 1,
+            .dirty_rate = 0,
+            .tracker = FERRY_TRACKER_AUTO,
+        },
     };
-    NetSetup net = { .n = 0 };
-    Machine mc = { 0 };
-    FerryError *err = NULL;
-    FerryHost *host;
-    int status;
 
-    host = ferry_host_new(PROG, &err);
-    if (!host) {
-        fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-        ferry_error_free(err);
-        return EXIT_FAILURE;
-    }
-    status = parse_args(argc, argv, host, &cfg, &net);
-    if (status >= 0) {
-        ferry_host_free(host);
-        return status;
-    }
-
-    if (!machine_setup(&mc, host, &cfg, &net, &err) || !ferry_host_start(host, &err)) {
-        goto fail;
-    }
-    status = ferry_host_run(host);
-    /* The workers write RAM that belongs to the engine: they end before ferry_host_free unmaps it. The host may
-     * still call stop/start on its way down; those return at once once the threads are gone. */
-    machine_teardown(&mc, host);
-    return status;
-
-fail:
-    fprintf(stderr, PROG ": %s\n", ferry_error_msg(err));
-    ferry_error_free(err);
-    machine_teardown(&mc, host);
-    return EXIT_FAILURE;
+    return host_main(&program, &mc, &mc.args, argc, argv);
 }

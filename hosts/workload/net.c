@@ -1,14 +1,14 @@
 /*
  * ferry-workload's network device: the TAP backend (attached by name through /dev/net/tun, or adopted from a
- * migration source with backend-transfer; the options and the TAP calls are hosts/common/netdev.c's), the device
- * thread that answers ARP and ICMP echo on it (the frames themselves are netframe.c's), its "virtio-net" state
- * section and the "virtio-net-tap" backend it registers with libferry. It uses only the public API.
+ * migration source with backend-transfer; the options, the TAP calls and the "virtio-net-tap" backend it
+ * registers with libferry are hosts/common/netdev.c's), the device thread that answers ARP and ICMP echo on it
+ * (the frames themselves are netframe.c's) and its "virtio-net" state section. It uses only the public API.
  *
  * Who touches the TAP: only the device thread while the device runs; only the engine's callbacks (get_fd, set_fd,
- * release) and start-up code while it is parked. net_dev_stop does not return before the thread is parked, and
- * the thread parks only between two frames, so a stopped device has no frame half handled and the engine sees
- * the TAP and the counters at rest. The fd changes only with nd->lock held: by the thread itself (attaching a
- * TAP, dropping a failed one) or by others while it is parked.
+ * release: hosts/common's NetTapBackend, under nd->lock) and start-up code while it is parked. net_dev_stop does
+ * not return before the thread is parked, and the thread parks only between two frames, so a stopped device has
+ * no frame half handled and the engine sees the TAP and the counters at rest. The fd changes only with nd->lock
+ * held: by the thread itself (attaching a TAP, dropping a failed one) or by others while it is parked.
  *
  * The TAP across a migration (docs/local-migration.md has the reasons):
  *   - backend-transfer on: the source passes its fd during switchover; the destination verifies it (TUNGETIFF:
@@ -36,15 +36,6 @@
 
 #include "net.h"
 
-/*
- * backend-transfer off: how long a device that starts without a TAP keeps trying to attach one that is busy, and
- * how often. The source lets go of it right after the destination acknowledged, which is well under a
- * millisecond before the destination starts on this machine; the bound only keeps a TAP held by some other
- * program from being polled forever.
- */
-#define OPEN_RETRY_MS 5000
-#define OPEN_RETRY_INTERVAL_MS 2
-
 struct NetDev {
     NetConfig cfg;
     unsigned index;
@@ -59,6 +50,7 @@ struct NetDev {
     bool parked;                /* the thread waits and touches neither the TAP nor the state */
 
     NetTap tap;                 /* the TAP (hosts/common/netdev.h), its counters and why there is none */
+    NetTapBackend backend;      /* the TAP as the engine sees it (hosts/common/netdev.h) */
     bool attach_pending;        /* started without a TAP: attach one by name... */
     int64_t attach_deadline_ms; /* ... retrying until then while it is busy */
 
@@ -68,14 +60,6 @@ struct NetDev {
      * while it is parked. */
     _Atomic uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes, arp_replies, echo_replies, dropped, tx_errors;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void set_error(NetDev *nd, const FerryError *err)
 {
@@ -177,7 +161,7 @@ static void park_wait(NetDev *nd, int64_t deadline_ms)
     }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t left = deadline_ms - now_ms();
+    int64_t left = deadline_ms - net_now_ms();
     if (left > 0) {
         ts.tv_sec += left / 1000;
         ts.tv_nsec += (left % 1000) * 1000000;
@@ -207,9 +191,9 @@ static void *net_thread(void *arg)
             bool busy;
 
             if (!attach_locked(nd, &busy, &err)) {
-                if (busy && now_ms() < nd->attach_deadline_ms) {
+                if (busy && net_now_ms() < nd->attach_deadline_ms) {
                     ferry_error_free(err);
-                    park_wait(nd, now_ms() + OPEN_RETRY_INTERVAL_MS);
+                    park_wait(nd, net_now_ms() + NET_TAP_RETRY_INTERVAL_MS);
                     continue;
                 }
                 /* No link until the next start tries again. */
@@ -261,7 +245,7 @@ void net_dev_start(NetDev *nd)
      * resumed after it let go of its TAP, or one whose TAP failed. */
     if (nd->tap.fd < 0) {
         nd->attach_pending = true;
-        nd->attach_deadline_ms = now_ms() + OPEN_RETRY_MS;
+        nd->attach_deadline_ms = net_now_ms() + NET_TAP_RETRY_MS;
     }
     pthread_cond_broadcast(&nd->cond);
     pthread_mutex_unlock(&nd->lock);
@@ -306,52 +290,6 @@ void net_dev_stop_thread(NetDev *nd)
     nd->parked = true;
     pthread_mutex_unlock(&nd->lock);
 }
-
-/* ---- Backend (include/ferry/backend.h) ---- */
-
-static int backend_get_fd(void *opaque)
-{
-    NetDev *nd = opaque;
-
-    pthread_mutex_lock(&nd->lock);
-    int fd = nd->tap.fd;
-    pthread_mutex_unlock(&nd->lock);
-    return fd;
-}
-
-static bool backend_set_fd(void *opaque, int fd, FerryError **errp)
-{
-    NetDev *nd = opaque;
-    bool ok = false;
-
-    pthread_mutex_lock(&nd->lock);
-    /* The engine calls this before the destination ever ran; a running device would be reading its own TAP. */
-    if (nd->run) {
-        ferry_error_setg(errp, "netdev %s is running and cannot take another TAP", nd->cfg.id);
-    } else {
-        ok = net_tap_adopt(&nd->tap, fd, nd->cfg.ifname, errp);
-    }
-    pthread_mutex_unlock(&nd->lock);
-    return ok;
-}
-
-static void backend_release(void *opaque)
-{
-    NetDev *nd = opaque;
-
-    /* The destination runs the device now (the workload here is stopped, the thread parked). Should this process
-     * be resumed anyway ("cont"), it attaches the TAP by name again, which fails while the destination holds a
-     * TAP without multi_queue: two devices must not serve one address. */
-    pthread_mutex_lock(&nd->lock);
-    net_tap_close(&nd->tap);
-    pthread_mutex_unlock(&nd->lock);
-}
-
-static const FerryBackendOps backend_ops = {
-    .get_fd = backend_get_fd,
-    .set_fd = backend_set_fd,
-    .release = backend_release,
-};
 
 /* ---- Device state ---- */
 
@@ -471,6 +409,7 @@ NetDev *net_dev_new(const NetConfig *cfg, unsigned index, FerryMigration *m, Fer
     nd->index = index;
     nd->m = m;
     net_tap_init(&nd->tap);
+    nd->backend = (NetTapBackend){ .lock = &nd->lock, .tap = &nd->tap, .running = &nd->run, .cfg = &nd->cfg };
     nd->wake_fd = -1;
     pthread_mutex_init(&nd->lock, NULL);
     pthread_condattr_t ca;
@@ -492,7 +431,7 @@ NetDev *net_dev_new(const NetConfig *cfg, unsigned index, FerryMigration *m, Fer
 bool net_dev_register(NetDev *nd, FerryError **errp)
 {
     if (!ferry_migration_register_section(nd->m, "virtio-net", nd->index, 1, net_section, nd, errp) ||
-        !ferry_migration_register_backend(nd->m, NET_TAP_BACKEND_KIND, nd->cfg.id, &backend_ops, nd, errp)) {
+        !net_tap_backend_register(&nd->backend, nd->m, errp)) {
         ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
         return false;
     }
@@ -501,23 +440,8 @@ bool net_dev_register(NetDev *nd, FerryError **errp)
 
 bool net_dev_init_backend(NetDev *nd, bool incoming, FerryError **errp)
 {
-    bool busy, ok = true;
-
-    if (!net_tun_available(errp)) {
-        ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
-        return false;
-    }
-    /* A destination waits: see net.h. Whether backend-transfer is on does not matter here (-incoming config:
-     * applies it only later, and a source may have it off anyway): the device learns it from set_fd. */
-    if (!incoming) {
-        pthread_mutex_lock(&nd->lock);
-        ok = attach_locked(nd, &busy, errp);
-        pthread_mutex_unlock(&nd->lock);
-    }
-    if (!ok) {
-        ferry_error_prepend(errp, "netdev %s: ", nd->cfg.id);
-    }
-    return ok;
+    /* A destination waits: see net.h. */
+    return net_tap_backend_init(&nd->backend, incoming, errp);
 }
 
 void net_dev_free(NetDev *nd)

@@ -55,10 +55,11 @@ NetDev *net_dev_new(const NetConfig *cfg, unsigned index, FerryMigration *m, Fer
  * holds on to the device from then on: free the engine (ferry_host_free) before the device. */
 bool net_dev_register(NetDev *nd, FerryError **errp);
 /*
- * Start-up: a migration source (no -incoming) attaches its TAP by name now, so that a bad name or a busy TAP is
- * an error at once. A destination attaches nothing: with backend-transfer the source's fd will come, and without
- * it the source still holds the TAP until it has handed over, so the device opens it by name when it first runs
- * (net_dev_start) if no fd came by then. Either way /dev/net/tun must exist.
+ * Start-up (net_tap_backend_init, hosts/common/netdev.h): a migration source (no -incoming) attaches its TAP by
+ * name now, so that a bad name or a busy TAP is an error at once. A destination attaches nothing: with
+ * backend-transfer the source's fd will come, and without it the source still holds the TAP until it has handed
+ * over, so the device opens it by name when it first runs (net_dev_start) if no fd came by then. Either way
+ * /dev/net/tun must exist.
  */
 bool net_dev_init_backend(NetDev *nd, bool incoming, FerryError **errp);
 /* The device thread, parked until net_dev_start. */
