@@ -515,6 +515,17 @@ static void test_known_features(void **state)
     json_decref(r);
     free(bt.b.p);
 
+    /* unix-page-flipping is known, and readable: a run's data in the page pipe is simply not in the stream. */
+    build(&bt, &(Opts){ .extra_feature = "unix-page-flipping", .extra_flags = FERRY_FEATURE_CRITICAL,
+                        .piped_run = true });
+    r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    if (!ok) {
+        fail_msg("%s", ferry_error_msg(err));
+    }
+    assert_int_equal(jint(r, "ram.pages"), 12);
+    json_decref(r);
+    free(bt.b.p);
+
     /* multifd is known but cannot be read from the main channel alone: refused, as before. */
     expect_failure(&(Opts){ .extra_feature = "multifd", .extra_flags = FERRY_FEATURE_CRITICAL },
                    "the stream uses feature 'multifd', which this reader does not support", "FEATURES");
