@@ -205,7 +205,7 @@ static void build(Built *out, const Opts *o)
     ferry__put_be64(pass, 1);
     put_record(b, FERRY_REC_PASS_END, o->pass_end_flags, pass, sizeof(pass), crc);
     if (o->ack_in_stream) {
-        put_record(b, FERRY_REC_ACK, 0, NULL, 0, crc);
+        put_record(b, FERRY_REC_ACK, 0, "", 0, crc);
     }
 
     uint8_t run2[FERRY_WIRE_RAM_RUN_HEADER_LEN + 1];
