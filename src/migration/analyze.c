@@ -5,10 +5,11 @@
  * encodings, END totals), and describes the stream as JSON. It is not a loader: nothing is applied anywhere, page
  * contents are skipped through the stream's buffer, and at most one control or SECTION record is held in memory.
  *
- * Order of records (docs/stream-format.md): HELLO, FEATURES, CONFIG, then POPULATE_HINT / RAM_PAGES / PASS_END in
- * any order, then SECTIONs, then END. Unknown non-critical records may appear anywhere after FEATURES and are
- * listed; unknown critical ones end the analysis. Bytes after END are not read: a file: stream may be followed by
- * other data.
+ * The record reader it shares with the destination (record-reader.c) reads the records and enforces their order
+ * (docs/stream-format.md: HELLO, FEATURES, CONFIG, then POPULATE_HINT / RAM_PAGES / PASS_END / FDS, then SECTIONs,
+ * then END), their flags, lengths and trailers; this file has one step per record kind that checks and describes
+ * its content. Unknown non-critical records may appear anywhere between FEATURES and END and are listed; unknown
+ * critical ones end the analysis. Bytes after END are not read: a file: stream may be followed by other data.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -18,24 +19,11 @@
 
 #include "ferry/analyze.h"
 #include "channel/channel.h"
+#include "migration/record-reader.h"
 #include "stream/stream.h"
 #include "util/util.h"
 #include "visitor/visitor-int.h"
 #include "wire/wire.h"
-
-#define SKIP_CHUNK (64u << 10) /* page data is discarded in chunks of this size */
-
-/* The features this reader knows (docs/stream-format.md, "Features"). */
-#define FEATURE_RECORD_CHECKSUM "record-checksum"
-#define FEATURE_POPULATE_HINTS "populate-hints"
-
-typedef enum Phase {
-    EXPECT_HELLO,
-    EXPECT_FEATURES,
-    EXPECT_CONFIG,
-    IN_RAM,      /* after CONFIG: hints, pages, pass ends, sections */
-    IN_SECTIONS, /* after the first SECTION: sections and END only */
-} Phase;
 
 typedef struct BlockStats {
     uint64_t npages;
@@ -48,16 +36,13 @@ typedef struct SeenSection {
 } SeenSection;
 
 typedef struct Analyzer {
-    FerryStream *s;
+    FerryRecordReader r;
     unsigned flags;
-    Phase phase;
-    bool crc;         /* records carry a trailer */
-    bool crc_pending; /* what FEATURES said, applied once its own trailer is checked */
 
     json_t *header, *offered, *features, *config, *end;
     json_t *sections, *schema, *unknown, *fds;
 
-    FerryWireFeatureList used;
+    FerryWireFeatureList offer; /* HELLO's: FEATURES must stay within it */
     FerryWireConfig cfg;
     BlockStats *blocks;
 
@@ -65,7 +50,7 @@ typedef struct Analyzer {
     size_t nseen, seen_cap;
     uint32_t *seen_index; /* open-addressing hash of seen: entry i + 1, 0 for free; seen_cap * 2 slots */
 
-    uint64_t records, ram_records, pages, zero_pages, data_pages, data_bytes, passes, hint_records, hinted_pages;
+    uint64_t ram_records, pages, zero_pages, data_pages, data_bytes, passes, hint_records, hinted_pages;
     uint64_t piped_bytes; /* page data announced by runs whose data went through the page pipe */
     FerryWireEnd endrec;
 } Analyzer;
@@ -90,48 +75,13 @@ static json_t *ju64(uint64_t v)
     return json_string(buf);
 }
 
-static bool stream_error(Analyzer *a, FerryError **errp)
-{
-    ferry__stream_check(a->s, errp);
-    return false;
-}
-
-/*
- * Read a payload of @len bytes (at most @max). The buffer grows as the bytes arrive, so that a length damaged into
- * a large value costs memory only for bytes the stream really holds.
- */
-static bool read_payload(Analyzer *a, uint32_t len, uint32_t max, uint8_t **out, FerryError **errp)
-{
-    if (len > max) {
-        ferry_error_setg(errp, "payload of %u bytes exceeds the limit of %u", len, max);
-        return false;
-    }
-    size_t cap = FERRY_MIN(len, SKIP_CHUNK), got = 0;
-    uint8_t *buf = ferry__xmalloc(cap ? cap : 1);
-    while (got < len) {
-        if (got == cap) {
-            cap = FERRY_MIN((size_t)len, cap * 2);
-            buf = ferry__xrealloc(buf, cap);
-        }
-        size_t n = cap - got;
-        if (!ferry__stream_read(a->s, buf + got, n)) {
-            free(buf);
-            return stream_error(a, errp);
-        }
-        got += n;
-    }
-    *out = buf;
-    return true;
-}
-
 static json_t *features_json(const FerryWireFeatureList *l, bool mark_unknown)
 {
     json_t *arr = json_array();
     for (uint32_t i = 0; i < l->n; i++) {
         json_t *f = json_pack("{s:s, s:b}", "name", l->f[i].name, "critical",
                               (l->f[i].flags & FERRY_FEATURE_CRITICAL) != 0);
-        if (mark_unknown && strcmp(l->f[i].name, FEATURE_RECORD_CHECKSUM) != 0 &&
-            strcmp(l->f[i].name, FEATURE_POPULATE_HINTS) != 0) {
+        if (mark_unknown && !ferry__feature_known(l->f[i].name)) {
             json_object_set_new(f, "known", json_false());
         }
         json_array_append_new(arr, f);
@@ -139,73 +89,47 @@ static json_t *features_json(const FerryWireFeatureList *l, bool mark_unknown)
     return arr;
 }
 
-/* Reads the payload of a HELLO or FEATURES record and decodes its feature list. */
-static bool read_feature_list(Analyzer *a, uint32_t len, FerryWireFeatureList *l, FerryError **errp)
+static bool do_hello(Analyzer *a, FerryError **errp)
 {
-    uint8_t *buf;
-    if (!read_payload(a, len, FERRY_WIRE_MAX_CONTROL_LEN, &buf, errp)) {
+    if (!ferry__record_read_features(&a->r, &a->offer, errp)) {
         return false;
     }
-    bool ok = ferry__wire_features_decode(buf, len, l, errp);
-    free(buf);
-    return ok;
-}
-
-static bool do_hello(Analyzer *a, uint32_t len, FerryError **errp)
-{
-    if (a->phase != EXPECT_HELLO) {
-        ferry_error_setg(errp, "a second HELLO record");
-        return false;
-    }
-    FerryWireFeatureList l;
-    if (!read_feature_list(a, len, &l, errp)) {
-        return false;
-    }
-    a->offered = features_json(&l, false);
-    /* FEATURES is checked against the offer; keep it in a->used until then. */
-    a->used = l;
-    a->phase = EXPECT_FEATURES;
+    a->offered = features_json(&a->offer, false);
     return true;
 }
 
-static bool do_features(Analyzer *a, uint32_t len, FerryError **errp)
+/*
+ * FEATURES: the stream may use a feature this build does not know only if it is not critical, and only what HELLO
+ * offered. multifd is known but not readable here: its pages travel on other connections, which a reader of the
+ * main stream does not see, so END's totals could not be checked.
+ */
+static bool do_features(Analyzer *a, FerryError **errp)
 {
-    if (a->phase != EXPECT_FEATURES) {
-        ferry_error_setg(errp, a->phase == EXPECT_HELLO ? "FEATURES record before the HELLO record"
-                                                        : "a second FEATURES record");
-        return false;
-    }
     FerryWireFeatureList l;
-    if (!read_feature_list(a, len, &l, errp)) {
+    if (!ferry__record_read_features(&a->r, &l, errp)) {
         return false;
     }
     a->features = features_json(&l, true);
     for (uint32_t i = 0; i < l.n; i++) {
         const FerryWireFeature *f = &l.f[i];
-        bool known = strcmp(f->name, FEATURE_RECORD_CHECKSUM) == 0 || strcmp(f->name, FEATURE_POPULATE_HINTS) == 0;
+        bool known = ferry__feature_known(f->name) && strcmp(f->name, ferry__feature_name(FERRY_CAP_MULTIFD)) != 0;
         if (!known && (f->flags & FERRY_FEATURE_CRITICAL)) {
             ferry_error_setg(errp, "the stream uses feature '%s', which this reader does not support", f->name);
             return false;
         }
-        if (ferry__wire_features_find(&a->used, f->name) < 0) {
-            ferry_error_setg(errp, "the stream uses feature '%s', which its HELLO record did not offer", f->name);
-            return false;
-        }
     }
-    a->used = l;
-    a->crc_pending = ferry__wire_features_find(&l, FEATURE_RECORD_CHECKSUM) >= 0;
-    a->phase = EXPECT_CONFIG;
+    if (!ferry__record_check_offered(&l, &a->offer, errp)) {
+        return false;
+    }
+    ferry__record_set_features(&a->r, &l);
     return true;
 }
 
-static bool do_config(Analyzer *a, uint32_t len, FerryError **errp)
+static bool do_config(Analyzer *a, FerryError **errp)
 {
-    if (a->phase != EXPECT_CONFIG) {
-        ferry_error_setg(errp, "a second CONFIG record");
-        return false;
-    }
     uint8_t *buf;
-    if (!read_payload(a, len, FERRY_WIRE_MAX_CONTROL_LEN, &buf, errp)) {
+    uint32_t len = a->r.rh.length;
+    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
         return false;
     }
     bool ok = ferry__wire_config_decode(buf, len, &a->cfg, errp);
@@ -226,37 +150,20 @@ static bool do_config(Analyzer *a, uint32_t len, FerryError **errp)
         }
         a->blocks[i].npages = b->size / a->cfg.page_size;
     }
-    a->phase = IN_RAM;
     return true;
 }
 
-/* Hints, pages and pass ends come after CONFIG and before the first SECTION. */
-static bool check_ram_phase(Analyzer *a, FerryError **errp)
+static bool do_hint(Analyzer *a, FerryError **errp)
 {
-    if (a->phase < IN_RAM) {
-        ferry_error_setg(errp, "RAM record before the CONFIG record");
-        return false;
-    }
-    if (a->phase > IN_RAM) {
-        ferry_error_setg(errp, "RAM record after the first SECTION record");
-        return false;
-    }
-    return true;
-}
-
-static bool do_hint(Analyzer *a, uint32_t len, FerryError **errp)
-{
-    if (!check_ram_phase(a, errp)) {
-        return false;
-    }
-    if (ferry__wire_features_find(&a->used, FEATURE_POPULATE_HINTS) < 0) {
-        ferry_error_setg(errp, "POPULATE_HINT record in a stream whose FEATURES lack '%s'", FEATURE_POPULATE_HINTS);
-        return false;
-    }
     uint8_t *buf;
+    uint32_t len = a->r.rh.length;
     FerryWireHint h;
-    /* The bound the destination uses: a full hint record (64 Ki ranges and its 8-byte header) is just over 1 MiB. */
-    if (!read_payload(a, len, FERRY_WIRE_MAX_CONTROL_LEN + 64, &buf, errp)) {
+    if (!ferry__record_uses(&a->r, FERRY_CAP_POPULATE_HINTS)) {
+        ferry_error_setg(errp, "POPULATE_HINT record in a stream whose FEATURES lack '%s'",
+                         ferry__feature_name(FERRY_CAP_POPULATE_HINTS));
+        return false;
+    }
+    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
         return false;
     }
     bool ok = false;
@@ -286,38 +193,12 @@ out:
     return ok;
 }
 
-static bool do_pages(Analyzer *a, uint32_t len, FerryError **errp)
+static bool do_pages(Analyzer *a, FerryError **errp)
 {
-    if (!check_ram_phase(a, errp)) {
-        return false;
-    }
-    uint8_t hdr[FERRY_WIRE_RAM_RUN_HEADER_LEN];
-    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
+    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8];
     FerryWireRun run;
-    if (len < sizeof(hdr)) {
-        ferry_error_setg(errp, "payload of %u bytes is shorter than the %u-byte run header", len,
-                         FERRY_WIRE_RAM_RUN_HEADER_LEN);
-        return false;
-    }
-    if (!ferry__stream_read(a->s, hdr, sizeof(hdr))) {
-        return stream_error(a, errp);
-    }
-    ferry__wire_run_decode(hdr, &run);
-    if (run.count >= 1 && run.count <= FERRY_WIRE_MAX_RUN_PAGES) {
-        uint32_t zb = FERRY_DIV_ROUND_UP(run.count, 8);
-        if (len < sizeof(hdr) + zb) {
-            ferry_error_setg(errp, "payload of %u bytes is too short for the zero bitmap of %u pages", len,
-                             run.count);
-            return false;
-        }
-        if (!ferry__stream_read(a->s, zmap, zb)) {
-            return stream_error(a, errp);
-        }
-    }
-    /* With a count out of range the bitmap was not read: this call refuses the run before looking at it. */
-    uint64_t expect;
     uint32_t zeros;
-    if (!ferry__wire_run_expected_len(&run, zmap, a->cfg.page_size, &expect, &zeros, errp)) {
+    if (!ferry__record_read_run(&a->r, a->cfg.page_size, &run, zmap, &zeros, errp)) {
         return false;
     }
     if (run.block >= a->cfg.nblocks) {
@@ -331,24 +212,14 @@ static bool do_pages(Analyzer *a, uint32_t len, FerryError **errp)
                          (unsigned long long)b->npages);
         return false;
     }
-    if (len != expect) {
-        ferry_error_setg(errp, "run of pages %llu+%u in RAM block '%s' (%u zero) is %u bytes, expected %llu",
-                         (unsigned long long)run.first, run.count, a->cfg.blocks[run.block].name, zeros, len,
-                         (unsigned long long)expect);
-        return false;
-    }
     uint64_t data = (uint64_t)(run.count - zeros) * a->cfg.page_size;
     if (run.flags & FERRY_RUN_DATA_IN_PIPE) {
         /* The data went through the page pipe (unix-page-flipping): it is not in the stream. */
         a->piped_bytes += data;
         data = 0;
     }
-    for (uint64_t left = data; left > 0;) {
-        uint64_t n = FERRY_MIN(left, (uint64_t)SKIP_CHUNK);
-        if (!ferry__stream_skip(a->s, n)) {
-            return stream_error(a, errp);
-        }
-        left -= n;
+    if (!ferry__record_skip(&a->r, data, errp)) {
+        return false;
     }
     a->ram_records++;
     a->pages += run.count;
@@ -361,18 +232,11 @@ static bool do_pages(Analyzer *a, uint32_t len, FerryError **errp)
     return true;
 }
 
-static bool do_pass_end(Analyzer *a, uint32_t len, FerryError **errp)
+static bool do_pass_end(Analyzer *a, FerryError **errp)
 {
     uint8_t p[8];
-    if (!check_ram_phase(a, errp)) {
+    if (!ferry__record_read(&a->r, p, sizeof(p), errp)) {
         return false;
-    }
-    if (len != sizeof(p)) {
-        ferry_error_setg(errp, "payload of %u bytes, expected %zu", len, sizeof(p));
-        return false;
-    }
-    if (!ferry__stream_read(a->s, p, sizeof(p))) {
-        return stream_error(a, errp);
     }
     a->passes++;
     return true;
@@ -424,15 +288,11 @@ static bool seen_add(Analyzer *a, const char *name, uint32_t instance_id)
     return true;
 }
 
-static bool do_section(Analyzer *a, uint64_t offset, uint32_t len, FerryError **errp)
+static bool do_section(Analyzer *a, FerryError **errp)
 {
-    if (a->phase < IN_RAM) {
-        ferry_error_setg(errp, "SECTION record before the CONFIG record");
-        return false;
-    }
-    a->phase = IN_SECTIONS;
     uint8_t *buf;
-    if (!read_payload(a, len, FERRY_WIRE_MAX_SECTION_LEN + 512, &buf, errp)) {
+    uint32_t len = a->r.rh.length;
+    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
         return false;
     }
     FerryWireSection sec;
@@ -464,7 +324,7 @@ static bool do_section(Analyzer *a, uint64_t offset, uint32_t len, FerryError **
         json_pack("{s:s, s:I, s:I, s:b, s:b, s:I, s:I, s:O}", "name", name, "instance-id",
                   (json_int_t)sec.instance_id, "version", (json_int_t)sec.version, "skippable",
                   (sec.flags & FERRY_SECTION_SKIPPABLE) != 0, "optional", (sec.flags & FERRY_SECTION_OPTIONAL) != 0,
-                  "offset", (json_int_t)offset, "bytes", (json_int_t)sec.data_len, "state", state));
+                  "offset", (json_int_t)a->r.offset, "bytes", (json_int_t)sec.data_len, "state", state));
     free(name);
     ok = true;
 out:
@@ -474,35 +334,16 @@ out:
     return ok;
 }
 
-static bool do_end(Analyzer *a, uint32_t len, FerryError **errp)
+static bool do_end(Analyzer *a, FerryError **errp)
 {
     uint8_t p[FERRY_WIRE_END_LEN];
-    if (a->phase < IN_RAM) {
-        ferry_error_setg(errp, "END record before the CONFIG record");
-        return false;
-    }
-    if (len != sizeof(p)) {
-        ferry_error_setg(errp, "payload of %u bytes, expected %u", len, FERRY_WIRE_END_LEN);
-        return false;
-    }
-    if (!ferry__stream_read(a->s, p, sizeof(p))) {
-        return stream_error(a, errp);
-    }
-    ferry__wire_end_decode(p, &a->endrec);
-    return true;
+    return ferry__record_read(&a->r, p, sizeof(p), errp) && ferry__wire_end_decode(p, &a->endrec, errp);
 }
 
 /* END's totals, checked once its trailer has been: a damaged count is then the writer's, not the medium's. */
 static bool check_end(Analyzer *a, FerryError **errp)
 {
-    if (a->endrec.pages != a->pages) {
-        ferry_error_setg(errp, "stream damaged: the source sent %llu pages, %llu arrived",
-                         (unsigned long long)a->endrec.pages, (unsigned long long)a->pages);
-        return false;
-    }
-    if (a->endrec.sections != a->nseen) {
-        ferry_error_setg(errp, "stream damaged: the source sent %u sections, %zu arrived", a->endrec.sections,
-                         a->nseen);
+    if (!ferry__record_check_end(&a->endrec, a->pages, a->nseen, errp)) {
         return false;
     }
     a->end = json_pack("{s:o, s:I, s:b}", "pages", ju64(a->endrec.pages), "sections",
@@ -511,15 +352,21 @@ static bool check_end(Analyzer *a, FerryError **errp)
     return true;
 }
 
-/* FDS: the descriptors themselves only exist on a live UNIX socket; the analyzer lists what they were. */
-static bool do_fds(Analyzer *a, uint64_t offset, uint32_t len, FerryError **errp)
+static const char *fd_kind_json(uint8_t kind)
 {
-    if (a->phase < IN_RAM) {
-        ferry_error_setg(errp, "FDS record before the CONFIG record");
-        return false;
+    switch (kind) {
+    case FERRY_FD_RAM_BLOCK: return "ram-block";
+    case FERRY_FD_PAGE_PIPE: return "page-pipe";
+    default: return "backend";
     }
+}
+
+/* FDS: the descriptors themselves only exist on a live UNIX socket; the analyzer lists what they were. */
+static bool do_fds(Analyzer *a, FerryError **errp)
+{
     uint8_t *buf;
-    if (!read_payload(a, len, FERRY_WIRE_MAX_CONTROL_LEN, &buf, errp)) {
+    uint32_t len = a->r.rh.length;
+    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
         return false;
     }
     FerryWireFd *entries;
@@ -540,105 +387,75 @@ static bool do_fds(Analyzer *a, uint64_t offset, uint32_t len, FerryError **errp
                 break;
             }
         }
-        json_array_append_new(a->fds, json_pack("{s:I, s:s, s:o}", "offset", (json_int_t)offset, "kind",
-                                                entries[i].kind == FERRY_FD_RAM_BLOCK ? "ram-block" : "backend",
-                                                "name", jstr(entries[i].name)));
+        json_array_append_new(a->fds, json_pack("{s:I, s:s, s:o}", "offset", (json_int_t)a->r.offset, "kind",
+                                                fd_kind_json(entries[i].kind), "name", jstr(entries[i].name)));
     }
     free(entries);
     return ok;
 }
 
-static bool do_unknown(Analyzer *a, uint64_t offset, const FerryRecordHeader *rh, FerryError **errp)
+/* A record of a type this reader does not know: the reader has checked it is not critical; skip and list it. */
+static bool do_unknown(Analyzer *a, FerryError **errp)
 {
-    if (a->phase < EXPECT_CONFIG) {
-        ferry_error_setg(errp, "record type 0x%04x where the %s record must be", rh->type,
-                         a->phase == EXPECT_HELLO ? "HELLO" : "FEATURES");
+    const FerryRecordHeader *rh = &a->r.rh;
+    if (!ferry__record_skip(&a->r, rh->length, errp)) {
         return false;
     }
-    if (rh->type == FERRY_REC_ACK || rh->type == FERRY_REC_NACK || rh->type == FERRY_REC_HELLO_REPLY) {
-        ferry_error_setg(errp, "a return-path record in the main stream");
-        return false;
-    }
-    if (rh->flags & FERRY_REC_CRITICAL) {
-        ferry_error_setg(errp, "unknown critical record type 0x%04x (%u bytes)", rh->type, rh->length);
-        return false;
-    }
-    if (!ferry__stream_skip(a->s, rh->length)) {
-        return stream_error(a, errp);
-    }
-    json_array_append_new(a->unknown, json_pack("{s:I, s:I, s:I, s:b}", "offset", (json_int_t)offset, "type",
+    json_array_append_new(a->unknown, json_pack("{s:I, s:I, s:I, s:b}", "offset", (json_int_t)a->r.offset, "type",
                                                 (json_int_t)rh->type, "length", (json_int_t)rh->length,
                                                 "critical", false));
     return true;
 }
 
-static bool do_record(Analyzer *a, uint64_t offset, const FerryRecordHeader *rh, FerryError **errp)
+typedef bool (*AnalyzeStep)(Analyzer *a, FerryError **errp);
+
+/* One step per record kind. MULTIFD, MULTIFD_SYNC and COMMIT have none: FEATURES refuses multifd, and the
+ * analysis stops at END. */
+static const struct {
+    uint16_t type;
+    AnalyzeStep step;
+} steps[] = {
+    { FERRY_REC_HELLO, do_hello },
+    { FERRY_REC_FEATURES, do_features },
+    { FERRY_REC_CONFIG, do_config },
+    { FERRY_REC_FDS, do_fds },
+    { FERRY_REC_POPULATE_HINT, do_hint },
+    { FERRY_REC_RAM_PAGES, do_pages },
+    { FERRY_REC_PASS_END, do_pass_end },
+    { FERRY_REC_SECTION, do_section },
+    { FERRY_REC_END, do_end },
+};
+
+static bool do_record(Analyzer *a, FerryError **errp)
 {
-    switch (rh->type) {
-    case FERRY_REC_HELLO: return do_hello(a, rh->length, errp);
-    case FERRY_REC_FEATURES: return do_features(a, rh->length, errp);
-    case FERRY_REC_CONFIG: return do_config(a, rh->length, errp);
-    case FERRY_REC_POPULATE_HINT: return do_hint(a, rh->length, errp);
-    case FERRY_REC_RAM_PAGES: return do_pages(a, rh->length, errp);
-    case FERRY_REC_PASS_END: return do_pass_end(a, rh->length, errp);
-    case FERRY_REC_SECTION: return do_section(a, offset, rh->length, errp);
-    case FERRY_REC_END: return do_end(a, rh->length, errp);
-    case FERRY_REC_FDS: return do_fds(a, offset, rh->length, errp);
-    default: return do_unknown(a, offset, rh, errp);
+    if (!ferry__record_known(&a->r)) {
+        return do_unknown(a, errp);
     }
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(steps); i++) {
+        if (steps[i].type == a->r.rh.type) {
+            return steps[i].step(a, errp);
+        }
+    }
+    FERRY_BUG("the record reader let a %s record through to the analyzer", a->r.where);
+    ferry_error_setg(errp, "internal error: no step for the record");
+    return false;
 }
 
-/* Reads to the END record; on failure *where and *record name the place. */
-static bool analyze(Analyzer *a, uint64_t *where, const char **record, FerryError **errp)
+/* Reads to the END record; on failure a->r says where. */
+static bool analyze(Analyzer *a, FerryError **errp)
 {
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
-    *where = 0;
-    *record = "stream header";
-    if (!ferry__stream_read(a->s, hdr, sizeof(hdr))) {
-        return stream_error(a, errp);
-    }
-    if (!ferry__wire_decode_header(hdr, errp)) {
+    if (!ferry__record_read_stream_header(&a->r, hdr, errp) || !ferry__wire_decode_header(hdr, errp)) {
         return false;
     }
     a->header = json_pack("{s:s, s:I, s:I}", "magic", FERRY_WIRE_MAGIC, "version",
                           (json_int_t)ferry__get_be32(hdr + 8), "flags", (json_int_t)ferry__get_be32(hdr + 12));
-    for (;;) {
-        uint8_t rb[FERRY_WIRE_RECORD_HEADER_LEN];
-        FerryRecordHeader rh;
-        *where = ferry__stream_bytes_read(a->s);
-        *record = "record header";
-        ferry__stream_read_crc_reset(a->s);
-        if (!ferry__stream_read(a->s, rb, sizeof(rb))) {
-            return stream_error(a, errp);
-        }
-        ferry__wire_decode_record(rb, &rh);
-        *record = ferry__wire_record_name(rh.type);
-        /* HELLO and FEATURES always carry a trailer: the stream's checksum choice is in FEATURES itself. */
-        bool trailer = a->crc || rh.type == FERRY_REC_HELLO || rh.type == FERRY_REC_FEATURES;
-        if (!do_record(a, *where, &rh, errp)) {
+    while (a->r.phase != FERRY_PHASE_END) {
+        if (!ferry__record_next(&a->r, errp) || !do_record(a, errp) || !ferry__record_finish(&a->r, errp)) {
             return false;
         }
-        if (trailer) {
-            uint32_t want = ferry__stream_read_crc(a->s), got;
-            if (!ferry__stream_read_be32(a->s, &got)) {
-                return stream_error(a, errp);
-            }
-            if (got != want) {
-                ferry_error_setg(errp, "stream damaged: CRC mismatch (computed 0x%08x, the record says 0x%08x)",
-                                 want, got);
-                return false;
-            }
-        }
-        a->records++;
-        if (rh.type == FERRY_REC_FEATURES) {
-            a->crc = a->crc_pending;
-            /* Without trailers the running CRC would be computed for nothing. */
-            ferry__stream_set_crc(a->s, a->crc);
-        }
-        if (rh.type == FERRY_REC_END) {
-            return check_end(a, errp);
-        }
     }
+    return check_end(a, errp);
 }
 
 static json_t *ram_json(const Analyzer *a)
@@ -668,19 +485,34 @@ static void set_opt(json_t *obj, const char *key, json_t *val)
     }
 }
 
-bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **errp)
+/* The JSON of what was read, complete or not (docs/stream-format.md, "Output"). */
+static json_t *result_json(const Analyzer *a, uint64_t bytes)
 {
-    Analyzer a = { .flags = flags, .crc = true, .phase = EXPECT_HELLO };
-    FerryError *err = NULL;
-    uint64_t where = 0, bytes = 0;
-    const char *record = "stream header";
-    bool ok = false, opened = false;
+    json_t *r = json_object();
+    if (a->flags & FERRY_ANALYZE_SCHEMA_ONLY) {
+        json_object_set(r, "sections", a->schema);
+        return r;
+    }
+    set_opt(r, "header", a->header);
+    set_opt(r, "offered", a->offered);
+    set_opt(r, "features", a->features);
+    set_opt(r, "config", a->config);
+    json_object_set(r, "sections", a->sections);
+    json_object_set(r, "schema", a->schema);
+    json_object_set_new(r, "ram", ram_json(a));
+    set_opt(r, "end", a->end);
+    json_object_set_new(r, "records", json_integer((json_int_t)a->r.records));
+    json_object_set_new(r, "bytes", json_integer((json_int_t)bytes));
+    json_object_set_new(r, "framing-bytes", json_integer((json_int_t)(bytes - a->data_bytes)));
+    json_object_set(r, "unknown-records", a->unknown);
+    json_object_set(r, "fds", a->fds);
+    return r;
+}
 
-    a.sections = json_array();
-    a.schema = json_array();
-    a.unknown = json_array();
-    a.fds = json_array();
-
+/* Reads the stream from a duplicate of @fd; *bytes gets how many bytes were read, *started whether reading began
+ * (if so, a->r says where a failure was found). */
+static bool analyze_fd(Analyzer *a, int fd, uint64_t *bytes, bool *started, FerryError **errp)
+{
     /* The channel switches a pipe to non-blocking mode, which is shared with the caller's fd: put it back. */
     int fl = fcntl(fd, F_GETFL);
     int dfd = fl < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -689,59 +521,62 @@ bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **
         if (dfd >= 0) {
             close(dfd);
         }
-        ferry_error_setg(&err, "cannot read the stream from fd %d: not an open file descriptor", fd);
-    } else {
-        a.s = ferry__stream_new(c);
-        ok = analyze(&a, &where, &record, &err);
-        opened = true;
-        bytes = ferry__stream_bytes_read(a.s);
-        ferry__stream_free(a.s);
-        a.s = NULL;
-        ferry__channel_free(c);
-        fcntl(fd, F_SETFL, fl);
+        ferry_error_setg(errp, "cannot read the stream from fd %d: not an open file descriptor", fd);
+        return false;
     }
+    FerryStream *s = ferry__stream_new(c);
+    ferry__record_reader_init(&a->r, s);
+    *started = true;
+    bool ok = analyze(a, errp);
+    *bytes = ferry__stream_bytes_read(s);
+    ferry__stream_free(s);
+    a->r.s = NULL;
+    ferry__channel_free(c);
+    fcntl(fd, F_SETFL, fl);
+    return ok;
+}
 
-    json_t *r = json_object();
-    if (flags & FERRY_ANALYZE_SCHEMA_ONLY) {
-        json_object_set(r, "sections", a.schema);
-    } else {
-        set_opt(r, "header", a.header);
-        set_opt(r, "offered", a.offered);
-        set_opt(r, "features", a.features);
-        set_opt(r, "config", a.config);
-        json_object_set(r, "sections", a.sections);
-        json_object_set(r, "schema", a.schema);
-        json_object_set_new(r, "ram", ram_json(&a));
-        set_opt(r, "end", a.end);
-        json_object_set_new(r, "records", json_integer((json_int_t)a.records));
-        json_object_set_new(r, "bytes", json_integer((json_int_t)bytes));
-        json_object_set_new(r, "framing-bytes", json_integer((json_int_t)(bytes - a.data_bytes)));
-        json_object_set(r, "unknown-records", a.unknown);
-        json_object_set(r, "fds", a.fds);
-    }
+static void analyzer_free(Analyzer *a)
+{
+    json_decref(a->header);
+    json_decref(a->offered);
+    json_decref(a->features);
+    json_decref(a->config);
+    json_decref(a->end);
+    json_decref(a->sections);
+    json_decref(a->schema);
+    json_decref(a->unknown);
+    json_decref(a->fds);
+    ferry__wire_config_free(&a->cfg);
+    free(a->blocks);
+    free(a->seen);
+    free(a->seen_index);
+}
+
+bool ferry_stream_analyze(int fd, unsigned flags, json_t **result, FerryError **errp)
+{
+    Analyzer a = { .flags = flags };
+    FerryError *err = NULL;
+    uint64_t bytes = 0;
+    bool started = false;
+    a.r.where = "stream header"; /* until the reader starts */
+    a.sections = json_array();
+    a.schema = json_array();
+    a.unknown = json_array();
+    a.fds = json_array();
+
+    bool ok = analyze_fd(&a, fd, &bytes, &started, &err);
+    json_t *r = result_json(&a, bytes);
     if (!ok) {
-        json_object_set_new(r, "error", json_pack("{s:I, s:s, s:o}", "offset", (json_int_t)where, "record", record,
-                                                  "message", jstr(ferry_error_msg(err))));
-        if (opened) {
-            ferry_error_prepend(&err, "at stream offset %llu, %s%s: ", (unsigned long long)where, record,
-                                strcmp(record, "stream header") && strcmp(record, "record header") ? " record" : "");
+        /* The members say where; the error, as the destination's, starts with it. */
+        json_object_set_new(r, "error", json_pack("{s:I, s:s, s:o}", "offset", (json_int_t)a.r.offset, "record",
+                                                  a.r.where, "message", jstr(ferry_error_msg(err))));
+        if (started) {
+            ferry__record_error_prefix(&a.r, &err);
         }
         ferry_error_propagate(errp, err);
     }
     *result = r;
-
-    json_decref(a.header);
-    json_decref(a.offered);
-    json_decref(a.features);
-    json_decref(a.config);
-    json_decref(a.end);
-    json_decref(a.sections);
-    json_decref(a.schema);
-    json_decref(a.unknown);
-    json_decref(a.fds);
-    ferry__wire_config_free(&a.cfg);
-    free(a.blocks);
-    free(a.seen);
-    free(a.seen_index);
+    analyzer_free(&a);
     return ok;
 }

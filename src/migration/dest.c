@@ -4,6 +4,11 @@
  * running) RAM, stage device sections, and only after the END record has been received and its totals checked,
  * load the sections, acknowledge on the return path, and resume the workload.
  *
+ * The stream is read as a state machine: the record reader shared with the analyzer (record-reader.c) holds the
+ * phase (hello, features, config, ram, sections, end, done) and refuses a record that is not allowed in it,
+ * naming both; this file has one step per record kind (dest_steps). The thread body reads as the phases of an
+ * incoming migration: accept, receive, acknowledge, await the commit.
+ *
  * Page faults cost more than copies on these machines (shared/docs/PLATFORM.md), so a second thread faults in
  * the ranges announced by POPULATE_HINT records ahead of the data, in parallel with the receive loop.
  *
@@ -26,6 +31,7 @@
 #include <sys/socket.h>
 
 #include "migration/migration-priv.h"
+#include "migration/record-reader.h"
 #include "multifd/multifd.h"
 #include "stream/stream.h"
 #include "util/util.h"
@@ -51,24 +57,25 @@ typedef struct Dest {
     FerryTls *tls;           /* tls-creds set: every channel is a TLS server (taken from m->in_tls) */
     FerryChannel *chan;
     FerryStream *s;
+    FerryRecordReader r;     /* the stream's records, and the phase of the stream */
     size_t ps;
     unsigned timeout_ms;     /* io-timeout when the connection came, for every channel of this migration */
-    bool config_seen;
     uint64_t pages;
     uint64_t normal, duplicate;
     Staged *staged;
     size_t nstaged;
     uint32_t sections_seen;  /* staged and skipped */
     uint64_t skipped;        /* bytes of skippable data this build did not know */
-    uint64_t records;        /* records read so far */
+    FerryWireFeatureList offered; /* HELLO's */
     bool accepted_valid;     /* a HELLO_REPLY was sent: FEATURES must stay within it */
     FerryWireFeatureList accepted;
+    FerryWireFeatureList used; /* FEATURES' */
     bool source_running;
     bool pages_started;      /* a RAM_PAGES record arrived: RAM blocks can no longer be replaced by fds */
     bool flip;               /* the stream uses unix-page-flipping */
     FerryPagePipe *pipe;     /* its page pipe, once the FDS record brought it */
     uint64_t pipe_bytes;
-    uint8_t end[FERRY_WIRE_END_LEN]; /* the END record's payload */
+    FerryWireEnd end;        /* the END record */
     FerryListener *listener; /* kept while multifd channels may still have to be accepted */
     bool tls_up;             /* the main channel's TLS session is up and the source was accepted */
     bool multifd;            /* the stream uses multifd */
@@ -188,27 +195,15 @@ static void populate_stop(Dest *d)
     d->pop_started = false;
 }
 
-static bool read_payload(Dest *d, uint32_t len, uint32_t max, const char *what, uint8_t **out, FerryError **errp)
-{
-    if (len > max) {
-        ferry_error_setg(errp, "%s record of %u bytes exceeds the limit of %u", what, len, max);
-        return false;
-    }
-    uint8_t *buf = ferry__xmalloc(len ? len : 1);
-    if (!ferry__stream_read(d->s, buf, len)) {
-        free(buf);
-        ferry__stream_check(d->s, errp);
-        return false;
-    }
-    *out = buf;
-    return true;
-}
+/* ---- The records' steps: each reads its record's payload through d->r and acts on it. ---- */
 
-static bool load_config(Dest *d, uint32_t len, FerryError **errp)
+/* CONFIG: the RAM blocks, which must be this process's, in the same order and of the same sizes. */
+static bool step_config(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
     uint8_t *buf;
-    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "CONFIG", &buf, errp)) {
+    uint32_t len = d->r.rh.length;
+    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
         return false;
     }
     FerryWireConfig c;
@@ -240,7 +235,6 @@ static bool load_config(Dest *d, uint32_t len, FerryError **errp)
             goto out;
         }
     }
-    d->config_seen = true;
     ok = true;
 out:
     ferry__wire_config_free(&c);
@@ -266,23 +260,22 @@ static bool can_multifd(const Dest *d)
     return d->listener && ferry__listener_is_socket(d->listener);
 }
 
-/*
- * HELLO: what the source offers. With a return path, answer with what this side accepts; the source then writes
- * FEATURES within that. The answer always carries a CRC trailer (as every return-path record).
- */
-static bool load_hello(Dest *d, uint32_t len, FerryError **errp)
+/* HELLO: what the source offers. FEATURES must stay within it. */
+static bool step_hello(Dest *d, FerryError **errp)
 {
-    uint8_t *buf;
-    FerryWireFeatureList offered;
-    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "HELLO", &buf, errp)) {
-        return false;
+    return ferry__record_read_features(&d->r, &d->offered, errp);
+}
+
+/*
+ * After HELLO, with a return path: answer with what this side accepts; the source then writes FEATURES within
+ * that. The answer always carries a CRC trailer (as every return-path record).
+ */
+static bool after_hello(Dest *d, FerryError **errp)
+{
+    if (d->chan->one_way) {
+        return true;
     }
-    bool ok = ferry__wire_features_decode(buf, len, &offered, errp);
-    free(buf);
-    if (!ok || d->chan->one_way) {
-        return ok;
-    }
-    ferry__features_accept(d->m, &offered, &d->accepted);
+    ferry__features_accept(d->m, &d->offered, &d->accepted);
     /* The page pipe comes as an fd: without a UNIX socket this end cannot take it. multifd channels come as
      * connections: without a listening socket this end cannot accept them. */
     bool no_fds = !ferry__channel_can_pass_fds(d->chan), no_mfd = !can_multifd(d);
@@ -291,7 +284,8 @@ static bool load_hello(Dest *d, uint32_t len, FerryError **errp)
         memset(&keep, 0, sizeof(keep));
         for (uint32_t i = 0; i < d->accepted.n; i++) {
             const char *name = d->accepted.f[i].name;
-            if ((no_fds && strcmp(name, "unix-page-flipping") == 0) || (no_mfd && strcmp(name, "multifd") == 0)) {
+            if ((no_fds && strcmp(name, ferry__feature_name(FERRY_CAP_UNIX_PAGE_FLIPPING)) == 0) ||
+                (no_mfd && strcmp(name, ferry__feature_name(FERRY_CAP_MULTIFD)) == 0)) {
                 continue;
             }
             ferry__wire_features_add(&keep, name, d->accepted.f[i].flags);
@@ -311,29 +305,57 @@ static bool load_hello(Dest *d, uint32_t len, FerryError **errp)
     return true;
 }
 
-/* FEATURES: what the stream uses. Refused before anything is loaded if this build cannot honour it. */
-static bool load_features(Dest *d, uint32_t len, FerryWireFeatureList *used, FerryError **errp)
+/*
+ * FEATURES: what the stream uses. Refused before anything is loaded if this build cannot honour it, or (with a
+ * return path) if this side did not accept it. On a one-way channel it is not checked against HELLO's offer: a
+ * feature that was not offered but is supported does no harm (ferry-analyze, a checker, refuses it).
+ */
+static bool step_features(Dest *d, FerryError **errp)
 {
-    uint8_t *buf;
-    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "FEATURES", &buf, errp)) {
+    FerryWireFeatureList *used = &d->used;
+    if (!ferry__record_read_features(&d->r, used, errp) || !ferry__features_check(used, errp)) {
         return false;
     }
-    bool ok = ferry__wire_features_decode(buf, len, used, errp) && ferry__features_check(used, errp);
-    free(buf);
-    for (uint32_t i = 0; ok && d->accepted_valid && i < used->n; i++) {
+    for (uint32_t i = 0; d->accepted_valid && i < used->n; i++) {
         if (ferry__wire_features_find(&d->accepted, used->f[i].name) < 0) {
             ferry_error_setg(errp, "the stream uses feature '%s', which this destination did not accept",
                              used->f[i].name);
-            ok = false;
+            return false;
         }
     }
-    return ok;
+    d->flip = ferry__features_uses(used, FERRY_CAP_UNIX_PAGE_FLIPPING);
+    d->multifd = ferry__features_uses(used, FERRY_CAP_MULTIFD);
+    d->commit = ferry__features_uses(used, FERRY_CAP_SWITCHOVER_COMMIT);
+    if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
+        ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is not one",
+                         d->chan->desc);
+        return false;
+    }
+    if (d->multifd && !can_multifd(d)) {
+        ferry_error_setg(errp, "the stream uses multifd, but this destination has no listening socket to accept "
+                         "its channels on");
+        return false;
+    }
+    ferry__record_set_features(&d->r, used);
+    return true;
 }
 
-static bool load_hint(Dest *d, uint32_t len, FerryError **errp)
+/* After FEATURES: without multifd no other connection is accepted; query-migrate shows what the stream uses. */
+static bool after_features(Dest *d, FerryError **errp)
+{
+    if (!d->multifd) {
+        release_listener(d);
+    }
+    ferry__features_record(d->m, &d->used);
+    return true;
+}
+
+/* POPULATE_HINT: queue the announced ranges for the populate thread. */
+static bool step_hint(Dest *d, FerryError **errp)
 {
     uint8_t *buf;
-    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN + 64, "POPULATE_HINT", &buf, errp)) {
+    uint32_t len = d->r.rh.length;
+    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
         return false;
     }
     FerryWireHint h;
@@ -364,80 +386,92 @@ out:
     return ok;
 }
 
-/* Hands one received fd to what the FDS entry @e names; closes @fd on failure. */
-static bool adopt_fd(Dest *d, const FerryWireFd *e, int fd, FerryError **errp)
+/* A received fd for the page pipe; closes @fd on failure. */
+static bool adopt_page_pipe(Dest *d, int fd, FerryError **errp)
+{
+    if (!d->flip) {
+        ferry_error_setg(errp, "a page pipe in a stream that does not use unix-page-flipping");
+    } else if (d->pipe) {
+        ferry_error_setg(errp, "a second page pipe");
+    } else if ((d->pipe = ferry__page_pipe_reader_take(fd, errp)) != NULL) {
+        return true;
+    }
+    close(fd);
+    return false;
+}
+
+/* A received fd holding the memory of RAM block @name (mode cpr-transfer); closes @fd on failure. */
+static bool adopt_ram_fd(Dest *d, const char *name, int fd, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    if (e->kind == FERRY_FD_PAGE_PIPE) {
-        if (!d->flip) {
-            ferry_error_setg(errp, "a page pipe in a stream that does not use unix-page-flipping");
-        } else if (d->pipe) {
-            ferry_error_setg(errp, "a second page pipe");
-        } else if ((d->pipe = ferry__page_pipe_reader_take(fd, errp)) != NULL) {
-            return true;
-        }
-        close(fd);
-        return false;
+    size_t i;
+    for (i = 0; i < m->nblocks && strcmp(m->blocks[i]->name, name) != 0; i++) {
     }
-    if (e->kind == FERRY_FD_RAM_BLOCK) {
-        size_t i;
-        for (i = 0; i < m->nblocks && strcmp(m->blocks[i]->name, e->name) != 0; i++) {
-        }
-        if (!d->config_seen || d->pages_started) {
-            ferry_error_setg(errp, "file descriptor for RAM block '%s' outside the start of the stream (it must "
-                             "follow CONFIG, before any page)", e->name);
-        } else if (i == m->nblocks) {
-            ferry_error_setg(errp, "file descriptor for RAM block '%s', which this process does not have", e->name);
-        } else if (m->blocks[i]->adopted) {
-            ferry_error_setg(errp, "a second file descriptor for RAM block '%s'", e->name);
-        } else if (ferry__ram_block_adopt_fd(m->blocks[i], fd, errp)) {
-            ferry__mutex_lock(&m->lock);
-            m->stats.fd_ram_bytes += m->blocks[i]->size;
-            m->stats.fd_ram_blocks++;
-            ferry__mutex_unlock(&m->lock);
-            return true;
-        }
-        close(fd);
-        return false;
+    if (d->pages_started) {
+        ferry_error_setg(errp, "file descriptor for RAM block '%s' outside the start of the stream (it must "
+                         "follow CONFIG, before any page)", name);
+    } else if (i == m->nblocks) {
+        ferry_error_setg(errp, "file descriptor for RAM block '%s', which this process does not have", name);
+    } else if (m->blocks[i]->adopted) {
+        ferry_error_setg(errp, "a second file descriptor for RAM block '%s'", name);
+    } else if (ferry__ram_block_adopt_fd(m->blocks[i], fd, errp)) {
+        ferry__mutex_lock(&m->lock);
+        m->stats.fd_ram_bytes += m->blocks[i]->size;
+        m->stats.fd_ram_blocks++;
+        ferry__mutex_unlock(&m->lock);
+        return true;
     }
-    /* A backend: "KIND:ID". */
-    const char *colon = strchr(e->name, ':');
+    close(fd);
+    return false;
+}
+
+/* A received fd for the backend named "KIND:ID" (backend-transfer); closes @fd on failure. */
+static bool adopt_backend_fd(Dest *d, const char *name, int fd, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    const char *colon = strchr(name, ':');
     char kind_name[64];
     FerryBackendKind kind;
-    size_t kl = colon ? (size_t)(colon - e->name) : 0;
+    size_t kl = colon ? (size_t)(colon - name) : 0;
     if (!colon || kl >= sizeof(kind_name)) {
-        ferry_error_setg(errp, "backend file descriptor '%s' is not named KIND:ID", e->name);
+        ferry_error_setg(errp, "backend file descriptor '%s' is not named KIND:ID", name);
         close(fd);
         return false;
     }
-    memcpy(kind_name, e->name, kl);
+    memcpy(kind_name, name, kl);
     kind_name[kl] = '\0';
     if (!ferry__backend_kind_parse(kind_name, &kind)) {
         ferry_error_setg(errp, "the source transfers a backend of unknown kind '%s'", kind_name);
-        close(fd);
-        return false;
-    }
-    if (!ferry__param_backend_transfer(m, kind)) {
+    } else if (!ferry__param_backend_transfer(m, kind)) {
         ferry_error_setg(errp, "the source transfers backend %s '%s', but backend-transfer does not list %s here",
                          kind_name, colon + 1, kind_name);
-        close(fd);
-        return false;
-    }
-    for (size_t i = 0; i < m->nbackends; i++) {
-        FerryBackend *be = &m->backends[i];
-        if (be->kind == kind && strcmp(be->id, colon + 1) == 0) {
-            if (!be->ops.set_fd(be->opaque, fd, errp)) {
+    } else {
+        for (size_t i = 0; i < m->nbackends; i++) {
+            FerryBackend *be = &m->backends[i];
+            if (be->kind == kind && strcmp(be->id, colon + 1) == 0) {
+                if (be->ops.set_fd(be->opaque, fd, errp)) {
+                    return true;
+                }
                 ferry_error_prepend(errp, "backend %s '%s': ", kind_name, be->id);
                 close(fd);
                 return false;
             }
-            return true;
         }
+        ferry_error_setg(errp, "the source transfers backend %s '%s', which this process does not have", kind_name,
+                         colon + 1);
     }
-    ferry_error_setg(errp, "the source transfers backend %s '%s', which this process does not have", kind_name,
-                     colon + 1);
     close(fd);
     return false;
+}
+
+/* Hands one received fd to what the FDS entry @e names; closes @fd on failure. */
+static bool adopt_fd(Dest *d, const FerryWireFd *e, int fd, FerryError **errp)
+{
+    switch (e->kind) {
+    case FERRY_FD_PAGE_PIPE: return adopt_page_pipe(d, fd, errp);
+    case FERRY_FD_RAM_BLOCK: return adopt_ram_fd(d, e->name, fd, errp);
+    default: return adopt_backend_fd(d, e->name, fd, errp);
+    }
 }
 
 /*
@@ -445,15 +479,16 @@ static bool adopt_fd(Dest *d, const FerryWireFd *e, int fd, FerryError **errp)
  * either adopted by exactly one object or closed here, on every path; fds that came without a record stay with
  * the channel, which closes them.
  */
-static bool load_fds(Dest *d, uint32_t len, FerryError **errp)
+static bool step_fds(Dest *d, FerryError **errp)
 {
     uint8_t *buf;
+    uint32_t len = d->r.rh.length;
     if (!ferry__channel_can_pass_fds(d->chan)) {
         ferry_error_setg(errp, "the stream passes file descriptors, but '%s' is not a UNIX socket and cannot carry "
                          "them", d->chan->desc);
         return false;
     }
-    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "FDS", &buf, errp)) {
+    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
         return false;
     }
     FerryWireFd *entries;
@@ -489,18 +524,15 @@ static bool load_fds(Dest *d, uint32_t len, FerryError **errp)
 }
 
 /* MULTIFD: accept the channels it names and start their threads. */
-static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
+static bool step_multifd(Dest *d, FerryError **errp)
 {
     uint8_t *buf;
-    if (!d->multifd) {
-        ferry_error_setg(errp, "MULTIFD record in a stream that does not use multifd");
-        return false;
-    }
+    uint32_t len = d->r.rh.length;
     if (d->mfd) {
         ferry_error_setg(errp, "a second MULTIFD record");
         return false;
     }
-    if (!read_payload(d, len, FERRY_WIRE_MAX_CONTROL_LEN, "MULTIFD", &buf, errp)) {
+    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
         return false;
     }
     FerryWireMultifd r;
@@ -533,15 +565,10 @@ static bool load_multifd(Dest *d, uint32_t len, FerryError **errp)
 }
 
 /* MULTIFD_SYNC: every channel must reach the same SYNC before any goes on. */
-static bool load_multifd_sync(Dest *d, uint32_t len, FerryError **errp)
+static bool step_multifd_sync(Dest *d, FerryError **errp)
 {
     uint8_t p[8];
-    if (len != 8) {
-        ferry_error_setg(errp, "MULTIFD_SYNC record of %u bytes, expected 8", len);
-        return false;
-    }
-    if (!ferry__stream_read(d->s, p, sizeof(p))) {
-        ferry__stream_check(d->s, errp);
+    if (!ferry__record_read(&d->r, p, sizeof(p), errp)) {
         return false;
     }
     uint64_t n = ferry__get_be64(p);
@@ -575,73 +602,40 @@ static bool stop_multifd(Dest *d, FerryError **errp)
     return true;
 }
 
-static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
+/* The block of a run, checked: this process has it, its memory is not the source's, the run lies within it. */
+static FerryRamBlock *run_block(Dest *d, const FerryWireRun *run, FerryError **errp)
 {
-    uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
-    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8];
-    if (!d->config_seen) {
-        ferry_error_setg(errp, "RAM_PAGES record before the CONFIG record");
-        return false;
+    if (run->block >= d->m->nblocks) {
+        ferry_error_setg(errp, "RAM_PAGES record names block %u, this process has %zu", run->block, d->m->nblocks);
+        return NULL;
     }
-    if (d->multifd) {
-        /* Its pages travel on the multifd channels only, where their order against later passes is kept. */
-        ferry_error_setg(errp, "RAM_PAGES record on the main channel of a multifd stream");
-        return false;
-    }
-    if (len < sizeof(run) || !ferry__stream_read(d->s, run, sizeof(run))) {
-        if (len < sizeof(run)) {
-            ferry_error_setg(errp, "RAM_PAGES record of %u bytes is too short", len);
-        } else {
-            ferry__stream_check(d->s, errp);
-        }
-        return false;
-    }
-    FerryWireRun run_h;
-    ferry__wire_run_decode(run, &run_h);
-    uint64_t first = run_h.first;
-    uint32_t n = run_h.count;
-    if (run_h.block >= d->m->nblocks) {
-        ferry_error_setg(errp, "RAM_PAGES record names block %u, this process has %zu", run_h.block,
-                         d->m->nblocks);
-        return false;
-    }
-    FerryRamBlock *b = d->m->blocks[run_h.block];
+    FerryRamBlock *b = d->m->blocks[run->block];
     if (b->adopted) {
         /* Its memory is the source's own: writing pages into it would change the running source. */
         ferry_error_setg(errp, "RAM_PAGES record for block '%s', whose memory came as a file descriptor", b->name);
-        return false;
+        return NULL;
     }
-    d->pages_started = true;
-    if (n == 0 || n > FERRY_WIRE_MAX_RUN_PAGES || first >= b->npages || n > b->npages - first) {
+    if (run->first >= b->npages || run->count > b->npages - run->first) {
         ferry_error_setg(errp, "bad RAM_PAGES record: block '%s', pages %llu+%u", b->name,
-                         (unsigned long long)first, n);
-        return false;
+                         (unsigned long long)run->first, run->count);
+        return NULL;
     }
-    uint32_t zb = (n + 7) / 8;
-    if (!ferry__stream_read(d->s, zmap, zb)) {
-        ferry__stream_check(d->s, errp);
-        return false;
-    }
-    uint32_t zeros;
-    uint64_t expect;
-    if (!ferry__wire_run_expected_len(&run_h, zmap, (uint32_t)d->ps, &expect, &zeros, errp)) {
-        return false;
-    }
-    if ((run_h.flags & FERRY_RUN_DATA_IN_PIPE) && !d->pipe) {
+    if ((run->flags & FERRY_RUN_DATA_IN_PIPE) && !d->pipe) {
         ferry_error_setg(errp, "RAM_PAGES record with its data in the page pipe, but no page pipe was passed");
-        return false;
+        return NULL;
     }
-    if (len != expect) {
-        ferry_error_setg(errp, "RAM_PAGES record for block '%s' pages %llu+%u is %u bytes, expected %llu", b->name,
-                         (unsigned long long)first, n, len, (unsigned long long)expect);
-        return false;
-    }
-    /* Read runs of consecutive data pages with one call each, straight into RAM. */
-    uint32_t i = 0;
+    return b;
+}
+
+/* The pages of a checked run: zero pages zeroed, runs of consecutive data pages read with one call each, straight
+ * into RAM, from the stream or the page pipe. */
+static bool receive_run(Dest *d, FerryRamBlock *b, const FerryWireRun *run, const uint8_t *zmap, FerryError **errp)
+{
+    uint32_t i = 0, n = run->count;
     while (i < n) {
-        uint8_t *p = b->host + (first + i) * d->ps;
+        uint8_t *p = b->host + (run->first + i) * d->ps;
         if ((zmap[i / 8] >> (i % 8)) & 1) {
-            ferry__ram_block_zero_page(b, first + i, d->ps);
+            ferry__ram_block_zero_page(b, run->first + i, d->ps);
             i++;
             continue;
         }
@@ -649,23 +643,69 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
         while (j < n && !((zmap[j / 8] >> (j % 8)) & 1)) {
             j++;
         }
-        if (run_h.flags & FERRY_RUN_DATA_IN_PIPE) {
-            if (!ferry__page_pipe_recv(d->pipe, p, (size_t)(j - i) * d->ps, d->chan, errp)) {
+        size_t bytes = (size_t)(j - i) * d->ps;
+        if (run->flags & FERRY_RUN_DATA_IN_PIPE) {
+            if (!ferry__page_pipe_recv(d->pipe, p, bytes, d->chan, errp)) {
                 return false;
             }
-            d->pipe_bytes += (uint64_t)(j - i) * d->ps;
-        } else if (!ferry__stream_read(d->s, p, (size_t)(j - i) * d->ps)) {
-            ferry__stream_check(d->s, errp);
+            d->pipe_bytes += bytes;
+        } else if (!ferry__record_read(&d->r, p, bytes, errp)) {
             return false;
         }
-        ferry__ram_block_note_written(b, first + i, j - i);
+        ferry__ram_block_note_written(b, run->first + i, j - i);
         i = j;
     }
-    d->pages += n;
-    d->normal += n - zeros;
-    d->duplicate += zeros;
-    ferry__ram_block_note_received(b, first + n);
     return true;
+}
+
+/* RAM_PAGES: a run of pages of one block. */
+static bool step_pages(Dest *d, FerryError **errp)
+{
+    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8];
+    FerryWireRun run;
+    uint32_t zeros;
+    if (!ferry__record_read_run(&d->r, (uint32_t)d->ps, &run, zmap, &zeros, errp)) {
+        return false;
+    }
+    FerryRamBlock *b = run_block(d, &run, errp);
+    if (!b) {
+        return false;
+    }
+    d->pages_started = true;
+    if (!receive_run(d, b, &run, zmap, errp)) {
+        return false;
+    }
+    d->pages += run.count;
+    d->normal += run.count - zeros;
+    d->duplicate += zeros;
+    ferry__ram_block_note_received(b, run.first + run.count);
+    return true;
+}
+
+/* PASS_END: informational; later hints are no longer for the first pass. */
+static bool step_pass_end(Dest *d, FerryError **errp)
+{
+    uint8_t p[8];
+    if (!ferry__record_read(&d->r, p, sizeof(p), errp)) {
+        return false;
+    }
+    d->first_pass = false;
+    ferry__mutex_lock(&d->m->lock);
+    d->m->stats.dirty_sync_count = ferry__get_be64(p);
+    ferry__mutex_unlock(&d->m->lock);
+    return true;
+}
+
+/* The registered section @ws is, or m->nsections if this process has none such. */
+static size_t section_index(const FerryMigration *m, const FerryWireSection *ws)
+{
+    size_t idx;
+    for (idx = 0; idx < m->nsections; idx++) {
+        if (strcmp(m->sections[idx].name, ws->name) == 0 && m->sections[idx].instance_id == ws->instance_id) {
+            break;
+        }
+    }
+    return idx;
 }
 
 /*
@@ -673,26 +713,21 @@ static bool load_pages(Dest *d, uint32_t len, FerryError **errp)
  * this record), then stage it: sections are loaded only after END. A section this process does not have is
  * skipped if the source marked it skippable, and fails the migration otherwise.
  */
-static bool load_section(Dest *d, uint32_t len, FerryError **errp)
+static bool step_section(Dest *d, FerryError **errp)
 {
-    FerryMigration *m = d->m;
     uint8_t *buf;
+    uint32_t len = d->r.rh.length;
     FerryWireSection ws;
-    if (!read_payload(d, len, FERRY_WIRE_MAX_SECTION_LEN, "SECTION", &buf, errp)) {
+    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
         return false;
     }
     if (!ferry__wire_section_decode(buf, len, &ws, errp)) {
         free(buf);
         return false;
     }
-    size_t idx;
-    for (idx = 0; idx < m->nsections; idx++) {
-        if (strcmp(m->sections[idx].name, ws.name) == 0 && m->sections[idx].instance_id == ws.instance_id) {
-            break;
-        }
-    }
+    size_t idx = section_index(d->m, &ws);
     d->sections_seen++;
-    if (idx == m->nsections) {
+    if (idx == d->m->nsections) {
         free(buf);
         if (!(ws.flags & FERRY_SECTION_SKIPPABLE)) {
             ferry_error_setg(errp, "unknown section '%s' instance %u in the stream (the source did not mark it "
@@ -701,8 +736,7 @@ static bool load_section(Dest *d, uint32_t len, FerryError **errp)
         }
         ferry__log(FERRY_LOG_INFO, "skipping section '%s' instance %u (%u bytes): not known here, skippable",
                    ws.name, ws.instance_id, len);
-        d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)len +
-                      (ferry__stream_crc(d->s) ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
+        d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)len + (d->r.trailers ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
         return true;
     }
     for (size_t i = 0; i < d->nstaged; i++) {
@@ -726,40 +760,17 @@ static bool load_section(Dest *d, uint32_t len, FerryError **errp)
     return true;
 }
 
-/* END, read: its totals are checked by finish_end() once the record's CRC has been. */
-static bool load_end(Dest *d, uint32_t len, FerryError **errp)
+/* END, read: its totals are checked by after_end() once the record's CRC has been. */
+static bool step_end(Dest *d, FerryError **errp)
 {
-    if (len != sizeof(d->end)) {
-        ferry_error_setg(errp, "END record of %u bytes, expected %zu", len, sizeof(d->end));
-        return false;
-    }
-    if (!ferry__stream_read(d->s, d->end, sizeof(d->end))) {
-        ferry__stream_check(d->s, errp);
-        return false;
-    }
-    return true;
+    uint8_t p[FERRY_WIRE_END_LEN];
+    return ferry__record_read(&d->r, p, sizeof(p), errp) && ferry__wire_end_decode(p, &d->end, errp);
 }
 
-/* After END: check the totals, then load the staged sections. Nothing was applied to device state before this. */
-static bool finish_end(Dest *d, FerryError **errp)
+/* Every registered section is staged, or registered optional. */
+static bool check_sections_present(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    FerryWireEnd end;
-    ferry__wire_end_decode(d->end, &end);
-    if (!d->config_seen) {
-        ferry_error_setg(errp, "END record before the CONFIG record");
-        return false;
-    }
-    if (end.pages != d->pages) {
-        ferry_error_setg(errp, "stream damaged: the source sent %llu pages, %llu arrived",
-                         (unsigned long long)end.pages, (unsigned long long)d->pages);
-        return false;
-    }
-    if (end.sections != d->sections_seen) {
-        ferry_error_setg(errp, "stream damaged: the source sent %u sections, %u arrived", end.sections,
-                         d->sections_seen);
-        return false;
-    }
     for (size_t i = 0; i < m->nsections; i++) {
         size_t j;
         for (j = 0; j < d->nstaged && d->staged[j].section != i; j++) {
@@ -775,6 +786,20 @@ static bool finish_end(Dest *d, FerryError **errp)
         ferry__log(FERRY_LOG_INFO, "section '%s' instance %u is not in the stream (optional: keeping its state)",
                    m->sections[i].name, m->sections[i].instance_id);
     }
+    return true;
+}
+
+/*
+ * After END: stop the multifd channels, check the totals, then load the staged sections. Nothing was applied to
+ * device state before this.
+ */
+static bool after_end(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    if (!stop_multifd(d, errp) || !ferry__record_check_end(&d->end, d->pages, d->sections_seen, errp) ||
+        !check_sections_present(d, errp)) {
+        return false;
+    }
     for (size_t j = 0; j < d->nstaged; j++) {
         Staged *st = &d->staged[j];
         FerrySection *sec = &m->sections[st->section];
@@ -785,7 +810,26 @@ static bool finish_end(Dest *d, FerryError **errp)
         }
         d->skipped += ferry__visitor_input_skipped(st->v);
     }
-    d->source_running = end.flags & FERRY_END_SOURCE_RUNNING;
+    d->source_running = d->end.flags & FERRY_END_SOURCE_RUNNING;
+    return true;
+}
+
+/* COMMIT (switchover-commit, after this side's ACK): empty, so the record reader has checked all there is. */
+static bool step_commit(Dest *d, FerryError **errp)
+{
+    (void)d;
+    (void)errp;
+    return true;
+}
+
+/* A record of a type this build does not know: the reader has checked it is not critical; skip it. */
+static bool step_unknown(Dest *d, FerryError **errp)
+{
+    uint32_t len = d->r.rh.length;
+    if (!ferry__record_skip(&d->r, len, errp)) {
+        return false;
+    }
+    d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)len + (d->r.trailers ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
     return true;
 }
 
@@ -812,158 +856,101 @@ static void update_stats(Dest *d)
     ferry__mutex_unlock(&m->lock);
 }
 
-static bool receive(Dest *d, FerryError **errp)
+/* ---- The receive loop: the stream header, then one record at a time, each through its step. ---- */
+
+typedef bool (*DestStepFn)(Dest *d, FerryError **errp);
+
+/*
+ * One step per record kind; the phases each may come in, its flags, length and feature are the grammar of the
+ * record reader (record-reader.c), which refuses an out-of-place record before any step runs. @step reads the
+ * payload; @after, if any, runs once the record's trailer has been checked.
+ */
+static const struct DestStep {
+    uint16_t type;
+    DestStepFn step, after;
+} dest_steps[] = {
+    { FERRY_REC_HELLO, step_hello, after_hello },
+    { FERRY_REC_FEATURES, step_features, after_features },
+    { FERRY_REC_CONFIG, step_config, NULL },
+    { FERRY_REC_FDS, step_fds, NULL },
+    { FERRY_REC_MULTIFD, step_multifd, NULL },
+    { FERRY_REC_POPULATE_HINT, step_hint, NULL },
+    { FERRY_REC_RAM_PAGES, step_pages, NULL },
+    { FERRY_REC_PASS_END, step_pass_end, NULL },
+    { FERRY_REC_MULTIFD_SYNC, step_multifd_sync, NULL },
+    { FERRY_REC_SECTION, step_section, NULL },
+    { FERRY_REC_END, step_end, after_end },
+    { FERRY_REC_COMMIT, step_commit, NULL },
+};
+
+static const struct DestStep unknown_step = { FERRY_REC_NONE, step_unknown, NULL };
+
+static const struct DestStep *step_of(const Dest *d)
+{
+    if (!ferry__record_known(&d->r)) {
+        return &unknown_step;
+    }
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(dest_steps); i++) {
+        if (dest_steps[i].type == d->r.rh.type) {
+            return &dest_steps[i];
+        }
+    }
+    return NULL;
+}
+
+/* One record: its header checked by the reader, its step, its trailer, then what follows from it. */
+static bool receive_record(Dest *d, FerryError **errp)
+{
+    bool ok = ferry__record_next(&d->r, errp);
+    const struct DestStep *st = ok ? step_of(d) : NULL;
+    if (ok && !st) {
+        FERRY_BUG("the record reader let a %s record through to the destination", d->r.where);
+        ferry_error_setg(errp, "internal error: no step for the record");
+        ok = false;
+    }
+    ok = ok && st->step(d, errp) && ferry__record_finish(&d->r, errp);
+    if (ok) {
+        update_stats(d);
+        ok = !st->after || st->after(d, errp);
+    }
+    if (!ok) {
+        ferry__record_error_prefix(&d->r, errp);
+    }
+    return ok;
+}
+
+/* The stream header. A TLS handshake record (type 0x16, version 3.x) there means the source was told to use TLS
+ * and this end was not. */
+static bool receive_header(Dest *d, FerryError **errp)
 {
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
-    if (!ferry__stream_read(d->s, hdr, sizeof(hdr))) {
-        ferry__stream_check(d->s, errp);
-        return false;
-    }
-    if (!ferry__channel_is_tls(d->chan) && hdr[0] == 0x16 && hdr[1] == 0x03) {
-        /* A TLS handshake record (type 0x16, version 3.x): the source was told to use TLS, this end was not. */
+    bool ok = ferry__record_read_stream_header(&d->r, hdr, errp);
+    if (ok && !ferry__channel_is_tls(d->chan) && hdr[0] == 0x16 && hdr[1] == 0x03) {
         ferry_error_setg(errp, "the source speaks TLS, but this destination has no tls-creds set (set tls-creds "
                          "to a tls-creds-x509 or tls-creds-psk object with endpoint=server)");
+        ok = false;
+    }
+    ok = ok && ferry__wire_decode_header(hdr, errp);
+    if (!ok) {
+        ferry__record_error_prefix(&d->r, errp);
+    }
+    return ok;
+}
+
+/* The stream up to and including END, its totals checked and the sections loaded. */
+static bool receive(Dest *d, FerryError **errp)
+{
+    d->s = ferry__stream_new(d->chan);
+    ferry__record_reader_init(&d->r, d->s);
+    if (!receive_header(d, errp)) {
         return false;
     }
-    if (!ferry__wire_decode_header(hdr, errp)) {
-        return false;
-    }
-    for (;;) {
-        uint8_t rh_bytes[FERRY_WIRE_RECORD_HEADER_LEN];
-        FerryRecordHeader rh;
-        uint64_t offset = ferry__stream_bytes_read(d->s);
-        ferry__stream_read_crc_reset(d->s);
-        if (!ferry__stream_read(d->s, rh_bytes, sizeof(rh_bytes))) {
-            ferry__stream_check(d->s, errp);
-            ferry_error_prepend(errp, "at stream offset %llu, record header: ", (unsigned long long)offset);
+    while (d->r.phase != FERRY_PHASE_END) {
+        if (!receive_record(d, errp)) {
             return false;
         }
-        ferry__wire_decode_record(rh_bytes, &rh);
-        bool ok = true;
-        bool features_done = false;
-        FerryWireFeatureList used;
-        /* The first record is HELLO and the second FEATURES: nothing else is understood before them. */
-        uint16_t must = d->records == 0 ? FERRY_REC_HELLO : d->records == 1 ? FERRY_REC_FEATURES : 0;
-        d->records++;
-        if (must && rh.type != must) {
-            ferry_error_setg(errp, "expected a %s record, found %s (0x%04x)", ferry__wire_record_name(must),
-                             ferry__wire_record_name(rh.type), rh.type);
-            ok = false;
-        } else if (rh.type == FERRY_REC_NONE) {
-            ferry_error_setg(errp, "record type 0 is invalid");
-            ok = false;
-        } else if (!must && (rh.type == FERRY_REC_HELLO || rh.type == FERRY_REC_FEATURES)) {
-            ferry_error_setg(errp, "a second %s record", ferry__wire_record_name(rh.type));
-            ok = false;
-        }
-        switch (ok ? rh.type : FERRY_REC_NONE) {
-        case FERRY_REC_NONE:
-            break;
-        case FERRY_REC_HELLO:
-            ok = load_hello(d, rh.length, errp);
-            break;
-        case FERRY_REC_FEATURES:
-            ok = load_features(d, rh.length, &used, errp);
-            features_done = ok;
-            d->flip = ok && ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
-            d->multifd = ok && ferry__features_uses(&used, FERRY_CAP_MULTIFD);
-            d->commit = ok && ferry__features_uses(&used, FERRY_CAP_SWITCHOVER_COMMIT);
-            if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
-                ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is "
-                                 "not one", d->chan->desc);
-                ok = false;
-            } else if (d->multifd && !can_multifd(d)) {
-                ferry_error_setg(errp, "the stream uses multifd, but this destination has no listening socket to "
-                                 "accept its channels on");
-                ok = false;
-            } else if (ok && !d->multifd) {
-                release_listener(d);
-            }
-            break;
-        case FERRY_REC_CONFIG:
-            ok = load_config(d, rh.length, errp);
-            break;
-        case FERRY_REC_POPULATE_HINT:
-            ok = load_hint(d, rh.length, errp);
-            break;
-        case FERRY_REC_RAM_PAGES:
-            ok = load_pages(d, rh.length, errp);
-            break;
-        case FERRY_REC_PASS_END: {
-            uint8_t p[8];
-            ok = rh.length == 8 && ferry__stream_read(d->s, p, 8);
-            if (ok) {
-                d->first_pass = false;
-                ferry__mutex_lock(&d->m->lock);
-                d->m->stats.dirty_sync_count = ferry__get_be64(p);
-                ferry__mutex_unlock(&d->m->lock);
-            } else if (!ferry__stream_check(d->s, errp)) {
-            } else {
-                ferry_error_setg(errp, "PASS_END record of %u bytes, expected 8", rh.length);
-            }
-            break;
-        }
-        case FERRY_REC_SECTION:
-            ok = load_section(d, rh.length, errp);
-            break;
-        case FERRY_REC_FDS:
-            ok = load_fds(d, rh.length, errp);
-            break;
-        case FERRY_REC_MULTIFD:
-            ok = load_multifd(d, rh.length, errp);
-            break;
-        case FERRY_REC_MULTIFD_SYNC:
-            ok = load_multifd_sync(d, rh.length, errp);
-            break;
-        case FERRY_REC_END:
-            ok = load_end(d, rh.length, errp);
-            break;
-        default:
-            if (rh.flags & FERRY_REC_CRITICAL) {
-                ferry_error_setg(errp, "unknown critical record type 0x%04x (%u bytes)", rh.type, rh.length);
-                ok = false;
-            } else {
-                ok = ferry__stream_skip(d->s, rh.length);
-                if (!ok) {
-                    ferry__stream_check(d->s, errp);
-                }
-                d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)rh.length +
-                              (ferry__stream_crc(d->s) ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
-            }
-            break;
-        }
-        /* The trailer: CRC32C of header and payload. RAM may already hold the record's pages, which is harmless
-         * (nothing runs here, and a failed load discards RAM); device state is only loaded after END's check. */
-        if (ok && ferry__stream_crc(d->s)) {
-            uint32_t want = ferry__stream_read_crc(d->s), got;
-            if (!ferry__stream_read_be32(d->s, &got)) {
-                ferry__stream_check(d->s, errp);
-                ok = false;
-            } else if (got != want) {
-                ferry_error_setg(errp, "stream damaged: CRC mismatch (computed 0x%08x, the record says 0x%08x)",
-                                 want, got);
-                ok = false;
-            }
-        }
-        if (!ok) {
-            ferry_error_prepend(errp, "at stream offset %llu, %s record: ", (unsigned long long)offset,
-                                ferry__wire_record_name(rh.type));
-            return false;
-        }
-        if (features_done) {
-            /* From the next record on, trailers are as FEATURES says. */
-            ferry__stream_set_crc(d->s, ferry__features_uses(&used, FERRY_CAP_RECORD_CHECKSUM));
-            ferry__features_record(d->m, &used);
-        }
-        update_stats(d);
-        if (rh.type == FERRY_REC_END) {
-            if (!stop_multifd(d, errp) || !finish_end(d, errp)) {
-                ferry_error_prepend(errp, "at stream offset %llu: ", (unsigned long long)offset);
-                return false;
-            }
-            return true;
-        }
     }
+    return true;
 }
 
 /* Tell the source why, then let it read that before the connection goes away: stop writing, drain what it still
@@ -991,35 +978,12 @@ static void send_nack(FerryChannel *c, const FerryError *err)
     }
 }
 
-/* switchover-commit: the record after the ACK must be COMMIT (empty, critical, with a trailer if the stream has
- * them). Anything else, or the end of the connection, means the source may not have switched over. */
-static bool read_commit(Dest *d, FerryError **errp)
+/* switchover-commit: the record after the ACK must be COMMIT (the only record of phase end). Anything else, or the
+ * end of the connection, means the source may not have switched over. */
+static bool await_commit(Dest *d, FerryError **errp)
 {
-    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
-    FerryRecordHeader rh;
-    ferry__stream_read_crc_reset(d->s);
-    if (!ferry__stream_read(d->s, h, sizeof(h))) {
-        ferry__stream_check(d->s, errp);
-        return false;
-    }
-    ferry__wire_decode_record(h, &rh);
-    if (rh.type != FERRY_REC_COMMIT || rh.length != 0) {
-        ferry_error_setg(errp, "expected COMMIT, found %s (0x%04x, %u bytes)", ferry__wire_record_name(rh.type),
-                         rh.type, rh.length);
-        return false;
-    }
-    if (ferry__stream_crc(d->s)) {
-        uint32_t want = ferry__stream_read_crc(d->s), got;
-        if (!ferry__stream_read_be32(d->s, &got)) {
-            ferry__stream_check(d->s, errp);
-            return false;
-        }
-        if (got != want) {
-            ferry_error_setg(errp, "COMMIT record damaged: CRC mismatch");
-            return false;
-        }
-    }
-    return true;
+    FERRY_ASSERT(d->r.phase == FERRY_PHASE_END);
+    return receive_record(d, errp);
 }
 
 /* Where a failure can be reported to the source: the channel, or for a TLS session that never came up whatever
@@ -1056,17 +1020,18 @@ static bool start_tls(Dest *d, FerryError **errp)
     return d->tls_up;
 }
 
-static bool run(Dest *d, FerryError **errp)
+/*
+ * The phase before the stream: accept the main channel and, with tls-creds, run the TLS handshake on it. The
+ * listener stays open (and m->listener set, so that quit can interrupt an accept) until FEATURES says whether
+ * multifd channels follow; then it is closed (release_listener), as QEMU takes one connection.
+ */
+static bool accept_main(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
     ferry__mutex_lock(&m->lock);
-    FerryListener *l = m->listener;
+    d->listener = m->listener;
     ferry__mutex_unlock(&m->lock);
-
-    /* The listener stays open (and m->listener set, so that quit can interrupt an accept) until FEATURES says
-     * whether multifd channels follow; then it is closed (release_listener), as QEMU takes one connection. */
-    d->listener = l;
-    FerryChannel *c = ferry__listener_accept(l, errp);
+    FerryChannel *c = ferry__listener_accept(d->listener, errp);
     ferry__mutex_lock(&m->lock);
     m->in_chan = c;
     bool quitting = m->quitting;
@@ -1083,15 +1048,12 @@ static bool run(Dest *d, FerryError **errp)
         ferry_error_setg(errp, "shutting down");
         return false;
     }
-    if (d->tls && !start_tls(d, errp)) {
-        return false;
-    }
-    d->s = ferry__stream_new(d->chan);
-    ferry__mutex_lock(&m->lock);
-    m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
-    ferry__mutex_unlock(&m->lock);
-    ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
+    return !d->tls || start_tls(d, errp);
+}
 
+/* The stream, with the populate thread faulting in announced ranges meanwhile. */
+static bool receive_stream(Dest *d, FerryError **errp)
+{
     if (pthread_create(&d->pop_thread, NULL, populate_thread, d) == 0) {
         d->pop_started = true;
     }
@@ -1107,12 +1069,13 @@ static bool run(Dest *d, FerryError **errp)
             err = merr;
         }
         ferry_error_propagate(errp, err);
-        return false;
     }
-    if (d->chan->one_way) {
-        return true; /* nobody to acknowledge to: the stream was checked on its own */
-    }
-    /* Return-path records always carry a CRC trailer, whatever the stream's features. */
+    return ok;
+}
+
+/* ACK: everything arrived, was checked and loaded. Return-path records always carry a CRC trailer. */
+static bool send_ack(Dest *d, FerryError **errp)
+{
     uint8_t ack[FERRY_WIRE_RECORD_HEADER_LEN + FERRY_WIRE_RECORD_TRAILER_LEN];
     ferry__wire_encode_record(ack, &(FerryRecordHeader){ .type = FERRY_REC_ACK, .length = 0 });
     ferry__put_be32(ack + FERRY_WIRE_RECORD_HEADER_LEN, ferry__crc32c(0, ack, FERRY_WIRE_RECORD_HEADER_LEN));
@@ -1120,7 +1083,30 @@ static bool run(Dest *d, FerryError **errp)
         ferry_error_prepend(errp, "cannot acknowledge completion to the source: ");
         return false;
     }
-    if (d->commit && !read_commit(d, errp)) {
+    return true;
+}
+
+/* An incoming migration's phases: accept, receive (setup -> active), acknowledge, await the commit. */
+static bool run(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    if (!accept_main(d, errp)) {
+        return false;
+    }
+    ferry__mutex_lock(&m->lock);
+    m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
+    ferry__mutex_unlock(&m->lock);
+    ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
+    if (!receive_stream(d, errp)) {
+        return false;
+    }
+    if (d->chan->one_way) {
+        return true; /* nobody to acknowledge to: the stream was checked on its own */
+    }
+    if (!send_ack(d, errp)) {
+        return false;
+    }
+    if (d->commit && !await_commit(d, errp)) {
         d->uncommitted = true;
         ferry_error_prepend(errp, "the source did not confirm the switchover after this destination's ACK, so "
                             "it may still be running; the state is loaded here and left paused (if the source "
@@ -1177,7 +1163,6 @@ bool ferry__migration_load_stream(FerryMigration *m, FerryChannel *c, uint64_t *
     Dest d;
     dest_init(&d, m);
     d.chan = c;
-    d.s = ferry__stream_new(c);
     bool ok = receive(&d, errp);
     if (skipped) {
         *skipped = d.skipped;

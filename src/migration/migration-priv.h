@@ -263,4 +263,11 @@ bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap)
 void *ferry__source_thread(void *opaque);
 void *ferry__dest_thread(void *opaque);
 
+/* ---- Added with the shared record reader (record-reader.c, issue 17): stream features by name. ---- */
+/* params.c: whether @name is a stream feature this build knows. The capability table is the one list of known
+ * features: the destination's check and the analyzer's "known" both ask it. */
+bool ferry__feature_known(const char *name);
+/* The feature name of a stream-feature capability ("record-checksum"). */
+const char *ferry__feature_name(FerryCapability cap);
+
 #endif

@@ -221,16 +221,25 @@ void ferry__features_accept(FerryMigration *m, const FerryWireFeatureList *offer
     ferry__mutex_unlock(&m->lock);
 }
 
+bool ferry__feature_known(const char *name)
+{
+    for (int c = 0; c < FERRY_CAP__MAX; c++) {
+        if (cap_table[c].feature && strcmp(cap_table[c].name, name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *ferry__feature_name(FerryCapability cap)
+{
+    return cap_table[cap].name;
+}
+
 bool ferry__features_check(const FerryWireFeatureList *used, FerryError **errp)
 {
     for (uint32_t i = 0; i < used->n; i++) {
-        int c;
-        for (c = 0; c < FERRY_CAP__MAX; c++) {
-            if (cap_table[c].feature && strcmp(cap_table[c].name, used->f[i].name) == 0) {
-                break;
-            }
-        }
-        if (c == FERRY_CAP__MAX && (used->f[i].flags & FERRY_FEATURE_CRITICAL)) {
+        if (!ferry__feature_known(used->f[i].name) && (used->f[i].flags & FERRY_FEATURE_CRITICAL)) {
             ferry_error_setg(errp, "the stream uses feature '%s', which this destination does not support",
                              used->f[i].name);
             return false;

@@ -349,11 +349,17 @@ void ferry__wire_end_encode(const FerryWireEnd *e, uint8_t out[FERRY_WIRE_END_LE
     ferry__put_be32(out + 12, e->sections);
 }
 
-void ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e)
+bool ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e, FerryError **errp)
 {
     e->flags = ferry__get_be32(in);
     e->pages = ferry__get_be64(in + 4);
     e->sections = ferry__get_be32(in + 12);
+    if (e->flags & ~FERRY_END_FLAGS_KNOWN) {
+        ferry_error_setg(errp, "END has unknown flags 0x%x (known: 0x%x)", e->flags & ~FERRY_END_FLAGS_KNOWN,
+                         FERRY_END_FLAGS_KNOWN);
+        return false;
+    }
+    return true;
 }
 
 /* ---- FDS ---- */

@@ -65,8 +65,9 @@ enum {
 #define FERRY_WIRE_END_LEN 16                       /* flags, pages, sections */
 #define FERRY_WIRE_HINT_RANGE_LEN 16                /* first page, page count */
 
-/* END record flags. */
+/* END record flags. A reader refuses any other bit. */
 #define FERRY_END_SOURCE_RUNNING 0x1u /* the workload was running when the source stopped it */
+#define FERRY_END_FLAGS_KNOWN FERRY_END_SOURCE_RUNNING
 
 static inline void ferry__put_be16(uint8_t *p, uint16_t v)
 {
@@ -258,7 +259,8 @@ typedef struct FerryWireEnd {
 } FerryWireEnd;
 
 void ferry__wire_end_encode(const FerryWireEnd *e, uint8_t out[FERRY_WIRE_END_LEN]);
-void ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e);
+/* Refuses flags outside FERRY_END_FLAGS_KNOWN, naming them. */
+bool ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e, FerryError **errp);
 
 /* ---- multifd (multifd.c): the MULTIFD record, and what travels on the extra channels. ---- */
 

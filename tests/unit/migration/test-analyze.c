@@ -4,6 +4,10 @@
  * the analyzer gives back is checked field by field. Damage is checked exhaustively on a small stream: every
  * single-byte flip and every truncation must fail with a stream offset. The ferry-analyze program itself is left
  * to the integration tests (it is a thin front end of this function).
+ *
+ * The analyzer and the destination read records with one reader (src/migration/record-reader.c): hostile streams
+ * that break the stream's grammar (a record out of its phase, undefined flags) are also loaded into a destination
+ * (ferry__migration_load_stream), which must refuse them with the same message and place.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -19,6 +23,9 @@
 #include <cmocka.h>
 
 #include "ferry/analyze.h"
+#include "ferry/ferry.h"
+#include "channel/channel.h"
+#include "migration/migration.h"
 #include "test-helpers.h"
 #include "util/util.h"
 #include "visitor/visitor-int.h"
@@ -111,6 +118,14 @@ typedef struct Opts {
     bool small;                 /* the first run is ram0 0+2 with page 1 zero, for the exhaustive damage test */
     uint32_t extra_sections;    /* more sections after "dev": "many" with instance ids 10, 11, ... */
     bool duplicate_last;        /* and then "many" of the last instance id again */
+    /* Hostile streams, each breaking one rule of the format. */
+    uint32_t end_flags_extra;   /* END flags beyond source-running */
+    uint16_t repeat_type;       /* HELLO, FEATURES or CONFIG: written twice in a row */
+    uint16_t pass_end_flags;    /* record flags of PASS_END (reserved bits) */
+    bool late_pass_end;         /* a second PASS_END after the SECTION */
+    bool ack_in_stream;         /* a return-path ACK after PASS_END */
+    bool zero_type;             /* the unknown record has type 0 */
+    bool piped_run;             /* the vga run claims its data is in the page pipe */
 } Opts;
 
 typedef struct Built {
@@ -147,13 +162,22 @@ static void build(Built *out, const Opts *o)
     FerryWireFeatureList offer = f;
     assert_true(ferry__wire_features_add(&offer, "record-checksum", FERRY_FEATURE_CRITICAL));
     put_features(b, FERRY_REC_HELLO, &offer);
+    if (o->repeat_type == FERRY_REC_HELLO) {
+        put_features(b, FERRY_REC_HELLO, &offer);
+    }
     put_features(b, FERRY_REC_FEATURES, &f);
+    if (o->repeat_type == FERRY_REC_FEATURES) {
+        put_features(b, FERRY_REC_FEATURES, &f);
+    }
 
     FerryWireBlock blocks[2] = { { "ram0", 16ull * ps }, { "vga", 4ull * ps } };
     FerryWireConfig cfg = { .page_size = ps, .nblocks = 2, .blocks = blocks };
     size_t len;
     uint8_t *p = ferry__wire_config_encode(&cfg, &len);
     put_record(b, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, p, len, crc);
+    if (o->repeat_type == FERRY_REC_CONFIG) {
+        put_record(b, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, p, len, crc);
+    }
     free(p);
 
     uint8_t hint[8 + 16];
@@ -179,15 +203,19 @@ static void build(Built *out, const Opts *o)
 
     uint8_t pass[8];
     ferry__put_be64(pass, 1);
-    put_record(b, FERRY_REC_PASS_END, 0, pass, sizeof(pass), crc);
+    put_record(b, FERRY_REC_PASS_END, o->pass_end_flags, pass, sizeof(pass), crc);
+    if (o->ack_in_stream) {
+        put_record(b, FERRY_REC_ACK, 0, "", 0, crc);
+    }
 
     uint8_t run2[FERRY_WIRE_RAM_RUN_HEADER_LEN + 1];
-    ferry__wire_run_encode(&(FerryWireRun){ .block = 1, .first = 2, .count = 2 }, run2);
+    ferry__wire_run_encode(&(FerryWireRun){ .block = 1, .first = 2, .count = 2,
+                                            .flags = o->piped_run ? FERRY_RUN_DATA_IN_PIPE : 0 }, run2);
     run2[FERRY_WIRE_RAM_RUN_HEADER_LEN] = 0x03;
     put_record(b, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, run2, sizeof(run2), crc);
 
     out->unknown_offset = b->len;
-    put_record(b, 0x0042, o->unknown_flags, "abcde", 5, crc);
+    put_record(b, o->zero_type ? FERRY_REC_NONE : 0x0042, o->unknown_flags, "abcde", 5, crc);
 
     out->section_offset = b->len;
     p = section_payload("dev", &len, &out->section_data_len);
@@ -202,8 +230,11 @@ static void build(Built *out, const Opts *o)
         free(p);
     }
 
+    if (o->late_pass_end) {
+        put_record(b, FERRY_REC_PASS_END, 0, pass, sizeof(pass), crc);
+    }
     uint8_t end[FERRY_WIRE_END_LEN];
-    ferry__wire_end_encode(&(FerryWireEnd){ .flags = FERRY_END_SOURCE_RUNNING, .pages = run_pages + 2 + o->end_pages_extra,
+    ferry__wire_end_encode(&(FerryWireEnd){ .flags = FERRY_END_SOURCE_RUNNING | o->end_flags_extra, .pages = run_pages + 2 + o->end_pages_extra,
                                             .sections = nsections },
                            end);
     put_record(b, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end), crc);
@@ -461,6 +492,115 @@ static void test_inconsistent_streams(void **state)
     expect_failure(&(Opts){ .no_hint_feature = true }, "FEATURES lack 'populate-hints'", "POPULATE_HINT");
 }
 
+/* ferry-analyze knows the features this build knows (one list, params.c): switchover-commit, on by default, is not
+ * "known": false (it was, from a list of its own that lacked it). */
+static void test_known_features(void **state)
+{
+    Built bt;
+    build(&bt, &(Opts){ .extra_feature = "switchover-commit" });
+    bool ok;
+    FerryError *err = NULL;
+    json_t *r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    if (!ok) {
+        fail_msg("%s", ferry_error_msg(err));
+    }
+    json_t *features = json_object_get(r, "features");
+    assert_int_equal(json_array_size(features), 3);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *f = json_array_get(features, i);
+        if (json_object_get(f, "known")) {
+            fail_msg("feature '%s' is reported as not known", json_string_value(json_object_get(f, "name")));
+        }
+    }
+    json_decref(r);
+    free(bt.b.p);
+
+    /* unix-page-flipping is known, and readable: a run's data in the page pipe is simply not in the stream. */
+    build(&bt, &(Opts){ .extra_feature = "unix-page-flipping", .extra_flags = FERRY_FEATURE_CRITICAL,
+                        .piped_run = true });
+    r = analyze_buf(bt.b.p, bt.b.len, 0, &ok, &err);
+    if (!ok) {
+        fail_msg("%s", ferry_error_msg(err));
+    }
+    assert_int_equal(jint(r, "ram.pages"), 12);
+    json_decref(r);
+    free(bt.b.p);
+
+    /* multifd is known but cannot be read from the main channel alone: refused, as before. */
+    expect_failure(&(Opts){ .extra_feature = "multifd", .extra_flags = FERRY_FEATURE_CRITICAL },
+                   "the stream uses feature 'multifd', which this reader does not support", "FEATURES");
+}
+
+/* Loads @len bytes of @p into a destination with the blocks of build() ("ram0" of 16 pages, "vga" of 4) and no
+ * sections (the stream's section is skippable); returns whether it loaded, *err the error. */
+static bool load_into_destination(const uint8_t *p, size_t len, FerryError **err)
+{
+    size_t ps = ferry_ram_page_size();
+    FerryMigration *m = ferry__migration_new();
+    assert_non_null(ferry_ram_block_new(m, "ram0", 16 * ps, NULL));
+    assert_non_null(ferry_ram_block_new(m, "vga", 4 * ps, NULL));
+    FerryChannel *c = ferry__channel_new_fd(memfd_with(p, len), "crafted stream");
+    assert_non_null(c);
+    bool ok = ferry__migration_load_stream(m, c, NULL, err);
+    ferry__channel_free(c);
+    ferry__migration_free(m);
+    return ok;
+}
+
+/* The analyzer and a destination both refuse the stream of @o with @needle, at the same record. */
+static void expect_both_refuse(const Opts *o, const char *needle, const char *record)
+{
+    expect_failure(o, needle, record);
+    Built bt;
+    build(&bt, o);
+    FerryError *err = NULL;
+    if (load_into_destination(bt.b.p, bt.b.len, &err)) {
+        fail_msg("a destination loaded a stream the analyzer refuses with '%s'", needle);
+    }
+    assert_msg_contains(err, needle);
+    char where[64];
+    snprintf(where, sizeof(where), ", %s record: ", record);
+    assert_msg_contains(err, where);
+    ferry_error_free(err);
+    free(bt.b.p);
+}
+
+/* Streams that break a rule of docs/stream-format.md with valid checksums; several were accepted by the
+ * destination, the analyzer, or both, before the two shared one reader. */
+static void test_hostile_streams(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    /* The good stream loads into the destination, so that the refusals below are for the one change each. */
+    Built bt;
+    build(&bt, &(Opts){ .page_size = (uint32_t)ps });
+    FerryError *err = NULL;
+    if (!load_into_destination(bt.b.p, bt.b.len, &err)) {
+        fail_msg("%s", ferry_error_msg(err));
+    }
+    free(bt.b.p);
+
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .end_flags_extra = 0x4 }, "END has unknown flags 0x4",
+                       "END");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .repeat_type = FERRY_REC_CONFIG },
+                       "record CONFIG not allowed in phase ram (a second CONFIG record)", "CONFIG");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .repeat_type = FERRY_REC_HELLO },
+                       "record HELLO not allowed in phase features (a second HELLO record)", "HELLO");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .repeat_type = FERRY_REC_FEATURES },
+                       "record FEATURES not allowed in phase config (a second FEATURES record)", "FEATURES");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .late_pass_end = true },
+                       "record PASS_END not allowed in phase sections (it must come before the first SECTION "
+                       "record)", "PASS_END");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .pass_end_flags = 0x0100 },
+                       "reserved record flags 0x0100 are set", "PASS_END");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .ack_in_stream = true },
+                       "record ACK not allowed in phase ram (a return-path record)", "ACK");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .zero_type = true }, "record type 0 is invalid",
+                       "unknown");
+    expect_both_refuse(&(Opts){ .page_size = (uint32_t)ps, .piped_run = true },
+                       "run with its data in the page pipe in a stream whose FEATURES lack 'unix-page-flipping'",
+                       "RAM_PAGES");
+}
+
 /* A record whose CRC is right but whose content is wrong: the checks behind the CRC must still catch it. */
 static void test_bad_content_behind_good_crc(void **state)
 {
@@ -575,6 +715,8 @@ int main(void)
         cmocka_unit_test(test_unknown_records_and_features),
         cmocka_unit_test(test_inconsistent_streams),
         cmocka_unit_test(test_many_sections),
+        cmocka_unit_test(test_known_features),
+        cmocka_unit_test(test_hostile_streams),
         cmocka_unit_test(test_bad_content_behind_good_crc),
         cmocka_unit_test(test_every_flip_and_truncation),
     };

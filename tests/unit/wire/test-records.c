@@ -416,10 +416,18 @@ static void test_end(void **state)
     ferry__wire_end_encode(&e, b);
     assert_int_equal(ferry__get_be32(b), 1);
     assert_true(ferry__get_be64(b + 4) == 0x1122334455ull);
-    ferry__wire_end_decode(b, &d);
+    assert_true(ferry__wire_end_decode(b, &d, NULL));
     assert_int_equal(d.flags, FERRY_END_SOURCE_RUNNING);
     assert_true(d.pages == 0x1122334455ull);
     assert_int_equal(d.sections, 9);
+
+    /* Only the defined flags: any other bit is refused, naming it. */
+    FerryError *err = NULL;
+    e.flags = FERRY_END_SOURCE_RUNNING | 0x80000004u;
+    ferry__wire_end_encode(&e, b);
+    assert_false(ferry__wire_end_decode(b, &d, &err));
+    assert_msg_contains(err, "unknown flags 0x80000004");
+    ferry_error_free(err);
 }
 
 int main(void)
