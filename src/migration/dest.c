@@ -1171,6 +1171,37 @@ bool ferry__migration_load_stream(FerryMigration *m, FerryChannel *c, uint64_t *
     return ok;
 }
 
+/*
+ * The end: the run state and the terminal status. Completed: the workload runs here (unless the source was stopped
+ * or -S says otherwise). Undecided (the switchover's commit was lost): not a partial state but one that may or
+ * may not be the only copy, so it is kept, paused, and the process stays up whatever exit-on-error says, for the
+ * operator to decide. Failed: RAM is discarded, and with exit-on-error the process exits.
+ */
+static void dest_finish(Dest *d, bool ok, bool exit_on_error, const FerryError *err)
+{
+    FerryMigration *m = d->m;
+    if (ok) {
+        ferry__vm_incoming_done(m, d->source_running);
+        ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_COMPLETED);
+        return;
+    }
+    if (d->uncommitted) {
+        ferry__vm_incoming_done(m, false);
+        ferry__log(FERRY_LOG_ERROR, "incoming migration undecided: %s", ferry_error_msg(err));
+        ferry__mig_fail(m, err);
+        return;
+    }
+    for (size_t i = 0; i < m->nblocks; i++) {
+        ferry__ram_block_discard(m->blocks[i]);
+    }
+    /* Through the logger: the message may quote what the peer sent, and the logger escapes it. */
+    ferry__log(FERRY_LOG_ERROR, "incoming migration failed: %s", ferry_error_msg(err));
+    ferry__mig_fail(m, err);
+    if (exit_on_error && !m->quitting && m->quit_fn) {
+        m->quit_fn(1, m->quit_opaque);
+    }
+}
+
 void *ferry__dest_thread(void *opaque)
 {
     FerryMigration *m = opaque;
@@ -1196,26 +1227,7 @@ void *ferry__dest_thread(void *opaque)
     ferry__channel_free(d.chan);
     ferry__tls_unref(d.tls);
 
-    if (ok) {
-        ferry__vm_incoming_done(m, d.source_running);
-        ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_COMPLETED);
-    } else if (d.uncommitted) {
-        /* Not a partial state but an undecided one: the source may have switched over (its COMMIT was lost) or
-         * not (it never read our ACK). Running could make two copies, discarding could lose the only one; so
-         * keep it, paused, and stay up whatever exit-on-error says, for the operator to decide. */
-        ferry__vm_incoming_done(m, false);
-        fprintf(stderr, "ferry: incoming migration undecided: %s\n", ferry_error_msg(err));
-        ferry__mig_fail(m, err);
-    } else {
-        for (size_t i = 0; i < m->nblocks; i++) {
-            ferry__ram_block_discard(m->blocks[i]);
-        }
-        fprintf(stderr, "ferry: incoming migration failed: %s\n", ferry_error_msg(err));
-        ferry__mig_fail(m, err);
-        if (exit_on_error && !m->quitting && m->quit_fn) {
-            m->quit_fn(1, m->quit_opaque);
-        }
-    }
+    dest_finish(&d, ok, exit_on_error, err);
     ferry_error_free(err);
     return NULL;
 }
