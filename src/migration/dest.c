@@ -736,7 +736,8 @@ static bool step_section(Dest *d, FerryError **errp)
         }
         ferry__log(FERRY_LOG_INFO, "skipping section '%s' instance %u (%u bytes): not known here, skippable",
                    ws.name, ws.instance_id, len);
-        d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)len + (d->r.trailers ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
+        d->skipped += FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)len +
+                      (d->r.trailers ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
         return true;
     }
     for (size_t i = 0; i < d->nstaged; i++) {
