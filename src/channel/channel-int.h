@@ -58,7 +58,7 @@ typedef struct FerryFdChannel {
 } FerryFdChannel;
 
 /* Fills @fc (zeroed by the caller, possibly embedded in a larger struct) around @fd with @ops, and sets one_way
- * for non-sockets. Takes @fd. Cannot fail: if no eventfd can be had, a pipe is left blocking and shutdown then
+ * for non-sockets. Takes @fd. Cannot fail: if no eventfd can be had, a pipe is left (or made) blocking and shutdown then
  * only fails later calls, as for regular files. */
 void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int fd, const char *desc);
 /* The ops of a FerryFdChannel, for transports that embed one and override some ops (exec, file). */

@@ -323,6 +323,10 @@ void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int 
     }
     int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) {
+        /* Blocking I/O then, as the ops expect without poll (file.c opens a FIFO non-blocking). */
+        if (flags & O_NONBLOCK) {
+            (void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+        }
         return;
     }
     if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
