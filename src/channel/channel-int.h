@@ -23,6 +23,9 @@ void ferry__socket_tune(int fd);
  * the caller until the kernel's SYN retries run out. Returns 0, an errno value, or ECANCELED. The socket is
  * blocking again on success. */
 int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int cancel_fd);
+/* Waits up to @timeout_ms (0: just look) for @cancel_fd (-1: none, then it only sleeps) to become readable:
+ * whether the caller is to give up. */
+bool ferry__cancel_wait(int cancel_fd, int timeout_ms);
 /* The error for a failed ferry__socket_connect: "Failed to connect to 'URI': cancelled" or the errno text. */
 void ferry__connect_error(FerryError **errp, int err, const char *uri);
 /* A stream socket of @family connected to @sa (cancellable as above), wrapped into a channel named @name. For
@@ -55,7 +58,7 @@ typedef struct FerryFdChannel {
 } FerryFdChannel;
 
 /* Fills @fc (zeroed by the caller, possibly embedded in a larger struct) around @fd with @ops, and sets one_way
- * for non-sockets. Takes @fd. Cannot fail: if no eventfd can be had, a pipe is left blocking and shutdown then
+ * for non-sockets. Takes @fd. Cannot fail: if no eventfd can be had, a pipe is left (or made) blocking and shutdown then
  * only fails later calls, as for regular files. */
 void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int fd, const char *desc);
 /* The ops of a FerryFdChannel, for transports that embed one and override some ops (exec, file). */
@@ -97,6 +100,9 @@ bool ferry__tcp_listen(FerryListener *l, const FerryInetAddress *inet, FerryErro
 void ferry__tcp_tune_connected(int fd, const FerryInetAddress *inet);
 FerryChannel *ferry__unix_connect(const FerryUnixAddress *un, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__unix_listen(FerryListener *l, const FerryUnixAddress *un, FerryError **errp);
+/* Whether the path of a unix listener (one with unlink_path) still names the socket it bound; else false with
+ * an error that says whether it was removed or taken over by another listener. */
+bool ferry__unix_listener_check(const FerryListener *l, FerryError **errp);
 FerryChannel *ferry__vsock_connect(const FerryVsockAddress *vs, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__vsock_listen(FerryListener *l, const FerryVsockAddress *vs, FerryError **errp);
 /* fd: both sides only take the fd (from the store or an inherited number) and wrap it. */
@@ -106,9 +112,13 @@ bool ferry__fd_listen(FerryListener *l, const FerryFdAddress *fa, FerryError **e
 FerryChannel *ferry__exec_connect(const FerryExecAddress *ea, const char *uri, FerryError **errp);
 bool ferry__exec_listen(FerryListener *l, const FerryExecAddress *ea, FerryError **errp);
 FerryChannel *ferry__exec_accept(FerryListener *l, const FerryExecAddress *ea, FerryError **errp);
-/* file: the source writes from the offset on; the destination reads from the offset on. */
-FerryChannel *ferry__file_connect(const FerryFileAddress *fa, const char *uri, FerryError **errp);
+/* file: the source writes from the offset on; the destination reads from the offset on. A FIFO is a stream:
+ * connect waits for a reader until @cancel_fd becomes readable; listen opens it without waiting, and
+ * wait_writer, called by accept, waits for a writer until @timeout_ms (-1: never) or the listener's shutdown
+ * (true at once for a regular file). */
+FerryChannel *ferry__file_connect(const FerryFileAddress *fa, const char *uri, int cancel_fd, FerryError **errp);
 bool ferry__file_listen(FerryListener *l, const FerryFileAddress *fa, FerryError **errp);
+bool ferry__file_wait_writer(FerryListener *l, int timeout_ms, FerryError **errp);
 /* rdma: both always fail with the reason RDMA cannot be used on this host. */
 FerryChannel *ferry__rdma_connect(const FerryInetAddress *ra, const char *uri, FerryError **errp);
 bool ferry__rdma_listen(FerryListener *l, const FerryInetAddress *ra, FerryError **errp);

@@ -21,6 +21,9 @@
 #include "channel/channel-int.h"
 #include "util/util.h"
 
+/* How often a waiting unix listener checks that its path still names its socket (ferry__unix_listener_check). */
+#define UNIX_PATH_CHECK_MS 1000
+
 FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int cancel_fd, FerryError **errp)
 {
     char *uri = ferry__address_to_uri(addr);
@@ -49,7 +52,7 @@ FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int canc
         c = ferry__exec_connect(&addr->exec, uri, errp);
         break;
     case FERRY_TRANSPORT_FILE:
-        c = ferry__file_connect(&addr->file, uri, errp);
+        c = ferry__file_connect(&addr->file, uri, cancel_fd, errp);
         break;
     case FERRY_TRANSPORT_RDMA:
         c = ferry__rdma_connect(&addr->rdma, uri, errp);
@@ -294,8 +297,9 @@ static bool listener_is_shut(const FerryListener *l)
     return poll(&p, 1, 0) > 0;
 }
 
-/* Accept for the transports without a listening socket: the single channel, once. */
-static FerryChannel *accept_single(FerryListener *l, FerryError **errp)
+/* Accept for the transports without a listening socket: the single channel, once (a FIFO's once a writer has
+ * opened it, waiting up to @timeout_ms). */
+static FerryChannel *accept_single(FerryListener *l, int timeout_ms, FerryError **errp)
 {
     if (listener_is_shut(l)) {
         ferry_error_setg(errp, "Failed to accept on '%s': cancelled", l->uri);
@@ -312,6 +316,9 @@ static FerryChannel *accept_single(FerryListener *l, FerryError **errp)
             return NULL;
         }
     } else {
+        if (l->addr->transport == FERRY_TRANSPORT_FILE && !ferry__file_wait_writer(l, timeout_ms, errp)) {
+            return NULL;
+        }
         c = l->pending;
         l->pending = NULL;
     }
@@ -329,10 +336,42 @@ FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp)
     return ferry__listener_accept_timeout(l, -1, errp);
 }
 
+/* accept4 on a listening socket that poll found readable: the new channel; NULL with *errp set on an error, or
+ * NULL without an error when there was nothing to accept after all (the caller waits again). */
+static FerryChannel *accept_one(FerryListener *l, FerryError **errp)
+{
+    /* Accepted sockets do not inherit O_NONBLOCK on Linux: the channel is blocking, as the ops expect. */
+    int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        /* The peer may have given up already, or the network reported an error for a pending
+         * connection (accept(2) says to retry on those). */
+        if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
+            errno == EPROTO || errno == ENETDOWN || errno == ENOPROTOOPT || errno == EHOSTDOWN ||
+            errno == ENONET || errno == EHOSTUNREACH || errno == EOPNOTSUPP || errno == ENETUNREACH) {
+            return NULL;
+        }
+        ferry_error_setg_errno(errp, errno, "Failed to accept on '%s'", l->uri);
+        return NULL;
+    }
+    ferry__socket_tune(fd);
+    if (l->addr->socket.type == FERRY_SOCKET_INET) {
+        ferry__tcp_tune_connected(fd, &l->addr->socket.inet);
+        char *desc = ferry__tcp_peer_desc(fd);
+        FerryChannel *c = ferry__socket_channel_new(fd, "tcp", desc ? desc : l->uri);
+        free(desc);
+        return c;
+    }
+    if (l->addr->socket.type == FERRY_SOCKET_VSOCK) {
+        return ferry__socket_channel_new(fd, "vsock", l->uri);
+    }
+    /* A unix peer is normally unnamed: the listening path is the useful description. */
+    return ferry__socket_channel_new(fd, "unix", l->uri);
+}
+
 FerryChannel *ferry__listener_accept_timeout(FerryListener *l, int timeout_ms, FerryError **errp)
 {
     if (l->fd < 0) {
-        return accept_single(l, errp);
+        return accept_single(l, timeout_ms, errp);
     }
     int64_t deadline = timeout_ms < 0 ? 0 : ferry__clock_ms() + timeout_ms;
     for (;;) {
@@ -349,6 +388,9 @@ FerryChannel *ferry__listener_accept_timeout(FerryListener *l, int timeout_ms, F
             }
             wait = (int)left;
         }
+        if (l->unlink_path && (wait < 0 || wait > UNIX_PATH_CHECK_MS)) {
+            wait = UNIX_PATH_CHECK_MS;
+        }
         if (poll(pfd, 2, wait) < 0) {
             if (errno == EINTR) {
                 continue;
@@ -362,35 +404,19 @@ FerryChannel *ferry__listener_accept_timeout(FerryListener *l, int timeout_ms, F
             return NULL;
         }
         if (!pfd[0].revents) {
+            /* Nobody came: a unix listener whose path now names another socket (or nothing) would wait for
+             * ever, as no source can reach it any more. */
+            if (l->unlink_path && !ferry__unix_listener_check(l, errp)) {
+                return NULL;
+            }
             continue;
         }
-        /* Accepted sockets do not inherit O_NONBLOCK on Linux: the channel is blocking, as the ops expect. */
-        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            /* The peer may have given up already, or the network reported an error for a pending
-             * connection (accept(2) says to retry on those). */
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
-                errno == EPROTO || errno == ENETDOWN || errno == ENOPROTOOPT || errno == EHOSTDOWN ||
-                errno == ENONET || errno == EHOSTUNREACH || errno == EOPNOTSUPP || errno == ENETUNREACH) {
-                continue;
-            }
-            ferry_error_setg_errno(errp, errno, "Failed to accept on '%s'", l->uri);
-            return NULL;
+        FerryError *err = NULL;
+        FerryChannel *c = accept_one(l, &err);
+        if (c || err) {
+            ferry_error_propagate(errp, err);
+            return c;
         }
-        ferry__socket_tune(fd);
-        FerryChannel *c;
-        if (l->addr->socket.type == FERRY_SOCKET_INET) {
-            ferry__tcp_tune_connected(fd, &l->addr->socket.inet);
-            char *desc = ferry__tcp_peer_desc(fd);
-            c = ferry__socket_channel_new(fd, "tcp", desc ? desc : l->uri);
-            free(desc);
-        } else if (l->addr->socket.type == FERRY_SOCKET_VSOCK) {
-            c = ferry__socket_channel_new(fd, "vsock", l->uri);
-        } else {
-            /* A unix peer is normally unnamed: the listening path is the useful description. */
-            c = ferry__socket_channel_new(fd, "unix", l->uri);
-        }
-        return c;
     }
 }
 

@@ -47,7 +47,8 @@ struct FerryChannel {
 };
 
 /* Connect to @addr, blocking until connected, refused, or @cancel_fd (-1 for none) becomes readable: then it fails
- * with "Failed to connect to '...': cancelled". Name resolution itself is not interruptible. */
+ * with "Failed to connect to '...': cancelled" (a file: FIFO waits for its reader the same way). Name resolution
+ * itself is not interruptible. */
 FerryChannel *ferry__channel_connect(const FerryMigrationAddress *addr, int cancel_fd, FerryError **errp);
 /* Loop until everything is moved. read_all fails with "connection closed by peer" on an early end of stream. */
 bool ferry__channel_write_all(FerryChannel *c, const void *buf, size_t len, FerryError **errp);
@@ -161,10 +162,13 @@ typedef struct FerryListener FerryListener;
 
 /* Bind and listen on @addr. For the one-way transports (exec, file) and fd, "listening" prepares the single
  * channel that accept will return (exec: the child is started at accept; file: opened and positioned at the
- * offset; fd: the named or numbered fd is taken). For tcp with port 0 the kernel's choice is reported by ferry__listener_addresses().
- * For unix an existing socket file at the path is replaced. */
+ * offset, a FIFO opened without waiting for a writer; fd: the named or numbered fd is taken). Never blocks. For
+ * tcp with port 0 the kernel's choice is reported by ferry__listener_addresses(). For unix an existing socket
+ * file at the path is replaced, with a warning logged when a listener is still alive behind it. */
 FerryListener *ferry__listener_new(const FerryMigrationAddress *addr, FerryError **errp);
-/* Block until a peer connects, or ferry__listener_shutdown() is called (then fails with "cancelled"). */
+/* Block until a peer connects (a file: FIFO: until a writer has written or closed), or ferry__listener_shutdown()
+ * is called (then fails with "cancelled"). A unix listener checks every second that its path still names its
+ * socket, and fails saying it "was removed" or "was taken over by another process" when not. */
 FerryChannel *ferry__listener_accept(FerryListener *l, FerryError **errp);
 /* The same, failing after @timeout_ms (-1: never). */
 FerryChannel *ferry__listener_accept_timeout(FerryListener *l, int timeout_ms, FerryError **errp);

@@ -3,8 +3,8 @@
  * a command and reads the stream from its stdout (QEMU's exec: migration; "exec:CMD" runs /bin/sh -c CMD). The
  * channel is a pipe end wrapped by socket.c's fd channel (non-blocking, so that shutdown interrupts a blocked
  * read or write) plus the child's lifetime: the source's finish closes the pipe and waits for the command, and
- * fails naming it if it did not exit with status 0; close reaps it, killing it first if it is still running
- * after a cancel or an error. There is no return path: one_way is set.
+ * fails naming it if it did not exit with status 0; a write that fails because the command exited names its
+ * exit status as well; close reaps it, killing it first if it is still running after a cancel or an error. There is no return path: one_way is set.
  *
  * The child runs in its own process group, so that a cancel also kills what a shell started; it gets default
  * signal dispositions and an empty signal mask (the host ignores SIGPIPE, and `cat` must die of it as usual),
@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -172,6 +173,32 @@ static bool check_status(ExecChannel *ec, FerryError **errp)
     return false;
 }
 
+/*
+ * Whether the child has exited (or was reaped elsewhere), waiting up to @grace_ms for a command that should be
+ * exiting on its own, and no longer once the channel is shut down. It does not reap (WNOWAIT): reap() does.
+ */
+static bool wait_exited(ExecChannel *ec, int grace_ms)
+{
+    int64_t deadline = ferry__clock_ms() + grace_ms;
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_PID, (id_t)ec->pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return true; /* ECHILD: reaped elsewhere; reap() records that its status is lost */
+        }
+        if (si.si_pid != 0) {
+            return true;
+        }
+        if (ferry__clock_ms() >= deadline || ferry__fd_channel_is_shut(&ec->fdc.base)) {
+            return false;
+        }
+        ferry__sleep_ns(5 * 1000 * 1000);
+    }
+}
+
 static ssize_t exec_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
 {
     ExecChannel *ec = (ExecChannel *)c;
@@ -180,34 +207,47 @@ static ssize_t exec_readv(FerryChannel *c, const struct iovec *iov, int iovcnt, 
         /* The command closed its stdout, so it is exiting: a failed command is a better error than a stream
          * that ends early. One that keeps running without stdout is left to close. */
         ec->saw_eof = true;
-        siginfo_t si;
-        bool exited = false;
-        int64_t deadline = ferry__clock_ms() + EXEC_EXIT_GRACE_MS;
-        for (;;) {
-            memset(&si, 0, sizeof(si));
-            if (waitid(P_PID, (id_t)ec->pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                exited = true; /* ECHILD: reaped elsewhere; reap() records that its status is lost */
-                break;
-            }
-            if (si.si_pid != 0) {
-                exited = true;
-                break;
-            }
-            if (ferry__clock_ms() >= deadline || ferry__fd_channel_is_shut(c)) {
-                break;
-            }
-            ferry__sleep_ns(5 * 1000 * 1000);
-        }
-        if (exited) {
+        if (wait_exited(ec, EXEC_EXIT_GRACE_MS)) {
             reap(ec, -1);
             if (!check_status(ec, errp)) {
                 return -1;
             }
         }
     }
+    return n;
+}
+
+/* Whether nobody reads the pipe any more (poll reports POLLERR on a write end without readers): a write failed
+ * because the command closed its stdin or exited, not because of a timeout or a shutdown. */
+static bool reader_gone(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    return poll(&p, 1, 0) > 0 && (p.revents & POLLERR);
+}
+
+/*
+ * The source's write. When it fails because the command stopped reading and the command has exited, the
+ * command's exit status is the error ("exec command '...' exited with status 3"), not the pipe's "Broken pipe":
+ * that is what the user has to fix. A command that exited with status 0 without reading everything is named
+ * too; one that only closed its stdin and runs on keeps the write's error (close kills it).
+ */
+static ssize_t exec_writev(FerryChannel *c, const struct iovec *iov, int iovcnt, FerryError **errp)
+{
+    ExecChannel *ec = (ExecChannel *)c;
+    FerryError *err = NULL;
+    ssize_t n = ferry__fd_channel_writev(c, iov, iovcnt, &err);
+    if (n < 0 && ec->source && !ferry__fd_channel_is_shut(c) && reader_gone(c->fd) &&
+        wait_exited(ec, EXEC_EXIT_GRACE_MS)) {
+        reap(ec, -1);
+        FerryError *why = NULL;
+        if (check_status(ec, &why)) {
+            ferry_error_setg(&why, "exec command '%s' exited with status 0 before it had read the whole stream",
+                             ec->command);
+        }
+        ferry_error_free(err);
+        err = why;
+    }
+    ferry_error_propagate(errp, err);
     return n;
 }
 
@@ -262,7 +302,7 @@ static void exec_close(FerryChannel *c)
 static const FerryChannelOps exec_ops = {
     .name = "exec",
     .readv = exec_readv,
-    .writev = ferry__fd_channel_writev,
+    .writev = exec_writev,
     .shutdown = exec_shutdown,
     .close = exec_close,
     .finish = exec_finish,

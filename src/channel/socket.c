@@ -323,6 +323,10 @@ void ferry__fd_channel_init(FerryFdChannel *fc, const FerryChannelOps *ops, int 
     }
     int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) {
+        /* Blocking I/O then, as the ops expect without poll (file.c opens a FIFO non-blocking). */
+        if (flags & O_NONBLOCK) {
+            (void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+        }
         return;
     }
     if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
@@ -373,7 +377,7 @@ void ferry__socket_tune(int fd)
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
 }
 
-static bool cancelled(int cancel_fd, int timeout_ms)
+bool ferry__cancel_wait(int cancel_fd, int timeout_ms)
 {
     if (cancel_fd < 0) {
         if (timeout_ms > 0) {
@@ -393,7 +397,7 @@ int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int 
     }
     int err = 0;
     for (;;) {
-        if (cancelled(cancel_fd, 0)) {
+        if (ferry__cancel_wait(cancel_fd, 0)) {
             err = ECANCELED;
             break;
         }
@@ -406,7 +410,7 @@ int ferry__socket_connect(int fd, const struct sockaddr *sa, socklen_t len, int 
         if (errno == EAGAIN && sa->sa_family == AF_UNIX) {
             /* A UNIX listener whose backlog is full: the kernel does not queue the attempt, so try again a
              * little later (a blocking connect would sleep in the kernel, where cancel cannot reach it). */
-            if (cancelled(cancel_fd, 10)) {
+            if (ferry__cancel_wait(cancel_fd, 10)) {
                 err = ECANCELED;
                 break;
             }

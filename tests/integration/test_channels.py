@@ -246,15 +246,18 @@ def test_exec_save_then_restore_running(wl, form):
 
 
 @pytest.mark.deadline(60)
-def test_exec_failing_command_fails_migration(wl):
-    """A source command that exits non-zero fails the migration with its exit status; the workload runs on."""
+@pytest.mark.parametrize("command", ["cat > /dev/null; exit 3", "exit 3"])
+def test_exec_failing_command_fails_migration(wl, command):
+    """A source command that exits non-zero fails the migration with its exit status, whether it read the whole
+    stream or none of it (then the write fails first, and the status is still the error, not "Broken pipe");
+    the workload runs on."""
     src = wl.start("src", *AB)
     src.set_params(**{"max-bandwidth": FAST})
-    src.migrate(uri="exec:cat > /dev/null; exit 3")
+    src.migrate(uri=f"exec:{command}")
     info = src.wait_migration()
     assert info["status"] == "failed", info
     desc = info.get("error-desc", "")
-    assert "3" in desc and ("exit" in desc.lower() or "status" in desc.lower()), info
+    assert f"exec command '/bin/sh -c {command}' exited with status 3" in desc, info
     src.wait_status(("running",))
     src.assert_advancing()
     src.assert_pattern_ok()
@@ -336,6 +339,119 @@ def test_file_restore_missing_file_names_it(wl):
         return
     info = dst.wait_migration()
     assert info["status"] == "failed" and path in info.get("error-desc", ""), info
+
+
+# --- file: on a FIFO and on other special files ------------------------------------------------------------------
+
+def make_fifo(wl, name="mig.fifo"):
+    path = os.path.join(wl.tmpdir, name)
+    os.mkfifo(path, 0o600)
+    return path
+
+
+@pytest.mark.deadline(90)
+def test_file_fifo_without_reader_cancel_and_quit(wl):
+    """A FIFO that nobody reads: the source waits for a reader where migrate_cancel reaches it (cancelled, the
+    workload runs on), and quit ends the process while it waits (it used to hang in open() for ever)."""
+    path = make_fifo(wl)
+    src = wl.start("src", *AB)
+    src.wait_status(("running",))
+    src.migrate(uri=f"file:{path}")
+    wait_until(lambda: src.migration_status() == "setup", 10, "status setup")
+    src.cmd("migrate_cancel")
+    info = src.wait_migration(timeout=10)
+    assert info["status"] == "cancelled", info
+    src.wait_status(("running",))
+    src.assert_pattern_ok()
+    src.migrate(uri=f"file:{path}")
+    wait_until(lambda: src.migration_status() == "setup", 10, "status setup")
+    src.cmd("quit")
+    assert src.wait_exit(15) == 0
+
+
+@pytest.mark.deadline(90)
+def test_file_fifo_incoming_does_not_block_startup(wl):
+    """-incoming file:FIFO: the program starts and answers QMP while no writer has opened the FIFO (the wait
+    happens in the incoming thread), and quit ends it."""
+    path = make_fifo(wl)
+    dst = wl.start("dst", *STOPPED, "-incoming", f"file:{path}")
+    assert dst.migration_status() == "setup"
+    assert dst.status() == "inmigrate"
+    dst.cmd("quit")
+    assert dst.wait_exit(15) == 0
+
+
+@pytest.mark.deadline(150)
+@pytest.mark.parametrize("first", ["source", "destination"])
+def test_file_fifo_migration(wl, first):
+    """A real migration through a FIFO, whichever end opens it first (the source waits for its reader, the
+    destination for its writer)."""
+    path = make_fifo(wl)
+    src = wl.start("src", *STOPPED)
+    src.assert_advancing()
+    src.cmd("stop")
+    before = src.digest()
+    src.set_params(**{"max-bandwidth": FAST})
+    if first == "source":
+        src.migrate(uri=f"file:{path}")
+        wait_until(lambda: src.migration_status() == "setup", 10, "status setup")
+        dst = wl.start("dst", *STOPPED, "-S", "-incoming", f"file:{path}")
+    else:
+        dst = wl.start("dst", *STOPPED, "-S", "-incoming", f"file:{path}")
+        src.migrate(uri=f"file:{path}")
+    info = src.wait_migration()
+    assert info["status"] == "completed", info
+    dinfo = dst.wait_migration()
+    assert dinfo["status"] == "completed", dinfo
+    assert dst.digest() == before
+    dst.assert_pattern_ok()
+
+
+@pytest.mark.deadline(60)
+def test_file_special_files_refused(wl):
+    """What cannot carry a file: stream is refused naming what it is: a character device, a directory, a socket
+    (on both ends), and an offset on a FIFO."""
+    sock_path = os.path.join(wl.tmpdir, "a.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(sock_path)
+    fifo = make_fifo(wl)
+    src = wl.start("src", *AB)
+    try:
+        cases = [("/dev/zero", "a character device"), (wl.tmpdir, "directory"), (sock_path, "a socket"),
+                 (f"{fifo},offset=4096", "FIFO")]
+        for target, words in cases:
+            assert_fails_clearly(src, {"uri": f"file:{target}"}, [words])
+        dst = wl.start("dst", *STOPPED, "-incoming", "defer")
+        for target, words in cases:
+            try:
+                dst.cmd("migrate-incoming", {"uri": f"file:{target}", "exit-on-error": False})
+            except QMPError as e:
+                assert words.lower() in e.desc.lower(), e
+            else:
+                raise AssertionError(f"migrate-incoming file:{target} was accepted")
+    finally:
+        sock.close()
+
+
+# --- unix: a second destination on the same path ----------------------------------------------------------------
+
+@pytest.mark.deadline(120)
+def test_unix_path_taken_over_by_second_destination(wl):
+    """A second destination on the same unix: path takes the socket over (as in QEMU) but warns, and the first
+    notices that no source can reach it any more and fails saying why instead of waiting for ever. A migration to
+    the path then reaches the second."""
+    path = os.path.join(wl.tmpdir, "mig.sock")
+    first = wl.start("first", *AB, "-incoming", "defer")
+    first.cmd("migrate-incoming", {"uri": f"unix:{path}", "exit-on-error": False})
+    wait_listening(f"unix:{path}")
+    second = wl.start("second", *AB, "-incoming", f"unix:{path}")
+    assert f"unix:{path}: removing a socket another process is listening on" in second.stderr()
+    info = first.wait_migration(timeout=15)
+    assert info["status"] == "failed", info
+    assert f"{path} was taken over by another process" in info.get("error-desc", ""), info
+    assert "removing a socket" not in first.stderr()
+    src = wl.start("src", *AB)
+    migrate_running(src, second, {"uri": f"unix:{path}"})
 
 
 # --- vsock and rdma: accepted, then a clear failure ---------------------------------------------------------------

@@ -2,8 +2,8 @@
  * Unit tests of channels and listeners over real sockets (src/channel/channel.c, socket.c, tcp.c, unix.c):
  * unix and TCP listeners with kernel-chosen ports, connect, data both ways, the addresses listeners report,
  * error messages for refused connections and busy ports, accept and blocked reads interrupted from another
- * thread, a dead peer giving EPIPE instead of SIGPIPE, and the write loops with partial writes and more iovecs
- * than IOV_MAX. Everything runs on loopback; IPv6 is skipped with a reason when ::1 is unavailable.
+ * thread, a dead peer giving EPIPE instead of SIGPIPE, the write loops with partial writes and more iovecs
+ * than IOV_MAX, and a unix listener whose path another listener takes over. Everything runs on loopback; IPv6 is skipped with a reason when ::1 is unavailable.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -554,6 +555,82 @@ static void test_connect_cancelled(void **state)
     close(lfd);
 }
 
+/* Runs ferry__listener_new for @a with stderr caught in a memfd; returns the listener and what was logged. */
+static FerryListener *listen_logged(const FerryMigrationAddress *a, char *log, size_t log_size)
+{
+    int mfd = memfd_create("log", MFD_CLOEXEC), saved = dup(2);
+    assert_true(mfd >= 0 && saved >= 0);
+    fflush(stderr);
+    dup2(mfd, 2);
+    FerryLogLevel level = ferry__log_set_level(FERRY_LOG_WARN);
+    FerryError *err = NULL;
+    FerryListener *l = ferry__listener_new(a, &err);
+    ferry__log_set_level(level);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    ssize_t n = pread(mfd, log, log_size - 1, 0);
+    log[n > 0 ? n : 0] = '\0';
+    close(mfd);
+    if (!l) {
+        fail_msg("listen: %s", ferry_error_msg(err));
+    }
+    return l;
+}
+
+/*
+ * A second listener on the same unix path takes the socket file over (as QEMU's does) and warns, because a live
+ * listener was behind it; a stale file gets no warning. The first listener, which no source can reach any more,
+ * fails its accept within about a second saying why, instead of waiting for ever; the same when the file is
+ * removed. The probe does not connect: the first listener never sees a connection.
+ */
+static void test_unix_taken_over(void **state)
+{
+    char path[128], uri[160], log[4096];
+    snprintf(path, sizeof(path), "%s/taken.sock", tmpdir);
+    snprintf(uri, sizeof(uri), "unix:%s", path);
+    FerryMigrationAddress *a = parse(uri);
+    FerryListener *first = listen_logged(a, log, sizeof(log));
+    assert_null(strstr(log, "removing"));
+    FerryListener *second = listen_logged(a, log, sizeof(log));
+    char *want = ferry__xasprintf("%s: removing a socket another process is listening on", uri);
+    if (!strstr(log, want)) {
+        fail_msg("no warning '%s' in '%s'", want, log);
+    }
+    free(want);
+    FerryError *err = NULL;
+    int64_t start = ferry__clock_ms();
+    assert_null(ferry__listener_accept(first, &err));
+    assert_true(ferry__clock_ms() - start < 3000);
+    assert_msg_contains(err, "was taken over by another process");
+    assert_msg_contains(err, path);
+    ferry_error_free(err);
+    ferry__listener_free(first);
+    /* The first did not remove the second's file: a client still reaches the second. */
+    FerryChannel *client, *server;
+    exchange(second, uri, &client, &server);
+    ferry__channel_free(client);
+    ferry__channel_free(server);
+    /* Removed: the same, with the other reason. */
+    assert_int_equal(unlink(path), 0);
+    err = NULL;
+    assert_null(ferry__listener_accept(second, &err));
+    assert_msg_contains(err, "was removed");
+    ferry_error_free(err);
+    ferry__listener_free(second);
+    /* A stale socket file (its listener is gone) is replaced without a warning. */
+    int stale = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    assert_true(strlen(path) < sizeof(sun.sun_path));
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    assert_int_equal(bind(stale, (struct sockaddr *)&sun, sizeof(sun)), 0);
+    close(stale);
+    FerryListener *l = listen_logged(a, log, sizeof(log));
+    assert_null(strstr(log, "removing"));
+    ferry__listener_free(l);
+    ferry__address_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -568,6 +645,7 @@ int main(void)
         cmocka_unit_test(test_io_timeout),
         cmocka_unit_test(test_writev_all),
         cmocka_unit_test(test_connect_cancelled),
+        cmocka_unit_test(test_unix_taken_over),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,7 +2,8 @@
  * Unit tests of the transports added behind the channel ops table (src/channel/unix.c abstract sockets, vsock.c,
  * fd.c, fdstore.c, exec.c, file.c, rdma.c, tcp.c's "to" and "keep-alive") and of the fd channel's pipe handling
  * in socket.c: data really moves through each, one_way is right, finish reports a failed command, shutdown
- * interrupts a blocked pipe write, and the errors say what was wrong. Addresses are built by hand (not with the
+ * interrupts a blocked pipe write, a FIFO as a file: stream waits for its peer where cancel reaches it, and the
+ * errors say what was wrong (special files refused, an exec command's exit status). Addresses are built by hand (not with the
  * URI parser, which has its own tests). vsock is tried and skipped with the kernel's reason when this machine has
  * no vsock transport.
  */
@@ -17,8 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <linux/vm_sockets.h>
@@ -517,6 +520,23 @@ static void test_exec_source_fails(void **state)
     ferry__channel_free(c);
     ferry__address_free(a);
 
+    /* A command that exits without reading: the write fails, and its error is the exit status, not the pipe's
+     * "Broken pipe". One that exits with status 0 early is named too. */
+    const char *cmds[] = { "exit 3", "exit 0" };
+    const char *want[] = { "exec command '/bin/sh -c exit 3' exited with status 3",
+                           "exec command '/bin/sh -c exit 0' exited with status 0 before it had read the whole stream" };
+    for (size_t i = 0; i < 2; i++) {
+        a = exec_addr(cmds[i]);
+        c = connect_ok(a);
+        BlockedWrite bw = { .c = c };
+        blocked_write(&bw);
+        assert_false(bw.ok);
+        assert_msg_contains(bw.err, want[i]);
+        ferry_error_free(bw.err);
+        ferry__channel_free(c);
+        ferry__address_free(a);
+    }
+
     /* A program that does not exist fails at the start, naming it. */
     a = addr_new(FERRY_TRANSPORT_EXEC);
     a->exec.nargs = 1;
@@ -730,6 +750,132 @@ static void test_file(void **state)
     free(path);
 }
 
+/* ---- file: a FIFO, and special files ---- */
+
+typedef struct Later {
+    int efd;            /* written after 200 ms, if >= 0 */
+    FerryListener *l;   /* else shut down after 200 ms */
+} Later;
+
+static void *fire_later(void *arg)
+{
+    Later *later = arg;
+    ferry__sleep_ns(200 * 1000 * 1000);
+    if (later->l) {
+        ferry__listener_shutdown(later->l);
+    } else {
+        uint64_t one = 1;
+        assert_int_equal(write(later->efd, &one, sizeof(one)), sizeof(one));
+    }
+    return NULL;
+}
+
+/* Runs @later in a thread while the caller blocks; the returned thread is joined by the caller. */
+static pthread_t start_later(Later *later)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, fire_later, later), 0);
+    return t;
+}
+
+/*
+ * A FIFO is a stream: the source waits for a reader until cancelled (it used to block in open() for ever, out of
+ * cancel's reach); the destination's listen never blocks and its accept waits for a writer until the listener is
+ * shut down; with both ends there, data flows and the reader sees the end of the stream when the writer closes.
+ */
+static void test_file_fifo(void **state)
+{
+    (void)state;
+    char *path = tmp_path("fifo");
+    assert_int_equal(mkfifo(path, 0600), 0);
+    FerryMigrationAddress *a = file_addr(path, 0);
+
+    int efd = eventfd(0, EFD_CLOEXEC);
+    Later cancel = { .efd = efd };
+    pthread_t t = start_later(&cancel);
+    FerryError *err = NULL;
+    int64_t start = ferry__clock_ms();
+    assert_null(ferry__channel_connect(a, efd, &err));
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(ferry__clock_ms() - start < 3000);
+    assert_msg_contains(err, "cancelled while waiting for a reader");
+    ferry_error_free(err);
+    close(efd);
+
+    FerryListener *l = listen_ok(a);
+    err = NULL;
+    assert_null(ferry__listener_accept_timeout(l, 50, &err));
+    assert_msg_contains(err, "no writer opened the FIFO within 50 ms");
+    ferry_error_free(err);
+    Later shut = { .efd = -1, .l = l };
+    t = start_later(&shut);
+    err = NULL;
+    assert_null(ferry__listener_accept(l, &err));
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_msg_contains(err, "cancelled while waiting for a writer");
+    ferry_error_free(err);
+    ferry__listener_free(l);
+
+    l = listen_ok(a);
+    FerryChannel *w = connect_ok(a); /* a reader is there: no wait */
+    assert_true(w->one_way);
+    /* Accept sees the writer by its first bytes (an open alone does not show in poll on the read end). */
+    assert_true(ferry__channel_write_all(w, "through ", 8, NULL));
+    FerryChannel *r = accept_ok(l);
+    ferry__listener_free(l);
+    char first[8];
+    assert_true(ferry__channel_read_all(r, first, sizeof(first), NULL));
+    assert_memory_equal(first, "through ", 8);
+    check_flow(w, r, "a FIFO");
+    assert_true(ferry__channel_finish(w, NULL)); /* nothing to flush */
+    ferry__channel_free(w);
+    char buf[8];
+    assert_int_equal(ferry__channel_read(r, buf, sizeof(buf), NULL), 0);
+    ferry__channel_free(r);
+    ferry__address_free(a);
+
+    /* A FIFO cannot be positioned. */
+    a = file_addr(path, 4096);
+    err = NULL;
+    assert_null(ferry__channel_connect(a, -1, &err));
+    assert_msg_contains(err, "it is a FIFO, which cannot be positioned");
+    ferry_error_free(err);
+    ferry__address_free(a);
+    unlink(path);
+    free(path);
+}
+
+/* What cannot hold or carry a stream is refused naming what it is, on both ends, without waiting. */
+static void test_file_special_refused(void **state)
+{
+    (void)state;
+    char *sock_path = tmp_path("sock");
+    int sfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    assert_true(strlen(sock_path) < sizeof(sun.sun_path));
+    memcpy(sun.sun_path, sock_path, strlen(sock_path) + 1);
+    assert_int_equal(bind(sfd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+    assert_int_equal(listen(sfd, 1), 0);
+    const char *paths[] = { "/dev/zero", tmpdir, sock_path };
+    const char *what[] = { "it is a character device", "it is a directory", "it is a socket" };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(paths); i++) {
+        FerryMigrationAddress *a = file_addr(paths[i], 0);
+        FerryError *err = NULL;
+        assert_null(ferry__channel_connect(a, -1, &err));
+        assert_msg_contains(err, what[i]);
+        assert_msg_contains(err, paths[i]);
+        ferry_error_free(err);
+        err = NULL;
+        assert_null(ferry__listener_new(a, &err));
+        assert_msg_contains(err, what[i]);
+        ferry_error_free(err);
+        ferry__address_free(a);
+    }
+    close(sfd);
+    unlink(sock_path);
+    free(sock_path);
+}
+
 /* ---- rdma ---- */
 
 static void test_rdma(void **state)
@@ -918,6 +1064,8 @@ int main(void)
         cmocka_unit_test(test_exec_status_lost),
         cmocka_unit_test(test_exec_destination),
         cmocka_unit_test(test_file),
+        cmocka_unit_test(test_file_fifo),
+        cmocka_unit_test(test_file_special_refused),
         cmocka_unit_test(test_rdma),
         cmocka_unit_test(test_vsock),
         cmocka_unit_test(test_tcp_to_and_keepalive),
