@@ -38,7 +38,7 @@ typedef struct ExecChannel {
     char *command;      /* args joined with spaces, for messages */
     bool source;        /* true: we write the child's stdin; false: we read its stdout */
     bool saw_eof;
-    pthread_mutex_t lock; /* protects the fields below against shutdown from another thread */
+    FerryMutex lock; /* protects the fields below against shutdown from another thread */
     pid_t pid;
     bool reaped;
     bool killed;          /* we sent SIGKILL: its status is ours, not the command's */
@@ -94,6 +94,7 @@ static pid_t spawn(const FerryExecAddress *ea, const char *command, int child_en
 
 static void kill_locked(ExecChannel *ec)
 {
+    FERRY_ASSERT_HELD(&ec->lock);
     if (!ec->reaped && !ec->killed) {
         /* The whole group: a shell's children too. The leader is not reaped yet, so its pid (the group id)
          * cannot have been reused. */
@@ -109,9 +110,9 @@ static void kill_locked(ExecChannel *ec)
  */
 static void reap(ExecChannel *ec, int grace_ms)
 {
-    pthread_mutex_lock(&ec->lock);
+    ferry__mutex_lock(&ec->lock);
     bool done = ec->reaped;
-    pthread_mutex_unlock(&ec->lock);
+    ferry__mutex_unlock(&ec->lock);
     if (done) {
         return;
     }
@@ -130,15 +131,15 @@ static void reap(ExecChannel *ec, int grace_ms)
             break;
         }
         if (ferry__clock_ms() >= deadline) {
-            pthread_mutex_lock(&ec->lock);
+            ferry__mutex_lock(&ec->lock);
             kill_locked(ec);
-            pthread_mutex_unlock(&ec->lock);
+            ferry__mutex_unlock(&ec->lock);
             grace_ms = -1; /* now wait for the kill to take effect */
             continue;
         }
         ferry__sleep_ns(10 * 1000 * 1000);
     }
-    pthread_mutex_lock(&ec->lock);
+    ferry__mutex_lock(&ec->lock);
     int status = 0;
     pid_t r;
     while ((r = waitpid(ec->pid, &status, 0)) < 0 && errno == EINTR) {
@@ -147,7 +148,7 @@ static void reap(ExecChannel *ec, int grace_ms)
     ec->status_lost = r != ec->pid;
     ec->status = r == ec->pid ? status : 0;
     ec->reaped = true;
-    pthread_mutex_unlock(&ec->lock);
+    ferry__mutex_unlock(&ec->lock);
 }
 
 /* The error for a child that did not exit with status 0, or true. */
@@ -256,9 +257,9 @@ static void exec_shutdown(FerryChannel *c)
     ExecChannel *ec = (ExecChannel *)c;
     ferry__fd_channel_shutdown(c);
     /* Also ends a finish that waits for the command, and a command that would never exit. */
-    pthread_mutex_lock(&ec->lock);
+    ferry__mutex_lock(&ec->lock);
     kill_locked(ec);
-    pthread_mutex_unlock(&ec->lock);
+    ferry__mutex_unlock(&ec->lock);
 }
 
 static bool exec_finish(FerryChannel *c, FerryError **errp)
@@ -280,9 +281,9 @@ static void exec_close(FerryChannel *c)
 {
     ExecChannel *ec = (ExecChannel *)c;
     ferry__fd_channel_close(c);
-    pthread_mutex_lock(&ec->lock);
+    ferry__mutex_lock(&ec->lock);
     bool was_reaped = ec->reaped;
-    pthread_mutex_unlock(&ec->lock);
+    ferry__mutex_unlock(&ec->lock);
     if (!was_reaped) {
         /* A command that is done (end of its output seen, or the source closing without an error) gets a
          * moment to exit. After a shutdown it is killed already; a destination that stops reading before the
@@ -295,7 +296,7 @@ static void exec_close(FerryChannel *c)
         }
         ferry_error_free(err);
     }
-    pthread_mutex_destroy(&ec->lock);
+    ferry__mutex_destroy(&ec->lock);
     free(ec->command);
 }
 
@@ -338,7 +339,7 @@ static FerryChannel *exec_start(const FerryExecAddress *ea, const char *uri, boo
     ec->command = command;
     ec->source = source;
     ec->pid = pid;
-    pthread_mutex_init(&ec->lock, NULL);
+    ferry__mutex_init(&ec->lock);
     return &ec->fdc.base;
 }
 

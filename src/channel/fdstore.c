@@ -17,13 +17,14 @@ typedef struct NamedFd {
     int fd;
 } NamedFd;
 
-static pthread_mutex_t store_lock = PTHREAD_MUTEX_INITIALIZER;
+static FerryMutex store_lock = FERRY_MUTEX_INITIALIZER;
 static NamedFd *store;
 static size_t store_len, store_cap;
 
 /* Index of @name, or store_len. Called with the lock held. */
 static size_t find_locked(const char *name)
 {
+    FERRY_ASSERT_HELD(&store_lock);
     size_t i;
     for (i = 0; i < store_len; i++) {
         if (strcmp(store[i].name, name) == 0) {
@@ -35,6 +36,7 @@ static size_t find_locked(const char *name)
 
 static void remove_locked(size_t i)
 {
+    FERRY_ASSERT_HELD(&store_lock);
     free(store[i].name);
     store[i] = store[--store_len];
 }
@@ -60,13 +62,13 @@ bool ferry__fdstore_add(const char *name, int fd, FerryError **errp)
         return false;
     }
     int old = -1;
-    pthread_mutex_lock(&store_lock);
+    ferry__mutex_lock(&store_lock);
     size_t i = find_locked(name);
     if (i < store_len) {
         old = store[i].fd;
         store[i].fd = fd;
     } else if (store_len >= FERRY_FDSTORE_MAX) {
-        pthread_mutex_unlock(&store_lock);
+        ferry__mutex_unlock(&store_lock);
         ferry_error_setg(errp, "Cannot name file descriptor '%s': %d named file descriptors are held already "
                          "(closefd some)", name, FERRY_FDSTORE_MAX);
         return false;
@@ -79,7 +81,7 @@ bool ferry__fdstore_add(const char *name, int fd, FerryError **errp)
         store[store_len].fd = fd;
         store_len++;
     }
-    pthread_mutex_unlock(&store_lock);
+    ferry__mutex_unlock(&store_lock);
     /* Closed outside the lock: close() of the last reference to a socket can take a while. */
     if (old >= 0 && old != fd) {
         close(old);
@@ -104,12 +106,12 @@ int ferry__fdstore_take(const char *name)
         return -1;
     }
     int fd = -1;
-    pthread_mutex_lock(&store_lock);
+    ferry__mutex_lock(&store_lock);
     size_t i = find_locked(name);
     if (i < store_len) {
         fd = store[i].fd;
         remove_locked(i);
     }
-    pthread_mutex_unlock(&store_lock);
+    ferry__mutex_unlock(&store_lock);
     return fd;
 }

@@ -797,6 +797,7 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
  */
 static bool cancel_locked(FerryMigration *m)
 {
+    FERRY_ASSERT_HELD(&m->lock);
     FerryMigrationStatus from = m->status;
     if (m->incoming || !ferry__migration_transition_allowed(from, FERRY_MIG_CANCELLING)) {
         return false;
