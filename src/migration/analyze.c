@@ -127,14 +127,7 @@ static bool do_features(Analyzer *a, FerryError **errp)
 
 static bool do_config(Analyzer *a, FerryError **errp)
 {
-    uint8_t *buf;
-    uint32_t len = a->r.rh.length;
-    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
-        return false;
-    }
-    bool ok = ferry__wire_config_decode(buf, len, &a->cfg, errp);
-    free(buf);
-    if (!ok) {
+    if (!ferry__record_read_config(&a->r, &a->cfg, errp)) {
         return false;
     }
     json_t *blocks = json_array();
@@ -156,20 +149,16 @@ static bool do_config(Analyzer *a, FerryError **errp)
 static bool do_hint(Analyzer *a, FerryError **errp)
 {
     uint8_t *buf;
-    uint32_t len = a->r.rh.length;
     FerryWireHint h;
     if (!ferry__record_uses(&a->r, FERRY_CAP_POPULATE_HINTS)) {
         ferry_error_setg(errp, "POPULATE_HINT record in a stream whose FEATURES lack '%s'",
                          ferry__feature_name(FERRY_CAP_POPULATE_HINTS));
         return false;
     }
-    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
+    if (!ferry__record_read_hint(&a->r, &buf, &h, errp)) {
         return false;
     }
     bool ok = false;
-    if (!ferry__wire_hint_decode(buf, len, &h, errp)) {
-        goto out;
-    }
     if (h.block >= a->cfg.nblocks) {
         ferry_error_setg(errp, "hint for RAM block %u, the stream has %u blocks", h.block, a->cfg.nblocks);
         goto out;
@@ -291,17 +280,13 @@ static bool seen_add(Analyzer *a, const char *name, uint32_t instance_id)
 static bool do_section(Analyzer *a, FerryError **errp)
 {
     uint8_t *buf;
-    uint32_t len = a->r.rh.length;
-    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
+    FerryWireSection sec;
+    if (!ferry__record_read_section(&a->r, &buf, &sec, errp)) {
         return false;
     }
-    FerryWireSection sec;
     FerrySchema *schema = NULL;
     json_t *sj = NULL, *state = NULL;
     bool ok = false;
-    if (!ferry__wire_section_decode(buf, len, &sec, errp)) {
-        goto out;
-    }
     if (!seen_add(a, sec.name, sec.instance_id)) {
         ferry_error_setg(errp, "section '%s' instance %u appears twice", sec.name, sec.instance_id);
         goto out;
@@ -364,18 +349,12 @@ static const char *fd_kind_json(uint8_t kind)
 /* FDS: the descriptors themselves only exist on a live UNIX socket; the analyzer lists what they were. */
 static bool do_fds(Analyzer *a, FerryError **errp)
 {
-    uint8_t *buf;
-    uint32_t len = a->r.rh.length;
-    if (!ferry__record_read_payload(&a->r, &buf, errp)) {
-        return false;
-    }
     FerryWireFd *entries;
     uint32_t n;
-    bool ok = ferry__wire_fds_decode(buf, len, &entries, &n, errp);
-    free(buf);
-    if (!ok) {
+    if (!ferry__record_read_fds(&a->r, &entries, &n, errp)) {
         return false;
     }
+    bool ok = true;
     for (uint32_t i = 0; i < n && ok; i++) {
         if (entries[i].kind == FERRY_FD_RAM_BLOCK) {
             uint32_t b;

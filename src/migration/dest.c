@@ -201,18 +201,11 @@ static void populate_stop(Dest *d)
 static bool step_config(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    uint8_t *buf;
-    uint32_t len = d->r.rh.length;
-    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
-        return false;
-    }
     FerryWireConfig c;
-    bool ok = ferry__wire_config_decode(buf, len, &c, errp);
-    free(buf);
-    if (!ok) {
+    if (!ferry__record_read_config(&d->r, &c, errp)) {
         return false;
     }
-    ok = false;
+    bool ok = false;
     if (c.page_size != d->ps) {
         ferry_error_setg(errp, "page size mismatch: the stream has %u, this process %zu", c.page_size, d->ps);
         goto out;
@@ -354,15 +347,11 @@ static bool after_features(Dest *d, FerryError **errp)
 static bool step_hint(Dest *d, FerryError **errp)
 {
     uint8_t *buf;
-    uint32_t len = d->r.rh.length;
-    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
+    FerryWireHint h;
+    if (!ferry__record_read_hint(&d->r, &buf, &h, errp)) {
         return false;
     }
-    FerryWireHint h;
     bool ok = false;
-    if (!ferry__wire_hint_decode(buf, len, &h, errp)) {
-        goto out;
-    }
     if (h.block >= d->m->nblocks) {
         ferry_error_setg(errp, "POPULATE_HINT record names block %u, this process has %zu", h.block, d->m->nblocks);
         goto out;
@@ -481,21 +470,14 @@ static bool adopt_fd(Dest *d, const FerryWireFd *e, int fd, FerryError **errp)
  */
 static bool step_fds(Dest *d, FerryError **errp)
 {
-    uint8_t *buf;
-    uint32_t len = d->r.rh.length;
     if (!ferry__channel_can_pass_fds(d->chan)) {
         ferry_error_setg(errp, "the stream passes file descriptors, but '%s' is not a UNIX socket and cannot carry "
                          "them", d->chan->desc);
         return false;
     }
-    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
-        return false;
-    }
     FerryWireFd *entries;
     uint32_t n;
-    bool ok = ferry__wire_fds_decode(buf, len, &entries, &n, errp);
-    free(buf);
-    if (!ok) {
+    if (!ferry__record_read_fds(&d->r, &entries, &n, errp)) {
         return false;
     }
     size_t have = ferry__channel_fds_pending(d->chan);
@@ -508,6 +490,7 @@ static bool step_fds(Dest *d, FerryError **errp)
     for (uint32_t i = 0; i < n; i++) {
         fds[i] = ferry__channel_take_fd(d->chan);
     }
+    bool ok = true;
     uint32_t i;
     for (i = 0; i < n && ok; i++) {
         ok = adopt_fd(d, &entries[i], fds[i], errp);
@@ -526,19 +509,12 @@ static bool step_fds(Dest *d, FerryError **errp)
 /* MULTIFD: accept the channels it names and start their threads. */
 static bool step_multifd(Dest *d, FerryError **errp)
 {
-    uint8_t *buf;
-    uint32_t len = d->r.rh.length;
     if (d->mfd) {
         ferry_error_setg(errp, "a second MULTIFD record");
         return false;
     }
-    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
-        return false;
-    }
     FerryWireMultifd r;
-    bool ok = ferry__wire_mfd_decode(buf, len, &r, errp);
-    free(buf);
-    if (!ok) {
+    if (!ferry__record_read_multifd(&d->r, &r, errp)) {
         return false;
     }
     if (!can_multifd(d)) {
@@ -718,11 +694,7 @@ static bool step_section(Dest *d, FerryError **errp)
     uint8_t *buf;
     uint32_t len = d->r.rh.length;
     FerryWireSection ws;
-    if (!ferry__record_read_payload(&d->r, &buf, errp)) {
-        return false;
-    }
-    if (!ferry__wire_section_decode(buf, len, &ws, errp)) {
-        free(buf);
+    if (!ferry__record_read_section(&d->r, &buf, &ws, errp)) {
         return false;
     }
     size_t idx = section_index(d->m, &ws);

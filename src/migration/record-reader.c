@@ -248,16 +248,85 @@ bool ferry__record_read_payload(FerryRecordReader *r, uint8_t **out, FerryError 
     return true;
 }
 
+/* The rest of the payload in *buf and its length, for a decoder. */
+static bool read_rest(FerryRecordReader *r, uint8_t **buf, size_t *len, FerryError **errp)
+{
+    *len = r->rh.length - r->consumed;
+    return ferry__record_read_payload(r, buf, errp);
+}
+
 bool ferry__record_read_features(FerryRecordReader *r, FerryWireFeatureList *l, FerryError **errp)
 {
     uint8_t *buf;
-    size_t len = r->rh.length - r->consumed;
-    if (!ferry__record_read_payload(r, &buf, errp)) {
+    size_t len;
+    if (!read_rest(r, &buf, &len, errp)) {
         return false;
     }
     bool ok = ferry__wire_features_decode(buf, len, l, errp);
     free(buf);
     return ok;
+}
+
+bool ferry__record_read_config(FerryRecordReader *r, FerryWireConfig *c, FerryError **errp)
+{
+    uint8_t *buf;
+    size_t len;
+    if (!read_rest(r, &buf, &len, errp)) {
+        return false;
+    }
+    bool ok = ferry__wire_config_decode(buf, len, c, errp);
+    free(buf);
+    return ok;
+}
+
+bool ferry__record_read_fds(FerryRecordReader *r, FerryWireFd **entries, uint32_t *n, FerryError **errp)
+{
+    uint8_t *buf;
+    size_t len;
+    if (!read_rest(r, &buf, &len, errp)) {
+        return false;
+    }
+    bool ok = ferry__wire_fds_decode(buf, len, entries, n, errp);
+    free(buf);
+    return ok;
+}
+
+bool ferry__record_read_multifd(FerryRecordReader *r, FerryWireMultifd *mfd, FerryError **errp)
+{
+    uint8_t *buf;
+    size_t len;
+    if (!read_rest(r, &buf, &len, errp)) {
+        return false;
+    }
+    bool ok = ferry__wire_mfd_decode(buf, len, mfd, errp);
+    free(buf);
+    return ok;
+}
+
+bool ferry__record_read_hint(FerryRecordReader *r, uint8_t **payload, FerryWireHint *h, FerryError **errp)
+{
+    size_t len;
+    if (!read_rest(r, payload, &len, errp)) {
+        return false;
+    }
+    if (!ferry__wire_hint_decode(*payload, len, h, errp)) {
+        free(*payload);
+        return false;
+    }
+    return true;
+}
+
+bool ferry__record_read_section(FerryRecordReader *r, uint8_t **payload, FerryWireSection *sec, FerryError **errp)
+{
+    size_t len;
+    if (!read_rest(r, payload, &len, errp)) {
+        return false;
+    }
+    if (!ferry__wire_section_decode(*payload, len, sec, errp)) {
+        free(*payload);
+        return false;
+    }
+    return true;
 }
 
 bool ferry__record_read_run(FerryRecordReader *r, uint32_t page_size, FerryWireRun *run,

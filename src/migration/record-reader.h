@@ -71,6 +71,15 @@ bool ferry__record_skip(FerryRecordReader *r, uint64_t len, FerryError **errp);
 bool ferry__record_read_payload(FerryRecordReader *r, uint8_t **out, FerryError **errp);
 /* The rest of the payload, which must be a feature list (HELLO, FEATURES). */
 bool ferry__record_read_features(FerryRecordReader *r, FerryWireFeatureList *l, FerryError **errp);
+/* The payload of the current record decoded with its wire codec (records.c), for the records both the destination
+ * and the analyzer decode. CONFIG, FDS and MULTIFD results own their memory (ferry__wire_config_free, free of
+ * *entries). POPULATE_HINT and SECTION results point into *payload, which the caller frees after using them (it is
+ * freed here on failure). */
+bool ferry__record_read_config(FerryRecordReader *r, FerryWireConfig *c, FerryError **errp);
+bool ferry__record_read_fds(FerryRecordReader *r, FerryWireFd **entries, uint32_t *n, FerryError **errp);
+bool ferry__record_read_multifd(FerryRecordReader *r, FerryWireMultifd *mfd, FerryError **errp);
+bool ferry__record_read_hint(FerryRecordReader *r, uint8_t **payload, FerryWireHint *h, FerryError **errp);
+bool ferry__record_read_section(FerryRecordReader *r, uint8_t **payload, FerryWireSection *sec, FerryError **errp);
 
 /* RAM_PAGES: the run header and zero bitmap, checked: flags, page count, the record's length against them, and
  * the data-in-pipe flag against the stream's features. The caller checks the run against its blocks, then reads
