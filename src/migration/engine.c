@@ -13,7 +13,8 @@
  *   setup --connected, negotiated--> active                                   (F, C)
  *   active --last pass fits downtime-limit, workload stopped--> device       (F, C)
  *   active --pause-before-switchover--> pre-switchover --> device            (F, C)
- *   device --ACK (and COMMIT) / destination: END verified--> completed       (F, C)
+ *   device --ACK (and COMMIT)--> completed                                   (F, C)
+ *   active --destination: END verified, sections loaded--> completed
  *   active, pre-switchover, device --postcopy starts--> postcopy-active     (F)
  *   postcopy-active --all pages there--> completed
  *   postcopy-active --channel lost--> postcopy-paused --recover--> postcopy-recover-setup
@@ -22,9 +23,10 @@
  *   cancelling --thread stopped--> cancelled
  *   cancelling --the commit point had passed: the destination runs--> completed
  *
- * Destinations use setup, active, completed and failed (postcopy-* with the next issue); the source all of them.
- * completed, failed and cancelled are terminal; a new migration starts again from setup. The postcopy statuses
- * are in the table so that the issue that adds postcopy only adds the code that makes these transitions.
+ * Today a destination uses setup, active, completed and failed, and a source also device, cancelling and
+ * cancelled. completed, failed and cancelled are terminal; a new migration starts again from setup.
+ * pre-switchover and the postcopy statuses are in the table already, so that the issues that add them only add the
+ * code that makes these transitions.
  */
 #include <stdlib.h>
 #include <string.h>
