@@ -1032,123 +1032,152 @@ static void final_flush(FerryMonitor *mon)
     }
 }
 
+/* What one turn of the monitor loop polls: the wake-up eventfd, the watches, the listeners, then the clients. */
+typedef struct MonPollSet {
+    struct pollfd *pfds;
+    MonClient **clients;  /* the client of each pfds[i] from first_client on */
+    size_t cap, n, first_client;
+    bool accepting;       /* the listeners are not resting */
+    int64_t accept_wait;  /* ms until resting listeners accept again */
+    bool hmp_waiting;     /* a human monitor waits for its migration to end */
+} MonPollSet;
+
+/* The start of a turn: events out, pending output flushed, dead clients reaped. False once quit was asked for. */
+static bool mon_turn_begin(FerryMonitor *mon)
+{
+    deliver_events(mon);
+    for (MonClient *c = mon->clients; c; c = c->next) {
+        if (c->out_len) {
+            client_flush(c);
+        }
+    }
+    reap_clients(mon);
+    pthread_mutex_lock(&mon->lock);
+    bool quit = mon->quit;
+    pthread_mutex_unlock(&mon->lock);
+    return !quit;
+}
+
+static void mon_pollset_build(FerryMonitor *mon, MonPollSet *ps)
+{
+    size_t nclients = 0;
+    ps->hmp_waiting = false;
+    for (MonClient *c = mon->clients; c; c = c->next) {
+        nclients++;
+        ps->hmp_waiting |= c->wait_mig;
+    }
+    ps->accept_wait = mon->accept_resume_ms - ferry__clock_ms();
+    ps->accepting = ps->accept_wait <= 0;
+    size_t n = 1 + mon->nwatches + mon->nlisteners + nclients;
+    if (n > ps->cap) {
+        ps->cap = n * 2;
+        ps->pfds = ferry__xrealloc(ps->pfds, ps->cap * sizeof(*ps->pfds));
+        ps->clients = ferry__xrealloc(ps->clients, ps->cap * sizeof(*ps->clients));
+    }
+    size_t k = 0;
+    ps->pfds[k++] = (struct pollfd){ .fd = mon->wake_fd, .events = POLLIN };
+    for (size_t i = 0; i < mon->nwatches; i++) {
+        ps->pfds[k++] = (struct pollfd){ .fd = mon->watches[i].fd, .events = POLLIN };
+    }
+    for (size_t i = 0; i < mon->nlisteners; i++) {
+        /* A negative fd is left out by poll(): listeners that rest are not looked at. */
+        ps->pfds[k++] = (struct pollfd){ .fd = ps->accepting ? mon->listeners[i].fd : -1, .events = POLLIN };
+    }
+    ps->first_client = k;
+    for (MonClient *c = mon->clients; c; c = c->next) {
+        short ev = c->closing ? 0 : POLLIN;
+        if (c->out_len && !c->is_stdio) {
+            ev |= POLLOUT;
+        }
+        ps->clients[k] = c;
+        ps->pfds[k++] = (struct pollfd){ .fd = c->fd, .events = ev };
+    }
+    ps->n = k;
+}
+
+/* A human monitor waiting for its migration has nothing to wake it when the migration ends (events are optional),
+ * so the loop then looks at the status now and then; resting listeners wake it too. */
+static int mon_poll_timeout(const MonPollSet *ps)
+{
+    int timeout = ps->hmp_waiting ? MON_HMP_WAIT_POLL_MS : -1;
+    if (!ps->accepting && (timeout < 0 || ps->accept_wait < timeout)) {
+        timeout = (int)ps->accept_wait;
+    }
+    return timeout;
+}
+
+/* What poll() reported, in the order the set was built. */
+static void mon_dispatch(FerryMonitor *mon, const MonPollSet *ps)
+{
+    size_t j = 0;
+    if (ps->pfds[j++].revents) {
+        uint64_t v;
+        ssize_t r = read(mon->wake_fd, &v, sizeof(v));
+        (void)r;
+    }
+    for (size_t i = 0; i < mon->nwatches; i++, j++) {
+        if (ps->pfds[j].revents) {
+            mon->watches[i].fn(mon->watches[i].fd, mon->watches[i].opaque);
+        }
+    }
+    for (size_t i = 0; i < mon->nlisteners; i++, j++) {
+        if (ps->pfds[j].revents & POLLIN) {
+            accept_clients(mon, &mon->listeners[i]);
+        }
+    }
+    for (j = ps->first_client; j < ps->n; j++) {
+        MonClient *c = ps->clients[j];
+        short re = ps->pfds[j].revents;
+        if (!re || c->dead) {
+            continue;
+        }
+        if (re & POLLIN) {
+            client_read(mon, c);
+        } else if (re & (POLLHUP | POLLERR | POLLNVAL)) {
+            c->dead = true;
+            continue;
+        }
+        if (re & POLLOUT) {
+            client_flush(c);
+        }
+    }
+}
+
+/* Human monitors whose migration has ended get its result and their prompt back. */
+static void mon_resume_hmp_waiters(FerryMonitor *mon)
+{
+    for (MonClient *c = mon->clients; c; c = c->next) {
+        char *out = NULL;
+        if (c->wait_mig && !c->dead && ferry__hmp_migration_done(mon, &out)) {
+            c->wait_mig = false;
+            client_queue(c, out, strlen(out));
+            client_queue(c, FERRY_HMP_PROMPT, strlen(FERRY_HMP_PROMPT));
+            free(out);
+            client_process_hmp(mon, c);
+        }
+    }
+}
+
+/* The monitor's loop, one turn per poll(), as libuv's uv_run() reads as its phases. */
 int ferry__monitor_run(FerryMonitor *mon)
 {
-    struct pollfd *pfds = NULL;
-    MonClient **pclients = NULL;
-    size_t cap = 0;
-
-    for (;;) {
-        deliver_events(mon);
-        for (MonClient *c = mon->clients; c; c = c->next) {
-            if (c->out_len) {
-                client_flush(c);
-            }
-        }
-        reap_clients(mon);
-
-        pthread_mutex_lock(&mon->lock);
-        bool quit = mon->quit;
-        pthread_mutex_unlock(&mon->lock);
-        if (quit) {
-            break;
-        }
-
-        size_t nclients = 0;
-        bool hmp_waiting = false;
-        for (MonClient *c = mon->clients; c; c = c->next) {
-            nclients++;
-            hmp_waiting |= c->wait_mig;
-        }
-        int64_t accept_wait = mon->accept_resume_ms - ferry__clock_ms();
-        bool accepting = accept_wait <= 0;
-        size_t n = 1 + mon->nwatches + mon->nlisteners + nclients;
-        if (n > cap) {
-            cap = n * 2;
-            pfds = ferry__xrealloc(pfds, cap * sizeof(*pfds));
-            pclients = ferry__xrealloc(pclients, cap * sizeof(*pclients));
-        }
-        size_t k = 0;
-        pfds[k++] = (struct pollfd){ .fd = mon->wake_fd, .events = POLLIN };
-        for (size_t i = 0; i < mon->nwatches; i++) {
-            pfds[k++] = (struct pollfd){ .fd = mon->watches[i].fd, .events = POLLIN };
-        }
-        for (size_t i = 0; i < mon->nlisteners; i++) {
-            /* A negative fd is left out by poll(): listeners that rest are not looked at. */
-            pfds[k++] = (struct pollfd){ .fd = accepting ? mon->listeners[i].fd : -1, .events = POLLIN };
-        }
-        size_t first_client = k;
-        for (MonClient *c = mon->clients; c; c = c->next) {
-            short ev = c->closing ? 0 : POLLIN;
-            if (c->out_len && !c->is_stdio) {
-                ev |= POLLOUT;
-            }
-            pclients[k] = c;
-            pfds[k++] = (struct pollfd){ .fd = c->fd, .events = ev };
-        }
-
-        /* A human monitor waiting for its migration has nothing to wake it when the migration ends (events are
-         * optional), so the loop then looks at the status now and then; resting listeners wake it too. */
-        int timeout = hmp_waiting ? MON_HMP_WAIT_POLL_MS : -1;
-        if (!accepting && (timeout < 0 || accept_wait < timeout)) {
-            timeout = (int)accept_wait;
-        }
-        if (poll(pfds, k, timeout) < 0) {
+    MonPollSet ps = { 0 };
+    while (mon_turn_begin(mon)) {
+        mon_pollset_build(mon, &ps);
+        if (poll(ps.pfds, ps.n, mon_poll_timeout(&ps)) < 0) {
             if (errno == EINTR) {
                 continue;
             }
             ferry__log(FERRY_LOG_ERROR, "monitor: poll: %s", strerror(errno));
             abort();
         }
-
-        size_t j = 0;
-        if (pfds[j++].revents) {
-            uint64_t v;
-            ssize_t r = read(mon->wake_fd, &v, sizeof(v));
-            (void)r;
-        }
-        for (size_t i = 0; i < mon->nwatches; i++, j++) {
-            if (pfds[j].revents) {
-                mon->watches[i].fn(mon->watches[i].fd, mon->watches[i].opaque);
-            }
-        }
-        for (size_t i = 0; i < mon->nlisteners; i++, j++) {
-            if (pfds[j].revents & POLLIN) {
-                accept_clients(mon, &mon->listeners[i]);
-            }
-        }
-        for (j = first_client; j < k; j++) {
-            MonClient *c = pclients[j];
-            short re = pfds[j].revents;
-            if (!re || c->dead) {
-                continue;
-            }
-            if (re & POLLIN) {
-                client_read(mon, c);
-            } else if (re & (POLLHUP | POLLERR | POLLNVAL)) {
-                c->dead = true;
-                continue;
-            }
-            if (re & POLLOUT) {
-                client_flush(c);
-            }
-        }
-        if (hmp_waiting) {
-            for (MonClient *c = mon->clients; c; c = c->next) {
-                char *out = NULL;
-                if (c->wait_mig && !c->dead && ferry__hmp_migration_done(mon, &out)) {
-                    c->wait_mig = false;
-                    client_queue(c, out, strlen(out));
-                    client_queue(c, FERRY_HMP_PROMPT, strlen(FERRY_HMP_PROMPT));
-                    free(out);
-                    client_process_hmp(mon, c);
-                }
-            }
+        mon_dispatch(mon, &ps);
+        if (ps.hmp_waiting) {
+            mon_resume_hmp_waiters(mon);
         }
     }
-
-    free(pfds);
-    free(pclients);
+    free(ps.pfds);
+    free(ps.clients);
     deliver_events(mon);
     final_flush(mon);
     pthread_mutex_lock(&mon->lock);
