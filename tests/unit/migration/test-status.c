@@ -3,10 +3,12 @@
  * source that reaches completion, forced through the engine's test hook in both orders. A cancel that is decided
  * before the source completes must not leave the status in cancelling once the source thread is gone (every later
  * migrate would then be refused as "in progress"), and one that comes after must change nothing. The MIGRATION
- * events must tell the same story in the same order (each one a transition of the table).
+ * events must tell the same story in the same order (each one a transition of the table). A transition the table
+ * lacks is a bug that fails this (debug) build.
  */
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,12 +16,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "ferry/ferry.h"
 #include "migration/migration.h"
+#include "migration/migration-priv.h"
 #include "migration-test-helpers.h"
 #include "util/util.h"
 
@@ -101,6 +105,47 @@ static void assert_event_story(Events *ev, FerryMigrationStatus last)
     }
     assert_int_equal(ev->seen[ev->n - 1], last);
     pthread_mutex_unlock(&ev->lock);
+}
+
+/* A transition from a status that is not the current one is refused quietly (the caller sees false); one that the
+ * table does not have is a bug: logged loudly, fatal in a debug build (the suite's). */
+static void test_set_state(void **state)
+{
+    (void)state;
+    FerryMigration *m = ferry__migration_new();
+    assert_int_equal(ferry__mig_status(m), FERRY_MIG_NONE);
+    assert_false(ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_DEVICE));
+    assert_int_equal(ferry__mig_status(m), FERRY_MIG_NONE);
+    assert_true(ferry__mig_set_state(m, FERRY_MIG_NONE, FERRY_MIG_SETUP));
+    assert_int_equal(ferry__mig_status(m), FERRY_MIG_SETUP);
+
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(p[1], 2);
+        ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_COMPLETED);
+        _exit(0);
+    }
+    close(p[1]);
+    char out[512] = "";
+    ssize_t n = read(p[0], out, sizeof(out) - 1);
+    close(p[0]);
+    out[n > 0 ? n : 0] = '\0';
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_non_null(strstr(out, "BUG: migration status setup -> completed is not an allowed transition"));
+#ifdef NDEBUG
+    assert_true(WIFEXITED(st));
+#else
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+#endif
+    /* And the status stayed. */
+    assert_int_equal(ferry__mig_status(m), FERRY_MIG_SETUP);
+    assert_true(ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_FAILED));
+    ferry__migration_free(m);
 }
 
 typedef enum RaceOrder { CANCEL_BEFORE_COMPLETE, CANCEL_AFTER_COMPLETE } RaceOrder;
@@ -285,6 +330,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transition_table),
+        cmocka_unit_test(test_set_state),
         cmocka_unit_test(test_cancel_just_before_completion),
         cmocka_unit_test(test_cancel_just_after_completion),
         cmocka_unit_test(test_cancel_before_commit),
