@@ -7,8 +7,11 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ferry/error.h"
@@ -41,6 +44,40 @@ static inline char *full_backlog_listener(int *lfd, int *filler)
     *filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_int_equal(connect(*filler, (struct sockaddr *)&sin, sizeof(sin)), 0);
     return ferry__xasprintf("tcp:127.0.0.1:%u", ntohs(sin.sin_port));
+}
+
+/*
+ * Runs @fn(@arg) in a child process whose stderr is a pipe, for code that is meant to abort (FERRY_ASSERT,
+ * FERRY_BUG). Returns the child's wait status; *out gets what it wrote to stderr (up to 4 KiB, caller frees). A
+ * child that returns from @fn exits 0.
+ */
+static inline int run_in_child(void (*fn)(void *), void *arg, char **out)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(p[1], 2);
+        close(p[0]);
+        signal(SIGABRT, SIG_DFL);
+        fn(arg);
+        _exit(0);
+    }
+    close(p[1]);
+    char buf[4096];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof(buf) - 1 && (r = read(p[0], buf + n, sizeof(buf) - 1 - n)) > 0) {
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    close(p[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    *out = ferry__xstrdup(buf);
+    return status;
 }
 
 #endif

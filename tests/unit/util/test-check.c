@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "test-helpers.h"
 #include "util/util.h"
 
 static FerryMutex shared = FERRY_MUTEX_INITIALIZER;
@@ -58,57 +59,31 @@ static void test_mutex_owner(void **state)
     pthread_barrier_destroy(&b[1]);
 }
 
-/* Runs @fn in a child with stderr on a pipe; returns the child's wait status and what it wrote (caller frees). */
-static int run_child(void (*fn)(void), char **out)
-{
-    int p[2];
-    assert_int_equal(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(p[1], 2);
-        close(p[0]);
-        signal(SIGABRT, SIG_DFL);
-        fn();
-        _exit(0);
-    }
-    close(p[1]);
-    char buf[4096];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof(buf) - 1 && (r = read(p[0], buf + n, sizeof(buf) - 1 - n)) > 0) {
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    close(p[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    *out = ferry__xstrdup(buf);
-    return status;
-}
-
 static volatile int answer = 42;
 
-static void assert_that_fails(void)
+static void assert_that_fails(void *unused)
 {
+    (void)unused;
     FERRY_ASSERT(answer == 41);
 }
 
-static void assert_that_holds(void)
+static void assert_that_holds(void *unused)
 {
+    (void)unused;
     FERRY_ASSERT(answer == 42);
 }
 
-static void unlock_not_held(void)
+static void unlock_not_held(void *unused)
 {
+    (void)unused;
     FerryMutex mx;
     ferry__mutex_init(&mx);
     ferry__mutex_unlock(&mx);
 }
 
-static void bug(void)
+static void bug(void *unused)
 {
+    (void)unused;
     FERRY_BUG("status %s -> %s", "completed", "cancelling");
 }
 
@@ -116,19 +91,19 @@ static void test_assert(void **state)
 {
     (void)state;
     char *out;
-    int st = run_child(assert_that_fails, &out);
+    int st = run_in_child(assert_that_fails, NULL, &out);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
     assert_non_null(strstr(out, "assertion failed: answer == 41"));
     assert_non_null(strstr(out, "test-check.c"));
     free(out);
 
-    st = run_child(assert_that_holds, &out);
+    st = run_in_child(assert_that_holds, NULL, &out);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_string_equal(out, "");
     free(out);
 
     /* Unlocking a FerryMutex this thread does not hold is caught. */
-    st = run_child(unlock_not_held, &out);
+    st = run_in_child(unlock_not_held, NULL, &out);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
     assert_non_null(strstr(out, "ferry__mutex_held"));
     free(out);
@@ -138,7 +113,7 @@ static void test_bug(void **state)
 {
     (void)state;
     char *out;
-    int st = run_child(bug, &out);
+    int st = run_in_child(bug, NULL, &out);
     assert_non_null(strstr(out, "BUG: status completed -> cancelling"));
 #ifdef NDEBUG
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
