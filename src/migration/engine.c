@@ -954,3 +954,35 @@ json_t *ferry__migration_query(FerryMigration *m)
     ferry__mutex_unlock(&m->lock);
     return r;
 }
+
+/* ---- Postcopy commands (issue 18): filled in by the postcopy work; until then they refuse. ---- */
+
+bool ferry__migrate_start_postcopy(FerryMigration *m, FerryError **errp)
+{
+    (void)m;
+    ferry_error_setg(errp, "postcopy is not implemented");
+    return false;
+}
+
+bool ferry__migrate_pause(FerryMigration *m, FerryError **errp)
+{
+    (void)m;
+    ferry_error_setg(errp, "postcopy is not implemented");
+    return false;
+}
+
+bool ferry__migrate_recover(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+{
+    (void)m;
+    (void)addr;
+    ferry_error_setg(errp, "postcopy is not implemented");
+    return false;
+}
+
+bool ferry__migrate_resume(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+{
+    (void)m;
+    (void)addr;
+    ferry_error_setg(errp, "postcopy is not implemented");
+    return false;
+}

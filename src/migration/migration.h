@@ -104,6 +104,20 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
                              FerryError **errp);
 /* migrate_cancel: cancel an outgoing migration (no-op if none is active). */
 bool ferry__migrate_cancel(FerryMigration *m, FerryError **errp);
+/*
+ * Postcopy (QEMU's names). migrate-start-postcopy: the running outgoing migration switches to postcopy at its
+ * next decision point (allowed right after migrate: it then switches before the first pass). Fails with the
+ * reason if postcopy-ram is off, no outgoing migration runs, or it cannot switch (the destination did not accept
+ * postcopy-ram, the channel has no return path); precopy then goes on.
+ */
+bool ferry__migrate_start_postcopy(FerryMigration *m, FerryError **errp);
+/* migrate-pause: on either side, break the connection of a migration in postcopy-active; both ends go to
+ * postcopy-paused, keeping every page. Fails outside postcopy-active. */
+bool ferry__migrate_pause(FerryMigration *m, FerryError **errp);
+/* migrate-recover: destination in postcopy-paused: listen on @addr for the source's resume. */
+bool ferry__migrate_recover(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp);
+/* migrate resume=true: source in postcopy-paused: reconnect to @addr and resume the postcopy. */
+bool ferry__migrate_resume(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp);
 /* Block until no migration thread of this engine runs (used at exit). */
 void ferry__migration_join(FerryMigration *m);
 
