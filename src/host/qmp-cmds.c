@@ -76,16 +76,40 @@ static json_t *cmd_migrate(json_t *args, void *opaque, FerryError **errp)
                          "devices");
         return NULL;
     }
-    if (json_is_true(json_object_get(args, "resume"))) {
-        ferry_error_setg(errp, "resume is not supported");
-        return NULL;
-    }
     /* "detach" is accepted and ignored, as in QEMU: migrate always returns at once. */
     FerryMigrationAddress *addr = NULL;
     if (!parse_uri_or_channels(args, &addr, errp)) {
         return NULL;
     }
-    bool ok = ferry__migrate(h->m, addr, errp);
+    /* resume: reconnect a source paused in postcopy to the destination's migrate-recover address. */
+    bool ok = json_is_true(json_object_get(args, "resume")) ? ferry__migrate_resume(h->m, addr, errp)
+                                                            : ferry__migrate(h->m, addr, errp);
+    ferry__address_free(addr);
+    return ok ? json_object() : NULL;
+}
+
+static json_t *cmd_migrate_start_postcopy(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migrate_start_postcopy(h->m, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_migrate_pause(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__migrate_pause(h->m, errp) ? json_object() : NULL;
+}
+
+/* migrate-recover: QEMU takes only "uri"; ferry also takes "channels", as migrate-incoming does, with the same
+ * rule (exactly one of the two). */
+static json_t *cmd_migrate_recover(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    FerryMigrationAddress *addr = NULL;
+    if (!parse_uri_or_channels(args, &addr, errp)) {
+        return NULL;
+    }
+    bool ok = ferry__migrate_recover(h->m, addr, errp);
     ferry__address_free(addr);
     return ok ? json_object() : NULL;
 }
@@ -168,6 +192,11 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "exit-on-error", FERRY_ARG_BOOL, true },
         { NULL, FERRY_ARG_ANY, false },
     };
+    static const FerryArgSpec recover_args[] = {
+        { "uri", FERRY_ARG_STR, true },
+        { "channels", FERRY_ARG_ARRAY, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
     static const FerryArgSpec set_params_args[] = {
         { "*", FERRY_ARG_ANY, true },
         { NULL, FERRY_ARG_ANY, false },
@@ -198,6 +227,9 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "migrate", migrate_args, cmd_migrate },
         { "migrate-incoming", incoming_args, cmd_migrate_incoming },
         { "migrate_cancel", NULL, cmd_migrate_cancel },
+        { "migrate-start-postcopy", NULL, cmd_migrate_start_postcopy },
+        { "migrate-pause", NULL, cmd_migrate_pause },
+        { "migrate-recover", recover_args, cmd_migrate_recover },
         { "query-migrate", NULL, cmd_query_migrate },
         { "migrate-set-parameters", set_params_args, cmd_migrate_set_parameters },
         { "query-migrate-parameters", NULL, cmd_query_migrate_parameters },

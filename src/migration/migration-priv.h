@@ -48,6 +48,7 @@ typedef enum FerryBackendKind {
 
 typedef struct FerryParams {
     int64_t max_bandwidth;  /* bytes per second, 0 = no limit */
+    int64_t max_postcopy_bandwidth; /* bytes per second once in postcopy, 0 = no limit (QEMU's default) */
     int64_t downtime_limit; /* milliseconds */
     int64_t mode;           /* FerryMigMode */
     int64_t backend_transfer; /* bit mask of FerryBackendKind */
@@ -86,6 +87,9 @@ typedef enum FerryCapability {
     FERRY_CAP_UNIX_PAGE_FLIPPING,
     FERRY_CAP_MULTIFD,
     FERRY_CAP_SWITCHOVER_COMMIT,
+    FERRY_CAP_POSTCOPY_RAM,
+    FERRY_CAP_POSTCOPY_PREEMPT,
+    FERRY_CAP_POSTCOPY_BLOCKTIME,
     FERRY_CAP__MAX,
 } FerryCapability;
 
@@ -238,6 +242,8 @@ void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 void ferry__params_init(FerryMigration *m);
 void ferry__params_free(FerryMigration *m);
 int64_t ferry__param_max_bandwidth(FerryMigration *m);
+/* max-postcopy-bandwidth: the limit that replaces max-bandwidth once the migration is in postcopy; 0 = none. */
+int64_t ferry__param_max_postcopy_bandwidth(FerryMigration *m);
 int64_t ferry__param_downtime_limit(FerryMigration *m);
 FerryMigMode ferry__param_mode(FerryMigration *m);
 /* What in the current settings needs fds passed ("mode cpr-transfer", "backend-transfer"), or NULL. With m->lock

@@ -59,6 +59,10 @@ static const char *const backend_values[] = { "virtio-net-tap", NULL };
 static const ParamDesc params[] = {
     { "max-bandwidth", PARAM_SIZE, offsetof(FerryParams, max_bandwidth), 128ll << 20, 0, INT64_MAX / 8,
       "bytes per second", NULL, NULL },
+    /* QEMU's: the limit once in postcopy, where the pages the destination waits for go first anyway; 0 (the
+     * default, as QEMU) sends as fast as the channel takes it. */
+    { "max-postcopy-bandwidth", PARAM_SIZE, offsetof(FerryParams, max_postcopy_bandwidth), 0, 0, INT64_MAX / 8,
+      "bytes per second", NULL, NULL },
     { "downtime-limit", PARAM_INT, offsetof(FerryParams, downtime_limit), 300, 0, MAX_MIGRATE_DOWNTIME_MS,
       "milliseconds", NULL, NULL },
     { "multifd-channels", PARAM_INT, offsetof(FerryParams, multifd_channels), 2, 1, 255, "channels", NULL,
@@ -93,7 +97,6 @@ static const ParamDesc params[] = {
     NOT_YET("max-cpu-throttle", "auto-converge throttling is not implemented"),
     NOT_YET("avail-switchover-bandwidth", "not implemented"),
     NOT_YET("xbzrle-cache-size", "XBZRLE is not implemented"),
-    NOT_YET("max-postcopy-bandwidth", "postcopy is not implemented"),
     NOT_YET("block-bitmap-mapping", "ferry migrates no block devices"),
     NOT_YET("x-vcpu-dirty-limit-period", "dirty-limit throttling is not implemented"),
     NOT_YET("vcpu-dirty-limit", "dirty-limit throttling is not implemented"),
@@ -129,6 +132,15 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
      * connection lost between the two can then leave nobody running (both ends keep the whole state) but never
      * both. Not critical: it changes nothing before END, and a destination without it just does not wait. */
     [FERRY_CAP_SWITCHOVER_COMMIT] = { "switchover-commit", true, true, false },
+    /* The source may switch to postcopy (migrate-start-postcopy): the destination then runs the workload with
+     * pages still missing and asks for them. Critical: a reader without postcopy would run an incomplete RAM. */
+    [FERRY_CAP_POSTCOPY_RAM] = { "postcopy-ram", false, true, true },
+    /* In postcopy, the pages the destination asked for travel on a channel of their own, so they do not wait
+     * behind the background stream. Critical: those pages are then missing from the main channel. */
+    [FERRY_CAP_POSTCOPY_PREEMPT] = { "postcopy-preempt", false, true, true },
+    /* The destination measures how long the workload waited for missing pages (query-migrate). Local to the
+     * destination, so not a stream feature. */
+    [FERRY_CAP_POSTCOPY_BLOCKTIME] = { "postcopy-blocktime", false, false, false },
 };
 
 /* QEMU capabilities ferry does not implement, with the reason: setting one on is an error that says why (setting
@@ -141,7 +153,6 @@ static const struct {
                         "bench/zerocopy-bench, docs/benchmarks.md)" },
     { "xbzrle", "XBZRLE is not implemented" },
     { "auto-converge", "auto-converge throttling is not implemented" },
-    { "postcopy-ram", "postcopy is not implemented" },
     { "x-colo", "COLO is not implemented" },
     { "mapped-ram", "mapped-ram is not implemented" },
     { "background-snapshot", "background snapshots are not implemented" },
@@ -264,6 +275,11 @@ bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap)
 int64_t ferry__param_max_bandwidth(FerryMigration *m)
 {
     return __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED);
+}
+
+int64_t ferry__param_max_postcopy_bandwidth(FerryMigration *m)
+{
+    return __atomic_load_n(&m->params.max_postcopy_bandwidth, __ATOMIC_RELAXED);
 }
 
 int64_t ferry__param_downtime_limit(FerryMigration *m)
@@ -554,6 +570,29 @@ json_t *ferry__migration_query_caps(FerryMigration *m)
     return r;
 }
 
+/*
+ * The combination the capabilities would have after a set (@next: all of them), checked as a whole, so that the
+ * order of the elements of one command never matters. QEMU refuses postcopy with multifd and with compression;
+ * ferry does not: both are precopy-only means that stop at the switch. With m->lock held.
+ */
+static bool caps_check_locked(FerryMigration *m, const bool *next, FerryError **errp)
+{
+    FERRY_ASSERT_HELD(&m->lock);
+    if (next[FERRY_CAP_POSTCOPY_PREEMPT] && !next[FERRY_CAP_POSTCOPY_RAM]) {
+        ferry_error_setg(errp, "Capability 'postcopy-preempt' requires capability 'postcopy-ram' (turn "
+                         "postcopy-ram on with it, or postcopy-preempt off)");
+        return false;
+    }
+    /* As QEMU: the destination must know before it takes connections whether one of them is the channel of
+     * requested pages. */
+    bool incoming_started = m->incoming && m->in_thread_joinable && !ferry__migration_status_terminal(m->status);
+    if (incoming_started && next[FERRY_CAP_POSTCOPY_PREEMPT] != m->caps[FERRY_CAP_POSTCOPY_PREEMPT]) {
+        ferry_error_setg(errp, "Capability 'postcopy-preempt' must be set before the incoming migration starts");
+        return false;
+    }
+    return true;
+}
+
 bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **errp)
 {
     if (!json_is_array(caps)) {
@@ -624,11 +663,15 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
         ferry_error_setg(errp, "There's a migration process in progress");
         return false;
     }
+    bool next[FERRY_CAP__MAX];
     for (int c = 0; c < FERRY_CAP__MAX; c++) {
-        if (given[c]) {
-            m->caps[c] = want[c];
-        }
+        next[c] = given[c] ? want[c] : m->caps[c];
     }
+    if (!caps_check_locked(m, next, errp)) {
+        ferry__mutex_unlock(&m->lock);
+        return false;
+    }
+    memcpy(m->caps, next, sizeof(next));
     ferry__mutex_unlock(&m->lock);
     return true;
 }

@@ -141,18 +141,106 @@ static uint64_t get_u64(json_t *obj, const char *key)
     return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
 }
 
+/* Whether @key is one of the NULL-terminated @keys. */
+static bool key_in(const char *key, const char *const *keys)
+{
+    for (size_t i = 0; keys[i]; i++) {
+        if (!strcmp(keys[i], key)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A list of numbers as "[1, 2, 3]" (postcopy-vcpu-blocktime and the like). */
+static void out_number_list(Out *o, json_t *a)
+{
+    size_t i;
+    json_t *el;
+    out_printf(o, "[");
+    json_array_foreach(a, i, el) {
+        if (json_is_integer(el)) {
+            out_printf(o, "%s%" JSON_INTEGER_FORMAT, i ? ", " : "", json_integer_value(el));
+        } else {
+            out_printf(o, "%s?", i ? ", " : "");
+        }
+    }
+    out_printf(o, "]");
+}
+
+/*
+ * A member "info migrate" has no line of its own for (a field a newer engine added, or one only some migrations
+ * have): "NAME: VALUE" with the QMP name, so that nothing query-migrate says is hidden. Strings are escaped (they
+ * may quote a peer); lists of scalars are comma-separated, objects compact JSON.
+ */
+static void out_member(Out *o, const char *key, json_t *v)
+{
+    if (json_is_integer(v)) {
+        out_printf(o, "%s: %" JSON_INTEGER_FORMAT "\n", key, json_integer_value(v));
+    } else if (json_is_real(v)) {
+        out_printf(o, "%s: %0.2f\n", key, json_real_value(v));
+    } else if (json_is_boolean(v)) {
+        out_printf(o, "%s: %s\n", key, json_is_true(v) ? "on" : "off");
+    } else if (json_is_string(v)) {
+        char *safe = ferry__log_escape(json_string_value(v));
+        out_printf(o, "%s: %s\n", key, safe);
+        free(safe);
+    } else {
+        bool scalars = json_is_array(v);
+        size_t i;
+        json_t *el;
+        json_array_foreach(v, i, el) {
+            scalars = scalars && !json_is_array(el) && !json_is_object(el);
+        }
+        out_printf(o, "%s:", key);
+        if (scalars) {
+            json_array_foreach(v, i, el) {
+                if (json_is_string(el)) {
+                    char *safe = ferry__log_escape(json_string_value(el));
+                    out_printf(o, "%s%s", i ? ", " : " ", safe);
+                    free(safe);
+                } else {
+                    char *j = json_dumps(el, JSON_COMPACT | JSON_ENCODE_ANY);
+                    out_printf(o, "%s%s", i ? ", " : " ", j ? j : "?");
+                    free(j);
+                }
+            }
+        } else {
+            /* json_dumps escapes control characters, so a peer's text cannot reach the terminal raw. */
+            char *j = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+            out_printf(o, " %s", j ? j : "?");
+            free(j);
+        }
+        out_printf(o, "\n");
+    }
+}
+
 char *ferry__hmp_format_migrate(json_t *info)
 {
+    /* The members with a line of their own below; every other one is printed by out_member at the end of its
+     * object. */
+    static const char *const top_known[] = {
+        "status", "total-time", "expected-downtime", "downtime", "setup-time", "socket-address", "ram",
+        "postcopy-blocktime", "postcopy-vcpu-blocktime", "postcopy-latency", "postcopy-non-vcpu-latency",
+        "postcopy-vcpu-latency", "postcopy-latency-dist", "dirty-tracker", NULL,
+    };
+    static const char *const ram_known[] = {
+        "transferred", "mbps", "remaining", "total", "duplicate", "normal", "normal-bytes", "dirty-sync-count",
+        "page-size", "multifd-bytes", "pages-per-second", "dirty-pages-rate", "postcopy-requests", "precopy-bytes",
+        "downtime-bytes", "postcopy-bytes", NULL,
+    };
     Out o = { 0 };
     const char *status = json_string_value(json_object_get(info, "status"));
+    const char *desc = json_string_value(json_object_get(info, "error-desc"));
+    bool desc_shown = false;
     /* QEMU's hmp_info_migrate() layout: status and times, the listening addresses, then the RAM counters. */
     if (status) {
-        const char *desc = json_string_value(json_object_get(info, "error-desc"));
         if (desc && !strcmp(status, "failed")) {
             /* error-desc may quote a peer: escaped, it cannot move the cursor or forge lines on a terminal. */
             char *safe = ferry__log_escape(desc);
             out_printf(&o, "Migration status: %s (%s)\n", status, safe);
             free(safe);
+            desc_shown = true;
         } else {
             out_printf(&o, "Migration status: %s\n", status);
         }
@@ -161,7 +249,8 @@ char *ferry__hmp_format_migrate(json_t *info)
         }
         if (json_object_get(info, "expected-downtime")) {
             out_printf(&o, "expected downtime: %" PRIu64 " ms\n", get_u64(info, "expected-downtime"));
-        } else if (json_object_get(info, "downtime")) {
+        }
+        if (json_object_get(info, "downtime")) {
             out_printf(&o, "downtime: %" PRIu64 " ms\n", get_u64(info, "downtime"));
         }
         if (json_object_get(info, "setup-time")) {
@@ -203,9 +292,15 @@ char *ferry__hmp_format_migrate(json_t *info)
         out_printf(&o, "normal bytes: %" PRIu64 " kbytes\n", get_u64(ram, "normal-bytes") >> 10);
         out_printf(&o, "dirty sync count: %" PRIu64 "\n", get_u64(ram, "dirty-sync-count"));
         out_printf(&o, "page size: %" PRIu64 " kbytes\n", get_u64(ram, "page-size") >> 10);
+        if (json_object_get(ram, "multifd-bytes")) {
+            out_printf(&o, "multifd bytes: %" PRIu64 " kbytes\n", get_u64(ram, "multifd-bytes") >> 10);
+        }
         out_printf(&o, "pages-per-second: %" PRIu64 "\n", get_u64(ram, "pages-per-second"));
         if (get_u64(ram, "dirty-pages-rate")) {
             out_printf(&o, "dirty pages rate: %" PRIu64 " pages\n", get_u64(ram, "dirty-pages-rate"));
+        }
+        if (json_object_get(ram, "postcopy-requests")) {
+            out_printf(&o, "postcopy request count: %" PRIu64 "\n", get_u64(ram, "postcopy-requests"));
         }
         if (json_object_get(ram, "precopy-bytes")) {
             out_printf(&o, "precopy ram: %" PRIu64 " kbytes\n", get_u64(ram, "precopy-bytes") >> 10);
@@ -213,11 +308,60 @@ char *ferry__hmp_format_migrate(json_t *info)
         if (json_object_get(ram, "downtime-bytes")) {
             out_printf(&o, "downtime ram: %" PRIu64 " kbytes\n", get_u64(ram, "downtime-bytes") >> 10);
         }
+        if (json_object_get(ram, "postcopy-bytes")) {
+            out_printf(&o, "postcopy ram: %" PRIu64 " kbytes\n", get_u64(ram, "postcopy-bytes") >> 10);
+        }
+        const char *key;
+        json_t *v;
+        json_object_foreach(ram, key, v) {
+            if (!key_in(key, ram_known)) {
+                out_member(&o, key, v);
+            }
+        }
+    }
+    /* Postcopy, destination: QEMU's units (blocktime in ms, latency in ns). */
+    if (json_object_get(info, "postcopy-blocktime")) {
+        out_printf(&o, "postcopy blocktime: %" PRIu64 " ms\n", get_u64(info, "postcopy-blocktime"));
+    }
+    json_t *list = json_object_get(info, "postcopy-vcpu-blocktime");
+    if (json_is_array(list)) {
+        out_printf(&o, "postcopy vcpu blocktime: ");
+        out_number_list(&o, list);
+        out_printf(&o, " ms\n");
+    }
+    if (json_object_get(info, "postcopy-latency")) {
+        out_printf(&o, "postcopy latency: %" PRIu64 " ns\n", get_u64(info, "postcopy-latency"));
+    }
+    if (json_object_get(info, "postcopy-non-vcpu-latency")) {
+        out_printf(&o, "postcopy non-vcpu latency: %" PRIu64 " ns\n", get_u64(info, "postcopy-non-vcpu-latency"));
+    }
+    list = json_object_get(info, "postcopy-vcpu-latency");
+    if (json_is_array(list)) {
+        out_printf(&o, "postcopy vcpu latency: ");
+        out_number_list(&o, list);
+        out_printf(&o, " ns\n");
+    }
+    list = json_object_get(info, "postcopy-latency-dist");
+    if (json_is_array(list)) {
+        out_printf(&o, "postcopy latency distribution: ");
+        out_number_list(&o, list);
+        out_printf(&o, "\n");
     }
     const char *tracker = json_string_value(json_object_get(info, "dirty-tracker"));
     if (tracker) {
         const char *note = json_string_value(json_object_get(info, "dirty-tracker-note"));
         out_printf(&o, "dirty tracker: %s%s%s%s\n", tracker, note ? " (" : "", note ? note : "", note ? ")" : "");
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(info, key, v) {
+        if (key_in(key, top_known) || (!strcmp(key, "error-desc") && desc_shown)) {
+            continue;
+        }
+        if (tracker && !strcmp(key, "dirty-tracker-note")) {
+            continue;
+        }
+        out_member(&o, key, v);
     }
     return out_finish(&o);
 }
@@ -324,13 +468,16 @@ static bool run_simple(FerryMonitor *mon, const char *name, json_t *args, FerryE
     return r != NULL;
 }
 
+/* migrate [-d] [-r] URI, as QEMU's: -d returns at once, -r resumes a migration paused in postcopy. */
 static bool hmp_migrate(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
 {
-    bool detach = false;
+    bool detach = false, resume = false;
     const char *uri = NULL;
     for (size_t i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "-d")) {
+        if (!strcmp(argv[i], "-d") && !uri) {
             detach = true;
+        } else if (!strcmp(argv[i], "-r") && !uri) {
+            resume = true;
         } else if (argv[i][0] == '-' && !uri) {
             ferry_error_setg(errp, "migrate: unsupported option '%s'", argv[i]);
             return false;
@@ -345,11 +492,32 @@ static bool hmp_migrate(FerryMonitor *mon, char **argv, size_t argc, Out *o, boo
         ferry_error_setg(errp, "migrate: missing URI");
         return false;
     }
-    if (!run_simple(mon, "migrate", json_pack("{s:s}", "uri", uri), errp)) {
+    json_t *args = json_pack("{s:s}", "uri", uri);
+    if (resume) {
+        json_object_set_new(args, "resume", json_true());
+    }
+    if (!run_simple(mon, "migrate", args, errp)) {
         return false;
     }
     *wait = !detach;
     return true;
+}
+
+static bool hmp_migrate_start_postcopy(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait,
+                                       FerryError **errp)
+{
+    return run_simple(mon, "migrate-start-postcopy", NULL, errp);
+}
+
+static bool hmp_migrate_pause(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
+{
+    return run_simple(mon, "migrate-pause", NULL, errp);
+}
+
+static bool hmp_migrate_recover(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait,
+                                FerryError **errp)
+{
+    return run_simple(mon, "migrate-recover", json_pack("{s:s}", "uri", argv[0]), errp);
 }
 
 static bool hmp_migrate_incoming(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait,
@@ -468,10 +636,19 @@ static bool hmp_info(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *
 static bool hmp_help(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp);
 
 static const HmpCommand hmp_commands[] = {
-    { "migrate", 1, 2, "[-d] uri", "migrate to URI (using -d to not wait for completion)", hmp_migrate },
+    { "migrate", 1, 3, "[-d] [-r] uri",
+      "migrate to URI (using -d to not wait for completion, -r to resume a migration paused in postcopy)",
+      hmp_migrate },
     { "migrate_incoming", 1, 1, "uri", "start an incoming migration on URI (with -incoming defer)",
       hmp_migrate_incoming },
     { "migrate_cancel", 0, 0, "", "cancel the current migration", hmp_migrate_cancel },
+    { "migrate_start_postcopy", 0, 0, "",
+      "switch the running migration to postcopy (postcopy-ram must be on at both ends before migrate)",
+      hmp_migrate_start_postcopy },
+    { "migrate_pause", 0, 0, "", "pause a migration in postcopy (break its connection; both ends keep their state)",
+      hmp_migrate_pause },
+    { "migrate_recover", 1, 1, "uri", "destination: listen on URI for the source to resume a paused postcopy",
+      hmp_migrate_recover },
     { "migrate_set_parameter", 2, 2, "parameter value", "set a migration parameter", hmp_set_parameter },
     { "migrate_set_capability", 2, 2, "capability on|off", "enable or disable a migration capability",
       hmp_set_capability },
@@ -572,6 +749,17 @@ bool ferry__hmp_migration_done(FerryMonitor *mon, char **out)
     /* "none" too: migrate sets "setup" before it returns, so "none" means nothing is running to wait for. */
     bool done = !st || !strcmp(st, "none") || !strcmp(st, "completed") || !strcmp(st, "failed") ||
                 !strcmp(st, "cancelled");
+    /* A migration paused in postcopy waits for a human (migrate -r, migrate_recover on the destination): the
+     * monitor is given back, saying so, instead of waiting for an end that needs this very monitor. */
+    if (st && !strcmp(st, "postcopy-paused")) {
+        const char *desc = json_string_value(json_object_get(info, "error-desc"));
+        char *safe = desc ? ferry__log_escape(desc) : NULL;
+        *out = ferry__xasprintf("Migration status: postcopy-paused%s%s%s (resume with migrate -r URI)\n",
+                                safe ? " (" : "", safe ? safe : "", safe ? ")" : "");
+        free(safe);
+        json_decref(info);
+        return true;
+    }
     if (done) {
         /* As QEMU's hmp_migrate_status_cb(): nothing on success, the error when there is one. */
         const char *desc = json_string_value(json_object_get(info, "error-desc"));

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "host/host-int.h"
+#include "migration/migration-priv.h"
 #include "monitor/monitor.h"
 
 static json_t *qmp(FerryHost *h, const char *text)
@@ -234,18 +235,31 @@ static void test_hmp_commands(void **state)
 
     expect_hmp(h, "info migrate_capabilities", "events: off\nrecord-checksum: on\npopulate-hints: on\n"
                                                "unix-page-flipping: off\nmultifd: off\n"
-                                               "switchover-commit: on\n");
+                                               "switchover-commit: on\npostcopy-ram: off\n"
+                                               "postcopy-preempt: off\npostcopy-blocktime: off\n");
     expect_hmp(h, "migrate_set_capability events on", "");
     expect_hmp(h, "migrate_set_capability record-checksum off", "");
     expect_hmp(h, "info migrate_capabilities", "events: on\nrecord-checksum: off\npopulate-hints: on\n"
                                                "unix-page-flipping: off\nmultifd: off\n"
-                                               "switchover-commit: on\n");
+                                               "switchover-commit: on\npostcopy-ram: off\n"
+                                               "postcopy-preempt: off\npostcopy-blocktime: off\n");
+    expect_hmp(h, "migrate_set_capability postcopy-preempt on",
+               "Error: Capability 'postcopy-preempt' requires capability 'postcopy-ram' (turn postcopy-ram on with "
+               "it, or postcopy-preempt off)\n");
+    expect_hmp(h, "migrate_set_capability postcopy-ram on", "");
+    expect_hmp(h, "migrate_set_capability postcopy-preempt on", "");
+    expect_hmp_has(h, "info migrate_capabilities", "postcopy-ram: on\npostcopy-preempt: on\n");
+    expect_hmp(h, "migrate_set_parameter max-postcopy-bandwidth 64M", "");
+    expect_hmp_has(h, "info migrate_parameters", "max-postcopy-bandwidth: 67108864 bytes/second\n");
+    expect_hmp_has(h, "migrate_set_parameter max-postcopy-bandwidth -1", "Error: ");
     expect_hmp(h, "migrate_set_capability events maybe", "Error: migrate_set_capability: expected 'on' or 'off', "
                                                          "not 'maybe'\n");
     expect_hmp_has(h, "migrate_set_capability nosuch on", "Error: ");
 
     /* migrate: the URI reaches QMP migrate whole (quoted words keep their blanks) and is parsed there once. */
-    expect_hmp(h, "migrate", "Error: migrate: expected migrate [-d] uri\n");
+    expect_hmp(h, "migrate", "Error: migrate: expected migrate [-d] [-r] uri\n");
+    expect_hmp(h, "migrate -d -r unix:/tmp/a b", "Error: migrate: expected migrate [-d] [-r] uri\n");
+    expect_hmp(h, "migrate unix:/tmp/a -r", "Error: migrate: too many arguments\n");
     expect_hmp(h, "migrate -x unix:/tmp/a", "Error: migrate: unsupported option '-x'\n");
     expect_hmp(h, "migrate -d \"exec:cat > /dev/null\"",
                "Error: nothing to migrate: no RAM block or state section is registered\n");
@@ -260,8 +274,20 @@ static void test_hmp_commands(void **state)
     expect_hmp(h, "migrate -d unix:/tmp/\xc3", "Error: word 3 of the command line is not valid UTF-8\n");
     expect_hmp(h, "migrate_set_capability ev\xff" "ents on", "Error: word 2 of the command line is not valid UTF-8\n");
     expect_hmp(h, "migrate_cancel", "");
+    /* The postcopy commands reach the engine, which refuses them with nothing running: an error with a reason
+     * (its wording is the engine's). */
+    expect_hmp_has(h, "migrate_start_postcopy", "Error: ");
+    expect_hmp_has(h, "migrate_pause", "Error: ");
+    expect_hmp_has(h, "migrate_recover unix:/tmp/ferry-no-such-recover.sock", "Error: ");
+    expect_hmp_has(h, "migrate -r unix:/tmp/ferry-no-such-resume.sock", "Error: ");
+    expect_hmp(h, "migrate_recover", "Error: migrate_recover: expected migrate_recover uri\n");
+    expect_hmp(h, "migrate_pause now", "Error: migrate_pause: expected migrate_pause\n");
+    expect_hmp_has(h, "migrate_recover bogus:1", "bogus");
 
-    expect_hmp_has(h, "help", "migrate [-d] uri -- ");
+    expect_hmp_has(h, "help", "migrate [-d] [-r] uri -- ");
+    expect_hmp_has(h, "help", "migrate_recover uri -- ");
+    expect_hmp_has(h, "help", "migrate_start_postcopy -- ");
+    expect_hmp_has(h, "help", "migrate_pause -- ");
     expect_hmp_has(h, "help", "info [subcommand] -- ");
     expect_hmp(h, "help stop", "stop -- stop emulation\n");
     expect_hmp_has(h, "help nosuch", "Error: unknown command: 'nosuch'\n");
@@ -272,6 +298,25 @@ static void test_hmp_commands(void **state)
     assert_true(ferry__hmp_migration_done(h->mon, &out));
     assert_string_equal(out, "");
     free(out);
+    /* A migration paused in postcopy gives the monitor back, saying so, so that "migrate -r" can be typed there.
+     * The status is forced (no engine path leads there without a postcopy migration); only the HMP side is under
+     * test. */
+    ferry__mutex_lock(&h->m->lock);
+    h->m->status = FERRY_MIG_POSTCOPY_PAUSED;
+    ferry__mutex_unlock(&h->m->lock);
+    out = NULL;
+    assert_true(ferry__hmp_migration_done(h->mon, &out));
+    assert_string_equal(out, "Migration status: postcopy-paused (resume with migrate -r URI)\n");
+    free(out);
+    ferry__mutex_lock(&h->m->lock);
+    h->m->status = FERRY_MIG_ACTIVE;
+    ferry__mutex_unlock(&h->m->lock);
+    out = NULL;
+    assert_false(ferry__hmp_migration_done(h->mon, &out));
+    assert_null(out);
+    ferry__mutex_lock(&h->m->lock);
+    h->m->status = FERRY_MIG_NONE;
+    ferry__mutex_unlock(&h->m->lock);
     ferry_host_free(h);
 }
 
@@ -308,6 +353,59 @@ static void test_hmp_format(void **state)
                            "precopy ram: 1000 kbytes\n"
                            "downtime ram: 4 kbytes\n"
                            "dirty tracker: uffd-wp\n");
+    free(s);
+    json_decref(info);
+
+    /* Postcopy fields in QEMU's words and units; members without a line of their own (a newer engine's, or
+     * ferry's extensions) still appear, with their QMP names, escaped. */
+    info = json_loads(
+        "{\"status\": \"postcopy-active\", \"total-time\": 900, \"setup-time\": 2, "
+        "\"ram\": {\"transferred\": 4096, \"remaining\": 8192, \"total\": 1048576, \"duplicate\": 1, "
+        "\"normal\": 1, \"normal-bytes\": 4096, \"dirty-sync-count\": 1, \"mbps\": 1.0, "
+        "\"pages-per-second\": 7, \"page-size\": 4096, \"postcopy-requests\": 42, \"postcopy-bytes\": 20480, "
+        "\"multifd-bytes\": 2048, \"page-pipe-bytes\": 4096}, "
+        "\"postcopy-blocktime\": 15, \"postcopy-vcpu-blocktime\": [10, 5], \"postcopy-latency\": 120000, "
+        "\"postcopy-vcpu-latency\": [100000, 140000], \"postcopy-latency-dist\": [0, 3, 1], "
+        "\"dirty-tracker\": \"none\", \"dirty-tracker-note\": \"why\", \"stream-features\": "
+        "[\"record-checksum\", \"postcopy-ram\"], \"fds-passed\": 2, \"tls\": {\"creds\": \"t\"}, "
+        "\"postcopy-new-thing\": \"a\\u001bb\", \"flag\": true}", 0, NULL);
+    assert_non_null(info);
+    s = ferry__hmp_format_migrate(info);
+    assert_string_equal(s, "Migration status: postcopy-active\n"
+                           "total time: 900 ms\n"
+                           "setup: 2 ms\n"
+                           "transferred ram: 4 kbytes\n"
+                           "throughput: 1.00 mbps\n"
+                           "remaining ram: 8 kbytes\n"
+                           "total ram: 1024 kbytes\n"
+                           "duplicate: 1 pages\n"
+                           "normal: 1 pages\n"
+                           "normal bytes: 4 kbytes\n"
+                           "dirty sync count: 1\n"
+                           "page size: 4 kbytes\n"
+                           "multifd bytes: 2 kbytes\n"
+                           "pages-per-second: 7\n"
+                           "postcopy request count: 42\n"
+                           "postcopy ram: 20 kbytes\n"
+                           "page-pipe-bytes: 4096\n"
+                           "postcopy blocktime: 15 ms\n"
+                           "postcopy vcpu blocktime: [10, 5] ms\n"
+                           "postcopy latency: 120000 ns\n"
+                           "postcopy vcpu latency: [100000, 140000] ns\n"
+                           "postcopy latency distribution: [0, 3, 1]\n"
+                           "dirty tracker: none (why)\n"
+                           "stream-features: record-checksum, postcopy-ram\n"
+                           "fds-passed: 2\n"
+                           "tls: {\"creds\":\"t\"}\n"
+                           "postcopy-new-thing: a\\x1bb\n"
+                           "flag: on\n");
+    free(s);
+    json_decref(info);
+
+    /* An error-desc outside failed (a postcopy pause says why) is shown too. */
+    info = json_loads("{\"status\": \"postcopy-paused\", \"error-desc\": \"lost\"}", 0, NULL);
+    s = ferry__hmp_format_migrate(info);
+    assert_string_equal(s, "Migration status: postcopy-paused\nerror-desc: lost\n");
     free(s);
     json_decref(info);
 
