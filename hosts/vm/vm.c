@@ -493,6 +493,10 @@ static void *vcpu_main(void *arg)
     Vm *vm = cpu->vm;
     uint64_t ring_last = UINT64_MAX; /* see ring_full() */
 
+    /* A postcopy destination counts this thread's waits for missing guest pages as vCPU blocktime. */
+    if (vm->host) {
+        ferry_migration_set_vcpu_thread(ferry_host_migration(vm->host), (unsigned)(cpu - vm->vcpus), (int)gettid());
+    }
     for (;;) {
         /* dead is written by this thread only; vcpu_park() reads it under the lock for the others' sake. */
         if (!atomic_load_explicit(&vm->go, memory_order_acquire) || cpu->dead) {

@@ -269,6 +269,10 @@ static void *worker_main(void *arg)
     WorkloadWorker *w = arg;
     Workload *wl = w->wl;
 
+    /* The workers are this program's vCPUs: a postcopy destination counts their waits for missing pages. */
+    if (wl->m) {
+        ferry_migration_set_vcpu_thread(wl->m, w->id, (int)gettid());
+    }
     for (;;) {
         /* Acquire pairs with the release in update_go(): state loaded while parked is visible here. */
         if (!atomic_load_explicit(&wl->go, memory_order_acquire)) {
@@ -734,6 +738,7 @@ bool workload_register(Workload *wl, FerryMigration *m, FerryError **errp)
 {
     uint64_t bytes_per_block = wl->pages_per_block * wl->page_size;
 
+    wl->m = m;
     for (unsigned i = 0; i < wl->nblocks; i++) {
         uint64_t left = wl->cfg.ram_size - (uint64_t)i * bytes_per_block;
         char name[32];

@@ -85,6 +85,7 @@ struct Workload {
     unsigned nblocks;
     FerryRamBlock **blocks;
     uint8_t **block_host;
+    FerryMigration *m;   /* set by workload_register: the workers name their threads to it */
     bool explicit_dirty;             /* -dirty-tracker explicit: mark every page written */
     double ns_per_page;              /* per worker, from -dirty-rate; 0 = unlimited */
     uint8_t *zero_page;              /* page_size zero bytes to compare against */

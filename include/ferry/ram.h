@@ -45,6 +45,13 @@ FERRY_API size_t ferry_ram_page_size(void);
  */
 FERRY_API void ferry_ram_mark_dirty(FerryRamBlock *b, uint64_t offset, uint64_t len);
 
+/*
+ * The thread that runs vCPU (or worker) @index is @tid (gettid()). A destination in postcopy counts the time each
+ * such thread waits for missing pages (query-migrate's postcopy-vcpu-blocktime, with the postcopy-blocktime
+ * capability); other threads' waits count as non-vCPU. Any thread, any time; tid 0 forgets the index.
+ */
+FERRY_API void ferry_migration_set_vcpu_thread(FerryMigration *m, unsigned index, int tid);
+
 typedef enum FerryTrackerKind {
     FERRY_TRACKER_AUTO = 0,  /* userfaultfd write-protect if it works here, else the stop-and-copy fallback */
     FERRY_TRACKER_UFFD_WP,   /* require userfaultfd async write-protect + PAGEMAP_SCAN; migrate fails without it */

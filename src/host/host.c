@@ -433,8 +433,11 @@ bool ferry_host_start(FerryHost *h, FerryError **errp)
 int ferry_host_run(FerryHost *h)
 {
     int status = ferry__monitor_run(h->mon);
-    ferry__vm_shutdown(h->m);
+    /* Migrations first: a destination in postcopy has workload threads waiting for pages in the kernel, which
+     * only the end of its incoming migration (letting userfaultfd go) releases, and stopping the workload waits
+     * for its threads. An outgoing migration is cancelled and puts the workload back before it is stopped. */
     ferry__migration_join(h->m);
+    ferry__vm_shutdown(h->m);
     return status;
 }
 

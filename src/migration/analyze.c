@@ -41,6 +41,7 @@ typedef struct Analyzer {
 
     json_t *header, *offered, *features, *config, *end;
     json_t *sections, *schema, *unknown, *fds;
+    json_t *postcopy; /* {"flags": [...], "needed-pages": N, "run": bool} once POSTCOPY_START was read */
 
     FerryWireFeatureList offer; /* HELLO's: FEATURES must stay within it */
     FerryWireConfig cfg;
@@ -386,6 +387,64 @@ static bool do_unknown(Analyzer *a, FerryError **errp)
     return true;
 }
 
+/* POSTCOPY_START (a capture of a postcopy's main channel): the switch, its flags. */
+static bool do_pc_start(Analyzer *a, FerryError **errp)
+{
+    uint8_t p[FERRY_WIRE_PC_START_LEN];
+    FerryWirePcStart st;
+    if (!ferry__record_read(&a->r, p, sizeof(p), errp) || !ferry__wire_pc_start_decode(p, &st, errp)) {
+        return false;
+    }
+    json_t *flags = json_array();
+    if (st.flags & FERRY_PC_SOURCE_RUNNING) {
+        json_array_append_new(flags, json_string("source-running"));
+    }
+    if (st.flags & FERRY_PC_PREEMPT) {
+        json_array_append_new(flags, json_string("preempt"));
+    }
+    a->postcopy = json_pack("{s:o, s:I, s:b}", "flags", flags, "needed-pages", (json_int_t)0, "run", false);
+    return true;
+}
+
+/* POSTCOPY_NEED: the ranges the destination drops and fetches, checked against CONFIG and counted. */
+static bool do_pc_need(Analyzer *a, FerryError **errp)
+{
+    uint8_t *buf;
+    FerryWireHint h;
+    if (!ferry__record_read_hint(&a->r, &buf, &h, errp)) {
+        return false;
+    }
+    bool ok = h.block < a->cfg.nblocks;
+    uint64_t pages = 0;
+    if (!ok) {
+        ferry_error_setg(errp, "needed pages of RAM block %u, the stream has %u blocks", h.block, a->cfg.nblocks);
+    }
+    for (uint32_t i = 0; ok && i < h.count; i++) {
+        uint64_t first, count, npages = a->blocks[h.block].npages;
+        ferry__wire_hint_range(&h, i, &first, &count);
+        if (count == 0 || first >= npages || count > npages - first) {
+            ferry_error_setg(errp, "needed range %llu+%llu is outside RAM block '%s' (%llu pages)",
+                             (unsigned long long)first, (unsigned long long)count, a->cfg.blocks[h.block].name,
+                             (unsigned long long)npages);
+            ok = false;
+        }
+        pages += count;
+    }
+    if (ok) {
+        json_int_t before = json_integer_value(json_object_get(a->postcopy, "needed-pages"));
+        json_object_set_new(a->postcopy, "needed-pages", json_integer(before + (json_int_t)pages));
+    }
+    free(buf);
+    return ok;
+}
+
+static bool do_pc_run(Analyzer *a, FerryError **errp)
+{
+    (void)errp;
+    json_object_set_new(a->postcopy, "run", json_true());
+    return true;
+}
+
 typedef bool (*AnalyzeStep)(Analyzer *a, FerryError **errp);
 
 /* One step per record kind. MULTIFD, MULTIFD_SYNC and COMMIT have none: FEATURES refuses multifd, and the
@@ -403,6 +462,9 @@ static const struct {
     { FERRY_REC_PASS_END, do_pass_end },
     { FERRY_REC_SECTION, do_section },
     { FERRY_REC_END, do_end },
+    { FERRY_REC_POSTCOPY_START, do_pc_start },
+    { FERRY_REC_POSTCOPY_NEED, do_pc_need },
+    { FERRY_REC_POSTCOPY_RUN, do_pc_run },
 };
 
 static bool do_record(Analyzer *a, FerryError **errp)
@@ -485,6 +547,7 @@ static json_t *result_json(const Analyzer *a, uint64_t bytes)
     json_object_set_new(r, "framing-bytes", json_integer((json_int_t)(bytes - a->data_bytes)));
     json_object_set(r, "unknown-records", a->unknown);
     json_object_set(r, "fds", a->fds);
+    set_opt(r, "postcopy", a->postcopy);
     return r;
 }
 
@@ -526,6 +589,7 @@ static void analyzer_free(Analyzer *a)
     json_decref(a->schema);
     json_decref(a->unknown);
     json_decref(a->fds);
+    json_decref(a->postcopy);
     ferry__wire_config_free(&a->cfg);
     free(a->blocks);
     free(a->seen);

@@ -24,15 +24,20 @@
  * zero again (the next attempt relies on that, since pass 1 does not send never-populated pages), and the process
  * exits non-zero unless exit-on-error=false asked it to stay up and report.
  */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include "migration/migration-priv.h"
 #include "migration/record-reader.h"
 #include "multifd/multifd.h"
+#include "ram/blocktime.h"
+#include "ram/postcopy.h"
 #include "stream/stream.h"
 #include "util/util.h"
 #include "visitor/visitor-int.h"
@@ -93,6 +98,32 @@ typedef struct Dest {
     uint64_t *hinted;        /* per block: pages announced so far (at most the block's pages are queued) */
     bool pop_stop;
     bool first_pass;         /* no PASS_END yet */
+    bool mfd_stopped;        /* the multifd channels were stopped and their pages counted */
+
+    /* Postcopy (the section "Postcopy" below). */
+    bool in_postcopy;        /* POSTCOPY_START came: RAM is registered with userfaultfd */
+    bool pc_running;         /* POSTCOPY_RUN came: the loader thread runs the workload; failures pause */
+    FerryWirePcStart pc;
+    int64_t pc_start_ms;
+    FerryUffd *uffd;
+    FerryBlocktime *blocktime; /* m->blocktime's (the engine owns it) */
+    unsigned long **need;    /* per block (atomic): pages still to come, cleared once placed */
+    unsigned long **requested; /* per block (atomic): pages asked for and not yet placed */
+    uint64_t need_left;      /* atomic: bits set in need */
+    uint8_t *bounce;         /* this thread's page buffer for UFFDIO_COPY */
+    FerryMutex rp_lock;      /* the return path's writer */
+    pthread_t fault_thread;
+    bool fault_started;
+    int fault_wake;          /* eventfd: stops the fault thread */
+    FerryChannel *pchan;     /* the preempt channel, read by its own thread */
+    pthread_t preempt_thread;
+    bool preempt_started;
+    bool pc_stopping;        /* atomic: the end is expected on the preempt channel */
+    pthread_t load_thread;
+    bool load_started;
+    FerryError *load_err;    /* the loader thread's failure */
+    uint64_t pc_pages, pc_bytes, pc_normal, pc_zero, pc_requests; /* atomic */
+    uint64_t pc_preempt_bytes; /* atomic: bytes of the records read on the preempt channel */
 } Dest;
 
 /* The populate thread: fault in announced ranges, 16 MiB at a time so that stop is seen quickly. */
@@ -259,6 +290,20 @@ static bool step_hello(Dest *d, FerryError **errp)
     return ferry__record_read_features(&d->r, &d->offered, errp);
 }
 
+/* Whether this end can take a postcopy: its RAM can be registered with userfaultfd. If not, postcopy-ram is left
+ * out of the answer to HELLO (the source's migrate-start-postcopy then says the destination did not accept it)
+ * and the reason is logged here. */
+static bool postcopy_possible(Dest *d)
+{
+    FerryError *err = NULL;
+    if (ferry__uffd_probe(d->m->blocks, d->m->nblocks, &err)) {
+        return true;
+    }
+    ferry__log(FERRY_LOG_WARN, "postcopy-ram is not accepted: %s", ferry_error_msg(err));
+    ferry_error_free(err);
+    return false;
+}
+
 /*
  * After HELLO, with a return path: answer with what this side accepts; the source then writes FEATURES within
  * that. The answer always carries a CRC trailer (as every return-path record).
@@ -272,13 +317,18 @@ static bool after_hello(Dest *d, FerryError **errp)
     /* The page pipe comes as an fd: without a UNIX socket this end cannot take it. multifd channels come as
      * connections: without a listening socket this end cannot accept them. */
     bool no_fds = !ferry__channel_can_pass_fds(d->chan), no_mfd = !can_multifd(d);
-    if (no_fds || no_mfd) {
+    bool no_pc = ferry__wire_features_find(&d->accepted, ferry__feature_name(FERRY_CAP_POSTCOPY_RAM)) >= 0 &&
+                 !postcopy_possible(d);
+    if (no_fds || no_mfd || no_pc) {
         FerryWireFeatureList keep;
         memset(&keep, 0, sizeof(keep));
         for (uint32_t i = 0; i < d->accepted.n; i++) {
             const char *name = d->accepted.f[i].name;
             if ((no_fds && strcmp(name, ferry__feature_name(FERRY_CAP_UNIX_PAGE_FLIPPING)) == 0) ||
-                (no_mfd && strcmp(name, ferry__feature_name(FERRY_CAP_MULTIFD)) == 0)) {
+                (no_mfd && (strcmp(name, ferry__feature_name(FERRY_CAP_MULTIFD)) == 0 ||
+                            strcmp(name, ferry__feature_name(FERRY_CAP_POSTCOPY_PREEMPT)) == 0)) ||
+                (no_pc && (strcmp(name, ferry__feature_name(FERRY_CAP_POSTCOPY_RAM)) == 0 ||
+                           strcmp(name, ferry__feature_name(FERRY_CAP_POSTCOPY_PREEMPT)) == 0))) {
                 continue;
             }
             ferry__wire_features_add(&keep, name, d->accepted.f[i].flags);
@@ -333,10 +383,16 @@ static bool step_features(Dest *d, FerryError **errp)
     return true;
 }
 
+/* The stream uses postcopy-preempt: the listener stays until the preempt channel is accepted. */
+static bool uses_preempt(const Dest *d)
+{
+    return ferry__features_uses(&d->used, FERRY_CAP_POSTCOPY_PREEMPT);
+}
+
 /* After FEATURES: without multifd no other connection is accepted; query-migrate shows what the stream uses. */
 static bool after_features(Dest *d, FerryError **errp)
 {
-    if (!d->multifd) {
+    if (!d->multifd && !uses_preempt(d)) {
         release_listener(d);
     }
     ferry__features_record(d->m, &d->used);
@@ -534,7 +590,9 @@ static bool step_multifd(Dest *d, FerryError **errp)
     if (quitting && d->mfd) {
         ferry__multifd_recv_shutdown(d->mfd); /* quit came before in_mfd was set */
     }
-    release_listener(d);
+    if (!uses_preempt(d)) {
+        release_listener(d);
+    }
     /* Pages may arrive from now on: no RAM block may get the source's memory any more. */
     d->pages_started = true;
     return d->mfd != NULL;
@@ -564,12 +622,13 @@ static bool step_multifd_sync(Dest *d, FerryError **errp)
 /* After END: stop the channel threads (the stream is complete) and count their pages with the others. */
 static bool stop_multifd(Dest *d, FerryError **errp)
 {
-    if (!d->mfd) {
+    if (!d->mfd || d->mfd_stopped) {
         return true;
     }
     if (!ferry__multifd_recv_stop(d->mfd, errp)) {
         return false;
     }
+    d->mfd_stopped = true;
     FerryMultifdStats st;
     ferry__multifd_recv_stats(d->mfd, &st);
     d->pages += st.pages;
@@ -635,8 +694,13 @@ static bool receive_run(Dest *d, FerryRamBlock *b, const FerryWireRun *run, cons
 }
 
 /* RAM_PAGES: a run of pages of one block. */
+static bool pc_receive_pages(Dest *d, FerryRecordReader *r, uint8_t *bounce, FerryError **errp);
+
 static bool step_pages(Dest *d, FerryError **errp)
 {
+    if (d->in_postcopy) {
+        return pc_receive_pages(d, &d->r, d->bounce, errp);
+    }
     uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8];
     FerryWireRun run;
     uint32_t zeros;
@@ -762,17 +826,10 @@ static bool check_sections_present(Dest *d, FerryError **errp)
     return true;
 }
 
-/*
- * After END: stop the multifd channels, check the totals, then load the staged sections. Nothing was applied to
- * device state before this.
- */
-static bool after_end(Dest *d, FerryError **errp)
+/* Load the staged sections, in stream order. */
+static bool load_sections(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
-    if (!stop_multifd(d, errp) || !ferry__record_check_end(&d->end, d->pages, d->sections_seen, errp) ||
-        !check_sections_present(d, errp)) {
-        return false;
-    }
     for (size_t j = 0; j < d->nstaged; j++) {
         Staged *st = &d->staged[j];
         FerrySection *sec = &m->sections[st->section];
@@ -782,6 +839,24 @@ static bool after_end(Dest *d, FerryError **errp)
             return false;
         }
         d->skipped += ferry__visitor_input_skipped(st->v);
+    }
+    return true;
+}
+
+static bool pc_after_end(Dest *d, FerryError **errp);
+
+/*
+ * After END: stop the multifd channels, check the totals, then load the staged sections. Nothing was applied to
+ * device state before this. (After a switch to postcopy: pc_after_end.)
+ */
+static bool after_end(Dest *d, FerryError **errp)
+{
+    if (d->in_postcopy) {
+        return pc_after_end(d, errp);
+    }
+    if (!stop_multifd(d, errp) || !ferry__record_check_end(&d->end, d->pages, d->sections_seen, errp) ||
+        !check_sections_present(d, errp) || !load_sections(d, errp)) {
+        return false;
     }
     d->source_running = d->end.flags & FERRY_END_SOURCE_RUNNING;
     return true;
@@ -806,6 +881,429 @@ static bool step_unknown(Dest *d, FerryError **errp)
     return true;
 }
 
+/* ---- Postcopy (postcopy-ram; docs/design.md, "Postcopy") ----
+ *
+ * POSTCOPY_START: the populate thread and the multifd channels stop (nothing may write RAM behind
+ * userfaultfd's back from here on), every block is registered for missing-page faults, and the fault thread
+ * starts. POSTCOPY_NEED: the pages listed are dropped (they are stale or never arrived) and marked needed. The
+ * device state is staged as usual. POSTCOPY_RUN: a loader thread loads it and runs the workload, while this thread
+ * goes on reading pages, so that a section whose load touches a needed page gets it (the page comes on the
+ * channel this thread reads). Every page is placed atomically (UFFDIO_COPY / UFFDIO_ZEROPAGE), and only then
+ * marked as no longer needed: the fault thread zero-fills a missing page that is not needed (it was zero at the
+ * source and never sent), so the order matters. A fault on a needed page becomes a REQ_PAGES on the return path.
+ */
+
+/* The return path's writer: the fault thread's requests, this thread's ACK and NACK. Records carry a CRC. */
+static bool rp_write(Dest *d, uint16_t type, const void *payload, uint32_t len, FerryError **errp)
+{
+    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN], trailer[FERRY_WIRE_RECORD_TRAILER_LEN];
+    ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = type, .length = len });
+    ferry__put_be32(trailer, ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), payload, len));
+    ferry__mutex_lock(&d->rp_lock);
+    bool ok = ferry__channel_write_all(d->chan, h, sizeof(h), errp) &&
+              (len == 0 || ferry__channel_write_all(d->chan, payload, len, errp)) &&
+              ferry__channel_write_all(d->chan, trailer, sizeof(trailer), errp);
+    ferry__mutex_unlock(&d->rp_lock);
+    return ok;
+}
+
+static bool pc_request(Dest *d, FerryRamBlock *b, uint64_t page)
+{
+    uint8_t p[FERRY_WIRE_REQ_PAGES_LEN];
+    ferry__wire_req_pages_encode(&(FerryWireReqPages){ .block = b->index, .count = 1, .first = page }, p);
+    __atomic_add_fetch(&d->pc_requests, 1, __ATOMIC_RELAXED);
+    FerryError *err = NULL;
+    if (!rp_write(d, FERRY_REC_REQ_PAGES, p, sizeof(p), &err)) {
+        /* The connection broke: the main thread sees it too and pauses; the request is made again on resume. */
+        ferry__log(FERRY_LOG_DEBUG, "postcopy: page request not sent: %s", ferry_error_msg(err));
+        ferry_error_free(err);
+        return false;
+    }
+    return true;
+}
+
+/* One fault: a needed page is requested (once), any other missing page was zero at the source. */
+static void pc_handle_fault(Dest *d, const FerryUffdFault *f)
+{
+    FerryRamBlock *b = f->block;
+    uint64_t addr = (uint64_t)(uintptr_t)(b->host + f->page * d->ps);
+    if (!ferry__bitmap_test_atomic(d->need[b->index], f->page)) {
+        FerryError *err = NULL;
+        if (!ferry__uffd_place_zero(d->uffd, b, f->page, 1, NULL, &err)) {
+            ferry__log(FERRY_LOG_ERROR, "postcopy: cannot zero-fill page %llu of '%s': %s",
+                       (unsigned long long)f->page, b->name, ferry_error_msg(err));
+            ferry_error_free(err);
+        }
+        return;
+    }
+    ferry__blocktime_fault(d->blocktime, addr, f->tid, ferry__clock_ns());
+    if (!ferry__bitmap_test_atomic(d->need[b->index], f->page)) {
+        /* Placed between the two looks: its placement may have come before the fault was counted. */
+        ferry__blocktime_placed(d->blocktime, addr, d->ps, ferry__clock_ns());
+        return;
+    }
+    if (!ferry__bitmap_test_and_set_atomic(d->requested[b->index], f->page)) {
+        pc_request(d, b, f->page);
+    }
+}
+
+/* The fault thread: faults from the registered blocks until the wake eventfd says stop. */
+static void *pc_fault_thread(void *opaque)
+{
+    Dest *d = opaque;
+    FerryUffdFault faults[64];
+    struct pollfd p[2] = { { .fd = ferry__uffd_fd(d->uffd), .events = POLLIN },
+                           { .fd = d->fault_wake, .events = POLLIN } };
+    for (;;) {
+        if (poll(p, 2, -1) < 0 && errno != EINTR) {
+            ferry__log(FERRY_LOG_ERROR, "postcopy: fault thread: poll: %s", strerror(errno));
+            break;
+        }
+        if (p[1].revents) {
+            break;
+        }
+        FerryError *err = NULL;
+        int n = ferry__uffd_read_faults(d->uffd, faults, (int)FERRY_ARRAY_SIZE(faults), &err);
+        if (n < 0) {
+            ferry__log(FERRY_LOG_ERROR, "postcopy: fault thread: %s", ferry_error_msg(err));
+            ferry_error_free(err);
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            pc_handle_fault(d, &faults[i]);
+        }
+    }
+    return NULL;
+}
+
+/* After a resume: ask again for every page that was requested and has not come (the requests may be lost). */
+static void pc_rerequest(Dest *d)
+{
+    for (size_t bi = 0; bi < d->m->nblocks; bi++) {
+        FerryRamBlock *b = d->m->blocks[bi];
+        for (size_t i = ferry__bitmap_find_next(d->requested[bi], b->npages, 0); i < b->npages;
+             i = ferry__bitmap_find_next(d->requested[bi], b->npages, i + 1)) {
+            if (ferry__bitmap_test_atomic(d->need[bi], i) && !pc_request(d, b, i)) {
+                return;
+            }
+        }
+    }
+}
+
+/*
+ * Place the pages of a checked run read through @r: data pages from @bounce (filled here), zero pages zero-filled;
+ * then they are no longer needed. A page placed already (EEXIST) is skipped.
+ */
+static bool pc_place_run(Dest *d, FerryRecordReader *r, uint8_t *bounce, FerryRamBlock *b, const FerryWireRun *run,
+                         const uint8_t *zmap, FerryError **errp)
+{
+    uint32_t n = run->count, data = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        data += !((zmap[i / 8] >> (i % 8)) & 1);
+    }
+    if (data && !ferry__record_read(r, bounce, (size_t)data * d->ps, errp)) {
+        return false;
+    }
+    uint32_t i = 0, off = 0;
+    while (i < n) {
+        bool zero = (zmap[i / 8] >> (i % 8)) & 1;
+        uint32_t j = i + 1;
+        while (j < n && (bool)((zmap[j / 8] >> (j % 8)) & 1) == zero) {
+            j++;
+        }
+        bool ok = zero ? ferry__uffd_place_zero(d->uffd, b, run->first + i, j - i, NULL, errp)
+                       : ferry__uffd_place(d->uffd, b, run->first + i, j - i, bounce + (size_t)off * d->ps, NULL,
+                                           errp);
+        if (!ok) {
+            return false;
+        }
+        off += zero ? 0 : j - i;
+        i = j;
+    }
+    uint64_t now = (uint64_t)ferry__clock_ns(), done = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        done += ferry__bitmap_test_and_clear_atomic(d->need[b->index], run->first + k);
+        ferry__bitmap_test_and_clear_atomic(d->requested[b->index], run->first + k);
+    }
+    ferry__blocktime_placed(d->blocktime, (uint64_t)(uintptr_t)(b->host + run->first * d->ps), (uint64_t)n * d->ps,
+                            (int64_t)now);
+    __atomic_sub_fetch(&d->need_left, done, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&d->pc_pages, n, __ATOMIC_RELAXED);
+    uint64_t bytes = FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)r->rh.length + (r->trailers ? 4 : 0);
+    __atomic_add_fetch(&d->pc_bytes, bytes, __ATOMIC_RELAXED);
+    if (r != &d->r) {
+        __atomic_add_fetch(&d->pc_preempt_bytes, bytes, __ATOMIC_RELAXED);
+    }
+    __atomic_add_fetch(&d->pc_normal, data, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&d->pc_zero, n - data, __ATOMIC_RELAXED);
+    return true;
+}
+
+/* RAM_PAGES after the switch, on any channel: the run checked against the blocks, then placed. */
+static bool pc_receive_pages(Dest *d, FerryRecordReader *r, uint8_t *bounce, FerryError **errp)
+{
+    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8];
+    FerryWireRun run;
+    uint32_t zeros;
+    if (!ferry__record_read_run(r, (uint32_t)d->ps, &run, zmap, &zeros, errp)) {
+        return false;
+    }
+    FerryRamBlock *b = run_block(d, &run, errp);
+    if (!b) {
+        return false;
+    }
+    if (run.flags & FERRY_RUN_DATA_IN_PIPE) {
+        ferry_error_setg(errp, "RAM_PAGES record with its data in the page pipe after the switch to postcopy");
+        return false;
+    }
+    return pc_place_run(d, r, bounce, b, &run, zmap, errp);
+}
+
+/* The preempt channel's thread: requested pages, placed as they come, until the channel ends. */
+static void *pc_preempt_thread(void *opaque)
+{
+    Dest *d = opaque;
+    FerryStream *s = ferry__stream_new(d->pchan);
+    FerryRecordReader r;
+    ferry__record_reader_init(&r, s);
+    ferry__record_set_features(&r, &d->used);
+    r.phase = FERRY_PHASE_POSTCOPY;
+    r.trailers = ferry__features_uses(&d->used, FERRY_CAP_RECORD_CHECKSUM);
+    ferry__stream_set_crc(s, r.trailers);
+    uint8_t *bounce = ferry__xmalloc((size_t)FERRY_WIRE_MAX_RUN_PAGES * d->ps);
+    FerryError *err = NULL;
+    while (!__atomic_load_n(&d->pc_stopping, __ATOMIC_ACQUIRE)) {
+        bool ok = ferry__record_next(&r, &err);
+        if (ok && r.rh.type != FERRY_REC_RAM_PAGES) {
+            ferry_error_setg(&err, "only RAM_PAGES records may come on the preempt channel");
+            ok = false;
+        }
+        if (!(ok && pc_receive_pages(d, &r, bounce, &err) && ferry__record_finish(&r, &err))) {
+            ferry__record_error_prefix(&r, &err);
+            break;
+        }
+    }
+    if (err && !__atomic_load_n(&d->pc_stopping, __ATOMIC_ACQUIRE)) {
+        ferry_error_prepend(&err, "postcopy preempt channel: ");
+        ferry__log(FERRY_LOG_WARN, "%s", ferry_error_msg(err));
+    }
+    ferry_error_free(err);
+    free(bounce);
+    ferry__stream_free(s);
+    return NULL;
+}
+
+/* Accept the preempt channel the source connects after POSTCOPY_START, check its hello, start its thread. */
+static bool pc_accept_preempt(Dest *d, FerryError **errp)
+{
+    if (!d->listener) {
+        ferry_error_setg(errp, "the stream uses postcopy-preempt, but this destination has no listening socket to "
+                         "accept its channel on");
+        return false;
+    }
+    FerryChannel *c = ferry__listener_accept_timeout(d->listener, 10000, errp);
+    bool ok = c && ferry__channel_set_timeout(c, d->timeout_ms, errp);
+    if (ok && d->tls) {
+        c = ferry__tls_channel_new(c, d->tls, errp);
+        ok = c && ferry__tls_channel_handshake(c, errp);
+    }
+    uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN], session[FERRY_WIRE_PC_SESSION_LEN];
+    ok = ok && ferry__channel_read_all(c, hello, sizeof(hello), errp) &&
+         ferry__wire_preempt_hello_decode(hello, session, errp);
+    if (ok && memcmp(session, d->pc.session, sizeof(session)) != 0) {
+        ferry_error_setg(errp, "it belongs to another migration (session id differs)");
+        ok = false;
+    }
+    if (!ok) {
+        ferry__channel_free(c);
+        ferry_error_prepend(errp, "postcopy preempt channel: ");
+        return false;
+    }
+    d->pchan = c;
+    ferry__mutex_lock(&d->m->lock);
+    d->m->in_pchan = c;
+    ferry__mutex_unlock(&d->m->lock);
+    if (pthread_create(&d->preempt_thread, NULL, pc_preempt_thread, d) != 0) {
+        ferry_error_setg(errp, "cannot start the postcopy preempt thread");
+        return false;
+    }
+    d->preempt_started = true;
+    return true;
+}
+
+/* POSTCOPY_START: read it; after_pc_start acts on it. */
+static bool step_pc_start(Dest *d, FerryError **errp)
+{
+    uint8_t p[FERRY_WIRE_PC_START_LEN];
+    return ferry__record_read(&d->r, p, sizeof(p), errp) && ferry__wire_pc_start_decode(p, &d->pc, errp);
+}
+
+/* The switch: stop whatever writes RAM directly, register it with userfaultfd, start the fault thread. */
+static bool after_pc_start(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    if (d->chan->one_way) {
+        ferry_error_setg(errp, "POSTCOPY_START on a channel without a return path: pages could not be requested");
+        return false;
+    }
+    d->pc_start_ms = ferry__clock_ms();
+    populate_stop(d);
+    if (!stop_multifd(d, errp)) {
+        return false;
+    }
+    size_t n = m->nblocks ? m->nblocks : 1;
+    d->need = ferry__xcalloc(n, sizeof(*d->need));
+    d->requested = ferry__xcalloc(n, sizeof(*d->requested));
+    for (size_t i = 0; i < m->nblocks; i++) {
+        d->need[i] = ferry__bitmap_new(m->blocks[i]->npages);
+        d->requested[i] = ferry__bitmap_new(m->blocks[i]->npages);
+    }
+    d->bounce = ferry__xmalloc((size_t)FERRY_WIRE_MAX_RUN_PAGES * d->ps);
+    d->blocktime = ferry__blocktime_new();
+    for (size_t i = 0; i < m->nvcpu_tids; i++) {
+        if (m->vcpu_tids[i]) {
+            ferry__blocktime_set_vcpu(d->blocktime, (unsigned)i, m->vcpu_tids[i]);
+        }
+    }
+    ferry__mutex_lock(&m->lock);
+    ferry__blocktime_free(m->blocktime);
+    m->blocktime = d->blocktime; /* query-migrate reads it under lock; the engine frees it */
+    ferry__mutex_unlock(&m->lock);
+    d->uffd = ferry__uffd_new(m->blocks, m->nblocks, errp);
+    if (!d->uffd) {
+        return false;
+    }
+    d->fault_wake = eventfd(0, EFD_CLOEXEC);
+    if (d->fault_wake < 0 || pthread_create(&d->fault_thread, NULL, pc_fault_thread, d) != 0) {
+        ferry_error_setg(errp, "cannot start the postcopy fault thread");
+        return false;
+    }
+    d->fault_started = true;
+    d->in_postcopy = true;
+    ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_POSTCOPY_ACTIVE);
+    return !(d->pc.flags & FERRY_PC_PREEMPT) || pc_accept_preempt(d, errp);
+}
+
+/* POSTCOPY_NEED: drop the listed pages and mark them needed. */
+static bool step_pc_need(Dest *d, FerryError **errp)
+{
+    uint8_t *buf;
+    FerryWireHint h;
+    if (!ferry__record_read_hint(&d->r, &buf, &h, errp)) {
+        return false;
+    }
+    bool ok = h.block < d->m->nblocks;
+    if (!ok) {
+        ferry_error_setg(errp, "POSTCOPY_NEED record names block %u, this process has %zu", h.block, d->m->nblocks);
+    }
+    for (uint32_t i = 0; ok && i < h.count; i++) {
+        FerryRamBlock *b = d->m->blocks[h.block];
+        uint64_t first, n;
+        ferry__wire_hint_range(&h, i, &first, &n);
+        if (first >= b->npages || n > b->npages - first) {
+            ferry_error_setg(errp, "POSTCOPY_NEED range %llu+%llu is outside RAM block '%s'",
+                             (unsigned long long)first, (unsigned long long)n, b->name);
+            ok = false;
+            break;
+        }
+        ok = ferry__ram_block_drop_pages(b, first, n, errp);
+        uint64_t before = ferry__bitmap_count(d->need[h.block], b->npages);
+        ferry__bitmap_set_range_atomic(d->need[h.block], first, n);
+        __atomic_add_fetch(&d->need_left, ferry__bitmap_count(d->need[h.block], b->npages) - before,
+                           __ATOMIC_RELAXED);
+    }
+    free(buf);
+    return ok;
+}
+
+/* The loader thread: the device state (its load may fault on needed pages, which this thread's reads bring),
+ * then the workload runs. */
+static void *pc_load_thread(void *opaque)
+{
+    Dest *d = opaque;
+    FerryError *err = NULL;
+    if (load_sections(d, &err)) {
+        ferry__vm_incoming_done(d->m, d->pc.flags & FERRY_PC_SOURCE_RUNNING);
+        ferry__mutex_lock(&d->m->lock);
+        d->m->stats.downtime_ms = ferry__clock_ms() - d->pc_start_ms;
+        ferry__mutex_unlock(&d->m->lock);
+    }
+    d->load_err = err;
+    return NULL;
+}
+
+/* POSTCOPY_RUN: empty; after it, the loader thread runs the workload while this thread reads pages. */
+static bool step_pc_run(Dest *d, FerryError **errp)
+{
+    (void)d;
+    (void)errp;
+    return true;
+}
+
+static bool after_pc_run(Dest *d, FerryError **errp)
+{
+    if (!check_sections_present(d, errp)) {
+        return false;
+    }
+    if (pthread_create(&d->load_thread, NULL, pc_load_thread, d) != 0) {
+        ferry_error_setg(errp, "cannot start the postcopy loader thread");
+        return false;
+    }
+    d->load_started = true;
+    d->pc_running = true;
+    return true;
+}
+
+/* Stop the fault and preempt threads and let userfaultfd go (every blocked thread is woken: with all pages placed
+ * it finds its page; at a forced end, a missing page then reads as zero). Idempotent. */
+static void pc_teardown(Dest *d)
+{
+    if (d->fault_started) {
+        uint64_t one = 1;
+        if (write(d->fault_wake, &one, sizeof(one)) < 0) {
+            ferry__log(FERRY_LOG_WARN, "postcopy: cannot stop the fault thread: %s", strerror(errno));
+        }
+        pthread_join(d->fault_thread, NULL);
+        d->fault_started = false;
+    }
+    if (d->preempt_started) {
+        __atomic_store_n(&d->pc_stopping, true, __ATOMIC_RELEASE);
+        ferry__channel_shutdown(d->pchan);
+        pthread_join(d->preempt_thread, NULL);
+        d->preempt_started = false;
+    }
+    ferry__uffd_free(d->uffd);
+    d->uffd = NULL;
+}
+
+/* The END of a postcopy stream: every needed page placed (those on the preempt channel may still be landing),
+ * the device state loaded, the totals right. Then userfaultfd can go. */
+static bool pc_after_end(Dest *d, FerryError **errp)
+{
+    int64_t deadline = ferry__clock_ms() + 10000;
+    while (__atomic_load_n(&d->need_left, __ATOMIC_ACQUIRE) > 0 && ferry__clock_ms() < deadline) {
+        ferry__sleep_ns(200 * 1000);
+    }
+    uint64_t left = __atomic_load_n(&d->need_left, __ATOMIC_ACQUIRE);
+    if (left) {
+        ferry_error_setg(errp, "END came with %llu pages still missing", (unsigned long long)left);
+        return false;
+    }
+    pthread_join(d->load_thread, NULL);
+    d->load_started = false;
+    if (d->load_err) {
+        ferry_error_propagate(errp, d->load_err);
+        d->load_err = NULL;
+        return false;
+    }
+    uint64_t pages = d->pages + __atomic_load_n(&d->pc_pages, __ATOMIC_RELAXED);
+    if (!ferry__record_check_end(&d->end, pages, d->sections_seen, errp)) {
+        return false;
+    }
+    pc_teardown(d);
+    return true;
+}
+
 static void update_stats(Dest *d)
 {
     FerryMigration *m = d->m;
@@ -815,6 +1313,14 @@ static void update_stats(Dest *d)
     m->stats.duplicate = d->duplicate;
     m->stats.skipped_bytes = d->skipped;
     m->stats.page_pipe_bytes = d->pipe_bytes;
+    if (d->in_postcopy) {
+        m->stats.transferred += __atomic_load_n(&d->pc_preempt_bytes, __ATOMIC_RELAXED);
+        m->stats.normal += __atomic_load_n(&d->pc_normal, __ATOMIC_RELAXED);
+        m->stats.duplicate += __atomic_load_n(&d->pc_zero, __ATOMIC_RELAXED);
+        m->stats.postcopy_bytes = __atomic_load_n(&d->pc_bytes, __ATOMIC_RELAXED);
+        m->stats.postcopy_requests = __atomic_load_n(&d->pc_requests, __ATOMIC_RELAXED);
+        m->stats.postcopy_pending = __atomic_load_n(&d->need_left, __ATOMIC_RELAXED);
+    }
     if (d->mfd) {
         FerryMultifdStats st;
         ferry__multifd_recv_stats(d->mfd, &st);
@@ -854,6 +1360,9 @@ static const struct DestStep {
     { FERRY_REC_SECTION, step_section, NULL },
     { FERRY_REC_END, step_end, after_end },
     { FERRY_REC_COMMIT, step_commit, NULL },
+    { FERRY_REC_POSTCOPY_START, step_pc_start, after_pc_start },
+    { FERRY_REC_POSTCOPY_NEED, step_pc_need, NULL },
+    { FERRY_REC_POSTCOPY_RUN, step_pc_run, after_pc_run },
 };
 
 static const struct DestStep unknown_step = { FERRY_REC_NONE, step_unknown, NULL };
@@ -1046,6 +1555,175 @@ static bool receive_stream(Dest *d, FerryError **errp)
     return ok;
 }
 
+/* ---- Postcopy recovery on this side (docs/design.md, "Postcopy"): pause, accept the source's resume, tell it
+ * which pages are still missing, go on reading. ---- */
+
+/* The POSTCOPY_RESUME record that opens a recovering connection: always with a CRC trailer. */
+static bool pc_read_resume(Dest *d, FerryError **errp)
+{
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN], rec[FERRY_WIRE_RECORD_HEADER_LEN + FERRY_WIRE_PC_SESSION_LEN + 4];
+    FerryRecordHeader rh;
+    if (!ferry__stream_read(d->s, hdr, sizeof(hdr)) || !ferry__stream_read(d->s, rec, sizeof(rec))) {
+        ferry__stream_check(d->s, errp);
+        return false;
+    }
+    if (!ferry__wire_decode_header(hdr, errp)) {
+        return false;
+    }
+    ferry__wire_decode_record(rec, &rh);
+    size_t body = FERRY_WIRE_RECORD_HEADER_LEN + FERRY_WIRE_PC_SESSION_LEN;
+    if (rh.type != FERRY_REC_POSTCOPY_RESUME || rh.length != FERRY_WIRE_PC_SESSION_LEN) {
+        ferry_error_setg(errp, "the first record is %s (%u bytes), expected POSTCOPY_RESUME",
+                         ferry__wire_record_name(rh.type), rh.length);
+        return false;
+    }
+    if (ferry__get_be32(rec + body) != ferry__crc32c(0, rec, body)) {
+        ferry_error_setg(errp, "POSTCOPY_RESUME is damaged (CRC mismatch)");
+        return false;
+    }
+    if (memcmp(rec + FERRY_WIRE_RECORD_HEADER_LEN, d->pc.session, FERRY_WIRE_PC_SESSION_LEN) != 0) {
+        ferry_error_setg(errp, "the resuming source belongs to another migration (session id differs)");
+        return false;
+    }
+    return true;
+}
+
+/* RESUME_NEED records (the pages still missing, in chunks that fit a control record), then RESUME_ACK. */
+static bool pc_send_need(Dest *d, FerryError **errp)
+{
+    enum { CHUNK = 4u << 20 }; /* pages per record: a 512 KiB bitmap */
+    uint8_t *buf = ferry__xmalloc(20 + CHUNK / 8);
+    bool ok = true;
+    for (size_t bi = 0; ok && bi < d->m->nblocks; bi++) {
+        uint64_t npages = d->m->blocks[bi]->npages;
+        for (uint64_t first = 0; ok && first < npages; first += CHUNK) {
+            uint64_t n = FERRY_MIN(npages - first, (uint64_t)CHUNK);
+            memset(buf + 20, 0, (size_t)((n + 7) / 8));
+            for (uint64_t i = 0; i < n; i++) {
+                if (ferry__bitmap_test_atomic(d->need[bi], first + i)) {
+                    buf[20 + i / 8] |= (uint8_t)(1u << (i % 8));
+                }
+            }
+            ferry__put_be32(buf, (uint32_t)bi);
+            ferry__put_be64(buf + 4, first);
+            ferry__put_be64(buf + 12, n);
+            ok = rp_write(d, FERRY_REC_RESUME_NEED, buf, (uint32_t)(20 + (n + 7) / 8), errp);
+        }
+    }
+    free(buf);
+    return ok && rp_write(d, FERRY_REC_RESUME_ACK, NULL, 0, errp);
+}
+
+/* Accept the recovering source on @l: its channel replaces the broken one, the stream goes on in phase
+ * postcopy. */
+static bool pc_accept_resume(Dest *d, FerryListener *l, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    FerryChannel *c = ferry__listener_accept(l, errp);
+    if (!c) {
+        return false;
+    }
+    ferry__mutex_lock(&m->lock);
+    m->in_chan = c;
+    ferry__mutex_unlock(&m->lock);
+    ferry__mutex_lock(&d->rp_lock);
+    ferry__stream_free(d->s);
+    ferry__channel_free(d->chan);
+    d->chan = c;
+    d->s = ferry__stream_new(c);
+    ferry__mutex_unlock(&d->rp_lock);
+    if (!ferry__channel_set_timeout(c, d->timeout_ms, errp)) {
+        return false;
+    }
+    if (d->tls && !start_tls(d, errp)) {
+        return false;
+    }
+    ferry__mutex_lock(&d->rp_lock);
+    ferry__stream_free(d->s);
+    d->s = ferry__stream_new(d->chan);
+    ferry__mutex_unlock(&d->rp_lock);
+    ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_RECOVER_SETUP, FERRY_MIG_POSTCOPY_RECOVER);
+    if (!pc_read_resume(d, errp) || !pc_send_need(d, errp)) {
+        return false;
+    }
+    if ((d->pc.flags & FERRY_PC_PREEMPT) && !pc_accept_preempt(d, errp)) {
+        return false;
+    }
+    ferry__record_reader_init(&d->r, d->s);
+    ferry__record_set_features(&d->r, &d->used);
+    d->r.phase = FERRY_PHASE_POSTCOPY;
+    d->r.trailers = ferry__features_uses(&d->used, FERRY_CAP_RECORD_CHECKSUM);
+    ferry__stream_set_crc(d->s, d->r.trailers);
+    ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_RECOVER, FERRY_MIG_POSTCOPY_ACTIVE);
+    pc_rerequest(d);
+    return true;
+}
+
+/*
+ * The connection broke after POSTCOPY_RUN (or migrate-pause): pause, keeping every page and the workload
+ * (its threads wait on what is missing), until migrate-recover gives a listener and a source resumes on it.
+ * True once resumed; false (with *errp the reason of the pause) when the process quits instead.
+ */
+static bool pc_pause(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    for (;;) {
+        if (d->preempt_started) {
+            __atomic_store_n(&d->pc_stopping, true, __ATOMIC_RELEASE);
+            ferry__channel_shutdown(d->pchan);
+            pthread_join(d->preempt_thread, NULL);
+            d->preempt_started = false;
+            __atomic_store_n(&d->pc_stopping, false, __ATOMIC_RELEASE);
+            ferry__mutex_lock(&m->lock);
+            m->in_pchan = NULL;
+            ferry__mutex_unlock(&m->lock);
+            ferry__channel_free(d->pchan);
+            d->pchan = NULL;
+        }
+        ferry_error_prepend(errp, "postcopy paused, the workload running here with pages still at the source "
+                            "(its threads wait for them): recover with migrate-recover here and migrate "
+                            "resume=true there; ");
+        ferry__log(FERRY_LOG_WARN, "%s", ferry_error_msg(*errp));
+        FerryMigrationStatus from = ferry__mig_status(m);
+        if (from != FERRY_MIG_POSTCOPY_PAUSED && !ferry__mig_pause(m, from, *errp)) {
+            return false;
+        }
+        FerryListener *l = ferry__mig_wait_recover(m);
+        if (!l) {
+            return false;
+        }
+        ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_PAUSED, FERRY_MIG_POSTCOPY_RECOVER_SETUP);
+        FerryError *err = NULL;
+        d->listener = l;
+        bool ok = pc_accept_resume(d, l, &err);
+        ferry__mutex_lock(&m->lock);
+        if (m->listener == l) {
+            m->listener = NULL;
+        }
+        ferry__mutex_unlock(&m->lock);
+        ferry__listener_free(l);
+        d->listener = NULL;
+        if (ok) {
+            ferry_error_free(*errp);
+            *errp = NULL;
+            return true;
+        }
+        ferry_error_free(*errp);
+        *errp = err;
+    }
+}
+
+/* The rest of a resumed postcopy stream, up to END. */
+static bool receive_resumed(Dest *d, FerryError **errp)
+{
+    while (d->r.phase != FERRY_PHASE_END) {
+        if (!receive_record(d, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* ACK: everything arrived, was checked and loaded. Return-path records always carry a CRC trailer. */
 static bool send_ack(Dest *d, FerryError **errp)
 {
@@ -1070,7 +1748,12 @@ static bool run(Dest *d, FerryError **errp)
     m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
     ferry__mutex_unlock(&m->lock);
     ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
-    if (!receive_stream(d, errp)) {
+    bool ok = receive_stream(d, errp);
+    /* After POSTCOPY_RUN the workload runs here: a failure pauses, keeping every page, until a recovery. */
+    while (!ok && d->pc_running && pc_pause(d, errp)) {
+        ok = receive_resumed(d, errp);
+    }
+    if (!ok) {
         return false;
     }
     if (d->chan->one_way) {
@@ -1079,7 +1762,7 @@ static bool run(Dest *d, FerryError **errp)
     if (!send_ack(d, errp)) {
         return false;
     }
-    if (d->commit && !await_commit(d, errp)) {
+    if (d->commit && !d->in_postcopy && !await_commit(d, errp)) {
         d->uncommitted = true;
         ferry_error_prepend(errp, "the source did not confirm the switchover after this destination's ACK, so "
                             "it may still be running; the state is loaded here and left paused (if the source "
@@ -1105,6 +1788,40 @@ static void dest_init(Dest *d, FerryMigration *m)
     }
     pthread_mutex_init(&d->pop_lock, NULL);
     pthread_cond_init(&d->pop_cond, NULL);
+    ferry__mutex_init(&d->rp_lock);
+    d->fault_wake = -1;
+}
+
+/* What postcopy leaves: the threads stopped (the loader joined: it may still be loading at a forced end, and
+ * needs pages only the channel it no longer has could bring, so it is woken by letting userfaultfd go first). */
+static void pc_cleanup(Dest *d)
+{
+    pc_teardown(d);
+    if (d->load_started) {
+        pthread_join(d->load_thread, NULL);
+        d->load_started = false;
+    }
+    ferry_error_free(d->load_err);
+    d->load_err = NULL;
+    for (size_t i = 0; d->need && i < d->m->nblocks; i++) {
+        free(d->need[i]);
+        free(d->requested[i]);
+    }
+    free(d->need);
+    free(d->requested);
+    free(d->bounce);
+    d->need = d->requested = NULL;
+    d->bounce = NULL;
+    if (d->fault_wake >= 0) {
+        close(d->fault_wake);
+        d->fault_wake = -1;
+    }
+    ferry__mutex_lock(&d->m->lock);
+    d->m->in_pchan = NULL;
+    ferry__mutex_unlock(&d->m->lock);
+    ferry__channel_free(d->pchan);
+    d->pchan = NULL;
+    ferry__mutex_destroy(&d->rp_lock);
 }
 
 /* Everything but the channel. */
@@ -1129,6 +1846,7 @@ static void dest_cleanup(Dest *d)
     free(d->hinted);
     pthread_mutex_destroy(&d->pop_lock);
     pthread_cond_destroy(&d->pop_cond);
+    pc_cleanup(d);
 }
 
 bool ferry__migration_load_stream(FerryMigration *m, FerryChannel *c, uint64_t *skipped, FerryError **errp)
@@ -1153,9 +1871,19 @@ bool ferry__migration_load_stream(FerryMigration *m, FerryChannel *c, uint64_t *
 static void dest_finish(Dest *d, bool ok, bool exit_on_error, const FerryError *err)
 {
     FerryMigration *m = d->m;
+    if (ok && d->in_postcopy) {
+        ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_ACTIVE, FERRY_MIG_COMPLETED);
+        return;
+    }
     if (ok) {
         ferry__vm_incoming_done(m, d->source_running);
         ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_COMPLETED);
+        return;
+    }
+    if (d->pc_running) {
+        /* Only a quit ends a paused postcopy here: the state was split, and what ran here is all there is. */
+        ferry__log(FERRY_LOG_ERROR, "incoming postcopy ended: %s", ferry_error_msg(err));
+        ferry__mig_fail(m, err);
         return;
     }
     if (d->uncommitted) {
@@ -1188,7 +1916,7 @@ void *ferry__dest_thread(void *opaque)
 
     bool ok = run(&d, &err);
     populate_stop(&d);
-    FerryChannel *report = ok || d.uncommitted || m->quitting ? NULL : report_channel(&d);
+    FerryChannel *report = ok || d.uncommitted || d.pc_running || m->quitting ? NULL : report_channel(&d);
     if (report) {
         send_nack(report, err);
     }

@@ -35,6 +35,7 @@
 
 #include "migration/migration-priv.h"
 #include "multifd/multifd.h"
+#include "ram/blocktime.h"
 #include "util/util.h"
 
 static const char *const status_names[FERRY_MIG__MAX] = {
@@ -164,6 +165,7 @@ FerryMigration *ferry__migration_new(void)
     m->tracker_kind = FERRY_TRACKER_AUTO;
     /* Without it a connect could not be interrupted; nothing else depends on it. */
     m->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    pthread_cond_init(&m->pc_cond, NULL);
     ferry__params_init(m);
     return m;
 }
@@ -195,6 +197,8 @@ void ferry__migration_free(FerryMigration *m)
     ferry__tls_unref(m->in_tls);
     ferry__params_free(m);
     ferry__address_free(m->out_addr);
+    ferry__postcopy_free(m);
+    pthread_cond_destroy(&m->pc_cond);
     if (m->cancel_fd >= 0) {
         close(m->cancel_fd);
     }
@@ -566,6 +570,7 @@ static void reset_for_new_migration_locked(FerryMigration *m, bool incoming)
         m->stats.total += m->blocks[i]->size;
     }
     m->cancel_requested = false;
+    m->postcopy_requested = false;
     uint64_t drained;
     if (m->cancel_fd >= 0 && read(m->cancel_fd, &drained, sizeof(drained)) < 0) {
         /* EAGAIN: nothing was pending. */
@@ -582,6 +587,9 @@ static void request_cancel_locked(FerryMigration *m)
     }
     if (m->out_mfd) {
         ferry__multifd_send_shutdown(m->out_mfd);
+    }
+    if (m->out_pchan) {
+        ferry__channel_shutdown(m->out_pchan);
     }
     uint64_t one = 1;
     if (m->cancel_fd >= 0 && write(m->cancel_fd, &one, sizeof(one)) < 0) {
@@ -659,6 +667,28 @@ static bool tls_setup_locked(FerryMigration *m, const FerryMigrationAddress *add
 
 /* Whether an outgoing migration to @addr may start now, with lock held (and the finished one reaped); the error
  * says why not. */
+/* postcopy-ram on: refuse, as QEMU, what cannot carry it: the destination's page requests need a return path
+ * (no file or exec), and RAM passed as memfds (mode cpr-transfer) is shared, never copied, so never missing. */
+static bool postcopy_address_ok(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+{
+    const char *why = NULL;
+    if (addr->transport == FERRY_TRANSPORT_FILE || addr->transport == FERRY_TRANSPORT_EXEC) {
+        why = "the destination's page requests need a return path, which a file or exec migration does not have";
+    } else if (addr->transport == FERRY_TRANSPORT_RDMA) {
+        why = "postcopy over RDMA is not supported";
+    } else if (m->params.mode == FERRY_MODE_CPR_TRANSFER) {
+        why = "mode cpr-transfer passes shared RAM as memfds, which postcopy has nothing to do for (turn "
+              "postcopy-ram off)";
+    }
+    if (!why) {
+        return true;
+    }
+    char *uri = ferry__address_to_uri(addr);
+    ferry_error_setg(errp, "postcopy-ram cannot be used on '%s': %s", uri, why);
+    free(uri);
+    return false;
+}
+
 static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
 {
     FERRY_ASSERT_HELD(&m->lock);
@@ -676,6 +706,9 @@ static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress 
     }
     if (m->nblocks == 0 && m->nsections == 0) {
         ferry_error_setg(errp, "nothing to migrate: no RAM block or state section is registered");
+        return false;
+    }
+    if (m->caps[FERRY_CAP_POSTCOPY_RAM] && !postcopy_address_ok(m, addr, errp)) {
         return false;
     }
     /* multifd opens more connections to the same address: only the listening sockets can take them. */
@@ -843,6 +876,11 @@ void ferry__migration_join(FerryMigration *m)
         /* The incoming thread may wait for the channel threads at a MULTIFD_SYNC: failing them wakes it. */
         ferry__multifd_recv_shutdown(m->in_mfd);
     }
+    /* A paused postcopy waits for a recovery that will not come now. */
+    pthread_cond_broadcast(&m->pc_cond);
+    if (m->in_pchan) {
+        ferry__channel_shutdown(m->in_pchan);
+    }
     bool out = m->out_thread_joinable, in = m->in_thread_joinable;
     pthread_t ot = m->out_thread, it = m->in_thread;
     m->out_thread_joinable = m->in_thread_joinable = false;
@@ -885,6 +923,12 @@ static json_t *query_ram(const FerryMigStats *st)
         /* ferry extension: page data that went through the page pipe (unix-page-flipping), not the socket. */
         json_object_set_new(ram, "page-pipe-bytes", json_integer((json_int_t)st->page_pipe_bytes));
     }
+    /* QEMU reports these in every query; the pages still to come in postcopy are ferry's. */
+    json_object_set_new(ram, "postcopy-requests", json_integer((json_int_t)st->postcopy_requests));
+    json_object_set_new(ram, "postcopy-bytes", json_integer((json_int_t)st->postcopy_bytes));
+    if (st->postcopy_pending) {
+        json_object_set_new(ram, "postcopy-pending-pages", json_integer((json_int_t)st->postcopy_pending));
+    }
     return ram;
 }
 
@@ -895,7 +939,10 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
     int64_t end = st->end_ms ? st->end_ms : ferry__clock_ms();
     json_object_set_new(r, "total-time", json_integer(end - st->start_ms));
     json_object_set_new(r, "setup-time", json_integer(st->setup_time_ms));
-    if (m->status == FERRY_MIG_COMPLETED && !m->incoming) {
+    bool postcopy = st->downtime_ms && m->status >= FERRY_MIG_POSTCOPY_ACTIVE &&
+                    m->status <= FERRY_MIG_POSTCOPY_RECOVER;
+    if ((m->status == FERRY_MIG_COMPLETED && (!m->incoming || st->downtime_ms)) || postcopy) {
+        /* In postcopy the downtime is known from the switch on: stop here to running there. */
         json_object_set_new(r, "downtime", json_integer(st->downtime_ms));
     }
     if (m->status == FERRY_MIG_ACTIVE && !m->incoming) {
@@ -925,6 +972,7 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
         /* ferry extension: the main channel's TLS session (docs/qmp.md). */
         json_object_set_new(r, "tls", json_deep_copy(m->tls_info));
     }
+    ferry__postcopy_query_locked(m, r);
 }
 
 json_t *ferry__migration_query(FerryMigration *m)
@@ -945,7 +993,8 @@ json_t *ferry__migration_query(FerryMigration *m)
     if (m->status != FERRY_MIG_NONE) {
         query_started_locked(m, &live, r);
     }
-    if (m->error_desc && (m->status == FERRY_MIG_FAILED || m->status == FERRY_MIG_CANCELLED)) {
+    if (m->error_desc && (m->status == FERRY_MIG_FAILED || m->status == FERRY_MIG_CANCELLED ||
+                          m->status == FERRY_MIG_POSTCOPY_PAUSED)) {
         json_object_set_new(r, "error-desc", json_string(m->error_desc));
     }
     if (m->incoming && m->listener) {
@@ -955,34 +1004,198 @@ json_t *ferry__migration_query(FerryMigration *m)
     return r;
 }
 
-/* ---- Postcopy commands (issue 18): filled in by the postcopy work; until then they refuse. ---- */
+/* ---- Postcopy: the commands and what a paused migration waits on (docs/design.md, "Postcopy"). ---- */
+
+/* Whether @s is one of the statuses of a migration that has switched to postcopy. */
+static bool status_is_postcopy(FerryMigrationStatus s)
+{
+    return s >= FERRY_MIG_POSTCOPY_ACTIVE && s <= FERRY_MIG_POSTCOPY_RECOVER;
+}
 
 bool ferry__migrate_start_postcopy(FerryMigration *m, FerryError **errp)
 {
-    (void)m;
-    ferry_error_setg(errp, "postcopy is not implemented");
-    return false;
+    ferry__mutex_lock(&m->lock);
+    bool ok = false;
+    if (!m->caps[FERRY_CAP_POSTCOPY_RAM]) {
+        ferry_error_setg(errp, "Enable postcopy with migrate_set_capability before the start of migration");
+    } else if (m->incoming || !m->out_thread_joinable || status_is_terminal(m->status)) {
+        ferry_error_setg(errp, "migrate-start-postcopy needs an outgoing migration in progress (status is %s)",
+                         ferry__migration_status_name(m->status));
+    } else if (status_is_postcopy(m->status)) {
+        ferry_error_setg(errp, "the migration is in postcopy already (status %s)",
+                         ferry__migration_status_name(m->status));
+    } else if (m->status == FERRY_MIG_CANCELLING || m->status == FERRY_MIG_DEVICE) {
+        ferry_error_setg(errp, "too late to switch to postcopy: the migration is in status %s",
+                         ferry__migration_status_name(m->status));
+    } else if (m->features_negotiated && !ferry__features_uses(&m->features, FERRY_CAP_POSTCOPY_RAM)) {
+        ferry_error_setg(errp, "the destination did not accept postcopy-ram (it is off there, its RAM cannot be "
+                         "registered with userfaultfd, or it does not support it: its log says which); the "
+                         "precopy goes on");
+    } else {
+        /* Before the features are settled (status setup) the request waits; a destination that then refuses
+         * postcopy leaves it unanswered, and the source says so in its log. */
+        __atomic_store_n(&m->postcopy_requested, true, __ATOMIC_RELAXED);
+        ok = true;
+    }
+    ferry__mutex_unlock(&m->lock);
+    return ok;
 }
 
 bool ferry__migrate_pause(FerryMigration *m, FerryError **errp)
 {
-    (void)m;
-    ferry_error_setg(errp, "postcopy is not implemented");
-    return false;
+    ferry__mutex_lock(&m->lock);
+    if (m->status != FERRY_MIG_POSTCOPY_ACTIVE && m->status != FERRY_MIG_POSTCOPY_RECOVER) {
+        ferry_error_setg(errp, "migrate-pause is only allowed in postcopy (status is %s)",
+                         ferry__migration_status_name(m->status));
+        ferry__mutex_unlock(&m->lock);
+        return false;
+    }
+    /* As a cut connection: both ends see their channels fail and pause, keeping every page. */
+    FerryChannel *chans[] = { m->incoming ? m->in_chan : m->out_chan, m->incoming ? m->in_pchan : m->out_pchan };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(chans); i++) {
+        if (chans[i]) {
+            ferry__channel_shutdown(chans[i]);
+        }
+    }
+    ferry__mutex_unlock(&m->lock);
+    return true;
 }
 
 bool ferry__migrate_recover(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
 {
-    (void)m;
-    (void)addr;
-    ferry_error_setg(errp, "postcopy is not implemented");
-    return false;
+    ferry__mutex_lock(&m->lock);
+    bool paused = m->incoming && m->status == FERRY_MIG_POSTCOPY_PAUSED && !m->recover_listener;
+    FerryMigrationStatus st = m->status;
+    ferry__mutex_unlock(&m->lock);
+    if (!paused) {
+        ferry_error_setg(errp, "Migrate recover can only be run when postcopy is paused (this side: %s %s)",
+                         m->incoming ? "incoming," : "outgoing,", ferry__migration_status_name(st));
+        return false;
+    }
+    FerryListener *l = ferry__listener_new(addr, errp);
+    if (!l) {
+        return false;
+    }
+    ferry__mutex_lock(&m->lock);
+    m->recover_listener = l;
+    m->listener = l; /* so that quit interrupts its accept */
+    pthread_cond_broadcast(&m->pc_cond);
+    ferry__mutex_unlock(&m->lock);
+    return true;
 }
 
 bool ferry__migrate_resume(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
 {
-    (void)m;
-    (void)addr;
-    ferry_error_setg(errp, "postcopy is not implemented");
-    return false;
+    ferry__mutex_lock(&m->lock);
+    bool ok = !m->incoming && m->status == FERRY_MIG_POSTCOPY_PAUSED && !m->resume_addr;
+    if (ok) {
+        m->resume_addr = ferry__address_copy(addr);
+        pthread_cond_broadcast(&m->pc_cond);
+    } else {
+        ferry_error_setg(errp, "Cannot resume if there is no paused migration (status is %s)",
+                         ferry__migration_status_name(m->status));
+    }
+    ferry__mutex_unlock(&m->lock);
+    return ok;
+}
+
+bool ferry__mig_pause(FerryMigration *m, FerryMigrationStatus from, const FerryError *why)
+{
+    ferry__mutex_lock(&m->lock);
+    free(m->error_desc);
+    m->error_desc = ferry__utf8_scrub_bounded(why ? ferry_error_msg(why) : "connection lost",
+                                              FERRY_MIG_ERROR_DESC_MAX);
+    bool changed = set_state_locked(m, from, FERRY_MIG_POSTCOPY_PAUSED);
+    unlock_and_announce(m, changed, FERRY_MIG_POSTCOPY_PAUSED);
+    return changed;
+}
+
+FerryMigrationAddress *ferry__mig_wait_resume(FerryMigration *m)
+{
+    ferry__mutex_lock(&m->lock);
+    while (!m->resume_addr && !m->quitting) {
+        ferry__mutex_cond_wait(&m->lock, &m->pc_cond);
+    }
+    FerryMigrationAddress *a = m->quitting ? NULL : m->resume_addr;
+    if (a) {
+        m->resume_addr = NULL;
+    }
+    ferry__mutex_unlock(&m->lock);
+    return a;
+}
+
+FerryListener *ferry__mig_wait_recover(FerryMigration *m)
+{
+    ferry__mutex_lock(&m->lock);
+    while (!m->recover_listener && !m->quitting) {
+        ferry__mutex_cond_wait(&m->lock, &m->pc_cond);
+    }
+    FerryListener *l = m->quitting ? NULL : m->recover_listener;
+    m->recover_listener = NULL;
+    ferry__mutex_unlock(&m->lock);
+    return l;
+}
+
+void ferry__postcopy_query_locked(FerryMigration *m, json_t *r)
+{
+    FERRY_ASSERT_HELD(&m->lock);
+    if (!m->incoming || !m->blocktime || !m->caps[FERRY_CAP_POSTCOPY_BLOCKTIME]) {
+        return;
+    }
+    FerryBlocktimeStats st;
+    ferry__blocktime_get(m->blocktime, &st);
+    json_t *vb = json_array(), *vl = json_array(), *dist = json_array();
+    for (uint32_t i = 0; i < st.nvcpus; i++) {
+        json_array_append_new(vb, json_integer((json_int_t)st.vcpu_blocktime_ms[i]));
+        json_array_append_new(vl, json_integer((json_int_t)st.vcpu_latency_avg_ns[i]));
+    }
+    for (int i = 0; i < FERRY_BLOCKTIME_DIST_BUCKETS; i++) {
+        json_array_append_new(dist, json_integer((json_int_t)st.dist[i]));
+    }
+    json_object_set_new(r, "postcopy-blocktime", json_integer((json_int_t)st.blocktime_ms));
+    json_object_set_new(r, "postcopy-vcpu-blocktime", vb);
+    json_object_set_new(r, "postcopy-latency", json_integer((json_int_t)st.latency_avg_ns));
+    json_object_set_new(r, "postcopy-vcpu-latency", vl);
+    json_object_set_new(r, "postcopy-non-vcpu-latency", json_integer((json_int_t)st.non_vcpu_latency_avg_ns));
+    json_object_set_new(r, "postcopy-latency-dist", dist);
+    /* ferry extensions: the spread QEMU's average hides. */
+    json_object_set_new(r, "postcopy-faults", json_integer((json_int_t)st.faults));
+    json_object_set_new(r, "postcopy-latency-p50", json_integer((json_int_t)st.latency_p50_ns));
+    json_object_set_new(r, "postcopy-latency-p99", json_integer((json_int_t)st.latency_p99_ns));
+    ferry__blocktime_stats_free(&st);
+}
+
+void ferry__postcopy_free(FerryMigration *m)
+{
+    ferry__blocktime_free(m->blocktime);
+    m->blocktime = NULL;
+    ferry__address_free(m->resume_addr);
+    m->resume_addr = NULL;
+    if (m->recover_listener) {
+        if (m->listener == m->recover_listener) {
+            m->listener = NULL;
+        }
+        ferry__listener_free(m->recover_listener);
+        m->recover_listener = NULL;
+    }
+    free(m->vcpu_tids);
+    m->vcpu_tids = NULL;
+}
+
+void ferry_migration_set_vcpu_thread(FerryMigration *m, unsigned index, int tid)
+{
+    if (index >= 4096) {
+        return; /* more vCPUs than any host here runs: not worth a table */
+    }
+    ferry__mutex_lock(&m->lock);
+    if (index >= m->nvcpu_tids) {
+        m->vcpu_tids = ferry__xrealloc(m->vcpu_tids, (index + 1) * sizeof(*m->vcpu_tids));
+        memset(m->vcpu_tids + m->nvcpu_tids, 0, (index + 1 - m->nvcpu_tids) * sizeof(*m->vcpu_tids));
+        m->nvcpu_tids = index + 1;
+    }
+    m->vcpu_tids[index] = (uint32_t)tid;
+    if (m->blocktime && tid) {
+        ferry__blocktime_set_vcpu(m->blocktime, index, (uint32_t)tid);
+    }
+    ferry__mutex_unlock(&m->lock);
 }

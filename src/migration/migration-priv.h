@@ -122,6 +122,10 @@ typedef struct FerryMigStats {
      * incoming thread updates them per main-channel record, which are rare during a pass; query-migrate adds
      * what the channels counted since). */
     uint64_t mfd_seen_bytes, mfd_seen_normal, mfd_seen_zero;
+    /* Postcopy, both ends (QEMU's ram.postcopy-requests, ram.postcopy-bytes). */
+    uint64_t postcopy_requests;  /* pages requested by the destination's faults */
+    uint64_t postcopy_bytes;     /* bytes sent / received after the switch to postcopy */
+    uint64_t postcopy_pending;   /* pages still to come (0 outside postcopy) */
 } FerryMigStats;
 
 /* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
@@ -195,6 +199,18 @@ struct FerryMigration {
     bool quitting;
     FerryTls *in_tls;            /* set by migrate-incoming when tls-creds is set; the incoming thread takes it */
 
+    /* Postcopy (postcopy.c has the commands). The source thread switches when it sees postcopy_requested (atomic);
+     * a paused migration's thread waits on pc_cond (with lock) for resume_addr / recover_listener, or quitting. */
+    bool postcopy_requested;
+    pthread_cond_t pc_cond;
+    FerryMigrationAddress *resume_addr; /* source: migrate resume=true's address, taken by the paused thread */
+    FerryListener *recover_listener;    /* destination: migrate-recover's listener, taken by the paused thread */
+    FerryChannel *out_pchan;     /* source: the preempt channel while connected, for pause and quit */
+    FerryChannel *in_pchan;      /* destination: the same */
+    struct FerryBlocktime *blocktime; /* destination: fault latencies of the current/last postcopy, or NULL */
+    uint32_t *vcpu_tids;         /* the host's vCPU threads (ferry_host_set_vcpu_thread), index -> tid, 0 unset */
+    size_t nvcpu_tids;
+
     FerryMigTestHook test_hook;  /* ferry__migration_set_test_hook, for unit tests only */
     void *test_hook_opaque;
 };
@@ -264,6 +280,19 @@ bool ferry__features_check(const FerryWireFeatureList *used, FerryError **errp);
 /* Remember what the stream uses, for query-migrate and query-migrate-capabilities. */
 void ferry__features_record(FerryMigration *m, const FerryWireFeatureList *used);
 bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap);
+
+/* postcopy.c: the engine's side of postcopy (the commands are in migration.h). */
+/* Status @from (postcopy-active, -recover-setup, -recover) becomes postcopy-paused, error-desc says why (replacing
+ * the last reason). False if the status was not @from. */
+bool ferry__mig_pause(FerryMigration *m, FerryMigrationStatus from, const FerryError *why);
+/* A paused migration waits (no lock held) for migrate resume=true (source) / migrate-recover (destination): the
+ * address / listener to recover with, now the caller's; NULL when the process quits instead. */
+FerryMigrationAddress *ferry__mig_wait_resume(FerryMigration *m);
+FerryListener *ferry__mig_wait_recover(FerryMigration *m);
+/* query-migrate's postcopy members (blocktime and fault latency, with the capability), lock held. */
+void ferry__postcopy_query_locked(FerryMigration *m, json_t *r);
+/* What the engine keeps for postcopy, at its end. */
+void ferry__postcopy_free(FerryMigration *m);
 
 /* source.c / dest.c: thread bodies. */
 void *ferry__source_thread(void *opaque);

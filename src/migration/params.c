@@ -272,14 +272,14 @@ bool ferry__features_uses(const FerryWireFeatureList *used, FerryCapability cap)
     return ferry__wire_features_find(used, cap_table[cap].name) >= 0;
 }
 
-int64_t ferry__param_max_bandwidth(FerryMigration *m)
-{
-    return __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED);
-}
-
 int64_t ferry__param_max_postcopy_bandwidth(FerryMigration *m)
 {
     return __atomic_load_n(&m->params.max_postcopy_bandwidth, __ATOMIC_RELAXED);
+}
+
+int64_t ferry__param_max_bandwidth(FerryMigration *m)
+{
+    return __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED);
 }
 
 int64_t ferry__param_downtime_limit(FerryMigration *m)

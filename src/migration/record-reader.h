@@ -9,7 +9,8 @@
  *
  * The phases follow docs/stream-format.md: HELLO, FEATURES, CONFIG, then RAM (FDS, MULTIFD, POPULATE_HINT,
  * RAM_PAGES, PASS_END, MULTIFD_SYNC), then SECTIONS (from the first SECTION on), then END; after END only COMMIT
- * (switchover-commit with a return path), then done.
+ * (switchover-commit with a return path), then done. A postcopy stream leaves RAM with POSTCOPY_START for
+ * POSTCOPY_SETUP (POSTCOPY_NEED, FDS, SECTION), goes on with POSTCOPY_RUN to POSTCOPY (RAM_PAGES), then END.
  */
 #ifndef FERRY_RECORD_READER_H
 #define FERRY_RECORD_READER_H
@@ -28,6 +29,8 @@ typedef enum FerryStreamPhase {
     FERRY_PHASE_CONFIG,   /* then CONFIG */
     FERRY_PHASE_RAM,      /* fds, multifd, hints, pages, pass ends, syncs, until the first SECTION or END */
     FERRY_PHASE_SECTIONS, /* after the first SECTION: sections and END only */
+    FERRY_PHASE_POSTCOPY_SETUP, /* postcopy-ram, after POSTCOPY_START: pages needed, fds, sections, then RUN */
+    FERRY_PHASE_POSTCOPY, /* after POSTCOPY_RUN: pages (the destination runs), then END */
     FERRY_PHASE_END,      /* after END: only COMMIT */
     FERRY_PHASE_DONE,     /* after COMMIT: nothing */
     FERRY_PHASE__MAX,

@@ -92,11 +92,38 @@ typedef struct Source {
     int64_t last_harvest_ms;
     FerryRunState prev;     /* the run state before switchover, to restore on failure */
     bool stopped;           /* the workload was stopped for switchover */
+
+    /* Postcopy (the section "Postcopy" below). */
+    bool postcopy;          /* the stream uses postcopy-ram */
+    bool preempt;           /* ... and postcopy-preempt: requested pages go on their own channel */
+    bool pc_switch;         /* switch to postcopy at the end of this iteration */
+    bool in_postcopy;       /* POSTCOPY_START written: send[] holds what the destination still needs, and from now
+                             * on two threads clear its bits (atomically: whoever clears a bit sends the page) */
+    bool pc_running;        /* POSTCOPY_RUN written: the destination may run; the source never resumes on its own */
+    uint8_t session[FERRY_WIRE_PC_SESSION_LEN];
+    FerryMutex send_lock;   /* the main stream's writer in postcopy, shared with the return-path thread */
+    FerryChannel *pchan;    /* the preempt channel, and its stream (the return-path thread's alone) */
+    FerryStream *pstream;
+    pthread_t rp_thread;    /* reads the return path in postcopy: requests, then the ACK */
+    bool rp_started;
+    bool rp_done;           /* atomic: the return-path thread has ended (rp_err says how) */
+    FerryError *rp_err;     /* its failure, or NULL after the ACK */
+    uint64_t pc_left;       /* atomic: pages still needed */
+    uint64_t pc_hint;       /* atomic: (block << 48 | page) + 1 after the last request, 0 for none: the push
+                             * goes on from there, where the destination's workload is reading */
+    uint64_t pc_requests;   /* atomic: pages requested */
+    uint64_t pc_start_bytes; /* sent_bytes() at the switch */
 } Source;
 
 static bool cancelled(FerryMigration *m)
 {
     return __atomic_load_n(&m->cancel_requested, __ATOMIC_RELAXED);
+}
+
+/* migrate-start-postcopy came, and the stream can switch (it uses postcopy-ram). */
+static bool postcopy_requested(const Source *src)
+{
+    return src->postcopy && !src->in_postcopy && __atomic_load_n(&src->m->postcopy_requested, __ATOMIC_RELAXED);
 }
 
 /* A record is write_record_header(), its payload, then end_record() for the CRC trailer. */
@@ -129,6 +156,9 @@ static void write_record(FerryStream *s, uint16_t type, uint16_t flags, const vo
 static uint64_t sent_bytes(Source *src)
 {
     uint64_t n = ferry__stream_bytes_written(src->s) + src->pipe_bytes;
+    if (src->pstream) {
+        n += ferry__stream_bytes_written(src->pstream); /* the return-path thread's: a count, read loosely */
+    }
     if (src->mfd) {
         FerryMultifdStats st;
         ferry__multifd_send_stats(src->mfd, &st);
@@ -144,15 +174,25 @@ static void update_stats(Source *src)
     int64_t now = ferry__clock_ms();
     ferry__mutex_lock(&m->lock);
     FerryMigStats *st = &m->stats;
-    if (src->downtime_phase) {
+    if (src->pc_running) {
+        /* The bytes after the switch are postcopy-bytes; precopy- and downtime-bytes stay as they were then. */
+    } else if (src->downtime_phase) {
         st->downtime_bytes = written - st->precopy_bytes;
     } else {
         st->precopy_bytes = written;
     }
     st->transferred = written;
     st->remaining = src->pending * src->ps;
+    if (src->in_postcopy) {
+        uint64_t left = __atomic_load_n(&src->pc_left, __ATOMIC_RELAXED);
+        st->postcopy_bytes = written - src->pc_start_bytes;
+        st->postcopy_requests = __atomic_load_n(&src->pc_requests, __ATOMIC_RELAXED);
+        st->postcopy_pending = left;
+        st->remaining = left * src->ps;
+    }
     st->page_pipe_bytes = src->pipe_bytes;
-    uint64_t normal = src->normal, duplicate = src->duplicate;
+    uint64_t normal = __atomic_load_n(&src->normal, __ATOMIC_RELAXED);
+    uint64_t duplicate = __atomic_load_n(&src->duplicate, __ATOMIC_RELAXED);
     if (src->mfd) {
         FerryMultifdStats ms;
         ferry__multifd_send_stats(src->mfd, &ms);
@@ -181,8 +221,8 @@ static void update_stats(Source *src)
  * A NACK becomes "the destination failed: ..."; any type other than @want is an error; @missing says what it
  * means when no record comes at all. *payload is malloc'd.
  */
-static bool read_return_record(Source *src, uint16_t want, const char *what, const char *missing, uint8_t **payload,
-                               uint32_t *len, FerryError **errp)
+static bool read_return_any(Source *src, const uint16_t *want, size_t nwant, const char *what, const char *missing,
+                            uint16_t *type, uint8_t **payload, uint32_t *len, FerryError **errp)
 {
     uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
     FerryRecordHeader rh;
@@ -192,9 +232,13 @@ static bool read_return_record(Source *src, uint16_t want, const char *what, con
         return false;
     }
     ferry__wire_decode_record(h, &rh);
-    if ((rh.type != want && rh.type != FERRY_REC_NACK) || rh.length > FERRY_WIRE_MAX_CONTROL_LEN) {
+    bool wanted = rh.type == FERRY_REC_NACK;
+    for (size_t i = 0; i < nwant; i++) {
+        wanted |= rh.type == want[i];
+    }
+    if (!wanted || rh.length > FERRY_WIRE_MAX_CONTROL_LEN) {
         ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path, expected %s",
-                         ferry__wire_record_name(rh.type), rh.type, rh.length, ferry__wire_record_name(want));
+                         ferry__wire_record_name(rh.type), rh.type, rh.length, ferry__wire_record_name(want[0]));
         return false;
     }
     uint8_t *buf = ferry__xcalloc(1, rh.length + 1);
@@ -216,9 +260,17 @@ static bool read_return_record(Source *src, uint16_t want, const char *what, con
         free(buf);
         return false;
     }
+    *type = rh.type;
     *payload = buf;
     *len = rh.length;
     return true;
+}
+
+static bool read_return_record(Source *src, uint16_t want, const char *what, const char *missing, uint8_t **payload,
+                               uint32_t *len, FerryError **errp)
+{
+    uint16_t type;
+    return read_return_any(src, &want, 1, what, missing, &type, payload, len, errp);
 }
 
 /* The final answer: ACK gives true; NACK, end of stream or anything else give false + error. */
@@ -287,17 +339,27 @@ static bool check_stream(Source *src, FerryError **errp)
     return true;
 }
 
+/* The limit that applies now: max-bandwidth while the workload runs here, max-postcopy-bandwidth for the
+ * background push of postcopy, none while the workload is stopped for switchover. */
+static int64_t bandwidth_limit(Source *src)
+{
+    if (src->in_postcopy) {
+        return ferry__param_max_postcopy_bandwidth(src->m);
+    }
+    return src->downtime_phase ? 0 : ferry__param_max_bandwidth(src->m);
+}
+
 /* Sleep in short slices so that cancel is seen promptly. */
 static void rate_limit(Source *src, uint64_t bytes)
 {
-    int64_t bw = ferry__param_max_bandwidth(src->m);
+    int64_t bw = bandwidth_limit(src);
     int64_t now = ferry__clock_ns();
     if (now - src->window_start_ns >= RATE_WINDOW_NS) {
         src->window_start_ns = now;
         src->window_bytes = 0;
     }
     src->window_bytes += bytes;
-    if (src->downtime_phase || bw <= 0) {
+    if (bw <= 0) {
         return;
     }
     uint64_t quota = (uint64_t)bw / (1000000000LL / RATE_WINDOW_NS);
@@ -306,9 +368,12 @@ static void rate_limit(Source *src, uint64_t bytes)
     }
     /* Over quota: wait out the window, and longer if one record was larger than a whole window's quota. */
     int64_t until = src->window_start_ns + (int64_t)((double)src->window_bytes / (double)bw * 1e9);
+    /* In postcopy the return-path thread writes on the main stream too (without preempt): take its lock. */
+    ferry__mutex_lock(&src->send_lock);
     ferry__stream_flush(src->s);
-    while ((now = ferry__clock_ns()) < until && !cancelled(src->m) &&
-           ferry__param_max_bandwidth(src->m) == bw) {
+    ferry__mutex_unlock(&src->send_lock);
+    while ((now = ferry__clock_ns()) < until && !cancelled(src->m) && bandwidth_limit(src) == bw &&
+           !ferry__stream_failed(src->s)) {
         ferry__sleep_ns(FERRY_MIN(until - now, 10 * 1000 * 1000LL));
     }
     src->window_start_ns = ferry__clock_ns();
@@ -407,6 +472,9 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
  * stream's error. */
 static bool after_send(Source *src, FerryError **errp)
 {
+    if (postcopy_requested(src)) {
+        src->pc_switch = true; /* the pass stops here; what it did not send is what postcopy sends */
+    }
     if (++src->records_since_poll >= RETURN_PATH_POLL_EVERY) {
         src->records_since_poll = 0;
         if (!check_return_path(src, errp)) {
@@ -498,10 +566,13 @@ static bool send_pass_multifd(Source *src, FerryError **errp)
                     return false;
                 }
             }
-            i = ferry__bitmap_find_next(map, b->npages, i + n);
+            i = src->pc_switch ? b->npages : ferry__bitmap_find_next(map, b->npages, i + n);
         }
         if (!mfd_flush_batch(src, errp)) {
             return false;
+        }
+        if (src->pc_switch) {
+            break; /* the SYNC below still ends what was sent, so that the destination has it all at the switch */
         }
     }
     /* The end of the pass: a SYNC behind it on every channel, the MULTIFD_SYNC telling the destination to wait for
@@ -539,6 +610,9 @@ static bool send_pass_main(Source *src, FerryError **errp)
             update_stats(src);
             if (!after_send(src, errp)) {
                 return false;
+            }
+            if (src->pc_switch) {
+                return true;
             }
             i = ferry__bitmap_find_next(map, b->npages, i + n);
         }
@@ -618,14 +692,37 @@ static void write_config(Source *src)
     ferry__wire_config_free(&c);
 }
 
+/* Records of @type (POPULATE_HINT, POSTCOPY_NEED: block, then ranges) for the pages set in @map of @b, at most
+ * 64 Ki ranges per record. */
+static void write_block_ranges(Source *src, uint16_t type, uint16_t flags, FerryRamBlock *b, const unsigned long *map)
+{
+    enum { MAX_RANGES = 65536 };
+    uint8_t *buf = ferry__xmalloc((size_t)MAX_RANGES * 16);
+    size_t i = ferry__bitmap_find_next(map, b->npages, 0);
+    while (i < b->npages) {
+        uint32_t count = 0;
+        while (i < b->npages && count < MAX_RANGES) {
+            size_t end = ferry__bitmap_find_next_zero(map, b->npages, i);
+            ferry__put_be64(buf + count * 16, i);
+            ferry__put_be64(buf + count * 16 + 8, end - i);
+            count++;
+            i = ferry__bitmap_find_next(map, b->npages, end);
+        }
+        write_record_header(src->s, type, flags, 8 + count * 16);
+        ferry__stream_write_be32(src->s, b->index);
+        ferry__stream_write_be32(src->s, count);
+        ferry__stream_write(src->s, buf, (size_t)count * 16);
+        end_record(src->s);
+    }
+    free(buf);
+}
+
 /*
  * POPULATE_HINT records for the pages about to be sent that were never announced before: at setup the pages pass 1
- * will carry, after each harvest the pages first written since. At most 64 Ki ranges per record.
+ * will carry, after each harvest the pages first written since.
  */
 static void write_populate_hints(Source *src)
 {
-    enum { MAX_RANGES = 65536 };
-    uint8_t *buf = NULL;
     if (!src->hints) {
         return;
     }
@@ -639,30 +736,10 @@ static void write_populate_hints(Source *src)
             hinted[w] |= fresh[w];
             any |= fresh[w] != 0;
         }
-        if (!any) {
-            continue;
-        }
-        if (!buf) {
-            buf = ferry__xmalloc((size_t)MAX_RANGES * 16);
-        }
-        size_t i = ferry__bitmap_find_next(fresh, b->npages, 0);
-        while (i < b->npages) {
-            uint32_t count = 0;
-            while (i < b->npages && count < MAX_RANGES) {
-                size_t end = ferry__bitmap_find_next_zero(fresh, b->npages, i);
-                ferry__put_be64(buf + count * 16, i);
-                ferry__put_be64(buf + count * 16 + 8, end - i);
-                count++;
-                i = ferry__bitmap_find_next(fresh, b->npages, end);
-            }
-            write_record_header(src->s, FERRY_REC_POPULATE_HINT, 0, 8 + count * 16);
-            ferry__stream_write_be32(src->s, b->index);
-            ferry__stream_write_be32(src->s, count);
-            ferry__stream_write(src->s, buf, (size_t)count * 16);
-            end_record(src->s);
+        if (any) {
+            write_block_ranges(src, FERRY_REC_POPULATE_HINT, 0, b, fresh);
         }
     }
-    free(buf);
 }
 
 /*
@@ -855,6 +932,10 @@ static bool negotiate(Source *src, FerryError **errp)
     src->flip = ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
     src->multifd = ferry__features_uses(&used, FERRY_CAP_MULTIFD);
     src->commit = ferry__features_uses(&used, FERRY_CAP_SWITCHOVER_COMMIT);
+    /* Postcopy needs the return path for its page requests (a one-way channel offers it only if asked to: the
+     * check of migrate refuses that first). */
+    src->postcopy = ferry__features_uses(&used, FERRY_CAP_POSTCOPY_RAM) && !src->chan->one_way;
+    src->preempt = src->postcopy && ferry__features_uses(&used, FERRY_CAP_POSTCOPY_PREEMPT);
     ferry__features_record(src->m, &used);
     return true;
 }
@@ -1101,16 +1182,23 @@ static int64_t update_pass_counters(Source *src)
 /*
  * One iteration, as QEMU's migration_iteration_run(): send what is dirty, end the pass, harvest what was written
  * meanwhile, and decide. *switchover is set when the rest fits in downtime-limit at the measured bandwidth (or
- * when there are no live passes: stop-and-copy).
+ * when there are no live passes: stop-and-copy, or when migrate-start-postcopy came: src->pc_switch).
  */
 static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
 {
-    if (src->stop_and_copy) {
+    if (postcopy_requested(src)) {
+        src->pc_switch = true;
+    }
+    if (src->stop_and_copy || src->pc_switch) {
         *switchover = true;
         return true;
     }
     if (!send_pass(src, errp)) {
         return false;
+    }
+    if (src->pc_switch) {
+        *switchover = true; /* the pass was cut short: the switch harvests and needs what it did not send */
+        return true;
     }
     src->pass++;
     write_record_header(src->s, FERRY_REC_PASS_END, 0, 8);
@@ -1197,6 +1285,491 @@ static bool source_complete(Source *src, FerryError **errp)
     return true;
 }
 
+/* ---- Postcopy (postcopy-ram; docs/design.md, "Postcopy") ----
+ *
+ * At the switch the workload is stopped for good: the last harvest leaves in send[] every page whose current
+ * content the destination lacks (POSTCOPY_NEED tells it which to drop and fetch), the device state follows, and
+ * POSTCOPY_RUN lets the destination run. From then on two threads send pages out of send[]: the return-path
+ * thread the pages the destination faulted on (REQ_PAGES), on the preempt channel if there is one, else on the
+ * main stream under send_lock; this thread the rest, in order from where the last request was. Whoever clears a
+ * page's bit sends it, so each page goes once. RAM no longer changes here, so pages leave without a copy.
+ */
+
+/* A RAM_PAGES record of pages [first, first + n) of @b on @s (whose writer the caller holds). */
+static void pc_write_run(Source *src, FerryStream *s, FerryRamBlock *b, uint64_t first, uint32_t n)
+{
+    uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
+    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
+    struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
+    int niov = 0;
+    uint32_t nonzero = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *p = b->host + (first + i) * src->ps;
+        if (src->zero_mode != FERRY_ZERO_NONE && ferry__buffer_is_zero(p, src->ps)) {
+            zmap[i / 8] |= (uint8_t)(1u << (i % 8));
+            continue;
+        }
+        nonzero++;
+        if (niov && (uint8_t *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == p) {
+            iov[niov - 1].iov_len += src->ps;
+        } else {
+            iov[niov++] = (struct iovec){ .iov_base = p, .iov_len = src->ps };
+        }
+    }
+    uint32_t zb = (n + 7) / 8;
+    write_record_header(s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL,
+                        (uint32_t)(FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + (uint64_t)nonzero * src->ps));
+    ferry__wire_run_encode(&(FerryWireRun){ .block = b->index, .first = first, .count = n }, run);
+    ferry__stream_write(s, run, sizeof(run));
+    ferry__stream_write(s, zmap, zb);
+    ferry__stream_write_iov(s, iov, niov);
+    end_record(s);
+    __atomic_add_fetch(&src->normal, nonzero, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&src->duplicate, n - nonzero, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&src->pages_sent, n, __ATOMIC_RELAXED);
+}
+
+/* Claim up to @max still-needed pages of @b from @page on (clearing their bits): how many, 0 if @page is not
+ * needed (any more). */
+static uint32_t pc_claim(Source *src, FerryRamBlock *b, uint64_t page, uint64_t max)
+{
+    uint32_t n = 0;
+    while (n < max && n < FERRY_WIRE_MAX_RUN_PAGES && page + n < b->npages &&
+           ferry__bitmap_test_and_clear_atomic(src->send[b->index], page + n)) {
+        n++;
+    }
+    if (n) {
+        __atomic_sub_fetch(&src->pc_left, n, __ATOMIC_RELAXED);
+    }
+    return n;
+}
+
+/* REQ_PAGES: send what of the range is still needed, at once, and move the background push there. */
+static bool pc_serve_request(Source *src, const uint8_t *payload, uint32_t len, FerryError **errp)
+{
+    FerryWireReqPages rq;
+    if (len != FERRY_WIRE_REQ_PAGES_LEN) {
+        ferry_error_setg(errp, "the destination's page request has %u bytes, expected %d", len,
+                         FERRY_WIRE_REQ_PAGES_LEN);
+        return false;
+    }
+    ferry__wire_req_pages_decode(payload, &rq);
+    FerryMigration *m = src->m;
+    if (rq.block >= m->nblocks || rq.count == 0 || rq.count > FERRY_WIRE_MAX_RUN_PAGES ||
+        rq.first >= m->blocks[rq.block]->npages || rq.count > m->blocks[rq.block]->npages - rq.first) {
+        ferry_error_setg(errp, "the destination requested pages %llu+%u of block %u, which do not exist",
+                         (unsigned long long)rq.first, rq.count, rq.block);
+        return false;
+    }
+    FerryRamBlock *b = m->blocks[rq.block];
+    __atomic_add_fetch(&src->pc_requests, rq.count, __ATOMIC_RELAXED);
+    __atomic_store_n(&src->pc_hint, ((uint64_t)rq.block << 48 | (rq.first + rq.count)) + 1, __ATOMIC_RELAXED);
+    FerryStream *s = src->preempt ? src->pstream : src->s;
+    if (!src->preempt) {
+        ferry__mutex_lock(&src->send_lock);
+    }
+    for (uint64_t p = rq.first; p < rq.first + rq.count;) {
+        uint32_t n = pc_claim(src, b, p, rq.first + rq.count - p);
+        if (n) {
+            pc_write_run(src, s, b, p, n);
+        }
+        p += n ? n : 1;
+    }
+    bool ok = ferry__stream_flush(s);
+    if (!src->preempt) {
+        ferry__mutex_unlock(&src->send_lock);
+    }
+    if (!ok) {
+        ferry__stream_check(s, errp);
+        ferry_error_prepend(errp, "sending requested pages: ");
+    }
+    return ok;
+}
+
+/* The return-path thread of postcopy: requests until the ACK (or a failure, kept in rp_err). */
+static void *pc_return_path_thread(void *opaque)
+{
+    Source *src = opaque;
+    static const uint16_t want[] = { FERRY_REC_REQ_PAGES, FERRY_REC_ACK };
+    FerryError *err = NULL;
+    for (;;) {
+        uint16_t type;
+        uint8_t *payload;
+        uint32_t len;
+        if (!read_return_any(src, want, FERRY_ARRAY_SIZE(want), "page request",
+                             "the connection to the destination was lost", &type, &payload, &len, &err)) {
+            break;
+        }
+        bool ok = type == FERRY_REC_ACK || pc_serve_request(src, payload, len, &err);
+        free(payload);
+        if (!ok || type == FERRY_REC_ACK) {
+            break;
+        }
+    }
+    src->rp_err = err;
+    __atomic_store_n(&src->rp_done, true, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static bool pc_start_return_path(Source *src, FerryError **errp)
+{
+    src->rp_done = false;
+    src->rp_err = NULL;
+    int rc = pthread_create(&src->rp_thread, NULL, pc_return_path_thread, src);
+    if (rc != 0) {
+        ferry_error_setg_errno(errp, rc, "cannot start the postcopy return-path thread");
+        return false;
+    }
+    src->rp_started = true;
+    return true;
+}
+
+/* Join the return-path thread (after shutting the channels down if it is still reading); its error, if any. */
+static FerryError *pc_stop_return_path(Source *src, bool shut)
+{
+    if (!src->rp_started) {
+        return NULL;
+    }
+    if (shut && !__atomic_load_n(&src->rp_done, __ATOMIC_ACQUIRE)) {
+        ferry__channel_shutdown(src->chan);
+    }
+    pthread_join(src->rp_thread, NULL);
+    src->rp_started = false;
+    FerryError *err = src->rp_err;
+    src->rp_err = NULL;
+    return err;
+}
+
+/* postcopy-preempt: connect the channel for requested pages (TLS as the main channel), and its hello. */
+static bool pc_connect_preempt(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    FerryChannel *c = ferry__channel_connect(m->out_addr, m->cancel_fd, errp);
+    if (!c) {
+        ferry_error_prepend(errp, "postcopy preempt channel: ");
+        return false;
+    }
+    ferry__mutex_lock(&m->lock);
+    m->out_pchan = c;
+    unsigned timeout_ms = (unsigned)m->params.io_timeout;
+    ferry__mutex_unlock(&m->lock);
+    src->pchan = c;
+    bool ok = ferry__channel_set_timeout(c, timeout_ms, errp);
+    if (ok && src->tls) {
+        ferry__mutex_lock(&m->lock);
+        src->pchan = ferry__tls_channel_new(c, src->tls, errp);
+        m->out_pchan = src->pchan;
+        ferry__mutex_unlock(&m->lock);
+        ok = src->pchan && ferry__tls_channel_handshake(src->pchan, errp);
+    }
+    uint8_t hello[FERRY_WIRE_MFD_HELLO_LEN];
+    ferry__wire_preempt_hello_encode(src->session, hello);
+    ok = ok && ferry__channel_write_all(src->pchan, hello, sizeof(hello), errp);
+    if (!ok) {
+        ferry_error_prepend(errp, "postcopy preempt channel: ");
+        return false;
+    }
+    src->pstream = ferry__stream_new(src->pchan);
+    ferry__stream_set_crc(src->pstream, ferry__stream_crc(src->s));
+    return true;
+}
+
+/* The switch, up to the point of no return: POSTCOPY_START, the pages needed, the device state, POSTCOPY_RUN. */
+static bool pc_switch(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    src->downtime_phase = true;
+    if (src->stop_and_copy) {
+        mark_present(src);
+    } else if (!harvest(src, errp)) {
+        return false;
+    }
+    if (getrandom(src->session, sizeof(src->session), 0) != (ssize_t)sizeof(src->session)) {
+        ferry_error_setg_errno(errp, errno, "postcopy: cannot draw a session id");
+        return false;
+    }
+    src->in_postcopy = true;
+    src->pc_left = src->pending;
+    src->pc_start_bytes = sent_bytes(src);
+    uint8_t rec[FERRY_WIRE_PC_START_LEN];
+    FerryWirePcStart st = { .flags = (src->prev == FERRY_RUN_RUNNING ? FERRY_PC_SOURCE_RUNNING : 0) |
+                                     (src->preempt ? FERRY_PC_PREEMPT : 0) };
+    memcpy(st.session, src->session, sizeof(st.session));
+    ferry__wire_pc_start_encode(&st, rec);
+    write_record(src->s, FERRY_REC_POSTCOPY_START, FERRY_REC_CRITICAL, rec, sizeof(rec));
+    ferry__stream_flush(src->s);
+    if (!check_stream(src, errp) || (src->preempt && !pc_connect_preempt(src, errp))) {
+        return false;
+    }
+    for (size_t bi = 0; bi < m->nblocks; bi++) {
+        write_block_ranges(src, FERRY_REC_POSTCOPY_NEED, FERRY_REC_CRITICAL, m->blocks[bi], src->send[bi]);
+    }
+    if (!write_backend_fds(src, errp) || !write_sections(src, errp)) {
+        return false;
+    }
+    write_record(src->s, FERRY_REC_POSTCOPY_RUN, FERRY_REC_CRITICAL, NULL, 0);
+    /* A RUN that did not leave whole cannot have been acted on: until the flush succeeds the source may resume. */
+    ferry__stream_flush(src->s);
+    return check_stream(src, errp);
+}
+
+/* The next page the background push sends: from the last request on if one came since (@hint_seen), else from
+ * the cursor; false when nothing is needed any more. */
+static bool pc_next(Source *src, size_t *bi, uint64_t *page, uint64_t *hint_seen)
+{
+    FerryMigration *m = src->m;
+    uint64_t hint = __atomic_load_n(&src->pc_hint, __ATOMIC_RELAXED);
+    if (hint && hint != *hint_seen) {
+        *hint_seen = hint;
+        *bi = (size_t)((hint - 1) >> 48);
+        *page = (hint - 1) & ((1ULL << 48) - 1);
+    }
+    for (size_t tried = 0; tried <= m->nblocks; tried++) {
+        FerryRamBlock *b = m->blocks[*bi];
+        /* Another thread clears bits meanwhile: a page found here is claimed atomically before it is sent. */
+        size_t i = ferry__bitmap_find_next(src->send[*bi], b->npages, *page);
+        if (i < b->npages) {
+            *page = i;
+            return true;
+        }
+        *bi = (*bi + 1) % m->nblocks;
+        *page = 0;
+    }
+    return false;
+}
+
+/* The background push: every page still needed, while the return-path thread serves requests. */
+static bool pc_push(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    size_t bi = 0;
+    uint64_t page = 0, hint_seen = 0;
+    while (__atomic_load_n(&src->pc_left, __ATOMIC_RELAXED) > 0 && pc_next(src, &bi, &page, &hint_seen)) {
+        if (__atomic_load_n(&src->rp_done, __ATOMIC_ACQUIRE)) {
+            break; /* it failed (or acknowledged early, which the caller refuses) */
+        }
+        FerryRamBlock *b = m->blocks[bi];
+        ferry__mutex_lock(&src->send_lock);
+        uint32_t n = pc_claim(src, b, page, FERRY_WIRE_MAX_RUN_PAGES);
+        if (n) {
+            pc_write_run(src, src->s, b, page, n);
+            update_stats(src);
+        }
+        ferry__mutex_unlock(&src->send_lock);
+        page += n ? n : 1;
+        if (n) {
+            rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + FERRY_WIRE_RAM_RUN_HEADER_LEN + (uint64_t)n * src->ps);
+        }
+        if (ferry__stream_failed(src->s)) {
+            return ferry__stream_check(src->s, errp);
+        }
+    }
+    FerryWireEnd e = { .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
+                       .pages = __atomic_load_n(&src->pages_sent, __ATOMIC_RELAXED),
+                       .sections = (uint32_t)m->nsections };
+    uint8_t end[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&e, end);
+    ferry__mutex_lock(&src->send_lock);
+    if (!__atomic_load_n(&src->rp_done, __ATOMIC_ACQUIRE)) {
+        write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
+        ferry__stream_flush(src->s);
+        update_stats(src);
+    }
+    ferry__mutex_unlock(&src->send_lock);
+    return ferry__stream_check(src->s, errp);
+}
+
+/*
+ * After the switch: push the rest, then the destination's ACK (which the return-path thread reads) ends it.
+ * Any failure here leaves the state split between the two ends: the caller pauses, never resumes.
+ */
+static bool pc_run(Source *src, FerryError **errp)
+{
+    FerryError *err = NULL;
+    bool ok = pc_push(src, &err);
+    FerryError *rp_err = pc_stop_return_path(src, !ok);
+    if (rp_err) {
+        ferry_error_free(err);
+        err = rp_err; /* the return path's reason comes first: a write fails because the reader failed */
+        ok = false;
+    } else if (ok && !src->chan->one_way) {
+        /* The thread ended without error: it read the ACK. Every page must have been sent by then. */
+        uint64_t left = __atomic_load_n(&src->pc_left, __ATOMIC_RELAXED);
+        if (left) {
+            ferry_error_setg(&err, "the destination acknowledged with %llu pages not yet sent",
+                             (unsigned long long)left);
+            ok = false;
+        }
+    }
+    if (!ok) {
+        ferry_error_propagate(errp, err);
+    }
+    return ok;
+}
+
+/* ---- Postcopy recovery on this side: pause, reconnect on migrate resume=true, learn what is missing. ---- */
+
+/* RESUME_NEED: the destination still misses these pages of a block: they are needed again (a page sent but lost
+ * with the connection is sent once more, and counted once). */
+static bool pc_apply_need(Source *src, const uint8_t *p, uint32_t len, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    if (len < 20) {
+        ferry_error_setg(errp, "RESUME_NEED of %u bytes is shorter than its 20-byte header", len);
+        return false;
+    }
+    uint32_t bi = ferry__get_be32(p);
+    uint64_t first = ferry__get_be64(p + 4), n = ferry__get_be64(p + 12);
+    if (bi >= m->nblocks || first > m->blocks[bi]->npages || n > m->blocks[bi]->npages - first ||
+        len != 20 + (n + 7) / 8) {
+        ferry_error_setg(errp, "RESUME_NEED for pages %llu+%llu of block %u does not fit this process's RAM",
+                         (unsigned long long)first, (unsigned long long)n, bi);
+        return false;
+    }
+    uint64_t again = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (((p[20 + i / 8] >> (i % 8)) & 1) && !ferry__bitmap_test_and_set_atomic(src->send[bi], first + i)) {
+            again++;
+        }
+    }
+    __atomic_add_fetch(&src->pc_left, again, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&src->pages_sent, again, __ATOMIC_RELAXED);
+    return true;
+}
+
+/* The recovery handshake on a new main channel to @addr: stream header, POSTCOPY_RESUME, then the destination's
+ * RESUME_NEED records and RESUME_ACK; the preempt channel again if the stream has one. */
+static bool pc_reconnect(Source *src, FerryMigrationAddress *addr, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    ferry__mutex_lock(&m->lock);
+    ferry__address_free(m->out_addr);
+    m->out_addr = addr;
+    m->out_chan = NULL;
+    m->out_pchan = NULL;
+    ferry__mutex_unlock(&m->lock);
+    ferry__stream_free(src->pstream);
+    ferry__channel_free(src->pchan);
+    src->pstream = NULL;
+    src->pchan = NULL;
+    bool crc = ferry__stream_crc(src->s);
+    ferry__stream_free(src->s);
+    ferry__channel_free(src->chan);
+    src->s = NULL;
+    src->chan = NULL;
+    if (!setup_channel(src, errp)) {
+        return false;
+    }
+    ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_RECOVER_SETUP, FERRY_MIG_POSTCOPY_RECOVER);
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
+    ferry__wire_encode_header(hdr);
+    ferry__stream_write(src->s, hdr, sizeof(hdr));
+    /* A new stream computes CRCs: the record carries its trailer whatever the features say, as HELLO does. */
+    write_record(src->s, FERRY_REC_POSTCOPY_RESUME, FERRY_REC_CRITICAL, src->session, sizeof(src->session));
+    ferry__stream_flush(src->s);
+    if (!check_stream(src, errp)) {
+        return false;
+    }
+    static const uint16_t want[] = { FERRY_REC_RESUME_NEED, FERRY_REC_RESUME_ACK };
+    for (;;) {
+        uint16_t type;
+        uint8_t *payload;
+        uint32_t len;
+        if (!read_return_any(src, want, FERRY_ARRAY_SIZE(want), "missing pages",
+                             "no answer to the resume from the destination", &type, &payload, &len, errp)) {
+            return false;
+        }
+        bool ok = type == FERRY_REC_RESUME_ACK || pc_apply_need(src, payload, len, errp);
+        free(payload);
+        if (!ok) {
+            return false;
+        }
+        if (type == FERRY_REC_RESUME_ACK) {
+            break;
+        }
+    }
+    ferry__stream_set_crc(src->s, crc);
+    if (src->preempt && !pc_connect_preempt(src, errp)) {
+        return false;
+    }
+    ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_RECOVER, FERRY_MIG_POSTCOPY_ACTIVE);
+    return true;
+}
+
+/*
+ * The connection broke after POSTCOPY_RUN (or migrate-pause): pause, with every page the destination may still
+ * need kept here and the workload stopped, until migrate resume=true gives an address to reconnect to. True once
+ * resumed (the return-path thread runs again); false, *errp the reason of the pause, when the process quits.
+ */
+static bool pc_pause_resume(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    for (;;) {
+        ferry_error_free(pc_stop_return_path(src, true));
+        ferry_error_prepend(errp, "postcopy paused, the workload's state split between this source (stopped) and "
+                            "the destination (running): recover with migrate-recover there and migrate "
+                            "resume=true here; ");
+        ferry__log(FERRY_LOG_WARN, "%s", ferry_error_msg(*errp));
+        FerryMigrationStatus from = ferry__mig_status(m);
+        if (from != FERRY_MIG_POSTCOPY_PAUSED && !ferry__mig_pause(m, from, *errp)) {
+            return false;
+        }
+        FerryMigrationAddress *addr = ferry__mig_wait_resume(m);
+        if (!addr) {
+            return false;
+        }
+        ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_PAUSED, FERRY_MIG_POSTCOPY_RECOVER_SETUP);
+        FerryError *err = NULL;
+        if (pc_reconnect(src, addr, &err) && pc_start_return_path(src, &err)) {
+            ferry_error_free(*errp);
+            *errp = NULL;
+            ferry__log(FERRY_LOG_INFO, "postcopy resumed; %llu pages to send",
+                       (unsigned long long)__atomic_load_n(&src->pc_left, __ATOMIC_RELAXED));
+            return true;
+        }
+        ferry_error_free(*errp);
+        *errp = err;
+    }
+}
+
+/*
+ * The postcopy phase, instead of source_complete: stop the workload, switch (status postcopy-active), then from
+ * the point of no return on, the workload runs on the destination (run state postmigrate here) and the pages go
+ * as it asks for them.
+ */
+static bool source_postcopy(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    src->prev = ferry__vm_stop_for_migration(m);
+    src->stopped = true;
+    if (!ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_POSTCOPY_ACTIVE)) {
+        ferry_error_setg(errp, "cancelled");
+        return false;
+    }
+    int64_t downtime_start = ferry__clock_ms();
+    if (!pc_switch(src, errp)) {
+        return false;
+    }
+    src->pc_running = true;
+    /* The destination runs the backends from POSTCOPY_RUN on. */
+    ferry__vm_postmigrate(m, true);
+    ferry__mutex_lock(&m->lock);
+    m->stats.downtime_ms = ferry__clock_ms() - downtime_start;
+    m->stats.dirty_sync_count = src->pass + 1;
+    ferry__mutex_unlock(&m->lock);
+    ferry__log(FERRY_LOG_INFO, "postcopy: the destination runs; %llu pages to send",
+               (unsigned long long)src->pc_left);
+    if (!pc_start_return_path(src, errp)) {
+        return false;
+    }
+    while (!pc_run(src, errp)) {
+        if (!pc_pause_resume(src, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* The cleanup phase: disarm the tracker, free what the migration used, unpublish and close the channels. */
 static void source_cleanup(Source *src, bool ok)
 {
@@ -1214,10 +1787,14 @@ static void source_cleanup(Source *src, bool ok)
     free(src->by_fd);
     free(src->copied);
     ferry__page_pipe_free(src->pipe);
+    ferry_error_free(pc_stop_return_path(src, true));
     ferry__mutex_lock(&m->lock);
     m->out_chan = NULL;
     m->out_mfd = NULL;
+    m->out_pchan = NULL;
     ferry__mutex_unlock(&m->lock);
+    ferry__stream_free(src->pstream);
+    ferry__channel_free(src->pchan);
     /* After a success every channel has written everything (each pass ends with a flush): closing loses nothing.
      * After a failure, shut them down first so that no thread stays blocked on a stalled peer. */
     ferry__multifd_send_free(src->mfd, !ok);
@@ -1234,6 +1811,10 @@ static void source_cleanup(Source *src, bool ok)
 static void source_finish(Source *src, bool ok, bool acknowledged, const FerryError *err)
 {
     FerryMigration *m = src->m;
+    if (ok && src->pc_running) {
+        ferry__mig_set_state(m, FERRY_MIG_POSTCOPY_ACTIVE, FERRY_MIG_COMPLETED);
+        return;
+    }
     if (ok) {
         ferry__vm_postmigrate(m, acknowledged);
         ferry__mig_test_point(m, FERRY_MIG_TP_BEFORE_COMPLETE);
@@ -1244,7 +1825,8 @@ static void source_finish(Source *src, bool ok, bool acknowledged, const FerryEr
         ferry__mig_test_point(m, FERRY_MIG_TP_AFTER_COMPLETE);
         return;
     }
-    if (src->stopped) {
+    /* Once the destination may run, the workload's state is split: never resume here on our own. */
+    if (src->stopped && !src->pc_running) {
         ferry__vm_restore_after_migration(m, src->prev);
     }
     if (!cancelled(m) || !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_CANCELLED)) {
@@ -1262,6 +1844,7 @@ void *ferry__source_thread(void *opaque)
     FerryMigration *m = opaque;
     Source src = { .m = m, .prev = FERRY_RUN_RUNNING };
     FerryError *err = NULL;
+    ferry__mutex_init(&src.send_lock);
     ferry__mutex_lock(&m->lock);
     src.tls = m->out_tls;
     m->out_tls = NULL;
@@ -1272,11 +1855,16 @@ void *ferry__source_thread(void *opaque)
     while (ok && !switchover) {
         ok = source_iterate(&src, &switchover, &err);
     }
-    ok = ok && source_complete(&src, &err);
+    if (ok && src.pc_switch) {
+        ok = source_postcopy(&src, &err);
+    } else {
+        ok = ok && source_complete(&src, &err);
+    }
     /* Only a destination that acknowledged is known to run the backends now (see FerryBackendOps.release). */
     bool acknowledged = ok && !src.chan->one_way;
     source_cleanup(&src, ok);
     source_finish(&src, ok, acknowledged, err);
     ferry_error_free(err);
+    ferry__mutex_destroy(&src.send_lock);
     return NULL;
 }

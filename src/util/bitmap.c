@@ -145,3 +145,20 @@ void ferry__bitmap_move_atomic(unsigned long *dst, unsigned long *src, size_t nb
         dst[i] |= __atomic_exchange_n(&src[i], 0UL, __ATOMIC_SEQ_CST);
     }
 }
+
+bool ferry__bitmap_test_atomic(const unsigned long *map, size_t bit)
+{
+    return (__atomic_load_n(&map[bit / FERRY_BITS_PER_LONG], __ATOMIC_ACQUIRE) >> (bit % FERRY_BITS_PER_LONG)) & 1;
+}
+
+bool ferry__bitmap_test_and_clear_atomic(unsigned long *map, size_t bit)
+{
+    unsigned long mask = 1UL << (bit % FERRY_BITS_PER_LONG);
+    return (__atomic_fetch_and(&map[bit / FERRY_BITS_PER_LONG], ~mask, __ATOMIC_ACQ_REL) & mask) != 0;
+}
+
+bool ferry__bitmap_test_and_set_atomic(unsigned long *map, size_t bit)
+{
+    unsigned long mask = 1UL << (bit % FERRY_BITS_PER_LONG);
+    return (__atomic_fetch_or(&map[bit / FERRY_BITS_PER_LONG], mask, __ATOMIC_ACQ_REL) & mask) != 0;
+}

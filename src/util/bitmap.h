@@ -29,6 +29,11 @@ void ferry__bitmap_or(unsigned long *dst, const unsigned long *src, size_t nbits
 
 void ferry__bitmap_set_range_atomic(unsigned long *map, size_t start, size_t count);
 /* dst |= src, and src cleared, word by word with atomic exchange on src. */
+/* Atomic single-bit operations, for bitmaps that two threads change (postcopy's pages still needed): test with
+ * acquire order; test-and-clear / test-and-set say whether the bit was set before. */
+bool ferry__bitmap_test_atomic(const unsigned long *map, size_t bit);
+bool ferry__bitmap_test_and_clear_atomic(unsigned long *map, size_t bit);
+bool ferry__bitmap_test_and_set_atomic(unsigned long *map, size_t bit);
 void ferry__bitmap_move_atomic(unsigned long *dst, unsigned long *src, size_t nbits);
 
 #endif

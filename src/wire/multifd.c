@@ -206,3 +206,39 @@ bool ferry__wire_mfd_extents_decode(const uint8_t *in, uint32_t n, uint32_t page
     }
     return true;
 }
+
+/* The preempt channel of postcopy borrows the multifd hello's layout, so one decoder's checks cover both. */
+void ferry__wire_preempt_hello_encode(const uint8_t session[FERRY_WIRE_MFD_SESSION_LEN],
+                                      uint8_t out[FERRY_WIRE_MFD_HELLO_LEN])
+{
+    ferry__wire_mfd_hello_encode(0, session, out);
+    memcpy(out, FERRY_WIRE_PREEMPT_MAGIC, 8);
+    ferry__put_be32(out + 32, ferry__crc32c(0, out, 32));
+}
+
+bool ferry__wire_preempt_hello_decode(const uint8_t in[FERRY_WIRE_MFD_HELLO_LEN],
+                                      uint8_t session[FERRY_WIRE_MFD_SESSION_LEN], FerryError **errp)
+{
+    if (memcmp(in, FERRY_WIRE_PREEMPT_MAGIC, 8) != 0) {
+        ferry_error_setg(errp, "not a postcopy preempt channel: it does not start with \"%s\"",
+                         FERRY_WIRE_PREEMPT_MAGIC);
+        return false;
+    }
+    uint8_t copy[FERRY_WIRE_MFD_HELLO_LEN];
+    memcpy(copy, in, sizeof(copy));
+    memcpy(copy, FERRY_WIRE_MFD_MAGIC, 8);
+    if (ferry__get_be32(in + 32) != ferry__crc32c(0, in, 32)) {
+        ferry_error_setg(errp, "postcopy preempt channel hello damaged: CRC mismatch");
+        return false;
+    }
+    ferry__put_be32(copy + 32, ferry__crc32c(0, copy, 32));
+    uint16_t index;
+    if (!ferry__wire_mfd_hello_decode(copy, &index, session, errp)) {
+        return false;
+    }
+    if (index != 0) {
+        ferry_error_setg(errp, "postcopy preempt channel hello with index %u, expected 0", index);
+        return false;
+    }
+    return true;
+}

@@ -362,6 +362,45 @@ bool ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *
     return true;
 }
 
+/* ---- postcopy ---- */
+
+void ferry__wire_pc_start_encode(const FerryWirePcStart *p, uint8_t out[FERRY_WIRE_PC_START_LEN])
+{
+    ferry__put_be32(out, p->flags);
+    ferry__put_be32(out + 4, 0);
+    memcpy(out + 8, p->session, FERRY_WIRE_PC_SESSION_LEN);
+}
+
+bool ferry__wire_pc_start_decode(const uint8_t in[FERRY_WIRE_PC_START_LEN], FerryWirePcStart *p, FerryError **errp)
+{
+    p->flags = ferry__get_be32(in);
+    memcpy(p->session, in + 8, FERRY_WIRE_PC_SESSION_LEN);
+    if (p->flags & ~FERRY_PC_FLAGS_KNOWN) {
+        ferry_error_setg(errp, "POSTCOPY_START has unknown flags 0x%x (known: 0x%x)", p->flags & ~FERRY_PC_FLAGS_KNOWN,
+                         FERRY_PC_FLAGS_KNOWN);
+        return false;
+    }
+    if (ferry__get_be32(in + 4) != 0) {
+        ferry_error_setg(errp, "POSTCOPY_START has a non-zero reserved field 0x%x", ferry__get_be32(in + 4));
+        return false;
+    }
+    return true;
+}
+
+void ferry__wire_req_pages_encode(const FerryWireReqPages *r, uint8_t out[FERRY_WIRE_REQ_PAGES_LEN])
+{
+    ferry__put_be32(out, r->block);
+    ferry__put_be32(out + 4, r->count);
+    ferry__put_be64(out + 8, r->first);
+}
+
+void ferry__wire_req_pages_decode(const uint8_t in[FERRY_WIRE_REQ_PAGES_LEN], FerryWireReqPages *r)
+{
+    r->block = ferry__get_be32(in);
+    r->count = ferry__get_be32(in + 4);
+    r->first = ferry__get_be64(in + 8);
+}
+
 /* ---- FDS ---- */
 
 uint8_t *ferry__wire_fds_encode(const FerryWireFd *fds, uint32_t n, size_t *len)

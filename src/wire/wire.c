@@ -63,6 +63,13 @@ const char *ferry__wire_record_name(uint16_t type)
     case FERRY_REC_MULTIFD: return "MULTIFD";
     case FERRY_REC_MULTIFD_SYNC: return "MULTIFD_SYNC";
     case FERRY_REC_COMMIT: return "COMMIT";
+    case FERRY_REC_POSTCOPY_START: return "POSTCOPY_START";
+    case FERRY_REC_POSTCOPY_NEED: return "POSTCOPY_NEED";
+    case FERRY_REC_POSTCOPY_RUN: return "POSTCOPY_RUN";
+    case FERRY_REC_POSTCOPY_RESUME: return "POSTCOPY_RESUME";
+    case FERRY_REC_REQ_PAGES: return "REQ_PAGES";
+    case FERRY_REC_RESUME_NEED: return "RESUME_NEED";
+    case FERRY_REC_RESUME_ACK: return "RESUME_ACK";
     case FERRY_REC_HELLO_REPLY: return "HELLO_REPLY";
     case FERRY_REC_ACK: return "ACK";
     case FERRY_REC_NACK: return "NACK";

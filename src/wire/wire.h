@@ -48,6 +48,10 @@ enum {
     FERRY_REC_MULTIFD = 0x000A,       /* the stream's multifd channels: count, session, compression */
     FERRY_REC_MULTIFD_SYNC = 0x000B,  /* every multifd channel has sent its SYNC packet of this number */
     FERRY_REC_COMMIT = 0x000C,        /* after the destination's ACK: the source has switched over (switchover-commit) */
+    FERRY_REC_POSTCOPY_START = 0x000D, /* postcopy-ram: the source stopped; the pages still to come follow */
+    FERRY_REC_POSTCOPY_NEED = 0x000E, /* postcopy-ram: page ranges the destination must drop and fetch on demand */
+    FERRY_REC_POSTCOPY_RUN = 0x000F,  /* postcopy-ram: device state is complete; the destination runs now */
+    FERRY_REC_POSTCOPY_RESUME = 0x0010, /* postcopy recovery: first record of a new connection, with the session */
 };
 
 /* Record types, destination to source (the return path). */
@@ -55,6 +59,9 @@ enum {
     FERRY_REC_ACK = 0x0101,  /* everything received, checked and applied */
     FERRY_REC_NACK = 0x0102, /* the destination failed; payload is its error message */
     FERRY_REC_HELLO_REPLY = 0x0103, /* the offered features the destination accepts */
+    FERRY_REC_REQ_PAGES = 0x0104, /* postcopy: the destination faulted on these pages: send them first */
+    FERRY_REC_RESUME_NEED = 0x0105, /* postcopy recovery: per block, the pages the destination still misses */
+    FERRY_REC_RESUME_ACK = 0x0106,  /* postcopy recovery: the destination is ready; the postcopy goes on */
 };
 
 /* Bounds a reader enforces before allocating or looping on anything a peer sent. */
@@ -64,6 +71,34 @@ enum {
 #define FERRY_WIRE_RAM_RUN_HEADER_LEN 20            /* block, flags, first page, page count */
 #define FERRY_WIRE_END_LEN 16                       /* flags, pages, sections */
 #define FERRY_WIRE_HINT_RANGE_LEN 16                /* first page, page count */
+
+/*
+ * Postcopy (docs/stream-format.md, "postcopy"). POSTCOPY_START (24 bytes): flags (be32, FERRY_PC_*), reserved
+ * (be32, 0), session id (16 bytes: a recovering or preempt connection names it). POSTCOPY_NEED: the encoding of
+ * POPULATE_HINT (block, ranges). REQ_PAGES (16 bytes): block (be32), page count (be32), first page (be64).
+ * POSTCOPY_RESUME (16 bytes): the session id. RESUME_NEED: block (be32), pages (be64), then the block's bitmap of
+ * pages still missing, ceil(pages / 8) bytes, bit i of byte i / 8 for page i. RESUME_ACK: empty.
+ * The preempt channel opens with a hello in the layout of the multifd hello (magic FERRY_WIRE_PREEMPT_MAGIC,
+ * index 0) and then carries RAM_PAGES records only.
+ */
+#define FERRY_WIRE_PC_START_LEN 24
+#define FERRY_WIRE_PC_SESSION_LEN 16
+#define FERRY_WIRE_REQ_PAGES_LEN 16
+#define FERRY_WIRE_PREEMPT_MAGIC "FERRYPCP"
+#define FERRY_PC_SOURCE_RUNNING 0x1u /* the workload was running when the source stopped it */
+#define FERRY_PC_PREEMPT 0x2u        /* a preempt channel connects after this record, for requested pages */
+#define FERRY_PC_FLAGS_KNOWN (FERRY_PC_SOURCE_RUNNING | FERRY_PC_PREEMPT)
+
+typedef struct FerryWirePcStart {
+    uint32_t flags;
+    uint8_t session[FERRY_WIRE_PC_SESSION_LEN];
+} FerryWirePcStart;
+
+typedef struct FerryWireReqPages {
+    uint32_t block;
+    uint32_t count;
+    uint64_t first;
+} FerryWireReqPages;
 
 /* END record flags. A reader refuses any other bit. */
 #define FERRY_END_SOURCE_RUNNING 0x1u /* the workload was running when the source stopped it */
@@ -262,6 +297,12 @@ void ferry__wire_end_encode(const FerryWireEnd *e, uint8_t out[FERRY_WIRE_END_LE
 /* Refuses flags outside FERRY_END_FLAGS_KNOWN, naming them. */
 bool ferry__wire_end_decode(const uint8_t in[FERRY_WIRE_END_LEN], FerryWireEnd *e, FerryError **errp);
 
+void ferry__wire_pc_start_encode(const FerryWirePcStart *p, uint8_t out[FERRY_WIRE_PC_START_LEN]);
+/* Refuses flags outside FERRY_PC_FLAGS_KNOWN and a non-zero reserved field. */
+bool ferry__wire_pc_start_decode(const uint8_t in[FERRY_WIRE_PC_START_LEN], FerryWirePcStart *p, FerryError **errp);
+void ferry__wire_req_pages_encode(const FerryWireReqPages *r, uint8_t out[FERRY_WIRE_REQ_PAGES_LEN]);
+void ferry__wire_req_pages_decode(const uint8_t in[FERRY_WIRE_REQ_PAGES_LEN], FerryWireReqPages *r);
+
 /* ---- multifd (multifd.c): the MULTIFD record, and what travels on the extra channels. ---- */
 
 /*
@@ -307,6 +348,11 @@ void ferry__wire_mfd_hello_encode(uint16_t index, const uint8_t session[FERRY_WI
                                   uint8_t out[FERRY_WIRE_MFD_HELLO_LEN]);
 bool ferry__wire_mfd_hello_decode(const uint8_t in[FERRY_WIRE_MFD_HELLO_LEN], uint16_t *index,
                                   uint8_t session[FERRY_WIRE_MFD_SESSION_LEN], FerryError **errp);
+/* The preempt channel's hello: the same layout with magic FERRY_WIRE_PREEMPT_MAGIC and index 0. */
+void ferry__wire_preempt_hello_encode(const uint8_t session[FERRY_WIRE_MFD_SESSION_LEN],
+                                      uint8_t out[FERRY_WIRE_MFD_HELLO_LEN]);
+bool ferry__wire_preempt_hello_decode(const uint8_t in[FERRY_WIRE_MFD_HELLO_LEN],
+                                      uint8_t session[FERRY_WIRE_MFD_SESSION_LEN], FerryError **errp);
 
 /*
  * Then packets. The fixed header (32 bytes): magic (be32, FERRY_WIRE_MFD_PACKET_MAGIC), type (u8), flags (u8),
