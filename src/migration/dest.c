@@ -1280,13 +1280,21 @@ static void pc_teardown(Dest *d)
  * the device state loaded, the totals right. Then userfaultfd can go. */
 static bool pc_after_end(Dest *d, FerryError **errp)
 {
-    int64_t deadline = ferry__clock_ms() + 10000;
-    while (__atomic_load_n(&d->need_left, __ATOMIC_ACQUIRE) > 0 && ferry__clock_ms() < deadline) {
-        ferry__sleep_ns(200 * 1000);
-    }
+    /* The source writes END once it has handed every page to a channel: requested pages may still be on their way
+     * on the preempt channel. Wait while they keep coming; ten seconds without one is a failure. */
     uint64_t left = __atomic_load_n(&d->need_left, __ATOMIC_ACQUIRE);
+    int64_t deadline = ferry__clock_ms() + 10000;
+    while (left > 0 && ferry__clock_ms() < deadline && !ferry__stream_failed(d->s)) {
+        ferry__sleep_ns(200 * 1000);
+        uint64_t now_left = __atomic_load_n(&d->need_left, __ATOMIC_ACQUIRE);
+        if (now_left < left) {
+            deadline = ferry__clock_ms() + 10000;
+        }
+        left = now_left;
+    }
     if (left) {
-        ferry_error_setg(errp, "END came with %llu pages still missing", (unsigned long long)left);
+        ferry_error_setg(errp, "END came with %llu pages still missing (none arrived for 10 s)",
+                         (unsigned long long)left);
         return false;
     }
     pthread_join(d->load_thread, NULL);
