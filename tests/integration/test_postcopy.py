@@ -62,9 +62,11 @@ def assert_dest_ok(dst, running=True):
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_non_converging_finishes_with_postcopy(workload, transport):
+    """512 MiB written by two unthrottled writers over a 128 MiB/s link: each pass finds it all dirty again."""
     uri = unix_uri(workload) if transport == "unix" else f"tcp:127.0.0.1:{free_port()}"
-    src, dst = postcopy_pair(workload, uri)
-    src.set_params(**{"max-bandwidth": SLOW_LINK, "downtime-limit": 20})
+    busy = ["-m", "512M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "0"]
+    src, dst = postcopy_pair(workload, uri, args=busy)
+    src.set_params(**{"max-bandwidth": 128 << 20, "downtime-limit": 20})
     src.migrate(uri)
     # Bounded precopy: several passes, and still far from the downtime limit.
     wait_until(lambda: src.query_migrate()["ram"]["dirty-sync-count"] >= 2, 60, "two passes")
