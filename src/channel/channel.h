@@ -57,6 +57,8 @@ bool ferry__channel_read_all(FerryChannel *c, void *buf, size_t len, FerryError 
 bool ferry__channel_readv_all(FerryChannel *c, struct iovec *iov, int iovcnt, FerryError **errp); /* may modify iov */
 /* Read up to @len bytes: returns bytes read, 0 at end of stream, -1 on error. */
 ssize_t ferry__channel_read(FerryChannel *c, void *buf, size_t len, FerryError **errp);
+/* Abort: blocked and later calls fail, and a TCP connection is reset when the channel is closed (socket.c says
+ * why). */
 void ferry__channel_shutdown(FerryChannel *c);
 /* Make a read or write that moves nothing for @ms milliseconds fail with an error that names the io-timeout
  * parameter (0: wait forever, the default). It bounds a lack of progress, not the length of a transfer: a peer

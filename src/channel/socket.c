@@ -1,8 +1,9 @@
 /*
  * The fd-backed channel (channel-int.h) that every transport builds on: sockets of every family, and pipes,
  * FIFOs and files handed to us or created by exec.c and file.c. It moves bytes, reports errors and makes
- * shutdown interrupt blocked calls; it does not resolve, connect or listen (that is the transports' job) and
- * does not buffer (that is the stream's). Also the socket helpers shared by the socket transports.
+ * shutdown interrupt blocked calls (a TCP connection shut down is reset when closed); it does not resolve,
+ * connect or listen (that is the transports' job) and does not buffer (that is the stream's). Also the socket
+ * helpers shared by the socket transports.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -229,6 +230,16 @@ void ferry__fd_channel_shutdown(FerryChannel *c)
     FerryFdChannel *fc = (FerryFdChannel *)c;
     __atomic_store_n(&fc->shut, 1, __ATOMIC_RELEASE);
     if (fc->is_socket) {
+        if (!fc->is_unix) {
+            /* The close that follows must reset the connection, not end it gracefully. After SHUT_RD, Linux no
+             * longer announces the window that reading frees. A reader that then reads the queue empty closes
+             * with nothing unread, so the kernel sends no RST and keeps the closed end in FIN_WAIT2 for
+             * tcp_fin_timeout (60 s) with the last advertised window. If the peer's writer had filled that
+             * window, it was zero: the writer's window probes are answered with zero windows, and its blocked
+             * send goes on for the whole minute. A reset fails that send at once. UNIX sockets have no window. */
+            struct linger abort_on_close = { .l_onoff = 1, .l_linger = 0 };
+            (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof(abort_on_close));
+        }
         /* Wakes a reader or writer blocked in the kernel on this socket, in any thread. */
         shutdown(c->fd, SHUT_RDWR);
     } else if (fc->wake_fd >= 0) {

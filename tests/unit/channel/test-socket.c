@@ -2,7 +2,8 @@
  * Unit tests of channels and listeners over real sockets (src/channel/channel.c, socket.c, tcp.c, unix.c):
  * unix and TCP listeners with kernel-chosen ports, connect, data both ways, the addresses listeners report,
  * error messages for refused connections and busy ports, accept and blocked reads interrupted from another
- * thread, a dead peer giving EPIPE instead of SIGPIPE, the write loops with partial writes and more iovecs
+ * thread, a TCP channel shut down and closed failing the peer's write blocked on its closed window at once, a
+ * dead peer giving EPIPE instead of SIGPIPE, the write loops with partial writes and more iovecs
  * than IOV_MAX, and a unix listener whose path another listener takes over. Everything runs on loopback; IPv6 is skipped with a reason when ::1 is unavailable.
  */
 #include <errno.h>
@@ -18,11 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <linux/tcp.h> /* struct tcp_info with tcpi_snd_wnd */
 
 #include <cmocka.h>
 
@@ -370,6 +374,90 @@ static void test_shutdown_interrupts_read(void **state)
     ferry__channel_free(NULL);
 }
 
+struct blocked_writer {
+    FerryChannel *c;
+    bool ok;
+    FerryError *err;
+    int done; /* atomic */
+};
+
+static void *blocked_writer_thread(void *opaque)
+{
+    struct blocked_writer *w = opaque;
+    size_t len = 64 << 20; /* far more than both sockets' buffers */
+    char *big = ferry__xcalloc(1, len);
+    w->ok = ferry__channel_write_all(w->c, big, len, &w->err);
+    free(big);
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/*
+ * A destination that quits mid-stream (its channel shut down from another thread, the receive path reading what
+ * was queued until the end, then the channel freed) while the source's write is blocked on a full window: the
+ * write fails at once. Linux announces no window after SHUT_RD, so a graceful close left the closed end in
+ * FIN_WAIT2 advertising a zero window for tcp_fin_timeout (60 s), and the writer stayed blocked that long.
+ */
+static void test_tcp_shutdown_fails_blocked_peer_writer(void **state)
+{
+    char port[16], uri[64];
+    FerryListener *l = tcp_listener("tcp:127.0.0.1:0", "127.0.0.1", port, sizeof(port));
+    snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%s", port);
+    FerryChannel *src, *dst;
+    exchange(l, uri, &src, &dst);
+    ferry__listener_free(l);
+
+    struct blocked_writer w = { .c = src };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, blocked_writer_thread, &w), 0);
+    /* Until the writer is blocked on a zero window (a window left smaller than a segment is filled by the next
+     * window probe, and that data would reach the closed end and reset it even without the fix). */
+    uint32_t wnd = UINT32_MAX;
+    for (int i = 0; i < 1000 && wnd != 0; i++) {
+        ferry__sleep_ns(10 * 1000 * 1000);
+        struct tcp_info ti;
+        socklen_t len = sizeof(ti);
+        assert_int_equal(getsockopt(src->fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+        if (len < offsetof(struct tcp_info, tcpi_snd_wnd) + sizeof(ti.tcpi_snd_wnd)) {
+            /* An older kernel's tcp_info ends before it: without it the test cannot tell that the window is
+             * closed. */
+            ferry__channel_shutdown(src);
+            pthread_join(t, NULL);
+            ferry_error_free(w.err);
+            ferry__channel_free(src);
+            ferry__channel_free(dst);
+            skip();
+        }
+        wnd = ti.tcpi_snd_wnd;
+    }
+    assert_int_equal(wnd, 0);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_ACQUIRE), 0);
+
+    ferry__channel_shutdown(dst);
+    char *sink = ferry__xmalloc(1 << 20);
+    while (ferry__channel_read(dst, sink, 1 << 20, NULL) > 0) {
+    }
+    free(sink);
+    ferry__channel_free(dst);
+
+    int64_t deadline = ferry__clock_ms() + 10000;
+    while (!__atomic_load_n(&w.done, __ATOMIC_ACQUIRE) && ferry__clock_ms() < deadline) {
+        ferry__sleep_ns(10 * 1000 * 1000);
+    }
+    bool failed_in_time = __atomic_load_n(&w.done, __ATOMIC_ACQUIRE);
+    if (!failed_in_time) {
+        ferry__channel_shutdown(src); /* free the thread before failing */
+    }
+    pthread_join(t, NULL);
+    if (!failed_in_time) {
+        fail_msg("the writer was still blocked 10 s after the destination closed its end");
+    }
+    assert_false(w.ok);
+    assert_msg_contains(w.err, "Failed to write to '");
+    ferry_error_free(w.err);
+    ferry__channel_free(src);
+}
+
 /* io-timeout: a read with nothing to read and a write into a full buffer give up after the timeout with an error
  * that names the parameter, on a socket (SO_RCVTIMEO/SO_SNDTIMEO) and on a pipe (poll); a slow peer that keeps
  * moving bytes is not cut off; 0 turns it off again. */
@@ -642,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_tcp_resolve_error),
         cmocka_unit_test(test_accept_cancelled),
         cmocka_unit_test(test_shutdown_interrupts_read),
+        cmocka_unit_test(test_tcp_shutdown_fails_blocked_peer_writer),
         cmocka_unit_test(test_io_timeout),
         cmocka_unit_test(test_writev_all),
         cmocka_unit_test(test_connect_cancelled),
