@@ -187,12 +187,49 @@ static void test_move_atomic_race(void **state)
     free(src);
 }
 
+/* Two threads clear the same bits (postcopy's two senders): each bit is claimed by exactly one of them. */
+struct claim {
+    unsigned long *map;
+    size_t claimed;
+};
+
+static void *claimer(void *opaque)
+{
+    struct claim *c = opaque;
+    for (size_t b = 0; b < RACE_BITS; b++) {
+        c->claimed += ferry__bitmap_test_and_clear_atomic(c->map, b);
+    }
+    return NULL;
+}
+
+static void test_test_and_clear_race(void **state)
+{
+    (void)state;
+    unsigned long *map = ferry__bitmap_new(RACE_BITS);
+    ferry__bitmap_fill(map, RACE_BITS);
+    struct claim a = { .map = map }, b = { .map = map };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, claimer, &a), 0);
+    claimer(&b);
+    pthread_join(t, NULL);
+    assert_int_equal(a.claimed + b.claimed, RACE_BITS);
+    assert_int_equal(ferry__bitmap_count(map, RACE_BITS), 0);
+    assert_false(ferry__bitmap_test_and_set_atomic(map, 5));
+    assert_true(ferry__bitmap_test_and_set_atomic(map, 5));
+    assert_true(ferry__bitmap_test_atomic(map, 5));
+    assert_false(ferry__bitmap_test_atomic(map, 6));
+    assert_true(ferry__bitmap_test_and_clear_atomic(map, 5));
+    assert_false(ferry__bitmap_test_and_clear_atomic(map, 5));
+    free(map);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_basic),       cmocka_unit_test(test_set_range),
         cmocka_unit_test(test_find_next),   cmocka_unit_test(test_or),
         cmocka_unit_test(test_move_atomic), cmocka_unit_test(test_move_atomic_race),
+        cmocka_unit_test(test_test_and_clear_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
