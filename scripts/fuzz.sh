@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Run ferry's libFuzzer targets (fuzz/) on their seed corpora: briefly in the test suite, for as long as you like by
 # hand. Builds build-fuzz with clang if it is missing (scripts/install-deps.sh installs clang and its runtime).
-# The seeds of a target are fuzz/corpus/TARGET/ (checked in: real inputs and the reproducers of fixed bugs), plus,
+# The seeds of a target are fuzz/corpus/TARGET/ (checked in: real or hand-built inputs and the reproducers of fixed bugs), plus,
 # for stream and analyze, the golden streams of tests/data/compat/; fuzz/dict/TARGET.dict, if there is one, is
 # given to libFuzzer as its dictionary. New inputs the fuzzer finds go to a scratch corpus, not into the
 # repository (--keep DIR keeps them); a crash, leak or sanitizer report leaves its reproducer in
 # build-fuzz/crashes/ and the exit status is non-zero. fuzz/README.md says more.
 #
 #   scripts/fuzz.sh [--time SECONDS] [--keep DIR] [TARGET...]
-#       targets: stream analyze qmp address keyval (default: all); SECONDS per target, default 600
+#       targets: stream analyze qmp address keyval return-path (default: all); SECONDS per target, default 600
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-all_targets=(stream analyze qmp address keyval)
+all_targets=(stream analyze qmp address keyval return-path)
 secs=600
 keep=
 while [ $# -gt 0 ]; do

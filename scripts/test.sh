@@ -110,7 +110,7 @@ fi
 if [ "$fuzz_ok" = 1 ]; then
     # Short runs: enough to replay the seeds (the reproducers of fixed bugs among them) and explore a little;
     # scripts/fuzz.sh runs them for longer.
-    for t in stream analyze qmp address keyval; do
+    for t in stream analyze qmp address keyval return-path; do
         step "fuzz-$t (20 s)"
         if ASAN_OPTIONS= bash scripts/fuzz.sh --time 20 "$t"; then
             passed_steps=$((passed_steps + 1))

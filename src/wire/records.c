@@ -1,9 +1,12 @@
 /*
  * Payload codecs of the records that more than one reader parses (the destination and the stream analyzer):
  * feature lists (HELLO, FEATURES, HELLO_REPLY), CONFIG, POPULATE_HINT, the RAM_PAGES run header, the SECTION
- * header and END. Pure functions over buffers. Decoders check every length and bound before they allocate or
+ * header, END, the postcopy records, and the return-path records the source reads (REQ_PAGES, RESUME_NEED, and
+ * their framing). Pure functions over buffers. Decoders check every length and bound before they allocate or
  * loop on a count a peer sent, refuse trailing bytes, and name what is wrong; they do not check a record against
- * the reader's own state (its RAM blocks, its sections): that is the caller's part.
+ * the reader's own state (its RAM blocks, its sections): that is the caller's part, except on the return path,
+ * where the block bounds of REQ_PAGES and RESUME_NEED are checked here through a lookup the caller passes, so that
+ * the source's parsing can be tested and fuzzed without a migration.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -399,6 +402,92 @@ void ferry__wire_req_pages_decode(const uint8_t in[FERRY_WIRE_REQ_PAGES_LEN], Fe
     r->block = ferry__get_be32(in);
     r->count = ferry__get_be32(in + 4);
     r->first = ferry__get_be64(in + 8);
+}
+
+/* ---- the return path, as the source reads it ---- */
+
+bool ferry__wire_req_pages_check(const uint8_t *p, size_t len, size_t nblocks, FerryWireBlockPagesFn block_pages,
+                                 const void *opaque, FerryWireReqPages *rq, FerryError **errp)
+{
+    if (len != FERRY_WIRE_REQ_PAGES_LEN) {
+        ferry_error_setg(errp, "the destination's page request has %zu bytes, expected %d", len,
+                         FERRY_WIRE_REQ_PAGES_LEN);
+        return false;
+    }
+    ferry__wire_req_pages_decode(p, rq);
+    /* Written so that no sum can wrap: first < pages, then count <= pages - first. */
+    uint64_t pages = rq->block < nblocks ? block_pages(opaque, rq->block) : 0;
+    if (rq->block >= nblocks || rq->count == 0 || rq->count > FERRY_WIRE_MAX_RUN_PAGES || rq->first >= pages ||
+        rq->count > pages - rq->first) {
+        ferry_error_setg(errp, "the destination requested pages %llu+%u of block %u, which do not exist",
+                         (unsigned long long)rq->first, rq->count, rq->block);
+        return false;
+    }
+    return true;
+}
+
+void ferry__wire_resume_need_encode_header(const FerryWireResumeNeed *n,
+                                           uint8_t out[FERRY_WIRE_RESUME_NEED_HEADER_LEN])
+{
+    ferry__put_be32(out, n->block);
+    ferry__put_be64(out + 4, n->first);
+    ferry__put_be64(out + 12, n->count);
+}
+
+bool ferry__wire_resume_need_decode(const uint8_t *p, size_t len, size_t nblocks, FerryWireBlockPagesFn block_pages,
+                                    const void *opaque, FerryWireResumeNeed *n, FerryError **errp)
+{
+    if (len < FERRY_WIRE_RESUME_NEED_HEADER_LEN) {
+        ferry_error_setg(errp, "RESUME_NEED of %zu bytes is shorter than its %d-byte header", len,
+                         FERRY_WIRE_RESUME_NEED_HEADER_LEN);
+        return false;
+    }
+    n->block = ferry__get_be32(p);
+    n->first = ferry__get_be64(p + 4);
+    n->count = ferry__get_be64(p + 12);
+    n->bitmap = p + FERRY_WIRE_RESUME_NEED_HEADER_LEN;
+    uint64_t pages = n->block < nblocks ? block_pages(opaque, n->block) : 0;
+    if (n->block >= nblocks || n->count == 0 || n->first >= pages || n->count > pages - n->first) {
+        ferry_error_setg(errp, "RESUME_NEED for pages %llu+%llu of block %u does not fit this process's RAM",
+                         (unsigned long long)n->first, (unsigned long long)n->count, n->block);
+        return false;
+    }
+    /* count <= pages, a block's page count: (count + 7) / 8 cannot wrap. */
+    uint64_t bytes = FERRY_DIV_ROUND_UP(n->count, 8);
+    if (len - FERRY_WIRE_RESUME_NEED_HEADER_LEN != bytes) {
+        ferry_error_setg(errp, "RESUME_NEED for %llu pages has a bitmap of %zu bytes, expected %llu",
+                         (unsigned long long)n->count, len - FERRY_WIRE_RESUME_NEED_HEADER_LEN,
+                         (unsigned long long)bytes);
+        return false;
+    }
+    /* As in a run's zero bitmap: bits past the last page must be clear, so that one encoding has one meaning. */
+    if (n->count % 8 && (n->bitmap[bytes - 1] >> (n->count % 8)) != 0) {
+        ferry_error_setg(errp, "RESUME_NEED for %llu pages has bitmap bits set past its last page",
+                         (unsigned long long)n->count);
+        return false;
+    }
+    return true;
+}
+
+bool ferry__wire_return_header_check(const FerryRecordHeader *rh, const uint16_t *want, size_t nwant,
+                                     FerryError **errp)
+{
+    bool wanted = rh->type == FERRY_REC_NACK;
+    for (size_t i = 0; i < nwant; i++) {
+        wanted |= rh->type == want[i];
+    }
+    if (!wanted || rh->length > FERRY_WIRE_MAX_CONTROL_LEN) {
+        ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path, expected %s",
+                         ferry__wire_record_name(rh->type), rh->type, rh->length,
+                         ferry__wire_record_name(nwant ? want[0] : FERRY_REC_ACK));
+        return false;
+    }
+    return true;
+}
+
+uint32_t ferry__wire_record_crc(const uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN], const uint8_t *payload, size_t len)
+{
+    return ferry__crc32c(ferry__crc32c(0, h, FERRY_WIRE_RECORD_HEADER_LEN), payload, len);
 }
 
 /* ---- FDS ---- */

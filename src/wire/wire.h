@@ -11,7 +11,8 @@
  * add records without breaking readers.
  *
  * records.c holds the payload codecs of the records that more than one reader parses (the destination, the
- * analyzer): features, CONFIG, POPULATE_HINT, the RAM run header, the SECTION header and END; multifd.c those of
+ * analyzer): features, CONFIG, POPULATE_HINT, the RAM run header, the SECTION header, END, the postcopy records,
+ * and the checks the source makes of return-path records (REQ_PAGES, RESUME_NEED, framing); multifd.c those of
  * multifd: the MULTIFD record, the channel hello and the packet header.
  */
 #ifndef FERRY_WIRE_H
@@ -302,6 +303,38 @@ void ferry__wire_pc_start_encode(const FerryWirePcStart *p, uint8_t out[FERRY_WI
 bool ferry__wire_pc_start_decode(const uint8_t in[FERRY_WIRE_PC_START_LEN], FerryWirePcStart *p, FerryError **errp);
 void ferry__wire_req_pages_encode(const FerryWireReqPages *r, uint8_t out[FERRY_WIRE_REQ_PAGES_LEN]);
 void ferry__wire_req_pages_decode(const uint8_t in[FERRY_WIRE_REQ_PAGES_LEN], FerryWireReqPages *r);
+
+/* The pages of block @block (< the block count the caller gave) of the reader's own RAM: the return-path checks
+ * below look a request up in the source's blocks without knowing how it keeps them. */
+typedef uint64_t (*FerryWireBlockPagesFn)(const void *opaque, uint32_t block);
+
+/* A REQ_PAGES payload of @len bytes, decoded and checked against the reader's @nblocks blocks: exactly
+ * FERRY_WIRE_REQ_PAGES_LEN bytes, 1..FERRY_WIRE_MAX_RUN_PAGES pages, all inside an existing block. */
+bool ferry__wire_req_pages_check(const uint8_t *p, size_t len, size_t nblocks, FerryWireBlockPagesFn block_pages,
+                                 const void *opaque, FerryWireReqPages *rq, FerryError **errp);
+
+/* RESUME_NEED: block (be32), first page (be64), page count n (be64), bitmap of ceil(n / 8) bytes. */
+#define FERRY_WIRE_RESUME_NEED_HEADER_LEN 20
+typedef struct FerryWireResumeNeed {
+    uint32_t block;
+    uint64_t first;
+    uint64_t count;
+    const uint8_t *bitmap; /* borrowed from the payload: bit i of byte i / 8 is page first + i */
+} FerryWireResumeNeed;
+
+void ferry__wire_resume_need_encode_header(const FerryWireResumeNeed *n,
+                                           uint8_t out[FERRY_WIRE_RESUME_NEED_HEADER_LEN]);
+/* Decodes and checks a RESUME_NEED payload against the reader's blocks: the block exists, 1 <= n, the pages lie
+ * inside it, the payload is exactly header + ceil(n / 8) bytes, and no bit past page n - 1 is set. */
+bool ferry__wire_resume_need_decode(const uint8_t *p, size_t len, size_t nblocks, FerryWireBlockPagesFn block_pages,
+                                    const void *opaque, FerryWireResumeNeed *n, FerryError **errp);
+
+/* The framing of a return-path record as the source reads it: the type is one of @want (@nwant of them) or NACK,
+ * and the length at most FERRY_WIRE_MAX_CONTROL_LEN; the error names the record and the first of @want. */
+bool ferry__wire_return_header_check(const FerryRecordHeader *rh, const uint16_t *want, size_t nwant,
+                                     FerryError **errp);
+/* The CRC trailer of a record: CRC32C of its header and its payload. */
+uint32_t ferry__wire_record_crc(const uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN], const uint8_t *payload, size_t len);
 
 /* ---- multifd (multifd.c): the MULTIFD record, and what travels on the extra channels. ---- */
 

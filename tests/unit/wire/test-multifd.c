@@ -205,12 +205,80 @@ static void test_extents(void **state)
     ferry_error_free(err);
 }
 
+/* The preempt channel's hello: the multifd hello's layout under its own magic, index 0. */
+static void test_preempt_hello(void **state)
+{
+    uint8_t session[FERRY_WIRE_MFD_SESSION_LEN], got[FERRY_WIRE_MFD_SESSION_LEN];
+    for (int i = 0; i < FERRY_WIRE_MFD_SESSION_LEN; i++) {
+        session[i] = (uint8_t)(i * 13 + 5);
+    }
+    uint8_t h[FERRY_WIRE_MFD_HELLO_LEN], bad[FERRY_WIRE_MFD_HELLO_LEN];
+    ferry__wire_preempt_hello_encode(session, h);
+    assert_memory_equal(h, "FERRYPCP", 8);
+    assert_int_equal(ferry__get_be16(h + 8), FERRY_WIRE_MFD_VERSION);
+    assert_int_equal(ferry__get_be16(h + 10), 0);
+    assert_int_equal(ferry__get_be32(h + 32), ferry__crc32c_sw(0, h, 32));
+    FerryError *err = NULL;
+    assert_true(ferry__wire_preempt_hello_decode(h, got, &err));
+    assert_memory_equal(got, session, sizeof(session));
+
+    /* Any flipped bit is caught, by the magic or by the CRC. */
+    for (size_t i = 0; i < sizeof(h) * 8; i++) {
+        memcpy(bad, h, sizeof(h));
+        bad[i / 8] ^= (uint8_t)(1u << (i % 8));
+        assert_false(ferry__wire_preempt_hello_decode(bad, got, &err));
+        assert_msg_contains(err, i < 64 ? "not a postcopy preempt channel" : "damaged: CRC mismatch");
+        ferry_error_free(err);
+        err = NULL;
+    }
+    /* A multifd channel's hello, a main channel's stream header: not a preempt channel. */
+    ferry__wire_mfd_hello_encode(0, session, bad);
+    assert_false(ferry__wire_preempt_hello_decode(bad, got, &err));
+    assert_msg_contains(err, "does not start with \"FERRYPCP\"");
+    ferry_error_free(err);
+    err = NULL;
+    memcpy(bad, h, sizeof(h));
+    memcpy(bad, FERRY_WIRE_MAGIC, FERRY_WIRE_MAGIC_LEN);
+    assert_false(ferry__wire_preempt_hello_decode(bad, got, &err));
+    assert_msg_contains(err, "not a postcopy preempt channel");
+    ferry_error_free(err);
+    err = NULL;
+
+    /* Behind a good CRC: an unknown flag or reserved bit, another version, an index other than 0. */
+    struct {
+        size_t off;
+        uint8_t val;
+        const char *needle;
+    } cases[] = {
+        { 15, 0x01, "unknown flags 0x00000001" },
+        { 12, 0x80, "unknown flags 0x80000000" },
+        { 9, 0x02, "of version 2" },
+        { 11, 0x01, "index 1, expected 0" },
+        { 10, 0x01, "index 256, expected 0" },
+    };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(cases); i++) {
+        memcpy(bad, h, sizeof(h));
+        bad[cases[i].off] = cases[i].val;
+        ferry__put_be32(bad + 32, ferry__crc32c(0, bad, 32));
+        assert_false(ferry__wire_preempt_hello_decode(bad, got, &err));
+        assert_msg_contains(err, cases[i].needle);
+        ferry_error_free(err);
+        err = NULL;
+    }
+    /* A multifd hello does not take the preempt channel's magic either. */
+    uint16_t index;
+    assert_false(ferry__wire_mfd_hello_decode(h, &index, got, &err));
+    assert_msg_contains(err, "not a multifd channel");
+    ferry_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_round_trip), cmocka_unit_test(test_record_bad),
         cmocka_unit_test(test_hello),             cmocka_unit_test(test_packet_round_trip),
         cmocka_unit_test(test_packet_bad),        cmocka_unit_test(test_extents),
+        cmocka_unit_test(test_preempt_hello),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

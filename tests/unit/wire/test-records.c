@@ -430,6 +430,230 @@ static void test_end(void **state)
     ferry_error_free(err);
 }
 
+/* ---- postcopy ---- */
+
+static void test_pc_start(void **state)
+{
+    FerryWirePcStart st = { .flags = FERRY_PC_SOURCE_RUNNING | FERRY_PC_PREEMPT }, d;
+    for (int i = 0; i < FERRY_WIRE_PC_SESSION_LEN; i++) {
+        st.session[i] = (uint8_t)(0xf0 - i);
+    }
+    uint8_t b[FERRY_WIRE_PC_START_LEN];
+    memset(b, 0xee, sizeof(b));
+    ferry__wire_pc_start_encode(&st, b);
+    assert_int_equal(ferry__get_be32(b), 3);
+    assert_int_equal(ferry__get_be32(b + 4), 0);
+    assert_memory_equal(b + 8, st.session, FERRY_WIRE_PC_SESSION_LEN);
+    FerryError *err = NULL;
+    assert_true(ferry__wire_pc_start_decode(b, &d, &err));
+    assert_int_equal(d.flags, st.flags);
+    assert_memory_equal(d.session, st.session, FERRY_WIRE_PC_SESSION_LEN);
+    st.flags = 0;
+    ferry__wire_pc_start_encode(&st, b);
+    assert_true(ferry__wire_pc_start_decode(b, &d, &err));
+    assert_int_equal(d.flags, 0);
+
+    /* Every undefined flag bit, alone, is refused and named. */
+    for (int bit = 2; bit < 32; bit++) {
+        st.flags = FERRY_PC_SOURCE_RUNNING | (1u << bit);
+        ferry__wire_pc_start_encode(&st, b);
+        char want[48];
+        snprintf(want, sizeof(want), "unknown flags 0x%x", 1u << bit);
+        expect_error(ferry__wire_pc_start_decode(b, &d, &err), &err, want);
+    }
+    /* Reserved bytes: any non-zero value. */
+    st.flags = 0;
+    for (int i = 4; i < 8; i++) {
+        ferry__wire_pc_start_encode(&st, b);
+        b[i] = 0x01;
+        expect_error(ferry__wire_pc_start_decode(b, &d, &err), &err, "non-zero reserved field");
+    }
+}
+
+static void test_req_pages_codec(void **state)
+{
+    FerryWireReqPages r = { .block = 0x01020304, .count = 0x05060708, .first = 0x1112131415161718ull }, d;
+    uint8_t b[FERRY_WIRE_REQ_PAGES_LEN];
+    ferry__wire_req_pages_encode(&r, b);
+    static const uint8_t want[FERRY_WIRE_REQ_PAGES_LEN] = { 1, 2, 3, 4, 5, 6, 7, 8,
+                                                            0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18 };
+    assert_memory_equal(b, want, sizeof(b));
+    ferry__wire_req_pages_decode(b, &d);
+    assert_int_equal(d.block, r.block);
+    assert_int_equal(d.count, r.count);
+    assert_true(d.first == r.first);
+}
+
+/* The source's blocks in the return-path tests: 16, 1, 13 pages and one of 2^62 (sums must not wrap). */
+static const uint64_t test_blocks[] = { 16, 1, 13, 1ull << 62 };
+
+static uint64_t test_block_pages(const void *opaque, uint32_t block)
+{
+    const uint64_t *pages = opaque;
+    assert_true(block < FERRY_ARRAY_SIZE(test_blocks));
+    return pages[block];
+}
+
+static bool req_check(uint32_t block, uint32_t count, uint64_t first, FerryWireReqPages *out, FerryError **errp)
+{
+    uint8_t b[FERRY_WIRE_REQ_PAGES_LEN];
+    ferry__wire_req_pages_encode(&(FerryWireReqPages){ .block = block, .count = count, .first = first }, b);
+    return ferry__wire_req_pages_check(b, sizeof(b), FERRY_ARRAY_SIZE(test_blocks), test_block_pages, test_blocks,
+                                       out, errp);
+}
+
+static void test_req_pages_check(void **state)
+{
+    FerryWireReqPages rq;
+    FerryError *err = NULL;
+    assert_true(req_check(0, 16, 0, &rq, &err));
+    assert_int_equal(rq.block, 0);
+    assert_int_equal(rq.count, 16);
+    assert_true(req_check(0, 1, 15, &rq, &err));
+    assert_int_equal(rq.first, 15);
+    assert_true(req_check(1, 1, 0, &rq, &err));
+    assert_true(req_check(3, FERRY_WIRE_MAX_RUN_PAGES, (1ull << 62) - FERRY_WIRE_MAX_RUN_PAGES, &rq, &err));
+
+    const char *gone = "which do not exist";
+    expect_error(req_check(0, 0, 0, &rq, &err), &err, "pages 0+0 of block 0, which do not exist");
+    expect_error(req_check(0, 2, 15, &rq, &err), &err, gone);
+    expect_error(req_check(0, 1, 16, &rq, &err), &err, gone);
+    expect_error(req_check(1, 2, 0, &rq, &err), &err, gone);
+    expect_error(req_check(4, 1, 0, &rq, &err), &err, "of block 4, which");
+    expect_error(req_check(UINT32_MAX, 1, 0, &rq, &err), &err, gone);
+    expect_error(req_check(3, FERRY_WIRE_MAX_RUN_PAGES + 1, 0, &rq, &err), &err, gone);
+    /* first + count wraps around 2^64 to inside the block: still refused. */
+    expect_error(req_check(3, 2, UINT64_MAX, &rq, &err), &err, gone);
+    expect_error(req_check(3, 256, (1ull << 62) - 255, &rq, &err), &err, gone);
+
+    uint8_t b[FERRY_WIRE_REQ_PAGES_LEN + 1] = { 0 };
+    ferry__wire_req_pages_encode(&(FerryWireReqPages){ .block = 0, .count = 1 }, b);
+    expect_error(ferry__wire_req_pages_check(b, sizeof(b), 4, test_block_pages, test_blocks, &rq, &err), &err,
+                 "page request has 17 bytes, expected 16");
+    expect_error(ferry__wire_req_pages_check(b, 15, 4, test_block_pages, test_blocks, &rq, &err), &err,
+                 "has 15 bytes");
+    expect_error(ferry__wire_req_pages_check(b, 0, 4, test_block_pages, test_blocks, &rq, &err), &err,
+                 "has 0 bytes");
+    /* No blocks at all: the lookup is never called. */
+    expect_error(ferry__wire_req_pages_check(b, 16, 0, test_block_pages, test_blocks, &rq, &err), &err, gone);
+}
+
+/* A RESUME_NEED payload for pages first+n of @block, bitmap bytes from @bits (or all clear); *len its length. */
+static uint8_t *need_payload(uint32_t block, uint64_t first, uint64_t n, const uint8_t *bits, size_t nbits,
+                             size_t *len)
+{
+    size_t bytes = nbits;
+    *len = FERRY_WIRE_RESUME_NEED_HEADER_LEN + bytes;
+    uint8_t *p = calloc(1, *len + 1);
+    ferry__wire_resume_need_encode_header(&(FerryWireResumeNeed){ .block = block, .first = first, .count = n }, p);
+    if (bits) {
+        memcpy(p + FERRY_WIRE_RESUME_NEED_HEADER_LEN, bits, bytes);
+    }
+    return p;
+}
+
+static bool need_decode(const uint8_t *p, size_t len, FerryWireResumeNeed *n, FerryError **errp)
+{
+    return ferry__wire_resume_need_decode(p, len, FERRY_ARRAY_SIZE(test_blocks), test_block_pages, test_blocks, n,
+                                          errp);
+}
+
+static void test_resume_need(void **state)
+{
+    FerryWireResumeNeed n;
+    FerryError *err = NULL;
+    size_t len;
+    /* Block 2 (13 pages), all of it: 2 bitmap bytes, pages 0, 7, 8 and 12 missing. */
+    const uint8_t bits[] = { 0x81, 0x11 };
+    uint8_t *p = need_payload(2, 0, 13, bits, 2, &len);
+    assert_int_equal(len, 22);
+    assert_int_equal(ferry__get_be32(p), 2);
+    assert_true(ferry__get_be64(p + 4) == 0);
+    assert_true(ferry__get_be64(p + 12) == 13);
+    assert_true(need_decode(p, len, &n, &err));
+    assert_int_equal(n.block, 2);
+    assert_true(n.first == 0 && n.count == 13);
+    assert_ptr_equal(n.bitmap, p + FERRY_WIRE_RESUME_NEED_HEADER_LEN);
+
+    /* A bit past page 12 (bit 5 of byte 1) is refused; the header length's, the bitmap length's, are named. */
+    p[FERRY_WIRE_RESUME_NEED_HEADER_LEN + 1] = 0x20;
+    expect_error(need_decode(p, len, &n, &err), &err, "bitmap bits set past its last page");
+    p[FERRY_WIRE_RESUME_NEED_HEADER_LEN + 1] = 0x10;
+    assert_true(need_decode(p, len, &n, &err));
+    expect_error(need_decode(p, len - 1, &n, &err), &err, "bitmap of 1 bytes, expected 2");
+    expect_error(need_decode(p, len + 1, &n, &err), &err, "bitmap of 3 bytes, expected 2");
+    expect_error(need_decode(p, 19, &n, &err), &err, "RESUME_NEED of 19 bytes is shorter than its 20-byte header");
+    expect_error(need_decode(p, 0, &n, &err), &err, "shorter than its 20-byte header");
+    free(p);
+
+    /* A multiple of 8 pages has no spare bits: 0xff in the last byte is fine. */
+    const uint8_t full[] = { 0xff, 0xff };
+    p = need_payload(0, 0, 16, full, 2, &len);
+    assert_true(need_decode(p, len, &n, &err));
+    free(p);
+    p = need_payload(0, 15, 1, full, 1, &len);
+    expect_error(need_decode(p, len, &n, &err), &err, "bits set past its last page");
+    free(p);
+    const uint8_t one[] = { 0x01 };
+    p = need_payload(0, 15, 1, one, 1, &len);
+    assert_true(need_decode(p, len, &n, &err));
+    assert_true(n.first == 15 && n.count == 1);
+    free(p);
+
+    /* Ranges that are not inside a block of the reader's, sums that would wrap among them. */
+    const char *fit = "does not fit this process's RAM";
+    struct {
+        uint32_t block;
+        uint64_t first, n;
+    } bad[] = {
+        { 0, 0, 0 }, { 0, 16, 1 }, { 0, 15, 2 }, { 0, 0, 17 }, { 1, 1, 1 }, { 4, 0, 1 }, { UINT32_MAX, 0, 1 },
+        { 3, UINT64_MAX, 2 }, { 3, 1, UINT64_MAX }, { 3, (1ull << 62) - 1, 2 },
+    };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(bad); i++) {
+        p = need_payload(bad[i].block, bad[i].first, bad[i].n, NULL, 0, &len);
+        expect_error(need_decode(p, len, &n, &err), &err, fit);
+        free(p);
+    }
+    /* A huge block with a bitmap that does not match its claimed count: refused by length, nothing read past it. */
+    p = need_payload(3, 0, 1ull << 40, NULL, 8, &len);
+    expect_error(need_decode(p, len, &n, &err), &err, "bitmap of 8 bytes, expected 137438953472");
+    free(p);
+}
+
+/* ---- the return path's framing ---- */
+
+static void test_return_framing(void **state)
+{
+    static const uint16_t want[] = { FERRY_REC_REQ_PAGES, FERRY_REC_ACK };
+    FerryError *err = NULL;
+    FerryRecordHeader rh = { .type = FERRY_REC_REQ_PAGES, .length = 16 };
+    assert_true(ferry__wire_return_header_check(&rh, want, 2, &err));
+    rh.type = FERRY_REC_ACK;
+    assert_true(ferry__wire_return_header_check(&rh, want, 2, &err));
+    /* NACK is always expected: it carries the destination's failure. */
+    rh.type = FERRY_REC_NACK;
+    rh.length = FERRY_WIRE_MAX_CONTROL_LEN;
+    assert_true(ferry__wire_return_header_check(&rh, want, 2, &err));
+    rh.length = FERRY_WIRE_MAX_CONTROL_LEN + 1;
+    expect_error(ferry__wire_return_header_check(&rh, want, 2, &err), &err,
+                 "unexpected record NACK (0x0102, 1048577 bytes) on the return path, expected REQ_PAGES");
+    rh = (FerryRecordHeader){ .type = FERRY_REC_RESUME_NEED, .length = 20 };
+    expect_error(ferry__wire_return_header_check(&rh, want, 2, &err), &err, "unexpected record RESUME_NEED (0x0105");
+    rh.type = 0x4242;
+    expect_error(ferry__wire_return_header_check(&rh, want, 2, &err), &err, "unexpected record unknown (0x4242");
+    rh.type = FERRY_REC_RAM_PAGES;
+    expect_error(ferry__wire_return_header_check(&rh, want, 1, &err), &err, "RAM_PAGES");
+
+    /* The trailer is the CRC of header and payload, as a record's on the stream. */
+    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN];
+    ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = FERRY_REC_NACK, .length = 3 });
+    uint8_t all[FERRY_WIRE_RECORD_HEADER_LEN + 3];
+    memcpy(all, h, sizeof(h));
+    memcpy(all + sizeof(h), "abc", 3);
+    assert_int_equal(ferry__wire_record_crc(h, (const uint8_t *)"abc", 3), ferry__crc32c_sw(0, all, sizeof(all)));
+    assert_int_equal(ferry__wire_record_crc(h, NULL, 0), ferry__crc32c_sw(0, h, sizeof(h)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -443,6 +667,11 @@ int main(void)
         cmocka_unit_test(test_run),
         cmocka_unit_test(test_section),
         cmocka_unit_test(test_end),
+        cmocka_unit_test(test_pc_start),
+        cmocka_unit_test(test_req_pages_codec),
+        cmocka_unit_test(test_req_pages_check),
+        cmocka_unit_test(test_resume_need),
+        cmocka_unit_test(test_return_framing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
