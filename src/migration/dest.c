@@ -1600,22 +1600,23 @@ static bool pc_read_resume(Dest *d, FerryError **errp)
 static bool pc_send_need(Dest *d, FerryError **errp)
 {
     enum { CHUNK = 4u << 20 }; /* pages per record: a 512 KiB bitmap */
-    uint8_t *buf = ferry__xmalloc(20 + CHUNK / 8);
+    uint8_t *buf = ferry__xmalloc(FERRY_WIRE_RESUME_NEED_HEADER_LEN + CHUNK / 8);
     bool ok = true;
     for (size_t bi = 0; ok && bi < d->m->nblocks; bi++) {
         uint64_t npages = d->m->blocks[bi]->npages;
         for (uint64_t first = 0; ok && first < npages; first += CHUNK) {
             uint64_t n = FERRY_MIN(npages - first, (uint64_t)CHUNK);
-            memset(buf + 20, 0, (size_t)((n + 7) / 8));
+            uint8_t *bits = buf + FERRY_WIRE_RESUME_NEED_HEADER_LEN;
+            memset(bits, 0, (size_t)((n + 7) / 8));
             for (uint64_t i = 0; i < n; i++) {
                 if (ferry__bitmap_test_atomic(d->need[bi], first + i)) {
-                    buf[20 + i / 8] |= (uint8_t)(1u << (i % 8));
+                    bits[i / 8] |= (uint8_t)(1u << (i % 8));
                 }
             }
-            ferry__put_be32(buf, (uint32_t)bi);
-            ferry__put_be64(buf + 4, first);
-            ferry__put_be64(buf + 12, n);
-            ok = rp_write(d, FERRY_REC_RESUME_NEED, buf, (uint32_t)(20 + (n + 7) / 8), errp);
+            ferry__wire_resume_need_encode_header(&(FerryWireResumeNeed){ .block = (uint32_t)bi, .first = first,
+                                                                           .count = n }, buf);
+            ok = rp_write(d, FERRY_REC_RESUME_NEED, buf, (uint32_t)(FERRY_WIRE_RESUME_NEED_HEADER_LEN + (n + 7) / 8),
+                          errp);
         }
     }
     free(buf);

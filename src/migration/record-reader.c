@@ -115,6 +115,10 @@ bool ferry__record_read_stream_header(FerryRecordReader *r, uint8_t hdr[FERRY_WI
 static void phase_hint(const FerryRecordReader *r, const RecordRule *rule, char *buf, size_t size)
 {
     buf[0] = '\0';
+    if (rule && rule->type == FERRY_REC_POSTCOPY_RESUME) {
+        snprintf(buf, size, " (it only opens a recovering connection)");
+        return;
+    }
     if (rule && rule->phases == 0) {
         snprintf(buf, size, " (a return-path record)");
         return;

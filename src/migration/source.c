@@ -232,13 +232,7 @@ static bool read_return_any(Source *src, const uint16_t *want, size_t nwant, con
         return false;
     }
     ferry__wire_decode_record(h, &rh);
-    bool wanted = rh.type == FERRY_REC_NACK;
-    for (size_t i = 0; i < nwant; i++) {
-        wanted |= rh.type == want[i];
-    }
-    if (!wanted || rh.length > FERRY_WIRE_MAX_CONTROL_LEN) {
-        ferry_error_setg(errp, "unexpected record %s (0x%04x, %u bytes) on the return path, expected %s",
-                         ferry__wire_record_name(rh.type), rh.type, rh.length, ferry__wire_record_name(want[0]));
+    if (!ferry__wire_return_header_check(&rh, want, nwant, errp)) {
         return false;
     }
     uint8_t *buf = ferry__xcalloc(1, rh.length + 1);
@@ -248,7 +242,7 @@ static bool read_return_any(Source *src, const uint16_t *want, size_t nwant, con
         ferry__stream_check(src->s, errp);
         ferry_error_prepend(errp, "the destination's %s was cut short: ",
                             rh.type == FERRY_REC_NACK ? "failure report" : what);
-    } else if (crc != ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), buf, rh.length)) {
+    } else if (crc != ferry__wire_record_crc(h, buf, rh.length)) {
         ferry_error_setg(errp, "the destination's %s is damaged (CRC mismatch)",
                          rh.type == FERRY_REC_NACK ? "failure report" : what);
         ok = false;
@@ -1344,21 +1338,18 @@ static uint32_t pc_claim(Source *src, FerryRamBlock *b, uint64_t page, uint64_t 
     return n;
 }
 
+/* The pages of block @i, for the wire's checks of what the destination sends back. */
+static uint64_t block_npages(const void *opaque, uint32_t i)
+{
+    return ((const FerryMigration *)opaque)->blocks[i]->npages;
+}
+
 /* REQ_PAGES: send what of the range is still needed, at once, and move the background push there. */
 static bool pc_serve_request(Source *src, const uint8_t *payload, uint32_t len, FerryError **errp)
 {
-    FerryWireReqPages rq;
-    if (len != FERRY_WIRE_REQ_PAGES_LEN) {
-        ferry_error_setg(errp, "the destination's page request has %u bytes, expected %d", len,
-                         FERRY_WIRE_REQ_PAGES_LEN);
-        return false;
-    }
-    ferry__wire_req_pages_decode(payload, &rq);
     FerryMigration *m = src->m;
-    if (rq.block >= m->nblocks || rq.count == 0 || rq.count > FERRY_WIRE_MAX_RUN_PAGES ||
-        rq.first >= m->blocks[rq.block]->npages || rq.count > m->blocks[rq.block]->npages - rq.first) {
-        ferry_error_setg(errp, "the destination requested pages %llu+%u of block %u, which do not exist",
-                         (unsigned long long)rq.first, rq.count, rq.block);
+    FerryWireReqPages rq;
+    if (!ferry__wire_req_pages_check(payload, len, m->nblocks, block_npages, m, &rq, errp)) {
         return false;
     }
     FerryRamBlock *b = m->blocks[rq.block];
@@ -1614,21 +1605,14 @@ static bool pc_run(Source *src, FerryError **errp)
 static bool pc_apply_need(Source *src, const uint8_t *p, uint32_t len, FerryError **errp)
 {
     FerryMigration *m = src->m;
-    if (len < 20) {
-        ferry_error_setg(errp, "RESUME_NEED of %u bytes is shorter than its 20-byte header", len);
-        return false;
-    }
-    uint32_t bi = ferry__get_be32(p);
-    uint64_t first = ferry__get_be64(p + 4), n = ferry__get_be64(p + 12);
-    if (bi >= m->nblocks || first > m->blocks[bi]->npages || n > m->blocks[bi]->npages - first ||
-        len != 20 + (n + 7) / 8) {
-        ferry_error_setg(errp, "RESUME_NEED for pages %llu+%llu of block %u does not fit this process's RAM",
-                         (unsigned long long)first, (unsigned long long)n, bi);
+    FerryWireResumeNeed need;
+    if (!ferry__wire_resume_need_decode(p, len, m->nblocks, block_npages, m, &need, errp)) {
         return false;
     }
     uint64_t again = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        if (((p[20 + i / 8] >> (i % 8)) & 1) && !ferry__bitmap_test_and_set_atomic(src->send[bi], first + i)) {
+    for (uint64_t i = 0; i < need.count; i++) {
+        if (((need.bitmap[i / 8] >> (i % 8)) & 1) &&
+            !ferry__bitmap_test_and_set_atomic(src->send[need.block], need.first + i)) {
             again++;
         }
     }
