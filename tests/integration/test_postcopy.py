@@ -27,12 +27,14 @@ def caps(w, **on):
 def postcopy_pair(workload, uri, args=BUSY, dst_caps=None, src_caps=None, dst_extra=()):
     # -incoming defer: postcopy-preempt, as in QEMU, is set before the destination listens.
     dst = workload("dst", *args, *dst_extra, "-incoming", "defer")
+    dst.enable_events()
     caps(dst, **(dst_caps if dst_caps is not None else {"postcopy_ram": True}))
     dst.cmd("migrate-incoming", uri=uri)
     wait_listening(uri)
     src = workload("src", *args)
     pages = src.workload_info()["pages"]
     wait_until(lambda: src.workload_info()["pages-written"] >= pages, 30, "every page written once")
+    src.enable_events()
     caps(src, **(src_caps if src_caps is not None else {"postcopy_ram": True}))
     return src, dst
 
@@ -83,9 +85,8 @@ def test_non_converging_finishes_with_postcopy(workload, transport):
     assert d["status"] == "completed", d
     assert d["ram"]["postcopy-bytes"] > 0
     assert_dest_ok(dst)
-    events = [e["data"]["status"] for e in src.migration_events()] if src.migration_events() else []
-    if events:
-        assert "postcopy-active" in events
+    assert src.migration_events() == ["setup", "active", "postcopy-active", "completed"]
+    assert dst.migration_events() == ["setup", "active", "postcopy-active", "completed"]
 
 
 @pytest.mark.parametrize("state", ["running", "paused"])
@@ -256,6 +257,9 @@ def test_recovery(workload, transport, preempt):
     assert info["status"] == "completed", info
     assert dst.wait_migration()["status"] == "completed"
     assert_dest_ok(dst)
+    cycle = ["postcopy-paused", "postcopy-recover-setup", "postcopy-recover", "postcopy-active"]
+    for w in (src, dst):
+        assert w.migration_events() == ["setup", "active", "postcopy-active"] + cycle * 2 + ["completed"], w.name
 
 
 def test_recovery_broken_during_handshake(workload):
