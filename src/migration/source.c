@@ -412,16 +412,13 @@ static void send_run_flipped(Source *src, FerryRamBlock *b, uint64_t first, uint
     rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN + data);
 }
 
-/* One RAM_PAGES record: pages [first, first + n) of @b. */
-static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
+/* Pages [first, first + n) of @b as a run: zero pages marked in @zmap (zeroed by the caller), the others as
+ * memory ranges in @iov (*niov of them, consecutive pages merged). Returns how many pages have data. */
+static uint32_t collect_run(const Source *src, FerryRamBlock *b, uint64_t first, uint32_t n, uint8_t *zmap,
+                            struct iovec *iov, int *niov)
 {
-    uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
-    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
-    struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
-    int niov = 0;
     uint32_t nonzero = 0;
-    uint32_t zb = (n + 7) / 8;
-
+    *niov = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *p = b->host + (first + i) * src->ps;
         if (src->zero_mode != FERRY_ZERO_NONE && ferry__buffer_is_zero(p, src->ps)) {
@@ -429,12 +426,24 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
             continue;
         }
         nonzero++;
-        if (niov && (uint8_t *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == p) {
-            iov[niov - 1].iov_len += src->ps;
+        if (*niov && (uint8_t *)iov[*niov - 1].iov_base + iov[*niov - 1].iov_len == p) {
+            iov[*niov - 1].iov_len += src->ps;
         } else {
-            iov[niov++] = (struct iovec){ .iov_base = p, .iov_len = src->ps };
+            iov[(*niov)++] = (struct iovec){ .iov_base = p, .iov_len = src->ps };
         }
     }
+    return nonzero;
+}
+
+/* One RAM_PAGES record: pages [first, first + n) of @b. */
+static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
+{
+    uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
+    uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
+    struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
+    int niov;
+    uint32_t zb = (n + 7) / 8;
+    uint32_t nonzero = collect_run(src, b, first, n, zmap, iov, &niov);
     uint64_t data = (uint64_t)nonzero * src->ps;
     if (src->flip && data) {
         send_run_flipped(src, b, first, n, zmap, iov, niov);
@@ -1210,14 +1219,23 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
     return true;
 }
 
+/* With the workload stopped: what is left to send is what the last harvest finds (all of RAM without live
+ * passes). */
+static bool last_harvest(Source *src, FerryError **errp)
+{
+    src->downtime_phase = true;
+    if (src->stop_and_copy) {
+        mark_present(src);
+        return true;
+    }
+    return harvest(src, errp);
+}
+
 /* Completion, step 1: with the workload stopped, the last pages, the backends' fds, the device sections and END. */
 static bool send_final_state(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
-    src->downtime_phase = true;
-    if (src->stop_and_copy) {
-        mark_present(src);
-    } else if (!harvest(src, errp)) {
+    if (!last_harvest(src, errp)) {
         return false;
     }
     write_populate_hints(src);
@@ -1295,21 +1313,8 @@ static void pc_write_run(Source *src, FerryStream *s, FerryRamBlock *b, uint64_t
     uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
     uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
     struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
-    int niov = 0;
-    uint32_t nonzero = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint8_t *p = b->host + (first + i) * src->ps;
-        if (src->zero_mode != FERRY_ZERO_NONE && ferry__buffer_is_zero(p, src->ps)) {
-            zmap[i / 8] |= (uint8_t)(1u << (i % 8));
-            continue;
-        }
-        nonzero++;
-        if (niov && (uint8_t *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == p) {
-            iov[niov - 1].iov_len += src->ps;
-        } else {
-            iov[niov++] = (struct iovec){ .iov_base = p, .iov_len = src->ps };
-        }
-    }
+    int niov;
+    uint32_t nonzero = collect_run(src, b, first, n, zmap, iov, &niov);
     uint32_t zb = (n + 7) / 8;
     write_record_header(s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL,
                         (uint32_t)(FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + (uint64_t)nonzero * src->ps));
@@ -1469,10 +1474,7 @@ static bool pc_connect_preempt(Source *src, FerryError **errp)
 static bool pc_switch(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
-    src->downtime_phase = true;
-    if (src->stop_and_copy) {
-        mark_present(src);
-    } else if (!harvest(src, errp)) {
+    if (!last_harvest(src, errp)) {
         return false;
     }
     if (getrandom(src->session, sizeof(src->session), 0) != (ssize_t)sizeof(src->session)) {
