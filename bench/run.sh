@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a release tree (build-release) and run the migration benchmark (bench/migrate-bench.py) on it, or with
-# --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py). Other options are passed to the
+# --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py), with --postcopy the postcopy
+# benchmark (bench/postcopy-bench.py). Other options are passed to the
 # benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints numbers.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -8,6 +9,9 @@ cd "$root"
 script=migrate-bench.py
 if [ "${1:-}" = "--qemu" ]; then
     script=qemu-bench.py
+    shift
+elif [ "${1:-}" = "--postcopy" ]; then
+    script=postcopy-bench.py
     shift
 fi
 if [ ! -f build-release/build.ninja ]; then
