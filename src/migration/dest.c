@@ -124,13 +124,14 @@ typedef struct Dest {
     FerryError *load_err;    /* the loader thread's failure */
     uint64_t pc_pages, pc_bytes, pc_normal, pc_zero, pc_requests; /* atomic */
     uint64_t pc_preempt_bytes; /* atomic: bytes of the records read on the preempt channel */
+    int64_t rp_last_ms;      /* atomic: when the return path was last written (for KEEPALIVE) */
 } Dest;
 
-/* The populate thread: fault in announced ranges, 16 MiB at a time so that stop is seen quickly. */
+/* The populate thread: fault in announced ranges, 2 MiB at a time so that stop is seen quickly. */
 static void *populate_thread(void *opaque)
 {
     Dest *d = opaque;
-    const uint64_t chunk = (16u << 20) / d->ps;
+    const uint64_t chunk = (2u << 20) / d->ps; /* stop waits for one chunk: at a switch to postcopy, in downtime */
     pthread_mutex_lock(&d->pop_lock);
     for (;;) {
         while (!d->pop_stop && d->pop_head == d->pop_len) {
@@ -896,14 +897,22 @@ static bool step_unknown(Dest *d, FerryError **errp)
 /* The return path's writer: the fault thread's requests, this thread's ACK and NACK. Records carry a CRC. */
 static bool rp_write(Dest *d, uint16_t type, const void *payload, uint32_t len, FerryError **errp)
 {
-    uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN], trailer[FERRY_WIRE_RECORD_TRAILER_LEN];
-    ferry__wire_encode_record(h, &(FerryRecordHeader){ .type = type, .length = len });
-    ferry__put_be32(trailer, ferry__crc32c(ferry__crc32c(0, h, sizeof(h)), payload, len));
+    /* One write per record: a request is small and wakes the source's reader once. */
+    uint8_t small[FERRY_WIRE_RECORD_HEADER_LEN + 64 + FERRY_WIRE_RECORD_TRAILER_LEN];
+    size_t total = FERRY_WIRE_RECORD_HEADER_LEN + (size_t)len + FERRY_WIRE_RECORD_TRAILER_LEN;
+    uint8_t *rec = total <= sizeof(small) ? small : ferry__xmalloc(total);
+    ferry__wire_encode_record(rec, &(FerryRecordHeader){ .type = type, .length = len });
+    if (len) {
+        memcpy(rec + FERRY_WIRE_RECORD_HEADER_LEN, payload, len);
+    }
+    ferry__put_be32(rec + FERRY_WIRE_RECORD_HEADER_LEN + len, ferry__crc32c(0, rec, FERRY_WIRE_RECORD_HEADER_LEN + len));
     ferry__mutex_lock(&d->rp_lock);
-    bool ok = ferry__channel_write_all(d->chan, h, sizeof(h), errp) &&
-              (len == 0 || ferry__channel_write_all(d->chan, payload, len, errp)) &&
-              ferry__channel_write_all(d->chan, trailer, sizeof(trailer), errp);
+    bool ok = ferry__channel_write_all(d->chan, rec, total, errp);
     ferry__mutex_unlock(&d->rp_lock);
+    __atomic_store_n(&d->rp_last_ms, ferry__clock_ms(), __ATOMIC_RELAXED);
+    if (rec != small) {
+        free(rec);
+    }
     return ok;
 }
 
@@ -954,22 +963,33 @@ static void *pc_fault_thread(void *opaque)
     FerryUffdFault faults[64];
     struct pollfd p[2] = { { .fd = ferry__uffd_fd(d->uffd), .events = POLLIN },
                            { .fd = d->fault_wake, .events = POLLIN } };
+    /* With io-timeout the source gives up on a return path silent for that long: a workload that faults on
+     * nothing must not look like a dead link, so the return path carries a KEEPALIVE when it has been quiet. */
+    int keepalive_ms = d->timeout_ms ? (int)FERRY_MAX(d->timeout_ms / 3, 1u) : -1;
     for (;;) {
-        if (poll(p, 2, -1) < 0 && errno != EINTR) {
+        int n = poll(p, 2, keepalive_ms);
+        if (n < 0 && errno != EINTR) {
             ferry__log(FERRY_LOG_ERROR, "postcopy: fault thread: poll: %s", strerror(errno));
             break;
         }
-        if (p[1].revents) {
+        if (n > 0 && p[1].revents) {
             break;
         }
+        if (__atomic_load_n(&d->pc_running, __ATOMIC_ACQUIRE) && keepalive_ms > 0 &&
+            ferry__clock_ms() - __atomic_load_n(&d->rp_last_ms, __ATOMIC_RELAXED) >= keepalive_ms) {
+            rp_write(d, FERRY_REC_KEEPALIVE, NULL, 0, NULL); /* a failure is the main thread's to see */
+        }
+        if (n <= 0) {
+            continue;
+        }
         FerryError *err = NULL;
-        int n = ferry__uffd_read_faults(d->uffd, faults, (int)FERRY_ARRAY_SIZE(faults), &err);
-        if (n < 0) {
+        int got = ferry__uffd_read_faults(d->uffd, faults, (int)FERRY_ARRAY_SIZE(faults), &err);
+        if (got < 0) {
             ferry__log(FERRY_LOG_ERROR, "postcopy: fault thread: %s", ferry_error_msg(err));
             ferry_error_free(err);
             break;
         }
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < got; i++) {
             pc_handle_fault(d, &faults[i]);
         }
     }
@@ -1084,8 +1104,11 @@ static void *pc_preempt_thread(void *opaque)
         }
     }
     if (err && !__atomic_load_n(&d->pc_stopping, __ATOMIC_ACQUIRE)) {
+        /* The pages the source put on this channel are lost with it: pause (the main thread fails on the shut
+         * channel), so that recovery asks for them again. */
         ferry_error_prepend(&err, "postcopy preempt channel: ");
         ferry__log(FERRY_LOG_WARN, "%s", ferry_error_msg(err));
+        ferry__channel_shutdown(d->chan);
     }
     ferry_error_free(err);
     free(bounce);
@@ -1117,6 +1140,11 @@ static bool pc_accept_preempt(Dest *d, FerryError **errp)
     if (!ok) {
         ferry__channel_free(c);
         ferry_error_prepend(errp, "postcopy preempt channel: ");
+        return false;
+    }
+    /* Quiet while the workload faults on nothing: its reader has no io-timeout (the main channel has one). */
+    if (!ferry__channel_set_timeout(c, 0, errp)) {
+        ferry__channel_free(c);
         return false;
     }
     d->pchan = c;
@@ -1250,7 +1278,7 @@ static bool after_pc_run(Dest *d, FerryError **errp)
         return false;
     }
     d->load_started = true;
-    d->pc_running = true;
+    __atomic_store_n(&d->pc_running, true, __ATOMIC_RELEASE);
     return true;
 }
 

@@ -64,6 +64,7 @@ static const RecordRule rules[] = {
     { FERRY_REC_REQ_PAGES, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
     { FERRY_REC_RESUME_NEED, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
     { FERRY_REC_RESUME_ACK, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
+    { FERRY_REC_KEEPALIVE, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
 };
 
 /* Records of a type this reader does not know: anywhere between FEATURES and END (and skipped). */

@@ -1386,7 +1386,7 @@ static bool pc_serve_request(Source *src, const uint8_t *payload, uint32_t len, 
 static void *pc_return_path_thread(void *opaque)
 {
     Source *src = opaque;
-    static const uint16_t want[] = { FERRY_REC_REQ_PAGES, FERRY_REC_ACK };
+    static const uint16_t want[] = { FERRY_REC_REQ_PAGES, FERRY_REC_ACK, FERRY_REC_KEEPALIVE };
     FerryError *err = NULL;
     for (;;) {
         uint16_t type;
@@ -1396,7 +1396,7 @@ static void *pc_return_path_thread(void *opaque)
                              "the connection to the destination was lost", &type, &payload, &len, &err)) {
             break;
         }
-        bool ok = type == FERRY_REC_ACK || pc_serve_request(src, payload, len, &err);
+        bool ok = type != FERRY_REC_REQ_PAGES || pc_serve_request(src, payload, len, &err);
         free(payload);
         if (!ok || type == FERRY_REC_ACK) {
             break;
@@ -1537,13 +1537,15 @@ static bool pc_push(Source *src, FerryError **errp)
     FerryMigration *m = src->m;
     size_t bi = 0;
     uint64_t page = 0, hint_seen = 0;
+    /* Without preempt a request waits for the run being written: shorter runs (256 KiB) keep that wait short. */
+    uint64_t run_max = src->preempt ? FERRY_WIRE_MAX_RUN_PAGES : 64;
     while (__atomic_load_n(&src->pc_left, __ATOMIC_RELAXED) > 0 && pc_next(src, &bi, &page, &hint_seen)) {
         if (__atomic_load_n(&src->rp_done, __ATOMIC_ACQUIRE)) {
             break; /* it failed (or acknowledged early, which the caller refuses) */
         }
         FerryRamBlock *b = m->blocks[bi];
         ferry__mutex_lock(&src->send_lock);
-        uint32_t n = pc_claim(src, b, page, FERRY_WIRE_MAX_RUN_PAGES);
+        uint32_t n = pc_claim(src, b, page, run_max);
         if (n) {
             pc_write_run(src, src->s, b, page, n);
             update_stats(src);
@@ -1656,7 +1658,7 @@ static bool pc_reconnect(Source *src, FerryMigrationAddress *addr, FerryError **
     if (!check_stream(src, errp)) {
         return false;
     }
-    static const uint16_t want[] = { FERRY_REC_RESUME_NEED, FERRY_REC_RESUME_ACK };
+    static const uint16_t want[] = { FERRY_REC_RESUME_NEED, FERRY_REC_RESUME_ACK, FERRY_REC_KEEPALIVE };
     for (;;) {
         uint16_t type;
         uint8_t *payload;
@@ -1665,7 +1667,7 @@ static bool pc_reconnect(Source *src, FerryMigrationAddress *addr, FerryError **
                              "no answer to the resume from the destination", &type, &payload, &len, errp)) {
             return false;
         }
-        bool ok = type == FERRY_REC_RESUME_ACK || pc_apply_need(src, payload, len, errp);
+        bool ok = type != FERRY_REC_RESUME_NEED || pc_apply_need(src, payload, len, errp);
         free(payload);
         if (!ok) {
             return false;
@@ -1726,13 +1728,13 @@ static bool pc_pause_resume(Source *src, FerryError **errp)
 static bool source_postcopy(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
+    int64_t downtime_start = ferry__clock_ms(); /* stopping the workload is part of it */
     src->prev = ferry__vm_stop_for_migration(m);
     src->stopped = true;
     if (!ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_POSTCOPY_ACTIVE)) {
         ferry_error_setg(errp, "cancelled");
         return false;
     }
-    int64_t downtime_start = ferry__clock_ms();
     if (!pc_switch(src, errp)) {
         return false;
     }

@@ -70,6 +70,7 @@ const char *ferry__wire_record_name(uint16_t type)
     case FERRY_REC_REQ_PAGES: return "REQ_PAGES";
     case FERRY_REC_RESUME_NEED: return "RESUME_NEED";
     case FERRY_REC_RESUME_ACK: return "RESUME_ACK";
+    case FERRY_REC_KEEPALIVE: return "KEEPALIVE";
     case FERRY_REC_HELLO_REPLY: return "HELLO_REPLY";
     case FERRY_REC_ACK: return "ACK";
     case FERRY_REC_NACK: return "NACK";

@@ -63,6 +63,7 @@ enum {
     FERRY_REC_REQ_PAGES = 0x0104, /* postcopy: the destination faulted on these pages: send them first */
     FERRY_REC_RESUME_NEED = 0x0105, /* postcopy recovery: per block, the pages the destination still misses */
     FERRY_REC_RESUME_ACK = 0x0106,  /* postcopy recovery: the destination is ready; the postcopy goes on */
+    FERRY_REC_KEEPALIVE = 0x0107,   /* postcopy: nothing to ask for, still there (so that io-timeout holds) */
 };
 
 /* Bounds a reader enforces before allocating or looping on anything a peer sent. */

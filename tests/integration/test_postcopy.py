@@ -1,7 +1,8 @@
 """Postcopy (issue 18) with real ferry-workload processes: a migration that precopy cannot finish completes after
 migrate-start-postcopy, pure postcopy, postcopy-preempt and the fault counters, a destination without postcopy,
 the refusals, what a killed end leaves, and recovery after the connection breaks (once, twice, during the
-recovery handshake, over TCP and UNIX, once with TLS). Not a benchmark: bench/postcopy-bench.py measures."""
+recovery handshake, over TCP and UNIX). A cut link and TLS are test_postcopy_net.py's. Not a benchmark:
+bench/postcopy-bench.py measures."""
 import os
 import time
 
@@ -181,7 +182,7 @@ def test_refusals(workload, tmp_path):
     assert src.status() == "running"
 
 
-def slow_postcopy(workload, uri, preempt=False, extra_src=(), extra_dst=(), tls=None):
+def slow_postcopy(workload, uri, preempt=False):
     on = {"postcopy_ram": True, "postcopy_preempt": preempt}
     src, dst = postcopy_pair(workload, uri, dst_caps=on, src_caps=on)
     src.set_params(**{"max-postcopy-bandwidth": SLOW_PUSH})

@@ -5,9 +5,8 @@ migration once the link is back; the same with a second cut during the recovery 
 a row. Then x509 TLS with postcopy-preempt across the namespaces: both channels run TLS (query-migrate's "tls",
 and a capture on the destination's interface that sees every connection to its port open with a TLS handshake
 record), through a migrate-pause and a recovery. And a destination that asks for nothing for a while (its
-workload stopped) over a healthy link: io-timeout must not take that for a dead connection (this fails on main
-at 37bb507: the source's return-path reader and the destination's preempt-channel reader both apply io-timeout
-to a channel that is legitimately quiet). Recovery over UNIX and over loopback TCP, without a cut, is
+workload stopped) over a healthy link: io-timeout must not take that for a dead connection (it did, until the
+destination's return path carried KEEPALIVEs when quiet and its preempt reader dropped the timeout). Recovery over UNIX and over loopback TCP, without a cut, is
 test_postcopy.py's; this file does not repeat it.
 
 What it does not do: delay or loss (no sch_netem on the kernels this runs on), or a cut of the preempt channel
@@ -61,14 +60,8 @@ def both_paused(src, dst, timeout=20):
     return s, d
 
 
-def recover(pair, src, dst, last=False):
-    """migrate-recover on a new port of b's address, then migrate resume=true on the source. @last: the
-    source's io-timeout off for the resumed connection (the source takes it when it connects): the end of a
-    postcopy, when the push is ahead of the workload, has a quiet return path that an io-timeout wrongly takes
-    for a dead link (test_quiet_destination_does_not_pause pins that engine bug; this keeps the cut tests about
-    the cuts). The destination's stays: its main stream is never quiet while the source pushes."""
-    if last:
-        src.set_params(**{"io-timeout": 0})
+def recover(pair, src, dst):
+    """migrate-recover on a new port of b's address, then migrate resume=true on the source."""
     uri = pair.tcp_uri(free_port())
     dst.cmd("migrate-recover", uri=uri)
     pair.wait_listening(uri)
@@ -114,7 +107,7 @@ def test_cut_in_postcopy_recovers(wl, netpair):
         start_postcopy(src, dst, uri)
         time.sleep(0.5)
         cut_and_pause(netpair, src, dst)
-        uri2 = recover(netpair, src, dst, last=True)
+        uri2 = recover(netpair, src, dst)
         wait_status(src, ("postcopy-active", "completed"))
         info, d = finish(src, dst)
     finally:
@@ -135,7 +128,7 @@ def test_two_cuts_in_a_row(wl, netpair):
     for n in (1, 2):
         time.sleep(0.5)
         cut_and_pause(netpair, src, dst)
-        recover(netpair, src, dst, last=n == 2)
+        recover(netpair, src, dst)
         wait_status(src, ("postcopy-active",))
         wait_status(dst, ("postcopy-active",))
     finish(src, dst)
@@ -165,7 +158,7 @@ def test_cut_during_recovery_handshake(wl, netpair):
     events = src.migration_events()
     # Never back to postcopy-active between the two pauses: the cut broke the handshake itself.
     assert events[events.index("postcopy-recover"):].count("postcopy-active") == 0, events
-    recover(netpair, src, dst, last=True)
+    recover(netpair, src, dst)
     wait_status(src, ("postcopy-active", "completed"))
     finish(src, dst)
 
