@@ -314,3 +314,19 @@ def test_precopy_variants_then_postcopy(workload, variant):
     assert info["ram"]["postcopy-bytes"] > 0, info
     assert dst.wait_migration()["status"] == "completed"
     assert_dest_ok(dst)
+
+
+@pytest.mark.parametrize("share", ["on", "off"])
+def test_memfd_ram(workload, share):
+    """The destination's RAM as memfds (shared: MISSING faults on shmem, pages dropped by punching the memfd too):
+    pure postcopy, then the A-B check. (ferry-workload refuses file-backed RAM on a destination; the userfaultfd
+    layer's refusal of disk files and acceptance of tmpfs files is tests/unit/ram/test-postcopy.c's.)"""
+    obj = ["-object", f"memory-backend-memfd,id=ram0,size=64M,share={share}", "-machine", "memory-backend=ram0"]
+    args = ["-m", "64M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "0", *obj]
+    uri = unix_uri(workload)
+    src, dst = postcopy_pair(workload, uri, args=args)
+    src.migrate(uri)
+    src.cmd("migrate-start-postcopy")
+    assert src.wait_migration()["status"] == "completed"
+    assert dst.wait_migration()["status"] == "completed"
+    assert_dest_ok(dst)
