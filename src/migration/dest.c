@@ -23,6 +23,9 @@
  * On any error nothing runs: the reason goes back to the source (NACK), RAM is discarded so that it reads as
  * zero again (the next attempt relies on that, since pass 1 does not send never-populated pages), and the process
  * exits non-zero unless exit-on-error=false asked it to stay up and report.
+ *
+ * Postcopy (the section "Postcopy" below) is the exception: after POSTCOPY_RUN the workload runs here with pages
+ * still missing behind userfaultfd, and an error pauses instead, keeping everything, until a recovery.
  */
 #include <errno.h>
 #include <poll.h>

@@ -23,6 +23,9 @@
  * With multifd the pages of every pass go in batches to the channel threads of src/multifd/ instead of the main
  * channel; each pass ends with a SYNC packet on every channel and a MULTIFD_SYNC record on the main channel, and
  * waits until the channels have written the pass, so that the bandwidth measured is what really left.
+ *
+ * With postcopy-ram, migrate-start-postcopy replaces the switchover by the switch to postcopy (the section
+ * "Postcopy" below): the destination runs before all RAM has arrived, and the source sends what it asks for first.
  */
 #include <errno.h>
 #include <sys/random.h>
