@@ -942,6 +942,10 @@ static bool negotiate(Source *src, FerryError **errp)
      * check of migrate refuses that first). */
     src->postcopy = ferry__features_uses(&used, FERRY_CAP_POSTCOPY_RAM) && !src->chan->one_way;
     src->preempt = src->postcopy && ferry__features_uses(&used, FERRY_CAP_POSTCOPY_PREEMPT);
+    if (!src->postcopy && __atomic_load_n(&src->m->postcopy_requested, __ATOMIC_RELAXED)) {
+        ferry__log(FERRY_LOG_WARN, "migrate-start-postcopy came before the negotiation, and the destination did "
+                   "not accept postcopy-ram: the migration stays precopy");
+    }
     ferry__features_record(src->m, &used);
     return true;
 }
