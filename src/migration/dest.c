@@ -1708,6 +1708,8 @@ static bool pc_pause(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
     for (;;) {
+        /* Whatever broke, the source must see the break too: it pauses on its side. */
+        ferry__channel_shutdown(d->chan);
         if (d->preempt_started) {
             __atomic_store_n(&d->pc_stopping, true, __ATOMIC_RELEASE);
             ferry__channel_shutdown(d->pchan);

@@ -1700,6 +1700,13 @@ static bool pc_pause_resume(Source *src, FerryError **errp)
 {
     FerryMigration *m = src->m;
     for (;;) {
+        /* Whatever broke, the destination must see the break too: it pauses on its side. */
+        if (src->chan) {
+            ferry__channel_shutdown(src->chan);
+        }
+        if (src->pchan) {
+            ferry__channel_shutdown(src->pchan);
+        }
         ferry_error_free(pc_stop_return_path(src, true));
         ferry_error_prepend(errp, "postcopy paused, the workload's state split between this source (stopped) and "
                             "the destination (running): recover with migrate-recover there and migrate "
