@@ -5,10 +5,13 @@ clock does not go backwards); it migrates twice (A to B to C); a cancelled migra
 and a second one completes; shared memfd RAM moves without a copy in mode cpr-transfer; the uffd-wp tracker
 works for KVM's writes too, and so does KVM's dirty ring, also one so small that the vCPU fills it over and over
 during the migration; with -smp 2 both vCPUs run (the guest starts the second) and both go on after the
-migration; guest RAM over a file migrates; a Linux kernel boots and migrates while its shell counts on the console; a Linux guest with a
-virtio-net NIC on a TAP pings the host across a migration, with the TAP's fd handed over (backend-transfer) or
-attached again by name; a destination of another shape refuses the stream; bad -accel values are refused. Every
-test skips where /dev/kvm cannot be opened (the NIC test also where TAP tests cannot run)."""
+migration; guest RAM over a file migrates; with postcopy (switched during a precopy, or pure with two vCPUs) the
+vCPUs run on the destination while its RAM arrives, their accesses through KVM to missing pages become page
+requests and each vCPU has its blocktime; a Linux kernel boots and migrates while its shell counts on the console
+(with one vCPU by postcopy, then on by precopy); a Linux guest with a virtio-net NIC on a TAP pings the host
+across a migration, with the TAP's fd handed over (backend-transfer) or attached again by name, and with
+postcopy; a destination of another shape refuses the stream; bad -accel values are refused. Every test skips where
+/dev/kvm cannot be opened (the NIC test also where TAP tests cannot run)."""
 
 import os
 import re
@@ -271,6 +274,86 @@ def test_smp_every_vcpu_runs_and_migrates(vms):
     check_continues(src, dst)
 
 
+# Postcopy: the destination runs the guest while most of its RAM is still at the source. Guest RAM is registered
+# with userfaultfd on the destination, and the vCPUs reach it through KVM (which faults the host mapping in from
+# the kernel), so a vCPU touching a missing page sleeps in KVM_RUN until the fault thread has had it sent.
+POSTCOPY_PUSH = 32 << 20  # the background push (max-postcopy-bandwidth): ~2 s for 63 MiB, so the vCPUs fault
+
+
+def set_caps(vm, **on):
+    vm.cmd("migrate-set-capabilities",
+           capabilities=[{"capability": k.replace("_", "-"), "state": v} for k, v in on.items()])
+
+
+def postcopy_destination(vms, name, args, uri, **kwargs):
+    """A destination for postcopy, with the blocktime figures: capabilities are set before it listens."""
+    dst = vms.start(name, *args, "-incoming", "defer", **kwargs)
+    set_caps(dst, postcopy_ram=True, postcopy_blocktime=True)
+    dst.cmd("migrate-incoming", uri=uri)
+    wait_listening(uri)
+    return dst
+
+
+def migrate_postcopy(src, dst, uri, pure):
+    """Migrate with postcopy: right after migrate (@pure), or once a precopy that cannot converge sent 16 MiB.
+    Returns the source's and the destination's final query-migrate."""
+    set_caps(src, postcopy_ram=True)
+    src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": POSTCOPY_PUSH})
+    clock_before = src.cmd("query-vm")["kvm-clock"]
+    if pure:
+        src.migrate(uri)
+    else:
+        # 16 MiB/s with a 1 ms downtime limit: precopy cannot finish on its own (the guest rewrites its range). The
+        # switch comes once a quarter of the range went by precopy: the destination has pages of both kinds, and
+        # a full pass would cost tens of seconds on an emulated KVM.
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": SLOW, "downtime-limit": 1})
+        src.migrate(uri)
+        wait_until(lambda: src.query_migrate().get("ram", {}).get("precopy-bytes", 0) >= 16 << 20, 60 * SLOWER,
+                   "16 MiB sent by precopy")
+        assert src.query_migrate()["status"] == "active"
+    src.cmd("migrate-start-postcopy")
+    info = src.wait_migration(timeout=90 * SLOWER)
+    assert info["status"] == "completed", f"migration did not complete: {info}"
+    assert info["ram"]["postcopy-bytes"] > 0, info
+    if pure:
+        assert info["ram"]["precopy-bytes"] < 1 << 20, info  # the opening records only
+    else:
+        assert info["ram"]["precopy-bytes"] >= 16 << 20, info
+    src.wait_status(("postmigrate",))
+    dst.wait_status(("running",))
+    d = dst.wait_migration(timeout=30 * SLOWER)
+    assert d["status"] == "completed", d
+    assert dst.cmd("query-vm")["kvm-clock"] >= clock_before, "the destination's KVM clock went backwards"
+    return info, d
+
+
+@pytest.mark.parametrize("pure,smp", [(False, 1), (True, 2)], ids=["precopy-then-postcopy", "pure-smp2"])
+def test_postcopy(vms, pure, smp):
+    """The A-B guest switches to postcopy during a precopy that cannot converge, or right after migrate (pure
+    postcopy, with two vCPUs): the vCPUs run on the destination while its RAM arrives, their accesses through KVM
+    to missing pages reach the userfaultfd and become page requests, each vCPU's wait is counted in its own
+    blocktime entry, and the guest goes on with the A-B invariant intact on every slice."""
+    uri = unix_uri(vms)
+    args = [*VM, "-smp", str(smp)]
+    dst = postcopy_destination(vms, "dst", args, uri)
+    src = vms.start("src", *args)
+    wait_progress(src)
+    if smp > 1:
+        wait_slices_move(src)
+    info, d = migrate_postcopy(src, dst, uri, pure)
+    assert d["ram"]["postcopy-requests"] > 0, d
+    assert info["ram"]["postcopy-requests"] > 0, info
+    # Every vCPU thread registered itself (vcpu_main), and every vCPU writes its slice: each one waited.
+    assert len(d["postcopy-vcpu-blocktime"]) == smp, d
+    assert all(b > 0 for b in d["postcopy-vcpu-blocktime"]), d
+    assert d["postcopy-faults"] > 0 and sum(d["postcopy-latency-dist"]) == d["postcopy-faults"], d
+    check = assert_ab_ok(dst)
+    assert len(check["slices"]) == smp and all(s["mismatches"] == 0 for s in check["slices"]), check
+    if smp > 1:
+        wait_slices_move(dst)
+    check_continues(src, dst)
+
+
 def newest_kernel():
     kernels = sorted((f for f in os.listdir("/boot") if f.startswith("vmlinuz-")),
                      key=lambda f: [int(x) if x.isdigit() else x for x in f.replace("-", ".").split(".")])
@@ -334,29 +417,45 @@ def ticks(data):
 def test_linux_guest_migrates(vms, smp):
     """A real OS: Debian's kernel boots with an initramfs whose init counts on the serial console, on every vCPU
     (the MP table lists them, Linux starts them); it migrates while it counts, and the count goes on on the
-    destination from where it stopped, without a gap or a repeat."""
+    destination from where it stopped, without a gap or a repeat. With one vCPU it migrates twice: first with pure
+    postcopy (switched right after migrate), so that the kernel runs on the destination while its RAM is still
+    arriving and its accesses to missing pages (the vCPU's through KVM, KVM's own such as the clock page, those of
+    KVM's async page fault workers) become page requests; then on with precopy, from RAM that was registered with
+    userfaultfd until the postcopy ended, to a third machine."""
     kernel = newest_kernel()
     if kernel is None:
         pytest.skip("no Linux kernel in /boot (Debian's linux-image-amd64)")
     initrd = linux_initrd(vms, LINUX_INIT)
     linux = ["-m", "256M", "-smp", str(smp), "-kernel", kernel, "-initrd", initrd,
              "-append", "console=ttyS0 quiet panic=-1"]
-    uri = unix_uri(vms)
-    dst = vms.start("dst", *linux, "-incoming", uri)
-    wait_listening(uri)
     src = vms.start("src", *linux)
     # Natively the kernel boots in about a second; an emulated KVM (scripts/kvm-emulated.sh) takes minutes.
     wait_until(lambda: len(ticks(serial(src))) >= 5, 600, "the Linux guest to count on its console")
     assert f"init: up, cpus: {smp}\r\n".encode() in serial(src), serial(src)[-2000:]
-    migrate(src, dst, uri)
-    last = ticks(serial(src))[-1]
-    wait_until(lambda: len(ticks(serial(dst))) >= 5, 120, "the migrated Linux guest to go on counting")
-    out = serial(src) + serial(dst)
-    count = ticks(out)
-    assert count == list(range(count[0], count[-1] + 1)), f"the count has a gap or a repeat: {out[-600:]!r}"
-    assert ticks(serial(dst))[0] <= last + 1, (last, serial(dst)[:200])
-    assert b"init: up" not in serial(dst), "the destination's guest booted again"
-    assert "Kernel panic" not in out.decode(errors="replace"), out[-2000:]
+    machines = [src]
+    for name, postcopy in [("dst", True), ("dst2", False)] if smp == 1 else [("dst", False)]:
+        uri = unix_uri(vms, f"{name}.sock")
+        if postcopy:
+            dst = postcopy_destination(vms, name, linux, uri)
+            _, d = migrate_postcopy(src, dst, uri, pure=True)
+            assert d["ram"]["postcopy-requests"] > 0, d
+            assert len(d["postcopy-vcpu-blocktime"]) == smp, d
+        else:
+            dst = vms.start(name, *linux, "-incoming", uri)
+            wait_listening(uri)
+            migrate(src, dst, uri)
+        machines.append(dst)
+        last = ticks(serial(src))[-1]
+        # Five more after the migration completed (during a postcopy the guest counted on the destination already).
+        more = len(ticks(serial(dst))) + 5
+        wait_until(lambda: len(ticks(serial(dst))) >= more, 120, f"the Linux guest to go on counting on {name}")
+        out = b"".join(serial(vm) for vm in machines)
+        count = ticks(out)
+        assert count == list(range(count[0], count[-1] + 1)), f"the count has a gap or a repeat: {out[-600:]!r}"
+        assert ticks(serial(dst))[0] <= last + 1, (last, serial(dst)[:200])
+        assert b"init: up" not in serial(dst), f"{name}'s guest booted again"
+        assert "Kernel panic" not in out.decode(errors="replace"), out[-2000:]
+        src = dst
 
 
 def dirty_ring_unavailable():
@@ -516,13 +615,15 @@ def replies(data):
 
 
 @pytest.mark.deadline(900)  # the boot, as for test_linux_guest_migrates
-@pytest.mark.parametrize("transfer", [True, False], ids=["backend-transfer", "attach-by-name"])
-def test_linux_nic_migrates(vms, netns, transfer):
+@pytest.mark.parametrize("transfer,postcopy", [(True, False), (False, False), (True, True)],
+                         ids=["backend-transfer", "attach-by-name", "backend-transfer-postcopy"])
+def test_linux_nic_migrates(vms, netns, transfer, postcopy):
     """Item 5's NIC: Linux drives ferry-vm's virtio-net (legacy virtio-pci, found by probing PCI) on a TAP in a
     namespace of its own and pings the host through it; the migration moves the guest with its NIC's state, and
     the destination's NIC goes on with the TAP: the source's very fd (backend-transfer) or the same persistent TAP
     attached by name. The pings go on from where they were, none answered twice, and the destination's counters
-    continue the source's."""
+    continue the source's. With postcopy (pure) the device's receive thread writes frames into guest pages that
+    may still be at the source: its faults become page requests like the vCPU's."""
     kernel = newest_kernel()
     if kernel is None:
         pytest.skip("no Linux kernel in /boot (Debian's linux-image-amd64)")
@@ -535,8 +636,11 @@ def test_linux_nic_migrates(vms, netns, transfer):
     src = vms.start("src", *linux, prefix=netns.prefix)
     netns.configure_tap()
     incoming = ["-incoming", "config:backend-transfer.0=virtio-net-tap"] if transfer else []
-    dst = vms.start("dst", *linux, *incoming, "-incoming", uri, prefix=netns.prefix)
-    wait_listening(uri)
+    if postcopy:
+        dst = postcopy_destination(vms, "dst", [*linux, *incoming], uri, prefix=netns.prefix)
+    else:
+        dst = vms.start("dst", *linux, *incoming, "-incoming", uri, prefix=netns.prefix)
+        wait_listening(uri)
     (nd,) = dst.cmd("query-netdev")
     assert not nd["attached"] and nd["opens"] == 0, nd
     (pci,) = [d for d in src.cmd("query-pci") if d["name"] == "virtio-net-pci"]
@@ -546,7 +650,11 @@ def test_linux_nic_migrates(vms, netns, transfer):
     assert snd["driver-ok"] and snd["rx-frames"] > 0 and snd["tx-frames"] > 0, snd
     if transfer:
         src.set_params(**{"backend-transfer": ["virtio-net-tap"]})
-    info = migrate(src, dst, uri)
+    if postcopy:
+        info, d = migrate_postcopy(src, dst, uri, pure=True)
+        assert d["ram"]["postcopy-requests"] > 0, d
+    else:
+        info = migrate(src, dst, uri)
     assert info.get("fds-passed", 0) == (1 if transfer else 0), info
     last = replies(serial(src))[-1]
     wait_until(lambda: len(replies(serial(dst))) >= 5, 120 * SLOWER, "the migrated guest's pings to be answered")
