@@ -59,6 +59,10 @@ struct FerryRamBlock {
     unsigned long *recv_written;
 };
 
+/* A userfaultfd (O_CLOEXEC | O_NONBLOCK | @mode_flags: UFFD_USER_MODE_ONLY or 0 to serve faults taken in the
+ * kernel too), by the syscall or, where that is refused, by /dev/userfaultfd; the error says both reasons. */
+int ferry__userfaultfd_open(int mode_flags, FerryError **errp);
+
 /* Map a block; the engine registers it. */
 FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp);
 /* The same backed by a new memfd (named @name for /proc/PID/maps), MAP_SHARED if @share else MAP_PRIVATE. */

@@ -29,11 +29,9 @@ typedef struct UffdTracker {
     size_t nregistered; /* t->blocks[0..nregistered) are registered with uffd */
 } UffdTracker;
 
-/* A userfaultfd, by the syscall (UFFD_USER_MODE_ONLY keeps it usable with vm.unprivileged_userfaultfd=0) or, where
- * the syscall is refused, by /dev/userfaultfd (Linux 6.1+, access decided by the node's permissions). */
-static int uffd_open(FerryError **errp)
+int ferry__userfaultfd_open(int mode_flags, FerryError **errp)
 {
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | mode_flags);
     if (fd >= 0) {
         return fd;
     }
@@ -41,10 +39,14 @@ static int uffd_open(FerryError **errp)
 
     int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
     if (dev < 0) {
-        ferry_error_setg(errp, "userfaultfd(2) failed (%s) and /dev/userfaultfd cannot be opened (%s)",
-                         strerror(syscall_errno), strerror(errno));
+        ferry_error_setg(errp, "userfaultfd(2) failed (%s%s) and /dev/userfaultfd cannot be opened (%s)",
+                         strerror(syscall_errno),
+                         mode_flags & UFFD_USER_MODE_ONLY ? "" : "; serving kernel-mode faults needs CAP_SYS_PTRACE "
+                                                                 "or vm.unprivileged_userfaultfd=1",
+                         strerror(errno));
         return -1;
     }
+    /* The node's fds serve faults in either mode: its permissions decide who may have one. */
     fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
     int dev_errno = errno;
     close(dev);
@@ -54,6 +56,13 @@ static int uffd_open(FerryError **errp)
         return -1;
     }
     return fd;
+}
+
+/* The tracker's userfaultfd: UFFD_USER_MODE_ONLY keeps the syscall usable with vm.unprivileged_userfaultfd=0 (it
+ * only write-protects; no fault of it is ever served). */
+static int uffd_open(FerryError **errp)
+{
+    return ferry__userfaultfd_open(UFFD_USER_MODE_ONLY, errp);
 }
 
 static bool uffd_enable_features(int uffd, FerryError **errp)

@@ -59,28 +59,7 @@ static int uffd_open(FerryError **errp)
         return -1;
     }
 #endif
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (fd >= 0) {
-        return fd;
-    }
-    int syscall_errno = errno;
-    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev < 0) {
-        ferry_error_setg(errp,
-                         "userfaultfd(2) failed (%s; postcopy needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1) "
-                         "and /dev/userfaultfd cannot be opened (%s)",
-                         strerror(syscall_errno), strerror(errno));
-        return -1;
-    }
-    fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-    int dev_errno = errno;
-    close(dev);
-    if (fd < 0) {
-        ferry_error_setg(errp, "userfaultfd(2) failed (%s) and USERFAULTFD_IOC_NEW on /dev/userfaultfd failed (%s)",
-                         strerror(syscall_errno), strerror(dev_errno));
-        return -1;
-    }
-    return fd;
+    return ferry__userfaultfd_open(0, errp);
 }
 
 /* The features the kernel offers. UFFDIO_API may be issued once per fd and fails on a feature the kernel lacks, so
