@@ -1050,8 +1050,9 @@ static bool pc_place_run(Dest *d, FerryRecordReader *r, uint8_t *bounce, FerryRa
     }
     ferry__blocktime_placed(d->blocktime, (uint64_t)(uintptr_t)(b->host + run->first * d->ps), (uint64_t)n * d->ps,
                             (int64_t)now);
-    __atomic_sub_fetch(&d->need_left, done, __ATOMIC_RELEASE);
+    /* Counted before need_left says they are here: END's check reads the count once need_left is 0. */
     __atomic_add_fetch(&d->pc_pages, n, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&d->need_left, done, __ATOMIC_RELEASE);
     uint64_t bytes = FERRY_WIRE_RECORD_HEADER_LEN + (uint64_t)r->rh.length + (r->trailers ? 4 : 0);
     __atomic_add_fetch(&d->pc_bytes, bytes, __ATOMIC_RELAXED);
     if (r != &d->r) {

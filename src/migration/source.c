@@ -1332,11 +1332,11 @@ static void pc_write_run(Source *src, FerryStream *s, FerryRamBlock *b, uint64_t
     end_record(s);
     __atomic_add_fetch(&src->normal, nonzero, __ATOMIC_RELAXED);
     __atomic_add_fetch(&src->duplicate, n - nonzero, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&src->pages_sent, n, __ATOMIC_RELAXED);
 }
 
 /* Claim up to @max still-needed pages of @b from @page on (clearing their bits): how many, 0 if @page is not
- * needed (any more). */
+ * needed (any more). A claimed page is counted for END here, not once it is written: the push writes END as soon
+ * as nothing is left to claim, while the return-path thread may still be writing the last pages it claimed. */
 static uint32_t pc_claim(Source *src, FerryRamBlock *b, uint64_t page, uint64_t max)
 {
     uint32_t n = 0;
@@ -1345,6 +1345,7 @@ static uint32_t pc_claim(Source *src, FerryRamBlock *b, uint64_t page, uint64_t 
         n++;
     }
     if (n) {
+        __atomic_add_fetch(&src->pages_sent, n, __ATOMIC_RELAXED);
         __atomic_sub_fetch(&src->pc_left, n, __ATOMIC_RELAXED);
     }
     return n;
