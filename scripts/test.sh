@@ -80,6 +80,26 @@ fi
 # KVM is emulated (scripts/kvm-emulated.sh: QEMU's TCG with SVM, Debian's kernel), against build-ci: sanitizers
 # would slow the emulated run several times over and the rest of the suite runs them already. Where even that
 # cannot be had, the reason is printed and the tests stay skipped. FERRY_KVM_EMULATED=0 turns this off.
+# Short fuzz runs: enough to replay the seeds (the reproducers of fixed bugs among them) and explore a little;
+# scripts/fuzz.sh runs them for longer. Each fuzzer is one process on one core, and they run in the background from
+# here: the emulated KVM below keeps one core busy (one TCG thread), so the other would be idle for its minutes.
+fuzz_pid=
+if [ "$fuzz_ok" = 1 ]; then
+    : >build-fuzz/fuzz-steps.result
+    (
+        for t in stream analyze qmp address keyval return-path; do
+            echo
+            echo "=== test.sh: fuzz-$t (20 s)"
+            if ASAN_OPTIONS= bash scripts/fuzz.sh --time 20 "$t"; then
+                echo "ok $t" >>build-fuzz/fuzz-steps.result
+            else
+                echo "failed $t" >>build-fuzz/fuzz-steps.result
+            fi
+        done
+    ) >build-fuzz/fuzz-steps.log 2>&1 &
+    fuzz_pid=$!
+fi
+
 rm -f build-san/pytest-vm-emulated.xml
 if [ ! -e /dev/kvm ] && [ "${FERRY_KVM_EMULATED:-1}" != 0 ] && [ "$ci_ok" = 1 ]; then
     step "ferry-vm tests under an emulated KVM (build-ci)"
@@ -107,17 +127,17 @@ if [ ! -e /dev/kvm ] && [ "${FERRY_KVM_EMULATED:-1}" != 0 ] && [ "$ci_ok" = 1 ];
     fi
 fi
 
-if [ "$fuzz_ok" = 1 ]; then
-    # Short runs: enough to replay the seeds (the reproducers of fixed bugs among them) and explore a little;
-    # scripts/fuzz.sh runs them for longer.
-    for t in stream analyze qmp address keyval return-path; do
-        step "fuzz-$t (20 s)"
-        if ASAN_OPTIONS= bash scripts/fuzz.sh --time 20 "$t"; then
+# The fuzzers ran in the background (above); their output is shown here, in order.
+if [ -n "$fuzz_pid" ]; then
+    wait "$fuzz_pid"
+    cat build-fuzz/fuzz-steps.log
+    while read -r result t; do
+        if [ "$result" = ok ]; then
             passed_steps=$((passed_steps + 1))
         else
             failed_steps+=("fuzz-$t")
         fi
-    done
+    done <build-fuzz/fuzz-steps.result
 fi
 
 step "meson install smoke check (build-ci)"

@@ -398,14 +398,19 @@ static json_t *cmd_query_vm(json_t *args, void *opaque, FerryError **errp)
         pthread_mutex_lock(&vm->lock);
         dead = cpu->dead;
         pthread_mutex_unlock(&vm->lock);
-        json_array_append_new(cpus, json_pack("{s:i, s:I, s:b}", "cpu-index", (int)i, "exits",
-                                              (json_int_t)atomic_load(&cpu->exits), "stopped-for-good", dead));
+        json_array_append_new(cpus, json_pack("{s:i, s:I, s:b, s:I}", "cpu-index", (int)i, "exits",
+                                              (json_int_t)atomic_load(&cpu->exits), "stopped-for-good", dead,
+                                              "throttle-sleeps", (json_int_t)atomic_load(&cpu->throttle_sleeps)));
     }
     r = json_pack("{s:I, s:I, s:I, s:o, s:I, s:I, s:s, s:b, s:b, s:i}", "ram-size", (json_int_t)vm->cfg.ram_size,
                   "lowmem", (json_int_t)vm->lowmem, "highmem", (json_int_t)vm->highmem, "cpus", cpus, "kvm-clock",
                   (json_int_t)clock, "serial-bytes", (json_int_t)serial_bytes_out(vm->serial), "dirty-tracker",
                   mc->tracker, "manual-dirty-log-protect", vm->manual_protect, "dirty-ring-available",
                   mc->dirty_ring, "msrs", (int)vm->nmsrs);
+    if (r) {
+        /* cpu-throttle: what auto-converge asks of the vCPUs now (0: full speed). */
+        json_object_set_new(r, "cpu-throttle", json_integer(atomic_load(&vm->throttle_pct)));
+    }
     if (r && mc->tracker_note[0]) {
         json_object_set_new(r, "dirty-tracker-note", json_string(mc->tracker_note));
     }

@@ -12,6 +12,13 @@
  * parking protocol (host_run, holds, go) is ferry-workload's. State sections live in cpu-state.c and vm-state.c,
  * the guest image in boot.c.
  *
+ * auto-converge throttles the vCPUs as QEMU does: a throttle thread kicks every running vCPU once per time slice
+ * (10 ms of run time, so a period of 10 ms * 100 / (100 - p)) with the same immediate_exit and signal, after
+ * marking it "throttle pending"; the vCPU, back from KVM_RUN with EINTR and the mark set, sleeps 10 ms * p /
+ * (100 - p) in short naps that end early when go is cleared, so that a stop is not held up. immediate_exit is
+ * cleared there only while go is still set: if a stopper cleared go meanwhile, its immediate_exit must stay until
+ * the vCPU parks, as the stop protocol above needs.
+ *
  * With a dirty ring (-accel kvm,dirty-ring-size=N) KVM_CAP_DIRTY_LOG_RING is enabled before any vCPU exists, as KVM
  * requires, and each vCPU's ring is mapped from its fd. A vCPU whose ring fills exits with
  * KVM_EXIT_DIRTY_RING_FULL and cannot re-enter until the ring is collected and reset: its thread does that itself
@@ -26,11 +33,15 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vm.h"
 
 #define KICK_SIGNAL SIGUSR1
+/* QEMU's vCPU throttle time slice (run time between two throttle sleeps), and the longest nap of a sleep. */
+#define THROTTLE_SLICE_NS INT64_C(10000000)
+#define THROTTLE_NAP_NS INT64_C(1000000)
 
 void vm_error_ioctl(FerryError **errp, const char *what)
 {
@@ -190,6 +201,12 @@ Vm *vm_new(const VmConfig *cfg, FerryError **errp)
     vm->vm_fd = -1;
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&vm->throttle_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&vm->throttle_pct, 0);
     pthread_mutex_init(&vm->ring_lock, NULL);
     atomic_init(&vm->go, false);
     vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -423,6 +440,40 @@ static bool vcpu_park(Vcpu *cpu)
     return true;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A throttle kick took this vCPU out of KVM_RUN: sleep its share of the slice, unless it is being stopped. */
+static void vcpu_throttle_sleep(Vcpu *cpu)
+{
+    Vm *vm = cpu->vm;
+    int pct = atomic_load(&vm->throttle_pct);
+
+    if (!atomic_load(&vm->go)) {
+        return; /* a stopper's kick too: immediate_exit stays for it, vcpu_park clears it */
+    }
+    cpu->run->immediate_exit = 0;
+    /* Orders the store above before the loads of go below and at the top of vcpu_main's loop: a stopper that
+     * cleared go after this vCPU last saw it set writes immediate_exit = 1 after this, and its signal follows. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (pct <= 0 || pct >= 100) {
+        return; /* lifted since the kick */
+    }
+    atomic_fetch_add_explicit(&cpu->throttle_sleeps, 1, memory_order_relaxed);
+    int64_t now = mono_ns(), until = now + THROTTLE_SLICE_NS * pct / (100 - pct);
+    while (now < until && atomic_load(&vm->go)) {
+        int64_t d = until - now < THROTTLE_NAP_NS ? until - now : THROTTLE_NAP_NS;
+        struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)d };
+        nanosleep(&ts, NULL);
+        now = mono_ns();
+    }
+}
+
 /* The guest cannot go on (triple fault, KVM failure): the vCPU stays parked for good and says why. */
 static void vcpu_die(Vcpu *cpu, const char *why)
 {
@@ -507,6 +558,9 @@ static void *vcpu_main(void *arg)
         }
         if (ioctl(cpu->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
+                if (atomic_exchange(&cpu->throttle_pending, false)) {
+                    vcpu_throttle_sleep(cpu);
+                }
                 continue;
             }
             char why[128];
@@ -589,6 +643,7 @@ bool vm_start_threads(Vm *vm, FerryError **errp)
 void vm_stop_threads(Vm *vm)
 {
     unsigned n;
+    bool throttler;
 
     if (!vm) {
         return;
@@ -597,8 +652,14 @@ void vm_stop_threads(Vm *vm)
     vm->quit = true;
     update_go(vm);
     pthread_cond_broadcast(&vm->cond);
+    pthread_cond_broadcast(&vm->throttle_cond);
     n = vm->threads_started;
+    throttler = vm->throttle_started;
+    vm->throttle_started = false;
     pthread_mutex_unlock(&vm->lock);
+    if (throttler) {
+        pthread_join(vm->throttle_thread, NULL);
+    }
     for (unsigned i = 0; i < n; i++) {
         pthread_join(vm->vcpus[i].thread, NULL);
     }
@@ -644,6 +705,7 @@ void vm_free(Vm *vm)
     free(vm->ring_pending);
     pthread_mutex_destroy(&vm->ring_lock);
     pthread_cond_destroy(&vm->cond);
+    pthread_cond_destroy(&vm->throttle_cond);
     pthread_mutex_destroy(&vm->lock);
     free(vm);
 }
@@ -677,9 +739,67 @@ static void ops_start(void *opaque)
     pthread_mutex_unlock(&vm->lock);
 }
 
+/* The throttle thread: while throttle_pct is not 0, once per period (a time slice of run time plus the sleep)
+ * mark every running vCPU and kick it as update_go() does; otherwise wait for a percentage or quit. vCPUs that are
+ * parked are left alone: they do not dirty RAM, and vcpu_park clears immediate_exit when they go on. */
+static void *throttle_main(void *arg)
+{
+    Vm *vm = arg;
+
+    pthread_mutex_lock(&vm->lock);
+    while (!vm->quit) {
+        int pct = atomic_load(&vm->throttle_pct);
+
+        if (pct <= 0) {
+            pthread_cond_wait(&vm->throttle_cond, &vm->lock);
+            continue;
+        }
+        int64_t until = mono_ns() + THROTTLE_SLICE_NS * 100 / (100 - pct);
+        struct timespec ts = { .tv_sec = (time_t)(until / 1000000000), .tv_nsec = (long)(until % 1000000000) };
+        if (pthread_cond_timedwait(&vm->throttle_cond, &vm->lock, &ts) != ETIMEDOUT) {
+            continue; /* a new percentage (its period starts now) or quit */
+        }
+        if (vm->quit || atomic_load(&vm->throttle_pct) <= 0 || !atomic_load(&vm->go)) {
+            continue;
+        }
+        for (unsigned i = 0; i < vm->threads_started; i++) {
+            Vcpu *cpu = &vm->vcpus[i];
+
+            atomic_store(&cpu->throttle_pending, true);
+            cpu->run->immediate_exit = 1;
+            pthread_kill(cpu->thread, KICK_SIGNAL);
+        }
+    }
+    pthread_mutex_unlock(&vm->lock);
+    return NULL;
+}
+
+/* FerryHostOps.throttle: the migration thread sets the percentage; the throttle thread is started the first
+ * time it is not 0. If it cannot be created the guest runs unthrottled, and says so. */
+static void ops_throttle(void *opaque, int percent)
+{
+    Vm *vm = opaque;
+
+    pthread_mutex_lock(&vm->lock);
+    atomic_store(&vm->throttle_pct, percent);
+    pthread_cond_broadcast(&vm->throttle_cond);
+    if (percent > 0 && !vm->throttle_started && !vm->quit) {
+        int err = pthread_create(&vm->throttle_thread, NULL, throttle_main, vm);
+
+        if (err) {
+            fprintf(stderr, "ferry-vm: creating the vCPU throttle thread: %s; the vCPUs run unthrottled\n",
+                    strerror(err));
+        } else {
+            vm->throttle_started = true;
+        }
+    }
+    pthread_mutex_unlock(&vm->lock);
+}
+
 const FerryHostOps vm_ops = {
     .stop = ops_stop,
     .start = ops_start,
+    .throttle = ops_throttle,
 };
 
 void vm_hold(Vm *vm)

@@ -138,6 +138,8 @@ typedef struct Vcpu {
     _Atomic uint64_t exits;
     struct kvm_dirty_gfn *ring; /* its dirty ring (vm->ring_size entries) mapped from the vCPU fd, or NULL */
     uint32_t ring_fetch;  /* free-running index of the next entry to collect (vm->ring_lock) */
+    atomic_bool throttle_pending; /* auto-converge: kicked for a throttle sleep, not (only) for a stop */
+    _Atomic uint64_t throttle_sleeps; /* throttle sleeps taken */
 } Vcpu;
 
 /* A KVM memory slot: guest-physical [gpa, gpa + size) is the RAM block's bytes from block_offset. */
@@ -188,6 +190,13 @@ struct Vm {
     unsigned parked;
     unsigned threads_started;
     atomic_bool go;
+
+    /* auto-converge (vm_ops.throttle): the percentage asked for, and the thread that kicks every vCPU once per
+     * time slice while it is not 0 (started the first time it is not, joined by vm_stop_threads; vm->lock). */
+    atomic_int throttle_pct;
+    pthread_cond_t throttle_cond; /* CLOCK_MONOTONIC; signalled when throttle_pct changes or at quit */
+    pthread_t throttle_thread;
+    bool throttle_started;
 };
 
 /* ---- vm.c ---- */

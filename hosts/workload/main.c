@@ -168,9 +168,11 @@ static json_t *cmd_query_workload(json_t *args, void *opaque, FerryError **errp)
     uint64_t passes, written;
 
     workload_counters(wl, &passes, &written);
-    return json_pack("{s:s, s:I, s:i, s:I, s:I, s:I}", "pattern", workload_pattern_name(wl->cfg.pattern), "seed",
+    /* cpu-throttle: what auto-converge asked of the workers now (0: full speed). */
+    return json_pack("{s:s, s:I, s:i, s:I, s:I, s:I, s:i}", "pattern", workload_pattern_name(wl->cfg.pattern), "seed",
                      (json_int_t)wl->cfg.seed, "smp", (int)wl->cfg.smp, "pages", (json_int_t)wl->pages, "passes",
-                     (json_int_t)passes, "pages-written", (json_int_t)written);
+                     (json_int_t)passes, "pages-written", (json_int_t)written, "cpu-throttle",
+                     atomic_load(&wl->cpu_throttle));
 }
 
 static json_t *cmd_query_netdev(json_t *args, void *opaque, FerryError **errp)
@@ -222,9 +224,19 @@ static void machine_start(void *opaque)
     workload_ops.start(mc->wl);
 }
 
+/* Only the workers dirty RAM fast enough to matter: the NIC's device thread is not throttled (as QEMU throttles
+ * vCPUs only). */
+static void machine_throttle(void *opaque, int percent)
+{
+    Machine *mc = opaque;
+
+    workload_ops.throttle(mc->wl, percent);
+}
+
 static const FerryHostOps machine_ops = {
     .stop = machine_stop,
     .start = machine_start,
+    .throttle = machine_throttle,
 };
 
 /* Threads end before the engine goes (the workers write its RAM); the devices go after it, since its migration

@@ -264,6 +264,35 @@ static void worker_throttle(WorkloadWorker *w)
     }
 }
 
+/* auto-converge's throttle, as QEMU's vCPU throttle: after each 10 ms slice of work, sleep so that the sleep is
+ * @percent % of the whole (10 ms * p / (100 - p)), in short naps so that a stop is not held up. */
+#define CPU_THROTTLE_SLICE_NS 10e6
+static void worker_cpu_throttle(WorkloadWorker *w)
+{
+    Workload *wl = w->wl;
+    int pct = atomic_load_explicit(&wl->cpu_throttle, memory_order_relaxed);
+    if (pct <= 0) {
+        w->slice_ns = 0;
+        return;
+    }
+    double now = now_ns();
+    if (w->slice_ns == 0) {
+        w->slice_ns = now;
+        return;
+    }
+    if (now - w->slice_ns < CPU_THROTTLE_SLICE_NS) {
+        return;
+    }
+    double until = now + CPU_THROTTLE_SLICE_NS * pct / (100 - pct);
+    while (now < until && atomic_load_explicit(&wl->go, memory_order_relaxed)) {
+        double d = until - now < THROTTLE_MAX_SLEEP_NS ? until - now : THROTTLE_MAX_SLEEP_NS;
+        struct timespec ts = { .tv_sec = (time_t)(d / 1e9), .tv_nsec = (long)(d - (double)(time_t)(d / 1e9) * 1e9) };
+        nanosleep(&ts, NULL);
+        now = now_ns();
+    }
+    w->slice_ns = now;
+}
+
 static void *worker_main(void *arg)
 {
     WorkloadWorker *w = arg;
@@ -287,6 +316,7 @@ static void *worker_main(void *arg)
             worker_step_random(w);
         }
         worker_throttle(w);
+        worker_cpu_throttle(w);
     }
 }
 
@@ -334,9 +364,17 @@ static void ops_start(void *opaque)
     pthread_mutex_unlock(&wl->lock);
 }
 
+/* FerryHostOps.throttle: the workers read it at every page (worker_cpu_throttle). */
+static void ops_throttle(void *opaque, int percent)
+{
+    Workload *wl = opaque;
+    atomic_store_explicit(&wl->cpu_throttle, percent, memory_order_relaxed);
+}
+
 const FerryHostOps workload_ops = {
     .stop = ops_stop,
     .start = ops_start,
+    .throttle = ops_throttle,
 };
 
 void workload_hold(Workload *wl)

@@ -75,6 +75,7 @@ typedef struct WorkloadWorker {
     _Atomic uint64_t passes;         /* ab: full loops over the share */
     _Atomic uint64_t pages_written;  /* pages this worker wrote (not counting the initial fill) */
     double next_ns;                  /* throttle: when the next page may be written (CLOCK_MONOTONIC ns) */
+    double slice_ns;                 /* cpu throttle: when the current time slice of work began, 0 for none */
 } WorkloadWorker;
 
 struct Workload {
@@ -105,6 +106,7 @@ struct Workload {
     bool quit;
     unsigned parked;                 /* workers waiting in worker_park() (or exited) */
     atomic_bool go;
+    atomic_int cpu_throttle;         /* auto-converge (FerryHostOps.throttle): percent of each slice asleep */
 };
 
 /* Page contents (pattern.c). */

@@ -19,6 +19,16 @@ typedef struct FerryHostOps {
     void (*stop)(void *opaque);
     /* Let them run again. */
     void (*start)(void *opaque);
+    /*
+     * auto-converge: slow every writer of RAM (vCPUs, workers) so that it sleeps @percent % of its time, 1..99, in
+     * slices short enough that the rate it dirties pages falls at once (QEMU's vCPU throttle: each vCPU sleeps its
+     * share of every 10 ms time slice); 0 lifts the throttle. Called by the source's migration thread, without
+     * locks of the engine held, after a pass and when the migration ends in any way (with 0); it must return
+     * without waiting for the writers and take effect within about one time slice. Independent of stop/start: a
+     * throttled workload that is stopped and started again stays throttled. May be NULL: the host cannot
+     * throttle, and a migration with auto-converge on is refused with that reason.
+     */
+    void (*throttle)(void *opaque, int percent);
 } FerryHostOps;
 
 /* QMP argument types, checked by the monitor before a command runs. */

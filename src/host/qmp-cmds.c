@@ -5,6 +5,7 @@
  * parsed here, at the edge, and nowhere below; HMP reaches these same functions through the monitor's table. No migration logic lives in this file; the built-in protocol commands
  * (qmp_capabilities, query-version, query-commands) are the monitor's own.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "crypto/crypto.h"
@@ -77,6 +78,9 @@ static json_t *cmd_migrate(json_t *args, void *opaque, FerryError **errp)
         return NULL;
     }
     /* "detach" is accepted and ignored, as in QEMU: migrate always returns at once. */
+    if (!ferry__dirtyrate_check_migrate(h->m, errp)) {
+        return NULL;
+    }
     FerryMigrationAddress *addr = NULL;
     if (!parse_uri_or_channels(args, &addr, errp)) {
         return NULL;
@@ -119,6 +123,9 @@ static json_t *cmd_migrate_incoming(json_t *args, void *opaque, FerryError **err
     FerryHost *h = opaque;
     json_t *eoe = json_object_get(args, "exit-on-error");
     bool exit_on_error = eoe ? json_is_true(eoe) : true;
+    if (!ferry__dirtyrate_check_migrate(h->m, errp)) {
+        return NULL;
+    }
     FerryMigrationAddress *addr = NULL;
     if (!parse_uri_or_channels(args, &addr, errp)) {
         return NULL;
@@ -175,6 +182,46 @@ static json_t *cmd_query_migrate_capabilities(json_t *args, void *opaque, FerryE
     return ferry__migration_query_caps(h->m);
 }
 
+/* calc-dirty-rate: calc-time is in calc-time-unit (default second); the engine checks the ranges after the
+ * conversion to milliseconds, which saturates so that an absurd number of seconds stays out of range. */
+static json_t *cmd_calc_dirty_rate(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    FerryDirtyRateConfig cfg = { .mode = FERRY_DIRTYRATE_PAGE_SAMPLING };
+    bool unit_ms = false;
+    json_t *unit = json_object_get(args, "calc-time-unit");
+    json_t *mode = json_object_get(args, "mode");
+    json_t *pages = json_object_get(args, "sample-pages");
+    if (unit && !ferry__dirtyrate_unit_parse(json_string_value(unit), &unit_ms, errp)) {
+        return NULL;
+    }
+    if (mode && !ferry__dirtyrate_mode_parse(json_string_value(mode), &cfg.mode, errp)) {
+        return NULL;
+    }
+    json_int_t t = json_integer_value(json_object_get(args, "calc-time"));
+    if (unit_ms) {
+        cfg.calc_time_ms = t;
+    } else {
+        cfg.calc_time_ms = t > INT64_MAX / 1000 ? INT64_MAX : t < INT64_MIN / 1000 ? INT64_MIN : t * 1000;
+    }
+    if (pages) {
+        cfg.has_sample_pages = true;
+        cfg.sample_pages = json_integer_value(pages);
+    }
+    return ferry__dirtyrate_calc(h->m, &cfg, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_query_dirty_rate(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    bool unit_ms = false;
+    json_t *unit = json_object_get(args, "calc-time-unit");
+    if (unit && !ferry__dirtyrate_unit_parse(json_string_value(unit), &unit_ms, errp)) {
+        return NULL;
+    }
+    return ferry__dirtyrate_query(h->m, unit_ms);
+}
+
 bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
 {
     static const FerryArgSpec migrate_args[] = {
@@ -215,6 +262,17 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "capabilities", FERRY_ARG_ARRAY, false },
         { NULL, FERRY_ARG_ANY, false },
     };
+    static const FerryArgSpec calc_dirty_rate_args[] = {
+        { "calc-time", FERRY_ARG_INT, false },
+        { "calc-time-unit", FERRY_ARG_STR, true },
+        { "sample-pages", FERRY_ARG_INT, true },
+        { "mode", FERRY_ARG_STR, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const FerryArgSpec query_dirty_rate_args[] = {
+        { "calc-time-unit", FERRY_ARG_STR, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
     static const struct {
         const char *name;
         const FerryArgSpec *args;
@@ -237,6 +295,8 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "query-migrate-capabilities", NULL, cmd_query_migrate_capabilities },
         { "object-add", object_add_args, cmd_object_add },
         { "object-del", object_del_args, cmd_object_del },
+        { "calc-dirty-rate", calc_dirty_rate_args, cmd_calc_dirty_rate },
+        { "query-dirty-rate", query_dirty_rate_args, cmd_query_dirty_rate },
     };
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(cmds); i++) {
         if (!ferry__monitor_register(h->mon, cmds[i].name, cmds[i].args, cmds[i].fn, h, errp)) {

@@ -176,6 +176,7 @@ void ferry__migration_free(FerryMigration *m)
         return;
     }
     ferry__migration_join(m);
+    ferry__dirtyrate_free(m); /* its thread reads the blocks freed below */
     for (size_t i = 0; i < m->nblocks; i++) {
         ferry__ram_block_free(m->blocks[i]);
     }
@@ -711,6 +712,11 @@ static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress 
     if (m->caps[FERRY_CAP_POSTCOPY_RAM] && !postcopy_address_ok(m, addr, errp)) {
         return false;
     }
+    if (m->caps[FERRY_CAP_AUTO_CONVERGE] && !m->host_ops.throttle) {
+        ferry_error_setg(errp, "auto-converge needs a host that can throttle its workload, and this one cannot "
+                         "(turn auto-converge off)");
+        return false;
+    }
     /* multifd opens more connections to the same address: only the listening sockets can take them. */
     const char *why = NULL;
     if (m->caps[FERRY_CAP_MULTIFD]) {
@@ -947,6 +953,9 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
     }
     if (m->status == FERRY_MIG_ACTIVE && !m->incoming) {
         json_object_set_new(r, "expected-downtime", json_integer(st->expected_downtime_ms));
+    }
+    if (st->cpu_throttle_percentage) {
+        json_object_set_new(r, "cpu-throttle-percentage", json_integer(st->cpu_throttle_percentage));
     }
     json_object_set_new(r, "ram", query_ram(st));
     if (st->fds_passed) {

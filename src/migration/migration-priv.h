@@ -49,6 +49,11 @@ typedef enum FerryBackendKind {
 typedef struct FerryParams {
     int64_t max_bandwidth;  /* bytes per second, 0 = no limit */
     int64_t max_postcopy_bandwidth; /* bytes per second once in postcopy, 0 = no limit (QEMU's default) */
+    int64_t throttle_trigger_threshold; /* auto-converge: percent */
+    int64_t cpu_throttle_initial;
+    int64_t cpu_throttle_increment;
+    int64_t cpu_throttle_tailslow;      /* 0 / 1 */
+    int64_t max_cpu_throttle;
     int64_t downtime_limit; /* milliseconds */
     int64_t mode;           /* FerryMigMode */
     int64_t backend_transfer; /* bit mask of FerryBackendKind */
@@ -87,6 +92,7 @@ typedef enum FerryCapability {
     FERRY_CAP_UNIX_PAGE_FLIPPING,
     FERRY_CAP_MULTIFD,
     FERRY_CAP_SWITCHOVER_COMMIT,
+    FERRY_CAP_AUTO_CONVERGE,
     FERRY_CAP_POSTCOPY_RAM,
     FERRY_CAP_POSTCOPY_PREEMPT,
     FERRY_CAP_POSTCOPY_BLOCKTIME,
@@ -126,6 +132,7 @@ typedef struct FerryMigStats {
     uint64_t postcopy_requests;  /* pages requested by the destination's faults */
     uint64_t postcopy_bytes;     /* bytes sent / received after the switch to postcopy */
     uint64_t postcopy_pending;   /* pages still to come (0 outside postcopy) */
+    int cpu_throttle_percentage; /* auto-converge: the throttle now applied to the workload (0: none) */
 } FerryMigStats;
 
 /* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
@@ -211,6 +218,8 @@ struct FerryMigration {
     uint32_t *vcpu_tids;         /* the host's vCPU threads (ferry_host_set_vcpu_thread), index -> tid, 0 unset */
     size_t nvcpu_tids;
 
+    struct FerryDirtyRate *dirtyrate; /* calc-dirty-rate's state (dirtyrate.c), NULL until first used */
+
     FerryMigTestHook test_hook;  /* ferry__migration_set_test_hook, for unit tests only */
     void *test_hook_opaque;
 };
@@ -251,6 +260,9 @@ void ferry__vm_restore_after_migration(FerryMigration *m, FerryRunState prev);
 /* After a completed outgoing migration: release every backend (FerryBackendOps.release) if a live destination
  * @acknowledged it, then run state postmigrate. */
 void ferry__vm_postmigrate(FerryMigration *m, bool acknowledged);
+/* auto-converge: slow the workload's writers to @percent % of their time asleep (0 lifts it) through the host's
+ * throttle callback, and remember it for query-migrate. False if the host has no throttle. */
+bool ferry__vm_throttle(FerryMigration *m, int percent);
 /* After a successful incoming migration. */
 void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 
@@ -293,6 +305,8 @@ FerryListener *ferry__mig_wait_recover(FerryMigration *m);
 void ferry__postcopy_query_locked(FerryMigration *m, json_t *r);
 /* What the engine keeps for postcopy, at its end. */
 void ferry__postcopy_free(FerryMigration *m);
+
+typedef struct FerryDirtyRate FerryDirtyRate;
 
 /* source.c / dest.c: thread bodies. */
 void *ferry__source_thread(void *opaque);

@@ -11,6 +11,7 @@
 #define FERRY_MIGRATION_INT_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -143,5 +144,44 @@ bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError
 json_t *ferry__migration_query_caps(FerryMigration *m);
 /* @caps: the QMP array [{"capability": NAME, "state": BOOL}, ...] (unchecked JSON). */
 bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **errp);
+
+/*
+ * Dirty-rate measurement without migrating (dirtyrate.c; QEMU's calc-dirty-rate / query-dirty-rate). Called from
+ * the monitor thread. calc starts a measurement on its own thread and returns: it refuses (QEMU's messages) a
+ * second one while one runs, values out of QEMU's ranges, dirty-ring (no host gives ferry per-vCPU counts), and
+ * dirty-bitmap while a migration runs or is awaited (both would own the dirty tracker).
+ */
+typedef enum FerryDirtyRateMode {
+    FERRY_DIRTYRATE_PAGE_SAMPLING,
+    FERRY_DIRTYRATE_DIRTY_BITMAP,
+    FERRY_DIRTYRATE_DIRTY_RING,
+} FerryDirtyRateMode;
+#define FERRY_DIRTYRATE_MIN_CALC_TIME_MS 50
+#define FERRY_DIRTYRATE_MAX_CALC_TIME_MS 60000
+#define FERRY_DIRTYRATE_MIN_SAMPLE_PAGES 128
+#define FERRY_DIRTYRATE_MAX_SAMPLE_PAGES 16384
+#define FERRY_DIRTYRATE_DEFAULT_SAMPLE_PAGES 512
+typedef struct FerryDirtyRateConfig {
+    int64_t calc_time_ms;   /* calc-time converted from its unit (out-of-range values stay out of range) */
+    bool has_sample_pages;
+    int64_t sample_pages;   /* per GiB of RAM */
+    FerryDirtyRateMode mode;
+} FerryDirtyRateConfig;
+/* "page-sampling" ... -> mode; "second" / "millisecond" -> unit_ms. Errors name the parameter (QAPI's text). */
+bool ferry__dirtyrate_mode_parse(const char *name, FerryDirtyRateMode *mode, FerryError **errp);
+bool ferry__dirtyrate_unit_parse(const char *name, bool *unit_ms, FerryError **errp);
+bool ferry__dirtyrate_calc(FerryMigration *m, const FerryDirtyRateConfig *cfg, FerryError **errp);
+/* query-dirty-rate's reply, calc-time in the unit asked for. New reference. */
+json_t *ferry__dirtyrate_query(FerryMigration *m, bool unit_ms);
+/* migrate / migrate-incoming ask this first: false with the reason while a dirty-bitmap measurement runs. */
+bool ferry__dirtyrate_check_migrate(FerryMigration *m, FerryError **errp);
+/* Cancel and join a running measurement and free its state (ferry__migration_free). */
+void ferry__dirtyrate_free(FerryMigration *m);
+/* page-sampling's arithmetic: @changed of @sampled pages changed in @elapsed_ms, over @ram_bytes of RAM: MB/s
+ * (2^20 bytes), rounded. 0 when nothing was sampled or no time passed. */
+uint64_t ferry__dirtyrate_extrapolate(uint64_t changed, uint64_t sampled, uint64_t ram_bytes, int64_t elapsed_ms);
+/* Pages sampled in a block of @block_bytes (@npages pages): @sample_pages_per_gib per GiB, rounded up, at most
+ * every page. */
+uint64_t ferry__dirtyrate_samples_for_block(uint64_t sample_pages_per_gib, uint64_t block_bytes, uint64_t npages);
 
 #endif

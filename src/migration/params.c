@@ -20,6 +20,7 @@ typedef enum ParamType {
     PARAM_ENUM, /* a QAPI enum: a string out of .values, stored as its index */
     PARAM_ENUM_LIST, /* a list of a QAPI enum (no duplicates), stored as a bit mask of the indices */
     PARAM_STR,  /* a QAPI StrOrNull: a string, or null for "" (QEMU's way to unset tls-creds); a char * field */
+    PARAM_BOOL, /* a QAPI bool, stored as 0 / 1 */
     PARAM_NOT_YET, /* known to QEMU, not implemented by ferry: refused with .unit as the reason */
 } ParamType;
 
@@ -90,11 +91,17 @@ static const ParamDesc params[] = {
     NOT_YET("announce-max", "ferry has no guest network to announce"),
     NOT_YET("announce-rounds", "ferry has no guest network to announce"),
     NOT_YET("announce-step", "ferry has no guest network to announce"),
-    NOT_YET("throttle-trigger-threshold", "auto-converge throttling is not implemented"),
-    NOT_YET("cpu-throttle-initial", "auto-converge throttling is not implemented"),
-    NOT_YET("cpu-throttle-increment", "auto-converge throttling is not implemented"),
-    NOT_YET("cpu-throttle-tailslow", "auto-converge throttling is not implemented"),
-    NOT_YET("max-cpu-throttle", "auto-converge throttling is not implemented"),
+    /* auto-converge (QEMU's names, defaults and ranges): throttle when the bytes dirtied in a pass exceed this
+     * percentage of the bytes sent in it, twice; start at cpu-throttle-initial %, add cpu-throttle-increment % per
+     * trigger (or, with tailslow, only what the measured excess asks for), never above max-cpu-throttle %. */
+    { "throttle-trigger-threshold", PARAM_INT, offsetof(FerryParams, throttle_trigger_threshold), 50, 1, 100,
+      "percent", NULL, NULL },
+    { "cpu-throttle-initial", PARAM_INT, offsetof(FerryParams, cpu_throttle_initial), 20, 1, 99, "percent", NULL,
+      NULL },
+    { "cpu-throttle-increment", PARAM_INT, offsetof(FerryParams, cpu_throttle_increment), 10, 1, 99, "percent",
+      NULL, NULL },
+    { "cpu-throttle-tailslow", PARAM_BOOL, offsetof(FerryParams, cpu_throttle_tailslow), 0, 0, 1, NULL, NULL, NULL },
+    { "max-cpu-throttle", PARAM_INT, offsetof(FerryParams, max_cpu_throttle), 99, 1, 99, "percent", NULL, NULL },
     NOT_YET("avail-switchover-bandwidth", "not implemented"),
     NOT_YET("xbzrle-cache-size", "XBZRLE is not implemented"),
     NOT_YET("block-bitmap-mapping", "ferry migrates no block devices"),
@@ -132,6 +139,8 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
      * connection lost between the two can then leave nobody running (both ends keep the whole state) but never
      * both. Not critical: it changes nothing before END, and a destination without it just does not wait. */
     [FERRY_CAP_SWITCHOVER_COMMIT] = { "switchover-commit", true, true, false },
+    /* The source throttles its workload's writers when precopy does not converge (the host's throttle op). */
+    [FERRY_CAP_AUTO_CONVERGE] = { "auto-converge", false, false, false },
     /* The source may switch to postcopy (migrate-start-postcopy): the destination then runs the workload with
      * pages still missing and asks for them. Critical: a reader without postcopy would run an incomplete RAM. */
     [FERRY_CAP_POSTCOPY_RAM] = { "postcopy-ram", false, true, true },
@@ -152,7 +161,6 @@ static const struct {
     { "zero-copy-send", "MSG_ZEROCOPY gave no gain where measured (TCP loopback copies anyway: "
                         "bench/zerocopy-bench, docs/benchmarks.md)" },
     { "xbzrle", "XBZRLE is not implemented" },
-    { "auto-converge", "auto-converge throttling is not implemented" },
     { "x-colo", "COLO is not implemented" },
     { "mapped-ram", "mapped-ram is not implemented" },
     { "background-snapshot", "background snapshots are not implemented" },
@@ -289,6 +297,9 @@ int64_t ferry__param_downtime_limit(FerryMigration *m)
 
 static json_t *param_to_json(const ParamDesc *d, int64_t v)
 {
+    if (d->type == PARAM_BOOL) {
+        return json_boolean(v);
+    }
     if (d->type == PARAM_ENUM) {
         return json_string(d->values[v]);
     }
@@ -441,6 +452,15 @@ static bool check_param(const char *key, json_t *val, const ParamDesc **descp, i
         *descp = d;
         return true;
     }
+    if (d->type == PARAM_BOOL) {
+        if (!json_is_boolean(val)) {
+            ferry_error_setg(errp, "Invalid parameter type for '%s', expected: boolean", key);
+            return false;
+        }
+        *descp = d;
+        *out = json_is_true(val);
+        return true;
+    }
     if (!json_is_integer(val)) {
         ferry_error_setg(errp, "Invalid parameter type for '%s', expected: integer", key);
         return false;
@@ -519,7 +539,17 @@ bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError
             return false;
         }
         json_t *conv;
-        if (!d || d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST || d->type == PARAM_STR) {
+        if (d && d->type == PARAM_BOOL) {
+            /* QEMU's keyval booleans. */
+            const char *s = json_string_value(val);
+            bool on = !strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "yes");
+            if (!on && strcmp(s, "off") != 0 && strcmp(s, "false") != 0 && strcmp(s, "no") != 0) {
+                ferry_error_setg(errp, "Parameter '%s' expects 'on' or 'off'", key);
+                json_decref(out);
+                return false;
+            }
+            conv = json_boolean(on);
+        } else if (!d || d->type == PARAM_ENUM || d->type == PARAM_ENUM_LIST || d->type == PARAM_STR) {
             /* Enums and strings are strings already; unknown or not implemented parameters are refused by
              * check_param below with the usual message. */
             conv = json_incref(val);

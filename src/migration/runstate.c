@@ -177,6 +177,18 @@ void ferry__vm_postmigrate(FerryMigration *m, bool acknowledged)
     pthread_mutex_unlock(&m->run_lock);
 }
 
+bool ferry__vm_throttle(FerryMigration *m, int percent)
+{
+    if (!m->host_ops.throttle) {
+        return false;
+    }
+    m->host_ops.throttle(m->host_opaque, percent);
+    ferry__mutex_lock(&m->lock);
+    m->stats.cpu_throttle_percentage = percent;
+    ferry__mutex_unlock(&m->lock);
+    return true;
+}
+
 void ferry__vm_incoming_done(FerryMigration *m, bool source_running)
 {
     pthread_mutex_lock(&m->run_lock);

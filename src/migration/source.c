@@ -94,6 +94,9 @@ typedef struct Source {
     uint64_t pass;          /* live passes done */
     int64_t last_harvest_ms;
     FerryRunState prev;     /* the run state before switchover, to restore on failure */
+    int throttle;           /* auto-converge: the percentage the workload is throttled to now (0: not) */
+    unsigned ac_high;       /* auto-converge: passes that dirtied more than the threshold allows */
+    uint64_t pass_start_bytes; /* sent_bytes() when the current pass began */
     bool stopped;           /* the workload was stopped for switchover */
 
     /* Postcopy (the section "Postcopy" below). */
@@ -1190,6 +1193,43 @@ static int64_t update_pass_counters(Source *src)
 }
 
 /*
+ * auto-converge, QEMU's rule: when a pass dirtied more bytes than throttle-trigger-threshold % of the bytes it
+ * sent, for the second time, throttle the workload: cpu-throttle-initial % the first time, then
+ * cpu-throttle-increment % more each time (with cpu-throttle-tailslow only what the excess calls for, at most the
+ * increment), never above max-cpu-throttle %. The throttle is lifted when the migration ends (source_cleanup).
+ */
+static void auto_converge(Source *src, uint64_t sent_in_pass)
+{
+    FerryMigration *m = src->m;
+    ferry__mutex_lock(&m->lock);
+    bool on = m->caps[FERRY_CAP_AUTO_CONVERGE];
+    FerryParams p = m->params;
+    ferry__mutex_unlock(&m->lock);
+    uint64_t dirtied = src->pending * src->ps, allowed = sent_in_pass * (uint64_t)p.throttle_trigger_threshold / 100;
+    if (!on || dirtied <= allowed || ++src->ac_high < 2) {
+        return;
+    }
+    src->ac_high = 0;
+    int next;
+    if (!src->throttle) {
+        next = (int)p.cpu_throttle_initial;
+    } else if (!p.cpu_throttle_tailslow) {
+        next = src->throttle + (int)p.cpu_throttle_increment;
+    } else {
+        /* Slow down at the tail: the share of CPU that would make the dirtied bytes fit the allowance. */
+        double cpu_now = 100 - src->throttle, cpu_ideal = cpu_now * ((double)allowed / (double)dirtied);
+        next = src->throttle + (int)FERRY_MIN(cpu_now - cpu_ideal, (double)p.cpu_throttle_increment);
+    }
+    next = (int)FERRY_MIN((int64_t)next, p.max_cpu_throttle);
+    if (next == src->throttle || !ferry__vm_throttle(m, next)) {
+        return;
+    }
+    src->throttle = next;
+    ferry__log(FERRY_LOG_INFO, "auto-converge: pass %llu dirtied %llu bytes, %llu allowed: workload throttled to %d%%",
+               (unsigned long long)src->pass, (unsigned long long)dirtied, (unsigned long long)allowed, next);
+}
+
+/*
  * One iteration, as QEMU's migration_iteration_run(): send what is dirty, end the pass, harvest what was written
  * meanwhile, and decide. *switchover is set when the rest fits in downtime-limit at the measured bandwidth (or
  * when there are no live passes: stop-and-copy, or when migrate-start-postcopy came: src->pc_switch).
@@ -1203,6 +1243,7 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
         *switchover = true;
         return true;
     }
+    src->pass_start_bytes = sent_bytes(src);
     if (!send_pass(src, errp)) {
         return false;
     }
@@ -1219,6 +1260,9 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
     }
     write_populate_hints(src);
     *switchover = update_pass_counters(src) <= ferry__param_downtime_limit(src->m);
+    if (!*switchover) {
+        auto_converge(src, sent_bytes(src) - src->pass_start_bytes);
+    }
     if (!*switchover && cancelled(src->m)) {
         ferry_error_setg(errp, "cancelled");
         return false;
@@ -1777,6 +1821,10 @@ static bool source_postcopy(Source *src, FerryError **errp)
 static void source_cleanup(Source *src, bool ok)
 {
     FerryMigration *m = src->m;
+    if (src->throttle) {
+        ferry__vm_throttle(m, 0); /* whatever the end: the workload runs at full speed again (or here, stopped) */
+        src->throttle = 0;
+    }
     ferry__tracker_stop(src->tracker);
     if (src->send) {
         for (size_t i = 0; i < m->nblocks; i++) {

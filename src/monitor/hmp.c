@@ -7,6 +7,7 @@
  * conversion "-incoming config:" uses, and a URI goes to QMP migrate as it is, to be parsed once there.
  * It is not the line framing or the sockets (qmp-server.c), and it holds no migration logic.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -594,6 +595,86 @@ static bool hmp_quit(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *
     return run_simple(mon, "quit", NULL, errp);
 }
 
+/*
+ * calc_dirty_rate [-r] [-b] SECONDS [SAMPLE_PAGES], QEMU's syntax: -r measures with the dirty ring, -b with the
+ * dirty bitmap, neither by page sampling. The numbers go to QMP calc-dirty-rate, which checks them.
+ */
+static bool parse_hmp_int(const char *word, const char *what, json_int_t *v, FerryError **errp)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(word, &end, 10);
+    if (errno || end == word || *end) {
+        ferry_error_setg(errp, "calc_dirty_rate: %s '%s' is not an integer", what, word);
+        return false;
+    }
+    *v = x;
+    return true;
+}
+
+static bool hmp_calc_dirty_rate(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
+{
+    bool ring = false, bitmap = false;
+    size_t i = 0;
+    for (; i < argc && argv[i][0] == '-' && argv[i][1] && !(argv[i][1] >= '0' && argv[i][1] <= '9'); i++) {
+        if (!strcmp(argv[i], "-r")) {
+            ring = true;
+        } else if (!strcmp(argv[i], "-b")) {
+            bitmap = true;
+        } else {
+            ferry_error_setg(errp, "calc_dirty_rate: unsupported option '%s'", argv[i]);
+            return false;
+        }
+    }
+    if (ring && bitmap) {
+        ferry_error_setg(errp, "Either dirty ring or dirty bitmap can be specified!");
+        return false;
+    }
+    if (i == argc || argc - i > 2) {
+        ferry_error_setg(errp, "calc_dirty_rate: expected SECONDS [SAMPLE_PAGES]");
+        return false;
+    }
+    json_int_t sec, pages = 0;
+    if (!parse_hmp_int(argv[i], "calculation time", &sec, errp) ||
+        (argc - i == 2 && !parse_hmp_int(argv[i + 1], "sample pages", &pages, errp))) {
+        return false;
+    }
+    json_t *args = json_pack("{s:I, s:s}", "calc-time", sec, "mode",
+                             ring ? "dirty-ring" : bitmap ? "dirty-bitmap" : "page-sampling");
+    if (argc - i == 2) {
+        json_object_set_new(args, "sample-pages", json_integer(pages));
+    }
+    if (!run_simple(mon, "calc-dirty-rate", args, errp)) {
+        return false;
+    }
+    out_printf(o, "Starting dirty rate measurement with calc time %" PRId64 " seconds\n", (int64_t)sec);
+    out_printf(o, "[Please use 'info dirty_rate' to check results]\n");
+    return true;
+}
+
+static char *format_dirty_rate(json_t *r)
+{
+    Out o = { 0 };
+    const char *mode = json_string_value(json_object_get(r, "mode"));
+    out_printf(&o, "Status: %s\n", json_string_value(json_object_get(r, "status")));
+    out_printf(&o, "Start Time: %" PRIu64 " (s)\n", get_u64(r, "start-time"));
+    if (mode && !strcmp(mode, "page-sampling")) {
+        out_printf(&o, "Sample Pages: %" PRIu64 " (per GB)\n", get_u64(r, "sample-pages"));
+    }
+    out_printf(&o, "Period: %" PRIu64 " (sec)\n", get_u64(r, "calc-time"));
+    out_printf(&o, "Mode: %s\n", mode ? mode : "");
+    if (json_object_get(r, "dirty-rate")) {
+        out_printf(&o, "Dirty rate: %" PRIu64 " (MB/s)\n", get_u64(r, "dirty-rate"));
+    } else {
+        out_printf(&o, "Dirty rate: (not ready)\n");
+    }
+    json_t *err = json_object_get(r, "error-desc");
+    if (err) {
+        out_printf(&o, "Error: %s\n", json_string_value(err));
+    }
+    return out_finish(&o);
+}
+
 static const struct {
     const char *name;
     const char *qmp;
@@ -606,6 +687,7 @@ static const struct {
     { "migrate_capabilities", "query-migrate-capabilities", ferry__hmp_format_caps,
       "show current migration capabilities" },
     { "status", "query-status", ferry__hmp_format_status, "show the current VM status (running|paused)" },
+    { "dirty_rate", "query-dirty-rate", format_dirty_rate, "show dirty rate information" },
 };
 
 static bool hmp_info(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
@@ -654,6 +736,9 @@ static const HmpCommand hmp_commands[] = {
       hmp_set_capability },
     { "object_add", 1, 1, "type,id=str[,prop=value][,...]", "create QOM object", hmp_object_add },
     { "object_del", 1, 1, "id", "destroy QOM object", hmp_object_del },
+    { "calc_dirty_rate", 1, 4, "[-r] [-b] second [sample_pages_per_GB]",
+      "measure the dirty rate for SECOND seconds (-r: with the dirty ring, -b: with the dirty bitmap, "
+      "neither: by sampling pages)", hmp_calc_dirty_rate },
     { "info", 0, 1, "[subcommand]", "show various information (info alone lists the items)", hmp_info },
     { "stop", 0, 0, "", "stop emulation", hmp_stop },
     { "cont", 0, 0, "", "resume emulation", hmp_cont },

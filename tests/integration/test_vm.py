@@ -10,7 +10,7 @@ vCPUs run on the destination while its RAM arrives, their accesses through KVM t
 requests and each vCPU has its blocktime; a Linux kernel boots and migrates while its shell counts on the console
 (with one vCPU by postcopy, then on by precopy); a Linux guest with a virtio-net NIC on a TAP pings the host
 across a migration, with the TAP's fd handed over (backend-transfer) or attached again by name, and with
-postcopy; a destination of another shape refuses the stream; bad -accel values are refused. Every test skips where
+postcopy; with auto-converge the vCPUs are throttled until precopy converges; a destination of another shape refuses the stream; bad -accel values are refused. Every test skips where
 /dev/kvm cannot be opened (the NIC test also where TAP tests cannot run)."""
 
 import os
@@ -351,6 +351,47 @@ def test_postcopy(vms, pure, smp):
     assert len(check["slices"]) == smp and all(s["mismatches"] == 0 for s in check["slices"]), check
     if smp > 1:
         wait_slices_move(dst)
+    check_continues(src, dst)
+
+
+def test_auto_converge(vms):
+    """With auto-converge on and a link far slower than the guest dirties its range, the source throttles the vCPUs
+    pass by pass (cpu-throttle-percentage 20, 30, ... as QEMU's rule says; every vCPU took throttle sleeps) until
+    precopy completes within the downtime limit; the throttle is lifted on the source, and on the destination the
+    A-B check passes and the guest goes on at full speed."""
+    uri = unix_uri(vms)
+    dst = vms.start("dst", *VM, "-incoming", uri)
+    wait_listening(uri)
+    src = vms.start("src", *VM)
+    wait_progress(src)
+    set_caps(src, auto_converge=True)
+    # 32 MiB/s: unthrottled the guest rewrites its 63 MiB many times per pass (the throttle must come), at 99 % it
+    # dirties less than that (passes then shrink). QEMU's default downtime limit, not the emulated 30 s one.
+    src.cmd("migrate-set-parameters", **{"max-bandwidth": 32 << 20, "downtime-limit": 300})
+    clock_before = src.cmd("query-vm")["kvm-clock"]
+    src.migrate(uri)
+    seen, info = [], {}
+    deadline = time.monotonic() + 120 * SLOWER
+    while time.monotonic() < deadline:
+        info = src.query_migrate()
+        pct = info.get("cpu-throttle-percentage")
+        if pct and (not seen or seen[-1] != pct):
+            seen.append(pct)
+            assert src.cmd("query-vm")["cpu-throttle"] in (pct, 0), "the throttle did not reach ferry-vm"
+        if info["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    assert info["status"] == "completed", f"migration did not complete: {info}; throttle seen {seen}"
+    assert seen and seen[0] == 20, seen
+    assert seen == sorted(seen) and all(b - a == 10 or b == 99 for a, b in zip(seen, seen[1:])), seen
+    assert "cpu-throttle-percentage" not in info, info  # lifted
+    q = src.cmd("query-vm")
+    assert q["cpu-throttle"] == 0, q
+    assert all(c["throttle-sleeps"] > 0 for c in q["cpus"]), q
+    src.wait_status(("postmigrate",))
+    dst.wait_status(("running",))
+    assert dst.cmd("query-vm")["kvm-clock"] >= clock_before, "the destination's KVM clock went backwards"
+    assert dst.cmd("query-vm")["cpu-throttle"] == 0
     check_continues(src, dst)
 
 

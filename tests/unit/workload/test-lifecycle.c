@@ -2,7 +2,9 @@
  * Unit tests of ferry-workload's worker life cycle (hosts/workload/workload.c): the workers start parked, run and
  * park again through the host ops, and are joined exactly once however often they are stopped (main() stops them
  * and then frees the workload, which stops them again). pthread_join is wrapped (-Wl,--wrap) to count the joins.
- * The RAM, the device state and the verifier are exercised by the integration tests, not here.
+ * The throttle of FerryHostOps (auto-converge) is checked here on real workers: the contract is that it takes effect
+ * within about a time slice and that 0 lifts it. The RAM, the device state and the verifier are exercised by the
+ * integration tests, not here.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -13,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "migration/migration.h"
 #include "workload.h"
 
 int __real_pthread_join(pthread_t thread, void **retval);
@@ -86,11 +89,58 @@ static void test_ops_after_stop_return(void **state)
     workload_free(wl);
 }
 
+static uint64_t written_over(Workload *wl, unsigned ms)
+{
+    uint64_t p0, w0, p1, w1;
+    workload_counters(wl, &p0, &w0);
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+    nanosleep(&ts, NULL);
+    workload_counters(wl, &p1, &w1);
+    return w1 - w0;
+}
+
+/* FerryHostOps.throttle: at 75 % the workers write far fewer pages than unthrottled in the same time, at once
+ * (the host must not wait for the workers), and 0 gives them their speed back. Ratios within one run, so that a
+ * slow or busy machine does not matter: 75 % asleep leaves 25 % of the work; below 60 % is asserted. */
+static void test_throttle_slows_and_lifts(void **state)
+{
+    FerryMigration *m = ferry__migration_new();
+    WorkloadConfig cfg = {
+        .ram_size = 2 * 256 * ferry_ram_page_size(),
+        .block_size = UINT64_C(1) << 30,
+        .smp = 2,
+        .pattern = WORKLOAD_PATTERN_AB,
+        .seed = 1,
+        .tracker = FERRY_TRACKER_NONE,
+    };
+    FerryError *err = NULL;
+    Workload *wl = workload_new(&cfg, &err);
+    assert_non_null(wl);
+    assert_true(workload_register(wl, m, &err));
+    assert_true(workload_fill(wl, &err));
+    assert_true(workload_start_threads(wl, &err));
+    workload_ops.start(wl);
+    uint64_t full = written_over(wl, 300);
+    workload_ops.throttle(wl, 75);
+    written_over(wl, 50); /* the slices already begun end */
+    uint64_t slow = written_over(wl, 300);
+    workload_ops.throttle(wl, 0);
+    written_over(wl, 50);
+    uint64_t again = written_over(wl, 300);
+    assert_true(full > 0);
+    assert_true(slow * 10 < full * 6);
+    assert_true(again * 10 > slow * 12);
+    workload_stop_threads(wl);
+    workload_free(wl);
+    ferry__migration_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stop_twice_joins_once),
         cmocka_unit_test(test_ops_after_stop_return),
+        cmocka_unit_test(test_throttle_slows_and_lifts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
