@@ -14,6 +14,15 @@
 
 #include "ferry/common.h"
 
+/* One writer's counters (FerryHostOps.writer_stats). */
+typedef struct FerryWriterStats {
+    uint64_t dirty_pages;  /* 4 KiB pages it dirtied since start-up, as the host counts them (ring entries, writes) */
+    uint64_t rate_mbps;    /* its dirty rate over the last dirty-limit period, MB/s (2^20 bytes) */
+    uint64_t limit_mbps;   /* the limit it is held to, 0 = none */
+    uint64_t throttle_us;  /* time it slept to hold its limit since start-up */
+    uint64_t ring_full_us; /* time it waited on a full dirty ring since start-up (0 where there is no ring) */
+} FerryWriterStats;
+
 typedef struct FerryHostOps {
     /* Quiesce every writer of RAM and device state; return only once they are stopped. */
     void (*stop)(void *opaque);
@@ -29,6 +38,30 @@ typedef struct FerryHostOps {
      * throttle, and a migration with auto-converge on is refused with that reason.
      */
     void (*throttle)(void *opaque, int percent);
+    /*
+     * Per-writer dirty counts and limits (dirty-limit, set-vcpu-dirty-limit, calc-dirty-rate's dirty-ring mode).
+     * A "writer" is a thread of the host that dirties RAM and that the host can count and slow on its own: a vCPU
+     * of ferry-vm, a worker of ferry-workload; they are numbered 0..n-1 (QEMU's cpu-index).
+     *
+     * writer_stats: fill @stats[0..min(n, @max)) and return n, the number of writers; return 0 when the host
+     * cannot count per writer now (ferry-vm without a dirty ring, say), with a reason in *@why (a static string)
+     * which the engine gives to whoever asked. Counters are cumulative since start-up, so that every reader takes
+     * its own differences; the rate is the host's measurement over its last dirty-limit period. Any thread, any
+     * time (the monitor's for query-vcpu-dirty-limit, the migration's between passes); must not block on the
+     * writers.
+     *
+     * dirty_limit: hold writer @index (or all of them, -1) to @mbps MB/s (2^20 bytes) of dirtied memory,
+     * measured over @period_ms (QEMU's x-vcpu-dirty-limit-period, 1..1000); @mbps 0 lifts the limit. The host
+     * enforces it in the writer's own thread: when the writer dirtied more than its quota in a period it sleeps
+     * long enough to bring its rate back to the limit (and counts that time in throttle_us). Called by the
+     * monitor's thread (set-/cancel-vcpu-dirty-limit) and by the source's migration thread (the dirty-limit
+     * capability, lifted when the migration ends in any way); it returns without waiting for the writers; the
+     * limit holds from the next period on. Independent of stop/start and of throttle.
+     *
+     * Both NULL: the host cannot count per writer at all; the commands are refused with that reason.
+     */
+    int (*writer_stats)(void *opaque, FerryWriterStats *stats, int max, const char **why);
+    void (*dirty_limit)(void *opaque, int index, uint64_t mbps, int period_ms);
 } FerryHostOps;
 
 /* QMP argument types, checked by the monitor before a command runs. */
