@@ -717,6 +717,20 @@ static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress 
                          "(turn auto-converge off)");
         return false;
     }
+    if (m->params.completion_policy == FERRY_COMPLETION_ENSURE) {
+        /* The policy throttles, then switches to postcopy: it needs at least one of the two, and it would fight
+         * auto-converge over the throttle. */
+        if (m->caps[FERRY_CAP_AUTO_CONVERGE]) {
+            ferry_error_setg(errp, "completion-policy 'ensure' throttles the workload by itself: it cannot be "
+                             "combined with auto-converge (turn one of them off)");
+            return false;
+        }
+        if (!m->caps[FERRY_CAP_POSTCOPY_RAM] && !m->host_ops.throttle) {
+            ferry_error_setg(errp, "completion-policy 'ensure' needs the postcopy-ram capability or a host that "
+                             "can throttle its workload, and this one cannot throttle (turn postcopy-ram on)");
+            return false;
+        }
+    }
     /* multifd opens more connections to the same address: only the listening sockets can take them. */
     const char *why = NULL;
     if (m->caps[FERRY_CAP_MULTIFD]) {
@@ -956,6 +970,14 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
     }
     if (st->cpu_throttle_percentage) {
         json_object_set_new(r, "cpu-throttle-percentage", json_integer(st->cpu_throttle_percentage));
+    }
+    if (st->completion_decision) {
+        json_object_set_new(r, "completion",
+                            json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "policy", "ensure", "decision",
+                                      st->completion_decision, "reason", st->completion_reason, "pass",
+                                      (json_int_t)st->completion_pass, "predicted-time",
+                                      (json_int_t)st->completion_predicted_ms, "deadline",
+                                      (json_int_t)st->completion_deadline_ms));
     }
     json_object_set_new(r, "ram", query_ram(st));
     if (st->fds_passed) {

@@ -63,6 +63,8 @@ typedef struct FerryParams {
     int64_t multifd_zstd_level;
     int64_t zero_page_detection; /* FerryZeroPageDetection */
     int64_t io_timeout;     /* milliseconds without progress on a channel before giving up; 0 = never */
+    int64_t completion_policy;   /* FerryCompletionPolicy (ferry's own) */
+    int64_t completion_deadline; /* milliseconds from migrate, 0 = none (ferry's own) */
     /* QEMU's TLS parameters: object ids and a hostname, "" = not set (TLS off without tls-creds). Strings are
      * only read and replaced with lock held (no atomic access as for the numbers): migrations copy what they
      * need when they start. */
@@ -70,6 +72,12 @@ typedef struct FerryParams {
     char *tls_hostname;
     char *tls_authz;
 } FerryParams;
+
+/* ferry's completion-policy parameter. */
+typedef enum FerryCompletionPolicy {
+    FERRY_COMPLETION_NONE = 0,
+    FERRY_COMPLETION_ENSURE,
+} FerryCompletionPolicy;
 
 /* QEMU's MultiFDCompression (the values ferry implements; the wire's FERRY_MFD_COMP_* have the same numbers). */
 typedef enum FerryMultifdCompression {
@@ -133,6 +141,14 @@ typedef struct FerryMigStats {
     uint64_t postcopy_bytes;     /* bytes sent / received after the switch to postcopy */
     uint64_t postcopy_pending;   /* pages still to come (0 outside postcopy) */
     int cpu_throttle_percentage; /* auto-converge: the throttle now applied to the workload (0: none) */
+    /* completion-policy "ensure" (ferry's own): the source's last decision, NULL before the first (or with the
+     * policy off); the pass it was taken after, why (in words), the time precopy was then predicted to need
+     * (-1: never) and the bound it was held to, both in ms. */
+    const char *completion_decision; /* "precopy", "throttle" or "postcopy" (static strings) */
+    char completion_reason[256]; /* as FerryCompletionDecision.reason */
+    uint64_t completion_pass;
+    int64_t completion_predicted_ms;
+    int64_t completion_deadline_ms;
 } FerryMigStats;
 
 /* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
@@ -263,6 +279,45 @@ void ferry__vm_postmigrate(FerryMigration *m, bool acknowledged);
 /* auto-converge: slow the workload's writers to @percent % of their time asleep (0 lifts it) through the host's
  * throttle callback, and remember it for query-migrate. False if the host has no throttle. */
 bool ferry__vm_throttle(FerryMigration *m, int percent);
+
+/* completion-policy (completion.c): the time precopy needs to converge (ms) when @remaining bytes are left, the
+ * workload dirties @dirty bytes per second and the link carries @bandwidth, stopping once the rest fits in
+ * @downtime_ms; -1 when it never converges (the dirty rate keeps up with the bandwidth). @passes (may be NULL)
+ * gets the passes it needs. */
+int64_t ferry__precopy_predict_ms(double remaining, double dirty, double bandwidth, int64_t downtime_ms,
+                                  unsigned *passes);
+
+/* What the completion policy sees after a pass (completion.c says how it decides). */
+typedef struct FerryCompletionInput {
+    uint64_t pending_pages;    /* dirty pages left after the pass's harvest */
+    uint64_t pages_in_pass;    /* pages the pass sent */
+    uint64_t dirty_pages_rate; /* pages dirtied per second during the pass */
+    uint32_t page_size;
+    double bandwidth;          /* bytes per second, measured */
+    int64_t downtime_ms;       /* downtime-limit */
+    int64_t elapsed_ms;        /* since migrate */
+    int64_t bound_ms;          /* completion-deadline, or three times the first pass */
+    int throttle;              /* the throttle now (percent) */
+    int throttle_initial, throttle_increment, max_throttle; /* cpu-throttle-initial, -increment, max-cpu-throttle */
+    bool can_throttle;         /* the host has a throttle */
+    bool can_postcopy;         /* the stream negotiated postcopy-ram */
+} FerryCompletionInput;
+
+typedef enum FerryCompletionAction {
+    FERRY_COMPLETION_PRECOPY,  /* go on (or nothing more can be done) */
+    FERRY_COMPLETION_THROTTLE, /* throttle the workload to .throttle % */
+    FERRY_COMPLETION_POSTCOPY, /* switch to postcopy */
+} FerryCompletionAction;
+
+typedef struct FerryCompletionDecision {
+    FerryCompletionAction action;
+    int throttle;              /* THROTTLE: the new percentage */
+    int64_t predicted_ms;      /* precopy's predicted time, -1 = never */
+    char reason[256];
+} FerryCompletionDecision;
+
+void ferry__completion_decide(const FerryCompletionInput *in, FerryCompletionDecision *out);
+const char *ferry__completion_action_name(FerryCompletionAction a);
 /* After a successful incoming migration. */
 void ferry__vm_incoming_done(FerryMigration *m, bool source_running);
 

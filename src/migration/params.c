@@ -52,6 +52,8 @@ static const char *const compression_refused[] = {
 };
 /* QEMU's ZeroPageDetection. */
 static const char *const zero_values[] = { "none", "legacy", "multifd", NULL };
+/* ferry's completion-policy. */
+static const char *const completion_values[] = { "none", "ensure", NULL };
 /* Seed 004's BackendTransfer enum. */
 static const char *const backend_values[] = { "virtio-net-tap", NULL };
 
@@ -78,6 +80,15 @@ static const ParamDesc params[] = {
      * stays up) otherwise holds a migration until migrate_cancel. 0 keeps QEMU's behaviour, waiting forever. */
     { "io-timeout", PARAM_INT, offsetof(FerryParams, io_timeout), 0, 0, 24 * 3600 * 1000, "milliseconds", NULL,
       NULL },
+    /* ferry's own (QEMU has none): "ensure" makes the source predict, after every pass, whether precopy converges
+     * within downtime-limit (and completion-deadline), and throttle, then switch to postcopy, when it will not
+     * (source.c, "Completion policy"). "none" keeps QEMU's behaviour. */
+    { "completion-policy", PARAM_ENUM, offsetof(FerryParams, completion_policy), FERRY_COMPLETION_NONE, 0, 0, NULL,
+      completion_values, NULL },
+    /* ferry's own: with completion-policy "ensure", the time from migrate by which the source must have stopped
+     * iterating (it switches to postcopy then, at the latest); 0 = bounded only by the prediction. */
+    { "completion-deadline", PARAM_INT, offsetof(FerryParams, completion_deadline), 0, 0, 24 * 3600 * 1000,
+      "milliseconds", NULL, NULL },
     /* Checked against the objects when a migration starts (src/migration/engine.c), not here: as in QEMU the
      * objects may be created after the parameters are set. */
     { "tls-creds", PARAM_STR, offsetof(FerryParams, tls_creds), 0, 0, 0, NULL, NULL, NULL },

@@ -97,6 +97,9 @@ typedef struct Source {
     int throttle;           /* auto-converge: the percentage the workload is throttled to now (0: not) */
     unsigned ac_high;       /* auto-converge: passes that dirtied more than the threshold allows */
     uint64_t pass_start_bytes; /* sent_bytes() when the current pass began */
+    uint64_t pass_start_pages; /* pages_sent() then */
+    int64_t first_pass_ms;  /* completion policy: how long the first pass took (RAM sent once), 0 before */
+    const char *cp_decision; /* completion policy: the last decision reported (NULL: none yet) */
     bool stopped;           /* the workload was stopped for switchover */
 
     /* Postcopy (the section "Postcopy" below). */
@@ -169,6 +172,18 @@ static uint64_t sent_bytes(Source *src)
         FerryMultifdStats st;
         ferry__multifd_send_stats(src->mfd, &st);
         n += st.bytes;
+    }
+    return n;
+}
+
+/* Pages sent so far, with their data or as zero pages, on every channel. */
+static uint64_t pages_sent(Source *src)
+{
+    uint64_t n = __atomic_load_n(&src->normal, __ATOMIC_RELAXED) + __atomic_load_n(&src->duplicate, __ATOMIC_RELAXED);
+    if (src->mfd) {
+        FerryMultifdStats ms;
+        ferry__multifd_send_stats(src->mfd, &ms);
+        n += ms.normal + ms.zero;
     }
     return n;
 }
@@ -1230,6 +1245,79 @@ static void auto_converge(Source *src, uint64_t sent_in_pass)
 }
 
 /*
+ * Completion policy (completion-policy "ensure"): completion.c decides after each pass that did not converge;
+ * here the inputs are gathered, the decision applied (the throttle, or the switch to postcopy) and reported in
+ * query-migrate ("completion") and, with the events capability, in a MIGRATION_COMPLETION event: each change of
+ * decision, and every throttle or switch.
+ */
+static void completion_policy(Source *src, uint64_t pages_in_pass)
+{
+    FerryMigration *m = src->m;
+    ferry__mutex_lock(&m->lock);
+    FerryParams p = m->params;
+    int64_t start_ms = m->stats.start_ms;
+    uint64_t dirty_pages_rate = m->stats.dirty_pages_rate;
+    bool events = m->caps[FERRY_CAP_EVENTS];
+    ferry__mutex_unlock(&m->lock);
+    if (p.completion_policy != FERRY_COMPLETION_ENSURE) {
+        return;
+    }
+    int64_t now = ferry__clock_ms();
+    if (src->pass == 1) {
+        src->first_pass_ms = FERRY_MAX(now - start_ms, (int64_t)1);
+    }
+    FerryCompletionInput in = {
+        .pending_pages = src->pending,
+        .pages_in_pass = pages_in_pass,
+        .dirty_pages_rate = dirty_pages_rate,
+        .page_size = src->ps,
+        .bandwidth = src->bandwidth,
+        .downtime_ms = ferry__param_downtime_limit(m),
+        .elapsed_ms = now - start_ms,
+        .bound_ms = p.completion_deadline ? p.completion_deadline : 3 * src->first_pass_ms,
+        .throttle = src->throttle,
+        .throttle_initial = (int)p.cpu_throttle_initial,
+        .throttle_increment = (int)p.cpu_throttle_increment,
+        .max_throttle = (int)p.max_cpu_throttle,
+        .can_throttle = m->host_ops.throttle != NULL,
+        .can_postcopy = src->postcopy,
+    };
+    FerryCompletionDecision d;
+    ferry__completion_decide(&in, &d);
+    if (d.action == FERRY_COMPLETION_THROTTLE) {
+        if (!ferry__vm_throttle(m, d.throttle)) {
+            return; /* not reached: can_throttle said the host has one */
+        }
+        src->throttle = d.throttle;
+    } else if (d.action == FERRY_COMPLETION_POSTCOPY) {
+        src->pc_switch = true;
+    }
+    const char *name = ferry__completion_action_name(d.action);
+    ferry__mutex_lock(&m->lock);
+    FerryMigStats *st = &m->stats;
+    st->completion_decision = name;
+    snprintf(st->completion_reason, sizeof(st->completion_reason), "%s", d.reason);
+    st->completion_pass = src->pass;
+    st->completion_predicted_ms = d.predicted_ms;
+    st->completion_deadline_ms = in.bound_ms;
+    ferry__mutex_unlock(&m->lock);
+    /* Going on with precopy is reported once, not per pass: that would say nothing MIGRATION_PASS does not. */
+    bool changed = src->cp_decision != name || d.action != FERRY_COMPLETION_PRECOPY;
+    src->cp_decision = name;
+    if (!changed) {
+        return;
+    }
+    ferry__log(FERRY_LOG_INFO, "completion policy after pass %llu: %s (%s)", (unsigned long long)src->pass, name,
+               d.reason);
+    if (events) {
+        ferry__mig_emit(m, "MIGRATION_COMPLETION",
+                        json_pack("{s:s, s:s, s:I, s:I, s:I}", "decision", name, "reason", d.reason, "pass",
+                                  (json_int_t)src->pass, "predicted-time", (json_int_t)d.predicted_ms, "deadline",
+                                  (json_int_t)in.bound_ms));
+    }
+}
+
+/*
  * One iteration, as QEMU's migration_iteration_run(): send what is dirty, end the pass, harvest what was written
  * meanwhile, and decide. *switchover is set when the rest fits in downtime-limit at the measured bandwidth (or
  * when there are no live passes: stop-and-copy, or when migrate-start-postcopy came: src->pc_switch).
@@ -1244,6 +1332,7 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
         return true;
     }
     src->pass_start_bytes = sent_bytes(src);
+    src->pass_start_pages = pages_sent(src);
     if (!send_pass(src, errp)) {
         return false;
     }
@@ -1262,6 +1351,8 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
     *switchover = update_pass_counters(src) <= ferry__param_downtime_limit(src->m);
     if (!*switchover) {
         auto_converge(src, sent_bytes(src) - src->pass_start_bytes);
+        completion_policy(src, pages_sent(src) - src->pass_start_pages);
+        *switchover = src->pc_switch;
     }
     if (!*switchover && cancelled(src->m)) {
         ferry_error_setg(errp, "cancelled");

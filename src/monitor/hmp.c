@@ -379,6 +379,7 @@ static const char *param_unit(const char *name)
         { "downtime-limit", " ms" },
         { "x-checkpoint-delay", " ms" },
         { "io-timeout", " ms" },
+        { "completion-deadline", " ms" },
         { "xbzrle-cache-size", " bytes" },
         { "cpu-throttle-initial", " %" },
         { "cpu-throttle-increment", " %" },
