@@ -220,6 +220,53 @@ static void test_dirty_limit_holds_and_lifts(void **state)
     ferry__migration_free(m);
 }
 
+
+/* The dirty limit composes with the other two ways a worker is slowed, each only adding sleep: under
+ * auto-converge's throttle the limit still holds, and under -dirty-rate pacing the lower of the two wins. */
+static void test_dirty_limit_with_throttle_and_pacing(void **state)
+{
+    FerryMigration *m = ferry__migration_new();
+    WorkloadConfig cfg = {
+        .ram_size = 2 * 256 * ferry_ram_page_size(),
+        .block_size = UINT64_C(1) << 30,
+        .smp = 2,
+        .pattern = WORKLOAD_PATTERN_AB,
+        .seed = 1,
+        .tracker = FERRY_TRACKER_NONE,
+        .dirty_rate = 16, /* MiB/s over both workers: 8 each */
+    };
+    FerryError *err = NULL;
+    Workload *wl = workload_new(&cfg, &err);
+    assert_non_null(wl);
+    assert_true(workload_register(wl, m, &err));
+    assert_true(workload_start_threads(wl, &err));
+    workload_ops.start(wl);
+    double paced, held, both;
+    dirtied_over(wl, 0, 300, &paced);
+    workload_ops.dirty_limit(wl, 0, 4, 100); /* below the pacing: the limit wins */
+    dirtied_over(wl, 0, 150, &held);
+    dirtied_over(wl, 0, 1000, &held);
+    workload_ops.dirty_limit(wl, 0, 64, 100); /* above it: the pacing wins */
+    workload_ops.throttle(wl, 50);            /* and half of each slice asleep does not lower it below 8 */
+    dirtied_over(wl, 0, 150, &both);
+    dirtied_over(wl, 0, 1000, &both);
+    print_message("paced %.1f MB/s, limit 4: %.1f, limit 64 + throttle 50%%: %.1f\n", paced, held, both);
+    if (paced < 0.8 * 8 || paced > 1.2 * 8) {
+        fail_msg("paced at 8 MiB/s per worker, wrote %.1f", paced);
+    }
+    if (held < 0.8 * 4 || held > 1.2 * 4) {
+        fail_msg("paced at 8 and limited to 4 MB/s, wrote %.1f", held);
+    }
+    if (both < 0.8 * 8 || both > 1.2 * 8) {
+        fail_msg("paced at 8, limited to 64 MB/s and throttled 50%%, wrote %.1f", both);
+    }
+    workload_ops.throttle(wl, 0);
+    workload_ops.dirty_limit(wl, -1, 0, 1000);
+    workload_stop_threads(wl);
+    workload_free(wl);
+    ferry__migration_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -227,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_ops_after_stop_return),
         cmocka_unit_test(test_throttle_slows_and_lifts),
         cmocka_unit_test(test_dirty_limit_holds_and_lifts),
+        cmocka_unit_test(test_dirty_limit_with_throttle_and_pacing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
