@@ -962,7 +962,8 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
         json_object_set_new(r, "dirty-limit-throttle-time-per-round",
                             json_integer((json_int_t)st->dirty_limit_throttle_us));
         if (st->dirty_limit_has_ring) {
-            json_object_set_new(r, "dirty-limit-ring-full-time", json_integer((json_int_t)st->dirty_limit_ring_full_us));
+            json_object_set_new(r, "dirty-limit-ring-full-time",
+                                json_integer((json_int_t)st->dirty_limit_ring_full_us));
         }
     }
     json_object_set_new(r, "ram", query_ram(st));

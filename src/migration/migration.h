@@ -159,7 +159,8 @@ json_t *ferry__dirtylimit_query(FerryMigration *m, FerryError **errp);
 /*
  * Dirty-rate measurement without migrating (dirtyrate.c; QEMU's calc-dirty-rate / query-dirty-rate). Called from
  * the monitor thread. calc starts a measurement on its own thread and returns: it refuses (QEMU's messages) a
- * second one while one runs, values out of QEMU's ranges, dirty-ring where the host cannot count per writer (FerryHostOps.writer_stats), and
+ * second one while one runs, values out of QEMU's ranges, dirty-ring where the host cannot count per writer
+ * (FerryHostOps.writer_stats), and
  * dirty-bitmap while a migration runs or is awaited (both would own the dirty tracker).
  */
 typedef enum FerryDirtyRateMode {

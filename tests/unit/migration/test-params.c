@@ -332,8 +332,10 @@ static void test_dirty_limit(void **state)
         const char *json, *error;
     } bad[] = {
         { "{\"x-vcpu-dirty-limit-period\": 0}", "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
-        { "{\"x-vcpu-dirty-limit-period\": 1001}", "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
-        { "{\"x-vcpu-dirty-limit-period\": -5}", "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
+        { "{\"x-vcpu-dirty-limit-period\": 1001}",
+          "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
+        { "{\"x-vcpu-dirty-limit-period\": -5}",
+          "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
         { "{\"vcpu-dirty-limit\": 0}", "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s" },
         { "{\"vcpu-dirty-limit\": -1}", "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s" },
     };
