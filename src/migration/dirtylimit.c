@@ -181,7 +181,8 @@ void ferry__dirtylimit_migration_apply(FerryMigration *m)
 
 /*
  * QEMU's dirty-limit-throttle-time-per-round is the longest sleep of a vCPU per round of its dirty ring; ferry's
- * round is the writer's period: the most any writer slept per period since the last pass. ring-full-time is
+ * round is the writer's period: the most any writer slept per period since the last update (at least a period
+ * ago). ring-full-time is
  * reported only where the host has a ring: the mean wait on a full ring per writer per period.
  */
 void ferry__dirtylimit_migration_pass_stats(FerryMigration *m)
@@ -197,10 +198,13 @@ void ferry__dirtylimit_migration_pass_stats(FerryMigration *m)
         return;
     }
     int64_t now = ferry__clock_ms();
-    double periods = (double)(now - run->prev_ms) / (double)run->period_ms;
-    if (periods < 1) {
-        periods = 1;
+    /* A pass shorter than a period keeps the last figure: a writer's sleep counts once it is over, so a short
+     * window would read 0 while the writers are asleep. */
+    if (now - run->prev_ms < run->period_ms) {
+        free(st);
+        return;
     }
+    double periods = (double)(now - run->prev_ms) / (double)run->period_ms;
     uint64_t max_sleep = 0, ring = 0;
     bool has_ring = false;
     int k = n < run->n ? n : run->n;

@@ -1244,8 +1244,8 @@ static void auto_converge(Source *src, uint64_t sent_in_pass)
 
 /*
  * dirty-limit, QEMU's use of the same trigger: hold every writer to vcpu-dirty-limit (dirtylimit.c; again if the
- * parameter changed since). Lifted when the migration ends (source_cleanup). Every pass updates query-migrate's
- * dirty-limit members once the limit holds.
+ * parameter changed since). Lifted when the migration ends (source_cleanup). Every pass (source_iterate) updates
+ * query-migrate's dirty-limit members once the limit holds.
  */
 static void dirty_limit_converge(Source *src, uint64_t sent_in_pass)
 {
@@ -1254,7 +1254,6 @@ static void dirty_limit_converge(Source *src, uint64_t sent_in_pass)
     bool on = m->caps[FERRY_CAP_DIRTY_LIMIT];
     int64_t threshold = m->params.throttle_trigger_threshold;
     ferry__mutex_unlock(&m->lock);
-    ferry__dirtylimit_migration_pass_stats(m);
     uint64_t dirtied, allowed;
     if (on && throttle_trigger(src, sent_in_pass, threshold, &dirtied, &allowed)) {
         ferry__log(FERRY_LOG_INFO, "dirty-limit: pass %llu dirtied %llu bytes, %llu allowed",
@@ -1294,6 +1293,7 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
     }
     write_populate_hints(src);
     *switchover = update_pass_counters(src) <= ferry__param_downtime_limit(src->m);
+    ferry__dirtylimit_migration_pass_stats(src->m); /* the pass that ends the migration too */
     if (!*switchover) {
         auto_converge(src, sent_bytes(src) - src->pass_start_bytes);
         dirty_limit_converge(src, sent_bytes(src) - src->pass_start_bytes);

@@ -171,6 +171,10 @@ def test_limit_lifted_after_cancel(workload):
     q = src.cmd("query-vcpu-dirty-limit")
     assert all(e["limit-rate"] == 8 and abs(e["current-rate"] - 8) <= 0.2 * 8 for e in q), q
     assert src.query_migrate()["status"] == "active"
+    # The writers sleep most of each 100 ms period (they would write far more than 8 MB/s): query-migrate says so
+    # once a pass has run with the limit.
+    wait_until(lambda: src.query_migrate()["dirty-limit-throttle-time-per-round"] > 0, 10, "a throttle time")
+    assert src.query_migrate()["dirty-limit-throttle-time-per-round"] < 100000
     src.cmd("migrate_cancel")
     assert src.wait_migration()["status"] == "cancelled"
     assert src.cmd("query-vcpu-dirty-limit") == []
