@@ -233,10 +233,27 @@ static void machine_throttle(void *opaque, int percent)
     workload_ops.throttle(mc->wl, percent);
 }
 
+/* dirty-limit's writers are the workers too (workload.c's header says what they count). */
+static int machine_writer_stats(void *opaque, FerryWriterStats *stats, int max, const char **why)
+{
+    Machine *mc = opaque;
+
+    return workload_ops.writer_stats(mc->wl, stats, max, why);
+}
+
+static void machine_dirty_limit(void *opaque, int index, uint64_t mbps, int period_ms)
+{
+    Machine *mc = opaque;
+
+    workload_ops.dirty_limit(mc->wl, index, mbps, period_ms);
+}
+
 static const FerryHostOps machine_ops = {
     .stop = machine_stop,
     .start = machine_start,
     .throttle = machine_throttle,
+    .writer_stats = machine_writer_stats,
+    .dirty_limit = machine_dirty_limit,
 };
 
 /* Threads end before the engine goes (the workers write its RAM); the devices go after it, since its migration

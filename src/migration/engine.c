@@ -720,9 +720,10 @@ static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress 
     if (m->params.completion_policy == FERRY_COMPLETION_ENSURE) {
         /* The policy throttles, then switches to postcopy: it needs at least one of the two, and it would fight
          * auto-converge over the throttle. */
-        if (m->caps[FERRY_CAP_AUTO_CONVERGE]) {
+        if (m->caps[FERRY_CAP_AUTO_CONVERGE] || m->caps[FERRY_CAP_DIRTY_LIMIT]) {
             ferry_error_setg(errp, "completion-policy 'ensure' throttles the workload by itself: it cannot be "
-                             "combined with auto-converge (turn one of them off)");
+                             "combined with %s (turn one of them off)",
+                             m->caps[FERRY_CAP_AUTO_CONVERGE] ? "auto-converge" : "dirty-limit");
             return false;
         }
         if (!m->caps[FERRY_CAP_POSTCOPY_RAM] && !m->host_ops.throttle) {
@@ -978,6 +979,15 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
                                       (json_int_t)st->completion_pass, "predicted-time",
                                       (json_int_t)st->completion_predicted_ms, "deadline",
                                       (json_int_t)st->completion_deadline_ms));
+    }
+    if (st->dirty_limit_active && m->caps[FERRY_CAP_DIRTY_LIMIT]) {
+        /* QEMU's meaning, in microseconds; ring-full-time only where the host has a dirty ring. */
+        json_object_set_new(r, "dirty-limit-throttle-time-per-round",
+                            json_integer((json_int_t)st->dirty_limit_throttle_us));
+        if (st->dirty_limit_has_ring) {
+            json_object_set_new(r, "dirty-limit-ring-full-time",
+                                json_integer((json_int_t)st->dirty_limit_ring_full_us));
+        }
     }
     json_object_set_new(r, "ram", query_ram(st));
     if (st->fds_passed) {
