@@ -236,18 +236,20 @@ static json_t *qmp_execute(Qmp *q, const char *name, json_t *args)
     }
 }
 
-/* Read events until @deadline; true as soon as a MIGRATION_PASS has arrived (the caller samples at once). */
-static bool qmp_wait_pass_event(Qmp *q, int64_t deadline)
+/* Read events until @deadline; true as soon as an event @name has arrived (with @status: a MIGRATION event with
+ * that status). The events are kept (q->events) or dropped as qmp_keep_event says. */
+static bool qmp_wait_event(Qmp *q, const char *name, const char *status, int64_t deadline)
 {
     for (;;) {
         json_t *msg = qmp_recv_until(q, deadline, true);
         if (!msg) {
             return false;
         }
-        const char *name = json_string_value(json_object_get(msg, "event"));
-        bool pass = name && !strcmp(name, "MIGRATION_PASS");
+        const char *ev = json_string_value(json_object_get(msg, "event"));
+        const char *st = json_string_value(json_object_get(json_object_get(msg, "data"), "status"));
+        bool found = ev && !strcmp(ev, name) && (!status || (st && !strcmp(st, status)));
         qmp_keep_event(q, msg);
-        if (pass) {
+        if (found) {
             return true;
         }
     }
@@ -602,6 +604,20 @@ static void timeline_sample(Timeline *tl, json_t *info, const char *trigger)
 
 static void timeline_finish(Timeline *tl, Qmp *q, json_t *info)
 {
+    /* The MIGRATION event of the last status may come just after the query-migrate that showed it: wait a
+     * little for it, so that the events end where the migration did. */
+    const char *status = json_string_value(json_object_get(info, "status"));
+    bool seen = false;
+    size_t i;
+    json_t *ev;
+    json_array_foreach(q->events, i, ev) {
+        const char *st = json_string_value(json_object_get(json_object_get(ev, "data"), "status"));
+        seen |= !strcmp(json_string_value(json_object_get(ev, "event")), "MIGRATION") && st && status &&
+                !strcmp(st, status);
+    }
+    if (status && !seen) {
+        qmp_wait_event(q, "MIGRATION", status, now_ms() + 1000);
+    }
     timeline_take_events(tl, q);
     json_object_set(tl->doc, "result", info);
     json_object_set_new(tl->doc, "end-ms", json_integer((json_int_t)(now_ms() - tl->t0_ms)));
@@ -947,7 +963,7 @@ static int follow_migration(Qmp *q, int64_t interval_ms, int64_t timeout_ms, boo
         }
         json_decref(info);
         if (tl) {
-            trigger = qmp_wait_pass_event(q, now_ms() + interval_ms) ? "pass" : "poll";
+            trigger = qmp_wait_event(q, "MIGRATION_PASS", NULL, now_ms() + interval_ms) ? "pass" : "poll";
         } else {
             sleep_ms(interval_ms);
         }
