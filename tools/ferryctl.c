@@ -816,22 +816,24 @@ static bool plot_timeline(json_t *doc, const char *out)
         double t = sample_num(p, "t_ms", 0) / 1000.0;
         gp_vline(f, t, "#999999", 2);
         if (npasses <= 40) {
-            fprintf(f, "set label 'p%d' at %.3f, graph 1.04 center font ',7'\n", (int)sample_num(p, "pass", 0), t);
+            fprintf(f, "set label 'p%d' at %.3f, graph 1.03 center font ',7'\n", (int)sample_num(p, "pass", 0), t);
         }
     }
     json_array_foreach(marks, i, p) {
         double t = sample_num(p, "t", 0);
         gp_vline(f, t, "#cc0000", 1);
-        fprintf(f, "set label '%s' at %.3f, graph 0.92 left offset 0.5,0 tc rgb '#cc0000'\n",
+        /* Upright beside its line, in the middle of the panel: the key is at the top. */
+        fprintf(f, "set label '%s' at %.3f, graph 0.5 center rotate by 90 offset -1.3,0 tc rgb '#cc0000'\n",
                 json_string_value(json_object_get(p, "label")), t);
     }
     fputs("set multiplot layout 3,1 title ", f);
     gp_quoted(f, title);
-    fputs("\nset ylabel 'remaining (MiB)'\nset format x ''\n", f);
+    /* The top panel leaves room above it for the pass numbers, under the title. */
+    fputs("\nset tmargin 2.5\nset ylabel 'remaining (MiB)'\nset format x ''\n", f);
     fputs("plot ", f);
     gp_quoted(f, data);
     fputs(" using 1:2 with lines lw 2 lc rgb '#1f77b4' title 'remaining (dashed: pass boundaries)'\n", f);
-    fputs("unset label\nset ylabel 'MiB/s'\n", f);
+    fputs("unset label\nset tmargin 1\nset ylabel 'MiB/s'\n", f);
     json_array_foreach(marks, i, p) {
         gp_vline(f, sample_num(p, "t", 0), "#cc0000", 1);
     }
