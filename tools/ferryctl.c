@@ -651,6 +651,9 @@ static bool in_path(const char *prog)
     }
     char *copy = strdup(path), *save = NULL;
     bool found = false;
+    if (!copy) {
+        die("out of memory");
+    }
     for (char *dir = strtok_r(copy, ":", &save); dir && !found; dir = strtok_r(NULL, ":", &save)) {
         char full[4096];
         snprintf(full, sizeof(full), "%s/%s", *dir ? dir : ".", prog);
@@ -667,6 +670,9 @@ static void plot_precheck(const char *out)
         die("--plot needs gnuplot, which is not in PATH (Debian: apt-get install gnuplot-nox)");
     }
     char *dir = strdup(out);
+    if (!dir) {
+        die("out of memory");
+    }
     char *slash = strrchr(dir, '/');
     const char *d = slash ? (slash == dir ? "/" : (*slash = 0, dir)) : ".";
     if (access(d, W_OK) != 0) {
@@ -829,7 +835,7 @@ static bool plot_timeline(json_t *doc, const char *out)
     fputs("set multiplot layout 3,1 title ", f);
     gp_quoted(f, title);
     /* The top panel leaves room above it for the pass numbers, under the title. */
-    fputs("\nset tmargin 2.5\nset ylabel 'remaining (MiB)'\nset format x ''\n", f);
+    fputs("\nset tmargin 3\nset ylabel 'remaining (MiB)'\nset format x ''\n", f);
     fputs("plot ", f);
     gp_quoted(f, data);
     fputs(" using 1:2 with lines lw 2 lc rgb '#1f77b4' title 'remaining (dashed: pass boundaries)'\n", f);
