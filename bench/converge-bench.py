@@ -195,7 +195,9 @@ def run_row(tmp, opts, rate, mode, ref_ms):
         with open(timeline) as f:
             tl = json.load(f)
         went_postcopy = any(s.get("status") == "postcopy-active" for s in tl["samples"])
-        d = dst.query_migrate()
+        # A cancelled incoming migration ends the destination (as QEMU's, without exit-on-error off): it is asked
+        # only when it ran the workload, after a postcopy.
+        d = dst.query_migrate() if went_postcopy else {}
         # pages-written travels with the workload's state: after a postcopy the destination's count goes on from
         # the source's, so it alone is the whole; otherwise the source's stopped at the switchover.
         end_written = (dst if went_postcopy else src).workload_info()["pages-written"]
@@ -205,7 +207,7 @@ def run_row(tmp, opts, rate, mode, ref_ms):
         plot = subprocess.run([ferryctl(opts), "plot", timeline, png], capture_output=True, text=True, timeout=120)
         row = {
             "status": info["status"], "total": total_ms, "ratio": total_ms / ref_ms, "limit": limit_ms,
-            "downtime": max(info.get("downtime", 0), d.get("downtime", 0) if went_postcopy else 0),
+            "downtime": max(info.get("downtime", 0), d.get("downtime", 0)),
             "passes": (gave_up or info)["ram"]["dirty-sync-count"], "gave_up": gave_up,
             "throttle": max((s.get("cpu-throttle-percentage", 0) for s in tl["samples"]), default=0),
             "dl": max((s.get("dirty-limit-throttle-time-per-round", 0) for s in tl["samples"]), default=0),
@@ -219,6 +221,13 @@ def run_row(tmp, opts, rate, mode, ref_ms):
         else:
             row["verified"] = "-"
         return row
+    except (NotAvailable, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        # Say what the processes said: an error here is either the bench's or the engine's, and their stderr tells.
+        detail = "; ".join(f"{p.name} {'running' if p.alive() else f'exited {p.proc.returncode}'}, stderr: "
+                           f"{p.stderr()[-600:].strip() or '(empty)'}" for p in procs)
+        raise RuntimeError(f"{type(e).__name__}: {e} [{detail}]") from e
     finally:
         for p in procs:
             p.stop_process()
@@ -295,7 +304,8 @@ def main():
                 mib = 4096 / (1 << 20)
                 thr = f"{row['throttle']}%" + (f" dl {row['dl']}us" if row["dl"] else "")
                 status = row["status"] + ("+pc" if row["postcopy"] and mode != "postcopy" else "")
-                line = (f"{head} {status:<10} {row['total']:>8} {row['ratio']:>6.2f} {row['downtime']:>8} "
+                downtime = row["downtime"] if row["status"] == "completed" else "-"
+                line = (f"{head} {status:<10} {row['total']:>8} {row['ratio']:>6.2f} {downtime:>8} "
                         f"{row['passes']:>6} {thr:>8} {row['before'] * mib:>9.0f} -> {row['during'] * mib:<7.0f} "
                         f"{row['lost']:>6.0%}  {row['verified']}")
                 if row["gave_up"]:
