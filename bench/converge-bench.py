@@ -20,11 +20,12 @@ the larger of the source's and the destination's figure, as bench/postcopy-bench
 cpu-throttle-percentage (and the peak dirty-limit-throttle-time-per-round where the engine reports it), and the
 work lost: the workload's pages written per second during the migration (query-workload's pages-written from
 migrate to the end: the source's, or after a postcopy the destination's, whose count goes on from the source's;
-read just after the end, so a postcopy row counts up to a poll interval of work after it; over the total time) against the rate over --baseline seconds just before the migration. The reference is the time to send
-the RAM once, measured in the same run: a precopy of the same workload, every page written once and then paused,
-at the same max-bandwidth; the faster of two such migrations before the rows (the machine may be shared: its speed
-moves), and a third after them shows how much it moved. Each completed migration is verified (the destination's A-B check with its workers
-running).
+read just after the end, so a postcopy row counts up to a poll interval of work after it; over the total time)
+against the rate over --baseline seconds just before the migration. The reference is the time to send the RAM once,
+measured in the same run: a precopy of the same workload, every page written once and then paused, at the same
+max-bandwidth; the faster of two such migrations before the rows (the machine may be shared: its speed moves), and
+a third after them shows how much it moved. Each completed migration is verified (the destination's A-B check with
+its workers running).
 
 Every migration is driven by `ferryctl SOCKET migrate URI --timeline` (tools/ferryctl.c) and drawn with `ferryctl
 plot` into --plots (a directory; a JSON timeline and a PNG per row): remaining bytes, dirty rate, bandwidth and
