@@ -1051,6 +1051,11 @@ int main(int argc, char **argv)
             timeline_start(&tl, &q, path, argv[3], interval);
         }
         json_t *reply = qmp_execute(&q, "migrate", uri);
+        if (json_object_get(reply, "error") && timeline_file) {
+            /* No migration, no timeline: do not leave the empty file behind. */
+            fclose(timeline_file);
+            unlink(timeline_path);
+        }
         reply_return(reply);
         json_decref(reply);
         rc = follow_migration(&q, interval, 0, true, recording ? &tl : NULL);

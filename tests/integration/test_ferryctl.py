@@ -199,6 +199,12 @@ def test_timeline_and_plot_of_a_migration(workload):
     assert result["status"] == "completed" and result == src.query_migrate(), result
     assert_png(png)
 
+    # A migrate that is refused leaves no (empty) timeline behind.
+    refused = os.path.join(tmp, "refused.json")
+    p = run_ferryctl(src.qmp_path, "migrate", "bogus:x", "--timeline", refused)
+    assert p.returncode == 1 and "unknown migration protocol" in p.stderr, p.stderr
+    assert not os.path.exists(refused)
+
     # The same picture from the saved file.
     png2 = os.path.join(tmp, "again.png")
     p = run_ferryctl("plot", timeline, png2)
