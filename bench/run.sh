@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build a release tree (build-release) and run the migration benchmark (bench/migrate-bench.py) on it, or with
 # --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py), with --postcopy the postcopy
-# benchmark (bench/postcopy-bench.py). Other options are passed to the
-# benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints numbers.
+# benchmark (bench/postcopy-bench.py), with --converge the convergence benchmark (bench/converge-bench.py). Other
+# options are passed to the benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints
+# numbers.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -12,6 +13,9 @@ if [ "${1:-}" = "--qemu" ]; then
     shift
 elif [ "${1:-}" = "--postcopy" ]; then
     script=postcopy-bench.py
+    shift
+elif [ "${1:-}" = "--converge" ]; then
+    script=converge-bench.py
     shift
 fi
 if [ ! -f build-release/build.ninja ]; then

@@ -11,6 +11,7 @@ set -euo pipefail
 packages=(
     build-essential meson ninja-build pkg-config
     libjansson-dev libcmocka-dev libxxhash-dev libzstd-dev zlib1g-dev libgnutls28-dev gnutls-bin
+    gnuplot-nox
     python3 python3-pytest
     clang libclang-rt-14-dev
     iproute2 procps valgrind
