@@ -8,7 +8,9 @@
  * entries) is smaller than one pass of the guest, so its vCPU must fill it, collect it itself and go on; the same
  * happens with the slots logging but the tracker not armed, where the collected entries are dropped. The probe is
  * run as start-up runs it, and the probes' acceptance rule (the pages written, plus at most the code page) is
- * checked on its own, without KVM. Not tested here: several vCPUs writing (the VMs here have one; a 2-vCPU A-B guest
+ * checked on its own, without KVM. dirty-limit (hosts/vm/dirty-limit.c): the contract holds with the limit thread
+ * counting and collecting all along; a limit of a third of the guest's counted rate holds it within 20%, lifting it
+ * restores the rate; without a ring writer_stats says how to get one. Not tested here: several vCPUs writing (the VMs here have one; a 2-vCPU A-B guest
  * crawls under the emulated KVM these tests also run on), and the engine (tests/integration/test_vm.py migrates with the ring). Every test but the rule's skips where /dev/kvm
  * cannot be opened or KVM has no dirty ring.
  */
