@@ -6,6 +6,14 @@
  *
  * Each worker owns a contiguous share of the pages and is the only writer of it, so a page is never written by
  * two threads at once and a parked worker leaves no page half written.
+ *
+ * For dirty-limit (FerryHostOps.writer_stats / dirty_limit, QEMU's set-vcpu-dirty-limit and calc-dirty-rate's
+ * dirty-ring mode) a "writer" is a worker, numbered as -smp numbers them. Its dirty count is the pages it wrote,
+ * counted by the worker itself at each write: a page written twice counts twice, as it would in a KVM dirty ring
+ * only if the kernel had cleared its dirty bit in between, so this count is an upper bound of what a ring would
+ * report; there is no ring and no ring-full wait. The limit is enforced in the worker's own thread, per period:
+ * once it has written its quota for the period it sleeps to the period's end. It composes with auto-converge's
+ * throttle and -dirty-rate's pacing (each only ever adds sleep): the slowest of the three wins.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -111,6 +119,11 @@ Workload *workload_new(const WorkloadConfig *cfg, FerryError **errp)
         w->rng = workload_rng_derive(cfg->seed, i, UINT64_C(0x776f726b6572));
         atomic_init(&w->passes, 0);
         atomic_init(&w->pages_written, 0);
+        atomic_init(&w->dirtied, 0);
+        atomic_init(&w->dl_limit_mbps, 0);
+        atomic_init(&w->dl_period_ms, WORKLOAD_DL_DEFAULT_PERIOD_MS);
+        atomic_init(&w->dl_rate_mbps, 0);
+        atomic_init(&w->dl_throttle_us, 0);
     }
     return wl;
 }
@@ -182,6 +195,9 @@ static bool worker_park(WorkloadWorker *w)
 {
     Workload *wl = w->wl;
 
+    /* A parked worker dirties nothing: its rate is 0 until it has run a period again. */
+    atomic_store_explicit(&w->dl_rate_mbps, 0, memory_order_relaxed);
+    w->dl_start_ns = 0;
     pthread_mutex_lock(&wl->lock);
     wl->parked++;
     pthread_cond_broadcast(&wl->cond);
@@ -293,6 +309,61 @@ static void worker_cpu_throttle(WorkloadWorker *w)
     w->slice_ns = now;
 }
 
+/*
+ * dirty-limit, in the worker's own thread: count the page just written in the current period; once the period's
+ * quota (limit * period) is written, sleep to the period's end. Either way a period that ended gives the worker's
+ * measured rate. The clock is read every DL_CLOCK_EVERY pages only (and when the quota is reached), so that an
+ * unlimited worker writing one byte per page is not slowed by the measurement.
+ */
+#define DL_CLOCK_EVERY 64
+static void dl_end_period(WorkloadWorker *w, double now)
+{
+    Workload *wl = w->wl;
+    double secs = (now - w->dl_start_ns) / 1e9;
+    uint64_t rate = secs > 0 ? (uint64_t)((double)w->dl_pages * (double)wl->page_size / MIB / secs + 0.5) : 0;
+    atomic_store_explicit(&w->dl_rate_mbps, rate, memory_order_relaxed);
+    w->dl_start_ns = now;
+    w->dl_pages = 0;
+}
+
+static void worker_dirty_limit(WorkloadWorker *w)
+{
+    Workload *wl = w->wl;
+    uint64_t limit = atomic_load_explicit(&w->dl_limit_mbps, memory_order_relaxed);
+    double period_ns = atomic_load_explicit(&w->dl_period_ms, memory_order_relaxed) * 1e6;
+
+    atomic_fetch_add_explicit(&w->dirtied, 1, memory_order_relaxed);
+    w->dl_pages++;
+    if (w->dl_start_ns == 0) {
+        w->dl_start_ns = now_ns();
+        w->dl_pages = 0;
+        return;
+    }
+    double quota = limit ? (double)limit * MIB * period_ns / 1e9 / (double)wl->page_size : 0;
+    bool over = limit && (double)w->dl_pages >= (quota < 1 ? 1 : quota);
+    if (!over && w->dl_pages % DL_CLOCK_EVERY != 0) {
+        return;
+    }
+    double now = now_ns();
+    if (over) {
+        double until = w->dl_start_ns + period_ns, slept_from = now;
+        while (now < until && atomic_load_explicit(&wl->go, memory_order_relaxed) &&
+               atomic_load_explicit(&w->dl_limit_mbps, memory_order_relaxed) == limit) {
+            double d = until - now < THROTTLE_MAX_SLEEP_NS ? until - now : THROTTLE_MAX_SLEEP_NS;
+            struct timespec ts = { .tv_sec = (time_t)(d / 1e9),
+                                   .tv_nsec = (long)(d - (double)(time_t)(d / 1e9) * 1e9) };
+            nanosleep(&ts, NULL);
+            now = now_ns();
+        }
+        atomic_fetch_add_explicit(&w->dl_throttle_us, (uint64_t)((now - slept_from) / 1e3), memory_order_relaxed);
+        dl_end_period(w, now);
+        return;
+    }
+    if (now - w->dl_start_ns >= period_ns) {
+        dl_end_period(w, now);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     WorkloadWorker *w = arg;
@@ -315,6 +386,7 @@ static void *worker_main(void *arg)
         } else {
             worker_step_random(w);
         }
+        worker_dirty_limit(w);
         worker_throttle(w);
         worker_cpu_throttle(w);
     }
@@ -371,10 +443,46 @@ static void ops_throttle(void *opaque, int percent)
     atomic_store_explicit(&wl->cpu_throttle, percent, memory_order_relaxed);
 }
 
+/* FerryHostOps.writer_stats: one writer per worker, read without stopping them. */
+static int ops_writer_stats(void *opaque, FerryWriterStats *stats, int max, const char **why)
+{
+    Workload *wl = opaque;
+    if (wl->cfg.mem_path[0] && !wl->cfg.file_workers) {
+        *why = "no worker writes this workload's RAM (file-backed RAM without -pattern)";
+        return 0;
+    }
+    for (int i = 0; i < max && i < (int)wl->cfg.smp; i++) {
+        WorkloadWorker *w = &wl->workers[i];
+        stats[i] = (FerryWriterStats){
+            .dirty_pages = atomic_load_explicit(&w->dirtied, memory_order_relaxed),
+            .rate_mbps = atomic_load_explicit(&w->dl_rate_mbps, memory_order_relaxed),
+            .limit_mbps = atomic_load_explicit(&w->dl_limit_mbps, memory_order_relaxed),
+            .throttle_us = atomic_load_explicit(&w->dl_throttle_us, memory_order_relaxed),
+            .ring_full_us = 0, /* no ring: the workers count their own writes */
+        };
+    }
+    return (int)wl->cfg.smp;
+}
+
+/* FerryHostOps.dirty_limit: the workers read limit and period at every page (worker_dirty_limit). */
+static void ops_dirty_limit(void *opaque, int index, uint64_t mbps, int period_ms)
+{
+    Workload *wl = opaque;
+    for (unsigned i = 0; i < wl->cfg.smp; i++) {
+        if (index < 0 || (unsigned)index == i) {
+            atomic_store_explicit(&wl->workers[i].dl_period_ms, period_ms > 0 ? period_ms : 1,
+                                  memory_order_relaxed);
+            atomic_store_explicit(&wl->workers[i].dl_limit_mbps, mbps, memory_order_relaxed);
+        }
+    }
+}
+
 const FerryHostOps workload_ops = {
     .stop = ops_stop,
     .start = ops_start,
     .throttle = ops_throttle,
+    .writer_stats = ops_writer_stats,
+    .dirty_limit = ops_dirty_limit,
 };
 
 void workload_hold(Workload *wl)

@@ -20,6 +20,8 @@
 #define WORKLOAD_DETAIL_MAX 4
 /* Bytes of the header of a self-verifying page: global page index (u64), generation (u64). */
 #define WORKLOAD_PAGE_HEADER 16
+/* A worker measures its dirty rate over this period when no dirty limit set another (QEMU's 1 s). */
+#define WORKLOAD_DL_DEFAULT_PERIOD_MS 1000
 
 typedef enum WorkloadPattern {
     WORKLOAD_PATTERN_AB,
@@ -76,6 +78,19 @@ typedef struct WorkloadWorker {
     _Atomic uint64_t pages_written;  /* pages this worker wrote (not counting the initial fill) */
     double next_ns;                  /* throttle: when the next page may be written (CLOCK_MONOTONIC ns) */
     double slice_ns;                 /* cpu throttle: when the current time slice of work began, 0 for none */
+    /*
+     * dirty-limit (FerryHostOps.writer_stats / dirty_limit). A worker is one "writer": it counts the pages it
+     * writes (dirtied, since start-up, never migrated) and measures its own rate per period. The limit and the
+     * period are set by any thread and read by the worker at every page; dl_start_ns and dl_pages are the
+     * worker's own (the period under way and the pages written in it).
+     */
+    _Atomic uint64_t dirtied;        /* pages written since this process started */
+    _Atomic uint64_t dl_limit_mbps;  /* 0: no limit */
+    _Atomic int dl_period_ms;        /* the measuring (and limiting) period, 1..1000 */
+    _Atomic uint64_t dl_rate_mbps;   /* its rate over the last full period (0 while parked) */
+    _Atomic uint64_t dl_throttle_us; /* time slept to hold the limit, since start-up */
+    double dl_start_ns;              /* when the current period began, 0 for "not yet" */
+    uint64_t dl_pages;               /* pages written in it */
 } WorkloadWorker;
 
 struct Workload {

@@ -222,6 +222,50 @@ static json_t *cmd_query_dirty_rate(json_t *args, void *opaque, FerryError **err
     return ferry__dirtyrate_query(h->m, unit_ms);
 }
 
+/* set-/cancel-/query-vcpu-dirty-limit: cpu-index absent means every writer. dirty-rate is QAPI's uint64: a
+ * negative number is refused here rather than read as a huge one. */
+static bool cpu_index_arg(json_t *args, int64_t *index, FerryError **errp)
+{
+    json_t *v = json_object_get(args, "cpu-index");
+    *index = v ? (int64_t)json_integer_value(v) : -1;
+    if (v && *index < 0) {
+        ferry_error_setg(errp, "incorrect cpu index specified");
+        return false;
+    }
+    return true;
+}
+
+static json_t *cmd_set_vcpu_dirty_limit(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    int64_t index;
+    json_int_t rate = json_integer_value(json_object_get(args, "dirty-rate"));
+    if (rate < 0) {
+        ferry_error_setg(errp, "invalid dirty page limit %lld", (long long)rate);
+        return NULL;
+    }
+    if (!cpu_index_arg(args, &index, errp)) {
+        return NULL;
+    }
+    return ferry__dirtylimit_set(h->m, index, (uint64_t)rate, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_cancel_vcpu_dirty_limit(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    int64_t index;
+    if (!cpu_index_arg(args, &index, errp)) {
+        return NULL;
+    }
+    return ferry__dirtylimit_cancel(h->m, index, errp) ? json_object() : NULL;
+}
+
+static json_t *cmd_query_vcpu_dirty_limit(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return ferry__dirtylimit_query(h->m, errp);
+}
+
 bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
 {
     static const FerryArgSpec migrate_args[] = {
@@ -273,6 +317,15 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "calc-time-unit", FERRY_ARG_STR, true },
         { NULL, FERRY_ARG_ANY, false },
     };
+    static const FerryArgSpec set_dirty_limit_args[] = {
+        { "cpu-index", FERRY_ARG_INT, true },
+        { "dirty-rate", FERRY_ARG_INT, false },
+        { NULL, FERRY_ARG_ANY, false },
+    };
+    static const FerryArgSpec cancel_dirty_limit_args[] = {
+        { "cpu-index", FERRY_ARG_INT, true },
+        { NULL, FERRY_ARG_ANY, false },
+    };
     static const struct {
         const char *name;
         const FerryArgSpec *args;
@@ -297,6 +350,9 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         { "object-del", object_del_args, cmd_object_del },
         { "calc-dirty-rate", calc_dirty_rate_args, cmd_calc_dirty_rate },
         { "query-dirty-rate", query_dirty_rate_args, cmd_query_dirty_rate },
+        { "set-vcpu-dirty-limit", set_dirty_limit_args, cmd_set_vcpu_dirty_limit },
+        { "cancel-vcpu-dirty-limit", cancel_dirty_limit_args, cmd_cancel_vcpu_dirty_limit },
+        { "query-vcpu-dirty-limit", NULL, cmd_query_vcpu_dirty_limit },
     };
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(cmds); i++) {
         if (!ferry__monitor_register(h->mon, cmds[i].name, cmds[i].args, cmds[i].fn, h, errp)) {

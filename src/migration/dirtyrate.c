@@ -6,8 +6,10 @@
  *   It sees only pages whose content changed, and a page written several times counts once.
  * - dirty-bitmap: the engine's dirty tracker (the host's own when it registered one) runs for calc-time and the
  *   pages of one harvest are counted. It owns the tracker, so it excludes a migration and the reverse.
- * - dirty-ring: per-vCPU rates from a KVM dirty ring. The host tracker interface gives a bitmap per block, not
- *   per-vCPU counts, so this mode is refused with the reason.
+ * - dirty-ring: per-writer rates (QEMU: per vCPU, from its KVM dirty ring) from the host's writer counters
+ *   (FerryHostOps.writer_stats): each writer's pages dirtied over calc-time is its rate, and the rate is their sum.
+ *   What a writer's count means is the host's (ferry-workload: pages its worker wrote; ferry-vm: ring entries). A
+ *   host that cannot count per writer has the mode refused with its reason.
  * Rates are in MB/s with QEMU's MB (2^20 bytes). This file holds no QMP parsing (qmp-cmds.c) and no text
  * (hmp.c); the argument checks and their messages (QEMU's) are here, so that QMP and HMP share them.
  */
@@ -38,6 +40,8 @@ struct FerryDirtyRate {
     FerryDirtyRateConfig cfg;
     int64_t start_time_s;    /* monotonic seconds, when the measurement started (QEMU's start-time) */
     int64_t rate_mbps;       /* valid once measured */
+    int64_t *vcpu_rates;     /* dirty-ring: each writer's rate, valid once measured */
+    int nvcpu;
     char *error;             /* why the last measurement failed (reported by query-dirty-rate), or NULL */
     FerryMigration *m;
 };
@@ -225,15 +229,57 @@ static bool measure_dirty_bitmap(FerryDirtyRate *d, int64_t *rate, FerryError **
     return true;
 }
 
+/* The writers' counts before and after calc-time. *vcpu (allocated) gets each writer's rate, *n their number. */
+static bool measure_dirty_ring(FerryDirtyRate *d, int64_t *rate, int64_t **vcpu, int *n, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    const char *why;
+    int n0, n1;
+    FerryWriterStats *before = ferry__dirtylimit_stats(m, &n0, &why);
+    if (!before) {
+        ferry_error_setg(errp, "mode dirty-ring: %s", why);
+        return false;
+    }
+    int64_t t0 = ferry__clock_ms();
+    if (!wait_calc_time(d, t0, d->cfg.calc_time_ms)) {
+        free(before);
+        ferry_error_setg(errp, "the measurement was cancelled");
+        return false;
+    }
+    FerryWriterStats *after = ferry__dirtylimit_stats(m, &n1, &why);
+    int64_t elapsed = ferry__clock_ms() - t0;
+    if (!after) {
+        free(before);
+        ferry_error_setg(errp, "mode dirty-ring: %s", why);
+        return false;
+    }
+    *n = n0 < n1 ? n0 : n1;
+    *vcpu = ferry__xcalloc((size_t)(*n ? *n : 1), sizeof(int64_t));
+    *rate = 0;
+    for (int i = 0; i < *n; i++) {
+        (*vcpu)[i] = (int64_t)ferry__dirtyrate_extrapolate(after[i].dirty_pages - before[i].dirty_pages, 1,
+                                                           ferry_ram_page_size(), elapsed);
+        *rate += (*vcpu)[i];
+    }
+    free(before);
+    free(after);
+    return true;
+}
+
 static void *dirtyrate_thread(void *opaque)
 {
     FerryDirtyRate *d = opaque;
     FerryError *err = NULL;
-    int64_t rate = 0;
+    int64_t rate = 0, *vcpu = NULL;
+    int nvcpu = 0;
     bool ok = d->cfg.mode == FERRY_DIRTYRATE_PAGE_SAMPLING ? measure_page_sampling(d, &rate, &err)
+              : d->cfg.mode == FERRY_DIRTYRATE_DIRTY_RING  ? measure_dirty_ring(d, &rate, &vcpu, &nvcpu, &err)
                                                            : measure_dirty_bitmap(d, &rate, &err);
     pthread_mutex_lock(&d->lock);
     d->rate_mbps = ok ? rate : 0;
+    free(d->vcpu_rates);
+    d->vcpu_rates = vcpu;
+    d->nvcpu = nvcpu;
     if (!ok) {
         d->error = ferry__xstrdup(ferry_error_msg(err));
         ferry__log(FERRY_LOG_WARN, "calc-dirty-rate: %s", d->error);
@@ -298,12 +344,8 @@ bool ferry__dirtyrate_calc(FerryMigration *m, const FerryDirtyRateConfig *cfg_in
     } else {
         cfg.sample_pages = FERRY_DIRTYRATE_DEFAULT_SAMPLE_PAGES;
     }
-    if (cfg.mode == FERRY_DIRTYRATE_DIRTY_RING) {
-        const char *why = m->tracker_kind == FERRY_TRACKER_HOST && m->host_tracker &&
-                                  strcmp(m->host_tracker->name, "kvm-dirty-ring") == 0
-                              ? "the host's kvm-dirty-ring tracker gives ferry a bitmap per RAM block, not "
-                                "per-vCPU counts"
-                              : "this host has no per-vCPU dirty ring";
+    const char *why;
+    if (cfg.mode == FERRY_DIRTYRATE_DIRTY_RING && !ferry__dirtylimit_supported(m, &why)) {
         ferry_error_setg(errp, "mode dirty-ring is not enabled, use other method instead. (%s)", why);
         return false;
     }
@@ -361,6 +403,13 @@ json_t *ferry__dirtyrate_query(FerryMigration *m, bool unit_ms)
     if (d->status == DR_MEASURED && !d->error) {
         json_object_set_new(r, "dirty-rate", json_integer(d->rate_mbps));
     }
+    if (d->status == DR_MEASURED && !d->error && d->cfg.mode == FERRY_DIRTYRATE_DIRTY_RING) {
+        json_t *v = json_array();
+        for (int i = 0; i < d->nvcpu; i++) {
+            json_array_append_new(v, json_pack("{s:i, s:I}", "id", i, "dirty-rate", (json_int_t)d->vcpu_rates[i]));
+        }
+        json_object_set_new(r, "vcpu-dirty-rate", v);
+    }
     if (d->error) {
         /* ferry's own member: QEMU reports a failed measurement only in its log. */
         json_object_set_new(r, "error-desc", json_string(d->error));
@@ -396,6 +445,7 @@ void ferry__dirtyrate_free(FerryMigration *m)
     pthread_cond_destroy(&d->cond);
     pthread_mutex_destroy(&d->lock);
     free(d->error);
+    free(d->vcpu_rates);
     free(d);
     m->dirtyrate = NULL;
 }

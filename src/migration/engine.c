@@ -957,6 +957,14 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
     if (st->cpu_throttle_percentage) {
         json_object_set_new(r, "cpu-throttle-percentage", json_integer(st->cpu_throttle_percentage));
     }
+    if (st->dirty_limit_active && m->caps[FERRY_CAP_DIRTY_LIMIT]) {
+        /* QEMU's meaning, in microseconds; ring-full-time only where the host has a dirty ring. */
+        json_object_set_new(r, "dirty-limit-throttle-time-per-round",
+                            json_integer((json_int_t)st->dirty_limit_throttle_us));
+        if (st->dirty_limit_has_ring) {
+            json_object_set_new(r, "dirty-limit-ring-full-time", json_integer((json_int_t)st->dirty_limit_ring_full_us));
+        }
+    }
     json_object_set_new(r, "ram", query_ram(st));
     if (st->fds_passed) {
         json_object_set_new(r, "fds-passed", json_integer((json_int_t)st->fds_passed));

@@ -54,6 +54,8 @@ typedef struct FerryParams {
     int64_t cpu_throttle_increment;
     int64_t cpu_throttle_tailslow;      /* 0 / 1 */
     int64_t max_cpu_throttle;
+    int64_t x_vcpu_dirty_limit_period;  /* dirty-limit: milliseconds, 1..1000 */
+    int64_t vcpu_dirty_limit;           /* dirty-limit: MB/s per writer, >= 1 */
     int64_t downtime_limit; /* milliseconds */
     int64_t mode;           /* FerryMigMode */
     int64_t backend_transfer; /* bit mask of FerryBackendKind */
@@ -93,6 +95,7 @@ typedef enum FerryCapability {
     FERRY_CAP_MULTIFD,
     FERRY_CAP_SWITCHOVER_COMMIT,
     FERRY_CAP_AUTO_CONVERGE,
+    FERRY_CAP_DIRTY_LIMIT,
     FERRY_CAP_POSTCOPY_RAM,
     FERRY_CAP_POSTCOPY_PREEMPT,
     FERRY_CAP_POSTCOPY_BLOCKTIME,
@@ -133,6 +136,11 @@ typedef struct FerryMigStats {
     uint64_t postcopy_bytes;     /* bytes sent / received after the switch to postcopy */
     uint64_t postcopy_pending;   /* pages still to come (0 outside postcopy) */
     int cpu_throttle_percentage; /* auto-converge: the throttle now applied to the workload (0: none) */
+    /* dirty-limit, while the migration holds the writers to vcpu-dirty-limit (dirtylimit.c). */
+    bool dirty_limit_active;
+    uint64_t dirty_limit_throttle_us;  /* the most a writer slept per period over the last pass */
+    bool dirty_limit_has_ring;         /* the host reports ring-full waits */
+    uint64_t dirty_limit_ring_full_us; /* ... the mean wait per writer per period over the last pass */
 } FerryMigStats;
 
 /* A backend whose fd moves with backend-transfer (include/ferry/backend.h). */
@@ -219,6 +227,7 @@ struct FerryMigration {
     size_t nvcpu_tids;
 
     struct FerryDirtyRate *dirtyrate; /* calc-dirty-rate's state (dirtyrate.c), NULL until first used */
+    struct FerryDirtyLimitRun *dl_run; /* dirty-limit applied by the running migration (dirtylimit.c), or NULL */
 
     FerryMigTestHook test_hook;  /* ferry__migration_set_test_hook, for unit tests only */
     void *test_hook_opaque;
@@ -307,6 +316,21 @@ void ferry__postcopy_query_locked(FerryMigration *m, json_t *r);
 void ferry__postcopy_free(FerryMigration *m);
 
 typedef struct FerryDirtyRate FerryDirtyRate;
+
+/*
+ * dirtylimit.c: the dirty-limit capability's side in the source (the commands are in migration.h). Called by the
+ * source's migration thread only. apply holds every writer to vcpu-dirty-limit over x-vcpu-dirty-limit-period
+ * (again when the parameter changed; a no-op when nothing changed); pass_stats updates query-migrate's
+ * dirty-limit members from the writers' counters since the last pass; lift removes every writer's limit and the
+ * members, when the migration ends in any way (a no-op if apply never ran).
+ */
+void ferry__dirtylimit_migration_apply(FerryMigration *m);
+void ferry__dirtylimit_migration_pass_stats(FerryMigration *m);
+void ferry__dirtylimit_migration_lift(FerryMigration *m);
+/* Whether the host can count per writer now; *why (static) says why not. Any thread, no lock held. */
+bool ferry__dirtylimit_supported(FerryMigration *m, const char **why);
+/* The host's writers' counters (ferry__xcalloc'd array, *n of them), or NULL with *why when it cannot count. */
+FerryWriterStats *ferry__dirtylimit_stats(FerryMigration *m, int *n, const char **why);
 
 /* source.c / dest.c: thread bodies. */
 void *ferry__source_thread(void *opaque);

@@ -146,9 +146,20 @@ json_t *ferry__migration_query_caps(FerryMigration *m);
 bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **errp);
 
 /*
+ * QEMU's set-vcpu-dirty-limit, cancel-vcpu-dirty-limit and query-vcpu-dirty-limit (dirtylimit.c), from the
+ * monitor's thread, through the host's writer_stats / dirty_limit (include/ferry/host.h). @index < 0: every
+ * writer. Refused with QEMU's messages: a host that cannot count per writer (with its reason), an index that is
+ * no writer's, and any change while a migration with the dirty-limit capability holds the writers. A rate of 0
+ * cancels. query lists the writers that have a limit (an empty list when none has).
+ */
+bool ferry__dirtylimit_set(FerryMigration *m, int64_t index, uint64_t mbps, FerryError **errp);
+bool ferry__dirtylimit_cancel(FerryMigration *m, int64_t index, FerryError **errp);
+json_t *ferry__dirtylimit_query(FerryMigration *m, FerryError **errp);
+
+/*
  * Dirty-rate measurement without migrating (dirtyrate.c; QEMU's calc-dirty-rate / query-dirty-rate). Called from
  * the monitor thread. calc starts a measurement on its own thread and returns: it refuses (QEMU's messages) a
- * second one while one runs, values out of QEMU's ranges, dirty-ring (no host gives ferry per-vCPU counts), and
+ * second one while one runs, values out of QEMU's ranges, dirty-ring where the host cannot count per writer (FerryHostOps.writer_stats), and
  * dirty-bitmap while a migration runs or is awaited (both would own the dirty tracker).
  */
 typedef enum FerryDirtyRateMode {

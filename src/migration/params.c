@@ -105,8 +105,12 @@ static const ParamDesc params[] = {
     NOT_YET("avail-switchover-bandwidth", "not implemented"),
     NOT_YET("xbzrle-cache-size", "XBZRLE is not implemented"),
     NOT_YET("block-bitmap-mapping", "ferry migrates no block devices"),
-    NOT_YET("x-vcpu-dirty-limit-period", "dirty-limit throttling is not implemented"),
-    NOT_YET("vcpu-dirty-limit", "dirty-limit throttling is not implemented"),
+    /* dirty-limit (QEMU's names, defaults and ranges): once auto-converge's trigger rule fires, every writer is
+     * held to vcpu-dirty-limit MB/s, measured and enforced over x-vcpu-dirty-limit-period ms. */
+    { "x-vcpu-dirty-limit-period", PARAM_INT, offsetof(FerryParams, x_vcpu_dirty_limit_period), 1000, 1, 1000,
+      "milliseconds", NULL, NULL },
+    { "vcpu-dirty-limit", PARAM_INT, offsetof(FerryParams, vcpu_dirty_limit), 1, 1, INT64_MAX, "MB/s", NULL,
+      NULL },
     NOT_YET("direct-io", "direct I/O for file migration is not implemented"),
     NOT_YET("x-checkpoint-delay", "COLO is not implemented"),
 };
@@ -150,6 +154,9 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
     /* The destination measures how long the workload waited for missing pages (query-migrate). Local to the
      * destination, so not a stream feature. */
     [FERRY_CAP_POSTCOPY_BLOCKTIME] = { "postcopy-blocktime", false, false, false },
+    /* The source holds the workload's writers to vcpu-dirty-limit when precopy does not converge (the host's
+     * writer_stats / dirty_limit ops; src/migration/dirtylimit.c). Local to the source. */
+    [FERRY_CAP_DIRTY_LIMIT] = { "dirty-limit", false, false, false },
 };
 
 /* QEMU capabilities ferry does not implement, with the reason: setting one on is an error that says why (setting
@@ -424,6 +431,18 @@ static bool check_enum(const ParamDesc *d, json_t *val, int64_t *out, FerryError
     return true;
 }
 
+/* QEMU's own words for some out-of-range values, where they differ from the generic range message. */
+static const char *range_message(const ParamDesc *d)
+{
+    if (strcmp(d->name, "x-vcpu-dirty-limit-period") == 0) {
+        return "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000";
+    }
+    if (strcmp(d->name, "vcpu-dirty-limit") == 0) {
+        return "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s";
+    }
+    return NULL;
+}
+
 /* Check one member; on success *out holds the value to apply. */
 static bool check_param(const char *key, json_t *val, const ParamDesc **descp, int64_t *out, FerryError **errp)
 {
@@ -466,6 +485,10 @@ static bool check_param(const char *key, json_t *val, const ParamDesc **descp, i
         return false;
     }
     json_int_t v = json_integer_value(val);
+    if ((v < d->min || v > d->max) && range_message(d)) {
+        ferry_error_setg(errp, "%s", range_message(d));
+        return false;
+    }
     if (v < d->min || v > d->max) {
         ferry_error_setg(errp, "Parameter '%s' expects an integer in the range of %lld to %lld %s", key,
                          (long long)d->min, (long long)d->max, d->unit);
@@ -559,7 +582,10 @@ bool ferry__migration_params_check_keyval(json_t *kv, json_t **typed, FerryError
             FerryError *perr = NULL;
             bool ok = d->type == PARAM_SIZE ? ferry__parse_size(s, key, &v, &perr)
                                             : ferry__parse_uint64(s, key, &v, &perr);
-            if (ok && v > (uint64_t)INT64_MAX) {
+            if (ok && v > (uint64_t)INT64_MAX && range_message(d)) {
+                ferry_error_setg(&perr, "%s", range_message(d));
+                ok = false;
+            } else if (ok && v > (uint64_t)INT64_MAX) {
                 ferry_error_setg(&perr, "Parameter '%s' expects an integer in the range of %lld to %lld %s", key,
                                  (long long)d->min, (long long)d->max, d->unit);
                 ok = false;
@@ -615,6 +641,10 @@ static bool caps_check_locked(FerryMigration *m, const bool *next, FerryError **
     }
     /* As QEMU: the destination must know before it takes connections whether one of them is the channel of
      * requested pages. */
+    if (next[FERRY_CAP_DIRTY_LIMIT] && next[FERRY_CAP_AUTO_CONVERGE]) {
+        ferry_error_setg(errp, "dirty-limit conflicts with auto-converge either of then available currently");
+        return false;
+    }
     bool incoming_started = m->incoming && m->in_thread_joinable && !ferry__migration_status_terminal(m->status);
     if (incoming_started && next[FERRY_CAP_POSTCOPY_PREEMPT] != m->caps[FERRY_CAP_POSTCOPY_PREEMPT]) {
         ferry_error_setg(errp, "Capability 'postcopy-preempt' must be set before the incoming migration starts");
@@ -686,6 +716,11 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
         want[c] = json_is_true(state);
         given[c] = true;
     }
+    /* dirty-limit needs a host that counts per writer (QEMU: KVM with a dirty ring). Asked before the lock: the
+     * host's callback is not to be called under it. Checked after the conflict with auto-converge, as QEMU. */
+    const char *dl_why = NULL;
+    bool dl_refused = given[FERRY_CAP_DIRTY_LIMIT] && want[FERRY_CAP_DIRTY_LIMIT] &&
+                      !ferry__dirtylimit_supported(m, &dl_why);
     ferry__mutex_lock(&m->lock);
     if (!m->incoming && (m->out_thread_joinable && m->status != FERRY_MIG_COMPLETED &&
                          m->status != FERRY_MIG_FAILED && m->status != FERRY_MIG_CANCELLED)) {
@@ -699,6 +734,11 @@ bool ferry__migration_set_caps(FerryMigration *m, json_t *caps, FerryError **err
     }
     if (!caps_check_locked(m, next, errp)) {
         ferry__mutex_unlock(&m->lock);
+        return false;
+    }
+    if (dl_refused) {
+        ferry__mutex_unlock(&m->lock);
+        ferry_error_setg(errp, "dirty-limit requires a host that counts dirty pages per writer: %s", dl_why);
         return false;
     }
     memcpy(m->caps, next, sizeof(next));

@@ -1198,6 +1198,20 @@ static int64_t update_pass_counters(Source *src)
  * cpu-throttle-increment % more each time (with cpu-throttle-tailslow only what the excess calls for, at most the
  * increment), never above max-cpu-throttle %. The throttle is lifted when the migration ends (source_cleanup).
  */
+/* QEMU's trigger rule, shared by auto-converge and dirty-limit (the two capabilities exclude each other): the
+ * pass dirtied more bytes than throttle-trigger-threshold % of the bytes it sent, for the second time. */
+static bool throttle_trigger(Source *src, uint64_t sent_in_pass, int64_t threshold, uint64_t *dirtied,
+                             uint64_t *allowed)
+{
+    *dirtied = src->pending * src->ps;
+    *allowed = sent_in_pass * (uint64_t)threshold / 100;
+    if (*dirtied <= *allowed || ++src->ac_high < 2) {
+        return false;
+    }
+    src->ac_high = 0;
+    return true;
+}
+
 static void auto_converge(Source *src, uint64_t sent_in_pass)
 {
     FerryMigration *m = src->m;
@@ -1205,11 +1219,10 @@ static void auto_converge(Source *src, uint64_t sent_in_pass)
     bool on = m->caps[FERRY_CAP_AUTO_CONVERGE];
     FerryParams p = m->params;
     ferry__mutex_unlock(&m->lock);
-    uint64_t dirtied = src->pending * src->ps, allowed = sent_in_pass * (uint64_t)p.throttle_trigger_threshold / 100;
-    if (!on || dirtied <= allowed || ++src->ac_high < 2) {
+    uint64_t dirtied, allowed;
+    if (!on || !throttle_trigger(src, sent_in_pass, p.throttle_trigger_threshold, &dirtied, &allowed)) {
         return;
     }
-    src->ac_high = 0;
     int next;
     if (!src->throttle) {
         next = (int)p.cpu_throttle_initial;
@@ -1227,6 +1240,27 @@ static void auto_converge(Source *src, uint64_t sent_in_pass)
     src->throttle = next;
     ferry__log(FERRY_LOG_INFO, "auto-converge: pass %llu dirtied %llu bytes, %llu allowed: workload throttled to %d%%",
                (unsigned long long)src->pass, (unsigned long long)dirtied, (unsigned long long)allowed, next);
+}
+
+/*
+ * dirty-limit, QEMU's use of the same trigger: hold every writer to vcpu-dirty-limit (dirtylimit.c; again if the
+ * parameter changed since). Lifted when the migration ends (source_cleanup). Every pass updates query-migrate's
+ * dirty-limit members once the limit holds.
+ */
+static void dirty_limit_converge(Source *src, uint64_t sent_in_pass)
+{
+    FerryMigration *m = src->m;
+    ferry__mutex_lock(&m->lock);
+    bool on = m->caps[FERRY_CAP_DIRTY_LIMIT];
+    int64_t threshold = m->params.throttle_trigger_threshold;
+    ferry__mutex_unlock(&m->lock);
+    ferry__dirtylimit_migration_pass_stats(m);
+    uint64_t dirtied, allowed;
+    if (on && throttle_trigger(src, sent_in_pass, threshold, &dirtied, &allowed)) {
+        ferry__log(FERRY_LOG_INFO, "dirty-limit: pass %llu dirtied %llu bytes, %llu allowed",
+                   (unsigned long long)src->pass, (unsigned long long)dirtied, (unsigned long long)allowed);
+        ferry__dirtylimit_migration_apply(m);
+    }
 }
 
 /*
@@ -1262,6 +1296,7 @@ static bool source_iterate(Source *src, bool *switchover, FerryError **errp)
     *switchover = update_pass_counters(src) <= ferry__param_downtime_limit(src->m);
     if (!*switchover) {
         auto_converge(src, sent_bytes(src) - src->pass_start_bytes);
+        dirty_limit_converge(src, sent_bytes(src) - src->pass_start_bytes);
     }
     if (!*switchover && cancelled(src->m)) {
         ferry_error_setg(errp, "cancelled");
@@ -1825,6 +1860,7 @@ static void source_cleanup(Source *src, bool ok)
         ferry__vm_throttle(m, 0); /* whatever the end: the workload runs at full speed again (or here, stopped) */
         src->throttle = 0;
     }
+    ferry__dirtylimit_migration_lift(m); /* the same for dirty-limit's */
     ferry__tracker_stop(src->tracker);
     if (src->send) {
         for (size_t i = 0; i < m->nblocks; i++) {

@@ -384,6 +384,8 @@ static const char *param_unit(const char *name)
         { "cpu-throttle-increment", " %" },
         { "throttle-trigger-threshold", " %" },
         { "max-cpu-throttle", " %" },
+        { "x-vcpu-dirty-limit-period", " ms" },
+        { "vcpu-dirty-limit", " MB/s" },
     };
     for (size_t i = 0; i < FERRY_ARRAY_SIZE(units); i++) {
         if (!strcmp(units[i].name, name)) {
@@ -599,13 +601,13 @@ static bool hmp_quit(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *
  * calc_dirty_rate [-r] [-b] SECONDS [SAMPLE_PAGES], QEMU's syntax: -r measures with the dirty ring, -b with the
  * dirty bitmap, neither by page sampling. The numbers go to QMP calc-dirty-rate, which checks them.
  */
-static bool parse_hmp_int(const char *word, const char *what, json_int_t *v, FerryError **errp)
+static bool parse_hmp_int(const char *cmd, const char *word, const char *what, json_int_t *v, FerryError **errp)
 {
     char *end;
     errno = 0;
     long long x = strtoll(word, &end, 10);
     if (errno || end == word || *end) {
-        ferry_error_setg(errp, "calc_dirty_rate: %s '%s' is not an integer", what, word);
+        ferry_error_setg(errp, "%s: %s '%s' is not an integer", cmd, what, word);
         return false;
     }
     *v = x;
@@ -635,8 +637,8 @@ static bool hmp_calc_dirty_rate(FerryMonitor *mon, char **argv, size_t argc, Out
         return false;
     }
     json_int_t sec, pages = 0;
-    if (!parse_hmp_int(argv[i], "calculation time", &sec, errp) ||
-        (argc - i == 2 && !parse_hmp_int(argv[i + 1], "sample pages", &pages, errp))) {
+    if (!parse_hmp_int("calc_dirty_rate", argv[i], "calculation time", &sec, errp) ||
+        (argc - i == 2 && !parse_hmp_int("calc_dirty_rate", argv[i + 1], "sample pages", &pages, errp))) {
         return false;
     }
     json_t *args = json_pack("{s:I, s:s}", "calc-time", sec, "mode",
@@ -650,6 +652,56 @@ static bool hmp_calc_dirty_rate(FerryMonitor *mon, char **argv, size_t argc, Out
     out_printf(o, "Starting dirty rate measurement with calc time %" PRId64 " seconds\n", (int64_t)sec);
     out_printf(o, "[Please use 'info dirty_rate' to check results]\n");
     return true;
+}
+
+/* set_vcpu_dirty_limit DIRTY_RATE [CPU_INDEX] and cancel_vcpu_dirty_limit [CPU_INDEX], QEMU's syntax. */
+static bool hmp_set_vcpu_dirty_limit(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait,
+                                     FerryError **errp)
+{
+    json_int_t rate, index;
+    if (!parse_hmp_int("set_vcpu_dirty_limit", argv[0], "dirty rate", &rate, errp) ||
+        (argc == 2 && !parse_hmp_int("set_vcpu_dirty_limit", argv[1], "cpu index", &index, errp))) {
+        return false;
+    }
+    if (rate < 0) {
+        ferry_error_setg(errp, "invalid dirty page limit %lld", (long long)rate);
+        return false;
+    }
+    json_t *args = json_pack("{s:I}", "dirty-rate", rate);
+    if (argc == 2) {
+        json_object_set_new(args, "cpu-index", json_integer(index));
+    }
+    return run_simple(mon, "set-vcpu-dirty-limit", args, errp);
+}
+
+static bool hmp_cancel_vcpu_dirty_limit(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait,
+                                        FerryError **errp)
+{
+    json_int_t index;
+    if (argc == 1 && !parse_hmp_int("cancel_vcpu_dirty_limit", argv[0], "cpu index", &index, errp)) {
+        return false;
+    }
+    if (!run_simple(mon, "cancel-vcpu-dirty-limit", argc == 1 ? json_pack("{s:I}", "cpu-index", index) : NULL,
+                    errp)) {
+        return false;
+    }
+    out_printf(o, "[Please use 'info vcpu_dirty_limit' to query dirty limit for virtual CPU]\n");
+    return true;
+}
+
+static char *format_vcpu_dirty_limit(json_t *r)
+{
+    Out o = { 0 };
+    if (json_array_size(r) == 0) {
+        out_printf(&o, "Dirty page limit not enabled!\n");
+    }
+    size_t i;
+    json_t *el;
+    json_array_foreach(r, i, el) {
+        out_printf(&o, "vcpu[%" PRIu64 "], limit rate %" PRIu64 " (MB/s), current rate %" PRIu64 " (MB/s)\n",
+                   get_u64(el, "cpu-index"), get_u64(el, "limit-rate"), get_u64(el, "current-rate"));
+    }
+    return out_finish(&o);
 }
 
 static char *format_dirty_rate(json_t *r)
@@ -688,6 +740,8 @@ static const struct {
       "show current migration capabilities" },
     { "status", "query-status", ferry__hmp_format_status, "show the current VM status (running|paused)" },
     { "dirty_rate", "query-dirty-rate", format_dirty_rate, "show dirty rate information" },
+    { "vcpu_dirty_limit", "query-vcpu-dirty-limit", format_vcpu_dirty_limit,
+      "show dirty page limit information of all vCPUs (ferry-workload: of all workers)" },
 };
 
 static bool hmp_info(FerryMonitor *mon, char **argv, size_t argc, Out *o, bool *wait, FerryError **errp)
@@ -739,6 +793,11 @@ static const HmpCommand hmp_commands[] = {
     { "calc_dirty_rate", 1, 4, "[-r] [-b] second [sample_pages_per_GB]",
       "measure the dirty rate for SECOND seconds (-r: with the dirty ring, -b: with the dirty bitmap, "
       "neither: by sampling pages)", hmp_calc_dirty_rate },
+    { "set_vcpu_dirty_limit", 1, 2, "dirty_rate [cpu_index]",
+      "set dirty page rate limit, use cpu_index to set limit on a specified virtual cpu", hmp_set_vcpu_dirty_limit },
+    { "cancel_vcpu_dirty_limit", 0, 1, "[cpu_index]",
+      "cancel dirty page rate limit, use cpu_index to cancel limit on a specified virtual cpu",
+      hmp_cancel_vcpu_dirty_limit },
     { "info", 0, 1, "[subcommand]", "show various information (info alone lists the items)", hmp_info },
     { "stop", 0, 0, "", "stop emulation", hmp_stop },
     { "cont", 0, 0, "", "resume emulation", hmp_cont },

@@ -3,6 +3,9 @@
  * postcopy-blocktime (defaults, which of them are stream features, the checks made when they are set) and
  * max-postcopy-bandwidth (default, range, the string form of "-incoming config:" and HMP, the accessor the engine
  * reads). What postcopy does is tested with the engine, not here; the older parameters are in test-loopback.c.
+ * Also dirty-limit's engine side: its parameters, its capability's checks, and the set-/cancel-/query-vcpu-dirty-limit
+ * functions against a fake host that records what it was asked (the real enforcement is tested in
+ * tests/unit/workload and tests/integration/test_dirtylimit.py).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -266,6 +269,177 @@ static void test_max_postcopy_bandwidth(void **state)
     ferry__migration_free(m);
 }
 
+
+/* A host with FAKE_WRITERS writers (or none, with a reason), that records the limits it is given. */
+#define FAKE_WRITERS 3
+typedef struct FakeHost {
+    int writers;
+    uint64_t limit[FAKE_WRITERS];
+    int period;
+    int calls;
+} FakeHost;
+
+static int fake_writer_stats(void *opaque, FerryWriterStats *stats, int max, const char **why)
+{
+    FakeHost *f = opaque;
+    if (!f->writers) {
+        *why = "the fake host counts nothing";
+        return 0;
+    }
+    for (int i = 0; i < max && i < f->writers; i++) {
+        stats[i] = (FerryWriterStats){ .dirty_pages = 100, .rate_mbps = 7, .limit_mbps = f->limit[i] };
+    }
+    return f->writers;
+}
+
+static void fake_dirty_limit(void *opaque, int index, uint64_t mbps, int period_ms)
+{
+    FakeHost *f = opaque;
+    for (int i = 0; i < f->writers; i++) {
+        if (index < 0 || index == i) {
+            f->limit[i] = mbps;
+        }
+    }
+    f->period = period_ms;
+    f->calls++;
+}
+
+static char *param_error(FerryMigration *m, const char *json)
+{
+    json_t *j = json_loads(json, 0, NULL);
+    assert_non_null(j);
+    FerryError *err = NULL;
+    bool ok = ferry__migration_set_params(m, j, &err);
+    json_decref(j);
+    char *msg = ok ? NULL : ferry__xstrdup(ferry_error_msg(err));
+    ferry_error_free(err);
+    return msg;
+}
+
+static void test_dirty_limit(void **state)
+{
+    (void)state;
+    FerryMigration *m = ferry__migration_new();
+    FakeHost f = { 0 };
+    FerryHostOps ops = { .writer_stats = fake_writer_stats, .dirty_limit = fake_dirty_limit };
+
+    /* QEMU's defaults and messages. */
+    json_t *q = ferry__migration_query_params(m);
+    assert_int_equal(json_integer_value(json_object_get(q, "x-vcpu-dirty-limit-period")), 1000);
+    assert_int_equal(json_integer_value(json_object_get(q, "vcpu-dirty-limit")), 1);
+    json_decref(q);
+    static const struct {
+        const char *json, *error;
+    } bad[] = {
+        { "{\"x-vcpu-dirty-limit-period\": 0}", "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
+        { "{\"x-vcpu-dirty-limit-period\": 1001}", "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
+        { "{\"x-vcpu-dirty-limit-period\": -5}", "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000" },
+        { "{\"vcpu-dirty-limit\": 0}", "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s" },
+        { "{\"vcpu-dirty-limit\": -1}", "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s" },
+    };
+    for (size_t i = 0; i < FERRY_ARRAY_SIZE(bad); i++) {
+        char *msg = param_error(m, bad[i].json);
+        if (!msg || strcmp(msg, bad[i].error) != 0) {
+            fail_msg("%s: got '%s'", bad[i].json, msg ? msg : "(accepted)");
+        }
+        free(msg);
+    }
+    assert_null(param_error(m, "{\"x-vcpu-dirty-limit-period\": 1, \"vcpu-dirty-limit\": 64}"));
+    assert_null(param_error(m, "{\"x-vcpu-dirty-limit-period\": 1000}"));
+    /* The string form (HMP, -incoming config:) gets the same message. */
+    json_t *kv = json_pack("{s:s}", "x-vcpu-dirty-limit-period", "0"), *typed = NULL;
+    FerryError *err = NULL;
+    assert_false(ferry__migration_params_check_keyval(kv, &typed, &err));
+    assert_string_equal(ferry_error_msg(err), "Option x-vcpu-dirty-limit-period expects a value between 1 and 1000");
+    ferry_error_free(err);
+    err = NULL;
+    json_decref(kv);
+
+    /* No host ops: the capability and the commands are refused with the reason; cancel and query are quiet. */
+    expect_caps_refused(m, "[{\"capability\": \"dirty-limit\", \"state\": true}]",
+                        "dirty-limit requires a host that counts dirty pages per writer: this host cannot count");
+    assert_false(ferry__dirtylimit_set(m, -1, 10, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "dirty page limit feature requires a host that counts"));
+    ferry_error_free(err);
+    err = NULL;
+    assert_true(ferry__dirtylimit_cancel(m, -1, NULL));
+    q = ferry__dirtylimit_query(m, NULL);
+    assert_int_equal(json_array_size(q), 0);
+    json_decref(q);
+
+    /* A host that cannot count now: its reason. */
+    ferry__migration_set_host_ops(m, &ops, &f);
+    expect_caps_refused(m, "[{\"capability\": \"dirty-limit\", \"state\": true}]", "the fake host counts nothing");
+    assert_false(ferry__dirtylimit_set(m, -1, 10, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "the fake host counts nothing"));
+    ferry_error_free(err);
+    err = NULL;
+
+    /* One that can. */
+    f.writers = FAKE_WRITERS;
+    expect_caps_ok(m, "[{\"capability\": \"dirty-limit\", \"state\": true}]");
+    assert_true(cap_state(m, "dirty-limit"));
+    expect_caps_refused(m, "[{\"capability\": \"auto-converge\", \"state\": true}]",
+                        "dirty-limit conflicts with auto-converge either of then available currently");
+    expect_caps_refused(m, "[{\"capability\": \"auto-converge\", \"state\": true}, "
+                           "{\"capability\": \"dirty-limit\", \"state\": false}, "
+                           "{\"capability\": \"dirty-limit\", \"state\": true}]",
+                        "dirty-limit conflicts with auto-converge");
+    expect_caps_ok(m, "[{\"capability\": \"dirty-limit\", \"state\": false}]");
+    expect_caps_ok(m, "[{\"capability\": \"auto-converge\", \"state\": true}]");
+    expect_caps_refused(m, "[{\"capability\": \"dirty-limit\", \"state\": true}]", "conflicts with auto-converge");
+    expect_caps_ok(m, "[{\"capability\": \"auto-converge\", \"state\": false}]");
+
+    /* The commands: index checks, a rate of 0 cancels, query lists the limited writers with the host's rate. */
+    assert_false(ferry__dirtylimit_set(m, FAKE_WRITERS, 10, &err));
+    assert_string_equal(ferry_error_msg(err), "incorrect cpu index specified");
+    ferry_error_free(err);
+    err = NULL;
+    assert_false(ferry__dirtylimit_cancel(m, FAKE_WRITERS, &err));
+    assert_string_equal(ferry_error_msg(err), "incorrect cpu index specified");
+    ferry_error_free(err);
+    err = NULL;
+    assert_true(ferry__dirtylimit_set(m, 1, 10, NULL));
+    assert_int_equal(f.limit[1], 10);
+    assert_int_equal(f.limit[0], 0);
+    assert_int_equal(f.period, 1000);
+    q = ferry__dirtylimit_query(m, NULL);
+    assert_int_equal(json_array_size(q), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(q, 0), "cpu-index")), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(q, 0), "limit-rate")), 10);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(q, 0), "current-rate")), 7);
+    json_decref(q);
+    assert_true(ferry__dirtylimit_set(m, -1, 20, NULL));
+    q = ferry__dirtylimit_query(m, NULL);
+    assert_int_equal(json_array_size(q), FAKE_WRITERS);
+    json_decref(q);
+    assert_true(ferry__dirtylimit_set(m, 2, 0, NULL));
+    assert_int_equal(f.limit[2], 0);
+    assert_true(ferry__dirtylimit_cancel(m, -1, NULL));
+    for (int i = 0; i < FAKE_WRITERS; i++) {
+        assert_int_equal(f.limit[i], 0);
+    }
+
+    /* The migration's side: apply holds every writer to vcpu-dirty-limit over the period, once; lift ends it. */
+    assert_null(param_error(m, "{\"x-vcpu-dirty-limit-period\": 250, \"vcpu-dirty-limit\": 32}"));
+    int calls = f.calls;
+    ferry__dirtylimit_migration_apply(m);
+    ferry__dirtylimit_migration_apply(m);
+    assert_int_equal(f.calls, calls + 1);
+    assert_int_equal(f.period, 250);
+    for (int i = 0; i < FAKE_WRITERS; i++) {
+        assert_int_equal(f.limit[i], 32);
+    }
+    ferry__dirtylimit_migration_pass_stats(m);
+    ferry__dirtylimit_migration_lift(m);
+    for (int i = 0; i < FAKE_WRITERS; i++) {
+        assert_int_equal(f.limit[i], 0);
+    }
+    ferry__dirtylimit_migration_lift(m); /* a no-op now */
+    assert_int_equal(f.calls, calls + 2);
+    ferry__migration_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +447,7 @@ int main(void)
         cmocka_unit_test(test_postcopy_features),
         cmocka_unit_test(test_preempt_before_incoming),
         cmocka_unit_test(test_max_postcopy_bandwidth),
+        cmocka_unit_test(test_dirty_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
