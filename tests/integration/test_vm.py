@@ -586,8 +586,15 @@ def test_vcpu_dirty_limit(vms):
     src = vms.start("src", *VM, *RING, "-smp", "2")
     wait_progress(src)
     wait_slices_move(src)
-    r = calc_dirty_ring(src, 2)
-    rates = vcpu_rates(r)
+    # The first measurement turns counting on (the slots log from then on); KVM then splits the huge pages that
+    # back guest RAM as the guest writes them, which under the emulated KVM slows the guest for a few seconds.
+    # Unlimited rates are taken once that is over: the best of a few measurements.
+    calc_dirty_ring(src, 1)
+    for _ in range(3):
+        r = calc_dirty_ring(src, 2)
+        rates = vcpu_rates(r)
+        if min(rates.values()) >= 9:
+            break
     assert sorted(rates) == [0, 1] and all(v > 0 for v in rates.values()), r
     assert abs(r["dirty-rate"] - sum(rates.values())) <= 2, r
     limit = min(rates.values()) // 3
