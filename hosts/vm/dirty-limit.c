@@ -15,7 +15,8 @@
  * vm_limit_counting_locked), and when counting ends while the tracker is armed the slots stay logging for it. Both
  * decisions are taken under ring_lock. writer_stats collects too before it reads, so that a reader's differences
  * (calc-dirty-rate's) cover exactly the time between its calls, not the limit thread's periods; its first call
- * turns logging on, so pages count from then on. What is counted is what QEMU's dirty-ring rate counts: a page once
+ * turns logging on, so pages count from then on (a call with @max 0, the engine asking whether there are counts
+ * at all, starts nothing). What is counted is what QEMU's dirty-ring rate counts: a page once
  * per collection, however often it was written in between.
  *
  * Limiting. Each vCPU with a limit has a quota per period (x-vcpu-dirty-limit-period): limit * period. From the
@@ -300,6 +301,9 @@ int vm_writer_stats(void *opaque, FerryWriterStats *stats, int max, const char *
     if (!vm->ring_size) {
         *why = no_ring;
         return 0;
+    }
+    if (max <= 0) {
+        return (int)vm->nvcpus; /* only whether there are counts (the engine's capability check): none started */
     }
     pthread_mutex_lock(&vm->limit_lock);
     vm->stats_until_ns = vm_mono_ns() + STATS_KEEP_NS;
