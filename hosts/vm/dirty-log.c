@@ -21,6 +21,8 @@
  * collects into the same pending bitmap itself (vm.c); ring_lock serializes it with the harvest. Where a CPU logs
  * writes in a buffer of its own first (Intel's PML), KVM moves them into the ring at the vCPU's next exit: a write
  * still buffered at one harvest is reported by a later one, at the latest by the last, taken with the vCPUs stopped.
+ * Every collection, whoever makes it, also adds each vCPU's entries to its dirty_pages, the count dirty-limit.c
+ * reads; that thread collects too while it counts, with the slots logging although no tracker is armed.
  *
  * The probes exist because a KVM can accept all of this and still report nothing: on this project's machines (a
  * nested KVM) KVM_GET_DIRTY_LOG was seen returning empty bitmaps although the guest wrote pages
@@ -177,7 +179,11 @@ static bool collect_locked(Vm *vm, FerryError **errp)
         Vcpu *cpu = &vm->vcpus[i];
 
         if (cpu->ring) {
-            vm->ring_collected += ring_walk(cpu->ring, vm->ring_size, &cpu->ring_fetch, note_vm_page, vm);
+            uint64_t n = ring_walk(cpu->ring, vm->ring_size, &cpu->ring_fetch, note_vm_page, vm);
+
+            /* The entries of this vCPU's ring are the pages it dirtied: its count for dirty-limit. */
+            vm->ring_collected += n;
+            atomic_fetch_add_explicit(&cpu->dirty_pages, n, memory_order_relaxed);
         }
     }
     return reset_rings(vm->vm_fd, errp);
@@ -526,12 +532,15 @@ static bool ring_start(void *opaque, FerryError **errp)
         vm->ring_pending = calloc((size_t)((pages + BITS - 1) / BITS), sizeof(unsigned long));
         vm->ring_pages = pages;
     }
-    pthread_mutex_unlock(&vm->ring_lock);
     if (!vm->ring_pending) {
+        pthread_mutex_unlock(&vm->ring_lock);
         ferry_error_setg(errp, "out of memory for the dirty ring's pending pages");
         return false;
     }
-    return vm_set_slot_flags(vm, KVM_MEM_LOG_DIRTY_PAGES, errp);
+    /* Under ring_lock, as the limit thread switches the slots' logging under it (vm_limit_counting_locked). */
+    bool ok = vm_set_slot_flags(vm, KVM_MEM_LOG_DIRTY_PAGES, errp);
+    pthread_mutex_unlock(&vm->ring_lock);
+    return ok;
 }
 
 static bool ring_harvest(void *opaque, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
@@ -558,12 +567,16 @@ static bool ring_harvest(void *opaque, FerryRamBlock *b, unsigned long *bitmap, 
     return ok;
 }
 
+/* The slots go on logging while the limit thread counts (a limit set, counts asked for): its entries are dropped
+ * from here on, as before the tracker was armed. */
 static void ring_stop(void *opaque)
 {
     Vm *vm = opaque;
 
-    log_stop(vm);
     pthread_mutex_lock(&vm->ring_lock);
+    if (!vm_limit_counting_locked(vm)) {
+        log_stop(vm);
+    }
     free(vm->ring_pending);
     vm->ring_pending = NULL;
     pthread_mutex_unlock(&vm->ring_lock);

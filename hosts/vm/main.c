@@ -398,9 +398,16 @@ static json_t *cmd_query_vm(json_t *args, void *opaque, FerryError **errp)
         pthread_mutex_lock(&vm->lock);
         dead = cpu->dead;
         pthread_mutex_unlock(&vm->lock);
-        json_array_append_new(cpus, json_pack("{s:i, s:I, s:b, s:I}", "cpu-index", (int)i, "exits",
-                                              (json_int_t)atomic_load(&cpu->exits), "stopped-for-good", dead,
-                                              "throttle-sleeps", (json_int_t)atomic_load(&cpu->throttle_sleeps)));
+        /* The dirty-limit counters (dirty-limit.c) as they stand: reading them here neither collects the rings
+         * nor starts counting, as writer_stats does. */
+        json_array_append_new(cpus, json_pack("{s:i, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I}", "cpu-index", (int)i,
+                                              "exits", (json_int_t)atomic_load(&cpu->exits), "stopped-for-good",
+                                              dead, "throttle-sleeps", (json_int_t)atomic_load(&cpu->throttle_sleeps),
+                                              "dirty-pages", (json_int_t)atomic_load(&cpu->dirty_pages),
+                                              "dirty-rate", (json_int_t)atomic_load(&cpu->rate_mbps),
+                                              "dirty-limit", (json_int_t)atomic_load(&cpu->limit_mbps),
+                                              "dirty-limit-throttle-us", (json_int_t)atomic_load(&cpu->limit_sleep_us),
+                                              "dirty-ring-full-us", (json_int_t)atomic_load(&cpu->ring_full_us)));
     }
     r = json_pack("{s:I, s:I, s:I, s:o, s:I, s:I, s:s, s:b, s:b, s:i}", "ram-size", (json_int_t)vm->cfg.ram_size,
                   "lowmem", (json_int_t)vm->lowmem, "highmem", (json_int_t)vm->highmem, "cpus", cpus, "kvm-clock",

@@ -24,6 +24,9 @@
  * KVM_EXIT_DIRTY_RING_FULL and cannot re-enter until the ring is collected and reset: its thread does that itself
  * (dirty-log.c's vm_dirty_ring_collect, under the ring's own lock, never vm->lock, so it cannot deadlock with a
  * stopper waiting for it to park) and goes on, as QEMU's vCPU threads reap the rings in that case.
+ *
+ * dirty-limit (dirty-limit.c) counts each vCPU's ring entries and kicks a vCPU over its quota the same way as the
+ * throttle thread, with its own mark (limit_pending); a vCPU kicked by both sleeps for both.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -208,6 +211,7 @@ Vm *vm_new(const VmConfig *cfg, FerryError **errp)
     pthread_condattr_destroy(&ca);
     atomic_init(&vm->throttle_pct, 0);
     pthread_mutex_init(&vm->ring_lock, NULL);
+    vm_limit_init(vm);
     atomic_init(&vm->go, false);
     vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (vm->kvm_fd < 0) {
@@ -440,27 +444,28 @@ static bool vcpu_park(Vcpu *cpu)
     return true;
 }
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
+#define mono_ns vm_mono_ns
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+/* A throttle or dirty-limit kick took this vCPU out of KVM_RUN: it may sleep unless it is being stopped (false). */
+static bool vcpu_kick_resume(Vcpu *cpu)
+{
+    if (!atomic_load(&cpu->vm->go)) {
+        return false; /* a stopper's kick too: immediate_exit stays for it, vcpu_park clears it */
+    }
+    cpu->run->immediate_exit = 0;
+    /* Orders the store above before the loads of go in the sleeps and at the top of vcpu_main's loop: a stopper
+     * that cleared go after this vCPU last saw it set writes immediate_exit = 1 after this, and its signal
+     * follows. */
+    atomic_thread_fence(memory_order_seq_cst);
+    return true;
 }
 
-/* A throttle kick took this vCPU out of KVM_RUN: sleep its share of the slice, unless it is being stopped. */
+/* A throttle kick took this vCPU out of KVM_RUN (vcpu_kick_resume said yes): sleep its share of the slice. */
 static void vcpu_throttle_sleep(Vcpu *cpu)
 {
     Vm *vm = cpu->vm;
     int pct = atomic_load(&vm->throttle_pct);
 
-    if (!atomic_load(&vm->go)) {
-        return; /* a stopper's kick too: immediate_exit stays for it, vcpu_park clears it */
-    }
-    cpu->run->immediate_exit = 0;
-    /* Orders the store above before the loads of go below and at the top of vcpu_main's loop: a stopper that
-     * cleared go after this vCPU last saw it set writes immediate_exit = 1 after this, and its signal follows. */
-    atomic_thread_fence(memory_order_seq_cst);
     if (pct <= 0 || pct >= 100) {
         return; /* lifted since the kick */
     }
@@ -521,9 +526,13 @@ static bool ring_full(Vcpu *cpu, uint64_t *last)
 {
     FerryError *err = NULL;
     uint64_t total = 0;
+    int64_t t0 = mono_ns();
+    bool ok;
 
     atomic_fetch_add_explicit(&cpu->vm->ring_full_exits, 1, memory_order_relaxed);
-    if (!vm_dirty_ring_collect(cpu->vm, &total, &err)) {
+    ok = vm_dirty_ring_collect(cpu->vm, &total, &err);
+    atomic_fetch_add_explicit(&cpu->ring_full_us, (uint64_t)(mono_ns() - t0) / 1000, memory_order_relaxed);
+    if (!ok) {
         char why[256];
         snprintf(why, sizeof(why), "dirty ring full, collecting it failed: %s", ferry_error_msg(err));
         ferry_error_free(err);
@@ -558,8 +567,18 @@ static void *vcpu_main(void *arg)
         }
         if (ioctl(cpu->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
-                if (atomic_exchange(&cpu->throttle_pending, false)) {
-                    vcpu_throttle_sleep(cpu);
+                bool throttle = atomic_exchange(&cpu->throttle_pending, false);
+                bool limit = atomic_exchange(&cpu->limit_pending, false);
+
+                /* Kicked by auto-converge's throttle thread, dirty-limit's limit thread or both: each sleep is
+                 * its own (a limited vCPU under auto-converge sleeps for both). */
+                if ((throttle || limit) && vcpu_kick_resume(cpu)) {
+                    if (throttle) {
+                        vcpu_throttle_sleep(cpu);
+                    }
+                    if (limit) {
+                        vm_limit_sleep(cpu);
+                    }
                 }
                 continue;
             }
@@ -648,6 +667,7 @@ void vm_stop_threads(Vm *vm)
     if (!vm) {
         return;
     }
+    vm_limit_stop(vm); /* first: it kicks vCPUs */
     pthread_mutex_lock(&vm->lock);
     vm->quit = true;
     update_go(vm);
@@ -704,6 +724,7 @@ void vm_free(Vm *vm)
     free(vm->cpuid);
     free(vm->ring_pending);
     pthread_mutex_destroy(&vm->ring_lock);
+    vm_limit_destroy(vm);
     pthread_cond_destroy(&vm->cond);
     pthread_cond_destroy(&vm->throttle_cond);
     pthread_mutex_destroy(&vm->lock);
@@ -800,6 +821,8 @@ const FerryHostOps vm_ops = {
     .stop = ops_stop,
     .start = ops_start,
     .throttle = ops_throttle,
+    .writer_stats = vm_writer_stats,
+    .dirty_limit = vm_dirty_limit,
 };
 
 void vm_hold(Vm *vm)

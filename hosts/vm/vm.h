@@ -8,7 +8,8 @@
  * Files: vm.c (the VM, its memory slots, the vCPU threads and their parking protocol, port I/O dispatch),
  * cpu-state.c (one vCPU's state: get, set, visit), vm-state.c (irqchip, PIT, KVM clock), serial.c (the UART),
  * dirty-log.c (KVM's dirty log, bitmap and ring, as ferry dirty trackers, and their start-up probes), boot.c
- * (loading the boot sector, the real-mode start, the A-B checker), linux.c (booting a Linux bzImage), main.c
+ * (loading the boot sector, the real-mode start, the A-B checker), dirty-limit.c (per-vCPU dirty counts and
+ * limits over the ring), linux.c (booting a Linux bzImage), main.c
  * (options, QMP commands, main()).
  */
 #ifndef FERRY_VM_H
@@ -140,6 +141,14 @@ typedef struct Vcpu {
     uint32_t ring_fetch;  /* free-running index of the next entry to collect (vm->ring_lock) */
     atomic_bool throttle_pending; /* auto-converge: kicked for a throttle sleep, not (only) for a stop */
     _Atomic uint64_t throttle_sleeps; /* throttle sleeps taken */
+    /* dirty-limit (vm_ops.writer_stats, dirty_limit; dirty-limit.c). Counters are cumulative since start-up. */
+    _Atomic uint64_t dirty_pages;   /* entries collected from its ring, by whoever collected them */
+    _Atomic uint64_t ring_full_us;  /* time spent collecting after its KVM_EXIT_DIRTY_RING_FULL exits */
+    _Atomic uint64_t limit_mbps;    /* the limit it is held to, 0 = none */
+    _Atomic uint64_t rate_mbps;     /* its dirty rate over the last period (the limit thread measures it) */
+    _Atomic uint64_t limit_sleep_ns; /* the sleep the limit thread asked for with its last kick */
+    _Atomic uint64_t limit_sleep_us; /* time slept for the limit (throttle_us) */
+    atomic_bool limit_pending;      /* kicked for a limit sleep */
 } Vcpu;
 
 /* A KVM memory slot: guest-physical [gpa, gpa + size) is the RAM block's bytes from block_offset. */
@@ -197,6 +206,16 @@ struct Vm {
     pthread_cond_t throttle_cond; /* CLOCK_MONOTONIC; signalled when throttle_pct changes or at quit */
     pthread_t throttle_thread;
     bool throttle_started;
+
+    /* dirty-limit (dirty-limit.c): the limit thread, started the first time a limit is set or counts are asked
+     * for with a ring. limit_lock guards what follows; limit_cond (CLOCK_MONOTONIC) wakes the thread. */
+    pthread_mutex_t limit_lock;
+    pthread_cond_t limit_cond;
+    pthread_t limit_thread;
+    bool limit_started, limit_quit;
+    int limit_period_ms;        /* x-vcpu-dirty-limit-period of the last dirty_limit call (1000 until then) */
+    int64_t stats_until_ns;     /* counting goes on until then (CLOCK_MONOTONIC) after a writer_stats call */
+    bool counting;              /* the slots log for the limit thread's sake (ring_lock) */
 };
 
 /* ---- vm.c ---- */
@@ -317,6 +336,21 @@ bool vm_dirty_ring_collect(Vm *vm, uint64_t *total, FerryError **errp);
  * of one vCPU's ring (NULL on failure). */
 bool vm_enable_dirty_ring(int vm_fd, uint32_t entries, FerryError **errp);
 void *vm_map_dirty_ring(int cpu_fd, uint32_t entries, FerryError **errp);
+
+/* ---- dirty-limit.c ---- */
+/* Per-vCPU dirty counts and limits over the dirty ring (vm_ops.writer_stats and dirty_limit; see the file). */
+int vm_writer_stats(void *opaque, FerryWriterStats *stats, int max, const char **why);
+void vm_dirty_limit(void *opaque, int index, uint64_t mbps, int period_ms);
+/* Init and tear-down of the limit thread's state (vm_new, vm_stop_threads, vm_free). */
+void vm_limit_init(Vm *vm);
+void vm_limit_stop(Vm *vm);
+void vm_limit_destroy(Vm *vm);
+/* In a vCPU thread kicked for it: sleep what the limit thread asked, in naps that end early when @vm stops. */
+void vm_limit_sleep(Vcpu *cpu);
+/* Whether the slots must keep logging for the limit thread (caller holds ring_lock). */
+bool vm_limit_counting_locked(Vm *vm);
+/* The clock the vCPU threads and the limit thread share (CLOCK_MONOTONIC, ns). */
+int64_t vm_mono_ns(void);
 
 /* ---- pci.c ---- */
 /* Bus 0: slots (device numbers, one function each), the window its I/O BARs live in, and the IOAPIC pins INTx

@@ -8,7 +8,9 @@
  * entries) is smaller than one pass of the guest, so its vCPU must fill it, collect it itself and go on; the same
  * happens with the slots logging but the tracker not armed, where the collected entries are dropped. The probe is
  * run as start-up runs it, and the probes' acceptance rule (the pages written, plus at most the code page) is
- * checked on its own, without KVM. Not tested here: several vCPUs writing (the VMs here have one; a 2-vCPU A-B guest
+ * checked on its own, without KVM. dirty-limit (hosts/vm/dirty-limit.c): the contract holds with the limit thread
+ * counting and collecting all along; a limit of a third of the guest's counted rate holds it within 20%, lifting it
+ * restores the rate; without a ring writer_stats says how to get one. Not tested here: several vCPUs writing (the VMs here have one; a 2-vCPU A-B guest
  * crawls under the emulated KVM these tests also run on), and the engine (tests/integration/test_vm.py migrates with the ring). Every test but the rule's skips where /dev/kvm
  * cannot be opened or KVM has no dirty ring.
  */
@@ -123,7 +125,7 @@ static void harvest(Vm *vm, unsigned long *map)
  * page writes however slowly it runs, where a harvest every 20 ms outpaced a slow emulated guest that never
  * wrote that many pages between two), then stop it and harvest once more.
  */
-static void check_contract(uint32_t entries, bool want_full)
+static void check_contract(uint32_t entries, bool want_full, bool counting)
 {
     Vm *vm = new_ring_vm(entries);
     unsigned long *acc = calloc(WORDS, sizeof(*acc));
@@ -133,6 +135,15 @@ static void check_contract(uint32_t entries, bool want_full)
 
     assert_non_null(acc);
     assert_non_null(copy);
+    if (counting) {
+        /* The limit thread counts (and collects every 100 ms) all along, as with a dirty limit set. */
+        FerryWriterStats st[1];
+        const char *why = NULL;
+
+        vm_dirty_limit(vm, 0, 1000, 100);
+        assert_int_equal(vm_writer_stats(vm, st, 1, &why), 1);
+        assert_true(vm->slot_flags & KVM_MEM_LOG_DIRTY_PAGES);
+    }
     assert_true(vm_dirty_ring_ops.start(vm, NULL));
     /* A first stretch, then a harvest with the vCPU stopped: from here on every write must show up. */
     vm_ops.start(vm);
@@ -192,6 +203,8 @@ static void check_contract(uint32_t entries, bool want_full)
     }
     vm_dirty_ring_ops.stop(vm);
     assert_null(vm->ring_pending);
+    /* Disarming leaves the slots logging while the limit thread counts. */
+    assert_int_equal(!!(vm->slot_flags & KVM_MEM_LOG_DIRTY_PAGES), counting);
     free(copy);
     free(acc);
     free_ring_vm(vm);
@@ -252,13 +265,20 @@ static void test_ring_too_big_refused(void **state)
 static void test_ring_contract(void **state)
 {
     skip_without_ring();
-    check_contract(VM_DIRTY_RING_DEFAULT, false);
+    check_contract(VM_DIRTY_RING_DEFAULT, false, false);
+}
+
+/* The same with the limit thread counting and collecting all along: the harvests still see every page. */
+static void test_ring_contract_counting(void **state)
+{
+    skip_without_ring();
+    check_contract(VM_DIRTY_RING_DEFAULT, false, true);
 }
 
 static void test_ring_full(void **state)
 {
     skip_without_ring();
-    check_contract(VM_DIRTY_RING_MIN, true);
+    check_contract(VM_DIRTY_RING_MIN, true, false);
 }
 
 /* The slots log but the tracker is not armed (no pending bitmap): a full ring is collected, its entries dropped,
@@ -292,6 +312,102 @@ static void test_ring_full_unarmed(void **state)
     free_ring_vm(vm);
 }
 
+/* vCPU 0's counted pages over @ms ms, as MB/s (2^20 bytes), and its throttle_us then. */
+static double counted_rate(Vm *vm, long ms, uint64_t *throttle_us)
+{
+    FerryWriterStats a[1], b[1];
+    const char *why = NULL;
+    double t0, t1;
+
+    assert_int_equal(vm_writer_stats(vm, a, 1, &why), 1);
+    t0 = now_s();
+    sleep_ms(ms);
+    assert_int_equal(vm_writer_stats(vm, b, 1, &why), 1);
+    t1 = now_s();
+    if (throttle_us) {
+        *throttle_us = b[0].throttle_us;
+    }
+    return (double)(b[0].dirty_pages - a[0].dirty_pages) * PAGE / (1 << 20) / (t1 - t0);
+}
+
+/*
+ * dirty-limit on one vCPU running the A-B guest: its counted rate unlimited (R0), then limited to a third of it
+ * (at least 1 MB/s), which must hold the counted rate over 4 s within 20% of the limit (after 3 s to settle,
+ * with a period of 500 ms), and with the limit lifted it must be back above 1.5 times the limit. The rates of the
+ * periods (rate_mbps) are printed as they come. Skipped when the emulated guest is too slow for a limit of 1 MB/s to
+ * be a third of its rate.
+ */
+static void test_dirty_limit(void **state)
+{
+    skip_without_ring();
+    Vm *vm = new_ring_vm(VM_DIRTY_RING_DEFAULT);
+    FerryWriterStats st[2];
+    const char *why = NULL;
+    uint64_t thr0, thr1;
+    double r0, r, lifted;
+    uint64_t limit;
+
+    vm_ops.start(vm);
+    /* The first call turns counting on: the rate is measured from the second. */
+    assert_int_equal(vm_writer_stats(vm, st, 2, &why), 1);
+    assert_int_equal(st[0].limit_mbps, 0);
+    sleep_ms(500);
+    r0 = counted_rate(vm, 3000, &thr0);
+    print_message("unlimited: %.2f MB/s counted\n", r0);
+    if (r0 < 3) {
+        print_message("skipping: the guest dirties %.2f MB/s, too slow for a limit of a third of it\n", r0);
+        vm_ops.stop(vm);
+        free_ring_vm(vm);
+        skip();
+    }
+    limit = (uint64_t)(r0 / 3);
+    vm_dirty_limit(vm, -1, limit, 500);
+    for (int i = 0; i < 6; i++) {
+        sleep_ms(500);
+        assert_int_equal(vm_writer_stats(vm, st, 1, &why), 1);
+        print_message("limit %llu MB/s: period rate %llu MB/s, throttle_us %llu\n", (unsigned long long)limit,
+                      (unsigned long long)st[0].rate_mbps, (unsigned long long)st[0].throttle_us);
+    }
+    assert_int_equal(st[0].limit_mbps, limit);
+    r = counted_rate(vm, 4000, &thr1);
+    print_message("limit %llu MB/s: %.2f MB/s counted over 4 s, %.2f s slept for it\n", (unsigned long long)limit, r,
+                  (double)(thr1 - thr0) / 1e6);
+    assert_true(thr1 > thr0);
+    assert_true(r >= 0.8 * (double)limit && r <= 1.2 * (double)limit);
+
+    vm_dirty_limit(vm, -1, 0, 500);
+    sleep_ms(1000);
+    lifted = counted_rate(vm, 2000, &thr0);
+    assert_int_equal(vm_writer_stats(vm, st, 1, &why), 1);
+    print_message("lifted: %.2f MB/s counted, throttle_us %llu\n", lifted, (unsigned long long)st[0].throttle_us);
+    assert_int_equal(st[0].limit_mbps, 0);
+    assert_int_equal(st[0].throttle_us, thr0); /* no sleep since */
+    assert_true(lifted > 1.5 * (double)limit);
+    assert_false(vcpu_dead(vm));
+    vm_ops.stop(vm);
+    free_ring_vm(vm);
+}
+
+/* Without a ring there are no per-vCPU counts: writer_stats says so and how to get them. */
+static void test_no_ring_refused(void **state)
+{
+    VmConfig cfg = { .ram_size = RAM, .smp = 1, .serial_mode = VM_SERIAL_NULL };
+    FerryError *err = NULL;
+    FerryWriterStats st[1];
+    const char *why = NULL;
+    Vm *vm;
+
+    skip_without_ring();
+    vm = vm_new(&cfg, &err);
+    assert_non_null(vm);
+    assert_int_equal(vm_writer_stats(vm, st, 1, &why), 0);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "-accel kvm,dirty-ring-size=N"));
+    vm_dirty_limit(vm, 0, 10, 1000); /* does nothing */
+    assert_int_equal(atomic_load(&vm->vcpus[0].limit_mbps), 0);
+    vm_free(vm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -301,6 +417,9 @@ int main(void)
         cmocka_unit_test(test_ring_contract),
         cmocka_unit_test(test_ring_full),
         cmocka_unit_test(test_ring_full_unarmed),
+        cmocka_unit_test(test_ring_contract_counting),
+        cmocka_unit_test(test_dirty_limit),
+        cmocka_unit_test(test_no_ring_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
