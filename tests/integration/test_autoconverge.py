@@ -9,8 +9,9 @@ import pytest
 
 from ferrytest import QMPError, wait_listening, wait_until
 
-# Two unthrottled A-B writers over 32 MiB dirty far more than 32 MiB/s can carry.
-BUSY = ["-m", "32M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "0"]
+# Two unthrottled A-B writers over 16 MiB dirty far more than 32 MiB/s can carry (small, so that a pass, and
+# the two passes each throttle step takes, are short).
+BUSY = ["-m", "16M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "0"]
 LINK = 32 << 20
 
 
