@@ -6,8 +6,8 @@ and the table gives per size the medians of setup-time, downtime and total-time,
 transferred. With --base BUILD the same runs are made with that build too (main's, for a before/after in the same
 run), interleaved size by size so that both see the same machine.
 
-Every run is checked: the migration must complete, and for sizes up to --verify-max GiB (default 16; reading
-256 GiB of untouched RAM takes longer than migrating it) the RAM digests of both ends must be equal. This is a
+Every run is checked: the migration must complete, and for sizes up to --verify-max GiB (default 1: reading
+untouched RAM costs a page fault per page, 16 GiB over a minute on the test machine) the RAM digests of both ends must be equal. This is a
 measurement, not a test: it asserts no speed. Run it through bench/run.sh --ramsize, which builds a release tree.
 It reuses the QMP client and process wrapper of the integration tests (tests/integration/ferrytest.py).
 """
@@ -62,8 +62,8 @@ def main():
     ap.add_argument("--base", help="a second build directory (e.g. main's) measured in the same run")
     ap.add_argument("--sizes", default="1,16,64,256", help="guest RAM sizes in GiB, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="runs per size and build (default 3; medians)")
-    ap.add_argument("--verify-max", type=int, default=16,
-                    help="compare RAM digests for sizes up to this many GiB (default 16)")
+    ap.add_argument("--verify-max", type=int, default=1,
+                    help="compare RAM digests for sizes up to this many GiB (default 1)")
     opts = ap.parse_args()
     builds = [("after", os.path.abspath(opts.build))]
     if opts.base:
