@@ -7,8 +7,8 @@ transferred. With --base BUILD the same runs are made with that build too (main'
 run), interleaved size by size so that both see the same machine.
 
 Every run is checked: the migration must complete, and for sizes up to --verify-max GiB (default 1: reading
-untouched RAM costs a page fault per page, 16 GiB over a minute on the test machine) the RAM digests of both ends must be equal. This is a
-measurement, not a test: it asserts no speed. Run it through bench/run.sh --ramsize, which builds a release tree.
+untouched RAM costs a page fault per page, 16 GiB over a minute on the test machine) the RAM digests of both ends
+must be equal. This is a measurement, not a test: it asserts no speed. Run it through bench/run.sh --ramsize, which builds a release tree.
 It reuses the QMP client and process wrapper of the integration tests (tests/integration/ferrytest.py).
 """
 

@@ -4,11 +4,12 @@
  * Start opens a userfaultfd with UFFD_FEATURE_WP_ASYNC (a write to a protected page is resolved inside the kernel
  * by dropping the protection, so no thread ever waits on us) and UFFD_FEATURE_WP_UNPOPULATED (without it the
  * kernel refuses PAGEMAP_SCAN's write-protecting walk on anonymous memory), registers every block in
- * write-protect mode and protects the page tables that hold something (protect_populated: a page in an empty one
- * is reported once written anyway). A harvest is one PAGEMAP_SCAN walk with PM_SCAN_WP_MATCHING: the kernel
- * reports the pages whose protection was dropped ("written") and protects them again under the page-table lock,
- * so a write that races with the walk is either reported now or left unprotected for the next harvest; never
- * lost. The walk skips empty page tables whole, so both cost what is populated, not the size of RAM.
+ * write-protect mode and arms the granules (page tables) that hold a page: write-protected whole, holes included.
+ * A harvest is PAGEMAP_SCAN walks with PM_SCAN_WP_MATCHING: the kernel reports the pages whose protection was
+ * dropped ("written") and protects them again under the page-table lock, so a write that races with the walk is
+ * either reported now or left unprotected for the next harvest; never lost. In granules not armed, only pages
+ * populated since are reported, and their granule is armed (uffd_wp_harvest). Untouched RAM has no page tables,
+ * which the walks skip whole: start and harvests cost what is populated, not the size of RAM.
  * Reading the pages is the caller's business. This file does not decide when to fall back (tracker.c does).
  */
 #include <errno.h>
