@@ -35,6 +35,8 @@ struct FerryRamBlock {
     uint64_t npages;
     uint32_t index;              /* position in the engine's list, used as the block id in the stream */
     unsigned long *explicit_dirty; /* npages bits, set atomically by ferry_ram_mark_dirty() */
+    bool explicit_any;             /* atomic: set by ferry_ram_mark_dirty() after its bits, so that a harvest
+                                    * need not read the bitmap of a block nobody marked */
     /* Backing. fd is -1 for anonymous memory, else the memfd (ours). shared: mapped MAP_SHARED, so another
      * process that maps fd sees the same pages (what mode cpr-transfer passes instead of copying). */
     int fd;
@@ -97,18 +99,27 @@ void ferry__ram_block_discard(FerryRamBlock *b);
  * cannot tell; never fails. For a file block: every page over the file's data (a page of a file mapping not yet
  * faulted in reads as the file's content, not as zero), found with SEEK_DATA, plus the private copies this process
  * wrote; the pages over holes read as zero and are left out. */
-void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap);
+bool ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap); /* false: it set no bit */
 /* A source is about to read the block: map a file block's data pages in now, before the dirty tracker registers
  * the mapping (after that the kernel maps a page per fault). No-op for other blocks; never fails. */
 void ferry__ram_block_map_for_reading(FerryRamBlock *b);
 
 /*
  * Internal to src/ram: one PAGEMAP_SCAN walk over @b (ioctl flags @flags, pages matching all of @category_mask,
- * with the categories in @inverted negated, and any of @anyof_mask), setting the matching pages in @bitmap.
- * Returns 0, an errno value, or -1 if the kernel stopped making progress (*stuck_at: the block offset where).
+ * with the categories in @inverted negated, and any of @anyof_mask), setting the matching pages in @bitmap (if
+ * not NULL) and counting them in *@found (if not NULL). The kernel skips empty page tables whole, so the walk
+ * costs what is populated, not the block's size. Returns 0, an errno value, or -1 if the kernel stopped making
+ * progress (*stuck_at: the block offset where).
  */
 int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
-                        uint64_t inverted, uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at);
+                        uint64_t inverted, uint64_t anyof_mask, unsigned long *bitmap, uint64_t *found,
+                        uint64_t *stuck_at);
+/* The same walk over pages [@first, @first + @count) of @b only, calling @region for each run of matching pages
+ * (block page numbers), in address order, with the run's categories (those of the masks and @return_mask). */
+int ferry__pagemap_scan_regions(int pagemap_fd, FerryRamBlock *b, uint64_t first, uint64_t count, uint64_t flags,
+                                uint64_t category_mask, uint64_t inverted, uint64_t anyof_mask, uint64_t return_mask,
+                                void (*region)(void *opaque, uint64_t first, uint64_t count, uint64_t categories),
+                                void *opaque, uint64_t *stuck_at);
 
 /*
  * zero.c: true if the @len bytes at @p are all zero (any length and alignment; @p may be NULL if @len is 0). Fastest
@@ -156,6 +167,10 @@ bool ferry__tracker_is_none(const FerryDirtyTracker *t);
  * harvest. Read the pages only after harvesting them.
  */
 bool ferry__tracker_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp);
+/* The same, and *found false only if the harvest surely set no bit in @bitmap (so that a caller need not read a
+ * bitmap it knows was empty before). */
+bool ferry__tracker_harvest_found(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, bool *found,
+                                  FerryError **errp);
 /* Disarm and free. Writers are never blocked by a stopped tracker. NULL is a no-op. */
 void ferry__tracker_stop(FerryDirtyTracker *t);
 

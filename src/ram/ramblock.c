@@ -359,13 +359,15 @@ static bool swap_configured(void)
     return si.totalswap != 0;
 }
 
-int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
-                        uint64_t inverted, uint64_t anyof_mask, unsigned long *bitmap, uint64_t *stuck_at)
+int ferry__pagemap_scan_regions(int pagemap_fd, FerryRamBlock *b, uint64_t first, uint64_t count, uint64_t flags,
+                                uint64_t category_mask, uint64_t inverted, uint64_t anyof_mask, uint64_t return_mask,
+                                void (*region)(void *opaque, uint64_t first, uint64_t count, uint64_t categories),
+                                void *opaque, uint64_t *stuck_at)
 {
     uint64_t ps = ferry_ram_page_size();
     uint64_t base = (uint64_t)(uintptr_t)b->host;
-    uint64_t end = base + b->size;
-    uint64_t cursor = base;
+    uint64_t end = base + FERRY_MIN(first + count, b->npages) * ps;
+    uint64_t cursor = base + first * ps;
     struct page_region vec[SCAN_VEC_LEN];
 
     while (cursor < end) {
@@ -379,7 +381,7 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
             .category_mask = category_mask,
             .category_inverted = inverted,
             .category_anyof_mask = anyof_mask,
-            .return_mask = category_mask | anyof_mask,
+            .return_mask = category_mask | anyof_mask | return_mask,
         };
         int n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
         if (n < 0) {
@@ -396,7 +398,7 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
             uint64_t s = FERRY_MAX(vec[i].start, base);
             uint64_t e = FERRY_MIN(vec[i].end, end);
             if (e > s) {
-                ferry__bitmap_set_range(bitmap, (size_t)((s - base) / ps), (size_t)((e - s) / ps));
+                region(opaque, (s - base) / ps, (e - s) / ps, vec[i].categories);
             }
         }
         if (arg.walk_end <= cursor) {
@@ -408,21 +410,51 @@ int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64
     return 0;
 }
 
+typedef struct ScanToBitmap {
+    unsigned long *bitmap;
+    uint64_t found;
+} ScanToBitmap;
+
+static void scan_to_bitmap(void *opaque, uint64_t first, uint64_t count, uint64_t categories)
+{
+    (void)categories;
+    ScanToBitmap *sb = opaque;
+    if (sb->bitmap) {
+        ferry__bitmap_set_range(sb->bitmap, (size_t)first, (size_t)count);
+    }
+    sb->found += count;
+}
+
+int ferry__pagemap_scan(int pagemap_fd, FerryRamBlock *b, uint64_t flags, uint64_t category_mask,
+                        uint64_t inverted, uint64_t anyof_mask, unsigned long *bitmap, uint64_t *found,
+                        uint64_t *stuck_at)
+{
+    ScanToBitmap sb = {.bitmap = bitmap};
+    int err = ferry__pagemap_scan_regions(pagemap_fd, b, 0, b->npages, flags, category_mask, inverted, anyof_mask, 0,
+                                          scan_to_bitmap, &sb, stuck_at);
+    if (found) {
+        *found = sb.found;
+    }
+    return err;
+}
+
 /*
  * A page of a file mapping that was never faulted in is not "present", yet it reads as the file's content: every
  * page over the file's data may hold data. A page over a hole reads as zero, like an untouched anonymous page, and
  * need not even be read (the kernel knows: SEEK_DATA / SEEK_HOLE); a private copy this process wrote over a hole
  * is found by the pagemap walk that follows. Where the file system cannot tell, every page counts.
  */
-static void file_present_pages(FerryRamBlock *b, unsigned long *bitmap)
+static bool file_present_pages(FerryRamBlock *b, unsigned long *bitmap)
 {
     uint64_t ps = ferry_ram_page_size();
     uint64_t start = b->file_offset, end = b->file_offset + b->size, pos = start;
+    bool any = false;
     while (pos < end) {
         off_t data = lseek(b->file_fd, (off_t)pos, SEEK_DATA);
         if (data < 0) {
             if (errno != ENXIO) {
                 ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages); /* cannot tell: all of it */
+                any = true;
             }
             break; /* ENXIO: no data past pos */
         }
@@ -433,8 +465,10 @@ static void file_present_pages(FerryRamBlock *b, unsigned long *bitmap)
         uint64_t stop = hole < 0 ? end : FERRY_MIN((uint64_t)hole, end);
         uint64_t first = ((uint64_t)data - start) / ps, last = (stop - start + ps - 1) / ps;
         ferry__bitmap_set_range(bitmap, (size_t)first, (size_t)(last - first));
+        any = true;
         pos = stop;
     }
+    return any;
 }
 
 void ferry__ram_block_map_for_reading(FerryRamBlock *b)
@@ -466,33 +500,36 @@ void ferry__ram_block_map_for_reading(FerryRamBlock *b)
     }
 }
 
-void ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
+bool ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
 {
+    bool any = false;
     if (b->file) {
-        file_present_pages(b, bitmap);
+        any = file_present_pages(b, bitmap);
     }
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);
-        return;
+        return true;
     }
     bool swap = swap_configured();
-    uint64_t stuck;
+    uint64_t stuck, found = 0, found2 = 0;
     /* A file block's pages of the file itself were counted by the file's data above (a page of a hole can be
      * mapped too, zero-filled by readahead); what the walk adds are the private copies this process wrote. */
     uint64_t not_file = b->file ? PAGE_IS_FILE : 0;
     bool ok = ferry__pagemap_scan(fd, b, 0, not_file, not_file, PAGE_IS_PRESENT | (swap ? PAGE_IS_SWAPPED : 0),
-                                  bitmap, &stuck) == 0;
+                                  bitmap, &found, &stuck) == 0;
     if (ok && !swap && swap_configured()) {
         /* Swap appeared during the walk: a page may have left memory behind the cursor. Walk again with it. */
         ok = ferry__pagemap_scan(fd, b, 0, not_file, not_file, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, bitmap,
-                                 &stuck) == 0;
+                                 &found2, &stuck) == 0;
     }
     if (!ok) {
         /* No PAGEMAP_SCAN (before Linux 6.7) or it failed: every page may hold data. */
         ferry__bitmap_set_range(bitmap, 0, (size_t)b->npages);
+        found = 1;
     }
     close(fd);
+    return any || found || found2;
 }
 
 bool ferry_ram_block_prealloc(FerryRamBlock *b, FerryError **errp)
@@ -527,4 +564,5 @@ void ferry_ram_mark_dirty(FerryRamBlock *b, uint64_t offset, uint64_t len)
     uint64_t first = offset / ps;
     uint64_t last = (offset + len - 1) / ps;
     ferry__bitmap_set_range_atomic(b->explicit_dirty, (size_t)first, (size_t)(last - first + 1));
+    __atomic_store_n(&b->explicit_any, true, __ATOMIC_SEQ_CST);
 }

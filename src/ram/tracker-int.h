@@ -15,9 +15,9 @@ typedef struct FerryTrackerOps {
     bool is_none;      /* harvests tell nothing: the caller resends everything with writers stopped */
     /* Arm tracking over t->blocks (explicit bitmaps are already cleared). May set t->priv. */
     bool (*start)(FerryDirtyTracker *t, FerryError **errp);
-    /* OR into @bitmap the pages of @b the kind saw written, re-arming them. Explicit marks are merged by the
-     * caller; NULL means the kind sees no writes of its own. */
-    bool (*harvest)(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp);
+    /* OR into @bitmap the pages of @b the kind saw written, re-arming them, and set *found unless it surely set
+     * no bit. Explicit marks are merged by the caller; NULL means the kind sees no writes of its own. */
+    bool (*harvest)(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, bool *found, FerryError **errp);
     /* Disarm and release t->priv. Never fails: a disarm error leaves writers unblocked anyway. May be NULL. */
     void (*stop)(FerryDirtyTracker *t);
 } FerryTrackerOps;

@@ -34,9 +34,11 @@ static bool host_start(FerryDirtyTracker *t, FerryError **errp)
     return h->ops->start ? h->ops->start(h->opaque, errp) : true;
 }
 
-static bool host_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
+static bool host_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, bool *found,
+                         FerryError **errp)
 {
     FerryHostTracker *h = t->priv;
+    *found = true; /* the host's harvest does not say */
     return h->ops->harvest(h->opaque, b, bitmap, errp);
 }
 
@@ -70,7 +72,11 @@ static FerryDirtyTracker *tracker_alloc(const FerryTrackerOps *ops, FerryRamBloc
     }
     t->nblocks = nblocks;
     for (size_t i = 0; i < nblocks; i++) {
-        ferry__bitmap_zero(blocks[i]->explicit_dirty, (size_t)blocks[i]->npages);
+        /* A bitmap without the flag has no bit set (ferry_ram_mark_dirty sets the flag after the bits): clearing
+         * only the flagged ones keeps the start from touching every block's bitmap. */
+        if (__atomic_exchange_n(&blocks[i]->explicit_any, false, __ATOMIC_SEQ_CST)) {
+            ferry__bitmap_zero(blocks[i]->explicit_dirty, (size_t)blocks[i]->npages);
+        }
     }
     t->ops = ops;
     t->name = ops->name;
@@ -212,6 +218,14 @@ bool ferry__tracker_is_none(const FerryDirtyTracker *t)
 
 bool ferry__tracker_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, FerryError **errp)
 {
+    bool found;
+    return ferry__tracker_harvest_found(t, b, bitmap, &found, errp);
+}
+
+bool ferry__tracker_harvest_found(FerryDirtyTracker *t, FerryRamBlock *b, unsigned long *bitmap, bool *found,
+                                  FerryError **errp)
+{
+    *found = false;
     bool tracked = false;
     for (size_t i = 0; i < t->nblocks && !tracked; i++) {
         tracked = t->blocks[i] == b;
@@ -220,10 +234,15 @@ bool ferry__tracker_harvest(FerryDirtyTracker *t, FerryRamBlock *b, unsigned lon
         ferry_error_setg(errp, "RAM block '%s' is not covered by the %s dirty tracker", b->name, t->name);
         return false;
     }
-    if (t->ops->harvest && !t->ops->harvest(t, b, bitmap, errp)) {
+    if (t->ops->harvest && !t->ops->harvest(t, b, bitmap, found, errp)) {
         return false;
     }
-    ferry__bitmap_move_atomic(bitmap, b->explicit_dirty, (size_t)b->npages);
+    /* The flag first, then the bits: a mark whose flag comes after the exchange keeps its bits for the next
+     * harvest, and the last harvest (writers stopped) sees every flag. Unmarked blocks cost nothing here. */
+    if (__atomic_exchange_n(&b->explicit_any, false, __ATOMIC_SEQ_CST)) {
+        ferry__bitmap_move_atomic(bitmap, b->explicit_dirty, (size_t)b->npages);
+        *found = true;
+    }
     return true;
 }
 
