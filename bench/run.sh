@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build a release tree (build-release) and run the migration benchmark (bench/migrate-bench.py) on it, or with
 # --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py), with --postcopy the postcopy
-# benchmark (bench/postcopy-bench.py), with --converge the convergence benchmark (bench/converge-bench.py). Other
+# benchmark (bench/postcopy-bench.py), with --converge the convergence benchmark (bench/converge-bench.py), with
+# --crc-recv the receive-path checksum benchmark (bench/crc-recv-bench.py). Other
 # options are passed to the benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints
 # numbers.
 set -euo pipefail
@@ -16,6 +17,9 @@ elif [ "${1:-}" = "--postcopy" ]; then
     shift
 elif [ "${1:-}" = "--converge" ]; then
     script=converge-bench.py
+    shift
+elif [ "${1:-}" = "--crc-recv" ]; then
+    script=crc-recv-bench.py
     shift
 fi
 if [ ! -f build-release/build.ninja ]; then
