@@ -2,10 +2,12 @@
  * crc32c-bench: the throughput of ferry's CRC32C through each of its paths (folding with VPCLMULQDQ, the crc32
  * instruction, the table), and of copy-and-checksum in one pass, next to memcpy measured in the same run, so that
  * the cost of checksumming every record can be judged against the cost of moving the bytes at all on this
- * machine. Two working sets: a 64 MiB buffer (read from memory, as the source reads RAM it has not touched for a
- * while) and a 1 MiB one (in cache, as the destination checksums a run it has just received). Each figure is the
- * best of several passes over buffers touched before the clock starts (page faults are not measured). It is a
- * measurement, not a test; it exits non-zero only if two paths disagree or memory cannot be had.
+ * machine. Four working sets: a 64 MiB buffer (read from memory, as the source reads RAM it has not touched for a
+ * while), a 1 MiB one (in cache, as the destination checksums a run it has just received), 256 KiB (a received
+ * piece, ferry__crc32c_chunk) and 32 KiB (in the first-level cache: the speed of the code itself, which memory
+ * cannot limit). Each figure is the best of several passes over buffers touched before the clock starts (page
+ * faults are not measured). It is a measurement, not a test; it exits non-zero only if two paths disagree or
+ * memory cannot be had.
  *
  * Usage: crc32c-bench [PASSES]   (default 5)
  * Output: one line per method and working set, "NAME GB/s X.XX ratio-to-memcpy Y.YY" (GB = 10^9 bytes); the
@@ -114,7 +116,7 @@ int main(int argc, char **argv)
     static const struct {
         const char *suffix;
         size_t size;
-    } sets[] = { { "", COLD_SIZE }, { "-hot", HOT_SIZE } };
+    } sets[] = { { "", COLD_SIZE }, { "-hot", HOT_SIZE }, { "-256k", 256u << 10 }, { "-l1", 32u << 10 } };
     for (size_t s = 0; s < FERRY_ARRAY_SIZE(sets); s++) {
         size_t size = sets[s].size;
         int reps = (int)(COLD_SIZE / size);

@@ -2,7 +2,8 @@
 # Build a release tree (build-release) and run the migration benchmark (bench/migrate-bench.py) on it, or with
 # --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py), with --postcopy the postcopy
 # benchmark (bench/postcopy-bench.py), with --converge the convergence benchmark (bench/converge-bench.py), with
-# --ramsize the RAM-size benchmark (bench/ramsize-bench.py: untouched RAM of 1-256 GiB). Other
+# --ramsize the RAM-size benchmark (bench/ramsize-bench.py: untouched RAM of 1-256 GiB), with --crc-recv the
+# receive-path checksum benchmark (bench/crc-recv-bench.py). Other
 # options are passed to the benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints
 # numbers.
 set -euo pipefail
@@ -20,6 +21,8 @@ elif [ "${1:-}" = "--converge" ]; then
     shift
 elif [ "${1:-}" = "--ramsize" ]; then
     script=ramsize-bench.py
+elif [ "${1:-}" = "--crc-recv" ]; then
+    script=crc-recv-bench.py
     shift
 fi
 if [ ! -f build-release/build.ninja ]; then

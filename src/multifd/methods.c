@@ -73,11 +73,18 @@ bool ferry__multifd_recv_compressed(FerryChannel *c, const FerryWireMfdPacket *p
                          pk->payload, p->npages);
         return false;
     }
-    if (!ferry__channel_read_all(c, cbuf, pk->payload, errp)) {
-        return false;
-    }
-    if (crc) {
-        *crc = ferry__crc32c(*crc, cbuf, pk->payload);
+    /* In pieces, each checksummed as soon as it has landed, while it is still in cache (the compressed payload goes
+     * to a buffer of its own, not RAM, so the bytes are read once more only here). */
+    size_t chunk = crc ? ferry__crc32c_chunk() : pk->payload;
+    for (size_t off = 0; off < pk->payload;) {
+        size_t n = FERRY_MIN(chunk, pk->payload - off);
+        if (!ferry__channel_read_all(c, cbuf + off, n, errp)) {
+            return false;
+        }
+        if (crc) {
+            *crc = ferry__crc32c(*crc, cbuf + off, n);
+        }
+        off += n;
     }
     if (!fn(ctx, cbuf, pk->payload, p->iov, p->niov, errp)) {
         ferry_error_prepend(errp, "packet %llu: ", (unsigned long long)pk->number);

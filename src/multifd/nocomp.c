@@ -1,10 +1,13 @@
 /*
  * multifd-compression=none: a packet's payload is the data of its non-zero pages as they are, concatenated. The
  * source hands them to the kernel straight from RAM (send.c copies them only to checksum what leaves while the
- * workload runs); the destination reads them straight into place with one scatter-gather read. Its recv also serves
- * every packet not flagged compressed in a stream of another method (a packet whose pages are all zero has an
- * empty plain payload whatever the method). The method keeps no per-channel state.
+ * workload runs); the destination reads them straight into place with one scatter-gather read, or, when the
+ * packet is checksummed, in cache-sized pieces through a small buffer, copied into place and checksummed in one
+ * pass. Its recv also serves every packet not flagged compressed in a stream of another method (a packet whose
+ * pages are all zero has an empty plain payload whatever the method). The method keeps no per-channel state (the
+ * piece buffer is allocated per packet).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "multifd/multifd-int.h"
@@ -19,17 +22,43 @@ static bool nocomp_recv(void *state, FerryChannel *c, const FerryWireMfdPacket *
                          pk->payload, p->npages);
         return false;
     }
-    /* readv consumes the iovec it is given; the pages' own is kept for the checksum. */
-    struct iovec work[FERRY_WIRE_MFD_MAX_PAGES];
-    FERRY_ASSERT(p->niov >= 0 && (size_t)p->niov <= FERRY_ARRAY_SIZE(work));
-    memcpy(work, p->iov, sizeof(*p->iov) * (size_t)p->niov);
-    if (!ferry__channel_readv_all(c, work, p->niov, errp)) {
-        return false;
+    FERRY_ASSERT(p->niov >= 0 && (size_t)p->niov <= FERRY_WIRE_MFD_MAX_PAGES);
+    if (!crc) {
+        /* readv consumes the iovec it is given: work on a copy. */
+        struct iovec work[FERRY_WIRE_MFD_MAX_PAGES];
+        memcpy(work, p->iov, sizeof(*p->iov) * (size_t)p->niov);
+        return ferry__channel_readv_all(c, work, p->niov, errp);
     }
-    for (int i = 0; crc && i < p->niov; i++) {
-        *crc = ferry__crc32c(*crc, p->iov[i].iov_base, p->iov[i].iov_len);
+    /* With the checksum, the payload is read in pieces of ferry__crc32c_chunk() bytes into a small buffer that
+     * stays in cache, and each piece is copied into the pages and checksummed in one pass (ferry__crc32c_copy):
+     * the pages are touched once, by that copy. Reading straight into the pages and checksumming them afterwards
+     * touched them twice, and on the machine of docs/memory.md every touch of the destination's RAM is what
+     * costs. A piece may start or end inside a run. */
+    size_t chunk = ferry__crc32c_chunk();
+    uint8_t *bounce = ferry__xmalloc(chunk);
+    bool ok = true;
+    int i = 0;
+    size_t off = 0; /* bytes of p->iov[i] already filled */
+    for (size_t done = 0; ok && done < p->raw;) {
+        size_t n = FERRY_MIN(chunk, p->raw - done);
+        if (!ferry__channel_read_all(c, bounce, n, errp)) {
+            ok = false;
+            break;
+        }
+        for (size_t pos = 0; pos < n;) {
+            size_t l = FERRY_MIN(p->iov[i].iov_len - off, n - pos);
+            *crc = ferry__crc32c_copy(*crc, (uint8_t *)p->iov[i].iov_base + off, bounce + pos, l);
+            pos += l;
+            off += l;
+            if (off == p->iov[i].iov_len) {
+                i++;
+                off = 0;
+            }
+        }
+        done += n;
     }
-    return true;
+    free(bounce);
+    return ok;
 }
 
 const FerryMultifdMethods ferry__multifd_nocomp = {

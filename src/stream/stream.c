@@ -2,8 +2,9 @@
  * The buffered stream over a channel (stream/stream.h): a 256 KiB write buffer, a 256 KiB read buffer, byte
  * counters, a running CRC32C in each direction (for record trailers) and a sticky error. It knows nothing of
  * record framing (src/wire does). Large reads and ferry__stream_write_iov bypass the buffers so that page data is
- * not copied twice; ferry__stream_write always copies, so that its CRC covers exactly the bytes that are sent
- * even when the caller's memory changes meanwhile (RAM of a running workload).
+ * not copied twice (with the CRC on, large reads go through the read buffer instead, whose copy out also
+ * checksums, so that RAM is touched once); ferry__stream_write always copies, so that its CRC covers exactly the
+ * bytes that are sent even when the caller's memory changes meanwhile (RAM of a running workload).
  *
  * The writer and the reader may be different threads; they share only the latched error, which is set once
  * with a compare-and-swap and never changed or freed before ferry__stream_free, so reading it needs no lock.
@@ -292,13 +293,14 @@ static bool stream_read(FerryStream *s, uint8_t *buf, uint64_t len)
             continue;
         }
         size_t got;
-        if (buf && len >= STREAM_BUF_SIZE) {
-            /* Large reads go straight into the caller's memory: page data is copied once, by the kernel. */
+        if (buf && len >= STREAM_BUF_SIZE && !s->crc) {
+            /* Large reads go straight into the caller's memory: page data is copied once, by the kernel. Not with
+             * the CRC on: the checksum would then be a second pass over the caller's memory (RAM), and on the
+             * machine of docs/memory.md each touch of the destination's RAM costs more than the copy into a read
+             * buffer that stays in cache. Through the buffer, ferry__crc32c_copy moves each piece into RAM and
+             * checksums it in one pass, so RAM is touched once either way. */
             if (!read_some(s, buf, (size_t)len, &got)) {
                 return false;
-            }
-            if (s->crc) {
-                s->rcrc = ferry__crc32c(s->rcrc, buf, got);
             }
             buf += got;
             s->read += got;

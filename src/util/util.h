@@ -127,6 +127,11 @@ FerryCrc32cImpl ferry__crc32c_limit(FerryCrc32cImpl max);
 /* memcpy(@dst, @src, @len) and ferry__crc32c(@crc, @dst, @len) in one pass over the bytes (the buffers must not
  * overlap). The checksum is of the bytes stored at @dst, even if @src changes meanwhile. */
 uint32_t ferry__crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len);
+/* The size of the pieces in which checksummed data is received: each piece lands in a small buffer that stays in
+ * cache and is copied to its place and checksummed in one pass, rather than checksummed in a second pass over
+ * memory it has been read into (docs/memory.md). The environment variable FERRY_CRC_CHUNK (bytes, 4096 to
+ * 64 MiB) overrides it for benchmarks. */
+size_t ferry__crc32c_chunk(void);
 
 /*
  * keyval.c: QEMU's keyval syntax ("a=1,b.c=x,d.0=p,d.1=q") into a new JSON object whose leaves are strings

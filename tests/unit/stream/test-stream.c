@@ -1,7 +1,9 @@
 /*
  * Unit tests of the buffered stream (src/stream/stream.c) over a socketpair-backed channel: typed and raw writes
  * and reads of every size class (in the buffer, across its end, larger than it), write_iov, skip, byte counts,
- * and the sticky error: an early end of stream, a dead peer on write, and set_error keeping the first error.
+ * the sticky error: an early end of stream, a dead peer on write, and set_error keeping the first error; and the
+ * read CRC of a large read, which is received and checksummed piece by piece, still covering a damaged byte in a
+ * later piece.
  */
 #include <endian.h>
 #include <pthread.h>
@@ -250,6 +252,82 @@ static void test_write_to_dead_peer(void **state)
     ferry__channel_free(p.a);
 }
 
+/*
+ * A large read with the CRC on goes through the read buffer, a piece at a time, each piece copied out and
+ * checksummed in one pass. A byte damaged in transit in a later piece must still change the read CRC (the record
+ * trailer's check then refuses the record), whether the read starts with an empty read buffer or after bytes
+ * already in it.
+ */
+struct damage_ctx {
+    FerryChannel *c;
+    const uint8_t *intact, *damaged;
+    size_t len;
+    bool ok;
+};
+
+static void *damage_writer(void *opaque)
+{
+    struct damage_ctx *ctx = opaque;
+    /* Raw channel writes: what the reader gets is not what its expected CRC was computed over. */
+    ctx->ok = ferry__channel_write_all(ctx->c, ctx->intact, ctx->len, NULL) &&
+              ferry__channel_write_all(ctx->c, ctx->damaged, ctx->len, NULL) &&
+              ferry__channel_write_all(ctx->c, "x", 1, NULL) &&
+              ferry__channel_write_all(ctx->c, ctx->damaged, ctx->len, NULL);
+    return NULL;
+}
+
+static void test_crc_covers_later_pieces(void **state)
+{
+    size_t chunk = ferry__crc32c_chunk();
+    /* Longer than both the read buffer (so that the read bypasses it) and four pieces. */
+    size_t len = FERRY_MAX((size_t)4 * chunk, (size_t)4 * BUF_SIZE) + 123;
+    uint8_t *intact = ferry__xmalloc(len), *damaged = ferry__xmalloc(len), *got = ferry__xmalloc(len);
+    fill_pattern(intact, len, 7);
+    memcpy(damaged, intact, len);
+    size_t where = len - chunk / 2 - 5; /* inside the last piece, far from the first */
+    damaged[where] ^= 0x10;
+    uint32_t want = ferry__crc32c(0, intact, len);
+
+    struct pair p;
+    make_pair(&p);
+    struct damage_ctx ctx = { .c = p.a, .intact = intact, .damaged = damaged, .len = len };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, damage_writer, &ctx), 0);
+    FerryStream *s = ferry__stream_new(p.b);
+    assert_true(ferry__stream_crc(s));
+
+    /* Intact: the pieces' CRCs join into the CRC of the whole. */
+    ferry__stream_read_crc_reset(s);
+    assert_true(ferry__stream_read(s, got, len));
+    assert_memory_equal(got, intact, len);
+    assert_int_equal(ferry__stream_read_crc(s), want);
+
+    /* Damaged, read from a piece boundary. */
+    ferry__stream_read_crc_reset(s);
+    assert_true(ferry__stream_read(s, got, len));
+    assert_int_not_equal(ferry__stream_read_crc(s), want);
+    assert_int_equal(ferry__stream_read_crc(s), ferry__crc32c(0, damaged, len));
+
+    /* Damaged, after one byte that leaves the rest of a buffered read-ahead in front of the large read. */
+    uint8_t x;
+    assert_true(ferry__stream_read_u8(s, &x));
+    assert_int_equal(x, 'x');
+    ferry__stream_read_crc_reset(s);
+    assert_true(ferry__stream_read(s, got, len));
+    assert_int_not_equal(ferry__stream_read_crc(s), want);
+    assert_int_equal(ferry__stream_read_crc(s), ferry__crc32c(0, damaged, len));
+
+    pthread_join(t, NULL);
+    assert_true(ctx.ok);
+    assert_false(ferry__stream_failed(s));
+    ferry__stream_free(s);
+    ferry__channel_free(p.a);
+    ferry__channel_free(p.b);
+    free(intact);
+    free(damaged);
+    free(got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +336,7 @@ int main(void)
         cmocka_unit_test(test_eof_is_sticky),
         cmocka_unit_test(test_set_error_keeps_first),
         cmocka_unit_test(test_write_to_dead_peer),
+        cmocka_unit_test(test_crc_covers_later_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
