@@ -3,7 +3,8 @@
 # --qemu as the first argument the benchmark against QEMU (bench/qemu-bench.py), with --postcopy the postcopy
 # benchmark (bench/postcopy-bench.py), with --converge the convergence benchmark (bench/converge-bench.py), with
 # --ramsize the RAM-size benchmark (bench/ramsize-bench.py: untouched RAM of 1-256 GiB), with --crc-recv the
-# receive-path checksum benchmark (bench/crc-recv-bench.py). Other
+# receive-path checksum benchmark (bench/crc-recv-bench.py), with --dest the destination-RAM benchmark
+# (bench/dest-bench.py), with --mem-study the fresh-memory study (bench/mem-study.c). Other
 # options are passed to the benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints
 # numbers.
 set -euo pipefail
@@ -24,9 +25,18 @@ elif [ "${1:-}" = "--ramsize" ]; then
 elif [ "${1:-}" = "--crc-recv" ]; then
     script=crc-recv-bench.py
     shift
+elif [ "${1:-}" = "--dest" ]; then
+    script=dest-bench.py
+    shift
+elif [ "${1:-}" = "--mem-study" ]; then
+    script=
+    shift
 fi
 if [ ! -f build-release/build.ninja ]; then
     meson setup build-release --buildtype=release -Dtests=false >/dev/null
 fi
 ninja -C build-release
+if [ -z "$script" ]; then
+    exec build-release/bench/mem-study "$@"
+fi
 exec /usr/bin/python3 "bench/$script" --build "$root/build-release" "$@"

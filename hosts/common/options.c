@@ -144,6 +144,13 @@ bool opts_parse_object(const char *arg, MemBackend *mb, FerryError **errp)
             if (!parse_on_off(mb->type, key, value, &mb->prealloc, errp)) {
                 return false;
             }
+        } else if (strcmp(key, "prealloc-threads") == 0) {
+            if (!opts_parse_u64(value, FERRY_PREALLOC_THREADS_MAX, &mb->prealloc_threads) ||
+                mb->prealloc_threads == 0) {
+                ferry_error_setg(errp, "-object %s: prealloc-threads '%s' is not a number from 1 to %d", mb->type,
+                                 value, FERRY_PREALLOC_THREADS_MAX);
+                return false;
+            }
         } else if (file && strcmp(key, "mem-path") == 0) {
             if (!*value || strlen(value) >= sizeof(mb->mem_path)) {
                 ferry_error_setg(errp, "-object memory-backend-file: mem-path must be 1 to %zu bytes",
@@ -152,7 +159,7 @@ bool opts_parse_object(const char *arg, MemBackend *mb, FerryError **errp)
             }
             strcpy(mb->mem_path, value);
         } else {
-            ferry_error_setg(errp, "-object %s: unknown property '%s' (id, size, share, prealloc%s)", mb->type,
+            ferry_error_setg(errp, "-object %s: unknown property '%s' (id, size, share, prealloc, prealloc-threads%s)", mb->type,
                              key, file ? ", mem-path" : "");
             return false;
         }
@@ -223,6 +230,7 @@ bool opts_memory_backend_resolve(const MemBackend *mb, bool m_given, bool incomi
     }
     out->size = mb->size;
     out->prealloc = mb->prealloc;
+    out->prealloc_threads = (unsigned)mb->prealloc_threads;
     if (!mb->mem_path[0]) {
         out->memfd = true;
         out->memfd_share = mb->share;

@@ -36,6 +36,7 @@ typedef struct MemBackend {
     uint64_t size;
     bool share;
     bool prealloc;             /* prealloc=on: as -mem-prealloc */
+    uint64_t prealloc_threads; /* prealloc-threads=N, 0 if not given (QEMU's default: 1) */
     char mem_path[4096];       /* memory-backend-file only */
     char machine_backend[64];  /* -machine memory-backend=, "" if not given */
 } MemBackend;
@@ -49,6 +50,7 @@ bool opts_parse_machine(const char *arg, MemBackend *mb, FerryError **errp);
 typedef struct MemChoice {
     uint64_t size;        /* -m, or the backend's size */
     bool prealloc;        /* prealloc=on (ORed into -mem-prealloc by the caller) */
+    unsigned prealloc_threads; /* threads that preallocate: prealloc-threads=, else -smp with -mem-prealloc, else 1 */
     bool memfd, memfd_share;
     char mem_path[4096];  /* memory-backend-file's file, "" for none */
     bool file_share;

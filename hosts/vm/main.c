@@ -44,13 +44,16 @@ static void usage(FILE *out)
             "                          the 16550 at 0x3f8: output to stdout (input from stdin), to PATH, or\n"
             "                          nowhere; default stdio (null with -monitor stdio)\n"
             "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
+            "          [,prealloc-threads=N]\n"
             "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE[,share=on|off][,prealloc=on|off]\n"
+            "          [,prealloc-threads=N]\n"
             "  -machine [pc,][accel=kvm,]memory-backend=ID\n"
             "                          guest RAM in a memfd (share=on lets mode cpr-transfer pass it to a local\n"
             "                          destination instead of copying it) or over a file (not on a destination)\n"
             "  -object tls-creds-x509|tls-creds-psk|authz-list|authz-simple,id=ID,...\n"
             "                          TLS credentials and authorization for migrations, as in QEMU\n"
-            "  -mem-prealloc           fault all guest RAM in at start-up\n"
+            "  -mem-prealloc           fault all guest RAM in at start-up, one thread per vCPU unless the backend\n"
+            "                          sets prealloc-threads. Plain -m RAM asks for transparent huge pages\n"
             "  -accel kvm[,dirty-ring-size=N]\n"
             "                          KVM's dirty ring of N entries per vCPU (a power of two, %u..%u; 0: none)\n"
             "                          for outgoing migrations instead of its dirty bitmap; QEMU's other kvm\n"
@@ -329,6 +332,7 @@ static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
     cfg->ram_size = a->ram.size;
     cfg->smp = a->smp;
     cfg->mem_prealloc = a->ram.prealloc;
+    cfg->prealloc_threads = a->ram.prealloc_threads;
     cfg->memfd = a->ram.memfd;
     cfg->memfd_share = a->ram.memfd_share;
     cfg->mem_path = a->ram.mem_path[0] ? a->ram.mem_path : NULL;

@@ -343,7 +343,7 @@ bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp)
             return false;
         }
         vm->ram_host = ferry_ram_block_host(vm->ram);
-        if (cfg->mem_prealloc && !ferry_ram_block_prealloc(vm->ram, errp)) {
+        if (cfg->mem_prealloc && !ferry_ram_block_prealloc_threads(vm->ram, cfg->prealloc_threads, errp)) {
             ferry_error_prepend(errp, "-mem-prealloc: ");
             return false;
         }

@@ -102,6 +102,7 @@ typedef struct VmConfig {
     uint64_t ram_size;
     unsigned smp;
     bool memfd, memfd_share, mem_prealloc;
+    unsigned prealloc_threads; /* with mem_prealloc: threads (QEMU's prealloc-threads) */
     const char *mem_path;       /* -object memory-backend-file's file (guest RAM is its content), NULL for none */
     bool file_share;            /* ... mapped MAP_SHARED (share=on) */
     const char *drive;          /* boot sector image (-drive file=), NULL for the built-in A-B guest */

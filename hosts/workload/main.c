@@ -40,7 +40,9 @@ static void usage(FILE *out)
             "  -ram-block-size SIZE    RAM is registered as blocks ram0, ram1, ... of at most SIZE bytes (suffix K,\n"
             "                          M, G or T); default 1G\n"
             "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
+            "          [,prealloc-threads=N]\n"
             "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE[,share=on|off][,prealloc=on|off]\n"
+            "          [,prealloc-threads=N]\n"
             "  -machine memory-backend=ID\n"
             "                          back RAM with memfds (one per block, blocks named as above); share=on maps\n"
             "                          them shared, so that mode cpr-transfer passes them instead of copying;\n"
@@ -56,7 +58,8 @@ static void usage(FILE *out)
             "                          a NIC on that netdev that answers ARP and ping for ip (the workload has no\n"
             "                          guest OS); mac defaults to 52:54:00:12:34:56. At most %d of each\n"
             "  -mem-prealloc           fault all RAM in at start-up (a destination then takes no page fault while\n"
-            "                          the data arrives)\n"
+            "                          the data arrives), with one thread per worker unless the backend sets\n"
+            "                          prealloc-threads. Plain RAM asks for transparent huge pages (madvise)\n"
             "  -h, --help              this text\n"
             "%s",
             WORKLOAD_MAX_SMP, INT64_MAX, NET_MAX_DEVICES, ferry_host_common_usage());
@@ -121,6 +124,7 @@ static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
     cfg->ram_size = a->ram.size;
     cfg->smp = a->smp;
     cfg->mem_prealloc = a->ram.prealloc;
+    cfg->prealloc_threads = a->ram.prealloc_threads;
     cfg->memfd = a->ram.memfd;
     cfg->memfd_share = a->ram.memfd_share;
     strcpy(cfg->mem_path, a->ram.mem_path);

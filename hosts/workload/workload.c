@@ -903,7 +903,8 @@ bool workload_register(Workload *wl, FerryMigration *m, FerryError **errp)
             return false;
         }
         wl->block_host[i] = ferry_ram_block_host(wl->blocks[i]);
-        if (wl->cfg.mem_prealloc && !ferry_ram_block_prealloc(wl->blocks[i], errp)) {
+        if (wl->cfg.mem_prealloc &&
+            !ferry_ram_block_prealloc_threads(wl->blocks[i], wl->cfg.prealloc_threads, errp)) {
             ferry_error_prepend(errp, "-mem-prealloc: ");
             return false;
         }

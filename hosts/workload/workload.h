@@ -48,6 +48,7 @@ typedef struct WorkloadConfig {
     bool memfd_share;
     /* -mem-prealloc: every RAM page is faulted in at start-up, as QEMU does. */
     bool mem_prealloc;
+    unsigned prealloc_threads; /* with mem_prealloc: threads (QEMU's prealloc-threads) */
     /*
      * -object memory-backend-file + -machine memory-backend: block i maps the slice of mem_path at offset
      * i * block_size ("" otherwise), shared if file_share. Such RAM is the file's content, as a VM's would be:

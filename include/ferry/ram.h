@@ -31,6 +31,10 @@ FERRY_API FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char 
 /* Fault every page of the block in now, for writing (QEMU's -mem-prealloc / prealloc=on): a destination whose RAM
  * is preallocated takes no page fault while the data arrives. The content is unchanged (fresh blocks stay zero). */
 FERRY_API bool ferry_ram_block_prealloc(FerryRamBlock *b, FerryError **errp);
+/* The same with the block split between @threads threads (1 to FERRY_PREALLOC_THREADS_MAX; QEMU's
+ * prealloc-threads): faulting in is CPU work in the kernel, and this is the caller's thread plus @threads - 1. */
+#define FERRY_PREALLOC_THREADS_MAX 64
+FERRY_API bool ferry_ram_block_prealloc_threads(FerryRamBlock *b, unsigned threads, FerryError **errp);
 /* Whether the block is shared memory (a memfd mapped MAP_SHARED; false for file blocks, even with share). */
 FERRY_API bool ferry_ram_block_shared(const FerryRamBlock *b);
 FERRY_API void *ferry_ram_block_host(const FerryRamBlock *b);
