@@ -331,8 +331,11 @@ static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
     cfg->mem_prealloc = a->ram.prealloc;
     cfg->memfd = a->ram.memfd;
     cfg->memfd_share = a->ram.memfd_share;
-    cfg->mem_path = a->ram.mem_path[0] ? a->ram.mem_path : NULL;
+    cfg->mem_path = a->ram.mem_path[0] && !a->ram.mem_dir ? a->ram.mem_path : NULL;
+    cfg->mem_dir = a->ram.mem_dir ? a->ram.mem_path : NULL;
     cfg->file_share = a->ram.file_share;
+    cfg->hugetlb = a->ram.hugetlb;
+    cfg->hugetlbsize = a->ram.hugetlbsize;
     if (!finish_tracker(mc, errp)) {
         return false;
     }

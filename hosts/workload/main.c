@@ -123,8 +123,17 @@ static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
     cfg->mem_prealloc = a->ram.prealloc;
     cfg->memfd = a->ram.memfd;
     cfg->memfd_share = a->ram.memfd_share;
-    strcpy(cfg->mem_path, a->ram.mem_path);
+    strcpy(a->ram.mem_dir ? cfg->mem_dir : cfg->mem_path, a->ram.mem_path);
     cfg->file_share = a->ram.file_share;
+    cfg->hugetlb = a->ram.hugetlb;
+    cfg->hugetlbsize = a->ram.hugetlbsize;
+    /* Every block is a whole number of huge pages: the last one is what remains of -m. */
+    if (a->ram.page_size && (cfg->block_size % a->ram.page_size || cfg->ram_size % a->ram.page_size)) {
+        ferry_error_setg(errp, "-ram-block-size %" PRIu64 " and -m %" PRIu64 " must be multiples of the %" PRIu64
+                         "-byte huge page of the memory backend", cfg->block_size, cfg->ram_size,
+                         a->ram.page_size);
+        return false;
+    }
     if (cfg->ram_size / page_size < cfg->smp) {
         ferry_error_setg(errp, "-m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers",
                          cfg->ram_size, cfg->ram_size / page_size, cfg->smp);
