@@ -2,7 +2,8 @@
 -object memory-backend-file,mem-path=DIR (a new unlinked temporary file in a directory: here a hugetlbfs mount
 and a plain directory) and the top-level -mem-path DIR. Migrations between hugetlb and ordinary RAM in both
 directions must give equal query-ram-digest; a destination on hugetlb receives a running workload's writes
-(the uffd-wp tracker reports whole huge pages); postcopy-ram is refused at migrate time; the option errors
+(the uffd-wp tracker reports whole huge pages); mode cpr-transfer passes a shared hugetlb memfd, and a
+destination whose block has 4 KiB pages refuses it; postcopy-ram is refused at migrate time; the option errors
 (hugetlbsize without hugetlb, a size the host does not offer, a size not a multiple of the huge page) name what
 is wrong.
 
@@ -162,3 +163,25 @@ def test_postcopy_refused(workload, hugetlbfs):
     with pytest.raises(Exception) as e:
         src.migrate(uri)
     assert "huge pages" in str(e.value) and "postcopy" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("dst_kind", ["memfd-huge-shared", "anonymous"])
+def test_cpr_transfer(workload, hugetlbfs, dst_kind):
+    """Mode cpr-transfer passes a shared hugetlb memfd as it passes a shmem one; a destination whose block has
+    other pages refuses it, naming both page sizes, and the source stays intact."""
+    uri = f"unix:{os.path.join(workload.tmpdir, 'mig.sock')}"
+    common = ["-m", str(SIZE) + "B", "-pattern", "random", "-S"]
+    dst = workload("dst", *common, *(memfd_huge(",share=on") if dst_kind != "anonymous" else []), "-incoming", uri)
+    wait_listening(uri)
+    src = workload("src", *common, *memfd_huge(",share=on"))
+    src.set_params(mode="cpr-transfer")
+    src.migrate(uri)
+    info = src.wait_migration()
+    if dst_kind == "anonymous":
+        assert info["status"] == "failed", info
+        dst.wait_exit()
+        assert "2097152-byte pages, the block 4096-byte pages" in dst.stderr(), dst.stderr()
+        return
+    assert info["status"] == "completed", info
+    assert info["ram"]["fd-passed-bytes"] == SIZE, info
+    assert src.digest() == dst.digest()
