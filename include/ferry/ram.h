@@ -36,14 +36,14 @@ FERRY_API FerryRamBlock *ferry_ram_block_new_tmpfile(FerryMigration *m, const ch
  * sizes /sys/kernel/mm/hugepages offers, if it offers no such size (QEMU's hugetlbsize= check). */
 FERRY_API bool ferry_ram_hugepage_size(uint64_t requested, uint64_t *size, FerryError **errp);
 /* The same mapping bytes [@offset, @offset + @size) of the regular file @path (QEMU's memory-backend-file with
- * mem-path=; several blocks can map consecutive slices of one file). With @share the mapping is MAP_SHARED and
- * writes reach the file; without, it is MAP_PRIVATE and the file is only read. The file must be at least
- * @offset + @size (rounded up to the page size) bytes long and @offset page aligned; a short file is refused, not
- * grown. On hugetlbfs @offset and @size must be multiples of its huge page. The block starts with the file's content, so an outgoing migration sends every page over the file's
- * data (zero pages cheaply), not only the pages the kernel has populated; pages over the file's holes read as
- * zero and are not sent, like untouched anonymous memory. Such a block is always copied, also in mode
- * cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the file reads as zero: a
- * source sends nothing for memory that reads as zero, and such pages keep the file's content here. */
+ * mem-path=; several blocks can map consecutive slices of one file). With @share the mapping is MAP_SHARED and writes
+ * reach the file; without, it is MAP_PRIVATE and the file is only read. The file must be at least @offset + @size
+ * (rounded up to the page size) bytes long and @offset page aligned; a short file is refused, not grown. On hugetlbfs
+ * @offset and @size must be multiples of its huge page. The block starts with the file's content, so an outgoing
+ * migration sends every page over the file's data (zero pages cheaply), not only the pages the kernel has populated;
+ * pages over the file's holes read as zero and are not sent, like untouched anonymous memory. Such a block is always
+ * copied, also in mode cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the file
+ * reads as zero: a source sends nothing for memory that reads as zero, and such pages keep the file's content here. */
 FERRY_API FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char *name, uint64_t size,
                                                   const char *path, uint64_t offset, bool share, FerryError **errp);
 /* Fault every page of the block in now, for writing (QEMU's -mem-prealloc / prealloc=on): a destination whose RAM

@@ -1,8 +1,8 @@
 /*
  * RAM blocks: one mapping each (anonymous and private, a memfd, a hugetlb memfd, an unlinked temporary file in a
- * directory, or a slice of a file as QEMU's memory-backend-file), plus the page-granular helpers the migration needs around it
- * (populate ahead of incoming data, discard after a failed load, list the pages the kernel has populated) and the
- * public accessors of include/ferry/ram.h. The list of blocks belongs to the engine (migration layer); dirty
+ * directory, or a slice of a file as QEMU's memory-backend-file), plus the page-granular helpers the migration needs
+ * around it (populate ahead of incoming data, discard after a failed load, list the pages the kernel has populated) and
+ * the public accessors of include/ferry/ram.h. The list of blocks belongs to the engine (migration layer); dirty
  * tracking is in tracker.c and tracker-uffd.c, zero detection in zero.c.
  */
 #include <dirent.h>
