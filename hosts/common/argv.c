@@ -29,7 +29,7 @@ static bool in_list(const char *const *list, const char *opt)
 }
 
 static const char *const shared_with_arg[] = {
-    "-m", "-smp", "-object", "-machine", "-netdev", "-device", NULL,
+    "-m", "-smp", "-mem-path", "-object", "-machine", "-netdev", "-device", NULL,
 };
 
 static bool parse_ram_size(const HostProgram *p, HostArgs *a, const char *arg, FerryError **errp)
@@ -58,6 +58,14 @@ static bool parse_shared(const HostProgram *p, HostArgs *a, FerryHost *host, con
 {
     if (strcmp(opt, "-m") == 0) {
         return parse_ram_size(p, a, arg, errp);
+    }
+    if (strcmp(opt, "-mem-path") == 0) {
+        if (!*arg || strlen(arg) >= sizeof(a->mem_path)) {
+            ferry_error_setg(errp, "-mem-path must be 1 to %zu bytes", sizeof(a->mem_path) - 1);
+            return false;
+        }
+        strcpy(a->mem_path, arg);
+        return true;
     }
     if (strcmp(opt, "-smp") == 0) {
         uint64_t v;
@@ -119,6 +127,7 @@ static int parse_host_option(const HostProgram *p, HostArgs *a, FerryHost *host,
 static bool check_shared(HostArgs *a, FerryHost *host, FerryError **errp)
 {
     if (!opts_memory_backend_resolve(&a->mb, a->m_given, ferry_host_incoming(host), &a->ram, errp) ||
+        (a->mem_path[0] && !opts_mem_path_resolve(a->mem_path, &a->mb, ferry_host_incoming(host), &a->ram, errp)) ||
         !net_setup_check(&a->net, errp)) {
         return false;
     }

@@ -1,6 +1,7 @@
 /*
- * The host programs' option parsers (options.h): sizes, numbers, -object memory-backend-memfd /
- * memory-backend-file, -machine memory-backend= and the checks that turn them into guest RAM. Moved from
+ * The host programs' option parsers (options.h): sizes, numbers, -object memory-backend-memfd (with hugetlb=,
+ * hugetlbsize=) / memory-backend-file (mem-path= a file or a directory), -machine memory-backend=, -mem-path and
+ * the checks that turn them into guest RAM. Moved from
  * ferry-workload unchanged in what they accept and say; ferry-vm's flavour of -machine also takes the machine
  * type and accel=kvm. What needs the running program is the program's.
  */
@@ -8,7 +9,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 
 #include "options.h"
 
@@ -151,6 +154,16 @@ bool opts_parse_object(const char *arg, MemBackend *mb, FerryError **errp)
                                  value, FERRY_PREALLOC_THREADS_MAX);
                 return false;
             }
+        } else if (!file && strcmp(key, "hugetlb") == 0) {
+            if (!parse_on_off(mb->type, key, value, &mb->hugetlb, errp)) {
+                return false;
+            }
+        } else if (!file && strcmp(key, "hugetlbsize") == 0) {
+            /* QEMU refuses 0 too ("doesn't take value"); the default is asked for by leaving it out. */
+            if (!opts_parse_size(value, 0, &mb->hugetlbsize) || mb->hugetlbsize == 0) {
+                ferry_error_setg(errp, "-object memory-backend-memfd: hugetlbsize '%s' is not a size", value);
+                return false;
+            }
         } else if (file && strcmp(key, "mem-path") == 0) {
             if (!*value || strlen(value) >= sizeof(mb->mem_path)) {
                 ferry_error_setg(errp, "-object memory-backend-file: mem-path must be 1 to %zu bytes",
@@ -159,13 +172,17 @@ bool opts_parse_object(const char *arg, MemBackend *mb, FerryError **errp)
             }
             strcpy(mb->mem_path, value);
         } else {
-            ferry_error_setg(errp, "-object %s: unknown property '%s' (id, size, share, prealloc, prealloc-threads%s)", mb->type,
-                             key, file ? ", mem-path" : "");
+            ferry_error_setg(errp, "-object %s: unknown property '%s' (id, size, share, prealloc, "
+                             "prealloc-threads, %s)", mb->type, key, file ? "mem-path" : "hugetlb, hugetlbsize");
             return false;
         }
     }
     if (!mb->id[0] || !mb->size) {
         ferry_error_setg(errp, "-object %s: id= and size= are required", mb->type);
+        return false;
+    }
+    if (mb->hugetlbsize && !mb->hugetlb) {
+        ferry_error_setg(errp, "-object memory-backend-memfd: hugetlbsize needs hugetlb=on");
         return false;
     }
     if (file && !mb->mem_path[0]) {
@@ -199,6 +216,9 @@ bool opts_parse_machine(const char *arg, MemBackend *mb, FerryError **errp)
     }
     return true;
 }
+
+static bool file_resolve(const char *path, uint64_t size, bool share, const char *what, bool incoming,
+                         MemChoice *out, FerryError **errp);
 
 bool opts_memory_backend_resolve(const MemBackend *mb, bool m_given, bool incoming, MemChoice *out,
                                  FerryError **errp)
@@ -234,33 +254,86 @@ bool opts_memory_backend_resolve(const MemBackend *mb, bool m_given, bool incomi
     if (!mb->mem_path[0]) {
         out->memfd = true;
         out->memfd_share = mb->share;
+        if (mb->hugetlb) {
+            uint64_t hps;
+            if (!ferry_ram_hugepage_size(mb->hugetlbsize, &hps, errp)) {
+                ferry_error_prepend(errp, "memory-backend-memfd '%s' hugetlbsize: ", mb->id);
+                return false;
+            }
+            /* The kernel cannot size a hugetlb memfd to part of a huge page (QEMU fails there too). */
+            if (mb->size % hps) {
+                ferry_error_setg(errp, "memory-backend-memfd '%s': size %" PRIu64 " is not a multiple of the %"
+                                 PRIu64 "-byte huge page (hugetlbsize)", mb->id, mb->size, hps);
+                return false;
+            }
+            out->hugetlb = true;
+            out->hugetlbsize = hps;
+            out->page_size = hps;
+        }
         return true;
     }
+    return file_resolve(mb->mem_path, mb->size, mb->share, "memory-backend-file: mem-path", incoming, out, errp);
+}
+
+bool opts_mem_path_resolve(const char *path, const MemBackend *mb, bool incoming, MemChoice *out,
+                           FerryError **errp)
+{
+    if (mb->machine_backend[0]) {
+        ferry_error_setg(errp, "'-mem-path' can't be used together with '-machine memory-backend'");
+        return false;
+    }
+    return file_resolve(path, out->size, false, "-mem-path", incoming, out, errp);
+}
+
+/* A file backend at @path (a directory, or a regular file at least @size bytes long) into @out; @what names the
+ * option in errors. */
+static bool file_resolve(const char *path, uint64_t size, bool share, const char *what, bool incoming,
+                         MemChoice *out, FerryError **errp)
+{
     struct stat st;
+
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* A new temporary file per block reads as zero: right on a destination too. On hugetlbfs the file
+         * system's page size is the huge page, which must divide the RAM (checked per block by the library as
+         * well). */
+        struct statfs sfs;
+        if (statfs(path, &sfs) == 0 && (unsigned long)sfs.f_type == HUGETLBFS_MAGIC) {
+            out->page_size = (uint64_t)sfs.f_bsize;
+            if (size % out->page_size) {
+                ferry_error_setg(errp, "%s %s is on hugetlbfs with %" PRIu64 "-byte pages: the RAM size %" PRIu64
+                                 " is not a multiple of it", what, path, out->page_size, size);
+                return false;
+            }
+        }
+        strcpy(out->mem_path, path);
+        out->mem_dir = true;
+        out->file_share = share;
+        return true;
+    }
 
     /* A destination's pages that the source does not send must read as zero; ferry's source sends only the
      * populated pages of anonymous RAM, so over a file they would keep the file's content. */
     if (incoming) {
-        ferry_error_setg(errp, "memory-backend-file cannot be used with -incoming: pages the source does not send "
-                         "would keep the file's content (start the destination with -m)");
+        ferry_error_setg(errp, "%s naming a file cannot be used with -incoming: pages the source does not send "
+                         "would keep the file's content (start the destination with -m, or give a directory)", what);
         return false;
     }
     /* Checked here once for the whole file; the library checks each block's slice again. */
-    if (stat(mb->mem_path, &st) != 0) {
-        ferry_error_setg(errp, "memory-backend-file: mem-path %s: %s", mb->mem_path, strerror(errno));
+    if (stat(path, &st) != 0) {
+        ferry_error_setg(errp, "%s %s: %s", what, path, strerror(errno));
         return false;
     }
     if (!S_ISREG(st.st_mode)) {
-        ferry_error_setg(errp, "memory-backend-file: mem-path %s is not a regular file", mb->mem_path);
+        ferry_error_setg(errp, "%s %s is not a regular file or a directory", what, path);
         return false;
     }
-    if ((uint64_t)st.st_size < mb->size) {
-        ferry_error_setg(errp, "memory-backend-file: mem-path %s is too small: %" PRIu64 " bytes, size=%" PRIu64,
-                         mb->mem_path, (uint64_t)st.st_size, mb->size);
+    if ((uint64_t)st.st_size < size) {
+        ferry_error_setg(errp, "%s %s is too small: %" PRIu64 " bytes, size=%" PRIu64,
+                         what, path, (uint64_t)st.st_size, size);
         return false;
     }
-    strcpy(out->mem_path, mb->mem_path);
-    out->file_share = mb->share;
+    strcpy(out->mem_path, path);
+    out->file_share = share;
     return true;
 }
 

@@ -37,7 +37,9 @@ typedef struct MemBackend {
     bool share;
     bool prealloc;             /* prealloc=on: as -mem-prealloc */
     uint64_t prealloc_threads; /* prealloc-threads=N, 0 if not given (QEMU's default: 1) */
-    char mem_path[4096];       /* memory-backend-file only */
+    char mem_path[4096];       /* memory-backend-file only: a file, or a directory for a temporary file */
+    bool hugetlb;              /* memory-backend-memfd: hugetlb=on */
+    uint64_t hugetlbsize;      /* memory-backend-memfd: hugetlbsize=, 0 for the default huge page size */
     char machine_backend[64];  /* -machine memory-backend=, "" if not given */
 } MemBackend;
 
@@ -52,17 +54,29 @@ typedef struct MemChoice {
     bool prealloc;        /* prealloc=on (ORed into -mem-prealloc by the caller) */
     unsigned prealloc_threads; /* threads that preallocate: prealloc-threads=, else -smp with -mem-prealloc, else 1 */
     bool memfd, memfd_share;
-    char mem_path[4096];  /* memory-backend-file's file, "" for none */
+    char mem_path[4096];  /* memory-backend-file's file or directory (mem_dir), or -mem-path's; "" for none */
+    bool mem_dir;         /* mem_path is a directory: each block is a new unlinked temporary file in it */
     bool file_share;
+    bool hugetlb;         /* memfd: hugetlb=on, of hugetlbsize-byte pages (checked; the default filled in) */
+    uint64_t hugetlbsize;
+    uint64_t page_size;   /* the backing's huge page size (hugetlb memfd or a directory on hugetlbfs), else 0:
+                           * every block's size must be a multiple of it */
 } MemChoice;
 /*
  * Check the backend against the other options and fill @out (whose size is -m's, or the default, on entry;
  * @m_given says whether -m was given): -machine memory-backend= must name the -object, a backend must be used,
- * its size must be whole pages and match -m; a memory-backend-file must be a regular file at least size bytes
- * long and is refused on a destination (@incoming), whose pages the source does not send would keep the file's
+ * its size must be whole pages and match -m; hugetlb=on's hugetlbsize must be a huge page size of the host
+ * and the size a multiple of it; a memory-backend-file's mem-path is a directory (a temporary file in it, whose
+ * size on hugetlbfs must be a multiple of its huge page) or a regular file at least size bytes long, which is
+ * refused on a destination (@incoming), whose pages the source does not send would keep the file's
  * content. Without a backend @out stays as it is.
  */
 bool opts_memory_backend_resolve(const MemBackend *mb, bool m_given, bool incoming, MemChoice *out,
                                  FerryError **errp);
+/* QEMU's -mem-path PATH without a memory backend: RAM in a temporary file in the directory PATH (or, PATH a
+ * regular file, that file, as memory-backend-file,mem-path=PATH), MAP_PRIVATE as QEMU's default. Fails if a
+ * memory backend was selected too. */
+bool opts_mem_path_resolve(const char *path, const MemBackend *mb, bool incoming, MemChoice *out,
+                           FerryError **errp);
 
 #endif

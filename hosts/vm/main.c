@@ -44,12 +44,16 @@ static void usage(FILE *out)
             "                          the 16550 at 0x3f8: output to stdout (input from stdin), to PATH, or\n"
             "                          nowhere; default stdio (null with -monitor stdio)\n"
             "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
-            "          [,prealloc-threads=N]\n"
-            "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE[,share=on|off][,prealloc=on|off]\n"
+            "          [,hugetlb=on|off][,hugetlbsize=HSIZE][,prealloc-threads=N]\n"
+            "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE|DIR[,share=on|off][,prealloc=on|off]\n"
             "          [,prealloc-threads=N]\n"
             "  -machine [pc,][accel=kvm,]memory-backend=ID\n"
             "                          guest RAM in a memfd (share=on lets mode cpr-transfer pass it to a local\n"
-            "                          destination instead of copying it) or over a file (not on a destination)\n"
+            "                          destination instead of copying it; hugetlb=on: huge pages of HSIZE, the\n"
+            "                          host's default if not given, SIZE a multiple of it, no postcopy), over a\n"
+            "                          file (not on a destination), or in a new unlinked file in DIR (e.g. a\n"
+            "                          hugetlbfs mount: its huge pages)\n"
+            "  -mem-path FILE|DIR      -m's guest RAM over FILE or in a new file in DIR (private, as QEMU)\n"
             "  -object tls-creds-x509|tls-creds-psk|authz-list|authz-simple,id=ID,...\n"
             "                          TLS credentials and authorization for migrations, as in QEMU\n"
             "  -mem-prealloc           fault all guest RAM in at start-up, one thread per vCPU unless the backend\n"
@@ -335,8 +339,11 @@ static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
     cfg->prealloc_threads = a->ram.prealloc_threads;
     cfg->memfd = a->ram.memfd;
     cfg->memfd_share = a->ram.memfd_share;
-    cfg->mem_path = a->ram.mem_path[0] ? a->ram.mem_path : NULL;
+    cfg->mem_path = a->ram.mem_path[0] && !a->ram.mem_dir ? a->ram.mem_path : NULL;
+    cfg->mem_dir = a->ram.mem_dir ? a->ram.mem_path : NULL;
     cfg->file_share = a->ram.file_share;
+    cfg->hugetlb = a->ram.hugetlb;
+    cfg->hugetlbsize = a->ram.hugetlbsize;
     if (!finish_tracker(mc, errp)) {
         return false;
     }

@@ -336,6 +336,10 @@ bool vm_setup_ram(Vm *vm, FerryMigration *m, FerryError **errp)
     if (m) {
         vm->ram = cfg->mem_path ? ferry_ram_block_new_file(m, "pc.ram", cfg->ram_size, cfg->mem_path, 0,
                                                            cfg->file_share, errp)
+                  : cfg->mem_dir ? ferry_ram_block_new_tmpfile(m, "pc.ram", cfg->ram_size, cfg->mem_dir,
+                                                               cfg->file_share, errp)
+                  : cfg->hugetlb ? ferry_ram_block_new_hugetlb(m, "pc.ram", cfg->ram_size, cfg->memfd_share,
+                                                               cfg->hugetlbsize, errp)
                   : cfg->memfd  ? ferry_ram_block_new_memfd(m, "pc.ram", cfg->ram_size, cfg->memfd_share, errp)
                                 : ferry_ram_block_new(m, "pc.ram", cfg->ram_size, errp);
         if (!vm->ram) {

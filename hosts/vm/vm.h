@@ -105,6 +105,9 @@ typedef struct VmConfig {
     unsigned prealloc_threads; /* with mem_prealloc: threads (QEMU's prealloc-threads) */
     const char *mem_path;       /* -object memory-backend-file's file (guest RAM is its content), NULL for none */
     bool file_share;            /* ... mapped MAP_SHARED (share=on) */
+    const char *mem_dir;        /* memory-backend-file's or -mem-path's directory: RAM is a new temporary file in it */
+    bool hugetlb;               /* memory-backend-memfd,hugetlb=on: a hugetlb memfd of hugetlbsize-byte pages */
+    uint64_t hugetlbsize;
     const char *drive;          /* boot sector image (-drive file=), NULL for the built-in A-B guest */
     const char *kernel;         /* a Linux bzImage (-kernel) booted instead of a sector, NULL for none */
     const char *initrd;         /* its initramfs (-initrd), NULL for none */

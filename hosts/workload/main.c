@@ -40,16 +40,21 @@ static void usage(FILE *out)
             "  -ram-block-size SIZE    RAM is registered as blocks ram0, ram1, ... of at most SIZE bytes (suffix K,\n"
             "                          M, G or T); default 1G\n"
             "  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
-            "          [,prealloc-threads=N]\n"
-            "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE[,share=on|off][,prealloc=on|off]\n"
+            "          [,hugetlb=on|off][,hugetlbsize=HSIZE][,prealloc-threads=N]\n"
+            "  -object memory-backend-file,id=ID,size=SIZE,mem-path=FILE|DIR[,share=on|off][,prealloc=on|off]\n"
             "          [,prealloc-threads=N]\n"
             "  -machine memory-backend=ID\n"
             "                          back RAM with memfds (one per block, blocks named as above); share=on maps\n"
             "                          them shared, so that mode cpr-transfer passes them instead of copying;\n"
-            "                          or with FILE (at least SIZE bytes), each block mapping its slice of it,\n"
+            "                          hugetlb=on makes them huge pages of HSIZE (default the host's default huge\n"
+            "                          page size; SIZE and -ram-block-size must be multiples of it; no postcopy).\n"
+            "                          Or with FILE (at least SIZE bytes), each block mapping its slice of it,\n"
             "                          shared (writes reach FILE) or private. File-backed RAM keeps FILE's content:\n"
             "                          no pattern is written and the workers only run with -pattern; verify with\n"
-            "                          query-ram-digest. Not with -incoming. SIZE must equal -m if both are given\n"
+            "                          query-ram-digest. Not with -incoming. Or with DIR (e.g. a hugetlbfs mount):\n"
+            "                          each block is a new unlinked file in DIR, RAM as any other (huge pages on\n"
+            "                          hugetlbfs). SIZE must equal -m if both are given\n"
+            "  -mem-path FILE|DIR      -m's RAM over FILE or in new files in DIR, as memory-backend-file (private)\n"
             "  -netdev tap,id=ID,ifname=NAME[,script=no][,downscript=no]\n"
             "                          a TAP backend (/dev/net/tun); created if there is none, attached as one more\n"
             "                          queue if it is multi_queue. With -incoming it is attached only when the\n"
@@ -127,8 +132,17 @@ static bool finish_options(void *opaque, HostArgs *a, FerryError **errp)
     cfg->prealloc_threads = a->ram.prealloc_threads;
     cfg->memfd = a->ram.memfd;
     cfg->memfd_share = a->ram.memfd_share;
-    strcpy(cfg->mem_path, a->ram.mem_path);
+    strcpy(a->ram.mem_dir ? cfg->mem_dir : cfg->mem_path, a->ram.mem_path);
     cfg->file_share = a->ram.file_share;
+    cfg->hugetlb = a->ram.hugetlb;
+    cfg->hugetlbsize = a->ram.hugetlbsize;
+    /* Every block is a whole number of huge pages: the last one is what remains of -m. */
+    if (a->ram.page_size && (cfg->block_size % a->ram.page_size || cfg->ram_size % a->ram.page_size)) {
+        ferry_error_setg(errp, "-ram-block-size %" PRIu64 " and -m %" PRIu64 " must be multiples of the %" PRIu64
+                         "-byte huge page of the memory backend", cfg->block_size, cfg->ram_size,
+                         a->ram.page_size);
+        return false;
+    }
     if (cfg->ram_size / page_size < cfg->smp) {
         ferry_error_setg(errp, "-m %" PRIu64 " bytes is %" PRIu64 " pages, fewer than -smp %u workers",
                          cfg->ram_size, cfg->ram_size / page_size, cfg->smp);

@@ -894,6 +894,11 @@ bool workload_register(Workload *wl, FerryMigration *m, FerryError **errp)
         if (wl->cfg.mem_path[0]) {
             wl->blocks[i] = ferry_ram_block_new_file(m, name, size, wl->cfg.mem_path, (uint64_t)i * bytes_per_block,
                                                      wl->cfg.file_share, errp);
+        } else if (wl->cfg.mem_dir[0]) {
+            wl->blocks[i] = ferry_ram_block_new_tmpfile(m, name, size, wl->cfg.mem_dir, wl->cfg.file_share, errp);
+        } else if (wl->cfg.hugetlb) {
+            wl->blocks[i] = ferry_ram_block_new_hugetlb(m, name, size, wl->cfg.memfd_share, wl->cfg.hugetlbsize,
+                                                        errp);
         } else {
             wl->blocks[i] = wl->cfg.memfd ? ferry_ram_block_new_memfd(m, name, size, wl->cfg.memfd_share, errp)
                                           : ferry_ram_block_new(m, name, size, errp);

@@ -58,6 +58,12 @@ typedef struct WorkloadConfig {
      */
     char mem_path[4096];
     bool file_share;
+    /* memory-backend-file with mem-path= a directory, or -mem-path DIR: block i is a new unlinked temporary file
+     * in mem_dir ("" otherwise), shared if file_share; it reads as zero and is used as any other RAM. */
+    char mem_dir[4096];
+    /* memory-backend-memfd,hugetlb=on: the memfds are hugetlb ones of hugetlbsize-byte pages. */
+    bool hugetlb;
+    uint64_t hugetlbsize;
     bool file_workers;
 } WorkloadConfig;
 

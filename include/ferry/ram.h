@@ -17,15 +17,33 @@ FERRY_API FerryRamBlock *ferry_ram_block_new(FerryMigration *m, const char *name
  * @share it is a private mapping of the memfd and migrates like anonymous memory. */
 FERRY_API FerryRamBlock *ferry_ram_block_new_memfd(FerryMigration *m, const char *name, uint64_t size, bool share,
                                                    FerryError **errp);
+/* The same backed by a hugetlb memfd (QEMU's memory-backend-memfd with hugetlb=on, hugetlbsize=): pages of
+ * @hugepage_size bytes, 0 for the host's default huge page size (see ferry_ram_hugepage_size). @size must be a
+ * multiple of the huge page (refused otherwise, naming both), and the host must have enough free huge pages
+ * (/sys/kernel/mm/hugepages/hugepages-<N>kB/nr_hugepages); they are reserved here. Such a block migrates as any
+ * other, except with postcopy-ram, which is refused (the kernel would need whole huge pages placed at once).
+ * With @share, mode cpr-transfer passes the memfd; the destination's block must have the same page size. */
+FERRY_API FerryRamBlock *ferry_ram_block_new_hugetlb(FerryMigration *m, const char *name, uint64_t size, bool share,
+                                                     uint64_t hugepage_size, FerryError **errp);
+/* The same backed by a new temporary file in the directory @dir, unlinked at once (QEMU's memory-backend-file
+ * with mem-path= a directory, e.g. a hugetlbfs mount such as /dev/hugepages). The block reads as zero. On
+ * hugetlbfs its page size is the file system's (ferry_ram_block_page_size), @size must be a multiple of it and
+ * postcopy-ram is refused as for ferry_ram_block_new_hugetlb; on tmpfs and hugetlbfs it behaves as a memfd (with
+ * @share mode cpr-transfer passes it), elsewhere as a file block that is always copied. */
+FERRY_API FerryRamBlock *ferry_ram_block_new_tmpfile(FerryMigration *m, const char *name, uint64_t size,
+                                                     const char *dir, bool share, FerryError **errp);
+/* The host's huge page size @requested (0: the default huge page size) in *@size; false, with an error listing the
+ * sizes /sys/kernel/mm/hugepages offers, if it offers no such size (QEMU's hugetlbsize= check). */
+FERRY_API bool ferry_ram_hugepage_size(uint64_t requested, uint64_t *size, FerryError **errp);
 /* The same mapping bytes [@offset, @offset + @size) of the regular file @path (QEMU's memory-backend-file with
- * mem-path=; several blocks can map consecutive slices of one file). With @share the mapping is MAP_SHARED and
- * writes reach the file; without, it is MAP_PRIVATE and the file is only read. The file must be at least
- * @offset + @size (rounded up to the page size) bytes long and @offset page aligned; a short file is refused, not
- * grown. The block starts with the file's content, so an outgoing migration sends every page over the file's
- * data (zero pages cheaply), not only the pages the kernel has populated; pages over the file's holes read as
- * zero and are not sent, like untouched anonymous memory. Such a block is always copied, also in mode
- * cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the file reads as zero: a
- * source sends nothing for memory that reads as zero, and such pages keep the file's content here. */
+ * mem-path=; several blocks can map consecutive slices of one file). With @share the mapping is MAP_SHARED and writes
+ * reach the file; without, it is MAP_PRIVATE and the file is only read. The file must be at least @offset + @size
+ * (rounded up to the page size) bytes long and @offset page aligned; a short file is refused, not grown. On hugetlbfs
+ * @offset and @size must be multiples of its huge page. The block starts with the file's content, so an outgoing
+ * migration sends every page over the file's data (zero pages cheaply), not only the pages the kernel has populated;
+ * pages over the file's holes read as zero and are not sent, like untouched anonymous memory. Such a block is always
+ * copied, also in mode cpr-transfer (only memfds are passed). As a destination's RAM it is right only if the file
+ * reads as zero: a source sends nothing for memory that reads as zero, and such pages keep the file's content here. */
 FERRY_API FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char *name, uint64_t size,
                                                   const char *path, uint64_t offset, bool share, FerryError **errp);
 /* Fault every page of the block in now, for writing (QEMU's -mem-prealloc / prealloc=on): a destination whose RAM
@@ -38,6 +56,8 @@ FERRY_API bool ferry_ram_block_prealloc_threads(FerryRamBlock *b, unsigned threa
 /* Whether the block is shared memory (a memfd mapped MAP_SHARED; false for file blocks, even with share). */
 FERRY_API bool ferry_ram_block_shared(const FerryRamBlock *b);
 FERRY_API void *ferry_ram_block_host(const FerryRamBlock *b);
+/* The page size of the block's backing: ferry_ram_page_size(), or its huge page size (hugetlb memfd, hugetlbfs). */
+FERRY_API uint64_t ferry_ram_block_page_size(const FerryRamBlock *b);
 FERRY_API uint64_t ferry_ram_block_size(const FerryRamBlock *b);
 FERRY_API const char *ferry_ram_block_name(const FerryRamBlock *b);
 FERRY_API size_t ferry_ram_page_size(void);

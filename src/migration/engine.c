@@ -28,6 +28,7 @@
  * pre-switchover and the postcopy statuses are in the table already, so that the issues that add them only add the
  * code that makes these transitions.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -350,6 +351,9 @@ static bool registration_closed(FerryMigration *m)
 typedef struct RamBacking {
     bool memfd;
     bool share;
+    uint64_t hugetlb;      /* memfd: a hugetlb memfd of these pages (see ferry_ram_hugepage_size), 0 for none */
+    bool hugetlb_default;  /* memfd: hugetlb with the default huge page size */
+    const char *tmp_dir;   /* a temporary file in this directory */
     const char *file_path;
     uint64_t file_offset;
 } RamBacking;
@@ -378,6 +382,26 @@ FerryRamBlock *ferry_ram_block_new_file(FerryMigration *m, const char *name, uin
     }
     return ram_block_new(m, name, size,
                          &(RamBacking){ .share = share, .file_path = path, .file_offset = offset }, errp);
+}
+
+FerryRamBlock *ferry_ram_block_new_hugetlb(FerryMigration *m, const char *name, uint64_t size, bool share,
+                                           uint64_t hugepage_size, FerryError **errp)
+{
+    return ram_block_new(m, name, size,
+                         &(RamBacking){ .memfd = true, .share = share, .hugetlb = hugepage_size,
+                                        .hugetlb_default = hugepage_size == 0 },
+                         errp);
+}
+
+FerryRamBlock *ferry_ram_block_new_tmpfile(FerryMigration *m, const char *name, uint64_t size, const char *dir,
+                                           bool share, FerryError **errp)
+{
+    if (!dir || !dir[0]) {
+        ferry_error_setg(errp, "RAM block '%s': no directory for its file (mem-path is required)",
+                         name ? name : "(null)");
+        return NULL;
+    }
+    return ram_block_new(m, name, size, &(RamBacking){ .share = share, .tmp_dir = dir }, errp);
 }
 
 bool ferry_ram_block_shared(const FerryRamBlock *b)
@@ -444,6 +468,9 @@ static FerryRamBlock *ram_block_new(FerryMigration *m, const char *name, uint64_
     }
     FerryRamBlock *b = how->file_path ? ferry__ram_block_new_file(name, size, how->file_path, how->file_offset,
                                                                   how->share, errp)
+                       : how->tmp_dir ? ferry__ram_block_new_tmpfile(name, size, how->tmp_dir, how->share, errp)
+                       : how->hugetlb || how->hugetlb_default
+                           ? ferry__ram_block_new_hugetlb(name, size, how->share, how->hugetlb, errp)
                        : how->memfd   ? ferry__ram_block_new_memfd(name, size, how->share, errp)
                                       : ferry__ram_block_new(name, size, errp);
     if (!b) {
@@ -680,6 +707,18 @@ static bool postcopy_address_ok(FerryMigration *m, const FerryMigrationAddress *
     } else if (m->params.mode == FERRY_MODE_CPR_TRANSFER) {
         why = "mode cpr-transfer passes shared RAM as memfds, which postcopy has nothing to do for (turn "
               "postcopy-ram off)";
+    }
+    for (size_t i = 0; !why && i < m->nblocks; i++) {
+        /* The destination would have to place each huge page whole, in one UFFDIO_COPY, before the fault that
+         * asked for 4 KiB of it is resolved; ferry places 4 KiB pages. */
+        if (m->blocks[i]->hugetlb) {
+            char *uri = ferry__address_to_uri(addr);
+            ferry_error_setg(errp, "postcopy-ram cannot be used on '%s': RAM block '%s' is backed by %" PRIu64
+                             "-byte huge pages (hugetlb), which postcopy does not support (turn postcopy-ram "
+                             "off)", uri, m->blocks[i]->name, m->blocks[i]->page_size);
+            free(uri);
+            return false;
+        }
     }
     if (!why) {
         return true;

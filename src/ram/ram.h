@@ -41,7 +41,16 @@ struct FerryRamBlock {
      * process that maps fd sees the same pages (what mode cpr-transfer passes instead of copying). */
     int fd;
     bool shared;
-    bool memfd;   /* created as a memfd (kept when an adopted mapping is dropped again) */
+    bool memfd;   /* created as a memfd, or an unlinked temporary file on tmpfs or hugetlbfs (memory-backend-file
+                   * with mem-path= a directory), which reads as zero and behaves as one (kept when an adopted
+                   * mapping is dropped again: a memfd of the same page size replaces it) */
+    /* The backing's page size: ferry_ram_page_size(), or the huge page size of a hugetlb memfd or of a file on
+     * hugetlbfs (hugetlb true). The engine still counts, tracks and sends 4 KiB pages; the kernel maps, faults,
+     * discards and write-protects whole huge pages, so the block's size and address are multiples of it, a
+     * discard covers whole huge pages, the uffd-wp tracker reports a write as its whole huge page, and postcopy
+     * (which would place 4 KiB pages) refuses such a block. */
+    uint64_t page_size;
+    bool hugetlb;
     bool adopted; /* destination: the mapping is the source's memfd, received over the channel */
     /* A mapping of a slice of a file (QEMU's memory-backend-file), MAP_SHARED or MAP_PRIVATE. Such a block keeps
      * fd -1 and shared false: the mapping holds the file, and a shared file slice is not a memfd that mode
@@ -69,6 +78,16 @@ int ferry__userfaultfd_open(int mode_flags, FerryError **errp);
 FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp);
 /* The same backed by a new memfd (named @name for /proc/PID/maps), MAP_SHARED if @share else MAP_PRIVATE. */
 FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool share, FerryError **errp);
+/* The same backed by a new hugetlb memfd of @hugepage_size pages (a size of ferry_ram_hugepage_size(), checked
+ * again here); @size must be a multiple of it. Fails if the kernel cannot reserve the huge pages at mmap time. */
+FerryRamBlock *ferry__ram_block_new_hugetlb(const char *name, uint64_t size, bool share, uint64_t hugepage_size,
+                                            FerryError **errp);
+/* The same backed by a new unlinked temporary file in the directory @dir (QEMU's memory-backend-file with
+ * mem-path= a directory), of @size bytes, reading as zero. On hugetlbfs @size must be a multiple of the file
+ * system's page size, which becomes the block's. On tmpfs and hugetlbfs the block behaves as a memfd (mode
+ * cpr-transfer passes it when @share); elsewhere as a file block (b->file) over the temporary file. */
+FerryRamBlock *ferry__ram_block_new_tmpfile(const char *name, uint64_t size, const char *dir, bool share,
+                                            FerryError **errp);
 /* The same mapping bytes [@offset, @offset + @size) of the file at @path (QEMU's memory-backend-file,mem-path=):
  * MAP_SHARED if @share (writes reach the file), else MAP_PRIVATE (copy on write; the file is never written). The
  * file must be a regular file at least @offset + @size bytes long; @offset a multiple of the page size. The block

@@ -1,17 +1,22 @@
 /*
- * RAM blocks: one mapping each (anonymous and private, a memfd, or a slice of a file as QEMU's
- * memory-backend-file), plus the page-granular helpers the migration needs around it
- * (populate ahead of incoming data, discard after a failed load, list the pages the kernel has populated) and the
- * public accessors of include/ferry/ram.h. The list of blocks belongs to the engine (migration layer); dirty
+ * RAM blocks: one mapping each (anonymous and private, a memfd, a hugetlb memfd, an unlinked temporary file in a
+ * directory, or a slice of a file as QEMU's memory-backend-file), plus the page-granular helpers the migration needs
+ * around it (populate ahead of incoming data, discard after a failed load, list the pages the kernel has populated) and
+ * the public accessors of include/ferry/ram.h. The list of blocks belongs to the engine (migration layer); dirty
  * tracking is in tracker.c and tracker-uffd.c, zero detection in zero.c.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/magic.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
@@ -64,12 +69,28 @@ static uint64_t check_block(const char *name, uint64_t size, FerryError **errp)
     return FERRY_DIV_ROUND_UP(size, ps) * ps;
 }
 
-/* A new memfd of @size bytes, or -1 with *errp set. */
-static int new_memfd(const char *name, uint64_t size, FerryError **errp)
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26 /* linux/memfd.h; glibc's sys/mman.h has MFD_HUGETLB but not the shift */
+#endif
+
+/* log2 of @v, a power of two. */
+static unsigned log2_u64(uint64_t v)
 {
-    int fd = memfd_create(name, MFD_CLOEXEC);
+    return (unsigned)__builtin_ctzll(v);
+}
+
+/* A new memfd of @size bytes, or -1 with *errp set; with @hugepage_size (non-zero) a hugetlb memfd of that page
+ * size (the size goes into the flags as its log2, MFD_HUGE_SHIFT). */
+static int new_memfd(const char *name, uint64_t size, uint64_t hugepage_size, FerryError **errp)
+{
+    unsigned flags = MFD_CLOEXEC;
+    if (hugepage_size) {
+        flags |= MFD_HUGETLB | (log2_u64(hugepage_size) << MFD_HUGE_SHIFT);
+    }
+    int fd = memfd_create(name, flags);
     if (fd < 0) {
-        ferry_error_setg_errno(errp, errno, "RAM block '%s': memfd_create", name);
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': memfd_create%s", name,
+                               hugepage_size ? " (MFD_HUGETLB)" : "");
         return -1;
     }
     if (ftruncate(fd, (off_t)size) != 0) {
@@ -137,6 +158,7 @@ static FerryRamBlock *block_new(const char *name, uint64_t size, int fd, bool sh
     b->host = host;
     b->size = size;
     b->npages = size / ferry_ram_page_size();
+    b->page_size = ferry_ram_page_size(); /* hugetlb: set by the caller */
     b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
     b->fd = fd;
     b->memfd = fd >= 0;
@@ -157,7 +179,7 @@ FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool 
     if (!rounded) {
         return NULL;
     }
-    int fd = new_memfd(name, rounded, errp);
+    int fd = new_memfd(name, rounded, 0, errp);
     if (fd < 0) {
         return NULL;
     }
@@ -165,6 +187,62 @@ FerryRamBlock *ferry__ram_block_new_memfd(const char *name, uint64_t size, bool 
     if (!b) {
         close(fd);
     }
+    return b;
+}
+
+/* The page size of the file system of @fd: its block size on hugetlbfs (the huge page size it was mounted with),
+ * else the base page size (0 with *errp set if fstatfs fails). */
+static uint64_t fd_page_size(int fd, bool *hugetlb, FerryError **errp)
+{
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) != 0) {
+        ferry_error_setg_errno(errp, errno, "fstatfs");
+        return 0;
+    }
+    *hugetlb = (unsigned long)sfs.f_type == HUGETLBFS_MAGIC;
+    return *hugetlb ? (uint64_t)sfs.f_bsize : ferry_ram_page_size();
+}
+
+/* Map bytes [@offset, @offset + @size) of the file @fd (named @path in errors) as a file block; takes @fd on
+ * success. On hugetlbfs both must be multiples of the file system's huge page. */
+static FerryRamBlock *file_block_new(const char *name, uint64_t size, const char *path, int fd, uint64_t offset,
+                                     bool share, FerryError **errp)
+{
+    bool hugetlb = false;
+    uint64_t page_size = fd_page_size(fd, &hugetlb, errp);
+    if (!page_size) {
+        ferry_error_prepend(errp, "RAM block '%s': %s: ", name, path);
+        return NULL;
+    }
+    if (size % page_size || offset % page_size) {
+        ferry_error_setg(errp, "RAM block '%s': %s is on hugetlbfs with %" PRIu64 "-byte pages: the size %" PRIu64
+                         " and offset %" PRIu64 " must be multiples of it", name, path, page_size, size, offset);
+        return NULL;
+    }
+    void *host = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, share ? MAP_SHARED : MAP_PRIVATE, fd,
+                      (off_t)offset);
+    int map_errno = errno;
+    /* The mapping keeps the file referenced; the fd stays open only to find the file's holes
+     * (ferry__ram_block_present_pages), and is never passed anywhere. */
+    if (host == MAP_FAILED) {
+        ferry_error_setg_errno(errp, map_errno, "RAM block '%s': mapping %llu bytes of %s at offset %llu%s", name,
+                               (unsigned long long)size, path, (unsigned long long)offset,
+                               hugetlb && map_errno == ENOMEM ? " (not enough free huge pages: see "
+                                                                "/proc/sys/vm/nr_hugepages)" : "");
+        return NULL;
+    }
+    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
+    b->name = ferry__xstrdup(name);
+    b->host = host;
+    b->size = size;
+    b->npages = size / ferry_ram_page_size();
+    b->page_size = page_size;
+    b->hugetlb = hugetlb;
+    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
+    b->fd = -1;
+    b->file = true;
+    b->file_fd = fd;
+    b->file_offset = offset;
     return b;
 }
 
@@ -206,27 +284,218 @@ FerryRamBlock *ferry__ram_block_new_file(const char *name, uint64_t size, const 
         close(fd);
         return NULL;
     }
-    void *host = mmap(NULL, (size_t)rounded, PROT_READ | PROT_WRITE, share ? MAP_SHARED : MAP_PRIVATE, fd,
-                      (off_t)offset);
-    int map_errno = errno;
-    /* The mapping keeps the file referenced; the fd stays open only to find the file's holes
-     * (ferry__ram_block_present_pages), and is never passed anywhere. */
-    if (host == MAP_FAILED) {
+    FerryRamBlock *b = file_block_new(name, rounded, path, fd, offset, share, errp);
+    if (!b) {
         close(fd);
-        ferry_error_setg_errno(errp, map_errno, "RAM block '%s': mapping %llu bytes of %s at offset %llu", name,
-                               (unsigned long long)rounded, path, (unsigned long long)offset);
+    }
+    return b;
+}
+
+/* The huge page sizes this host offers (/sys/kernel/mm/hugepages/hugepages-<N>kB), ascending, at most @max; their
+ * number (0 without hugetlb support). */
+static size_t hugepage_sizes(uint64_t *sizes, size_t max)
+{
+    DIR *d = opendir("/sys/kernel/mm/hugepages");
+    size_t n = 0;
+    if (!d) {
+        return 0;
+    }
+    for (struct dirent *e; (e = readdir(d)) != NULL && n < max;) {
+        unsigned long long kb;
+        char tail[4];
+        if (sscanf(e->d_name, "hugepages-%llukB%3s", &kb, tail) == 1 && kb && !(kb & (kb - 1))) {
+            uint64_t v = (uint64_t)kb << 10;
+            size_t i = n++;
+            for (; i > 0 && sizes[i - 1] > v; i--) {
+                sizes[i] = sizes[i - 1];
+            }
+            sizes[i] = v;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+/* The default huge page size (Hugepagesize in /proc/meminfo), 0 if none. */
+static uint64_t hugepage_default(void)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    unsigned long long kb = 0;
+    char line[128];
+    if (!f) {
+        return 0;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "Hugepagesize: %llu kB", &kb) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return (uint64_t)kb << 10;
+}
+
+/* "2M", "1G", "64K" or bytes. */
+static void format_size(uint64_t v, char *buf, size_t len)
+{
+    static const char units[] = "KMGT";
+    int u = -1;
+    while (u < 3 && v >= 1024 && v % 1024 == 0) {
+        v /= 1024;
+        u++;
+    }
+    if (u < 0) {
+        snprintf(buf, len, "%" PRIu64, v);
+    } else {
+        snprintf(buf, len, "%" PRIu64 "%c", v, units[u]);
+    }
+}
+
+bool ferry_ram_hugepage_size(uint64_t requested, uint64_t *size, FerryError **errp)
+{
+    uint64_t sizes[16];
+    size_t n = hugepage_sizes(sizes, 16);
+    if (n == 0) {
+        ferry_error_setg(errp, "this host offers no huge pages (no /sys/kernel/mm/hugepages: a kernel without "
+                         "hugetlb support)");
+        return false;
+    }
+    uint64_t want = requested ? requested : hugepage_default();
+    for (size_t i = 0; i < n; i++) {
+        if (sizes[i] == want) {
+            *size = want;
+            return true;
+        }
+    }
+    char list[16 * 24] = "", one[24];
+    for (size_t i = 0; i < n; i++) {
+        format_size(sizes[i], one, sizeof(one));
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "", one);
+    }
+    format_size(want, one, sizeof(one));
+    ferry_error_setg(errp, "%s is not a huge page size of this host (it offers: %s)",
+                     requested ? one : "the default huge page size", list);
+    return false;
+}
+
+/* Whether the host has @size bytes of free, unreserved huge pages of @page_size, else false with *errp naming
+ * the numbers: a clearer answer than mmap's ENOMEM (which still catches a race or a cgroup limit). Where the
+ * counters cannot be read the mmap decides. */
+static bool hugepages_enough(const char *name, uint64_t size, uint64_t page_size, FerryError **errp)
+{
+    unsigned long long v[2] = {0, 0};
+    const char *what[2] = {"free_hugepages", "resv_hugepages"};
+    for (int i = 0; i < 2; i++) {
+        char path[96];
+        snprintf(path, sizeof(path), "/sys/kernel/mm/hugepages/hugepages-%" PRIu64 "kB/%s", page_size >> 10,
+                 what[i]);
+        FILE *f = fopen(path, "re");
+        bool ok = f && fscanf(f, "%llu", &v[i]) == 1;
+        if (f) {
+            fclose(f);
+        }
+        if (!ok) {
+            return true;
+        }
+    }
+    uint64_t avail = v[0] > v[1] ? v[0] - v[1] : 0, need = size / page_size;
+    if (avail < need) {
+        ferry_error_setg(errp, "RAM block '%s': %" PRIu64 " bytes need %" PRIu64 " huge pages of %" PRIu64
+                         " bytes, and the host has %" PRIu64 " free (/sys/kernel/mm/hugepages/hugepages-%" PRIu64
+                         "kB/nr_hugepages)", name, size, need, page_size, avail, page_size >> 10);
+        return false;
+    }
+    return true;
+}
+
+FerryRamBlock *ferry__ram_block_new_hugetlb(const char *name, uint64_t size, bool share, uint64_t hugepage_size,
+                                            FerryError **errp)
+{
+    uint64_t rounded = check_block(name, size, errp), checked;
+    if (!rounded) {
         return NULL;
     }
-    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
-    b->name = ferry__xstrdup(name);
-    b->host = host;
-    b->size = rounded;
-    b->npages = rounded / ps;
-    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
-    b->fd = -1;
-    b->file = true;
-    b->file_fd = fd;
-    b->file_offset = offset;
+    if (!ferry_ram_hugepage_size(hugepage_size, &checked, errp)) {
+        ferry_error_prepend(errp, "RAM block '%s': ", name);
+        return NULL;
+    }
+    /* Refused, not rounded up: the kernel cannot size a hugetlb memfd to part of a huge page (QEMU fails there
+     * too), and growing the block would change the RAM size the user gave. */
+    if (size % checked) {
+        ferry_error_setg(errp, "RAM block '%s': size %" PRIu64 " is not a multiple of its %" PRIu64
+                         "-byte huge page", name, size, checked);
+        return NULL;
+    }
+    int fd = new_memfd(name, rounded, checked, errp);
+    if (fd < 0) {
+        return NULL;
+    }
+    /* The kernel places a hugetlb mapping at a huge-page-aligned address and reserves its pages at mmap: a
+     * shortage fails here with ENOMEM, not later with SIGBUS. */
+    FerryRamBlock *b = hugepages_enough(name, rounded, checked, errp) ? block_new(name, rounded, fd, share, errp)
+                                                                       : NULL;
+    if (!b) {
+        close(fd);
+        return NULL;
+    }
+    b->page_size = checked;
+    b->hugetlb = true;
+    return b;
+}
+
+FerryRamBlock *ferry__ram_block_new_tmpfile(const char *name, uint64_t size, const char *dir, bool share,
+                                            FerryError **errp)
+{
+    uint64_t rounded = check_block(name, size, errp);
+    if (!rounded) {
+        return NULL;
+    }
+    struct stat st;
+    if (!dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        ferry_error_setg(errp, "RAM block '%s': %s is not a directory", name, dir ? dir : "(null)");
+        return NULL;
+    }
+    /* As QEMU: a temporary file in the directory, unlinked at once, so that nothing is left behind. */
+    size_t len = strlen(dir) + sizeof("/ferry_back_mem.XXXXXX");
+    char *path = ferry__xcalloc(1, len);
+    snprintf(path, len, "%s/ferry_back_mem.XXXXXX", dir);
+    int fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': creating a file in %s", name, dir);
+        free(path);
+        return NULL;
+    }
+    unlink(path);
+    free(path);
+    bool hugetlb = false;
+    uint64_t page_size = fd_page_size(fd, &hugetlb, errp);
+    struct statfs sfs;
+    FerryRamBlock *b = NULL;
+    if (!page_size) {
+        ferry_error_prepend(errp, "RAM block '%s': %s: ", name, dir);
+    } else if (rounded % page_size) {
+        /* Refused, not rounded up as QEMU does: the RAM size must stay what the user gave. */
+        ferry_error_setg(errp, "RAM block '%s': size %" PRIu64 " is not a multiple of the %" PRIu64
+                         "-byte huge page of %s (hugetlbfs)", name, size, page_size, dir);
+    } else if (ftruncate(fd, (off_t)rounded) != 0) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': sizing a file in %s to %" PRIu64 " bytes", name, dir,
+                               rounded);
+    } else if (hugetlb || (fstatfs(fd, &sfs) == 0 && (unsigned long)sfs.f_type == TMPFS_MAGIC)) {
+        /* Memory that the kernel never writes back or drops: exactly a memfd (pages never populated read as
+         * zero and are not present; discard punches them out), also for cpr-transfer. */
+        b = !hugetlb || hugepages_enough(name, rounded, page_size, errp)
+                ? block_new(name, rounded, fd, share, errp) : NULL;
+        if (b) {
+            b->page_size = page_size;
+            b->hugetlb = hugetlb;
+        }
+    } else {
+        /* A file on disk: written pages may be written back and dropped from memory, where the page map no
+         * longer sees them; the file block's SEEK_DATA walk does. */
+        b = file_block_new(name, rounded, dir, fd, 0, share, errp);
+    }
+    if (!b) {
+        close(fd);
+    }
     return b;
 }
 
@@ -240,6 +509,16 @@ bool ferry__ram_block_adopt_fd(FerryRamBlock *b, int fd, FerryError **errp)
     if ((uint64_t)st.st_size < b->size) {
         ferry_error_setg(errp, "RAM block '%s': the memfd received for it has %llu bytes, the block %llu", b->name,
                          (unsigned long long)st.st_size, (unsigned long long)b->size);
+        return false;
+    }
+    /* A hugetlb memfd maps only at huge-page-aligned addresses, and an ordinary one over a hugetlb block would
+     * break what the block promises of its pages: the two sides must have the same backing page size. */
+    bool hugetlb = false;
+    uint64_t fd_ps = fd_page_size(fd, &hugetlb, NULL);
+    if (fd_ps && fd_ps != b->page_size) {
+        ferry_error_setg(errp, "RAM block '%s': the memfd received for it has %" PRIu64 "-byte pages, the block "
+                         "%" PRIu64 "-byte pages (give both sides the same memory backend, hugetlb and "
+                         "hugetlbsize)", b->name, fd_ps, b->page_size);
         return false;
     }
     /* MAP_FIXED replaces our own mapping in one step: the address never becomes free for someone else. */
@@ -264,7 +543,7 @@ void ferry__ram_block_unadopt(FerryRamBlock *b)
     }
     /* Fresh memory of the block's own kind, mapped over the source's pages before its fd is closed. If even
      * that fails, anonymous memory is the fallback: the block must never keep the source's pages. */
-    int fd = b->memfd ? new_memfd(b->name, b->size, NULL) : -1;
+    int fd = b->memfd ? new_memfd(b->name, b->size, b->hugetlb ? b->page_size : 0, NULL) : -1;
     int flags = fd >= 0 ? MAP_SHARED | MAP_FIXED : MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
     if (mmap(b->host, (size_t)b->size, PROT_READ | PROT_WRITE, flags, fd, 0) == MAP_FAILED) {
         if (fd >= 0) {
@@ -639,6 +918,11 @@ bool ferry_ram_block_prealloc_threads(FerryRamBlock *b, unsigned threads, FerryE
         return false;
     }
     return true;
+}
+
+uint64_t ferry_ram_block_page_size(const FerryRamBlock *b)
+{
+    return b->page_size;
 }
 
 void *ferry_ram_block_host(const FerryRamBlock *b)

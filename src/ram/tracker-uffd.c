@@ -26,7 +26,8 @@
 #include "util/util.h"
 
 #define UFFD_WP_FEATURES ((uint64_t)(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED))
-/* Blocks are armed by granules of this much address space: one page table on x86-64 and arm64 (4 KiB pages). */
+/* Blocks are armed by granules of this much address space (at least): one page table on x86-64 and arm64 (4 KiB
+ * pages); a larger huge page of a hugetlb block makes the granule that page. */
 #define GRANULE (2ULL << 20)
 
 typedef struct UffdTracker {
@@ -250,7 +251,20 @@ static bool uffd_wp_start(FerryDirtyTracker *t, FerryError **errp)
         ferry_error_setg_errno(errp, errno, "opening /proc/self/pagemap");
         goto fail;
     }
-    u->gpages = FERRY_MAX(GRANULE / ferry_ram_page_size(), 1);
+    /*
+     * Hugetlb blocks: UFFDIO_WRITEPROTECT and PAGEMAP_SCAN's write-protecting walk act on whole huge pages only
+     * (a range that splits one is refused, EINVAL, or backed out), so a granule must hold whole huge pages of every
+     * block: granules are aligned in the address space, and so are hugetlb mappings. Registering a hugetlb or
+     * shmem range for write-protect needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM, except in async mode, which allows any
+     * memory (Linux 6.7+, as WP_ASYNC itself). The protection is per huge page: a write of 4 KiB drops it for the
+     * whole huge page, and the harvest reports all of its 4 KiB pages as written; more to send, never a write
+     * missed. A kernel that refuses any of it fails start, and AUTO falls back (tracker.c).
+     */
+    uint64_t granule = GRANULE;
+    for (size_t i = 0; i < t->nblocks; i++) {
+        granule = FERRY_MAX(granule, t->blocks[i]->page_size);
+    }
+    u->gpages = FERRY_MAX(granule / ferry_ram_page_size(), 1);
     u->armed = ferry__xcalloc(t->nblocks ? t->nblocks : 1, sizeof(*u->armed));
     uint64_t largest = 1;
 

@@ -117,6 +117,13 @@ static bool block_supported(FerryRamBlock *b, FerryError **errp)
                          b->name);
         return false;
     }
+    if (b->hugetlb) {
+        /* A fault in a hugetlb mapping is resolved only by placing the whole huge page (UFFDIO_COPY of its
+         * size); the fault thread and the stream place 4 KiB pages. */
+        ferry_error_setg(errp, "RAM block '%s': it is backed by %" PRIu64 "-byte huge pages (hugetlb), which "
+                         "postcopy does not support", b->name, b->page_size);
+        return false;
+    }
     if (!b->file) {
         return true; /* anonymous or a memfd (shmem) */
     }

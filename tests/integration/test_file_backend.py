@@ -5,7 +5,8 @@ migrations of a file-backed source to anonymous destinations, compared by query-
 made here: random pages, all different, mixed with zero pages, so a source that sent only the pages the kernel
 has populated (none of a file mapping that was never read) would leave the destination with zeros.
 
-It does not cover QEMU itself (bench/qemu-bench.py measures against it) nor memfd backends (test_local.py)."""
+It does not cover QEMU itself (bench/qemu-bench.py measures against it), memfd backends (test_local.py) nor
+mem-path= a directory (test_hugetlb.py)."""
 
 import os
 import subprocess
@@ -68,7 +69,7 @@ def test_bad_file_backend(ramfile, tmpdir_short, case):
         "no-mem-path": (["-object", "memory-backend-file,id=ram0,size=64M"] + machine, ["mem-path", "required"]),
         "empty-mem-path": (["-object", "memory-backend-file,id=ram0,size=64M,mem-path="] + machine, ["mem-path"]),
         "missing-file": (file_backend(os.path.join(tmpdir_short, "nope")), ["nope", "No such file"]),
-        "directory": (file_backend(tmpdir_short), ["not a regular file"]),
+        "directory": (file_backend("/dev/null"), ["not a regular file or a directory"]),
         "too-small": (file_backend(path, size="128M"), ["too small", str(SIZE)]),
         "size-mismatch": (["-m", "32M"] + file_backend(path), ["does not match"]),
         "bad-share": (file_backend(path, share="yes"), ["share", "yes"]),
