@@ -21,6 +21,9 @@
  *               record checksum on: the copy into RAM is the one that faults)
  *   recv-ahead  recv-place with a second thread populating the mapping ahead of the reader, 2 MiB at a time
  *               (ferry's default destination: the populate thread runs ahead of the data)
+ *   recv-uffd   read() into a 256 KiB buffer, then UFFDIO_COPY of it into the mapping, registered with a
+ *               userfaultfd for missing pages: the kernel allocates each page and copies into it without
+ *               zeroing it first and without a page fault (anonymous backings only)
  *   recv-warm   recv-place into a mapping populated beforehand, untimed (a -mem-prealloc destination)
  * Limits, same run: "socket" reads the same bytes from the socket into one 1 MiB buffer (the transport alone);
  * "rewrite" above is memory bandwidth into populated RAM.
@@ -43,7 +46,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -63,9 +69,11 @@
 
 enum { B_ANON4K, B_ANONTHP, B_MEMFD, B_MEMFDTHP, B_HUGETLB, NBACK };
 static const char *const back_names[NBACK] = { "anon-4k", "anon-thp", "memfd", "memfd-thp", "hugetlb" };
-enum { W_TOUCH, W_POP1, W_POP2, W_REWRITE, W_RECV_PLACE, W_RECV_BUF, W_RECV_AHEAD, W_RECV_WARM, W_SOCKET, NWAY };
-static const char *const way_names[NWAY] = { "touch",    "populate1", "populate2",  "rewrite", "recv-place",
-                                             "recv-buf", "recv-ahead", "recv-warm", "socket" };
+enum { W_TOUCH, W_POP1, W_POP2, W_REWRITE, W_RECV_PLACE, W_RECV_BUF, W_RECV_AHEAD, W_RECV_UFFD, W_RECV_WARM,
+       W_SOCKET, NWAY };
+static const char *const way_names[NWAY] = { "touch",      "populate1", "populate2", "rewrite",
+                                             "recv-place", "recv-buf",  "recv-ahead", "recv-uffd",
+                                             "recv-warm",  "socket" };
 
 typedef struct Mapping {
     uint8_t *base; /* what was mmapped (for munmap) */
@@ -317,6 +325,23 @@ static bool run_one(int b, int w, double *wall, double *cpu)
         pthread_join(t, NULL);
         break;
     }
+    case W_RECV_UFFD: {
+        int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+        struct uffdio_api api = { .api = UFFD_API };
+        struct uffdio_register reg = { .range = { (uintptr_t)m.p, size_bytes }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+        if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) != 0 || ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
+            die("userfaultfd");
+        }
+        for (size_t off = 0; off < size_bytes; off += 256 * 1024) {
+            read_full(sv[0], buf, 256 * 1024);
+            struct uffdio_copy cp = { .dst = (uintptr_t)(m.p + off), .src = (uintptr_t)buf, .len = 256 * 1024 };
+            if (ioctl(uffd, UFFDIO_COPY, &cp) != 0) {
+                die("UFFDIO_COPY");
+            }
+        }
+        close(uffd);
+        break;
+    }
     case W_SOCKET:
         for (size_t off = 0; off < size_bytes; off += MIB) {
             read_full(sv[0], buf, MIB);
@@ -484,7 +509,8 @@ int main(int argc, char **argv)
         for (int k = 0; k < NBACK * NWAY; k++) {
             int idx = (k + r * 7) % (NBACK * NWAY);
             int b = idx / NWAY, w = idx % NWAY;
-            if (!want[b] || missing[b] || (w == W_SOCKET && b != 0) || !way_wanted(ways, w)) {
+            if (!want[b] || missing[b] || (w == W_SOCKET && b != 0) || !way_wanted(ways, w) ||
+                (w == W_RECV_UFFD && b > B_ANONTHP)) {
                 continue;
             }
             if (settle > 0) {
@@ -520,7 +546,7 @@ int main(int argc, char **argv)
         }
         double rewrite = gib / median(t, repeat);
         for (int w = 0; w < NWAY; w++) {
-            if ((w == W_SOCKET && b != 0) || !way_wanted(ways, w)) {
+            if ((w == W_SOCKET && b != 0) || !way_wanted(ways, w) || (w == W_RECV_UFFD && b > B_ANONTHP)) {
                 continue;
             }
             for (int r = 0; r < repeat; r++) {

@@ -135,7 +135,8 @@ static bool check_shared(HostArgs *a, FerryHost *host, FerryError **errp)
     /* QEMU's -mem-prealloc preallocates with one thread per vCPU unless the backend says prealloc-threads=. */
     if (!a->ram.prealloc_threads) {
         unsigned smp = a->smp ? a->smp : 1;
-        a->ram.prealloc_threads = a->mem_prealloc ? (smp < FERRY_PREALLOC_THREADS_MAX ? smp : FERRY_PREALLOC_THREADS_MAX) : 1;
+        unsigned max = FERRY_PREALLOC_THREADS_MAX;
+        a->ram.prealloc_threads = a->mem_prealloc ? (smp < max ? smp : max) : 1;
     }
     return true;
 }

@@ -103,26 +103,24 @@ static int new_memfd(const char *name, uint64_t size, uint64_t hugepage_size, Fe
 }
 
 /*
- * Anonymous RAM is mapped at a 2 MiB boundary and advised MADV_HUGEPAGE, as QEMU does with all its RAM: where the
- * kernel's transparent huge pages are "madvise" or "always", a fault then fills 2 MiB at once. On the machines
- * ferry is measured on, a destination receiving into such RAM behind its populate thread kept up with a UNIX
- * socket, against about 0.6 of it with 4 KiB pages (docs/memory.md, "Fresh memory"). The source's write tracking
- * stays at 4 KiB: an asynchronous write-protect fault on a huge page splits it (same section).
- * FERRY_THP=0 in the environment maps 4 KiB pages only (MADV_NOHUGEPAGE): a switch for measurements, not a
- * setting.
+ * Anonymous RAM is mapped at a 2 MiB boundary, so that where the kernel uses transparent huge pages (its policy,
+ * /sys/kernel/mm/transparent_hugepage/enabled) every 2 MiB of RAM can be one. Unlike QEMU, ferry does not advise
+ * MADV_HUGEPAGE: on the machines it is measured on (guests whose free memory goes back to the hypervisor), a
+ * destination receiving into huge pages took 2-4 times as long as with 4 KiB pages, because a 2 MiB allocation
+ * finds only memory the host has to fault in again (docs/memory.md, "Fresh memory"). FERRY_THP in the environment
+ * overrides the policy for measurements: 1 advises MADV_HUGEPAGE, 0 MADV_NOHUGEPAGE.
  */
 #define THP_ALIGN (2ULL << 20)
 
-static bool thp_wanted(void)
-{
-    const char *e = getenv("FERRY_THP");
-    return !e || (strcmp(e, "0") != 0 && strcmp(e, "off") != 0);
-}
-
-/* Advise [host, host + size) as above. Advice is a hint: a kernel without THP refuses it, and nothing is lost. */
+/* Advise [host, host + size) as FERRY_THP says. Advice is a hint: a kernel without THP refuses it, nothing lost. */
 static void anon_advise(void *host, uint64_t size)
 {
-    (void)madvise(host, (size_t)size, thp_wanted() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    const char *e = getenv("FERRY_THP");
+    if (e && (strcmp(e, "1") == 0 || strcmp(e, "on") == 0)) {
+        (void)madvise(host, (size_t)size, MADV_HUGEPAGE);
+    } else if (e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0)) {
+        (void)madvise(host, (size_t)size, MADV_NOHUGEPAGE);
+    }
 }
 
 /* Anonymous private memory of @size bytes starting at a THP_ALIGN boundary: map THP_ALIGN more, unmap the ends. */
