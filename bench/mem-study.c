@@ -19,6 +19,8 @@
  *               and takes the page faults)
  *   recv-buf    read() into a 256 KiB buffer, then memcpy into the mapping (ferry's receive path with the
  *               record checksum on: the copy into RAM is the one that faults)
+ *   recv-bufpop recv-buf, with MADV_POPULATE_WRITE of each 256 KiB of the mapping before the memcpy into it (one
+ *               call faults the piece in, instead of a fault per page during the copy)
  *   recv-ahead  recv-place with a second thread populating the mapping ahead of the reader, 2 MiB at a time
  *               (ferry's default destination: the populate thread runs ahead of the data)
  *   recv-uffd   read() into a 256 KiB buffer, then UFFDIO_COPY of it into the mapping, registered with a
@@ -69,11 +71,11 @@
 
 enum { B_ANON4K, B_ANONTHP, B_MEMFD, B_MEMFDTHP, B_HUGETLB, NBACK };
 static const char *const back_names[NBACK] = { "anon-4k", "anon-thp", "memfd", "memfd-thp", "hugetlb" };
-enum { W_TOUCH, W_POP1, W_POP2, W_REWRITE, W_RECV_PLACE, W_RECV_BUF, W_RECV_AHEAD, W_RECV_UFFD, W_RECV_WARM,
-       W_SOCKET, NWAY };
-static const char *const way_names[NWAY] = { "touch",      "populate1", "populate2", "rewrite",
-                                             "recv-place", "recv-buf",  "recv-ahead", "recv-uffd",
-                                             "recv-warm",  "socket" };
+enum { W_TOUCH, W_POP1, W_POP2, W_REWRITE, W_RECV_PLACE, W_RECV_BUF, W_RECV_BUFPOP, W_RECV_AHEAD, W_RECV_UFFD,
+       W_RECV_WARM, W_SOCKET, NWAY };
+static const char *const way_names[NWAY] = { "touch",      "populate1",  "populate2",  "rewrite",
+                                             "recv-place", "recv-buf",   "recv-bufpop", "recv-ahead",
+                                             "recv-uffd",  "recv-warm",  "socket" };
 
 typedef struct Mapping {
     uint8_t *base; /* what was mmapped (for munmap) */
@@ -311,6 +313,15 @@ static bool run_one(int b, int w, double *wall, double *cpu)
     case W_RECV_BUF:
         for (size_t off = 0; off < size_bytes; off += 256 * 1024) {
             read_full(sv[0], buf, 256 * 1024);
+            memcpy(m.p + off, buf, 256 * 1024);
+        }
+        break;
+    case W_RECV_BUFPOP:
+        for (size_t off = 0; off < size_bytes; off += 256 * 1024) {
+            read_full(sv[0], buf, 256 * 1024);
+            if (madvise(m.p + off, 256 * 1024, MADV_POPULATE_WRITE) != 0) {
+                die("MADV_POPULATE_WRITE");
+            }
             memcpy(m.p + off, buf, 256 * 1024);
         }
         break;

@@ -456,6 +456,10 @@ def main():
                     help="also rows with capability multifd and this many multifd-channels (default 0: none)")
     ap.add_argument("--verify-qemu", choices=("first", "all", "none"), default="first",
                     help="compare QEMU's destination RAM with the file (pmemsave): first run of each row, all, none")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds to wait before each migration (default 3): on a guest with free page reporting, "
+                         "memory freed by the run before is handed back to the hypervisor after about 2 s, and a "
+                         "destination then starts on memory as a fresh one would (docs/memory.md)")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="QEMU accelerator (default: kvm if /dev/kvm works, else tcg)")
     opts = ap.parse_args()
@@ -488,6 +492,7 @@ def main():
     print(f"limits measured now: single-thread memcpy {limits['memcpy']:.2f} GiB/s; between two processes, 1 MiB "
           f"writes: UNIX socket {limits['unix']:.2f} GiB/s, TCP loopback {limits['tcp']:.2f} GiB/s")
     print(f"settings: max-bandwidth {HIGH_BANDWIDTH >> 30} GiB/s, default downtime-limit (300 ms); paused sources; "
+          f"{opts.settle:g} s idle before each migration; "
           f"GiB/s = RAM size / total time; 'of peak' = that against the transport's peak above; {opts.repeat} runs "
           f"per engine and row, median shown, QEMU and ferry alternating")
     print("e2e = migrate command to destination 'completed' (ms); e2e GiB/s = RAM size / e2e; ferry/QEMU = ratio "
@@ -550,6 +555,7 @@ def run_row(opts, tmp, size, path, case, transport, dst_kind, ch, verify_mode, l
         for engine in order:
             if engine in skipped:
                 continue
+            time.sleep(opts.settle)
             try:
                 if engine == "qemu":
                     verify = verify_mode == "all" or (verify_mode == "first" and r == 0)

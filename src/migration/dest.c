@@ -157,6 +157,10 @@ static void *populate_thread(void *opaque)
                 }
             }
         }
+        if (r->b->populated) {
+            d->pop_head++; /* preallocated: nothing to fault in */
+            continue;
+        }
         uint64_t n = FERRY_MIN(r->count, chunk);
         FerryRamBlock *b = r->b;
         uint64_t first = r->first;
@@ -683,6 +687,7 @@ static bool receive_run(Dest *d, FerryRamBlock *b, const FerryWireRun *run, cons
             j++;
         }
         size_t bytes = (size_t)(j - i) * d->ps;
+        ferry__ram_block_prepare_write(b, p, bytes);
         if (run->flags & FERRY_RUN_DATA_IN_PIPE) {
             if (!ferry__page_pipe_recv(d->pipe, p, bytes, d->chan, errp)) {
                 return false;
@@ -1159,6 +1164,7 @@ static bool pc_accept_preempt(Dest *d, FerryError **errp)
         ferry_error_setg(errp, "cannot start the postcopy preempt thread");
         return false;
     }
+    pthread_setname_np(d->preempt_thread, "mig/dst/preempt");
     d->preempt_started = true;
     return true;
 }
@@ -1210,6 +1216,7 @@ static bool after_pc_start(Dest *d, FerryError **errp)
         ferry_error_setg(errp, "cannot start the postcopy fault thread");
         return false;
     }
+    pthread_setname_np(d->fault_thread, "mig/dst/fault");
     d->fault_started = true;
     d->in_postcopy = true;
     ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_POSTCOPY_ACTIVE);
@@ -1281,6 +1288,7 @@ static bool after_pc_run(Dest *d, FerryError **errp)
         ferry_error_setg(errp, "cannot start the postcopy loader thread");
         return false;
     }
+    pthread_setname_np(d->load_thread, "mig/dst/load");
     d->load_started = true;
     __atomic_store_n(&d->pc_running, true, __ATOMIC_RELEASE);
     return true;
@@ -1577,6 +1585,7 @@ static bool accept_main(Dest *d, FerryError **errp)
 static bool receive_stream(Dest *d, FerryError **errp)
 {
     if (pthread_create(&d->pop_thread, NULL, populate_thread, d) == 0) {
+        pthread_setname_np(d->pop_thread, "mig/dst/pop");
         d->pop_started = true;
     }
     FerryError *err = NULL;

@@ -386,6 +386,7 @@ bool ferry__dirtyrate_calc(FerryMigration *m, const FerryDirtyRateConfig *cfg_in
         ferry_error_setg_errno(errp, rc, "cannot create the dirty rate thread");
         return false;
     }
+    pthread_setname_np(d->thread, "dirtyrate");
     d->thread_joinable = true;
     return true;
 }

@@ -827,6 +827,7 @@ bool ferry__migrate(FerryMigration *m, const FerryMigrationAddress *addr, FerryE
         ferry_error_setg_errno(errp, rc, "cannot create the migration thread");
         return false;
     }
+    pthread_setname_np(m->out_thread, "mig/src");
     m->out_thread_joinable = true;
     /* "setup" is announced before anything the new thread changes (it waits for the event lock). */
     unlock_and_announce(m, true, FERRY_MIG_SETUP);
@@ -879,6 +880,7 @@ bool ferry__migrate_incoming(FerryMigration *m, const FerryMigrationAddress *add
         ferry_error_setg_errno(errp, rc, "cannot create the incoming migration thread");
         return false;
     }
+    pthread_setname_np(m->in_thread, "mig/dst");
     m->in_thread_joinable = true;
     unlock_and_announce(m, true, FERRY_MIG_SETUP);
     return true;

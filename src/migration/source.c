@@ -1674,6 +1674,7 @@ static bool pc_start_return_path(Source *src, FerryError **errp)
         ferry_error_setg_errno(errp, rc, "cannot start the postcopy return-path thread");
         return false;
     }
+    pthread_setname_np(src->rp_thread, "mig/src/rp");
     src->rp_started = true;
     return true;
 }

@@ -173,6 +173,9 @@ static bool read_packet_body(Receiver *rv, const FerryWireMfdPacket *pk, uint32_
     FerryMultifdPayload p = { .iov = rv->iov };
     p.niov = ferry__multifd_gather(b->host, r->cfg.page_size, rv->ext, pk->extents, zmap, p.iov, &p.npages);
     p.raw = (size_t)p.npages * r->cfg.page_size;
+    for (int i = 0; i < p.niov; i++) {
+        ferry__ram_block_prepare_write(b, p.iov[i].iov_base, p.iov[i].iov_len);
+    }
     if (!read_payload(rv, pk, &p, crc, errp)) {
         return false;
     }
@@ -367,6 +370,9 @@ FerryMultifdRecv *ferry__multifd_recv_new(FerryListener *l, const FerryMultifdCo
             ferry__multifd_recv_free(r);
             return NULL;
         }
+        char name[16]; /* the kernel keeps 15 bytes */
+        snprintf(name, sizeof(name), "mig/dst/mfd%u", i % 10000u);
+        pthread_setname_np(r->r[i].thread, name);
         r->r[i].started = true;
     }
     return r;

@@ -324,6 +324,9 @@ FerryMultifdSend *ferry__multifd_send_new(const FerryMigrationAddress *addr, int
             ferry__multifd_send_free(s, true);
             return NULL;
         }
+        char name[16]; /* the kernel keeps 15 bytes */
+        snprintf(name, sizeof(name), "mig/src/mfd%u", i % 10000u);
+        pthread_setname_np(s->s[i].thread, name);
         s->s[i].started = true;
     }
     return s;

@@ -560,6 +560,7 @@ void ferry__ram_block_unadopt(FerryRamBlock *b)
     b->fd = fd;
     b->shared = fd >= 0;
     b->adopted = false;
+    b->populated = false;
 }
 
 void ferry__ram_block_free(FerryRamBlock *b)
@@ -623,7 +624,20 @@ bool ferry__ram_block_populate(FerryRamBlock *b, FerryError **errp)
                                (unsigned long long)at);
         return false;
     }
+    b->populated = true;
     return true;
+}
+
+void ferry__ram_block_prepare_write(FerryRamBlock *b, void *p, size_t len)
+{
+    /* Cleared for good the first time the kernel refuses the advice (before Linux 5.14). */
+    static bool supported = true;
+    if (b->populated || b->hugetlb || !__atomic_load_n(&supported, __ATOMIC_RELAXED) || len == 0) {
+        return;
+    }
+    if (madvise(p, len, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+        __atomic_store_n(&supported, false, __ATOMIC_RELAXED);
+    }
 }
 
 void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t count)
@@ -644,6 +658,7 @@ void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t 
 
 void ferry__ram_block_discard(FerryRamBlock *b)
 {
+    b->populated = b->file; /* a file block is overwritten with zeros below, the others lose their pages */
     if (b->adopted) {
         /* Never touch the source's pages: drop the mapping of them instead. */
         ferry__ram_block_unadopt(b);
@@ -915,6 +930,7 @@ bool ferry_ram_block_prealloc_threads(FerryRamBlock *b, unsigned threads, FerryE
                                (unsigned long long)at);
         return false;
     }
+    b->populated = true;
     return true;
 }
 

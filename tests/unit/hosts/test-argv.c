@@ -188,6 +188,7 @@ static void test_shared_and_own(void **state)
     assert_true(p.args.m_given);
     assert_int_equal(p.args.smp, 3);
     assert_true(p.args.ram.prealloc);
+    assert_int_equal(p.args.ram.prealloc_threads, 3); /* -mem-prealloc: one per -smp, as QEMU */
     assert_false(p.args.ram.memfd);
     assert_int_equal(p.args.net.n, 1);
     assert_string_equal(p.args.net.cfg[0].ifname, "ft0");
@@ -217,6 +218,36 @@ static void test_memory_backend(void **state)
     assert_true(p.args.ram.memfd_share);
     assert_false(p.args.ram.prealloc);
     assert_false(p.args.m_given);
+}
+
+/* memory-backend-memfd is shared unless share=off (QEMU's default); prealloc-threads= wins over -smp. */
+static void test_memory_backend_defaults(void **state)
+{
+    static const char *const argv[] = {
+        "-smp", "4", "-mem-prealloc", "-object", "memory-backend-memfd,id=m,size=8M,prealloc-threads=2",
+        "-machine", "memory-backend=m", NULL,
+    };
+    static const char *const plain[] = { "-m", "8M", NULL };
+    Prog p;
+    char *err;
+
+    (void)state;
+    prog_init(&p);
+    assert_int_equal(parse(&p, argv, NULL, &err), -1);
+    free(err);
+    assert_true(p.args.ram.memfd);
+    assert_true(p.args.ram.memfd_share);
+    assert_true(p.args.ram.prealloc);
+    assert_int_equal(p.args.ram.prealloc_threads, 2);
+    prog_init(&p);
+    assert_int_equal(parse(&p, plain, NULL, &err), -1);
+    free(err);
+    assert_false(p.args.ram.prealloc);
+    assert_int_equal(p.args.ram.prealloc_threads, 1);
+    refused((const char *const[]){ "-object", "memory-backend-memfd,id=m,size=8M,prealloc-threads=0", NULL },
+            HOST_EXIT_BAD_VALUE, "prealloc-threads '0' is not a number from 1 to 64");
+    refused((const char *const[]){ "-object", "memory-backend-file,id=m,size=8M,mem-path=/x,prealloc-threads=a",
+                                   NULL }, HOST_EXIT_BAD_VALUE, "prealloc-threads 'a'");
 }
 
 static void test_help(void **state)
@@ -335,6 +366,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shared_and_own),
         cmocka_unit_test(test_memory_backend),
+        cmocka_unit_test(test_memory_backend_defaults),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_bad_values),

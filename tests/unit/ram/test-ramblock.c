@@ -142,6 +142,42 @@ static void test_populate_and_discard(void **state)
     ferry__ram_block_free(b);
 }
 
+/* prealloc with threads (QEMU's prealloc-threads): every page populated, content kept, odd sizes and more threads
+ * than huge pages split right, bad counts refused. */
+static void test_prealloc_threads(void **state)
+{
+    size_t ps = ferry_ram_page_size();
+    size_t sizes[] = { 256 * ps, (5u << 20) + 3 * ps }; /* under one 2 MiB part; parts that end mid-page-run */
+    unsigned threads[] = { 1, 2, 3, 64 };
+    FerryError *err = NULL;
+
+    for (size_t i = 0; i < 2; i++) {
+        for (size_t k = 0; k < 4; k++) {
+            size_t n = sizes[i] / ps;
+            FerryRamBlock *b = ferry__ram_block_new("pre", sizes[i], NULL);
+            assert_non_null(b);
+            b->host[(n - 1) * ps] = 0x42;
+            assert_true(ferry_ram_block_prealloc_threads(b, threads[k], &err));
+            assert_null(err);
+            assert_int_equal(b->host[(n - 1) * ps], 0x42);
+            assert_true(ferry__buffer_is_zero(b->host, (n - 1) * ps));
+            unsigned long *map = ferry__bitmap_new(n);
+            ferry__ram_block_present_pages(b, map);
+            assert_int_equal(ferry__bitmap_count(map, n), n);
+            free(map);
+            ferry__ram_block_free(b);
+        }
+    }
+    FerryRamBlock *b = ferry__ram_block_new("pre", ps, NULL);
+    assert_false(ferry_ram_block_prealloc_threads(b, 0, &err));
+    assert_non_null(strstr(ferry_error_msg(err), "0 prealloc threads"));
+    ferry_error_free(err);
+    err = NULL;
+    assert_false(ferry_ram_block_prealloc_threads(b, FERRY_PREALLOC_THREADS_MAX + 1, &err));
+    ferry_error_free(err);
+    ferry__ram_block_free(b);
+}
+
 static void test_populate_range(void **state)
 {
     size_t ps = ferry_ram_page_size();
@@ -427,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_present_pages),
         cmocka_unit_test(test_populate_and_discard),
         cmocka_unit_test(test_populate_range),
+        cmocka_unit_test(test_prealloc_threads),
         cmocka_unit_test(test_mark_dirty_clamp),
         cmocka_unit_test(test_mark_dirty_threads),
         cmocka_unit_test(test_file_present_pages),
