@@ -486,12 +486,8 @@ static bool choose_tracker(Machine *mc, FerryMigration *m, FerryError **errp)
                      ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0;
     switch (vm->cfg.tracker) {
     case VM_TRACKER_KVM_RING:
-        /* vm_new enabled the ring (or failed): the probe checks that it reports what a guest writes. */
-        if (!vm_dirty_ring_probe(vm->ring_size, errp)) {
-            ferry_error_prepend(errp, "the dirty ring (dirty-ring-size=%u): the start-up probe failed: ",
-                                vm->ring_size);
-            return false;
-        }
+        /* vm_new enabled the ring only after its probe passed (it reports what a guest writes, and keeps its
+         * entries and its place past a full ring), or failed. */
         mc->tracker = "kvm-dirty-ring";
         ferry_migration_set_dirty_tracker_ops(m, &vm_dirty_ring_ops, vm);
         return true;

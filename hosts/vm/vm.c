@@ -255,7 +255,16 @@ Vm *vm_new(const VmConfig *cfg, FerryError **errp)
         goto fail;
     }
     if (cfg->dirty_ring_size) {
+        /* The probe first (dirty-log.c), on VMs of its own: a KVM whose ring takes entries and loses some, or
+         * loses its place when full, would lose pages of a migration and stop a vCPU at its first full ring
+         * whoever uses the ring (migration, dirty-limit, calc-dirty-rate), so -accel kvm,dirty-ring-size is
+         * refused at start-up there, as QEMU refuses it where KVM has no ring. */
         if (!vm_enable_dirty_ring(vm->vm_fd, cfg->dirty_ring_size, errp)) {
+            goto fail;
+        }
+        if (!vm_dirty_ring_probe(cfg->dirty_ring_size, errp)) {
+            ferry_error_prepend(errp, "dirty-ring-size=%u: the dirty ring's start-up probe failed: ",
+                                cfg->dirty_ring_size);
             goto fail;
         }
         vm->ring_size = cfg->dirty_ring_size;

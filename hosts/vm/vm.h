@@ -323,8 +323,11 @@ void serial_set_regs(Serial *s, const SerialRegs *r);
 /* ---- dirty-log.c ---- */
 /* Whether KVM's dirty log reports the pages a guest wrote, on a throw-away VM; on false *errp says what failed. */
 bool vm_dirty_log_probe(FerryError **errp);
-/* The same with the dirty ring of @entries entries instead of the bitmap. */
+/* The same with the dirty ring of @entries entries instead of the bitmap, and whether the ring keeps every entry
+ * and its place past a full ring (vm_new runs it before it takes a ring). */
 bool vm_dirty_ring_probe(uint32_t entries, FerryError **errp);
+/* Only its first part, the bitmap probe's two pages on a ring of @entries (for the tests). */
+bool vm_dirty_ring_pages_probe(uint32_t entries, FerryError **errp);
 /* The probes' rule for one harvest (@map: @words words, page i = bit i): every page of @want (pages of the first
  * word) and nothing else but page 0, the probe guest's code page. */
 bool vm_dirty_probe_report_ok(const unsigned long *map, size_t words, unsigned long want);

@@ -216,7 +216,12 @@ def test_vm_modes(tmpdir_short, tracker):
             pytest.skip(why)
     vms = test_vm.VMSet(tmpdir_short)
     try:
-        vm = vms.start("vm", *test_vm.VM, *tracker)
+        if tracker and tracker[1] == "kvm-dirty-ring":
+            vm = test_vm.start_ring_vm(vms, "vm", *test_vm.VM, *tracker)
+            if vm is None:
+                return
+        else:
+            vm = vms.start("vm", *test_vm.VM, *tracker)
         name = vm.cmd("query-vm")["dirty-tracker"]
         test_vm.wait_progress(vm)
         if name != "kvm-dirty-ring":

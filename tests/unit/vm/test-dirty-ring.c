@@ -13,6 +13,13 @@
  * restores the rate; without a ring writer_stats says how to get one. Not tested here: several vCPUs writing (the VMs here have one; a 2-vCPU A-B guest
  * crawls under the emulated KVM these tests also run on), and the engine (tests/integration/test_vm.py migrates with the ring). Every test but the rule's skips where /dev/kvm
  * cannot be opened or KVM has no dirty ring.
+ *
+ * Where KVM has a ring that fails ferry-vm's start-up probe (a KVM that runs a vCPU past its full ring and loses
+ * entries, as kvm_pvm on this project's machine does: dirty-log.c), what is tested is that refusal instead: every
+ * test that needs a ring VM checks that vm_new refuses one with the probe's reason, and the probe must fail the
+ * same way (its ring-past-full part, the two-page part passing) for every size; a test then has nothing else to
+ * check, as ferry-vm has no ring there to test. A probe that passes where the ring loses entries fails the
+ * contract tests below.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -54,6 +61,31 @@ static uint32_t skip_without_ring(void)
         skip();
     }
     return (uint32_t)((size_t)max / sizeof(struct kvm_dirty_gfn));
+}
+
+/* Whether this KVM's ring passes ferry-vm's start-up probe with @entries entries. Where it does not, checks that
+ * the failure is the ring-past-full check's and that vm_new refuses a VM with that ring, saying why. */
+static bool ring_usable(uint32_t entries)
+{
+    VmConfig cfg = { .ram_size = RAM, .smp = 1, .serial_mode = VM_SERIAL_NULL, .dirty_ring_size = entries };
+    FerryError *err = NULL;
+    char want[96];
+
+    if (vm_dirty_ring_probe(entries, &err)) {
+        return true;
+    }
+    print_message("the ring probe (%u entries) failed: %s\n", entries, ferry_error_msg(err));
+    assert_true(strncmp(ferry_error_msg(err), "KVM's dirty ring ", 17) == 0);
+    ferry_error_free(err);
+    err = NULL;
+    assert_null(vm_new(&cfg, &err));
+    snprintf(want, sizeof(want), "dirty-ring-size=%u: the dirty ring's start-up probe failed: KVM's dirty ring ",
+             entries);
+    assert_non_null(err);
+    assert_true(strncmp(ferry_error_msg(err), want, strlen(want)) == 0);
+    print_message("vm_new refuses it: %s\n", ferry_error_msg(err));
+    ferry_error_free(err);
+    return false;
 }
 
 static Vm *new_ring_vm(uint32_t entries)
@@ -240,11 +272,15 @@ static void test_ring_probe(void **state)
     FerryError *err = NULL;
 
     skip_without_ring();
+    /* Its two-page part alone passes at every size (the ring records writes at all); the whole probe passes at
+     * every size or at none, as its ring-past-full part does not depend on the size asked for. */
+    bool usable = ring_usable(VM_DIRTY_RING_MIN);
     for (uint32_t entries = VM_DIRTY_RING_MIN; entries <= VM_DIRTY_RING_DEFAULT; entries *= 4) {
-        if (!vm_dirty_ring_probe(entries, &err)) {
-            print_error("the ring probe (%u entries) failed: %s\n", entries, ferry_error_msg(err));
+        if (!vm_dirty_ring_pages_probe(entries, &err)) {
+            print_error("the ring's two-page probe (%u entries) failed: %s\n", entries, ferry_error_msg(err));
             fail();
         }
+        assert_true(ring_usable(entries) == usable);
     }
 }
 
@@ -265,6 +301,9 @@ static void test_ring_too_big_refused(void **state)
 static void test_ring_contract(void **state)
 {
     skip_without_ring();
+    if (!ring_usable(VM_DIRTY_RING_DEFAULT)) {
+        return;
+    }
     check_contract(VM_DIRTY_RING_DEFAULT, false, false);
 }
 
@@ -272,12 +311,18 @@ static void test_ring_contract(void **state)
 static void test_ring_contract_counting(void **state)
 {
     skip_without_ring();
+    if (!ring_usable(VM_DIRTY_RING_DEFAULT)) {
+        return;
+    }
     check_contract(VM_DIRTY_RING_DEFAULT, false, true);
 }
 
 static void test_ring_full(void **state)
 {
     skip_without_ring();
+    if (!ring_usable(VM_DIRTY_RING_MIN)) {
+        return;
+    }
     check_contract(VM_DIRTY_RING_MIN, true, false);
 }
 
@@ -286,6 +331,9 @@ static void test_ring_full(void **state)
 static void test_ring_full_unarmed(void **state)
 {
     skip_without_ring();
+    if (!ring_usable(VM_DIRTY_RING_MIN)) {
+        return;
+    }
     Vm *vm = new_ring_vm(VM_DIRTY_RING_MIN);
     uint64_t collected;
     double t0;
@@ -340,6 +388,9 @@ static double counted_rate(Vm *vm, long ms, uint64_t *throttle_us)
 static void test_dirty_limit(void **state)
 {
     skip_without_ring();
+    if (!ring_usable(VM_DIRTY_RING_DEFAULT)) {
+        return;
+    }
     Vm *vm = new_ring_vm(VM_DIRTY_RING_DEFAULT);
     FerryWriterStats st[2];
     const char *why = NULL;
