@@ -4,11 +4,11 @@
 Migrates --size GiB (default 2) of random RAM of a paused ferry-workload (-S) over a UNIX socket (main channel, or
 multifd with --multifd-channels) to destinations that differ only in their RAM:
 
-  default        plain -m RAM: anonymous, 2 MiB aligned, no huge-page advice (the kernel's policy decides), pages
+  default        plain -m RAM: anonymous, 2 MiB aligned, MADV_HUGEPAGE (as QEMU advises all its RAM), pages
                  faulted in by the populate thread ahead of the data and by the receive path
-  default-thp    the same with FERRY_THP=1 (MADV_HUGEPAGE, as QEMU advises all its RAM)
+  default-4k     the same with FERRY_THP=0 (MADV_NOHUGEPAGE: 4 KiB pages only)
   prealloc       -mem-prealloc (one preallocating thread per -smp worker, QEMU's rule), faulted in at start-up
-  prealloc-thp   the same with FERRY_THP=1
+  prealloc-4k    the same with FERRY_THP=0
   memfd          -object memory-backend-memfd (ferry's default share=off: a private mapping of shmem, so every
                  page is allocated in the memfd and copied on write)
   memfd-shared   the same with share=on (QEMU's default for memfd; shmem, huge pages only as shmem_enabled says)
@@ -120,8 +120,8 @@ def sockpeak(build):
 def ways(opts):
     size = f"{opts.size}G"
     memfd = ["-object", f"memory-backend-memfd,id=mem,size={size}", "-machine", "memory-backend=mem"]
-    w = [("default", [], {}), ("default-thp", [], {"FERRY_THP": "1"}),
-         ("prealloc", ["-mem-prealloc"], {}), ("prealloc-thp", ["-mem-prealloc"], {"FERRY_THP": "1"}),
+    w = [("default", [], {}), ("default-4k", [], {"FERRY_THP": "0"}),
+         ("prealloc", ["-mem-prealloc"], {}), ("prealloc-4k", ["-mem-prealloc"], {"FERRY_THP": "0"}),
          ("memfd", memfd, {}), ("memfd-shared", [memfd[0], memfd[1] + ",share=on"] + memfd[2:], {})]
     if opts.hugetlb:
         w.append(("hugetlb", ["-object", f"memory-backend-memfd,id=mem,size={size},hugetlb=on",
