@@ -806,6 +806,23 @@ static bool file_present_pages(FerryRamBlock *b, unsigned long *bitmap)
     return any;
 }
 
+/* The pieces of a file block to map (map_for_reading), taken by its threads in turn. */
+typedef struct MapWork {
+    FerryRamBlock *b;
+    uint64_t (*piece)[2]; /* [offset, length] in the block */
+    size_t n;
+    size_t next; /* atomic: the next piece to take */
+} MapWork;
+
+static void *map_worker(void *opaque)
+{
+    MapWork *w = opaque;
+    for (size_t i; (i = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED)) < w->n;) {
+        madvise(w->b->host + w->piece[i][0], (size_t)w->piece[i][1], MADV_POPULATE_READ);
+    }
+    return NULL;
+}
+
 void ferry__ram_block_map_for_reading(FerryRamBlock *b)
 {
     if (!b->file) {
@@ -816,9 +833,13 @@ void ferry__ram_block_map_for_reading(FerryRamBlock *b)
      * and even one MADV_POPULATE_READ then maps page by page. Before registration it maps the file's pages in
      * with fault-around: page-cache pages are mapped, no memory is added, the content does not change. On
      * failure (a kernel before 5.14) the pages just fault in as they are read. Holes are left alone (mapping
-     * them would have the file system allocate them). */
+     * them would have the file system allocate them). This is all of the migration's setup for file-backed RAM
+     * (about 0.12 s per GiB here, docs/memory.md), CPU work in the kernel while the destination waits: it is
+     * shared between as many threads as there are CPUs, at most 4, in pieces of POPULATE_CHUNK. */
     uint64_t ps = ferry_ram_page_size();
     uint64_t start = b->file_offset, end = b->file_offset + b->size, pos = start;
+    MapWork w = { .b = b };
+    size_t cap = 0;
     while (pos < end) {
         off_t data = lseek(b->file_fd, (off_t)pos, SEEK_DATA);
         uint64_t from = data < 0 ? (errno == ENXIO ? end : pos) : (uint64_t)data;
@@ -829,10 +850,30 @@ void ferry__ram_block_map_for_reading(FerryRamBlock *b)
         uint64_t stop = hole < 0 ? end : FERRY_MIN((uint64_t)hole, end);
         uint64_t lo = (from - start) / ps * ps, hi = (stop - start + ps - 1) / ps * ps;
         for (uint64_t off = lo; off < hi; off += POPULATE_CHUNK) {
-            madvise(b->host + off, (size_t)FERRY_MIN(POPULATE_CHUNK, hi - off), MADV_POPULATE_READ);
+            if (w.n == cap) {
+                cap = cap ? cap * 2 : 64;
+                w.piece = ferry__xrealloc(w.piece, cap * sizeof(*w.piece));
+            }
+            w.piece[w.n][0] = off;
+            w.piece[w.n][1] = FERRY_MIN(POPULATE_CHUNK, hi - off);
+            w.n++;
         }
         pos = stop;
     }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t nthreads = (size_t)FERRY_MIN(FERRY_MIN(cpus > 0 ? cpus : 1, 4), (long)w.n);
+    pthread_t t[4];
+    bool started[4] = { false };
+    for (size_t i = 1; i < nthreads; i++) {
+        started[i] = pthread_create(&t[i], NULL, map_worker, &w) == 0;
+    }
+    map_worker(&w);
+    for (size_t i = 1; i < nthreads; i++) {
+        if (started[i]) {
+            pthread_join(t[i], NULL);
+        }
+    }
+    free(w.piece);
 }
 
 bool ferry__ram_block_present_pages(FerryRamBlock *b, unsigned long *bitmap)
