@@ -470,7 +470,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--settle") == 0 && i + 1 < argc) {
             settle = atof(argv[++i]);
         } else {
-            fprintf(stderr, "usage: mem-study [--size MiB] [--repeat N] [--reserve MiB] [--backings a,b,...] [--ways a,b,...]\n"
+            fprintf(stderr, "usage: mem-study [--size MiB] [--repeat N] [--reserve MiB] [--backings a,b,...]\n"
+                            "                 [--ways a,b,...]\n"
                             "                 [--settle SECONDS]\n"
                             "backings: anon-4k anon-thp memfd memfd-thp hugetlb\n");
             return 2;

@@ -1,11 +1,12 @@
 /*
- * The command line and main() as both host programs have them (hosts/common, compiled into ferry-workload and ferry-
- * vm): the walk over argv in QEMU's spellings (-opt or --opt, -h/--help), the options both programs take (-m, -smp,
- * -mem-prealloc, -mem-path, -object memory-backend-*, -machine, -netdev, -device), every other option handed to the
- * host runtime (include/ferry/host.h: -qmp, -monitor, -incoming, -S, -name, -object tls-creds-* ...), the checks that
- * turn the memory backend and the network options into RAM and NICs, and main()'s life cycle around the program's
- * machine. A program brings its own options, checks and machine as a HostProgram; what they mean is its business, not
- * this file's. Messages start with the program's name; this header is not part of libferry.
+ * The command line and main() as both host programs have them (hosts/common, compiled into ferry-workload and
+ * ferry-vm): the walk over argv in QEMU's spellings (-opt or --opt, -h/--help), the options both programs take
+ * (-m, -smp, -mem-prealloc, -mem-path, -object memory-backend-*, -machine, -netdev, -device), every other option
+ * handed to the host runtime (include/ferry/host.h: -qmp, -monitor, -incoming, -S, -name, -object tls-creds-*
+ * ...), the checks that turn the memory backend and the network options into RAM and NICs, and main()'s life cycle
+ * around the program's machine. A program brings its own options, checks and machine as a HostProgram; what they
+ * mean is its business, not this file's. Messages start with the program's name; this header is not part of
+ * libferry.
  */
 #ifndef FERRY_HOSTS_ARGV_H
 #define FERRY_HOSTS_ARGV_H

@@ -104,12 +104,12 @@ static int new_memfd(const char *name, uint64_t size, uint64_t hugepage_size, Fe
 
 /*
  * Anonymous RAM is mapped at a 2 MiB boundary and advised MADV_HUGEPAGE, as QEMU advises all its RAM. On the
- * machines ferry is measured on (guests whose free memory goes back to the hypervisor), a destination receiving
- * 2 GiB into huge pages took 1.3-2.0 s in every run of a day, while with 4 KiB pages it took 0.6-3.0 s, faster
- * while recently freed memory was at hand and slower once it was not (docs/memory.md, "Fresh memory"): huge pages
- * are the choice that depends least on the machine's state. The source's write tracking stays at 4 KiB: a write
- * to a write-protected huge page splits it (tests/unit/ram/test-tracker.c, bench/harvest-bench.c).
- * FERRY_THP=0 in the environment asks for 4 KiB pages (MADV_NOHUGEPAGE) instead: a switch for measurements.
+ * machines ferry is measured on (guests whose free memory goes back to the hypervisor) neither page size wins: a
+ * destination receiving 2 GiB took 1.2-2.9 s with huge pages and 0.9-3.0 s with 4 KiB pages over one evening,
+ * each ahead in some runs (docs/memory.md, "The destination built from it"); huge pages are kept for QEMU's sake
+ * and their narrower spread. The source's write tracking stays at 4 KiB: a write to a write-protected huge page
+ * splits it (tests/unit/ram/test-tracker.c, bench/harvest-bench.c). FERRY_THP=0 in the environment asks for
+ * 4 KiB pages (MADV_NOHUGEPAGE) instead: a switch for measurements.
  */
 #define THP_ALIGN (2ULL << 20)
 

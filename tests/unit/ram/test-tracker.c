@@ -6,8 +6,8 @@
  * kernel on our behalf (read(2) into a block), and a writer thread racing repeated harvests, checked the way a
  * migration uses the tracker: a shadow copy refreshed from harvested pages must equal the block at the end, and
  * pages the writer never touches must never be reported; transparent huge pages (a 4 KiB write to a protected huge
- * page reports 4 KiB); and the AUTO fallback on memory uffd-wp cannot arm. The uffd-wp tests skip with the probe's reason where the
- * kernel lacks the feature. The host kind (FerryDirtyTrackerOps) is checked with a fake host tracker: its name,
+ * page reports 4 KiB); and the AUTO fallback on memory uffd-wp cannot arm. The uffd-wp tests skip with the probe's
+ * reason where the kernel lacks the feature. The host kind (FerryDirtyTrackerOps) is checked with a fake host tracker: its name,
  * start/harvest/stop calls, its bits merged with explicit marks, and a failing start.
  */
 #include <pthread.h>
