@@ -226,6 +226,42 @@ def test_memory_backend_file(vms):
     check_continues(src, dst)
 
 
+NR_HUGEPAGES = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+def test_hugetlb_guest_ram(vms):
+    """Guest RAM in hugetlb memfds at both ends (QEMU's memory-backend-memfd,hugetlb=on, the same options as
+    ferry-workload's), the destination's preallocated by two threads (prealloc-threads): the guest goes on there.
+    The test reserves the 64 huge pages of 2 MiB it needs and gives them back."""
+    try:
+        with open(NR_HUGEPAGES) as f:
+            saved = int(f.read())
+        with open(NR_HUGEPAGES, "w") as f:
+            f.write(str(saved + 64))
+    except OSError as e:
+        pytest.skip(f"cannot reserve 2 MiB huge pages ({NR_HUGEPAGES}: {e.strerror}; root and hugetlb needed)")
+    try:
+        with open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") as f:
+            if int(f.read()) < 64:
+                pytest.skip("the kernel could not reserve 64 free 2 MiB huge pages (memory too fragmented)")
+
+        def mem(extra):
+            return ["-object", f"memory-backend-memfd,id=pc.ram,size=64M,hugetlb=on{extra}", "-machine",
+                    "memory-backend=pc.ram", "-ab-every", "2"]
+        uri = unix_uri(vms)
+        dst = vms.start("dst", *mem(",prealloc=on,prealloc-threads=2"), "-incoming", uri)
+        wait_listening(uri)
+        src = vms.start("src", *mem(""))
+        wait_progress(src)
+        migrate(src, dst, uri)
+        check_continues(src, dst)
+        for vm in (src, dst):  # before the pages are given back
+            assert vm.stop_process() is None, f"{vm.name} ignored quit"
+    finally:
+        with open(NR_HUGEPAGES, "w") as f:
+            f.write(str(saved))
+
+
 def test_uffd_wp_tracker(vms):
     uri = unix_uri(vms)
     dst = vms.start("dst", *VM, "-incoming", uri)
