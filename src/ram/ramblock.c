@@ -141,6 +141,19 @@ static void *anon_map_aligned(uint64_t size)
     return start;
 }
 
+/* A block around the mapping @host of @size bytes, backed by pages of @page_size; the caller sets the backing. */
+static FerryRamBlock *block_wrap(const char *name, void *host, uint64_t size, uint64_t page_size)
+{
+    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
+    b->name = ferry__xstrdup(name);
+    b->host = host;
+    b->size = size;
+    b->npages = size / ferry_ram_page_size();
+    b->page_size = page_size;
+    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
+    return b;
+}
+
 static FerryRamBlock *block_new(const char *name, uint64_t size, int fd, bool share, FerryError **errp)
 {
     int flags = fd >= 0 ? (share ? MAP_SHARED : MAP_PRIVATE) : MAP_PRIVATE | MAP_ANONYMOUS;
@@ -149,13 +162,7 @@ static FerryRamBlock *block_new(const char *name, uint64_t size, int fd, bool sh
         ferry_error_setg_errno(errp, errno, "RAM block '%s': mapping %llu bytes", name, (unsigned long long)size);
         return NULL;
     }
-    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
-    b->name = ferry__xstrdup(name);
-    b->host = host;
-    b->size = size;
-    b->npages = size / ferry_ram_page_size();
-    b->page_size = ferry_ram_page_size(); /* hugetlb: set by the caller */
-    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
+    FerryRamBlock *b = block_wrap(name, host, size, ferry_ram_page_size()); /* hugetlb: the caller sets it */
     b->fd = fd;
     b->memfd = fd >= 0;
     b->shared = fd >= 0 && share;
@@ -227,14 +234,8 @@ static FerryRamBlock *file_block_new(const char *name, uint64_t size, const char
                                                                 "/proc/sys/vm/nr_hugepages)" : "");
         return NULL;
     }
-    FerryRamBlock *b = ferry__xcalloc(1, sizeof(*b));
-    b->name = ferry__xstrdup(name);
-    b->host = host;
-    b->size = size;
-    b->npages = size / ferry_ram_page_size();
-    b->page_size = page_size;
+    FerryRamBlock *b = block_wrap(name, host, size, page_size);
     b->hugetlb = hugetlb;
-    b->explicit_dirty = ferry__bitmap_new((size_t)b->npages);
     b->fd = -1;
     b->file = true;
     b->file_fd = fd;
