@@ -108,6 +108,9 @@ bool ferry__page_pipe_recv(FerryPagePipe *pp, void *buf, size_t len, FerryChanne
  * for in poll(), so that shutdown interrupts a blocked call on it too, and its writes give EPIPE instead of
  * raising SIGPIPE; for a regular file shutdown only fails later calls. one_way is set for non-sockets. */
 FerryChannel *ferry__channel_new_fd(int fd, const char *desc);
+/* A file: channel on a regular file (not a FIFO): its fd (the channel's), the file offset where the stream starts
+ * and the file's name, for what positions data in the file itself (mapped-ram). false for any other channel. */
+bool ferry__channel_file_info(const FerryChannel *c, int *fd, uint64_t *offset, const char **path);
 void ferry__channel_free(FerryChannel *c); /* closes; NULL is a no-op */
 
 /*

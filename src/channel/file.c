@@ -34,6 +34,8 @@
 typedef struct FileChannel {
     FerryFdChannel fdc; /* first: the generic fd channel does the I/O */
     bool fifo;
+    uint64_t offset;    /* where the stream starts in the file */
+    char *path;
 } FileChannel;
 
 static bool file_finish(FerryChannel *c, FerryError **errp)
@@ -48,6 +50,8 @@ static bool file_finish(FerryChannel *c, FerryError **errp)
 
 static void file_close(FerryChannel *c)
 {
+    free(((FileChannel *)c)->path);
+    ((FileChannel *)c)->path = NULL;
     ferry__fd_channel_close(c);
 }
 
@@ -183,7 +187,20 @@ static FerryChannel *file_open(const FerryFileAddress *fa, const char *uri, bool
     ferry__fd_channel_init(&fc->fdc, &file_ops, fd, uri);
     fc->fdc.base.one_way = true;
     fc->fifo = fifo;
+    fc->offset = fa->offset;
+    fc->path = ferry__xstrdup(name);
     return &fc->fdc.base;
+}
+
+bool ferry__channel_file_info(const FerryChannel *c, int *fd, uint64_t *offset, const char **path)
+{
+    if (!c || c->ops != &file_ops || ((const FileChannel *)c)->fifo) {
+        return false;
+    }
+    *fd = c->fd;
+    *offset = ((const FileChannel *)c)->offset;
+    *path = ((const FileChannel *)c)->path;
+    return true;
 }
 
 FerryChannel *ferry__file_connect(const FerryFileAddress *fa, const char *uri, int cancel_fd, FerryError **errp)

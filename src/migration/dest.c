@@ -36,6 +36,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
+#include "migration/mapped-ram.h"
 #include "migration/migration-priv.h"
 #include "migration/record-reader.h"
 #include "multifd/multifd.h"
@@ -88,6 +89,8 @@ typedef struct Dest {
     bool tls_up;             /* the main channel's TLS session is up and the source was accepted */
     bool multifd;            /* the stream uses multifd */
     bool commit;             /* the stream uses switchover-commit: wait for COMMIT after the ACK */
+    bool mapped;             /* the stream uses mapped-ram: its pages are at fixed offsets of the file */
+    uint64_t mapped_resume;  /* MAPPED_RAM's resume offset: where the records go on */
     bool uncommitted;        /* everything loaded and acknowledged, but the source's COMMIT never came */
     FerryMultifdRecv *mfd;   /* its channel threads, once the MULTIFD record came */
     uint64_t mfd_sync;       /* MULTIFD_SYNCs passed */
@@ -377,6 +380,7 @@ static bool step_features(Dest *d, FerryError **errp)
     d->flip = ferry__features_uses(used, FERRY_CAP_UNIX_PAGE_FLIPPING);
     d->multifd = ferry__features_uses(used, FERRY_CAP_MULTIFD);
     d->commit = ferry__features_uses(used, FERRY_CAP_SWITCHOVER_COMMIT);
+    d->mapped = ferry__features_uses(used, FERRY_CAP_MAPPED_RAM);
     if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
         ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is not one",
                          d->chan->desc);
@@ -804,6 +808,87 @@ static bool step_section(Dest *d, FerryError **errp)
     d->staged[d->nstaged++] = (Staged){ .section = idx, .version = ws.version, .payload = buf, .schema = schema,
                                         .v = v };
     return true;
+}
+
+/* restore-mode map: the verifier found a damaged page behind the running workload. The workload is stopped (what
+ * it read may be wrong) and the reason kept for query-migrate's restore-verify. On the verifier's thread. */
+static void verify_failed(void *opaque, const FerryError *err)
+{
+    FerryMigration *m = opaque;
+    ferry__log(FERRY_LOG_ERROR, "restore verification failed, the workload is stopped: %s", ferry_error_msg(err));
+    ferry__mutex_lock(&m->lock);
+    free(m->verify_error);
+    m->verify_error = ferry__xstrdup(ferry_error_msg(err));
+    ferry__mutex_unlock(&m->lock);
+    ferry__vm_stop(m, NULL);
+}
+
+/*
+ * MAPPED_RAM: the pages are in the file's page regions. restore-mode "copy" reads them all into RAM now (multifd:
+ * with multifd-channels threads), each checked against its CRC; "map" maps the regions as the RAM and leaves the
+ * check to a verifier thread behind the running workload. Either way the records go on at the resume offset
+ * (after_mapped). END then counts the pages the bitmaps hold.
+ */
+static bool step_mapped(Dest *d, FerryError **errp)
+{
+    FerryMigration *m = d->m;
+    uint8_t *payload;
+    if (!ferry__record_read_payload(&d->r, &payload, errp)) {
+        return false;
+    }
+    uint32_t len = d->r.rh.length;
+    FerryWireConfig c = { .page_size = (uint32_t)d->ps, .nblocks = (uint32_t)m->nblocks };
+    c.blocks = ferry__xcalloc(m->nblocks ? m->nblocks : 1, sizeof(*c.blocks));
+    for (size_t i = 0; i < m->nblocks; i++) {
+        snprintf(c.blocks[i].name, sizeof(c.blocks[i].name), "%s", m->blocks[i]->name);
+        c.blocks[i].size = m->blocks[i]->size;
+    }
+    uint64_t after = d->r.offset + FERRY_WIRE_RECORD_HEADER_LEN + len + (d->r.trailers ? FERRY_WIRE_RECORD_TRAILER_LEN
+                                                                                        : 0);
+    FerryWireMapped layout;
+    bool ok = ferry__wire_mapped_decode(payload, len, &c, after, &layout, errp);
+    free(payload);
+    ferry__wire_config_free(&c);
+    if (!ok) {
+        return false;
+    }
+    FerryMappedFile f = { .checksums = (layout.flags & FERRY_MAPPED_F_CHECKSUMS) != 0 };
+    if (!ferry__channel_file_info(d->chan, &f.fd, &f.base, &f.path)) {
+        ferry_error_setg(errp, "the stream uses mapped-ram, which needs a regular file ('file:PATH'); '%s' is not "
+                         "one", d->chan->desc);
+        free(layout.blocks);
+        return false;
+    }
+    ferry__mutex_lock(&m->lock);
+    FerryRestoreMode mode = (FerryRestoreMode)m->params.restore_mode;
+    unsigned threads = m->caps[FERRY_CAP_MULTIFD] ? (unsigned)m->params.multifd_channels : 1;
+    f.direct = m->params.direct_io != 0;
+    ferry__mutex_unlock(&m->lock);
+    uint64_t present = 0;
+    d->pages_started = true;
+    if (mode == FERRY_RESTORE_MAP) {
+        ok = ferry__mapped_map(m->blocks, m->nblocks, &f, &layout, &present, errp);
+        FerryMappedVerifier *v = ok ? ferry__mapped_verify_start(m->blocks, m->nblocks, &f, &layout, verify_failed, m,
+                                                                 errp)
+                                    : NULL;
+        ok = ok && v;
+        ferry__mutex_lock(&m->lock);
+        m->verifier = v;
+        ferry__mutex_unlock(&m->lock);
+    } else {
+        ok = ferry__mapped_load(m->blocks, m->nblocks, &f, &layout, threads, &present, errp);
+    }
+    d->mapped_resume = layout.resume;
+    free(layout.blocks);
+    d->pages += present;
+    d->normal += present;
+    return ok;
+}
+
+/* After MAPPED_RAM: the records go on past the page regions. */
+static bool after_mapped(Dest *d, FerryError **errp)
+{
+    return ferry__stream_read_seek(d->s, d->mapped_resume) || ferry__stream_check(d->s, errp);
 }
 
 /* END, read: its totals are checked by after_end() once the record's CRC has been. */
@@ -1411,6 +1496,7 @@ static const struct DestStep {
     { FERRY_REC_POSTCOPY_START, step_pc_start, after_pc_start },
     { FERRY_REC_POSTCOPY_NEED, step_pc_need, NULL },
     { FERRY_REC_POSTCOPY_RUN, step_pc_run, after_pc_run },
+    { FERRY_REC_MAPPED_RAM, step_mapped, after_mapped },
 };
 
 static const struct DestStep unknown_step = { FERRY_REC_NONE, step_unknown, NULL };
@@ -1827,6 +1913,15 @@ static bool run(Dest *d, FerryError **errp)
 static void dest_init(Dest *d, FerryMigration *m)
 {
     *d = (Dest){ .m = m, .ps = ferry_ram_page_size(), .first_pass = true };
+    /* A new incoming migration replaces whatever a mapped restore before it left (its verifier reads RAM that is
+     * about to be replaced). */
+    ferry__mutex_lock(&m->lock);
+    FerryMappedVerifier *old = m->verifier;
+    m->verifier = NULL;
+    free(m->verify_error);
+    m->verify_error = NULL;
+    ferry__mutex_unlock(&m->lock);
+    ferry__mapped_verify_free(old);
     for (size_t i = 0; i < m->nblocks; i++) {
         FerryRamBlock *b = m->blocks[i];
         __atomic_store_n(&b->recv_frontier, 0, __ATOMIC_RELAXED);

@@ -34,6 +34,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "migration/mapped-ram.h"
 #include "migration/migration-priv.h"
 #include "multifd/multifd.h"
 #include "ram/blocktime.h"
@@ -194,6 +195,8 @@ void ferry__migration_free(FerryMigration *m)
     free(m->tracker_name);
     free(m->tracker_note);
     free(m->host_tracker_note);
+    ferry__mapped_verify_free(m->verifier);
+    free(m->verify_error);
     json_decref(m->tls_info);
     ferry__tls_unref(m->out_tls);
     ferry__tls_unref(m->in_tls);
@@ -729,6 +732,59 @@ static bool postcopy_address_ok(FerryMigration *m, const FerryMigrationAddress *
     return false;
 }
 
+/* mapped-ram and background-snapshot, as QEMU's migrate_caps_check and migrate_params_check refuse them: what
+ * they cannot be combined with, named. */
+static bool snapshot_check_locked(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
+{
+    FERRY_ASSERT_HELD(&m->lock);
+    if (m->caps[FERRY_CAP_MAPPED_RAM]) {
+        const char *why = NULL;
+        if (addr->transport != FERRY_TRANSPORT_FILE) {
+            why = "it needs a 'file:' address (its pages go to fixed offsets of the file)";
+        } else if (m->params.multifd_compression != FERRY_MFD_COMPRESSION_NONE) {
+            why = "it cannot be combined with multifd-compression (pages keep their size in the file)";
+        } else if (m->caps[FERRY_CAP_POSTCOPY_RAM]) {
+            why = "it cannot be combined with postcopy-ram";
+        }
+        if (why) {
+            char *uri = ferry__address_to_uri(addr);
+            ferry_error_setg(errp, "mapped-ram cannot be used on '%s': %s", uri, why);
+            free(uri);
+            return false;
+        }
+    } else if (m->params.direct_io) {
+        ferry_error_setg(errp, "direct-io needs the mapped-ram capability (turn it on, or direct-io off)");
+        return false;
+    }
+    if (m->caps[FERRY_CAP_BACKGROUND_SNAPSHOT]) {
+        static const struct {
+            FerryCapability cap;
+            const char *name;
+        } no[] = {
+            { FERRY_CAP_POSTCOPY_RAM, "postcopy-ram" },    { FERRY_CAP_AUTO_CONVERGE, "auto-converge" },
+            { FERRY_CAP_DIRTY_LIMIT, "dirty-limit" },      { FERRY_CAP_UNIX_PAGE_FLIPPING, "unix-page-flipping" },
+            { FERRY_CAP_POSTCOPY_BLOCKTIME, "postcopy-blocktime" },
+        };
+        for (size_t i = 0; i < FERRY_ARRAY_SIZE(no); i++) {
+            if (m->caps[no[i].cap]) {
+                ferry_error_setg(errp, "background-snapshot cannot be combined with %s (turn one of them off)",
+                                 no[i].name);
+                return false;
+            }
+        }
+        if (m->caps[FERRY_CAP_MULTIFD] && !m->caps[FERRY_CAP_MAPPED_RAM]) {
+            ferry_error_setg(errp, "background-snapshot cannot be combined with multifd except with mapped-ram "
+                             "(turn multifd off, or mapped-ram on)");
+            return false;
+        }
+        if (m->params.mode != FERRY_MODE_NORMAL || m->params.completion_policy != FERRY_COMPLETION_NONE) {
+            ferry_error_setg(errp, "background-snapshot needs mode 'normal' and completion-policy 'none'");
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress *addr, FerryError **errp)
 {
     FERRY_ASSERT_HELD(&m->lock);
@@ -771,9 +827,13 @@ static bool migrate_check_locked(FerryMigration *m, const FerryMigrationAddress 
             return false;
         }
     }
-    /* multifd opens more connections to the same address: only the listening sockets can take them. */
+    if (!snapshot_check_locked(m, addr, errp)) {
+        return false;
+    }
+    /* multifd opens more connections to the same address: only the listening sockets can take them (with
+     * mapped-ram it means writer threads on the one file instead). */
     const char *why = NULL;
-    if (m->caps[FERRY_CAP_MULTIFD]) {
+    if (m->caps[FERRY_CAP_MULTIFD] && !m->caps[FERRY_CAP_MAPPED_RAM]) {
         if (addr->transport != FERRY_TRANSPORT_SOCKET || addr->socket.type == FERRY_SOCKET_FD) {
             why = "it needs an address more connections can be made to (tcp, unix or vsock)";
         } else if (m->caps[FERRY_CAP_UNIX_PAGE_FLIPPING]) {
@@ -1049,6 +1109,17 @@ static void query_started_locked(FerryMigration *m, const FerryMigStats *st, jso
     }
     if (m->incoming) {
         json_object_set_new(r, "skipped-bytes", json_integer((json_int_t)st->skipped_bytes));
+    }
+    if (m->incoming && m->verifier) {
+        /* ferry extension: restore-mode map's check of the pages behind the running workload. */
+        uint64_t checked, total;
+        const char *status = ferry__mapped_verify_status(m->verifier, &checked, &total);
+        json_t *v = json_pack("{s:s, s:I, s:I}", "status", status, "checked-pages", (json_int_t)checked,
+                              "total-pages", (json_int_t)total);
+        if (m->verify_error) {
+            json_object_set_new(v, "error", json_string(m->verify_error));
+        }
+        json_object_set_new(r, "restore-verify", v);
     }
     if (m->tls_info) {
         /* ferry extension: the main channel's TLS session (docs/qmp.md). */

@@ -67,6 +67,8 @@ typedef struct FerryParams {
     int64_t io_timeout;     /* milliseconds without progress on a channel before giving up; 0 = never */
     int64_t completion_policy;   /* FerryCompletionPolicy (ferry's own) */
     int64_t completion_deadline; /* milliseconds from migrate, 0 = none (ferry's own) */
+    int64_t direct_io;      /* 0 / 1: mapped-ram page data with O_DIRECT (QEMU's direct-io) */
+    int64_t restore_mode;   /* FerryRestoreMode (ferry's own) */
     /* QEMU's TLS parameters: object ids and a hostname, "" = not set (TLS off without tls-creds). Strings are
      * only read and replaced with lock held (no atomic access as for the numbers): migrations copy what they
      * need when they start. */
@@ -74,6 +76,12 @@ typedef struct FerryParams {
     char *tls_hostname;
     char *tls_authz;
 } FerryParams;
+
+/* ferry's restore-mode parameter: how a destination loads a mapped-ram file. */
+typedef enum FerryRestoreMode {
+    FERRY_RESTORE_COPY = 0, /* read every page into RAM before the workload runs (QEMU's way) */
+    FERRY_RESTORE_MAP,      /* map the file's pages privately as the RAM (copy on write) and run at once */
+} FerryRestoreMode;
 
 /* ferry's completion-policy parameter. */
 typedef enum FerryCompletionPolicy {
@@ -107,6 +115,8 @@ typedef enum FerryCapability {
     FERRY_CAP_POSTCOPY_RAM,
     FERRY_CAP_POSTCOPY_PREEMPT,
     FERRY_CAP_POSTCOPY_BLOCKTIME,
+    FERRY_CAP_MAPPED_RAM,
+    FERRY_CAP_BACKGROUND_SNAPSHOT,
     FERRY_CAP__MAX,
 } FerryCapability;
 
@@ -167,6 +177,8 @@ typedef struct FerryBackend {
     void *opaque;
 } FerryBackend;
 
+struct FerryMappedVerifier;
+
 struct FerryMigration {
     FerryMutex lock;
     FerryMutex event_lock; /* orders the announcements of status changes (engine.c); taken after lock */
@@ -204,6 +216,10 @@ struct FerryMigration {
     FerryMigrationStatus status;
     char *error_desc;            /* at most FERRY_MIG_ERROR_DESC_MAX bytes of the error, then a cut marker */
     FerryMigStats stats;
+    /* restore-mode map: the background check of the last restore (the incoming thread starts it, the next
+     * incoming migration or the end frees it); its failure, once reported. Under lock. */
+    struct FerryMappedVerifier *verifier;
+    char *verify_error;
     char *tracker_name;          /* outgoing: the tracker in use */
     char *tracker_note;          /* why a fallback was taken */
     bool features_negotiated;    /* features holds what the current/last stream uses */

@@ -54,6 +54,8 @@ static const char *const compression_refused[] = {
 static const char *const zero_values[] = { "none", "legacy", "multifd", NULL };
 /* ferry's completion-policy. */
 static const char *const completion_values[] = { "none", "ensure", NULL };
+/* ferry's restore-mode. */
+static const char *const restore_values[] = { "copy", "map", NULL };
 /* Seed 004's BackendTransfer enum. */
 static const char *const backend_values[] = { "virtio-net-tap", NULL };
 
@@ -122,7 +124,15 @@ static const ParamDesc params[] = {
       "milliseconds", NULL, NULL },
     { "vcpu-dirty-limit", PARAM_INT, offsetof(FerryParams, vcpu_dirty_limit), 1, 1, INT64_MAX, "MB/s", NULL,
       NULL },
-    NOT_YET("direct-io", "direct I/O for file migration is not implemented"),
+    /* QEMU's: mapped-ram's page data read and written with O_DIRECT, past the page cache. Checked when a
+     * migration starts, against the file's file system (tmpfs, for one, may refuse O_DIRECT). */
+    { "direct-io", PARAM_BOOL, offsetof(FerryParams, direct_io), 0, 0, 1, NULL, NULL, NULL },
+    /* ferry's own (QEMU has no lazy restore): how a destination loads a mapped-ram file. "copy" reads every page
+     * into RAM before the workload runs; "map" maps the file's page region privately as the RAM (copy on write),
+     * so that the workload runs at once and processes restored from one file share its pages
+     * (src/migration/mapped-ram.c). */
+    { "restore-mode", PARAM_ENUM, offsetof(FerryParams, restore_mode), FERRY_RESTORE_COPY, 0, 0, NULL,
+      restore_values, NULL },
     NOT_YET("x-checkpoint-delay", "COLO is not implemented"),
 };
 
@@ -168,6 +178,14 @@ static const CapDesc cap_table[FERRY_CAP__MAX] = {
     /* The source holds the workload's writers to vcpu-dirty-limit when precopy does not converge (the host's
      * writer_stats / dirty_limit ops; src/migration/dirtylimit.c). Local to the source. */
     [FERRY_CAP_DIRTY_LIMIT] = { "dirty-limit", false, false, false },
+    /* QEMU's mapped-ram (file: only): every page at a fixed offset of the file, with a bitmap of the pages present
+     * and (ferry's addition) a CRC32C per page; the stream's records go on after the page regions. Critical: a
+     * reader that does not know it would find no RAM_PAGES at all. */
+    [FERRY_CAP_MAPPED_RAM] = { "mapped-ram", false, true, true },
+    /* QEMU's background-snapshot: save RAM and device state as they were when the migration started, while the
+     * workload keeps running (writes wait until the old page is saved). Local to the source: the file it writes
+     * is an ordinary one. */
+    [FERRY_CAP_BACKGROUND_SNAPSHOT] = { "background-snapshot", false, false, false },
 };
 
 /* QEMU capabilities ferry does not implement, with the reason: setting one on is an error that says why (setting
@@ -180,8 +198,6 @@ static const struct {
                         "bench/zerocopy-bench, docs/benchmarks.md)" },
     { "xbzrle", "XBZRLE is not implemented" },
     { "x-colo", "COLO is not implemented" },
-    { "mapped-ram", "mapped-ram is not implemented" },
-    { "background-snapshot", "background snapshots are not implemented" },
 };
 
 /* The reason a QEMU capability ferry knows is not implemented, or NULL if @name is not one of them. */
@@ -232,11 +248,22 @@ void ferry__params_free(FerryMigration *m)
     }
 }
 
+/* With mapped-ram the pages are in the file's page regions: multifd means writer threads (not channels), and
+ * the features that shape how pages travel in records do not apply. */
+static bool mapped_ram_excludes(int c)
+{
+    return c == FERRY_CAP_MULTIFD || c == FERRY_CAP_POPULATE_HINTS || c == FERRY_CAP_UNIX_PAGE_FLIPPING ||
+           c == FERRY_CAP_POSTCOPY_RAM || c == FERRY_CAP_POSTCOPY_PREEMPT;
+}
+
 void ferry__features_offer(FerryMigration *m, FerryWireFeatureList *out)
 {
     memset(out, 0, sizeof(*out));
     ferry__mutex_lock(&m->lock);
     for (int c = 0; c < FERRY_CAP__MAX; c++) {
+        if (m->caps[FERRY_CAP_MAPPED_RAM] && mapped_ram_excludes(c)) {
+            continue;
+        }
         if (cap_table[c].feature && m->caps[c]) {
             ferry__wire_features_add(out, cap_table[c].name, cap_table[c].critical ? FERRY_FEATURE_CRITICAL : 0);
         }

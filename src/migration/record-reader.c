@@ -16,6 +16,7 @@
 #define KEEP FERRY_PHASE__MAX /* a record that does not change the phase */
 #define NO_CAP (-1)
 #define CONTROL FERRY_WIRE_MAX_CONTROL_LEN
+#define CAP(c) (1u << FERRY_CAP_##c)
 
 /* Where a record may come, what phase follows it, its payload's bounds, and the feature it needs or excludes. */
 typedef struct RecordRule {
@@ -25,46 +26,48 @@ typedef struct RecordRule {
     unsigned keeps;         /* phases in which the record does not change the phase after all */
     uint32_t min_len, max_len;
     int needs;              /* FerryCapability whose feature the stream must use, or NO_CAP */
-    int excludes;           /* FerryCapability whose feature the stream must not use, or NO_CAP */
+    unsigned excludes;      /* CAPS() of the features the stream must not use (0: none) */
     unsigned excludes_in;   /* the phases in which @excludes holds (0: all) */
 } RecordRule;
 
 /* docs/stream-format.md, "Records": keep the two in step. */
 static const RecordRule rules[] = {
-    { FERRY_REC_HELLO, P(HELLO), FERRY_PHASE_FEATURES, 0, 0, CONTROL, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_FEATURES, P(FEATURES), FERRY_PHASE_CONFIG, 0, 0, CONTROL, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_CONFIG, P(CONFIG), FERRY_PHASE_RAM, 0, 0, CONTROL, NO_CAP, NO_CAP, 0 },
+    { FERRY_REC_HELLO, P(HELLO), FERRY_PHASE_FEATURES, 0, 0, CONTROL, NO_CAP, 0, 0 },
+    { FERRY_REC_FEATURES, P(FEATURES), FERRY_PHASE_CONFIG, 0, 0, CONTROL, NO_CAP, 0, 0 },
+    { FERRY_REC_CONFIG, P(CONFIG), FERRY_PHASE_RAM, 0, 0, CONTROL, NO_CAP, 0, 0 },
     /* In postcopy-setup: the backends' fds of backend-transfer. */
-    { FERRY_REC_FDS, P(RAM) | P(POSTCOPY_SETUP), KEEP, 0, 0, CONTROL, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_MULTIFD, P(RAM), KEEP, 0, 0, CONTROL, FERRY_CAP_MULTIFD, NO_CAP, 0 },
+    { FERRY_REC_FDS, P(RAM) | P(POSTCOPY_SETUP), KEEP, 0, 0, CONTROL, NO_CAP, 0, 0 },
+    { FERRY_REC_MULTIFD, P(RAM), KEEP, 0, 0, CONTROL, FERRY_CAP_MULTIFD, 0, 0 },
     /* A full hint record (64 Ki ranges and its 8-byte header) is just over 1 MiB. Hints are harmless, so the
      * destination acts on them whatever FEATURES says; the analyzer, a checker, refuses them without the feature. */
-    { FERRY_REC_POPULATE_HINT, P(RAM), KEEP, 0, 0, CONTROL + 64, NO_CAP, NO_CAP, 0 },
+    { FERRY_REC_POPULATE_HINT, P(RAM), KEEP, 0, 0, CONTROL + 64, NO_CAP, 0, 0 },
+    /* mapped-ram: the layout of the file's page regions, once, right after CONFIG; the stream goes on past them. */
+    { FERRY_REC_MAPPED_RAM, P(RAM), KEEP, 0, FERRY_WIRE_MAPPED_HEADER_LEN, CONTROL, FERRY_CAP_MAPPED_RAM, 0, 0 },
     /* Its exact length follows from its run header and zero bitmap: the step checks it before touching RAM. With
      * multifd, pages travel on the main channel only after the switch to postcopy. */
-    { FERRY_REC_RAM_PAGES, P(RAM) | P(POSTCOPY), KEEP, 0, 0, UINT32_MAX, NO_CAP, FERRY_CAP_MULTIFD, P(RAM) },
-    { FERRY_REC_PASS_END, P(RAM), KEEP, 0, 8, 8, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_MULTIFD_SYNC, P(RAM), KEEP, 0, 8, 8, FERRY_CAP_MULTIFD, NO_CAP, 0 },
+    { FERRY_REC_RAM_PAGES, P(RAM) | P(POSTCOPY), KEEP, 0, 0, UINT32_MAX, NO_CAP, CAP(MULTIFD) | CAP(MAPPED_RAM), P(RAM) },
+    { FERRY_REC_PASS_END, P(RAM), KEEP, 0, 8, 8, NO_CAP, 0, 0 },
+    { FERRY_REC_MULTIFD_SYNC, P(RAM), KEEP, 0, 8, 8, FERRY_CAP_MULTIFD, 0, 0 },
     /* In postcopy-setup the device state comes before POSTCOPY_RUN, which moves on. */
     { FERRY_REC_SECTION, P(RAM) | P(SECTIONS) | P(POSTCOPY_SETUP), FERRY_PHASE_SECTIONS, P(POSTCOPY_SETUP), 0,
-      FERRY_WIRE_MAX_SECTION_LEN, NO_CAP, NO_CAP, 0 },
+      FERRY_WIRE_MAX_SECTION_LEN, NO_CAP, 0, 0 },
     { FERRY_REC_END, P(RAM) | P(SECTIONS) | P(POSTCOPY), FERRY_PHASE_END, 0, FERRY_WIRE_END_LEN, FERRY_WIRE_END_LEN,
-      NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_COMMIT, P(END), FERRY_PHASE_DONE, 0, 0, 0, FERRY_CAP_SWITCHOVER_COMMIT, NO_CAP, 0 },
+      NO_CAP, 0, 0 },
+    { FERRY_REC_COMMIT, P(END), FERRY_PHASE_DONE, 0, 0, 0, FERRY_CAP_SWITCHOVER_COMMIT, 0, 0 },
     { FERRY_REC_POSTCOPY_START, P(RAM), FERRY_PHASE_POSTCOPY_SETUP, 0, FERRY_WIRE_PC_START_LEN,
-      FERRY_WIRE_PC_START_LEN, FERRY_CAP_POSTCOPY_RAM, NO_CAP, 0 },
-    { FERRY_REC_POSTCOPY_NEED, P(POSTCOPY_SETUP), KEEP, 0, 0, CONTROL + 64, FERRY_CAP_POSTCOPY_RAM, NO_CAP, 0 },
-    { FERRY_REC_POSTCOPY_RUN, P(POSTCOPY_SETUP), FERRY_PHASE_POSTCOPY, 0, 0, 0, FERRY_CAP_POSTCOPY_RAM, NO_CAP, 0 },
+      FERRY_WIRE_PC_START_LEN, FERRY_CAP_POSTCOPY_RAM, 0, 0 },
+    { FERRY_REC_POSTCOPY_NEED, P(POSTCOPY_SETUP), KEEP, 0, 0, CONTROL + 64, FERRY_CAP_POSTCOPY_RAM, 0, 0 },
+    { FERRY_REC_POSTCOPY_RUN, P(POSTCOPY_SETUP), FERRY_PHASE_POSTCOPY, 0, 0, 0, FERRY_CAP_POSTCOPY_RAM, 0, 0 },
     /* Only as the first record of a recovery connection, which the destination reads on its own. */
-    { FERRY_REC_POSTCOPY_RESUME, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
+    { FERRY_REC_POSTCOPY_RESUME, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
     /* The return path's records never travel in this direction. */
-    { FERRY_REC_HELLO_REPLY, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_ACK, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_NACK, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_REQ_PAGES, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_RESUME_NEED, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_RESUME_ACK, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
-    { FERRY_REC_KEEPALIVE, 0, KEEP, 0, 0, 0, NO_CAP, NO_CAP, 0 },
+    { FERRY_REC_HELLO_REPLY, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
+    { FERRY_REC_ACK, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
+    { FERRY_REC_NACK, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
+    { FERRY_REC_REQ_PAGES, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
+    { FERRY_REC_RESUME_NEED, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
+    { FERRY_REC_RESUME_ACK, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
+    { FERRY_REC_KEEPALIVE, 0, KEEP, 0, 0, 0, NO_CAP, 0, 0 },
 };
 
 /* Records of a type this reader does not know: anywhere between FEATURES and END (and skipped). */
@@ -167,11 +170,13 @@ static bool check_rule(const FerryRecordReader *r, const RecordRule *rule, Ferry
                          ferry__feature_name((FerryCapability)rule->needs));
         return false;
     }
-    if (rule->excludes != NO_CAP && (!rule->excludes_in || (rule->excludes_in & BIT(r->phase))) &&
-        ferry__record_uses(r, (FerryCapability)rule->excludes)) {
-        ferry_error_setg(errp, "%s record on the main channel of a stream that uses '%s'", name,
-                         ferry__feature_name((FerryCapability)rule->excludes));
-        return false;
+    for (int cap = 0; cap < FERRY_CAP__MAX; cap++) {
+        if ((rule->excludes & (1u << cap)) && (!rule->excludes_in || (rule->excludes_in & BIT(r->phase))) &&
+            ferry__record_uses(r, (FerryCapability)cap)) {
+            ferry_error_setg(errp, "%s record on the main channel of a stream that uses '%s'", name,
+                             ferry__feature_name((FerryCapability)cap));
+            return false;
+        }
     }
     if (rule->min_len == rule->max_len && len != rule->min_len) {
         ferry_error_setg(errp, "payload of %u bytes, expected %u", len, rule->min_len);

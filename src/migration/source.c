@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "migration/mapped-ram.h"
 #include "migration/migration-priv.h"
 #include "multifd/multifd.h"
 #include "stream/stream.h"
@@ -92,6 +93,9 @@ typedef struct Source {
     FerryMultifdBatch batch; /* the batch being filled */
     uint64_t mfd_sync;      /* MULTIFD_SYNCs written */
     uint64_t mfd_limited;   /* multifd bytes already counted by the rate limit */
+
+    bool mapped;            /* the stream uses mapped-ram: pages go to fixed offsets of the file, not into records */
+    FerryMappedWriter *mw;
 
     /* The phases' own state. */
     bool stop_and_copy;     /* the "none" tracker: no live passes, all RAM with the workload stopped */
@@ -177,6 +181,11 @@ static uint64_t sent_bytes(Source *src)
         ferry__multifd_send_stats(src->mfd, &st);
         n += st.bytes;
     }
+    if (src->mw) {
+        uint64_t bytes, normal, zero;
+        ferry__mapped_writer_stats(src->mw, &bytes, &normal, &zero);
+        n += bytes;
+    }
     return n;
 }
 
@@ -188,6 +197,11 @@ static uint64_t pages_sent(Source *src)
         FerryMultifdStats ms;
         ferry__multifd_send_stats(src->mfd, &ms);
         n += ms.normal + ms.zero;
+    }
+    if (src->mw) {
+        uint64_t bytes, normal, zero;
+        ferry__mapped_writer_stats(src->mw, &bytes, &normal, &zero);
+        n += normal + zero;
     }
     return n;
 }
@@ -224,6 +238,12 @@ static void update_stats(Source *src)
         st->multifd_bytes = ms.bytes;
         normal += ms.normal;
         duplicate += ms.zero;
+    }
+    if (src->mw) {
+        uint64_t bytes, mnormal, mzero;
+        ferry__mapped_writer_stats(src->mw, &bytes, &mnormal, &mzero);
+        normal += mnormal;
+        duplicate += mzero;
     }
     st->normal = normal;
     st->duplicate = duplicate;
@@ -460,9 +480,25 @@ static uint32_t collect_run(const Source *src, FerryRamBlock *b, uint64_t first,
     return nonzero;
 }
 
+/* mapped-ram: the run to its place in the file, on a writer thread. RAM is stable while the workload is stopped;
+ * a failure is latched in the stream so that the next check reports it. */
+static void send_run_mapped(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
+{
+    FerryError *err = NULL;
+    if (!ferry__mapped_writer_run(src->mw, b->index, first, n, src->downtime_phase, NULL, &err)) {
+        ferry__stream_set_error(src->s, err);
+    }
+    src->pages_sent += n;
+    rate_limit(src, (uint64_t)n * src->ps);
+}
+
 /* One RAM_PAGES record: pages [first, first + n) of @b. */
 static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
 {
+    if (src->mapped) {
+        send_run_mapped(src, b, first, n);
+        return;
+    }
     uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
     uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
     struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
@@ -662,6 +698,11 @@ static bool send_pass(Source *src, FerryError **errp)
     int64_t t0 = ferry__clock_ns();
     uint64_t b0 = sent_bytes(src);
     if (!(src->mfd ? send_pass_multifd(src, errp) : send_pass_main(src, errp))) {
+        return false;
+    }
+    /* mapped-ram: the pass is over once the writer threads have written it (the bandwidth is what reached the
+     * file). */
+    if (src->mw && !ferry__mapped_writer_sync(src->mw, errp)) {
         return false;
     }
     ferry__stream_flush(src->s);
@@ -979,6 +1020,7 @@ static bool negotiate(Source *src, FerryError **errp)
     src->flip = ferry__features_uses(&used, FERRY_CAP_UNIX_PAGE_FLIPPING);
     src->multifd = ferry__features_uses(&used, FERRY_CAP_MULTIFD);
     src->commit = ferry__features_uses(&used, FERRY_CAP_SWITCHOVER_COMMIT);
+    src->mapped = ferry__features_uses(&used, FERRY_CAP_MAPPED_RAM);
     /* Postcopy needs the return path for its page requests (a one-way channel offers it only if asked to: the
      * check of migrate refuses that first). */
     src->postcopy = ferry__features_uses(&used, FERRY_CAP_POSTCOPY_RAM) && !src->chan->one_way;
@@ -1185,6 +1227,41 @@ static bool setup_tracker(Source *src, FerryError **errp)
     return true;
 }
 
+/*
+ * mapped-ram: the writer, then the MAPPED_RAM record that tells where it puts each block, then the stream moves on
+ * past the page regions, where its later records (PASS_END, the sections, END) go. With multifd the pages are
+ * written by multifd-channels threads in parallel (QEMU's multifd with mapped-ram), not on connections.
+ */
+static bool setup_mapped(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    FerryMappedFile f = { .checksums = ferry__stream_crc(src->s) };
+    if (!ferry__channel_file_info(src->chan, &f.fd, &f.base, &f.path)) {
+        ferry_error_setg(errp, "mapped-ram needs a regular file ('file:PATH'), and '%s' is not one", src->chan->desc);
+        return false;
+    }
+    ferry__mutex_lock(&m->lock);
+    unsigned threads = m->caps[FERRY_CAP_MULTIFD] ? (unsigned)m->params.multifd_channels : 0;
+    f.direct = m->params.direct_io != 0;
+    ferry__mutex_unlock(&m->lock);
+    size_t len = ferry__wire_mapped_len((uint32_t)m->nblocks);
+    uint64_t start = ferry__stream_bytes_written(src->s) + FERRY_WIRE_RECORD_HEADER_LEN + len +
+                     (f.checksums ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
+    FerryWireMapped layout;
+    src->mw = ferry__mapped_writer_new(m->blocks, m->nblocks, &f, start, threads, &layout, errp);
+    if (!src->mw) {
+        return false;
+    }
+    layout.flags = f.checksums ? FERRY_MAPPED_F_CHECKSUMS : 0;
+    uint8_t *payload = ferry__xmalloc(len);
+    ferry__wire_mapped_encode(&layout, payload);
+    write_record(src->s, FERRY_REC_MAPPED_RAM, FERRY_REC_CRITICAL, payload, len);
+    free(payload);
+    FERRY_ASSERT(ferry__stream_bytes_written(src->s) == start);
+    ferry__stream_write_seek(src->s, layout.resume);
+    return check_stream(src, errp);
+}
+
 /* Setup, step 4: the stream's opening records: header, negotiation, CONFIG, the fds of mode cpr-transfer and of the
  * page pipe, the multifd channels and the first populate hints. */
 static bool setup_stream(Source *src, FerryError **errp)
@@ -1197,6 +1274,9 @@ static bool setup_stream(Source *src, FerryError **errp)
     }
     write_config(src);
     if (!write_ram_fds(src, errp) || !write_page_pipe(src, errp)) {
+        return false;
+    }
+    if (src->mapped && !setup_mapped(src, errp)) {
         return false;
     }
     if (src->multifd && !setup_multifd(src, errp)) {
@@ -1489,12 +1569,20 @@ static bool send_final_state(Source *src, FerryError **errp)
     write_populate_hints(src);
     ferry__log(FERRY_LOG_DEBUG, "migration switchover: last harvest %.1f ms (%llu pages), hints %.1f ms", harvest_ms,
                (unsigned long long)src->pending, phase_ms(&t));
-    if (!send_pass(src, errp) || !write_backend_fds(src, errp) || !write_sections(src, errp)) {
+    if (!send_pass(src, errp)) {
+        return false;
+    }
+    /* mapped-ram: END counts the pages the file holds (its bitmaps), which is what a reader can check. */
+    uint64_t pages = src->pages_sent;
+    if (src->mw && !ferry__mapped_writer_finish(src->mw, &pages, errp)) {
+        return false;
+    }
+    if (!write_backend_fds(src, errp) || !write_sections(src, errp)) {
         return false;
     }
     uint8_t end[FERRY_WIRE_END_LEN];
     ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
-                                            .pages = src->pages_sent, .sections = (uint32_t)m->nsections }, end);
+                                            .pages = pages, .sections = (uint32_t)m->nsections }, end);
     write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
     ferry__stream_flush(src->s);
     update_stats(src);
@@ -2063,6 +2151,7 @@ static void source_cleanup(Source *src, bool ok)
     /* After a success every channel has written everything (each pass ends with a flush): closing loses nothing.
      * After a failure, shut them down first so that no thread stays blocked on a stalled peer. */
     ferry__multifd_send_free(src->mfd, !ok);
+    ferry__mapped_writer_free(src->mw);
     ferry__stream_free(src->s);
     ferry__channel_free(src->chan);
     ferry__tls_unref(src->tls);

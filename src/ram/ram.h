@@ -52,6 +52,8 @@ struct FerryRamBlock {
     uint64_t page_size;
     bool hugetlb;
     bool adopted; /* destination: the mapping is the source's memfd, received over the channel */
+    bool restored; /* destination: a file block made by restore-mode map, a private mapping of a snapshot's pages
+                    * (discarding it gives the block anonymous memory again) */
     /* A mapping of a slice of a file (QEMU's memory-backend-file), MAP_SHARED or MAP_PRIVATE. Such a block keeps
      * fd -1 and shared false: the mapping holds the file, and a shared file slice is not a memfd that mode
      * cpr-transfer could pass whole (the destination maps what it receives at offset 0). */
@@ -107,6 +109,10 @@ bool ferry__ram_block_adopt_fd(FerryRamBlock *b, int fd, FerryError **errp);
 /* Undo an adoption (a failed incoming migration): the block gets fresh zeroed memory of its original kind at the
  * same address and the source's fd is closed; the source's pages are never written. No-op if not adopted. */
 void ferry__ram_block_unadopt(FerryRamBlock *b);
+/* restore-mode map: map @len = the block's size of @fd (dup'ed, kept) at @offset privately over an anonymous block
+ * (copy on write), which becomes a private file block: its pages over the file's data count as present, so it
+ * migrates again like memory-backend-file,share=off. */
+bool ferry__ram_block_map_file(FerryRamBlock *b, int fd, uint64_t offset, FerryError **errp);
 void ferry__ram_block_free(FerryRamBlock *b); /* unmaps; NULL is a no-op */
 
 /* Fault every page of the block in (MADV_POPULATE_WRITE), so that loading data later does not take a page fault

@@ -562,6 +562,46 @@ void ferry__ram_block_unadopt(FerryRamBlock *b)
     b->populated = false;
 }
 
+bool ferry__ram_block_map_file(FerryRamBlock *b, int fd, uint64_t offset, FerryError **errp)
+{
+    FERRY_ASSERT(b->fd < 0 && !b->file && !b->hugetlb && !b->adopted);
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (own < 0) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': keeping the snapshot file open", b->name);
+        return false;
+    }
+    /* MAP_FIXED replaces the anonymous memory in one step, as an adoption does. */
+    if (mmap(b->host, (size_t)b->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own, (off_t)offset) ==
+        MAP_FAILED) {
+        ferry_error_setg_errno(errp, errno, "RAM block '%s': mapping the snapshot file at offset %llu", b->name,
+                               (unsigned long long)offset);
+        close(own);
+        return false;
+    }
+    b->file = true;
+    b->file_fd = own;
+    b->file_offset = offset;
+    b->restored = true;
+    b->populated = false;
+    return true;
+}
+
+/* Undo ferry__ram_block_map_file: fresh anonymous memory over the snapshot's pages. */
+static void unmap_restored(FerryRamBlock *b)
+{
+    if (mmap(b->host, (size_t)b->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+        MAP_FAILED) {
+        munmap(b->host, (size_t)b->size); /* never keep the snapshot's pages as if they were this run's */
+    } else {
+        anon_advise(b->host, b->size);
+    }
+    close(b->file_fd);
+    b->file_fd = -1;
+    b->file = false;
+    b->file_offset = 0;
+    b->restored = false;
+}
+
 void ferry__ram_block_free(FerryRamBlock *b)
 {
     if (!b) {
@@ -657,6 +697,9 @@ void ferry__ram_block_populate_range(FerryRamBlock *b, uint64_t first, uint64_t 
 
 void ferry__ram_block_discard(FerryRamBlock *b)
 {
+    if (b->restored) {
+        unmap_restored(b);
+    }
     b->populated = b->file; /* a file block is overwritten with zeros below, the others lose their pages */
     if (b->adopted) {
         /* Never touch the source's pages: drop the mapping of them instead. */

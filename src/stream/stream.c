@@ -9,7 +9,9 @@
  * The writer and the reader may be different threads; they share only the latched error, which is set once
  * with a compare-and-swap and never changed or freed before ferry__stream_free, so reading it needs no lock.
  */
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "stream/stream.h"
@@ -359,6 +361,62 @@ bool ferry__stream_read_be64(FerryStream *s, uint64_t *v)
 bool ferry__stream_skip(FerryStream *s, uint64_t len)
 {
     return stream_read(s, NULL, len);
+}
+
+bool ferry__stream_read_seek(FerryStream *s, uint64_t offset)
+{
+    if (ferry__stream_failed(s)) {
+        return false;
+    }
+    if (offset < s->read) {
+        FerryError *err = NULL;
+        ferry_error_setg(&err, "cannot go back in the stream from offset %llu to %llu", (unsigned long long)s->read,
+                         (unsigned long long)offset);
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    int fd;
+    uint64_t base;
+    const char *path;
+    if (!ferry__channel_file_info(s->c, &fd, &base, &path)) {
+        return stream_read(s, NULL, offset - s->read); /* a pipe: read through */
+    }
+    if (lseek(fd, (off_t)(base + offset), SEEK_SET) < 0) {
+        FerryError *err = NULL;
+        ferry_error_setg_errno(&err, errno, "cannot seek '%s' to offset %llu", path,
+                               (unsigned long long)(base + offset));
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    s->rpos = s->rlen = 0;
+    s->read = offset;
+    return true;
+}
+
+bool ferry__stream_write_seek(FerryStream *s, uint64_t offset)
+{
+    int fd;
+    uint64_t base;
+    const char *path;
+    if (!ferry__stream_flush(s)) {
+        return false;
+    }
+    if (!ferry__channel_file_info(s->c, &fd, &base, &path)) {
+        FerryError *err = NULL;
+        ferry_error_setg(&err, "the stream's channel '%s' is not a regular file, which positioned data needs",
+                         s->c->desc);
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    if (lseek(fd, (off_t)(base + offset), SEEK_SET) < 0) {
+        FerryError *err = NULL;
+        ferry_error_setg_errno(&err, errno, "cannot seek '%s' to offset %llu", path,
+                               (unsigned long long)(base + offset));
+        ferry__stream_set_error(s, err);
+        return false;
+    }
+    s->written = offset;
+    return true;
 }
 
 uint64_t ferry__stream_bytes_read(const FerryStream *s)

@@ -56,6 +56,12 @@ bool ferry__stream_read_be16(FerryStream *s, uint16_t *v);
 bool ferry__stream_read_be32(FerryStream *s, uint32_t *v);
 bool ferry__stream_read_be64(FerryStream *s, uint64_t *v);
 bool ferry__stream_skip(FerryStream *s, uint64_t len);
+/* Go on reading at stream offset @offset (>= what was read): on a regular file: channel a seek, else the bytes in
+ * between are read and dropped. For mapped-ram, whose page regions lie between records. */
+bool ferry__stream_read_seek(FerryStream *s, uint64_t offset);
+/* Flush, then go on writing at stream offset @offset of a regular file: channel (an error on any other). The bytes
+ * in between are the caller's (mapped-ram's page regions). */
+bool ferry__stream_write_seek(FerryStream *s, uint64_t offset);
 uint64_t ferry__stream_bytes_read(const FerryStream *s);
 /* CRC32C of every byte read or skipped since the last reset. */
 void ferry__stream_read_crc_reset(FerryStream *s);

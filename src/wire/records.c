@@ -569,3 +569,99 @@ bool ferry__wire_fds_decode(const uint8_t *p, size_t len, FerryWireFd **fds, uin
     *n = count;
     return true;
 }
+
+/* ---- mapped-ram ---- */
+
+size_t ferry__wire_mapped_len(uint32_t nblocks)
+{
+    return FERRY_WIRE_MAPPED_HEADER_LEN + (size_t)nblocks * FERRY_WIRE_MAPPED_BLOCK_LEN;
+}
+
+void ferry__wire_mapped_encode(const FerryWireMapped *r, uint8_t *out)
+{
+    ferry__put_be32(out, FERRY_WIRE_MAPPED_VERSION);
+    ferry__put_be32(out + 4, r->flags);
+    ferry__put_be32(out + 8, r->nblocks);
+    ferry__put_be32(out + 12, 0);
+    ferry__put_be64(out + 16, r->resume);
+    for (uint32_t i = 0; i < r->nblocks; i++) {
+        uint8_t *b = out + FERRY_WIRE_MAPPED_HEADER_LEN + (size_t)i * FERRY_WIRE_MAPPED_BLOCK_LEN;
+        ferry__put_be64(b, r->blocks[i].bitmap);
+        ferry__put_be64(b + 8, r->blocks[i].checksums);
+        ferry__put_be64(b + 16, r->blocks[i].pages);
+    }
+}
+
+/* Region [off, off + len) of block @name's @what, checked to start at or after *end and fit below @limit; *end
+ * moves past it. */
+static bool mapped_region(const char *name, const char *what, uint64_t off, uint64_t len, uint64_t *end,
+                          uint64_t limit, FerryError **errp)
+{
+    if (off < *end || off > limit || len > limit - off) {
+        ferry_error_setg(errp, "MAPPED_RAM: the %s of block '%s' (offset %llu, %llu bytes) overlaps another region "
+                         "or lies outside [%llu, %llu)", what, name, (unsigned long long)off,
+                         (unsigned long long)len, (unsigned long long)*end, (unsigned long long)limit);
+        return false;
+    }
+    *end = off + len;
+    return true;
+}
+
+bool ferry__wire_mapped_decode(const uint8_t *p, size_t len, const FerryWireConfig *c, uint64_t after,
+                               FerryWireMapped *r, FerryError **errp)
+{
+    memset(r, 0, sizeof(*r));
+    if (len < FERRY_WIRE_MAPPED_HEADER_LEN) {
+        ferry_error_setg(errp, "MAPPED_RAM is %zu bytes, shorter than its %u-byte header", len,
+                         FERRY_WIRE_MAPPED_HEADER_LEN);
+        return false;
+    }
+    uint32_t version = ferry__get_be32(p), reserved = ferry__get_be32(p + 12);
+    r->flags = ferry__get_be32(p + 4);
+    r->nblocks = ferry__get_be32(p + 8);
+    r->resume = ferry__get_be64(p + 16);
+    if (version != FERRY_WIRE_MAPPED_VERSION) {
+        ferry_error_setg(errp, "MAPPED_RAM version %u is not supported (only %u)", version, FERRY_WIRE_MAPPED_VERSION);
+        return false;
+    }
+    if ((r->flags & ~FERRY_MAPPED_F_CHECKSUMS) || reserved) {
+        ferry_error_setg(errp, "MAPPED_RAM has unknown flags 0x%x or a non-zero reserved field",
+                         r->flags & ~FERRY_MAPPED_F_CHECKSUMS);
+        return false;
+    }
+    if (r->nblocks != c->nblocks) {
+        ferry_error_setg(errp, "MAPPED_RAM describes %u blocks, the CONFIG record %u", r->nblocks, c->nblocks);
+        return false;
+    }
+    if (len != ferry__wire_mapped_len(r->nblocks)) {
+        ferry_error_setg(errp, "MAPPED_RAM is %zu bytes, %zu expected for %u blocks", len,
+                         ferry__wire_mapped_len(r->nblocks), r->nblocks);
+        return false;
+    }
+    r->blocks = ferry__xcalloc(r->nblocks ? r->nblocks : 1, sizeof(*r->blocks));
+    uint64_t end = after;
+    for (uint32_t i = 0; i < r->nblocks; i++) {
+        const uint8_t *b = p + FERRY_WIRE_MAPPED_HEADER_LEN + (size_t)i * FERRY_WIRE_MAPPED_BLOCK_LEN;
+        FerryWireMappedBlock *mb = &r->blocks[i];
+        mb->bitmap = ferry__get_be64(b);
+        mb->checksums = ferry__get_be64(b + 8);
+        mb->pages = ferry__get_be64(b + 16);
+        uint64_t npages = c->blocks[i].size / c->page_size;
+        const char *name = c->blocks[i].name;
+        if (!mapped_region(name, "bitmap", mb->bitmap, (npages + 7) / 8, &end, r->resume, errp) ||
+            !mapped_region(name, "checksum table", mb->checksums, npages * 4, &end, r->resume, errp) ||
+            !mapped_region(name, "pages", mb->pages, c->blocks[i].size, &end, r->resume, errp)) {
+            goto fail;
+        }
+        if (mb->pages % c->page_size) {
+            ferry_error_setg(errp, "MAPPED_RAM: the pages of block '%s' start at offset %llu, not a multiple of the "
+                             "page size %u", name, (unsigned long long)mb->pages, c->page_size);
+            goto fail;
+        }
+    }
+    return true;
+fail:
+    free(r->blocks);
+    r->blocks = NULL;
+    return false;
+}

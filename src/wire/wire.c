@@ -67,6 +67,7 @@ const char *ferry__wire_record_name(uint16_t type)
     case FERRY_REC_POSTCOPY_NEED: return "POSTCOPY_NEED";
     case FERRY_REC_POSTCOPY_RUN: return "POSTCOPY_RUN";
     case FERRY_REC_POSTCOPY_RESUME: return "POSTCOPY_RESUME";
+    case FERRY_REC_MAPPED_RAM: return "MAPPED_RAM";
     case FERRY_REC_REQ_PAGES: return "REQ_PAGES";
     case FERRY_REC_RESUME_NEED: return "RESUME_NEED";
     case FERRY_REC_RESUME_ACK: return "RESUME_ACK";

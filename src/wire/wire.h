@@ -53,6 +53,7 @@ enum {
     FERRY_REC_POSTCOPY_NEED = 0x000E, /* postcopy-ram: page ranges the destination must drop and fetch on demand */
     FERRY_REC_POSTCOPY_RUN = 0x000F,  /* postcopy-ram: device state is complete; the destination runs now */
     FERRY_REC_POSTCOPY_RESUME = 0x0010, /* postcopy recovery: first record of a new connection, with the session */
+    FERRY_REC_MAPPED_RAM = 0x0011,    /* mapped-ram: where each block's bitmap, checksums and pages lie in the file */
 };
 
 /* Record types, destination to source (the return path). */
@@ -336,6 +337,45 @@ bool ferry__wire_return_header_check(const FerryRecordHeader *rh, const uint16_t
                                      FerryError **errp);
 /* The CRC trailer of a record: CRC32C of its header and its payload. */
 uint32_t ferry__wire_record_crc(const uint8_t h[FERRY_WIRE_RECORD_HEADER_LEN], const uint8_t *payload, size_t len);
+
+/*
+ * MAPPED_RAM (mapped-ram, a file only): version (be32, 1), flags (be32, FERRY_MAPPED_F_*), block count (be32, the CONFIG's),
+ * reserved (be32, 0), resume offset (be64), then per block in CONFIG order: bitmap offset (be64), checksum offset
+ * (be64), pages offset (be64). Offsets count from the stream header's first byte. Block i's bitmap holds
+ * ceil(pages / 8) bytes (bit j of byte j / 8: page j has data in the file), its checksum table 4 bytes per page
+ * (the CRC32C of page j, big-endian; meaningful where the bitmap bit is set), its pages region one page per page
+ * at pages offset + j * page size (a page whose bit is clear reads as zero there: a hole). The stream's records go
+ * on at the resume offset. Regions lie after the record, in block order, without overlap, pages regions aligned
+ * to FERRY_WIRE_MAPPED_ALIGN, all below the resume offset.
+ */
+#define FERRY_WIRE_MAPPED_VERSION 1
+#define FERRY_WIRE_MAPPED_HEADER_LEN 24
+#define FERRY_WIRE_MAPPED_BLOCK_LEN 24
+#define FERRY_WIRE_MAPPED_ALIGN (1u << 20) /* as QEMU's MAPPED_RAM_FILE_OFFSET_ALIGNMENT */
+
+typedef struct FerryWireMappedBlock {
+    uint64_t bitmap;
+    uint64_t checksums;
+    uint64_t pages;
+} FerryWireMappedBlock;
+
+#define FERRY_MAPPED_F_CHECKSUMS 0x1u /* the checksum tables hold each present page's CRC32C */
+
+typedef struct FerryWireMapped {
+    uint32_t flags;
+    uint32_t nblocks;
+    uint64_t resume;
+    FerryWireMappedBlock *blocks; /* malloc'd by decode; free() it */
+} FerryWireMapped;
+
+/* The payload length for @nblocks blocks. */
+size_t ferry__wire_mapped_len(uint32_t nblocks);
+void ferry__wire_mapped_encode(const FerryWireMapped *r, uint8_t *out);
+/* Decodes and checks the record against the CONFIG it follows (@c: block count and sizes) and the record's own end
+ * offset (@after, where the stream header's first byte is 0): version, flags, count, every region's size and
+ * place (after the record, in order, not overlapping, aligned, below resume). The error names what is wrong. */
+bool ferry__wire_mapped_decode(const uint8_t *p, size_t len, const FerryWireConfig *c, uint64_t after,
+                               FerryWireMapped *r, FerryError **errp);
 
 /* ---- multifd (multifd.c): the MULTIFD record, and what travels on the extra channels. ---- */
 
