@@ -22,6 +22,14 @@ static json_t *cmd_query_status(json_t *args, void *opaque, FerryError **errp)
                      "singlestep", 0);
 }
 
+/* QEMU's query-name: the -name given, or nothing. A clone restored from a snapshot keeps its own (the name is the
+ * process's, not part of the saved state). */
+static json_t *cmd_query_name(json_t *args, void *opaque, FerryError **errp)
+{
+    FerryHost *h = opaque;
+    return h->name ? json_pack("{s:s}", "name", h->name) : json_object();
+}
+
 static json_t *cmd_stop(json_t *args, void *opaque, FerryError **errp)
 {
     FerryHost *h = opaque;
@@ -332,6 +340,7 @@ bool ferry__host_register_qmp_commands(FerryHost *h, FerryError **errp)
         FerryCommandFn fn;
     } cmds[] = {
         { "query-status", NULL, cmd_query_status },
+        { "query-name", NULL, cmd_query_name },
         { "stop", NULL, cmd_stop },
         { "cont", NULL, cmd_cont },
         { "quit", NULL, cmd_quit },

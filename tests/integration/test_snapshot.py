@@ -112,3 +112,172 @@ def test_mapped_ram_refusals(workload):
     finally:
         os.close(fd)
     assert src.status() == "paused"
+
+
+def mapped_layout(path):
+    """The MAPPED_RAM record of a mapped-ram file: (flags, resume, [(bitmap, checksums, pages)...]) with offsets
+    from the file's start (file: offset 0)."""
+    with open(path, "rb") as f:
+        data = f.read(1 << 20)
+    pos = 16
+    while True:
+        typ, flags, length = int.from_bytes(data[pos:pos + 2], "big"), data[pos + 2:pos + 4], \
+            int.from_bytes(data[pos + 4:pos + 8], "big")
+        payload = data[pos + 8:pos + 8 + length]
+        pos += 8 + length + 4  # every record has its CRC trailer (record-checksum is on)
+        if typ == 0x0011:
+            break
+    mflags = int.from_bytes(payload[4:8], "big")
+    n = int.from_bytes(payload[8:12], "big")
+    resume = int.from_bytes(payload[16:24], "big")
+    blocks = [tuple(int.from_bytes(payload[24 + 24 * i + 8 * k:24 + 24 * i + 8 * k + 8], "big") for k in range(3))
+              for i in range(n)]
+    return mflags, resume, blocks
+
+
+def first_present_page(path, block):
+    bitmap, _, pages = block
+    with open(path, "rb") as f:
+        f.seek(bitmap)
+        bm = f.read(4096)
+    for i, byte in enumerate(bm):
+        if byte:
+            bit = (byte & -byte).bit_length() - 1
+            return pages + (i * 8 + bit) * PAGE
+    raise AssertionError("no present page")
+
+
+def present_pages(path, block, npages):
+    with open(path, "rb") as f:
+        f.seek(block[0])
+        return sum(bin(b).count("1") for b in f.read((npages + 7) // 8))
+
+
+def test_live_passes_keep_the_file_within_ram_size(workload):
+    """A running A-B workload saved with mapped-ram over several passes: every pass rewrites pages in place, so the
+    file stays within RAM plus metadata however many passes ran, and the restored workload's check passes."""
+    src = workload("src", "-m", "64M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "32")
+    src.wait_status(("running",))
+    caps(src, mapped_ram=True)
+    src.set_params(**{"max-bandwidth": 96 << 20, "downtime-limit": 100})
+    path = os.path.join(workload.tmpdir, "live.fram")
+    info = save(src, f"file:{path}")
+    assert info["ram"]["dirty-sync-count"] >= 2, info
+    _, _, blocks = mapped_layout(path)
+    present = present_pages(path, blocks[0], (64 << 20) // PAGE)
+    assert info["ram"]["normal"] > present, (info["ram"], present)  # pages were written more than once
+    size = os.stat(path).st_size
+    assert size <= (64 << 20) + (2 << 20), (size, info["ram"]["dirty-sync-count"])
+    dst, _ = restore(workload, "dst", path, args=["-m", "64M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "32"])
+    dst.wait_status(("running",))
+    dst.assert_pattern_ok()
+
+
+@pytest.mark.parametrize("mode", ["copy", "map"])
+def test_damaged_page_is_refused_naming_its_offset(workload, mode):
+    src = stopped_source(workload)
+    caps(src, mapped_ram=True)
+    path = os.path.join(workload.tmpdir, "snap.fram")
+    save(src, f"file:{path}")
+    flags, resume, blocks = mapped_layout(path)
+    assert flags & 1, flags  # checksums present
+    off = first_present_page(path, blocks[0]) + 100
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0x40]))
+    page_off = off - 100
+    if mode == "copy":
+        dst = workload("dst", *RANDOM, "-incoming", "defer")
+        dst.cmd("migrate-set-parameters", **{"restore-mode": "copy"})
+        dst.cmd("migrate-incoming", uri=f"file:{path}")
+        dst.wait_exit(30)  # exit-on-error: a failed restore does not leave a process with half a state
+        assert f"is damaged at offset {page_off} (page" in dst.stderr(), dst.stderr()
+        dst.expect_crash = True
+        return
+    dst, _ = restore(workload, "dst", path, mode="map")
+    v = wait_until(lambda: (lambda r: r if r["status"] != "running" else None)(
+        dst.query_migrate()["restore-verify"]), 30, "the verifier to finish")
+    assert v["status"] == "failed" and f"is damaged at offset {page_off} (page" in v["error"], v
+    dst.wait_status(("paused",))
+
+
+def test_enospc_leaves_the_workload_running(workload):
+    """A save that runs out of space fails with the reason, and the workload goes on as it was."""
+    mnt = os.path.join(workload.tmpdir, "small")
+    os.mkdir(mnt)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to run out of space")
+    try:
+        src = workload("src", *AB)
+        src.wait_status(("running",))
+        for mapped in (True, False):
+            caps(src, mapped_ram=mapped)
+            src.migrate(uri=f"file:{mnt}/snap")
+            info = src.wait_migration()
+            assert info["status"] == "failed", info
+            assert "No space left on device" in info["error-desc"], info
+            assert src.status() == "running"
+            src.assert_advancing()
+            src.assert_pattern_ok()
+    finally:
+        subprocess.run(["umount", "-l", mnt])
+
+
+def smaps_rollup(pid):
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1].isdigit():
+                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return out
+
+
+def test_clones_share_the_snapshot_pages(workload):
+    """Four processes restored from one file with restore-mode map run side by side, each with its own name, and
+    share the file's pages: their proportional memory adds up to far less than four copies."""
+    args = ["-m", "128M", "-smp", "1", "-pattern", "random", "-seed", "7", "-dirty-rate", "50"]
+    src = workload("src", *args)
+    src.wait_status(("running",))
+    wait_until(lambda: src.workload_info()["pages-written"] >= (128 << 20) // PAGE, 60, "RAM written")
+    src.cmd("stop")
+    caps(src, mapped_ram=True)
+    path = os.path.join(workload.tmpdir, "snap.fram")
+    save(src, f"file:{path}")
+    digest = src.digest()
+    clones = [restore(workload, f"clone{i}", path, args=args, mode="map")[0] for i in range(4)]
+    names = {c.cmd("query-name")["name"] for c in clones}
+    assert names == {f"clone{i}" for i in range(4)}, names
+    for c in clones:
+        assert c.digest() == digest
+        c.cmd("cont")
+    for c in clones:
+        c.wait_status(("running",))
+        c.assert_advancing()
+    pss = sum(smaps_rollup(c.proc.pid)["Pss"] for c in clones)
+    rss = sum(smaps_rollup(c.proc.pid)["Rss"] for c in clones)
+    # Every clone maps all 128 MiB of the file (the digest read every page): Rss counts them four times, Pss once.
+    assert rss >= 4 * (100 << 20), rss
+    assert pss < 2 * (128 << 20), (pss, rss)
+
+
+def test_direct_io(workload):
+    """direct-io where the file system takes O_DIRECT (the test directory's), and the refusal with the reason where
+    it does not."""
+    probe = os.path.join(workload.tmpdir, "probe")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT))
+    except OSError:
+        pytest.skip(f"{workload.tmpdir} does not support O_DIRECT")
+    src = stopped_source(workload)
+    caps(src, mapped_ram=True)
+    src.set_params(**{"direct-io": True})
+    path = os.path.join(workload.tmpdir, "snap.fram")
+    save(src, f"file:{path}")
+    dst = workload("dst", *RANDOM, "-incoming", "defer")
+    dst.set_params(**{"direct-io": True})
+    dst.cmd("migrate-incoming", uri=f"file:{path}")
+    assert dst.wait_migration()["status"] == "completed"
+    assert dst.digest() == src.digest()
