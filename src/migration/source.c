@@ -38,6 +38,7 @@
 #include "migration/mapped-ram.h"
 #include "migration/migration-priv.h"
 #include "multifd/multifd.h"
+#include "ram/snapshot-wp.h"
 #include "stream/stream.h"
 #include "util/bitmap.h"
 #include "util/util.h"
@@ -96,6 +97,9 @@ typedef struct Source {
 
     bool mapped;            /* the stream uses mapped-ram: pages go to fixed offsets of the file, not into records */
     FerryMappedWriter *mw;
+    FerryWpSnapshot *wp;    /* background-snapshot: the write protection of the pages still to save */
+    uint8_t *fault_scratch; /* ... the buffer of its fault thread */
+    uint8_t *scratch_walk;  /* ... and of this thread's walk (written inline: a page is released once written) */
 
     /* The phases' own state. */
     bool stop_and_copy;     /* the "none" tracker: no live passes, all RAM with the workload stopped */
@@ -2189,6 +2193,179 @@ static void source_finish(Source *src, bool ok, bool acknowledged, const FerryEr
     }
 }
 
+/* ---- background-snapshot (QEMU's capability of the name; docs/snapshots.md) ----
+ *
+ * The file holds RAM and device state as they were when the snapshot started, while the workload runs on. With the
+ * workload stopped for a moment (as QEMU stops the VM): the stream's opening records, the device sections (the
+ * state of that instant, written right away: with mapped-ram the RAM is not in the records, so they can precede
+ * it), and write protection of every present page (snapshot-wp.c); then the workload runs again. This thread
+ * walks the pages and writes each to its place in the file; a write by the workload to a page not yet saved waits
+ * until the fault thread has written the old page. So one pass, no dirty tracking, every page once. */
+
+/* snapshot-wp's callback, on its fault thread: the old pages to their place in the file before the write goes on. */
+static bool snapshot_save_cb(void *opaque, size_t bi, FerryRamBlock *b, uint64_t first, uint64_t n)
+{
+    Source *src = opaque;
+    while (n > 0) {
+        uint32_t k = (uint32_t)FERRY_MIN(n, (uint64_t)FERRY_WIRE_MAX_RUN_PAGES);
+        if (!ferry__mapped_writer_run(src->mw, bi, first, k, true, src->fault_scratch, NULL)) {
+            return false; /* the writer keeps the error; the walk reports it */
+        }
+        first += k;
+        n -= k;
+    }
+    return true;
+}
+
+/* Setup with the workload stopped: channel, the opening records, the device state, the protection. */
+static bool snapshot_setup(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    src->ps = ferry_ram_page_size();
+    if (!setup_channel(src, errp) || !setup_blocks(src, errp)) {
+        return false;
+    }
+    src->prev = ferry__vm_stop_for_migration(m);
+    src->stopped = true;
+    int64_t stop_ms = ferry__clock_ms();
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
+    ferry__wire_encode_header(hdr);
+    ferry__stream_write(src->s, hdr, sizeof(hdr));
+    if (!negotiate(src, errp)) {
+        return false;
+    }
+    if (!src->mapped) {
+        ferry_error_setg(errp, "background-snapshot needs the mapped-ram capability here (the device state of the "
+                         "snapshot's instant is written before the RAM, which only mapped-ram's file layout allows)");
+        return false;
+    }
+    write_config(src);
+    if (!setup_mapped(src, errp) || !write_sections(src, errp)) {
+        return false;
+    }
+    ferry__stream_flush(src->s);
+    if (!check_stream(src, errp)) {
+        return false;
+    }
+    src->fault_scratch = ferry__mapped_scratch_new();
+    src->wp = ferry__wp_snapshot_start(m->blocks, m->nblocks, snapshot_save_cb, src, errp);
+    if (!src->wp) {
+        return false;
+    }
+    ferry__vm_restore_after_migration(m, src->prev);
+    src->stopped = false;
+    ferry__mutex_lock(&m->lock);
+    m->stats.downtime_ms = ferry__clock_ms() - stop_ms;
+    m->stats.setup_time_ms = ferry__clock_ms() - m->stats.start_ms;
+    m->tracker_name = ferry__xstrdup("background-snapshot");
+    ferry__mutex_unlock(&m->lock);
+    src->pending = ferry__wp_snapshot_total(src->wp);
+    ferry__mig_set_state(m, FERRY_MIG_SETUP, FERRY_MIG_ACTIVE);
+    return true;
+}
+
+/* The one pass: every page still to save, claimed, written from RAM (it cannot change while protected), released. */
+static bool snapshot_walk(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    for (size_t bi = 0; bi < m->nblocks; bi++) {
+        uint64_t npages = m->blocks[bi]->npages;
+        for (uint64_t p = ferry__wp_snapshot_next(src->wp, bi, 0); p < npages;) {
+            uint64_t n = ferry__wp_snapshot_claim(src->wp, bi, p, FERRY_WIRE_MAX_RUN_PAGES);
+            if (n == 0) {
+                p = ferry__wp_snapshot_next(src->wp, bi, p + 1);
+                continue;
+            }
+            for (uint64_t done = 0; done < n;) {
+                uint32_t k = (uint32_t)FERRY_MIN(n - done, (uint64_t)FERRY_WIRE_MAX_RUN_PAGES);
+                bool ok = ferry__mapped_writer_run(src->mw, bi, p + done, k, true, src->scratch_walk, errp);
+                if (!ok) {
+                    ferry__wp_snapshot_release(src->wp, bi, p, n);
+                    return false;
+                }
+                done += k;
+            }
+            ferry__wp_snapshot_release(src->wp, bi, p, n);
+            src->pages_sent += n;
+            src->pending = src->pending > n ? src->pending - n : 0;
+            rate_limit(src, n * src->ps);
+            update_stats(src);
+            if (cancelled(m)) {
+                ferry_error_setg(errp, "cancelled");
+                return false;
+            }
+            if (ferry__wp_snapshot_failed(src->wp)) {
+                break;
+            }
+            p = ferry__wp_snapshot_next(src->wp, bi, p + n);
+        }
+    }
+    if (ferry__wp_snapshot_failed(src->wp)) {
+        /* The writer's error says why (the callback's); otherwise the module's own. */
+        FerryError *err = NULL;
+        if (!ferry__mapped_writer_sync(src->mw, &err)) {
+            ferry_error_propagate(errp, err);
+        } else {
+            ferry_error_free(err);
+            ferry_error_setg(errp, "write protection failed: %s", ferry__wp_snapshot_failure(src->wp) ?
+                             ferry__wp_snapshot_failure(src->wp) : "unknown reason");
+        }
+        return false;
+    }
+    return true;
+}
+
+/* The end of the file: the metadata, END, and the flush to disk. The workload was running at the instant. */
+static bool snapshot_finish(Source *src, FerryError **errp)
+{
+    FerryMigration *m = src->m;
+    ferry__wp_snapshot_stop(src->wp); /* every page is saved: nothing is protected any more */
+    src->wp = NULL;
+    uint64_t pages;
+    if (!ferry__mapped_writer_finish(src->mw, &pages, errp)) {
+        return false;
+    }
+    uint8_t end[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
+                                            .pages = pages, .sections = (uint32_t)m->nsections }, end);
+    write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
+    ferry__stream_flush(src->s);
+    update_stats(src);
+    return check_stream(src, errp) && ferry__channel_finish(src->chan, errp);
+}
+
+static void *snapshot_thread(Source *src)
+{
+    FerryMigration *m = src->m;
+    FerryError *err = NULL;
+    bool ok = snapshot_setup(src, &err) && snapshot_walk(src, &err) && snapshot_finish(src, &err);
+    ferry__wp_snapshot_stop(src->wp); /* after a failure: the workload must never stay blocked */
+    src->wp = NULL;
+    if (src->stopped) {
+        ferry__vm_restore_after_migration(m, src->prev);
+        src->stopped = false;
+    }
+    source_cleanup(src, ok);
+    free(src->fault_scratch);
+    free(src->scratch_walk);
+    if (ok) {
+        ferry__mutex_lock(&m->lock);
+        m->stats.remaining = 0;
+        m->stats.dirty_sync_count = 1;
+        ferry__mutex_unlock(&m->lock);
+        /* The workload runs on: a snapshot is not a switchover. */
+        if (!ferry__mig_set_state(m, FERRY_MIG_ACTIVE, FERRY_MIG_COMPLETED)) {
+            ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_COMPLETED);
+        }
+    } else if (!cancelled(m) || !ferry__mig_set_state(m, FERRY_MIG_CANCELLING, FERRY_MIG_CANCELLED)) {
+        ferry__log(FERRY_LOG_ERROR, "background snapshot failed: %s", ferry_error_msg(err));
+        ferry__mig_fail(m, err);
+    }
+    ferry_error_free(err);
+    ferry__mutex_destroy(&src->send_lock);
+    return NULL;
+}
+
 /*
  * The migration thread, as QEMU's migration_thread(): setup, iterations until one says switch over, completion,
  * then cleanup and the end whatever happened. Any error before the commit point leaves the source as it was.
@@ -2202,7 +2379,12 @@ void *ferry__source_thread(void *opaque)
     ferry__mutex_lock(&m->lock);
     src.tls = m->out_tls;
     m->out_tls = NULL;
+    bool snapshot = m->caps[FERRY_CAP_BACKGROUND_SNAPSHOT];
     ferry__mutex_unlock(&m->lock);
+    if (snapshot) {
+        src.scratch_walk = ferry__mapped_scratch_new();
+        return snapshot_thread(&src);
+    }
 
     bool ok = source_setup(&src, &err);
     bool switchover = false;

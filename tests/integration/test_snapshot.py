@@ -114,6 +114,58 @@ def test_mapped_ram_refusals(workload):
     assert src.status() == "paused"
 
 
+def background_snapshot(src, path):
+    caps(src, mapped_ram=True, background_snapshot=True)
+    return save(src, f"file:{path}")
+
+
+def test_background_snapshot_of_a_running_ab_workload(workload):
+    """The A-B workload keeps writing while its snapshot is saved; the restored copy is the instant the snapshot
+    began, so its pattern check passes (a page saved after the workload changed it would break A-B), and the source
+    never stopped for longer than the setup."""
+    args = ["-m", "64M", "-smp", "2", "-pattern", "ab", "-dirty-rate", "0"]
+    src = workload("src", *args)
+    src.wait_status(("running",))
+    src.assert_advancing()
+    src.set_params(**{"max-bandwidth": 4 << 20})  # a slow walk: the writers meet protected pages first
+    path = os.path.join(workload.tmpdir, "bg.fram")
+    before = src.workload_info()["pages-written"]
+    info = background_snapshot(src, path)
+    assert src.status() == "running", "a background snapshot leaves the workload running"
+    assert src.workload_info()["pages-written"] > before
+    assert info["dirty-tracker"] == "background-snapshot", info
+    assert info["downtime"] < 500, info
+    src.assert_pattern_ok()
+    dst, _ = restore(workload, "dst", path, args=args)
+    dst.wait_status(("running",))
+    dst.assert_pattern_ok()
+    dst.assert_advancing()
+
+
+def test_background_snapshot_of_a_paused_workload_equals_its_digest(workload):
+    src = stopped_source(workload)
+    path = os.path.join(workload.tmpdir, "bg.fram")
+    background_snapshot(src, path)
+    assert src.status() == "paused"
+    a, _ = restore(workload, "copy", path, mode="copy")
+    b, _ = restore(workload, "map", path, mode="map")
+    assert a.digest() == b.digest() == src.digest()
+
+
+def test_background_snapshot_refusals(workload):
+    src = workload("src", *AB)
+    src.wait_status(("running",))
+    caps(src, background_snapshot=True)
+    src.migrate(uri=f"file:{workload.tmpdir}/x")
+    info = src.wait_migration()
+    assert info["status"] == "failed" and "needs the mapped-ram capability" in info["error-desc"], info
+    assert src.status() == "running"
+    caps(src, mapped_ram=True, auto_converge=True)
+    with pytest.raises(Exception, match="background-snapshot cannot be combined with auto-converge"):
+        src.migrate(uri=f"file:{workload.tmpdir}/y")
+    src.assert_pattern_ok()
+
+
 def mapped_layout(path):
     """The MAPPED_RAM record of a mapped-ram file: (flags, resume, [(bitmap, checksums, pages)...]) with offsets
     from the file's start (file: offset 0)."""
@@ -212,8 +264,8 @@ def test_enospc_leaves_the_workload_running(workload):
     try:
         src = workload("src", *AB)
         src.wait_status(("running",))
-        for mapped in (True, False):
-            caps(src, mapped_ram=mapped)
+        for mapped, background in ((True, False), (False, False), (True, True)):
+            caps(src, mapped_ram=mapped, background_snapshot=background)
             src.migrate(uri=f"file:{mnt}/snap")
             info = src.wait_migration()
             assert info["status"] == "failed", info
