@@ -915,3 +915,65 @@ def test_linux_nic_migrates(vms, netns, transfer, postcopy):
         # The fd was there before the guest ran. Attached by name, a frame the guest sends before the source let
         # go of the TAP is lost as on a cable plugged in late; the pings above show the link came back.
         assert nd["tx-errors"] == 0, nd
+
+
+def vm_snapshot(vm, path):
+    """A background snapshot of @vm (running) into the mapped-ram file @path; the guest never stops for long."""
+    set_caps(vm, **{"mapped-ram": True, "background-snapshot": True})
+    vm.cmd("migrate-set-parameters", **{"max-bandwidth": FAST})
+    vm.migrate(f"file:{path}")
+    info = vm.wait_migration(timeout=90 * SLOWER)
+    assert info["status"] == "completed", info
+    assert vm.status() == "running", "a background snapshot leaves the guest running"
+    return info
+
+
+def vm_restore(vms, name, args, path, mode):
+    dst = vms.start(name, *args, "-incoming", "defer")
+    set_caps(dst, **{"mapped-ram": True})
+    dst.cmd("migrate-set-parameters", **{"restore-mode": mode})
+    dst.cmd("migrate-incoming", uri=f"file:{path}")
+    info = dst.wait_migration(timeout=90 * SLOWER)
+    assert info["status"] == "completed", info
+    dst.wait_status(("running",))
+    return dst
+
+
+def test_snapshot_and_restore(vms):
+    """The A-B guest is snapshotted while it runs (background-snapshot, mapped-ram) and goes on; the snapshot
+    restores by copy and by mapping the file, and both copies go on from the snapshot's instant (A-B holds, more
+    progress, no reboot)."""
+    src = vms.start("src", *VM)
+    wait_progress(src)
+    path = os.path.join(vms.tmpdir, "vm.fram")
+    vm_snapshot(src, path)
+    wait_progress(src)
+    assert_ab_ok(src)
+    for mode in ("copy", "map"):
+        dst = vm_restore(vms, f"dst-{mode}", VM, path, mode)
+        assert_ab_ok(dst)
+        out = wait_progress(dst)
+        assert b"A" not in out, f"the restored guest ({mode}) booted again"
+        assert_ab_ok(dst)
+
+
+@pytest.mark.deadline(900)  # the boot, as for test_linux_guest_migrates
+def test_linux_guest_snapshot(vms):
+    """A Linux guest counting on its console is snapshotted while it runs; the restored copy counts on from the
+    snapshot's instant, without a reboot, and the original goes on too."""
+    kernel = linux_kernel_or_skip()
+    initrd = linux_initrd(vms, LINUX_INIT)
+    linux = ["-m", "256M", "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1"]
+    src = vms.start("src", *linux)
+    wait_until(lambda: len(ticks(serial(src))) >= 5, 600, "the Linux guest to count on its console")
+    path = os.path.join(vms.tmpdir, "linux.fram")
+    at = ticks(serial(src))[-1]
+    vm_snapshot(src, path)
+    dst = vm_restore(vms, "dst", linux, path, "copy")
+    wait_until(lambda: len(ticks(serial(dst))) >= 5, 120, "the restored Linux guest to count on")
+    count = ticks(serial(dst))
+    assert count == list(range(count[0], count[-1] + 1)), serial(dst)[-600:]
+    assert count[0] <= at + 5, (at, count[:3])  # from the snapshot's instant, not from a reboot
+    assert b"init: up" not in serial(dst), "the restored guest booted again"
+    more = len(ticks(serial(src))) + 3
+    wait_until(lambda: len(ticks(serial(src))) >= more, 60, "the original guest to go on counting")

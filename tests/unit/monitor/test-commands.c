@@ -236,13 +236,15 @@ static void test_hmp_commands(void **state)
     expect_hmp(h, "info migrate_capabilities", "events: off\nrecord-checksum: on\npopulate-hints: on\n"
                                                "unix-page-flipping: off\nmultifd: off\n"
                                                "switchover-commit: on\nauto-converge: off\ndirty-limit: off\n"
-                                               "postcopy-ram: off\npostcopy-preempt: off\npostcopy-blocktime: off\n");
+                                               "postcopy-ram: off\npostcopy-preempt: off\npostcopy-blocktime: off\n"
+                                               "mapped-ram: off\nbackground-snapshot: off\n");
     expect_hmp(h, "migrate_set_capability events on", "");
     expect_hmp(h, "migrate_set_capability record-checksum off", "");
     expect_hmp(h, "info migrate_capabilities", "events: on\nrecord-checksum: off\npopulate-hints: on\n"
                                                "unix-page-flipping: off\nmultifd: off\n"
                                                "switchover-commit: on\nauto-converge: off\ndirty-limit: off\n"
-                                               "postcopy-ram: off\npostcopy-preempt: off\npostcopy-blocktime: off\n");
+                                               "postcopy-ram: off\npostcopy-preempt: off\npostcopy-blocktime: off\n"
+                                               "mapped-ram: off\nbackground-snapshot: off\n");
     expect_hmp(h, "migrate_set_capability postcopy-preempt on",
                "Error: Capability 'postcopy-preempt' requires capability 'postcopy-ram' (turn postcopy-ram on with "
                "it, or postcopy-preempt off)\n");
