@@ -166,6 +166,7 @@ typedef struct DeviceOpts {
     char netdev[NET_ID_MAX + 1], id[NET_ID_MAX + 1];
     uint8_t mac[NET_ETH_ALEN], ip[4]; /* a guest's NIC has no address of its own: ip all zero */
     bool has_mac, has_ip;
+    NetRestoreMac restore_mac;
 } DeviceOpts;
 
 /* One key=value of -device virtio-net. */
@@ -200,9 +201,22 @@ static bool parse_device_property(const NetSetup *setup, DeviceOpts *d, const ch
             return false;
         }
         d->has_ip = true;
+    } else if (strcmp(key, "restore-mac") == 0 && setup->guest_nic) {
+        /* Only a guest's NIC is restored from a snapshot into clones; the workload's device has no guest whose
+         * view of the MAC could change, and its ip= would have to change along with it. */
+        if (strcmp(value, "saved") == 0) {
+            d->restore_mac = NET_RESTORE_MAC_SAVED;
+        } else if (strcmp(value, "keep") == 0) {
+            d->restore_mac = NET_RESTORE_MAC_KEEP;
+        } else {
+            ferry_error_setg(errp, "-device virtio-net: restore-mac '%s' is not one of saved, keep (saved: incoming "
+                             "state must have this device's mac=; keep: this device keeps its mac= and the "
+                             "incoming one is replaced)", value);
+            return false;
+        }
     } else {
         ferry_error_setg(errp, "-device virtio-net: unknown property '%s' (netdev, mac, %sid)", key,
-                         setup->guest_nic ? "" : "ip, ");
+                         setup->guest_nic ? "restore-mac, " : "ip, ");
         return false;
     }
     return true;
@@ -231,6 +245,7 @@ static bool attach_device(NetSetup *setup, const DeviceOpts *d, FerryError **err
     strcpy(c->device_id, d->id);
     memcpy(c->ident.mac, d->has_mac ? d->mac : net_default_mac, NET_ETH_ALEN);
     memcpy(c->ident.ip, d->ip, 4);
+    c->restore_mac = d->restore_mac;
     return true;
 }
 
@@ -272,6 +287,13 @@ bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp)
     if (!d.has_ip && !setup->guest_nic) {
         ferry_error_setg(errp, "-device virtio-net,netdev=%s: ip= is required (the workload has no guest OS: the "
                          "device answers ARP and ping for this IPv4 address)", d.netdev);
+        return false;
+    }
+    /* Clones restored from one snapshot each keep the MAC they are given; the default MAC would be the same in
+     * every one of them, which is the clash restore-mac=keep exists to avoid. */
+    if (d.restore_mac == NET_RESTORE_MAC_KEEP && !d.has_mac) {
+        ferry_error_setg(errp, "-device virtio-net,netdev=%s: restore-mac=keep needs mac= (the MAC this device "
+                         "keeps when it loads another device's state)", d.netdev);
         return false;
     }
     return attach_device(setup, &d, errp);
@@ -588,6 +610,11 @@ bool net_parse_ipv4(const char *s, uint8_t ip[4])
 void net_format_mac(const uint8_t mac[NET_ETH_ALEN], char out[18])
 {
     snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+}
+
+const char *net_restore_mac_name(NetRestoreMac r)
+{
+    return r == NET_RESTORE_MAC_KEEP ? "keep" : "saved";
 }
 
 void net_format_ipv4(const uint8_t ip[4], char out[16])

@@ -32,6 +32,16 @@ typedef struct NetIdentity {
     uint8_t ip[4];
 } NetIdentity;
 
+/*
+ * -device ...,restore-mac= (ferry-vm only): what loading device state does when the incoming MAC is not this
+ * device's mac=. SAVED (the default): the state is refused, a migration keeps the NIC's identity. KEEP: the state
+ * is taken and the device keeps its own mac= (for clones restored from one snapshot, each with its own MAC).
+ */
+typedef enum NetRestoreMac {
+    NET_RESTORE_MAC_SAVED,
+    NET_RESTORE_MAC_KEEP,
+} NetRestoreMac;
+
 /* One -netdev tap and the -device virtio-net that uses it. */
 typedef struct NetConfig {
     char id[NET_ID_MAX + 1];          /* -netdev id=, the backend's id for backend-transfer */
@@ -39,6 +49,7 @@ typedef struct NetConfig {
     bool has_device;                  /* a -device uses this netdev */
     char device_id[NET_ID_MAX + 1];   /* -device id= ("" if not given) */
     NetIdentity ident;                /* -device mac= and ip= */
+    NetRestoreMac restore_mac;        /* -device restore-mac= (always SAVED for ferry-workload) */
 } NetConfig;
 
 typedef struct NetSetup {
@@ -51,8 +62,8 @@ typedef struct NetSetup {
 
 /* -netdev tap,id=ID,ifname=NAME[,script=no][,downscript=no]. The error names the option and the bad part. */
 bool net_parse_netdev(NetSetup *setup, const char *arg, FerryError **errp);
-/* -device virtio-net[-pci|-device],netdev=ID[,mac=MAC][,id=ID] and, unless setup->guest_nic, ip=A.B.C.D. Must
- * follow its -netdev. */
+/* -device virtio-net[-pci|-device],netdev=ID[,mac=MAC][,id=ID] and, unless setup->guest_nic, ip=A.B.C.D; if
+ * setup->guest_nic, [,restore-mac=saved|keep] (keep needs mac=). Must follow its -netdev. */
 bool net_parse_device(NetSetup *setup, const char *arg, FerryError **errp);
 /* After all options: every -netdev has its -device, and no two devices share a MAC. */
 bool net_setup_check(const NetSetup *setup, FerryError **errp);
@@ -62,6 +73,8 @@ bool net_parse_mac(const char *s, uint8_t mac[NET_ETH_ALEN]);
 /* Dotted quad -> bytes (inet_pton); false if it is not one. */
 bool net_parse_ipv4(const char *s, uint8_t ip[4]);
 void net_format_mac(const uint8_t mac[NET_ETH_ALEN], char out[18]);
+/* restore-mac='s value for @r: "saved" or "keep". */
+const char *net_restore_mac_name(NetRestoreMac r);
 void net_format_ipv4(const uint8_t ip[4], char out[16]);
 
 /* Whether NET_TUN_PATH exists and is a character device (checked at start-up, so that a missing TUN/TAP driver is

@@ -16,7 +16,11 @@
  * Guest memory written from here (received frames, the used rings) is invisible to KVM's dirty log, so each write
  * is marked with vm_mark_dirty. The thread parks on stop (vm.c stops it after the vCPUs), so that a stopped
  * machine's memory and device state stay put while the engine saves them. The device's registers and its
- * queues' positions are the "virtio-net" section; the rings themselves are guest memory.
+ * queues' positions are the "virtio-net" section; the rings themselves are guest memory. The section carries the
+ * MAC: a load refuses another device's unless the device has restore-mac=keep (snapshot clones, each with its own
+ * mac=), in which case the device keeps its own and the guest reads that one in the configuration space from then
+ * on. Nothing tells the guest (no configuration-change interrupt, no VIRTIO_NET_S_ANNOUNCE: both need what this
+ * device does not offer), so a driver that read the MAC at probe goes on using the old one (docs/vm.md).
  *
  * Not modelled: multiqueue, the control virtqueue (no promiscuous or VLAN filtering, no MAC changes from the
  * guest; the guest gets every frame the TAP has), MSI-X, the modern (virtio 1.0) interface, link-down.
@@ -589,6 +593,7 @@ static bool visit_queue(FerryVisitor *v, VirtQueue *vq, FerryError **errp)
  * it. */
 typedef struct NetSnap {
     uint8_t mac[NET_ETH_ALEN];
+    bool mac_kept;         /* a load with restore-mac=keep found another MAC in mac, which this device replaces */
     VirtQueue vq[NQUEUES];
     uint32_t features;
     uint16_t sel;
@@ -600,6 +605,7 @@ static void snapshot(VirtioNet *n, NetSnap *st)
 {
     pthread_mutex_lock(&n->lock);
     memcpy(st->mac, n->cfg.ident.mac, sizeof(st->mac));
+    st->mac_kept = false;
     memcpy(st->vq, n->vq, sizeof(st->vq));
     st->features = n->guest_features;
     st->sel = n->queue_sel;
@@ -610,7 +616,8 @@ static void snapshot(VirtioNet *n, NetSnap *st)
     pthread_mutex_unlock(&n->lock);
 }
 
-/* Who the device is: its netdev and MAC, which a load checks against this device's. */
+/* Who the device is: its netdev and MAC, which a load checks against this device's (with restore-mac=keep another
+ * MAC is taken and noted in st->mac_kept: the device keeps its own). */
 static bool visit_identity(VirtioNet *n, FerryVisitor *v, bool load, NetSnap *st, FerryError **errp)
 {
     char *netdev = strdup(n->cfg.id);
@@ -634,11 +641,15 @@ static bool visit_identity(VirtioNet *n, FerryVisitor *v, bool load, NetSnap *st
     if (load && memcmp(st->mac, n->cfg.ident.mac, sizeof(st->mac)) != 0) {
         char a[18], b[18];
 
-        net_format_mac(st->mac, a);
-        net_format_mac(n->cfg.ident.mac, b);
-        ferry_error_setg(errp, "incoming virtio-net state for netdev %s has mac %s, this device has mac=%s",
-                         n->cfg.id, a, b);
-        goto out;
+        if (n->cfg.restore_mac == NET_RESTORE_MAC_KEEP) {
+            st->mac_kept = true; /* st->mac keeps the incoming one for the log line once the load is applied */
+        } else {
+            net_format_mac(st->mac, a);
+            net_format_mac(n->cfg.ident.mac, b);
+            ferry_error_setg(errp, "incoming virtio-net state for netdev %s has mac %s, this device has mac=%s "
+                             "(restore-mac=keep would take the state and keep mac=%s)", n->cfg.id, a, b, b);
+            goto out;
+        }
     }
     ok = true;
 out:
@@ -701,13 +712,23 @@ static bool apply(VirtioNet *n, NetSnap *st, FerryError **errp)
     /* The line's level is the device's to drive (KVM's IOAPIC state does not hold who asserts a pin). */
     pci_set_irq(n->pci, st->isr != 0);
     pthread_mutex_unlock(&n->lock);
+    if (st->mac_kept) {
+        /* Said only now that the load is applied. The configuration space reads cfg.ident.mac, so the guest
+         * sees mac= at its next read; a driver that cached the MAC at probe does not read it again. */
+        char a[18], b[18];
+
+        net_format_mac(st->mac, a);
+        net_format_mac(n->cfg.ident.mac, b);
+        fprintf(stderr, "ferry-vm: netdev %s: the incoming state has mac %s; this device keeps its mac=%s "
+                "(restore-mac=keep)\n", n->cfg.id, a, b);
+    }
     return true;
 }
 
 /*
- * The section: who the device is (netdev and MAC, checked), its registers, each queue's ring page and positions,
- * and the counters. Saved with the machine stopped (the vCPUs and the receive thread parked), so no frame is
- * half handled; loaded before the destination ever ran.
+ * The section: who the device is (netdev and MAC, checked; restore-mac=keep takes another MAC), its registers,
+ * each queue's ring page and positions, and the counters. Saved with the machine stopped (the vCPUs and the
+ * receive thread parked), so no frame is half handled; loaded before the destination ever ran.
  */
 bool virtio_net_section(FerryVisitor *v, void *opaque, uint32_t version, FerryError **errp)
 {
@@ -827,6 +848,9 @@ json_t *virtio_net_query(VirtioNet *n)
                           (json_int_t)n->tx_errors);
     if (o && n->cfg.device_id[0]) {
         json_object_set_new(o, "device", json_string(n->cfg.device_id));
+    }
+    if (o) {
+        json_object_set_new(o, "restore-mac", json_string(net_restore_mac_name(n->cfg.restore_mac)));
     }
     if (o) {
         net_tap_query(&n->tap, o);

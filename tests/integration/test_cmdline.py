@@ -81,7 +81,12 @@ def test_bad_command_line(argv, words):
 # the same parser as ferry-workload's (hosts/common/netdev.c), in the flavour of a guest's NIC.
 VM_BAD = [
     ("ip-on-a-guest-nic", ["-netdev", "tap,id=n0,ifname=ft0", "-device", "virtio-net-pci,netdev=n0,ip=10.0.0.2"],
-     "unknown property 'ip' (netdev, mac, id)"),
+     "unknown property 'ip' (netdev, mac, restore-mac, id)"),
+    ("restore-mac-bad", ["-netdev", "tap,id=n0,ifname=ft0", "-device",
+                         "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,restore-mac=new"],
+     "restore-mac 'new' is not one of saved, keep"),
+    ("restore-mac-keep-without-mac", ["-netdev", "tap,id=n0,ifname=ft0", "-device",
+                                      "virtio-net-pci,netdev=n0,restore-mac=keep"], "restore-mac=keep needs mac="),
     ("netdev-without-device", ["-netdev", "tap,id=n0,ifname=ft0"],
      "-netdev tap,id=n0 is not used: add -device virtio-net,netdev=n0\n"),
     ("device-without-netdev", ["-device", "virtio-net-pci,netdev=n9"], "netdev 'n9' not found"),

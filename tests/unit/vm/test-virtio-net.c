@@ -5,7 +5,9 @@
  * a TAP reads and writes them). Covered: configuration mechanism #1 (identification, absent devices, BAR sizing,
  * the command register), the legacy virtio registers, transmit and receive through the rings (header, chains,
  * used ring, ISR and the interrupt line's state), a frame larger than its buffer, the receive thread parking on
- * stop, a descriptor outside RAM, and the "pci" and "virtio-net" sections' round trip and refusals. The device
+ * stop, a descriptor outside RAM, the "pci" and "virtio-net" sections' round trip and refusals, restore-mac (a
+ * load into a device with another MAC: refused by default, taken with keep, the guest then reading the device's
+ * own MAC) and the parsing of that property. The device
  * with a real TAP, under a real guest (Linux's virtio_pci and virtio_net), is tested in test_vm.py.
  */
 #include <errno.h>
@@ -486,6 +488,132 @@ static void test_state_roundtrip(void **state)
     bare_vm_free(vm2);
 }
 
+/* A device of @cfg on a machine of its own, for loading another device's state into. */
+static VirtioNet *new_device(const NetConfig *cfg, Vm **vm)
+{
+    VirtioNet *n;
+
+    *vm = bare_vm();
+    n = virtio_net_new(*vm, cfg, 0, NULL);
+    assert_non_null(n);
+    (*vm)->nics[(*vm)->nnics++] = n;
+    return n;
+}
+
+static const uint8_t clone_mac[6] = { 0x52, 0x54, 0x00, 0x00, 0x00, 0x02 };
+
+/* Snapshot clones: the state of a device with one MAC loaded into a device with another. */
+static void test_restore_mac(void **state)
+{
+    Fixture *f = *state;
+    FerryError *err = NULL;
+    NetConfig cfg = nic_cfg;
+    Vm *vm2, *vm3;
+    char mac[18];
+
+    driver_init(f->vm);
+    memcpy(cfg.ident.mac, clone_mac, 6);
+    /* restore-mac=saved (the default, NetConfig's zero): refused, and the message names the way out. */
+    assert_int_equal(cfg.restore_mac, NET_RESTORE_MAC_SAVED);
+    assert_refused(f->n, &cfg, "has mac 52:54:00:12:34:56, this device has mac=52:54:00:00:00:02");
+    assert_refused(f->n, &cfg, "restore-mac=keep");
+
+    /* restore-mac=keep: taken; the device keeps its own MAC, and that is what the guest reads in the
+     * configuration space, what query-netdev shows and what the device's own state carries on. */
+    cfg.restore_mac = NET_RESTORE_MAC_KEEP;
+    VirtioNet *n2 = new_device(&cfg, &vm2);
+    memcpy(vm2->ram_host, f->vm->ram_host, RAM);
+    assert_true(section_roundtrip(virtio_net_section, f->n, n2, &err));
+    assert_null(err);
+    for (unsigned i = 0; i < 6; i++) {
+        assert_int_equal(io_in(vm2, IO_BASE + 20 + i, 1), clone_mac[i]);
+    }
+    assert_int_equal(io_in(vm2, IO_BASE + 26, 2), 1);  /* link up */
+    assert_int_equal(io_in(vm2, IO_BASE + 18, 1), 7);  /* the rest of the state did arrive */
+    io_out(vm2, IO_BASE + 14, 2, 1);
+    assert_int_equal(io_in(vm2, IO_BASE + 8, 4), TXQ_PFN);
+    json_t *o = virtio_net_query(n2);
+    net_format_mac(clone_mac, mac);
+    assert_string_equal(json_string_value(json_object_get(o, "mac")), mac);
+    assert_string_equal(json_string_value(json_object_get(o, "restore-mac")), "keep");
+    json_decref(o);
+    o = virtio_net_query(f->n);
+    assert_string_equal(json_string_value(json_object_get(o, "restore-mac")), "saved");
+    json_decref(o);
+    /* The clone's state has the clone's MAC: it migrates on to a device with that MAC under the default. */
+    cfg.restore_mac = NET_RESTORE_MAC_SAVED;
+    VirtioNet *n3 = new_device(&cfg, &vm3);
+    assert_true(section_roundtrip(virtio_net_section, n2, n3, NULL));
+    for (unsigned i = 0; i < 6; i++) {
+        assert_int_equal(io_in(vm3, IO_BASE + 20 + i, 1), clone_mac[i]);
+    }
+    /* keep does not take another netdev's state. */
+    cfg.restore_mac = NET_RESTORE_MAC_KEEP;
+    strcpy(cfg.id, "n1");
+    assert_refused(f->n, &cfg, "netdev 'n0'");
+    bare_vm_free(vm3);
+    bare_vm_free(vm2);
+}
+
+/* Parse one -device for ferry-vm (a guest's NIC) or ferry-workload after -netdev tap,id=n0; NULL if taken, else
+ * the error message (the caller frees it with free()). */
+static char *parse_device(bool guest_nic, const char *arg, NetConfig *out)
+{
+    NetSetup setup = { .guest_nic = guest_nic };
+    FerryError *err = NULL;
+
+    assert_true(net_parse_netdev(&setup, "tap,id=n0,ifname=ftap0", NULL));
+    if (!net_parse_device(&setup, arg, &err)) {
+        char *msg = strdup(ferry_error_msg(err));
+        ferry_error_free(err);
+        return msg;
+    }
+    *out = setup.cfg[0];
+    return NULL;
+}
+
+static void assert_parse_refused(bool guest_nic, const char *arg, const char *why)
+{
+    NetConfig c;
+    char *msg = parse_device(guest_nic, arg, &c);
+
+    assert_non_null(msg);
+    if (!strstr(msg, why)) {
+        fail_msg("'%s' was refused with '%s', which does not say '%s'", arg, msg, why);
+    }
+    free(msg);
+}
+
+static void test_restore_mac_option(void **state)
+{
+    NetConfig c;
+
+    (void)state;
+    assert_null(parse_device(true, "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,restore-mac=keep", &c));
+    assert_int_equal(c.restore_mac, NET_RESTORE_MAC_KEEP);
+    assert_memory_equal(c.ident.mac, clone_mac, 6);
+    assert_null(parse_device(true, "virtio-net-pci,netdev=n0,restore-mac=saved", &c));
+    assert_int_equal(c.restore_mac, NET_RESTORE_MAC_SAVED);
+    assert_null(parse_device(true, "virtio-net-pci,netdev=n0", &c));
+    assert_int_equal(c.restore_mac, NET_RESTORE_MAC_SAVED);
+    /* Bad values name the property and what it takes. */
+    assert_parse_refused(true, "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,restore-mac=new",
+                         "restore-mac 'new' is not one of saved, keep");
+    assert_parse_refused(true, "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,restore-mac=",
+                         "restore-mac '' is not one of saved, keep");
+    assert_parse_refused(true, "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,restore-mac=KEEP",
+                         "restore-mac 'KEEP' is not one of saved, keep");
+    assert_parse_refused(true, "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02,restore-mac",
+                         "'restore-mac' needs a value");
+    /* keep without mac= would give every clone the default MAC. */
+    assert_parse_refused(true, "virtio-net-pci,netdev=n0,restore-mac=keep", "restore-mac=keep needs mac=");
+    /* ferry-workload's device has no guest: the property is not one of its. */
+    assert_parse_refused(false, "virtio-net,netdev=n0,mac=52:54:00:00:00:02,ip=10.0.0.2,restore-mac=keep",
+                         "unknown property 'restore-mac' (netdev, mac, ip, id)");
+    assert_parse_refused(true, "virtio-net-pci,netdev=n0,ip=10.0.0.2",
+                         "unknown property 'ip' (netdev, mac, restore-mac, id)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +623,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_receive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_descriptor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restore_mac, setup, teardown),
+        cmocka_unit_test(test_restore_mac_option),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
