@@ -979,6 +979,16 @@ def test_linux_nic_migrates(vms, netns, transfer, postcopy, keep):
         # The fd was there before the guest ran. Attached by name, a frame the guest sends before the source let
         # go of the TAP is lost as on a cable plugged in late; the pings above show the link came back.
         assert nd["tx-errors"] == 0, nd
+    if keep:
+        assert (nd["mac"], nd["restore-mac"], snd["mac"]) == (dst_mac, "keep", src_mac), (snd, nd)
+        assert f"this device keeps its mac={dst_mac} (restore-mac=keep)" in dst.stderr(), dst.stderr()[-2000:]
+
+        def learnt():
+            out = netns.run("ip", "neigh", "show", GUEST_IP, "dev", TAP).stdout
+            return "lladdr" in out and out
+
+        neigh = wait_until(learnt, 30 * SLOWER, "the host to learn the guest's MAC again")
+        assert f"lladdr {src_mac}" in neigh, neigh
 
 
 def vm_snapshot(vm, path):
@@ -1041,15 +1051,3 @@ def test_linux_guest_snapshot(vms):
     assert b"init: up" not in serial(dst), "the restored guest booted again"
     more = len(ticks(serial(src))) + 3
     wait_until(lambda: len(ticks(serial(src))) >= more, 60, "the original guest to go on counting")
-
-
-    if keep:
-        assert (nd["mac"], nd["restore-mac"], snd["mac"]) == (dst_mac, "keep", src_mac), (snd, nd)
-        assert f"this device keeps its mac={dst_mac} (restore-mac=keep)" in dst.stderr(), dst.stderr()[-2000:]
-
-        def learnt():
-            out = netns.run("ip", "neigh", "show", GUEST_IP, "dev", TAP).stdout
-            return "lladdr" in out and out
-
-        neigh = wait_until(learnt, 30 * SLOWER, "the host to learn the guest's MAC again")
-        assert f"lladdr {src_mac}" in neigh, neigh
