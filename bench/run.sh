@@ -4,7 +4,9 @@
 # benchmark (bench/postcopy-bench.py), with --converge the convergence benchmark (bench/converge-bench.py), with
 # --ramsize the RAM-size benchmark (bench/ramsize-bench.py: untouched RAM of 1-256 GiB), with --crc-recv the
 # receive-path checksum benchmark (bench/crc-recv-bench.py), with --dest the destination-RAM benchmark
-# (bench/dest-bench.py), with --mem-study the fresh-memory study (bench/mem-study.c). Other
+# (bench/dest-bench.py), with --snapshot the snapshot benchmark (bench/snapshot-bench.py: save, restore, instant
+# restore, clones, background snapshot, against QEMU 7.2 and the page-cache limits), with --mem-study the
+# fresh-memory study (bench/mem-study.c). Other
 # options are passed to the benchmark, e.g. `bash bench/run.sh --size 2 --cases random,zero`. Not a test: it prints
 # numbers.
 set -euo pipefail
@@ -27,6 +29,9 @@ elif [ "${1:-}" = "--crc-recv" ]; then
     shift
 elif [ "${1:-}" = "--dest" ]; then
     script=dest-bench.py
+    shift
+elif [ "${1:-}" = "--snapshot" ]; then
+    script=snapshot-bench.py
     shift
 elif [ "${1:-}" = "--mem-study" ]; then
     script=
