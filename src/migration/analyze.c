@@ -304,54 +304,82 @@ static bool all_zero(const uint8_t *p, size_t len)
     return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
 }
 
-/* One block's regions: the bitmap, the checksum table, then every page (present: its CRC32C; absent: zero). */
-static bool read_mapped_block(Analyzer *a, uint32_t i, uint8_t *pages, uint64_t *present, uint64_t *verified,
+#define REGION_BUF (1u << 20) /* the pages region is read in pieces of at most this */
+
+/* Checks page @page of block @i, whose CRC32C is @crc and which is all zero if @zero, against bitmap and table. */
+static bool check_mapped_page(Analyzer *a, uint32_t i, uint64_t page, const uint8_t *bitmap, const uint8_t *table,
+                              uint32_t crc, bool zero, uint64_t *present, uint64_t *verified, FerryError **errp)
+{
+    uint64_t off = a->layout.blocks[i].pages + page * a->cfg.page_size;
+    char where[512];
+    if (!(bitmap[page / 8] & (1u << (page % 8)))) {
+        if (!zero) {
+            a->r.offset = off;
+            page_where(a, off, page, i, where, sizeof(where));
+            ferry_error_setg(errp, "%s: the bitmap says the page is absent, but it does not read as zero", where);
+            return false;
+        }
+        return true;
+    }
+    (*present)++;
+    if (table) {
+        uint32_t want = ferry__get_be32(table + page * 4);
+        if (want != crc) {
+            a->r.offset = off;
+            page_where(a, off, page, i, where, sizeof(where));
+            ferry_error_setg(errp, "%s: CRC mismatch: the checksum table has 0x%08x, the page 0x%08x", where, want,
+                             crc);
+            return false;
+        }
+        (*verified)++;
+    }
+    return true;
+}
+
+/*
+ * One block's regions: the bitmap, the checksum table, then every page (present: its CRC32C; absent: zero). The
+ * pages are read in units of a page or of REGION_BUF, whichever is smaller (a page may be up to 1 GiB), a page's
+ * CRC and zero test carried from unit to unit.
+ */
+static bool read_mapped_block(Analyzer *a, uint32_t i, uint8_t *buf, uint64_t *present, uint64_t *verified,
                               FerryError **errp)
 {
     const FerryWireMappedBlock *mb = &a->layout.blocks[i];
     const uint32_t ps = a->cfg.page_size;
-    const uint64_t npages = a->blocks[i].npages, chunk = FERRY_WIRE_MAX_RUN_PAGES;
+    const uint32_t unit = ps < REGION_BUF ? ps : REGION_BUF, per_page = ps / unit, per_buf = REGION_BUF / unit;
+    const uint64_t npages = a->blocks[i].npages, units = npages * per_page;
     const bool sums = (a->layout.flags & FERRY_MAPPED_F_CHECKSUMS) != 0;
     uint8_t *bitmap = NULL, *table = NULL;
     bool ok = read_region(a, mb->bitmap, (npages + 7) / 8, &bitmap, errp) &&
               (!sums || read_region(a, mb->checksums, npages * 4, &table, errp));
+    uint32_t crc = 0;
+    bool zero = true;
     *present = *verified = 0;
-    for (uint64_t j = 0; ok && j < npages; j += chunk) {
-        uint64_t n = npages - j < chunk ? npages - j : chunk;
-        uint64_t off = mb->pages + j * ps;
-        a->r.offset = off;
-        if (!ferry__stream_read_seek(a->r.s, off) || !ferry__stream_read(a->r.s, pages, (size_t)(n * ps))) {
-            ferry__stream_check(a->r.s, errp);
-            ok = false;
+    if (ok) {
+        a->r.offset = mb->pages;
+        ok = ferry__stream_read_seek(a->r.s, mb->pages) || ferry__stream_check(a->r.s, errp);
+    }
+    for (uint64_t u = 0; ok && u < units; u += per_buf) {
+        uint64_t n = units - u < per_buf ? units - u : per_buf;
+        a->r.offset = mb->pages + u * unit;
+        if (!ferry__stream_read(a->r.s, buf, (size_t)(n * unit))) {
+            ok = ferry__stream_check(a->r.s, errp);
             break;
         }
-        for (uint64_t k = 0; k < n; k++) {
-            uint64_t page = j + k;
-            const uint8_t *data = pages + k * ps;
-            char where[512];
-            if (!(bitmap[page / 8] & (1u << (page % 8)))) {
-                if (!all_zero(data, ps)) {
-                    a->r.offset = off + k * ps;
-                    page_where(a, off + k * ps, page, i, where, sizeof(where));
-                    ferry_error_setg(errp, "%s: the bitmap says the page is absent, but it does not read as zero",
-                                     where);
-                    ok = false;
-                    break;
-                }
-                continue;
+        for (uint64_t k = 0; ok && k < n; k++) {
+            const uint8_t *data = buf + k * unit;
+            uint64_t page = (u + k) / per_page;
+            if ((u + k) % per_page == 0) {
+                crc = 0;
+                zero = true;
             }
-            (*present)++;
-            if (sums) {
-                uint32_t want = ferry__get_be32(table + page * 4), got = ferry__crc32c(0, data, ps);
-                if (want != got) {
-                    a->r.offset = off + k * ps;
-                    page_where(a, off + k * ps, page, i, where, sizeof(where));
-                    ferry_error_setg(errp, "%s: CRC mismatch: the checksum table has 0x%08x, the page 0x%08x",
-                                     where, want, got);
-                    ok = false;
-                    break;
-                }
-                (*verified)++;
+            if (bitmap[page / 8] & (1u << (page % 8))) {
+                crc = table ? ferry__crc32c(crc, data, unit) : 0;
+            } else {
+                zero = zero && all_zero(data, unit);
+            }
+            if ((u + k) % per_page == per_page - 1) {
+                ok = check_mapped_page(a, i, page, bitmap, table, crc, zero, present, verified, errp);
             }
         }
     }
@@ -366,7 +394,7 @@ static bool read_mapped_regions(Analyzer *a, FerryError **errp)
     a->mapped_pending = false;
     a->r.where = "MAPPED_RAM page regions";
     a->r.in_record = false;
-    uint8_t *pages = ferry__xmalloc((size_t)FERRY_WIRE_MAX_RUN_PAGES * a->cfg.page_size);
+    uint8_t *pages = ferry__xmalloc(REGION_BUF);
     json_t *blocks = json_object_get(a->mapped, "blocks");
     uint64_t total = 0, total_verified = 0;
     bool ok = true;

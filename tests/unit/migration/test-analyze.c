@@ -837,19 +837,20 @@ typedef struct MappedOpts {
     bool no_sums;             /* flags without FERRY_MAPPED_F_CHECKSUMS (the tables are zero) */
     uint64_t end_pages_extra; /* added to END's page total */
     bool ram_pages;           /* a RAM_PAGES record after MAPPED_RAM */
+    uint32_t page_size;       /* 0: 4096 */
 } MappedOpts;
 
 static const uint64_t mapped_present[2][4] = { { 0, 2, 5, 15 }, { 1 } };
 static const size_t mapped_npresent[2] = { 4, 1 };
 
-static size_t align_page(size_t v)
+static size_t align_page(size_t v, uint32_t ps)
 {
-    return (v + 4095) / 4096 * 4096;
+    return (v + ps - 1) / ps * ps;
 }
 
 static void build_mapped(Buf *b, const MappedOpts *o, size_t *page_off, size_t *absent_off)
 {
-    const uint32_t ps = 4096;
+    const uint32_t ps = o->page_size ? o->page_size : 4096;
     memset(b, 0, sizeof(*b));
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
     ferry__wire_encode_header(hdr);
@@ -873,7 +874,7 @@ static void build_mapped(Buf *b, const MappedOpts *o, size_t *page_off, size_t *
         uint64_t npages = blocks[i].size / ps;
         mb[i].bitmap = end;
         mb[i].checksums = end + (npages + 7) / 8;
-        mb[i].pages = align_page(mb[i].checksums + npages * 4);
+        mb[i].pages = align_page(mb[i].checksums + npages * 4, ps);
         end = mb[i].pages + blocks[i].size;
     }
     FerryWireMapped m = { .flags = o->no_sums ? 0 : FERRY_MAPPED_F_CHECKSUMS, .nblocks = 2, .resume = end,
@@ -903,7 +904,7 @@ static void build_mapped(Buf *b, const MappedOpts *o, size_t *page_off, size_t *
         }
     }
     *page_off = mb[0].pages;
-    *absent_off = mb[0].pages + 3 * ps;
+    *absent_off = mb[0].pages + 3ull * ps;
 
     if (o->ram_pages) {
         uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN + 1];
@@ -923,7 +924,7 @@ static void build_mapped(Buf *b, const MappedOpts *o, size_t *page_off, size_t *
     put_record(b, FERRY_REC_END, FERRY_REC_CRITICAL, endrec, sizeof(endrec), true);
 }
 
-static void check_mapped_description(json_t *r, bool sums)
+static void check_mapped_description(json_t *r, bool sums, uint32_t ps)
 {
     json_t *mr = json_object_get(r, "mapped-ram");
     assert_non_null(mr);
@@ -936,8 +937,8 @@ static void check_mapped_description(json_t *r, bool sums)
     assert_string_equal(json_string_value(json_object_get(json_array_get(blocks, 1), "name")), "vga");
     assert_int_equal(jint(json_array_get(blocks, 0), "pages-present"), 4);
     assert_int_equal(jint(json_array_get(blocks, 1), "pages-present"), 1);
-    assert_int_equal(jint(json_array_get(blocks, 0), "pages-offset") % 4096, 0);
-    assert_true(jint(mr, "resume-offset") == jint(json_array_get(blocks, 1), "pages-offset") + 4 * 4096);
+    assert_int_equal(jint(json_array_get(blocks, 0), "pages-offset") % ps, 0);
+    assert_true(jint(mr, "resume-offset") == jint(json_array_get(blocks, 1), "pages-offset") + 4 * (json_int_t)ps);
     assert_int_equal(jint(r, "ram.pages"), 5);
     assert_int_equal(jint(r, "ram.data-pages"), 5);
     assert_int_equal(jint(r, "end.pages"), 5);
@@ -974,7 +975,7 @@ static void test_mapped_ram(void **state)
             print_error("%s\n", ferry_error_msg(err));
         }
         assert_true(ok);
-        check_mapped_description(r, sums);
+        check_mapped_description(r, sums, 4096);
         json_decref(r);
         free(b.p);
     }
@@ -992,7 +993,7 @@ static void test_mapped_ram(void **state)
     close(fds[1]);
     json_t *r = NULL;
     assert_true(ferry_stream_analyze(fds[0], 0, &r, &err));
-    check_mapped_description(r, true);
+    check_mapped_description(r, true, 4096);
     json_decref(r);
     close(fds[0]);
     int status;
@@ -1029,6 +1030,22 @@ static void test_mapped_ram(void **state)
     build_mapped(&b, &(MappedOpts){ .ram_pages = true }, &page0, &absent);
     expect_mapped_failure(&b, "RAM_PAGES record on the main channel of a stream that uses 'mapped-ram'", "RAM_PAGES",
                           0);
+    free(b.p);
+
+    /* 2 MiB pages, which the analyzer reads in pieces: the CRC spans them, and damage in the last piece counts. */
+    const uint32_t huge = 2u << 20;
+    build_mapped(&b, &(MappedOpts){ .page_size = huge }, &page0, &absent);
+    r = analyze_buf(b.p, b.len, 0, &ok, &err);
+    assert_true(ok);
+    check_mapped_description(r, true, huge);
+    json_decref(r);
+    b.p[page0 + 5ull * huge + huge - 1] ^= 1;
+    snprintf(want, sizeof(want), "at file offset %zu (page 5 of RAM block 'ram0'): CRC mismatch", page0 + 5 * huge);
+    expect_mapped_failure(&b, want, "MAPPED_RAM page regions", page0 + 5 * huge);
+    b.p[page0 + 5ull * huge + huge - 1] ^= 1;
+    b.p[absent + huge - 1] = 1;
+    snprintf(want, sizeof(want), "at file offset %zu (page 3 of RAM block 'ram0'): the bitmap says", absent);
+    expect_mapped_failure(&b, want, "MAPPED_RAM page regions", absent);
     free(b.p);
 }
 
