@@ -10,6 +10,13 @@
  * then END), their flags, lengths and trailers; this file has one step per record kind that checks and describes
  * its content. Unknown non-critical records may appear anywhere between FEATURES and END and are listed; unknown
  * critical ones end the analysis. Bytes after END are not read: a file: stream may be followed by other data.
+ *
+ * mapped-ram: after its MAPPED_RAM record the file holds page regions (a bitmap, a CRC32C table and the pages of
+ * each block) and the records go on at the resume offset. The analyzer reads the regions in order through the
+ * stream, as the records (so stdin works too): it counts the bitmap's pages into the RAM totals END is checked
+ * against, checks each present page against its CRC32C, and checks that each absent page reads as zero (the
+ * invariant a mapped restore relies on). Only a bitmap and a checksum table are held in memory, grown as their
+ * bytes arrive, so a CONFIG that claims more RAM than the file holds costs no more than the file.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -54,6 +61,11 @@ typedef struct Analyzer {
     uint64_t ram_records, pages, zero_pages, data_pages, data_bytes, passes, hint_records, hinted_pages;
     uint64_t piped_bytes; /* page data announced by runs whose data went through the page pipe */
     FerryWireEnd endrec;
+
+    int64_t file_base;     /* the file offset of the stream's first byte, -1 when the input cannot seek (a pipe) */
+    FerryWireMapped layout; /* MAPPED_RAM's, once read; its regions are read after the record's trailer */
+    bool mapped_pending;    /* MAPPED_RAM was read and its regions were not yet */
+    json_t *mapped;         /* the "mapped-ram" member */
 } Analyzer;
 
 /* Strings from the stream may hold any bytes; jansson refuses invalid UTF-8. */
@@ -220,6 +232,195 @@ static bool do_pages(Analyzer *a, FerryError **errp)
     b->zero_pages += zeros;
     b->data_bytes += data;
     return true;
+}
+
+/* MAPPED_RAM: the layout, checked against CONFIG; the regions follow the record's trailer (read_mapped_regions). */
+static bool do_mapped(Analyzer *a, FerryError **errp)
+{
+    uint8_t *payload;
+    if (a->mapped) {
+        ferry_error_setg(errp, "a second MAPPED_RAM record: the layout of the page regions is given once");
+        return false;
+    }
+    if (!ferry__record_read_payload(&a->r, &payload, errp)) {
+        return false;
+    }
+    uint32_t len = a->r.rh.length;
+    uint64_t after = a->r.offset + FERRY_WIRE_RECORD_HEADER_LEN + len +
+                     (a->r.trailers ? FERRY_WIRE_RECORD_TRAILER_LEN : 0);
+    bool ok = ferry__wire_mapped_decode(payload, len, &a->cfg, after, &a->layout, errp);
+    free(payload);
+    if (!ok) {
+        return false;
+    }
+    json_t *blocks = json_array();
+    for (uint32_t i = 0; i < a->layout.nblocks; i++) {
+        const FerryWireMappedBlock *mb = &a->layout.blocks[i];
+        json_array_append_new(blocks, json_pack("{s:o, s:o, s:o, s:o, s:I}", "name", jstr(a->cfg.blocks[i].name),
+                                                "bitmap-offset", ju64(mb->bitmap), "checksums-offset",
+                                                ju64(mb->checksums), "pages-offset", ju64(mb->pages),
+                                                "pages-present", (json_int_t)0));
+    }
+    a->mapped = json_pack("{s:o, s:o, s:b, s:I, s:I}", "blocks", blocks, "resume-offset", ju64(a->layout.resume),
+                          "checksums", (a->layout.flags & FERRY_MAPPED_F_CHECKSUMS) != 0, "pages-present",
+                          (json_int_t)0, "pages-verified", (json_int_t)0);
+    a->mapped_pending = true;
+    return true;
+}
+
+/* Reads @len bytes of a region at stream offset @off into *buf, grown as the bytes arrive so that the allocation
+ * never runs ahead of what the input really holds by more than one chunk. */
+static bool read_region(Analyzer *a, uint64_t off, uint64_t len, uint8_t **buf, FerryError **errp)
+{
+    const uint64_t chunk = 1u << 20;
+    FerryStream *s = a->r.s;
+    a->r.offset = off;
+    if (!ferry__stream_read_seek(s, off)) {
+        ferry__stream_check(s, errp);
+        return false;
+    }
+    for (uint64_t done = 0; done < len;) {
+        uint64_t n = len - done < chunk ? len - done : chunk;
+        *buf = ferry__xrealloc(*buf, (size_t)(done + n));
+        if (!ferry__stream_read(s, *buf + done, (size_t)n)) {
+            ferry__stream_check(s, errp);
+            return false;
+        }
+        done += n;
+    }
+    return true;
+}
+
+/* Where a page is, for messages: the file offset when the input is a file, else the stream offset. */
+static void page_where(const Analyzer *a, uint64_t off, uint64_t page, uint32_t block, char *buf, size_t size)
+{
+    snprintf(buf, size, "at %s offset %llu (page %llu of RAM block '%s')", a->file_base >= 0 ? "file" : "stream",
+             (unsigned long long)(a->file_base >= 0 ? (uint64_t)a->file_base + off : off),
+             (unsigned long long)page, a->cfg.blocks[block].name);
+}
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+    return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
+#define REGION_BUF (1u << 20) /* the pages region is read in pieces of at most this */
+
+/* Checks page @page of block @i, whose CRC32C is @crc and which is all zero if @zero, against bitmap and table. */
+static bool check_mapped_page(Analyzer *a, uint32_t i, uint64_t page, const uint8_t *bitmap, const uint8_t *table,
+                              uint32_t crc, bool zero, uint64_t *present, uint64_t *verified, FerryError **errp)
+{
+    uint64_t off = a->layout.blocks[i].pages + page * a->cfg.page_size;
+    char where[512];
+    if (!(bitmap[page / 8] & (1u << (page % 8)))) {
+        if (!zero) {
+            a->r.offset = off;
+            page_where(a, off, page, i, where, sizeof(where));
+            ferry_error_setg(errp, "%s: the bitmap says the page is absent, but it does not read as zero", where);
+            return false;
+        }
+        return true;
+    }
+    (*present)++;
+    if (table) {
+        uint32_t want = ferry__get_be32(table + page * 4);
+        if (want != crc) {
+            a->r.offset = off;
+            page_where(a, off, page, i, where, sizeof(where));
+            ferry_error_setg(errp, "%s: CRC mismatch: the checksum table has 0x%08x, the page 0x%08x", where, want,
+                             crc);
+            return false;
+        }
+        (*verified)++;
+    }
+    return true;
+}
+
+/*
+ * One block's regions: the bitmap, the checksum table, then every page (present: its CRC32C; absent: zero). The
+ * pages are read in units of a page or of REGION_BUF, whichever is smaller (a page may be up to 1 GiB), a page's
+ * CRC and zero test carried from unit to unit.
+ */
+static bool read_mapped_block(Analyzer *a, uint32_t i, uint8_t *buf, uint64_t *present, uint64_t *verified,
+                              FerryError **errp)
+{
+    const FerryWireMappedBlock *mb = &a->layout.blocks[i];
+    const uint32_t ps = a->cfg.page_size;
+    const uint32_t unit = ps < REGION_BUF ? ps : REGION_BUF, per_page = ps / unit, per_buf = REGION_BUF / unit;
+    const uint64_t npages = a->blocks[i].npages, units = npages * per_page;
+    const bool sums = (a->layout.flags & FERRY_MAPPED_F_CHECKSUMS) != 0;
+    uint8_t *bitmap = NULL, *table = NULL;
+    bool ok = read_region(a, mb->bitmap, (npages + 7) / 8, &bitmap, errp) &&
+              (!sums || read_region(a, mb->checksums, npages * 4, &table, errp));
+    uint32_t crc = 0;
+    bool zero = true;
+    *present = *verified = 0;
+    if (ok) {
+        a->r.offset = mb->pages;
+        ok = ferry__stream_read_seek(a->r.s, mb->pages) || ferry__stream_check(a->r.s, errp);
+    }
+    for (uint64_t u = 0; ok && u < units; u += per_buf) {
+        uint64_t n = units - u < per_buf ? units - u : per_buf;
+        a->r.offset = mb->pages + u * unit;
+        if (!ferry__stream_read(a->r.s, buf, (size_t)(n * unit))) {
+            ok = ferry__stream_check(a->r.s, errp);
+            break;
+        }
+        for (uint64_t k = 0; ok && k < n; k++) {
+            const uint8_t *data = buf + k * unit;
+            uint64_t page = (u + k) / per_page;
+            if ((u + k) % per_page == 0) {
+                crc = 0;
+                zero = true;
+            }
+            if (bitmap[page / 8] & (1u << (page % 8))) {
+                crc = table ? ferry__crc32c(crc, data, unit) : 0;
+            } else {
+                zero = zero && all_zero(data, unit);
+            }
+            if ((u + k) % per_page == per_page - 1) {
+                ok = check_mapped_page(a, i, page, bitmap, table, crc, zero, present, verified, errp);
+            }
+        }
+    }
+    free(bitmap);
+    free(table);
+    return ok;
+}
+
+/* The page regions after MAPPED_RAM, then on to the resume offset where the records go on. */
+static bool read_mapped_regions(Analyzer *a, FerryError **errp)
+{
+    a->mapped_pending = false;
+    a->r.where = "MAPPED_RAM page regions";
+    a->r.in_record = false;
+    uint8_t *pages = ferry__xmalloc(REGION_BUF);
+    json_t *blocks = json_object_get(a->mapped, "blocks");
+    uint64_t total = 0, total_verified = 0;
+    bool ok = true;
+    for (uint32_t i = 0; ok && i < a->layout.nblocks; i++) {
+        uint64_t present, verified;
+        ok = read_mapped_block(a, i, pages, &present, &verified, errp);
+        if (ok) {
+            BlockStats *b = &a->blocks[i];
+            json_object_set_new(json_array_get(blocks, i), "pages-present", ju64(present));
+            b->pages += present;
+            b->data_bytes += present * a->cfg.page_size;
+            a->pages += present;
+            a->data_pages += present;
+            a->data_bytes += present * a->cfg.page_size;
+            total += present;
+            total_verified += verified;
+        }
+    }
+    free(pages);
+    json_object_set_new(a->mapped, "pages-present", ju64(total));
+    json_object_set_new(a->mapped, "pages-verified", ju64(total_verified));
+    if (ok) {
+        a->r.offset = a->layout.resume;
+        ok = ferry__stream_read_seek(a->r.s, a->layout.resume) || ferry__stream_check(a->r.s, errp);
+    }
+    return ok;
 }
 
 static bool do_pass_end(Analyzer *a, FerryError **errp)
@@ -459,6 +660,7 @@ static const struct {
     { FERRY_REC_FDS, do_fds },
     { FERRY_REC_POPULATE_HINT, do_hint },
     { FERRY_REC_RAM_PAGES, do_pages },
+    { FERRY_REC_MAPPED_RAM, do_mapped },
     { FERRY_REC_PASS_END, do_pass_end },
     { FERRY_REC_SECTION, do_section },
     { FERRY_REC_END, do_end },
@@ -493,6 +695,9 @@ static bool analyze(Analyzer *a, FerryError **errp)
                           (json_int_t)ferry__get_be32(hdr + 8), "flags", (json_int_t)ferry__get_be32(hdr + 12));
     while (a->r.phase != FERRY_PHASE_END) {
         if (!ferry__record_next(&a->r, errp) || !do_record(a, errp) || !ferry__record_finish(&a->r, errp)) {
+            return false;
+        }
+        if (a->mapped_pending && !read_mapped_regions(a, errp)) {
             return false;
         }
     }
@@ -548,6 +753,7 @@ static json_t *result_json(const Analyzer *a, uint64_t bytes)
     json_object_set(r, "unknown-records", a->unknown);
     json_object_set(r, "fds", a->fds);
     set_opt(r, "postcopy", a->postcopy);
+    set_opt(r, "mapped-ram", a->mapped);
     return r;
 }
 
@@ -566,6 +772,9 @@ static bool analyze_fd(Analyzer *a, int fd, uint64_t *bytes, bool *started, Ferr
         ferry_error_setg(errp, "cannot read the stream from fd %d: not an open file descriptor", fd);
         return false;
     }
+    /* Where the stream starts in the file, for messages that name a file offset (mapped-ram's pages). */
+    off_t base = lseek(dfd, 0, SEEK_CUR);
+    a->file_base = base < 0 ? -1 : (int64_t)base;
     FerryStream *s = ferry__stream_new(c);
     ferry__record_reader_init(&a->r, s);
     *started = true;
@@ -590,6 +799,8 @@ static void analyzer_free(Analyzer *a)
     json_decref(a->unknown);
     json_decref(a->fds);
     json_decref(a->postcopy);
+    json_decref(a->mapped);
+    free(a->layout.blocks);
     ferry__wire_config_free(&a->cfg);
     free(a->blocks);
     free(a->seen);

@@ -333,3 +333,38 @@ def test_direct_io(workload):
     dst.cmd("migrate-incoming", uri=f"file:{path}")
     assert dst.wait_migration()["status"] == "completed"
     assert dst.digest() == src.digest()
+
+
+def test_analyze_mapped_ram(workload):
+    """ferry-analyze describes a mapped-ram file (its layout, the pages its bitmaps hold, each checked against its
+    CRC32C) and refuses it once one byte of a present page is flipped, naming that byte's page by file offset."""
+    src = stopped_source(workload)
+    caps(src, mapped_ram=True)
+    path = os.path.join(workload.tmpdir, "snap.fram")
+    save(src, f"file:{path}")
+    r = analyze(path, "--compact")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert "mapped-ram" in [f["name"] for f in d["features"]], d["features"]
+    mr = d["mapped-ram"]
+    assert mr["checksums"] is True, mr
+    present = sum(b["pages-present"] for b in mr["blocks"])
+    assert 0 < present == mr["pages-present"] == d["end"]["pages"] == d["ram"]["pages"], (mr, d["end"], d["ram"])
+    assert mr["pages-verified"] == present, mr
+    assert mr["resume-offset"] > max(b["pages-offset"] for b in mr["blocks"]), mr
+
+    # The first present page of the first block that has one: its bitmap says where it is.
+    with open(path, "rb") as f:
+        data = f.read()
+    block = next(b for b in mr["blocks"] if b["pages-present"])
+    bitmap_off = block["bitmap-offset"]
+    page = next(j for j in range(len(data) * 8) if data[bitmap_off + j // 8] & (1 << (j % 8)))
+    page_off = block["pages-offset"] + page * PAGE
+    with open(path, "r+b") as f:
+        f.seek(page_off + 100)
+        f.write(bytes([data[page_off + 100] ^ 0x40]))
+    r = analyze(path, "--compact")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    want = f"at file offset {page_off} (page {page} of RAM block '{block['name']}'): CRC mismatch"
+    assert want in r.stderr, r.stderr
+    assert json.loads(r.stdout)["error"]["offset"] == page_off, r.stdout

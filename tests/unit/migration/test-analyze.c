@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -826,6 +827,228 @@ static void test_postcopy(void **state)
                        "POSTCOPY_START record in a stream whose FEATURES lack 'postcopy-ram'", "POSTCOPY_START");
 }
 
+/*
+ * A mapped-ram stream: HELLO, FEATURES (record-checksum, mapped-ram), CONFIG (ram0 of 16 pages, vga of 4),
+ * MAPPED_RAM, the page regions (ram0: pages 0, 2, 5 and 15 present; vga: page 1), then at the resume offset PASS_END,
+ * SECTION "dev" and END (5 pages). Regions are page aligned (the writer's 1 MiB alignment is not a rule of the
+ * format). *page_off gets the file offset of ram0 page 0, *absent_off that of ram0 page 3 (absent).
+ */
+typedef struct MappedOpts {
+    bool no_sums;             /* flags without FERRY_MAPPED_F_CHECKSUMS (the tables are zero) */
+    uint64_t end_pages_extra; /* added to END's page total */
+    bool ram_pages;           /* a RAM_PAGES record after MAPPED_RAM */
+    uint32_t page_size;       /* 0: 4096 */
+} MappedOpts;
+
+static const uint64_t mapped_present[2][4] = { { 0, 2, 5, 15 }, { 1 } };
+static const size_t mapped_npresent[2] = { 4, 1 };
+
+static size_t align_page(size_t v, uint32_t ps)
+{
+    return (v + ps - 1) / ps * ps;
+}
+
+static void build_mapped(Buf *b, const MappedOpts *o, size_t *page_off, size_t *absent_off)
+{
+    const uint32_t ps = o->page_size ? o->page_size : 4096;
+    memset(b, 0, sizeof(*b));
+    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
+    ferry__wire_encode_header(hdr);
+    buf_put(b, hdr, sizeof(hdr));
+    FerryWireFeatureList f = { 0 };
+    assert_true(ferry__wire_features_add(&f, "record-checksum", FERRY_FEATURE_CRITICAL));
+    assert_true(ferry__wire_features_add(&f, "mapped-ram", FERRY_FEATURE_CRITICAL));
+    put_features(b, FERRY_REC_HELLO, &f);
+    put_features(b, FERRY_REC_FEATURES, &f);
+    FerryWireBlock blocks[2] = { { "ram0", 16ull * ps }, { "vga", 4ull * ps } };
+    FerryWireConfig cfg = { .page_size = ps, .nblocks = 2, .blocks = blocks };
+    size_t len;
+    uint8_t *p = ferry__wire_config_encode(&cfg, &len);
+    put_record(b, FERRY_REC_CONFIG, FERRY_REC_CRITICAL, p, len, true);
+    free(p);
+
+    FerryWireMappedBlock mb[2];
+    size_t mlen = ferry__wire_mapped_len(2);
+    size_t end = b->len + FERRY_WIRE_RECORD_HEADER_LEN + mlen + FERRY_WIRE_RECORD_TRAILER_LEN;
+    for (int i = 0; i < 2; i++) {
+        uint64_t npages = blocks[i].size / ps;
+        mb[i].bitmap = end;
+        mb[i].checksums = end + (npages + 7) / 8;
+        mb[i].pages = align_page(mb[i].checksums + npages * 4, ps);
+        end = mb[i].pages + blocks[i].size;
+    }
+    FerryWireMapped m = { .flags = o->no_sums ? 0 : FERRY_MAPPED_F_CHECKSUMS, .nblocks = 2, .resume = end,
+                          .blocks = mb };
+    uint8_t mp[24 + 2 * 24];
+    assert_int_equal(mlen, sizeof(mp));
+    ferry__wire_mapped_encode(&m, mp);
+    put_record(b, FERRY_REC_MAPPED_RAM, FERRY_REC_CRITICAL, mp, mlen, true);
+    assert_int_equal(b->len, mb[0].bitmap);
+
+    /* The regions: holes (zero) but for the present pages, their bits and their CRCs. */
+    size_t regions = b->len;
+    uint8_t *zero = calloc(1, end - regions);
+    buf_put(b, zero, end - regions);
+    free(zero);
+    for (int i = 0; i < 2; i++) {
+        for (size_t k = 0; k < mapped_npresent[i]; k++) {
+            uint64_t j = mapped_present[i][k];
+            uint8_t *page = b->p + mb[i].pages + j * ps;
+            for (uint32_t x = 0; x < ps; x++) {
+                page[x] = (uint8_t)(x * 7 + j + 1);
+            }
+            b->p[mb[i].bitmap + j / 8] |= (uint8_t)(1u << (j % 8));
+            if (!o->no_sums) {
+                ferry__put_be32(b->p + mb[i].checksums + j * 4, ferry__crc32c(0, page, ps));
+            }
+        }
+    }
+    *page_off = mb[0].pages;
+    *absent_off = mb[0].pages + 3ull * ps;
+
+    if (o->ram_pages) {
+        uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN + 1];
+        ferry__wire_run_encode(&(FerryWireRun){ .block = 1, .first = 2, .count = 1 }, run);
+        run[FERRY_WIRE_RAM_RUN_HEADER_LEN] = 0x01;
+        put_record(b, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, run, sizeof(run), true);
+    }
+    uint8_t pass[8];
+    ferry__put_be64(pass, 1);
+    put_record(b, FERRY_REC_PASS_END, 0, pass, sizeof(pass), true);
+    size_t dlen;
+    p = section_payload("dev", &len, &dlen);
+    put_record(b, FERRY_REC_SECTION, FERRY_REC_CRITICAL, p, len, true);
+    free(p);
+    uint8_t endrec[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&(FerryWireEnd){ .pages = 5 + o->end_pages_extra, .sections = 1 }, endrec);
+    put_record(b, FERRY_REC_END, FERRY_REC_CRITICAL, endrec, sizeof(endrec), true);
+}
+
+static void check_mapped_description(json_t *r, bool sums, uint32_t ps)
+{
+    json_t *mr = json_object_get(r, "mapped-ram");
+    assert_non_null(mr);
+    assert_true(json_is_boolean(json_object_get(mr, "checksums")));
+    assert_int_equal(json_boolean_value(json_object_get(mr, "checksums")), sums);
+    assert_int_equal(jint(mr, "pages-present"), 5);
+    assert_int_equal(jint(mr, "pages-verified"), sums ? 5 : 0);
+    json_t *blocks = json_object_get(mr, "blocks");
+    assert_int_equal(json_array_size(blocks), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(blocks, 1), "name")), "vga");
+    assert_int_equal(jint(json_array_get(blocks, 0), "pages-present"), 4);
+    assert_int_equal(jint(json_array_get(blocks, 1), "pages-present"), 1);
+    assert_int_equal(jint(json_array_get(blocks, 0), "pages-offset") % ps, 0);
+    assert_true(jint(mr, "resume-offset") == jint(json_array_get(blocks, 1), "pages-offset") + 4 * (json_int_t)ps);
+    assert_int_equal(jint(r, "ram.pages"), 5);
+    assert_int_equal(jint(r, "ram.data-pages"), 5);
+    assert_int_equal(jint(r, "end.pages"), 5);
+    assert_int_equal(json_array_size(json_object_get(r, "sections")), 1);
+}
+
+static void expect_mapped_failure(Buf *b, const char *needle, const char *record, size_t offset)
+{
+    bool ok;
+    FerryError *err = NULL;
+    json_t *r = analyze_buf(b->p, b->len, 0, &ok, &err);
+    assert_false(ok);
+    assert_msg_contains(err, needle);
+    json_t *e = json_object_get(r, "error");
+    assert_non_null(e);
+    assert_string_equal(json_string_value(json_object_get(e, "record")), record);
+    if (offset) {
+        assert_int_equal(jint(e, "offset"), (json_int_t)offset);
+    }
+    ferry_error_free(err);
+    json_decref(r);
+}
+
+static void test_mapped_ram(void **state)
+{
+    Buf b;
+    size_t page0, absent;
+    bool ok;
+    FerryError *err = NULL;
+    for (int sums = 1; sums >= 0; sums--) {
+        build_mapped(&b, &(MappedOpts){ .no_sums = !sums }, &page0, &absent);
+        json_t *r = analyze_buf(b.p, b.len, 0, &ok, &err);
+        if (!ok) {
+            print_error("%s\n", ferry_error_msg(err));
+        }
+        assert_true(ok);
+        check_mapped_description(r, sums, 4096);
+        json_decref(r);
+        free(b.p);
+    }
+
+    /* Read through a pipe (stdin): the regions are read in order, so the pages are checked as from a file. */
+    build_mapped(&b, &(MappedOpts){ 0 }, &page0, &absent);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        _exit(write(fds[1], b.p, b.len) == (ssize_t)b.len ? 0 : 1);
+    }
+    close(fds[1]);
+    json_t *r = NULL;
+    assert_true(ferry_stream_analyze(fds[0], 0, &r, &err));
+    check_mapped_description(r, true, 4096);
+    json_decref(r);
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    /* One flipped byte of present page 2 of ram0: refused, naming the page and its file offset. */
+    b.p[page0 + 2 * 4096 + 100] ^= 0x40;
+    char want[128];
+    snprintf(want, sizeof(want), "at file offset %zu (page 2 of RAM block 'ram0'): CRC mismatch", page0 + 2 * 4096);
+    expect_mapped_failure(&b, want, "MAPPED_RAM page regions", page0 + 2 * 4096);
+    b.p[page0 + 2 * 4096 + 100] ^= 0x40;
+
+    /* An absent page that does not read as zero breaks the invariant a mapped restore relies on. */
+    b.p[absent + 5] = 1;
+    snprintf(want, sizeof(want), "at file offset %zu (page 3 of RAM block 'ram0'): the bitmap says the page is absent",
+             absent);
+    expect_mapped_failure(&b, want, "MAPPED_RAM page regions", absent);
+    b.p[absent + 5] = 0;
+
+    /* Cut inside the page regions. */
+    size_t full = b.len;
+    b.len = page0 + 4096 + 10;
+    expect_mapped_failure(&b, "at stream offset", "MAPPED_RAM page regions", 0);
+    b.len = full;
+    free(b.p);
+
+    /* END's total counts the bitmaps' pages. */
+    build_mapped(&b, &(MappedOpts){ .end_pages_extra = 1 }, &page0, &absent);
+    expect_mapped_failure(&b, "the source sent 6 pages, 5 arrived", "END", 0);
+    free(b.p);
+
+    /* Pages in records too: refused in a mapped-ram stream. */
+    build_mapped(&b, &(MappedOpts){ .ram_pages = true }, &page0, &absent);
+    expect_mapped_failure(&b, "RAM_PAGES record on the main channel of a stream that uses 'mapped-ram'", "RAM_PAGES",
+                          0);
+    free(b.p);
+
+    /* 2 MiB pages, which the analyzer reads in pieces: the CRC spans them, and damage in the last piece counts. */
+    const uint32_t huge = 2u << 20;
+    build_mapped(&b, &(MappedOpts){ .page_size = huge }, &page0, &absent);
+    r = analyze_buf(b.p, b.len, 0, &ok, &err);
+    assert_true(ok);
+    check_mapped_description(r, true, huge);
+    json_decref(r);
+    b.p[page0 + 5ull * huge + huge - 1] ^= 1;
+    snprintf(want, sizeof(want), "at file offset %zu (page 5 of RAM block 'ram0'): CRC mismatch", page0 + 5 * huge);
+    expect_mapped_failure(&b, want, "MAPPED_RAM page regions", page0 + 5 * huge);
+    b.p[page0 + 5ull * huge + huge - 1] ^= 1;
+    b.p[absent + huge - 1] = 1;
+    snprintf(want, sizeof(want), "at file offset %zu (page 3 of RAM block 'ram0'): the bitmap says", absent);
+    expect_mapped_failure(&b, want, "MAPPED_RAM page regions", absent);
+    free(b.p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -840,6 +1063,7 @@ int main(void)
         cmocka_unit_test(test_bad_content_behind_good_crc),
         cmocka_unit_test(test_every_flip_and_truncation),
         cmocka_unit_test(test_postcopy),
+        cmocka_unit_test(test_mapped_ram),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

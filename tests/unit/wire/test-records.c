@@ -654,6 +654,120 @@ static void test_return_framing(void **state)
     assert_int_equal(ferry__wire_record_crc(h, NULL, 0), ferry__crc32c_sw(0, h, sizeof(h)));
 }
 
+/* ---- mapped-ram ---- */
+
+/*
+ * CONFIG ram0 (16 pages) and vga (4 pages) of 4 KiB; the MAPPED_RAM record ends at stream offset 200. The good
+ * layout: ram0 bitmap 200 (2 bytes), checksums 202 (64), pages 4096 (64 KiB); vga bitmap 69632 (1), checksums
+ * 69633 (16), pages 73728 (16 KiB); resume 90112.
+ */
+static FerryWireBlock mapped_cfg_blocks[2] = { { "ram0", 16 * 4096 }, { "vga", 4 * 4096 } };
+static const FerryWireConfig mapped_cfg = { .page_size = 4096, .nblocks = 2, .blocks = mapped_cfg_blocks };
+
+static void mapped_good(FerryWireMappedBlock mb[2], FerryWireMapped *m)
+{
+    mb[0] = (FerryWireMappedBlock){ .bitmap = 200, .checksums = 202, .pages = 4096 };
+    mb[1] = (FerryWireMappedBlock){ .bitmap = 69632, .checksums = 69633, .pages = 73728 };
+    *m = (FerryWireMapped){ .flags = FERRY_MAPPED_F_CHECKSUMS, .nblocks = 2, .resume = 90112, .blocks = mb };
+}
+
+/* Encodes @m and decodes its first @len bytes against mapped_cfg, the record ending at offset 200. */
+static bool mapped_try(const FerryWireMapped *m, size_t len, FerryWireMapped *out, FerryError **errp)
+{
+    uint8_t p[24 + 4 * 24];
+    assert_true(ferry__wire_mapped_len(m->nblocks) <= sizeof(p));
+    ferry__wire_mapped_encode(m, p);
+    return ferry__wire_mapped_decode(p, len, &mapped_cfg, 200, out, errp);
+}
+
+static void test_mapped(void **state)
+{
+    FerryWireMappedBlock mb[2];
+    FerryWireMapped m, out;
+    FerryError *err = NULL;
+    size_t len = ferry__wire_mapped_len(2);
+    assert_int_equal(len, FERRY_WIRE_MAPPED_HEADER_LEN + 2 * FERRY_WIRE_MAPPED_BLOCK_LEN);
+
+    mapped_good(mb, &m);
+    assert_true(mapped_try(&m, len, &out, &err));
+    assert_int_equal(out.flags, FERRY_MAPPED_F_CHECKSUMS);
+    assert_int_equal(out.nblocks, 2);
+    assert_int_equal(out.resume, 90112);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(out.blocks[i].bitmap, mb[i].bitmap);
+        assert_int_equal(out.blocks[i].checksums, mb[i].checksums);
+        assert_int_equal(out.blocks[i].pages, mb[i].pages);
+    }
+    free(out.blocks);
+    /* Regions may leave gaps, and the last may end right at the resume offset or before it. */
+    m.resume = 1u << 20;
+    m.flags = 0;
+    assert_true(mapped_try(&m, len, &out, &err));
+    assert_int_equal(out.flags, 0);
+    free(out.blocks);
+
+    /* Every truncation. */
+    for (size_t n = 0; n < len; n++) {
+        mapped_good(mb, &m);
+        expect_error(mapped_try(&m, n, &out, &err), &err, n < 24 ? "shorter than its 24-byte header" : "expected");
+        assert_null(out.blocks);
+    }
+
+    /* The header's fields: version, flags, reserved, block count. */
+    uint8_t p[24 + 2 * 24];
+    mapped_good(mb, &m);
+    ferry__wire_mapped_encode(&m, p);
+    ferry__put_be32(p, 2);
+    expect_error(ferry__wire_mapped_decode(p, len, &mapped_cfg, 200, &out, &err), &err,
+                 "MAPPED_RAM version 2 is not supported (only 1)");
+    ferry__wire_mapped_encode(&m, p);
+    ferry__put_be32(p + 4, FERRY_MAPPED_F_CHECKSUMS | 0x4);
+    expect_error(ferry__wire_mapped_decode(p, len, &mapped_cfg, 200, &out, &err), &err, "unknown flags 0x4");
+    ferry__wire_mapped_encode(&m, p);
+    ferry__put_be32(p + 12, 1);
+    expect_error(ferry__wire_mapped_decode(p, len, &mapped_cfg, 200, &out, &err), &err, "non-zero reserved field");
+    ferry__wire_mapped_encode(&m, p);
+    ferry__put_be32(p + 8, 1);
+    expect_error(ferry__wire_mapped_decode(p, len, &mapped_cfg, 200, &out, &err), &err,
+                 "MAPPED_RAM describes 1 blocks, the CONFIG record 2");
+    ferry__wire_mapped_encode(&m, p);
+    expect_error(ferry__wire_mapped_decode(p, len - 1, &mapped_cfg, 200, &out, &err), &err,
+                 "MAPPED_RAM is 71 bytes, 72 expected for 2 blocks");
+
+    /* The regions: before the record's end, overlapping, out of block order, past resume, misaligned pages. */
+    mapped_good(mb, &m);
+    mb[0].bitmap = 199;
+    expect_error(mapped_try(&m, len, &out, &err), &err,
+                 "the bitmap of block 'ram0' (offset 199, 2 bytes) overlaps another region or lies outside [200, "
+                 "90112)");
+    mapped_good(mb, &m);
+    mb[0].checksums = 201;
+    expect_error(mapped_try(&m, len, &out, &err), &err,
+                 "the checksum table of block 'ram0' (offset 201, 64 bytes) overlaps another region");
+    mapped_good(mb, &m);
+    mb[0].pages = 0; /* the page regions overlap the record and the regions before */
+    expect_error(mapped_try(&m, len, &out, &err), &err, "the pages of block 'ram0' (offset 0, 65536 bytes)");
+    mapped_good(mb, &m);
+    mb[1].bitmap = 100; /* vga's regions before ram0's */
+    expect_error(mapped_try(&m, len, &out, &err), &err, "the bitmap of block 'vga' (offset 100, 1 bytes)");
+    mapped_good(mb, &m);
+    m.resume = 90111;
+    expect_error(mapped_try(&m, len, &out, &err), &err,
+                 "the pages of block 'vga' (offset 73728, 16384 bytes) overlaps another region or lies outside "
+                 "[69649, 90111)");
+    mapped_good(mb, &m);
+    mb[0].checksums = UINT64_MAX - 10; /* its end would wrap around */
+    m.resume = UINT64_MAX;
+    expect_error(mapped_try(&m, len, &out, &err), &err,
+                 "the checksum table of block 'ram0' (offset 18446744073709551605, 64 bytes)");
+    mapped_good(mb, &m);
+    mb[1].pages = 73728 + 512;
+    m.resume = 1u << 20;
+    expect_error(mapped_try(&m, len, &out, &err), &err,
+                 "the pages of block 'vga' start at offset 74240, not a multiple of the page size 4096");
+    assert_null(out.blocks);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -672,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_req_pages_check),
         cmocka_unit_test(test_resume_need),
         cmocka_unit_test(test_return_framing),
+        cmocka_unit_test(test_mapped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
