@@ -90,7 +90,7 @@ typedef struct Dest {
     bool multifd;            /* the stream uses multifd */
     bool commit;             /* the stream uses switchover-commit: wait for COMMIT after the ACK */
     bool mapped;             /* the stream uses mapped-ram: its pages are at fixed offsets of the file */
-    uint64_t mapped_resume;  /* MAPPED_RAM's resume offset: where the records go on */
+    uint64_t mapped_resume;  /* MAPPED_RAM's resume offset: where the records go on (0 before the record) */
     bool uncommitted;        /* everything loaded and acknowledged, but the source's COMMIT never came */
     FerryMultifdRecv *mfd;   /* its channel threads, once the MULTIFD record came */
     uint64_t mfd_sync;       /* MULTIFD_SYNCs passed */
@@ -832,6 +832,10 @@ static void verify_failed(void *opaque, const FerryError *err)
 static bool step_mapped(Dest *d, FerryError **errp)
 {
     FerryMigration *m = d->m;
+    if (d->mapped_resume) {
+        ferry_error_setg(errp, "a second MAPPED_RAM record (the file's layout is given once)");
+        return false;
+    }
     uint8_t *payload;
     if (!ferry__record_read_payload(&d->r, &payload, errp)) {
         return false;

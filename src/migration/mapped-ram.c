@@ -40,6 +40,9 @@
 #endif
 
 #define CHUNK_PAGES FERRY_WIRE_MAX_RUN_PAGES
+/* A reader's chunk: at most a 2 MiB-aligned 2 MiB, so that threads loading in parallel never share a transparent
+ * huge page of the destination (two threads faulting in halves of one would serialise on it). */
+#define LOAD_CHUNK_PAGES 512
 #define QUEUE_LEN 64
 #define IO_ALIGN 4096u
 
@@ -400,15 +403,12 @@ bool ferry__mapped_writer_finish(FerryMappedWriter *w, uint64_t *present, FerryE
         uint64_t np = wb->b->npages;
         size_t bmlen = (size_t)((np + 7) / 8);
         uint8_t *bm = ferry__xcalloc(bmlen ? bmlen : 1, 1);
-        uint8_t *cs = ferry__xmalloc(np ? np * 4 : 1);
-        for (uint64_t p = 0; p < np; p++) {
-            if (ferry__bitmap_test(wb->bitmap, (size_t)p)) {
-                bm[p / 8] |= (uint8_t)(1u << (p % 8));
-                ferry__put_be32(cs + p * 4, wb->crc[p]);
-                (*present)++;
-            } else {
-                ferry__put_be32(cs + p * 4, 0);
-            }
+        uint8_t *cs = ferry__xcalloc(np ? np * 4 : 1, 1);
+        ferry__bitmap_to_bytes(wb->bitmap, (size_t)np, bm);
+        *present += ferry__bitmap_count(wb->bitmap, (size_t)np);
+        for (size_t p = ferry__bitmap_find_next(wb->bitmap, (size_t)np, 0); p < np;
+             p = ferry__bitmap_find_next(wb->bitmap, (size_t)np, p + 1)) {
+            ferry__put_be32(cs + p * 4, wb->crc[p]);
         }
         char what[300];
         snprintf(what, sizeof(what), "the page bitmap of RAM block '%s'", wb->b->name);
@@ -498,18 +498,16 @@ static ReadBlock *read_blocks(FerryRamBlock **blocks, size_t n, const FerryMappe
         char what[300];
         snprintf(what, sizeof(what), "the page bitmap of RAM block '%s'", b->name);
         bool ok = pread_all(f->fd, bm, bmlen, f->base + layout->blocks[i].bitmap, f->path, what, errp);
-        for (uint64_t p = 0; ok && p < np; p++) {
-            if ((bm[p / 8] >> (p % 8)) & 1) {
-                ferry__bitmap_set(rb[i].bitmap, (size_t)p);
-                (*present)++;
-            }
-        }
         /* Bits past the last page must be clear, as in every bitmap of the format. */
         if (ok && np % 8 && (bm[bmlen - 1] >> (np % 8))) {
             ferry_error_setg(errp, "the page bitmap of RAM block '%s' at offset %llu has bits set past its %llu "
                              "pages", b->name, (unsigned long long)(f->base + layout->blocks[i].bitmap + bmlen - 1),
                              (unsigned long long)np);
             ok = false;
+        }
+        if (ok) {
+            ferry__bitmap_from_bytes(rb[i].bitmap, (size_t)np, bm);
+            *present += ferry__bitmap_count(rb[i].bitmap, (size_t)np);
         }
         free(bm);
         if (ok && with_crc) {
@@ -551,7 +549,8 @@ typedef struct Loader {
     FerryError *err;
 } Loader;
 
-/* The next chunk of consecutive present pages, at most CHUNK_PAGES: false when there is none or after a failure. */
+/* The next chunk of consecutive present pages within one LOAD_CHUNK_PAGES-aligned stretch: false when there is
+ * none or after a failure. */
 static bool next_chunk(Loader *l, size_t *bi, uint64_t *first, uint32_t *count)
 {
     pthread_mutex_lock(&l->lock);
@@ -565,7 +564,8 @@ static bool next_chunk(Loader *l, size_t *bi, uint64_t *first, uint32_t *count)
             l->page = 0;
             continue;
         }
-        size_t end = FERRY_MIN(ferry__bitmap_find_next_zero(rb->bitmap, np, i), i + CHUNK_PAGES);
+        size_t end = FERRY_MIN(ferry__bitmap_find_next_zero(rb->bitmap, np, i),
+                               (i / LOAD_CHUNK_PAGES + 1) * LOAD_CHUNK_PAGES);
         *bi = l->bi;
         *first = i;
         *count = (uint32_t)(end - i);
@@ -607,10 +607,21 @@ static bool load_chunk(Loader *l, size_t bi, uint64_t first, uint32_t count, uin
     return true;
 }
 
+/* A reader's buffer: LOAD_CHUNK_PAGES pages, aligned for O_DIRECT. */
+static uint8_t *load_buffer_new(void)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, IO_ALIGN, (size_t)LOAD_CHUNK_PAGES * ferry_ram_page_size()) != 0) {
+        fprintf(stderr, "ferry: out of memory for a mapped-ram buffer\n");
+        abort();
+    }
+    return p;
+}
+
 static void *loader_thread(void *opaque)
 {
     Loader *l = opaque;
-    uint8_t *buf = ferry__mapped_scratch_new();
+    uint8_t *buf = load_buffer_new();
     size_t bi;
     uint64_t first;
     uint32_t count;
@@ -726,7 +737,9 @@ struct FerryMappedVerifier {
     FerryMappedFile f;
     char *path;
     int fd;            /* our own reference to the file */
-    ReadBlock *rb;
+    FerryRamBlock **blocks; /* a copy of the array (the blocks live as long as the process) */
+    FerryWireMapped layout; /* a copy */
+    ReadBlock *rb;     /* the thread's, once it has read the metadata */
     size_t n;
     FerryMappedFailFn failed;
     void *opaque;
@@ -734,27 +747,38 @@ struct FerryMappedVerifier {
     bool stop;         /* atomic */
     int state;         /* atomic: 0 running, 1 passed, 2 failed, 3 stopped */
     uint64_t checked;  /* atomic */
-    uint64_t total;
+    uint64_t total;    /* atomic: known once the thread has read the bitmaps */
 };
 
 static void *verify_thread(void *opaque)
 {
     FerryMappedVerifier *v = opaque;
     size_t ps = ferry_ram_page_size();
-    uint8_t *buf = ferry__mapped_scratch_new();
+    int state = 1;
+    /* The metadata is read here, not by the incoming thread: the checksum tables grow with the RAM (4 bytes a
+     * page), and the workload must not wait for them. */
+    FerryError *err = NULL;
+    uint64_t total = 0;
+    v->rb = read_blocks(v->blocks, v->n, &v->f, &v->layout, v->f.checksums, &total, &err);
+    __atomic_store_n(&v->total, total, __ATOMIC_RELAXED);
+    if (!v->rb) {
+        v->failed(v->opaque, err);
+        ferry_error_free(err);
+        __atomic_store_n(&v->state, 2, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    uint8_t *buf = load_buffer_new();
     Loader l = { .f = &v->f, .dfd = -1, .rb = v->rb, .n = v->n, .ps = ps };
     pthread_mutex_init(&l.lock, NULL);
     size_t bi;
     uint64_t first;
     uint32_t count;
-    int state = 1;
     while (next_chunk(&l, &bi, &first, &count)) {
         if (__atomic_load_n(&v->stop, __ATOMIC_RELAXED)) {
             state = 3;
             break;
         }
         ReadBlock *rb = &v->rb[bi];
-        FerryError *err = NULL;
         char what[320];
         snprintf(what, sizeof(what), "pages %llu-%llu of RAM block '%s'", (unsigned long long)first,
                  (unsigned long long)(first + count - 1), rb->b->name);
@@ -794,16 +818,17 @@ FerryMappedVerifier *ferry__mapped_verify_start(FerryRamBlock **blocks, size_t n
     v->n = n;
     v->failed = failed;
     v->opaque = opaque;
+    v->blocks = ferry__xcalloc(n ? n : 1, sizeof(*v->blocks));
+    memcpy(v->blocks, blocks, n * sizeof(*blocks));
+    v->layout = *layout;
+    v->layout.blocks = ferry__xcalloc(n ? n : 1, sizeof(*layout->blocks));
+    memcpy(v->layout.blocks, layout->blocks, n * sizeof(*layout->blocks));
     v->fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
     if (v->fd < 0) {
         ferry_error_setg_errno(errp, errno, "cannot keep '%s' open for the restore's verification", f->path);
         goto fail;
     }
     v->f.fd = v->fd;
-    v->rb = read_blocks(blocks, n, &v->f, layout, f->checksums, &v->total, errp);
-    if (!v->rb) {
-        goto fail;
-    }
     int rc = pthread_create(&v->thread, NULL, verify_thread, v);
     if (rc != 0) {
         ferry_error_setg_errno(errp, rc, "cannot create the restore's verifier thread");
@@ -812,10 +837,11 @@ FerryMappedVerifier *ferry__mapped_verify_start(FerryRamBlock **blocks, size_t n
     pthread_setname_np(v->thread, "mig/dst/verify");
     return v;
 fail:
-    read_blocks_free(v->rb, n);
     if (v->fd >= 0) {
         close(v->fd);
     }
+    free(v->layout.blocks);
+    free(v->blocks);
     free(v->path);
     free(v);
     return NULL;
@@ -825,7 +851,7 @@ const char *ferry__mapped_verify_status(FerryMappedVerifier *v, uint64_t *checke
 {
     static const char *const names[] = { "running", "passed", "failed", "stopped" };
     *checked = __atomic_load_n(&v->checked, __ATOMIC_RELAXED);
-    *total = v->total;
+    *total = __atomic_load_n(&v->total, __ATOMIC_RELAXED);
     return names[__atomic_load_n(&v->state, __ATOMIC_RELAXED) & 3];
 }
 
@@ -838,6 +864,8 @@ void ferry__mapped_verify_free(FerryMappedVerifier *v)
     pthread_join(v->thread, NULL);
     read_blocks_free(v->rb, v->n);
     close(v->fd);
+    free(v->layout.blocks);
+    free(v->blocks);
     free(v->path);
     free(v);
 }

@@ -50,6 +50,8 @@
 #define COPY_BELOW (64 * 1024)               /* with the workload stopped, smaller runs are still copied */
 #define RETURN_PATH_POLL_EVERY 8             /* records between checks of the return path */
 
+typedef struct EncodedSection EncodedSection;
+
 typedef struct Source {
     FerryMigration *m;
     FerryTls *tls;        /* tls-creds set: every channel is a TLS client (taken from m->out_tls) */
@@ -100,6 +102,7 @@ typedef struct Source {
     FerryWpSnapshot *wp;    /* background-snapshot: the write protection of the pages still to save */
     uint8_t *fault_scratch; /* ... the buffer of its fault thread */
     uint8_t *scratch_walk;  /* ... and of this thread's walk (written inline: a page is released once written) */
+    EncodedSection *held;   /* ... without mapped-ram: the sections of its instant, written after the RAM */
 
     /* The phases' own state. */
     bool stop_and_copy;     /* the "none" tracker: no live passes, all RAM with the workload stopped */
@@ -496,13 +499,25 @@ static void send_run_mapped(Source *src, FerryRamBlock *b, uint64_t first, uint3
     rate_limit(src, (uint64_t)n * src->ps);
 }
 
-/* One RAM_PAGES record: pages [first, first + n) of @b. */
+static uint64_t write_run_record(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n);
+
+/* One RAM_PAGES record: pages [first, first + n) of @b, under the rate limit. */
 static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
 {
     if (src->mapped) {
         send_run_mapped(src, b, first, n);
         return;
     }
+    uint64_t bytes = write_run_record(src, b, first, n);
+    if (bytes) {
+        rate_limit(src, bytes);
+    }
+}
+
+/* The record of send_run, without the rate limit (which may take send_lock): returns the bytes it put on the
+ * stream, 0 when the pages went through the page pipe (send_run_flipped limits on its own). */
+static uint64_t write_run_record(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
+{
     uint8_t run[FERRY_WIRE_RAM_RUN_HEADER_LEN];
     uint8_t zmap[FERRY_WIRE_MAX_RUN_PAGES / 8] = { 0 };
     struct iovec iov[FERRY_WIRE_MAX_RUN_PAGES];
@@ -512,7 +527,7 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
     uint64_t data = (uint64_t)nonzero * src->ps;
     if (src->flip && data) {
         send_run_flipped(src, b, first, n, zmap, iov, niov);
-        return;
+        return 0;
     }
     uint32_t len = (uint32_t)(FERRY_WIRE_RAM_RUN_HEADER_LEN + zb + data);
     write_record_header(src->s, FERRY_REC_RAM_PAGES, FERRY_REC_CRITICAL, len);
@@ -533,7 +548,7 @@ static void send_run(Source *src, FerryRamBlock *b, uint64_t first, uint32_t n)
     src->normal += nonzero;
     src->duplicate += n - nonzero;
     src->pages_sent += n;
-    rate_limit(src, FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN);
+    return FERRY_WIRE_RECORD_HEADER_LEN + len + FERRY_WIRE_RECORD_TRAILER_LEN;
 }
 
 /* After each record or batch: now and then a look for a failure report on the return path; always cancel and the
@@ -937,15 +952,33 @@ static bool write_backend_fds(Source *src, FerryError **errp)
 }
 
 /* One SECTION record per section: its header, its schema (so that any reader can decode it), its data. */
-static bool write_sections(Source *src, FerryError **errp)
+/* A SECTION record's payload (header, schema, data), encoded: what write_sections writes, or what a background
+ * snapshot holds from its instant until the RAM has gone. */
+struct EncodedSection {
+    uint8_t *payload;
+    size_t len;
+};
+
+static void encoded_sections_free(EncodedSection *es, size_t n)
+{
+    for (size_t i = 0; es && i < n; i++) {
+        free(es[i].payload);
+    }
+    free(es);
+}
+
+/* Every registered section saved now and encoded (*out: m->nsections of them). */
+static bool encode_sections(Source *src, EncodedSection **out, FerryError **errp)
 {
     FerryMigration *m = src->m;
+    EncodedSection *es = ferry__xcalloc(m->nsections ? m->nsections : 1, sizeof(*es));
     for (size_t i = 0; i < m->nsections; i++) {
         FerrySection *sec = &m->sections[i];
         FerrySchema *schema;
         uint8_t *data;
         size_t len;
         if (!ferry__section_save(sec, &schema, &data, &len, errp)) {
+            encoded_sections_free(es, m->nsections);
             return false;
         }
         FerryWireSection ws = { .instance_id = sec->instance_id, .version = sec->version, .flags = sec->flags,
@@ -956,14 +989,11 @@ static bool write_sections(Source *src, FerryError **errp)
         uint64_t total = hlen + ws.schema_len + len;
         bool ok = total <= FERRY_WIRE_MAX_SECTION_LEN;
         if (ok) {
-            uint8_t *enc = ferry__xmalloc(ws.schema_len);
-            ferry__schema_encode(schema, enc);
-            write_record_header(src->s, FERRY_REC_SECTION, FERRY_REC_CRITICAL, (uint32_t)total);
-            ferry__stream_write(src->s, head, hlen);
-            ferry__stream_write(src->s, enc, ws.schema_len);
-            ferry__stream_write(src->s, data, len);
-            end_record(src->s);
-            free(enc);
+            es[i].len = (size_t)total;
+            es[i].payload = ferry__xmalloc(es[i].len);
+            memcpy(es[i].payload, head, hlen);
+            ferry__schema_encode(schema, es[i].payload + hlen);
+            memcpy(es[i].payload + hlen + ws.schema_len, data, len);
         } else {
             ferry_error_setg(errp, "section '%s' is %llu bytes, more than the %u a stream may carry", sec->name,
                              (unsigned long long)total, FERRY_WIRE_MAX_SECTION_LEN);
@@ -971,9 +1001,29 @@ static bool write_sections(Source *src, FerryError **errp)
         ferry__schema_free(schema);
         free(data);
         if (!ok) {
+            encoded_sections_free(es, m->nsections);
             return false;
         }
     }
+    *out = es;
+    return true;
+}
+
+static void write_encoded_sections(Source *src, const EncodedSection *es, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        write_record(src->s, FERRY_REC_SECTION, FERRY_REC_CRITICAL, es[i].payload, es[i].len);
+    }
+}
+
+static bool write_sections(Source *src, FerryError **errp)
+{
+    EncodedSection *es;
+    if (!encode_sections(src, &es, errp)) {
+        return false;
+    }
+    write_encoded_sections(src, es, src->m->nsections);
+    encoded_sections_free(es, src->m->nsections);
     return true;
 }
 
@@ -2195,26 +2245,50 @@ static void source_finish(Source *src, bool ok, bool acknowledged, const FerryEr
 
 /* ---- background-snapshot (QEMU's capability of the name; docs/snapshots.md) ----
  *
- * The file holds RAM and device state as they were when the snapshot started, while the workload runs on. With the
- * workload stopped for a moment (as QEMU stops the VM): the stream's opening records, the device sections (the
- * state of that instant, written right away: with mapped-ram the RAM is not in the records, so they can precede
- * it), and write protection of every present page (snapshot-wp.c); then the workload runs again. This thread
- * walks the pages and writes each to its place in the file; a write by the workload to a page not yet saved waits
- * until the fault thread has written the old page. So one pass, no dirty tracking, every page once. */
+ * The file (or the destination) gets RAM and device state as they were when the snapshot started, while the
+ * workload runs on. With the workload stopped for a moment (as QEMU stops the VM): the stream's opening records,
+ * the device sections of that instant (with mapped-ram written right away, since the RAM is not in the records;
+ * in a plain stream held in memory until the RAM has gone), and write protection of every present page
+ * (snapshot-wp.c); then the workload runs again. This thread walks the pages and saves each (to its place in the
+ * file, or as a RAM_PAGES record); a write by the workload to a page not yet saved waits until the fault thread
+ * has saved the old page. So one pass, no dirty tracking, every page once. */
 
-/* snapshot-wp's callback, on its fault thread: the old pages to their place in the file before the write goes on. */
-static bool snapshot_save_cb(void *opaque, size_t bi, FerryRamBlock *b, uint64_t first, uint64_t n)
+/* Pages [first, first + n) of block @bi saved, by whichever thread claimed them (still write-protected, so they
+ * hold the snapshot's data): to their place in the file with mapped-ram (@scratch: the caller's buffer), else as
+ * RAM_PAGES records on the stream, which the walk and the fault thread share under send_lock. Returns the bytes
+ * written to the stream (for the walk's rate limit); failures are latched in the writer or the stream. */
+static uint64_t snapshot_save(Source *src, size_t bi, uint64_t first, uint64_t n, uint8_t *scratch, bool *ok)
 {
-    Source *src = opaque;
-    while (n > 0) {
+    FerryRamBlock *b = src->m->blocks[bi];
+    uint64_t bytes = 0;
+    *ok = true;
+    if (!src->mapped) {
+        ferry__mutex_lock(&src->send_lock);
+    }
+    while (n > 0 && *ok) {
         uint32_t k = (uint32_t)FERRY_MIN(n, (uint64_t)FERRY_WIRE_MAX_RUN_PAGES);
-        if (!ferry__mapped_writer_run(src->mw, bi, first, k, true, src->fault_scratch, NULL)) {
-            return false; /* the writer keeps the error; the walk reports it */
+        if (src->mapped) {
+            *ok = ferry__mapped_writer_run(src->mw, bi, first, k, true, scratch, NULL);
+        } else {
+            bytes += write_run_record(src, b, first, k);
+            *ok = !ferry__stream_failed(src->s);
         }
         first += k;
         n -= k;
     }
-    return true;
+    if (!src->mapped) {
+        ferry__mutex_unlock(&src->send_lock);
+    }
+    return bytes;
+}
+
+/* snapshot-wp's callback, on its fault thread: the old pages saved before the write goes on. */
+static bool snapshot_save_cb(void *opaque, size_t bi, FerryRamBlock *b, uint64_t first, uint64_t n)
+{
+    Source *src = opaque;
+    bool ok;
+    snapshot_save(src, bi, first, n, src->fault_scratch, &ok);
+    return ok; /* the writer or the stream keeps the error; the walk reports it */
 }
 
 /* Setup with the workload stopped: channel, the opening records, the device state, the protection. */
@@ -2234,13 +2308,10 @@ static bool snapshot_setup(Source *src, FerryError **errp)
     if (!negotiate(src, errp)) {
         return false;
     }
-    if (!src->mapped) {
-        ferry_error_setg(errp, "background-snapshot needs the mapped-ram capability here (the device state of the "
-                         "snapshot's instant is written before the RAM, which only mapped-ram's file layout allows)");
-        return false;
-    }
     write_config(src);
-    if (!setup_mapped(src, errp) || !write_sections(src, errp)) {
+    /* The device state of this instant: with mapped-ram written now (the RAM is not in the records, so they may
+     * precede it); in a stream it must follow the RAM, so it is held until then. */
+    if (src->mapped ? !setup_mapped(src, errp) || !write_sections(src, errp) : !encode_sections(src, &src->held, errp)) {
         return false;
     }
     ferry__stream_flush(src->s);
@@ -2276,19 +2347,22 @@ static bool snapshot_walk(Source *src, FerryError **errp)
                 p = ferry__wp_snapshot_next(src->wp, bi, p + 1);
                 continue;
             }
-            for (uint64_t done = 0; done < n;) {
-                uint32_t k = (uint32_t)FERRY_MIN(n - done, (uint64_t)FERRY_WIRE_MAX_RUN_PAGES);
-                bool ok = ferry__mapped_writer_run(src->mw, bi, p + done, k, true, src->scratch_walk, errp);
-                if (!ok) {
-                    ferry__wp_snapshot_release(src->wp, bi, p, n);
+            bool ok;
+            uint64_t bytes = snapshot_save(src, bi, p, n, src->scratch_walk, &ok);
+            ferry__wp_snapshot_release(src->wp, bi, p, n);
+            if (!ok) {
+                FerryError *err = NULL;
+                if (src->mapped ? !ferry__mapped_writer_sync(src->mw, &err) : !ferry__stream_check(src->s, &err)) {
+                    ferry_error_propagate(errp, err);
                     return false;
                 }
-                done += k;
+                ferry_error_free(err);
             }
-            ferry__wp_snapshot_release(src->wp, bi, p, n);
-            src->pages_sent += n;
+            if (src->mapped) {
+                src->pages_sent += n; /* the stream's records count their own */
+            }
             src->pending = src->pending > n ? src->pending - n : 0;
-            rate_limit(src, n * src->ps);
+            rate_limit(src, src->mapped ? n * src->ps : bytes);
             update_stats(src);
             if (cancelled(m)) {
                 ferry_error_setg(errp, "cancelled");
@@ -2303,7 +2377,7 @@ static bool snapshot_walk(Source *src, FerryError **errp)
     if (ferry__wp_snapshot_failed(src->wp)) {
         /* The writer's error says why (the callback's); otherwise the module's own. */
         FerryError *err = NULL;
-        if (!ferry__mapped_writer_sync(src->mw, &err)) {
+        if (src->mapped ? !ferry__mapped_writer_sync(src->mw, &err) : !ferry__stream_check(src->s, &err)) {
             ferry_error_propagate(errp, err);
         } else {
             ferry_error_free(err);
@@ -2321,9 +2395,12 @@ static bool snapshot_finish(Source *src, FerryError **errp)
     FerryMigration *m = src->m;
     ferry__wp_snapshot_stop(src->wp); /* every page is saved: nothing is protected any more */
     src->wp = NULL;
-    uint64_t pages;
-    if (!ferry__mapped_writer_finish(src->mw, &pages, errp)) {
+    uint64_t pages = src->pages_sent;
+    if (src->mapped && !ferry__mapped_writer_finish(src->mw, &pages, errp)) {
         return false;
+    }
+    if (src->held) {
+        write_encoded_sections(src, src->held, m->nsections);
     }
     uint8_t end[FERRY_WIRE_END_LEN];
     ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
@@ -2331,7 +2408,7 @@ static bool snapshot_finish(Source *src, FerryError **errp)
     write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
     ferry__stream_flush(src->s);
     update_stats(src);
-    return check_stream(src, errp) && ferry__channel_finish(src->chan, errp);
+    return check_stream(src, errp) && commit(src, errp);
 }
 
 static void *snapshot_thread(Source *src)
@@ -2348,6 +2425,7 @@ static void *snapshot_thread(Source *src)
     source_cleanup(src, ok);
     free(src->fault_scratch);
     free(src->scratch_walk);
+    encoded_sections_free(src->held, m->nsections);
     if (ok) {
         ferry__mutex_lock(&m->lock);
         m->stats.remaining = 0;

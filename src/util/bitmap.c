@@ -162,3 +162,31 @@ bool ferry__bitmap_test_and_set_atomic(unsigned long *map, size_t bit)
     unsigned long mask = 1UL << (bit % FERRY_BITS_PER_LONG);
     return (__atomic_fetch_or(&map[bit / FERRY_BITS_PER_LONG], mask, __ATOMIC_ACQ_REL) & mask) != 0;
 }
+
+void ferry__bitmap_to_bytes(const unsigned long *map, size_t nbits, uint8_t *out)
+{
+    size_t nbytes = (nbits + 7) / 8;
+    for (size_t i = 0; i < nbytes; i++) {
+        out[i] = (uint8_t)(map[i / sizeof(unsigned long)] >> (8 * (i % sizeof(unsigned long))));
+    }
+    if (nbits % 8) {
+        out[nbytes - 1] &= (uint8_t)((1u << (nbits % 8)) - 1);
+    }
+}
+
+void ferry__bitmap_from_bytes(unsigned long *map, size_t nbits, const uint8_t *in)
+{
+    size_t nbytes = (nbits + 7) / 8;
+    size_t words = FERRY_BITMAP_LONGS(nbits);
+    for (size_t w = 0; w < words; w++) {
+        unsigned long v = 0;
+        size_t base = w * sizeof(unsigned long);
+        for (size_t k = 0; k < sizeof(unsigned long) && base + k < nbytes; k++) {
+            v |= (unsigned long)in[base + k] << (8 * k);
+        }
+        map[w] = v;
+    }
+    if (nbits % (8 * sizeof(unsigned long))) {
+        map[words - 1] &= (1UL << (nbits % (8 * sizeof(unsigned long)))) - 1;
+    }
+}

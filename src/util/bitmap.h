@@ -35,5 +35,9 @@ bool ferry__bitmap_test_atomic(const unsigned long *map, size_t bit);
 bool ferry__bitmap_test_and_clear_atomic(unsigned long *map, size_t bit);
 bool ferry__bitmap_test_and_set_atomic(unsigned long *map, size_t bit);
 void ferry__bitmap_move_atomic(unsigned long *dst, unsigned long *src, size_t nbits);
+/* The bitmaps of files and the wire: bit i in bit i % 8 of byte i / 8 (least significant first), ceil(nbits / 8)
+ * bytes. These convert whole words at a time, whatever the host's byte order. */
+void ferry__bitmap_to_bytes(const unsigned long *map, size_t nbits, uint8_t *out);
+void ferry__bitmap_from_bytes(unsigned long *map, size_t nbits, const uint8_t *in);
 
 #endif

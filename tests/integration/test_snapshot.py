@@ -114,12 +114,13 @@ def test_mapped_ram_refusals(workload):
     assert src.status() == "paused"
 
 
-def background_snapshot(src, path):
-    caps(src, mapped_ram=True, background_snapshot=True)
+def background_snapshot(src, path, mapped=True):
+    caps(src, mapped_ram=mapped, background_snapshot=True)
     return save(src, f"file:{path}")
 
 
-def test_background_snapshot_of_a_running_ab_workload(workload):
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped-ram", "stream"])
+def test_background_snapshot_of_a_running_ab_workload(workload, mapped):
     """The A-B workload keeps writing while its snapshot is saved; the restored copy is the instant the snapshot
     began, so its pattern check passes (a page saved after the workload changed it would break A-B), and the source
     never stopped for longer than the setup."""
@@ -130,13 +131,17 @@ def test_background_snapshot_of_a_running_ab_workload(workload):
     src.set_params(**{"max-bandwidth": 4 << 20})  # a slow walk: the writers meet protected pages first
     path = os.path.join(workload.tmpdir, "bg.fram")
     before = src.workload_info()["pages-written"]
-    info = background_snapshot(src, path)
+    info = background_snapshot(src, path, mapped)
     assert src.status() == "running", "a background snapshot leaves the workload running"
     assert src.workload_info()["pages-written"] > before
     assert info["dirty-tracker"] == "background-snapshot", info
     assert info["downtime"] < 500, info
     src.assert_pattern_ok()
-    dst, _ = restore(workload, "dst", path, args=args)
+    if mapped:
+        dst, _ = restore(workload, "dst", path, args=args)
+    else:
+        dst = workload("dst", *args, "-incoming", f"file:{path}")
+        assert dst.wait_migration()["status"] == "completed"
     dst.wait_status(("running",))
     dst.assert_pattern_ok()
     dst.assert_advancing()
@@ -150,17 +155,24 @@ def test_background_snapshot_of_a_paused_workload_equals_its_digest(workload):
     a, _ = restore(workload, "copy", path, mode="copy")
     b, _ = restore(workload, "map", path, mode="map")
     assert a.digest() == b.digest() == src.digest()
+    # The stream form, to a live destination over a UNIX socket (with a return path): the same state.
+    uri = f"unix:{workload.tmpdir}/bg.sock"
+    c = workload("live", *RANDOM, "-incoming", uri)
+    c.wait_status(("inmigrate",))
+    caps(src, mapped_ram=False, background_snapshot=True)
+    save(src, uri)
+    assert c.wait_migration()["status"] == "completed"
+    assert c.digest() == src.digest()
+    assert src.status() == "paused"
 
 
 def test_background_snapshot_refusals(workload):
     src = workload("src", *AB)
     src.wait_status(("running",))
-    caps(src, background_snapshot=True)
-    src.migrate(uri=f"file:{workload.tmpdir}/x")
-    info = src.wait_migration()
-    assert info["status"] == "failed" and "needs the mapped-ram capability" in info["error-desc"], info
-    assert src.status() == "running"
-    caps(src, mapped_ram=True, auto_converge=True)
+    caps(src, background_snapshot=True, multifd=True)
+    with pytest.raises(Exception, match="background-snapshot cannot be combined with multifd except with mapped-ram"):
+        src.migrate(uri=f"unix:{workload.tmpdir}/x.sock")
+    caps(src, multifd=False, mapped_ram=True, auto_converge=True)
     with pytest.raises(Exception, match="background-snapshot cannot be combined with auto-converge"):
         src.migrate(uri=f"file:{workload.tmpdir}/y")
     src.assert_pattern_ok()
@@ -264,7 +276,7 @@ def test_enospc_leaves_the_workload_running(workload):
     try:
         src = workload("src", *AB)
         src.wait_status(("running",))
-        for mapped, background in ((True, False), (False, False), (True, True)):
+        for mapped, background in ((True, False), (False, False), (True, True), (False, True)):
             caps(src, mapped_ram=mapped, background_snapshot=background)
             src.migrate(uri=f"file:{mnt}/snap")
             info = src.wait_migration()

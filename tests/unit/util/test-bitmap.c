@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -223,13 +224,43 @@ static void test_test_and_clear_race(void **state)
     free(map);
 }
 
+/* The byte form (bit i in bit i % 8 of byte i / 8) both ways, for sizes that end inside a byte and a word; bits
+ * past nbits never appear in either form. */
+static void test_bytes(void **state)
+{
+    (void)state;
+    size_t sizes[] = { 1, 7, 8, 9, 63, 64, 65, 200, 1000 };
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t n = sizes[k];
+        unsigned long *a = ferry__bitmap_new(n + 64), *b = ferry__bitmap_new(n + 64);
+        for (size_t i = 0; i < n + 64; i++) {
+            if ((i * 7919) % 3 == 0) {
+                ferry__bitmap_set(a, i); /* also past n: the conversion must drop those */
+            }
+        }
+        uint8_t bytes[200] = { 0 };
+        ferry__bitmap_to_bytes(a, n, bytes);
+        for (size_t i = 0; i < (n + 7) / 8 * 8; i++) {
+            bool want = i < n && ferry__bitmap_test(a, i);
+            assert_int_equal((bytes[i / 8] >> (i % 8)) & 1, want);
+        }
+        memset(bytes + (n + 7) / 8, 0xff, sizeof(bytes) - (n + 7) / 8); /* beyond the form: never read */
+        ferry__bitmap_from_bytes(b, n, bytes);
+        for (size_t i = 0; i < n + 64; i++) {
+            assert_int_equal(ferry__bitmap_test(b, i), i < n && ferry__bitmap_test(a, i));
+        }
+        free(a);
+        free(b);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_basic),       cmocka_unit_test(test_set_range),
         cmocka_unit_test(test_find_next),   cmocka_unit_test(test_or),
         cmocka_unit_test(test_move_atomic), cmocka_unit_test(test_move_atomic_race),
-        cmocka_unit_test(test_test_and_clear_race),
+        cmocka_unit_test(test_test_and_clear_race), cmocka_unit_test(test_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
