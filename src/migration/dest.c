@@ -89,7 +89,6 @@ typedef struct Dest {
     bool tls_up;             /* the main channel's TLS session is up and the source was accepted */
     bool multifd;            /* the stream uses multifd */
     bool commit;             /* the stream uses switchover-commit: wait for COMMIT after the ACK */
-    bool mapped;             /* the stream uses mapped-ram: its pages are at fixed offsets of the file */
     uint64_t mapped_resume;  /* MAPPED_RAM's resume offset: where the records go on (0 before the record) */
     bool uncommitted;        /* everything loaded and acknowledged, but the source's COMMIT never came */
     FerryMultifdRecv *mfd;   /* its channel threads, once the MULTIFD record came */
@@ -380,7 +379,6 @@ static bool step_features(Dest *d, FerryError **errp)
     d->flip = ferry__features_uses(used, FERRY_CAP_UNIX_PAGE_FLIPPING);
     d->multifd = ferry__features_uses(used, FERRY_CAP_MULTIFD);
     d->commit = ferry__features_uses(used, FERRY_CAP_SWITCHOVER_COMMIT);
-    d->mapped = ferry__features_uses(used, FERRY_CAP_MAPPED_RAM);
     if (d->flip && !ferry__channel_can_pass_fds(d->chan)) {
         ferry_error_setg(errp, "the stream uses unix-page-flipping, which needs a UNIX socket; '%s' is not one",
                          d->chan->desc);
@@ -2043,6 +2041,12 @@ static void dest_finish(Dest *d, bool ok, bool exit_on_error, const FerryError *
         ferry__mig_fail(m, err);
         return;
     }
+    /* A mapped restore's verifier goes first: the mappings it checks and prefetches are about to be dropped. */
+    ferry__mutex_lock(&m->lock);
+    FerryMappedVerifier *v = m->verifier;
+    m->verifier = NULL;
+    ferry__mutex_unlock(&m->lock);
+    ferry__mapped_verify_free(v);
     for (size_t i = 0; i < m->nblocks; i++) {
         ferry__ram_block_discard(m->blocks[i]);
     }
