@@ -1316,9 +1316,8 @@ static bool setup_mapped(Source *src, FerryError **errp)
     return check_stream(src, errp);
 }
 
-/* Setup, step 4: the stream's opening records: header, negotiation, CONFIG, the fds of mode cpr-transfer and of the
- * page pipe, the multifd channels and the first populate hints. */
-static bool setup_stream(Source *src, FerryError **errp)
+/* The records every stream opens with: the header, the negotiation, CONFIG. */
+static bool write_opening(Source *src, FerryError **errp)
 {
     uint8_t hdr[FERRY_WIRE_HEADER_LEN];
     ferry__wire_encode_header(hdr);
@@ -1327,6 +1326,16 @@ static bool setup_stream(Source *src, FerryError **errp)
         return false;
     }
     write_config(src);
+    return true;
+}
+
+/* Setup, step 4: the stream's opening records: header, negotiation, CONFIG, the fds of mode cpr-transfer and of the
+ * page pipe, the multifd channels and the first populate hints. */
+static bool setup_stream(Source *src, FerryError **errp)
+{
+    if (!write_opening(src, errp)) {
+        return false;
+    }
     if (!write_ram_fds(src, errp) || !write_page_pipe(src, errp)) {
         return false;
     }
@@ -2302,13 +2311,9 @@ static bool snapshot_setup(Source *src, FerryError **errp)
     src->prev = ferry__vm_stop_for_migration(m);
     src->stopped = true;
     int64_t stop_ms = ferry__clock_ms();
-    uint8_t hdr[FERRY_WIRE_HEADER_LEN];
-    ferry__wire_encode_header(hdr);
-    ferry__stream_write(src->s, hdr, sizeof(hdr));
-    if (!negotiate(src, errp)) {
+    if (!write_opening(src, errp)) {
         return false;
     }
-    write_config(src);
     /* The device state of this instant: with mapped-ram written now (the RAM is not in the records, so they may
      * precede it); in a stream it must follow the RAM, so it is held until then. */
     if (src->mapped ? !setup_mapped(src, errp) || !write_sections(src, errp) : !encode_sections(src, &src->held, errp)) {

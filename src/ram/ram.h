@@ -78,6 +78,9 @@ struct FerryRamBlock {
 /* A userfaultfd (O_CLOEXEC | O_NONBLOCK | @mode_flags: UFFD_USER_MODE_ONLY or 0 to serve faults taken in the
  * kernel too), by the syscall or, where that is refused, by /dev/userfaultfd; the error says both reasons. */
 int ferry__userfaultfd_open(int mode_flags, FerryError **errp);
+/* The userfaultfd features this kernel offers, asked of a throwaway fd that serves kernel-mode faults too (UFFDIO_API
+ * may be issued once per fd, and with no features requested the kernel answers with all it has). */
+bool ferry__userfaultfd_features(uint64_t *features, FerryError **errp);
 
 /* Map a block; the engine registers it. */
 FerryRamBlock *ferry__ram_block_new(const char *name, uint64_t size, FerryError **errp);

@@ -71,6 +71,24 @@ int ferry__userfaultfd_open(int mode_flags, FerryError **errp)
     return fd;
 }
 
+bool ferry__userfaultfd_features(uint64_t *features, FerryError **errp)
+{
+    int fd = ferry__userfaultfd_open(0, errp);
+    if (fd < 0) {
+        return false;
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    int r = ioctl(fd, UFFDIO_API, &api);
+    int e = errno;
+    close(fd);
+    if (r != 0) {
+        ferry_error_setg_errno(errp, e, "UFFDIO_API");
+        return false;
+    }
+    *features = api.features;
+    return true;
+}
+
 /* The tracker's userfaultfd: UFFD_USER_MODE_ONLY keeps the syscall usable with vm.unprivileged_userfaultfd=0 (it
  * only write-protects; no fault of it is ever served). */
 static int uffd_open(FerryError **errp)

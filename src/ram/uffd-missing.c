@@ -62,26 +62,6 @@ static int uffd_open(FerryError **errp)
     return ferry__userfaultfd_open(0, errp);
 }
 
-/* The features the kernel offers. UFFDIO_API may be issued once per fd and fails on a feature the kernel lacks, so
- * the question is asked of a throwaway fd (with no features requested the kernel answers with all it has). */
-static bool uffd_supported_features(uint64_t *features, FerryError **errp)
-{
-    int fd = uffd_open(errp);
-    if (fd < 0) {
-        return false;
-    }
-    struct uffdio_api api = {.api = UFFD_API, .features = 0};
-    int r = ioctl(fd, UFFDIO_API, &api);
-    int e = errno;
-    close(fd);
-    if (r != 0) {
-        ferry_error_setg_errno(errp, e, "UFFDIO_API");
-        return false;
-    }
-    *features = api.features;
-    return true;
-}
-
 /* The access flags of the mapping at @host, from /proc/self/maps: 's' (shared) or 'p' (private), 0 if not found. */
 static char mapping_kind(const void *host)
 {
@@ -202,7 +182,7 @@ FerryUffd *ferry__uffd_new(FerryRamBlock **blocks, size_t n, FerryError **errp)
         need_shmem |= block_is_shmem(blocks[i]);
     }
     uint64_t supported;
-    if (!uffd_supported_features(&supported, errp)) {
+    if (!ferry__userfaultfd_features(&supported, errp)) {
         return NULL;
     }
     if (need_shmem && !(supported & UFFD_FEATURE_MISSING_SHMEM)) {
