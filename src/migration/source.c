@@ -1620,10 +1620,20 @@ static bool last_harvest(Source *src, FerryError **errp)
     return harvest(src, errp);
 }
 
+/* END (whether the workload was running, the pages and the sections the stream holds), flushed. */
+static void write_end(Source *src, uint64_t pages)
+{
+    uint8_t end[FERRY_WIRE_END_LEN];
+    ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
+                                            .pages = pages, .sections = (uint32_t)src->m->nsections }, end);
+    write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
+    ferry__stream_flush(src->s);
+    update_stats(src);
+}
+
 /* Completion, step 1: with the workload stopped, the last pages, the backends' fds, the device sections and END. */
 static bool send_final_state(Source *src, FerryError **errp)
 {
-    FerryMigration *m = src->m;
     int64_t t = ferry__clock_ns();
     if (!last_harvest(src, errp)) {
         return false;
@@ -1643,12 +1653,7 @@ static bool send_final_state(Source *src, FerryError **errp)
     if (!write_backend_fds(src, errp) || !write_sections(src, errp)) {
         return false;
     }
-    uint8_t end[FERRY_WIRE_END_LEN];
-    ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
-                                            .pages = pages, .sections = (uint32_t)m->nsections }, end);
-    write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
-    ferry__stream_flush(src->s);
-    update_stats(src);
+    write_end(src, pages);
     return check_stream(src, errp);
 }
 
@@ -2407,12 +2412,7 @@ static bool snapshot_finish(Source *src, FerryError **errp)
     if (src->held) {
         write_encoded_sections(src, src->held, m->nsections);
     }
-    uint8_t end[FERRY_WIRE_END_LEN];
-    ferry__wire_end_encode(&(FerryWireEnd){ .flags = src->prev == FERRY_RUN_RUNNING ? FERRY_END_SOURCE_RUNNING : 0,
-                                            .pages = pages, .sections = (uint32_t)m->nsections }, end);
-    write_record(src->s, FERRY_REC_END, FERRY_REC_CRITICAL, end, sizeof(end));
-    ferry__stream_flush(src->s);
-    update_stats(src);
+    write_end(src, pages);
     return check_stream(src, errp) && commit(src, errp);
 }
 
